@@ -1,0 +1,151 @@
+"""``scencode <step>``: one subcommand per workflow step. Rules pass their slice of config as JSON
+(``--params``), so a changed setting reruns exactly the jobs that read it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import ScencodeError
+
+log = logging.getLogger("scencode")
+
+
+def _params(cls, text: str | None):
+    """Build a params dataclass from JSON, naming any unknown key."""
+    values = json.loads(text) if text else {}
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ScencodeError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(known))})")
+    return cls(**values)
+
+
+def cmd_gene_table(args) -> None:
+    from .genes import PACKAGED_GENCODE, PACKAGED_HGNC, build_gene_table, packaged_file
+    from .sources import download_url
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def resolve(location, packaged, sha256):
+            if not location:
+                return packaged_file(packaged)
+            if "://" in location:
+                target = Path(tmp) / Path(location).name
+                download_url(location, target, sha256=sha256)
+                return target
+            return Path(location)
+
+        summary = build_gene_table(resolve(args.gencode, PACKAGED_GENCODE, args.gencode_sha256),
+                                   resolve(args.hgnc, PACKAGED_HGNC, args.hgnc_sha256), Path(args.out))
+    log.info("gene table: %s", summary)
+
+
+def cmd_download(args) -> None:
+    from .sources import fetch
+
+    fetch(json.loads(args.source), args.out, seed=args.seed)
+
+
+def cmd_qc(args) -> None:
+    from .genes import GeneTable
+    from .qc import QCParams, run_qc
+
+    report = run_qc(args.input, args.output, args.report, GeneTable.load(args.gene_table),
+                    _params(QCParams, args.params), args.dataset)
+    log.info("qc %s: %d → %d cells, %d genes", args.dataset, report["cells"]["in"], report["cells"]["out"],
+             report["genes"]["out"])
+
+
+def cmd_vocab(args) -> None:
+    from .vocab import build_vocab, write_vocab
+
+    vocab = build_vocab(args.qc, args.policy, args.protein_genes)
+    digest = write_vocab(vocab, args.out)
+    log.info("vocabulary: %d tokens (hash %s)", len(vocab), digest[:12])
+
+
+def cmd_tokenize(args) -> None:
+    from .tokenize import DatasetInput, TokenizeParams, tokenize_corpus
+
+    datasets = [DatasetInput(d["dataset_id"], Path(d["path"]), d.get("label_key"), d.get("batch_key"))
+                for d in json.loads(args.datasets)]
+    manifest = tokenize_corpus(args.corpus, datasets, args.vocab, args.out, _params(TokenizeParams, args.params),
+                               with_labels=args.labels)
+    log.info("corpus %s: %d cells in %d shards", args.corpus, manifest["n_cells"], len(manifest["shards"]))
+
+
+def cmd_check_shards(args) -> None:
+    from .shards import verify_corpus
+
+    manifest = verify_corpus(args.corpus_dir, checksums=True)
+    print(json.dumps({k: manifest[k] for k in ("corpus", "n_cells", "splits", "nnz", "vocab_hash")}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scencode", description=__doc__)
+    sub = parser.add_subparsers(dest="step", required=True)
+
+    p = sub.add_parser("gene-table", help="build the gene table (Ensembl ids, symbols) used by QC")
+    p.add_argument("--gencode", help="GENCODE genes CSV (path or URL); default: the packaged GENCODE 48")
+    p.add_argument("--gencode-sha256")
+    p.add_argument("--hgnc", help="HGNC complete set TSV (path or URL); default: the packaged 2024-10 set")
+    p.add_argument("--hgnc-sha256")
+    p.add_argument("--out", required=True, help="output folder (genes.parquet, symbols.parquet)")
+    p.set_defaults(func=cmd_gene_table)
+
+    p = sub.add_parser("download", help="fetch one dataset to an h5ad")
+    p.add_argument("--source", required=True, help="source as JSON, e.g. '{\"type\": \"demo\", \"name\": ...}'")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("qc", help="filter cells and genes, harmonise gene ids, check raw counts")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--report", required=True)
+    p.add_argument("--gene-table", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--params", help="QC settings as JSON")
+    p.set_defaults(func=cmd_qc)
+
+    p = sub.add_parser("vocab", help="build the shared gene vocabulary")
+    p.add_argument("--qc", nargs="+", required=True, help="QC'd h5ad files of the training datasets")
+    p.add_argument("--policy", default="union")
+    p.add_argument("--protein-genes", help="table of genes with a protein embedding (policy 'protein')")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser("tokenize", help="write a corpus of Parquet token shards")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--datasets", required=True, help="JSON list of {dataset_id, path, label_key, batch_key}")
+    p.add_argument("--vocab", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--params", help="tokenize settings as JSON")
+    p.add_argument("--labels", action="store_true", help="evaluation corpus: write label and batch columns")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("check-shards", help="verify a corpus against its manifest")
+    p.add_argument("corpus_dir")
+    p.set_defaults(func=cmd_check_shards)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ScencodeError as exc:
+        print(f"scencode {args.step}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

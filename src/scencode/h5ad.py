@@ -1,0 +1,142 @@
+"""Bounded-memory access to the count matrix of an ``.h5ad`` file, and chunked writing.
+
+Files are opened with h5py and read through anndata's element API, so that only one block of
+cells is in memory at a time, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import read_elem, sparse_dataset, write_elem
+
+from .errors import ScencodeError
+
+COUNT_SOURCES_AUTO = ("layers/counts", "raw/X", "X")
+
+
+@contextlib.contextmanager
+def open_h5ad(path: str | Path) -> Iterator[h5py.File]:
+    path = Path(path)
+    if not path.exists():
+        raise ScencodeError("file not found", path)
+    if not h5py.is_hdf5(path):
+        raise ScencodeError("not an h5ad file (it is not HDF5; was the download complete?)", path)
+    with h5py.File(path, "r") as f:
+        if "obs" not in f or "var" not in f:
+            raise ScencodeError("not an h5ad file (HDF5 without 'obs' and 'var' groups)", path)
+        yield f
+
+
+def read_frame(f: h5py.File, key: str) -> pd.DataFrame:
+    return read_elem(f[key])
+
+
+@dataclass
+class CountMatrix:
+    """Row blocks of one matrix inside an open h5ad: ``X``, ``raw/X`` or ``layers/<name>``."""
+
+    path: Path
+    key: str
+    element: object  # anndata sparse dataset or h5py dataset
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.element.shape)
+
+    def var_key(self) -> str:
+        return "raw/var" if self.key == "raw/X" else "var"
+
+    def block(self, start: int, stop: int) -> sp.csr_matrix:
+        return sp.csr_matrix(self.element[start:stop])
+
+    def blocks(self, chunk_cells: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+        for start in range(0, self.shape[0], chunk_cells):
+            yield start, self.block(start, min(start + chunk_cells, self.shape[0]))
+
+
+def count_matrix(f: h5py.File, path: Path, key: str) -> CountMatrix:
+    if key not in f:
+        raise ScencodeError(f"has no matrix at {key!r}", path)
+    node = f[key]
+    if isinstance(node, h5py.Group):
+        fmt = node.attrs.get("encoding-type", "")
+        if fmt not in ("csr_matrix", "csc_matrix"):
+            raise ScencodeError(f"{key!r} is not a matrix (encoding {fmt!r})", path)
+        element = sparse_dataset(node)
+    else:
+        element = node
+    return CountMatrix(path, key, element)
+
+
+def count_problem(block: sp.csr_matrix) -> str | None:
+    """Why a block is not raw counts, or None if it is."""
+    data = block.data
+    if data.size == 0:
+        return None
+    if (data < 0).any():
+        return f"has negative values (min {data.min():.3g}): a scaled matrix, not raw counts"
+    fractional = np.abs(data - np.rint(data)) > 1e-6
+    if fractional.any():
+        example = data[fractional][0]
+        return (f"has non-integer values (e.g. {example:.4g}, max {data.max():.4g}): "
+                "looks log-normalised, not raw counts")
+    return None
+
+
+def choose_counts(f: h5py.File, path: Path, choice: str, probe_cells: int = 2000) -> CountMatrix:
+    """The raw count matrix: ``choice`` is ``auto``, ``X``, ``raw`` or ``layers/<name>``."""
+    keys = {"raw": "raw/X"}.get(choice, choice)
+    candidates = COUNT_SOURCES_AUTO if choice == "auto" else (keys,)
+    problems = []
+    for key in candidates:
+        if key not in f:
+            if choice != "auto":
+                raise ScencodeError(f"has no matrix at {key!r} (counts: {choice})", path)
+            continue
+        matrix = count_matrix(f, path, key)
+        problem = count_problem(matrix.block(0, min(probe_cells, matrix.shape[0])))
+        if problem is None:
+            return matrix
+        problems.append(f"{key} {problem}")
+    raise ScencodeError("no raw count matrix found: " + "; ".join(problems or ["no X"]) +
+                        ". Point 'counts' at the matrix that holds integer counts.", path)
+
+
+class ChunkedH5adWriter:
+    """Write an AnnData whose CSR ``X`` arrives in row blocks; obs/var are written at the end."""
+
+    def __init__(self, path: Path, n_vars: int):
+        self.path = Path(path)
+        self.n_vars = n_vars
+        ad.AnnData(obs=pd.DataFrame(index=pd.Index([], dtype=str)),
+                   var=pd.DataFrame(index=pd.Index([str(i) for i in range(n_vars)]))).write_h5ad(self.path)
+        self._file = h5py.File(self.path, "a")
+        if "X" in self._file:
+            del self._file["X"]
+        write_elem(self._file, "X", sp.csr_matrix((0, n_vars), dtype=np.float32))
+        self._x = sparse_dataset(self._file["X"])
+
+    def append(self, block: sp.csr_matrix) -> None:
+        if block.shape[0]:
+            self._x.append(sp.csr_matrix(block, dtype=np.float32))
+
+    def finish(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict | None = None) -> None:
+        if self._x.shape != (len(obs), len(var)):
+            raise AssertionError(f"matrix {self._x.shape} does not match obs/var ({len(obs)}, {len(var)})")
+        for key, value in (("obs", obs), ("var", var), ("uns", uns or {})):
+            del self._file[key]
+            write_elem(self._file, key, value)
+        self._file.close()
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()

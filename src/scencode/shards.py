@@ -1,0 +1,98 @@
+"""Parquet token shards: schema, manifest, and validated reading.
+
+A corpus is a folder ``part-00000.parquet, …`` plus ``manifest.json``; the manifest records each
+shard's cell count, size and sha256, so a truncated or altered shard is caught on read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ScencodeError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+def shard_schema(with_labels: bool) -> pa.Schema:
+    fields = [
+        pa.field("cell_id", pa.string(), nullable=False),
+        pa.field("dataset_id", pa.string(), nullable=False),
+        pa.field("gene_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("counts", pa.list_(pa.int32()), nullable=False),
+        pa.field("total_counts", pa.float32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+    if with_labels:
+        fields += [pa.field("label", pa.string()), pa.field("batch", pa.string())]
+    return pa.schema(fields)
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(corpus_dir: str | Path) -> dict:
+    path = Path(corpus_dir) / MANIFEST
+    if not path.exists():
+        raise ScencodeError("corpus manifest not found (tokenization incomplete?)", path)
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ScencodeError(f"corrupt manifest ({exc})", path) from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ScencodeError(f"unsupported manifest format {manifest.get('format_version')!r}", path)
+    return manifest
+
+
+def verify_corpus(corpus_dir: str | Path, checksums: bool = True, vocab_hash: str | None = None) -> dict:
+    """Check every shard against the manifest (presence, size, sha256, row count, schema)."""
+    corpus_dir = Path(corpus_dir)
+    manifest = read_manifest(corpus_dir)
+    if vocab_hash is not None and manifest["vocab_hash"] != vocab_hash:
+        raise ScencodeError(f"shards were tokenized with another vocabulary (hash {manifest['vocab_hash'][:12]}…, "
+                            f"expected {vocab_hash[:12]}…); re-run tokenize", corpus_dir)
+    for shard in manifest["shards"]:
+        path = corpus_dir / shard["file"]
+        if not path.exists():
+            raise ScencodeError("shard listed in the manifest is missing", path)
+        if path.stat().st_size != shard["bytes"] or (checksums and file_sha256(path) != shard["sha256"]):
+            raise ScencodeError("shard is truncated or altered (size or sha256 differs from the manifest)", path)
+        rows = open_shard(path).metadata.num_rows
+        if rows != shard["n_cells"]:
+            raise ScencodeError(f"shard holds {rows} cells, manifest says {shard['n_cells']}", path)
+    return manifest
+
+
+def open_shard(path: str | Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
+
+
+def iter_batches(corpus_dir: str | Path, columns: list[str] | None = None,
+                 batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+    """Stream record batches over all shards in order; errors name the shard."""
+    corpus_dir = Path(corpus_dir)
+    for shard in read_manifest(corpus_dir)["shards"]:
+        path = corpus_dir / shard["file"]
+        try:
+            yield from open_shard(path).iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc

@@ -1,0 +1,210 @@
+"""Tokenization: QC'd datasets → Parquet shards of (gene ids, raw counts) per cell.
+
+One row per cell holds the vocabulary ids of all its non-zero genes and their raw counts, so one
+tokenization serves every expression encoding; normalisation, sampling and binning happen in the
+loader. Cells stream through in blocks: a block's CSR arrays become Arrow list arrays directly
+(offsets + values), with no per-cell Python code. Shards are written into a temporary folder that
+replaces the corpus folder only when every shard and the manifest are complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from .atomic import atomic_dir, write_json
+from .errors import ScencodeError
+from .h5ad import count_matrix, open_h5ad, read_frame
+from .shards import FORMAT_VERSION, MANIFEST, file_sha256, shard_name, shard_schema
+from .vocab import load_vocab
+
+
+@dataclass
+class TokenizeParams:
+    val_fraction: float = 0.001
+    test_fraction: float = 0.001
+    split_salt: str = "scencode"
+    cells_per_shard: int = 100_000
+    row_group_cells: int = 2048
+    chunk_cells: int = 20_000
+    compression_level: int = 3
+
+
+@dataclass
+class DatasetInput:
+    dataset_id: str
+    path: Path
+    label_key: str | None = None
+    batch_key: str | None = None
+
+
+def assign_split(cell_ids: pd.Series, params: TokenizeParams) -> np.ndarray:
+    """train/val/test from a stable 64-bit hash of the cell id (pandas' SipHash, keyed by the salt),
+    so a cell keeps its split whatever else is in the corpus."""
+    key = hashlib.sha256(params.split_salt.encode()).hexdigest()[:16]
+    h = pd.util.hash_pandas_object(cell_ids, index=False, hash_key=key).to_numpy()
+    u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return np.where(u < params.test_fraction, "test",
+                    np.where(u < params.test_fraction + params.val_fraction, "val", "train"))
+
+
+def block_to_lists(block: sp.csr_matrix, col_to_token: np.ndarray, sorted_map: bool):
+    """CSR block → (offsets, token ids, counts, cells kept) restricted to vocabulary genes."""
+    block.sort_indices()
+    in_vocab = col_to_token[block.indices] >= 0
+    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+    in_vocab &= block.data > 0
+    rows, tokens, counts = rows[in_vocab], col_to_token[block.indices[in_vocab]], block.data[in_vocab]
+    if not sorted_map:
+        order = np.lexsort((tokens, rows))
+        rows, tokens, counts = rows[order], tokens[order], counts[order]
+    per_cell = np.bincount(rows, minlength=block.shape[0])
+    has_genes = per_cell > 0
+    offsets = np.concatenate([[0], np.cumsum(per_cell[has_genes])]).astype(np.int32)
+    return offsets, tokens.astype(np.int32), np.rint(counts).astype(np.int32), has_genes
+
+
+class ShardWriter:
+    """Rolls over to a new ``part-NNNNN.parquet`` every ``cells_per_shard`` cells."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, params: TokenizeParams, metadata: dict):
+        self.folder, self.params = folder, params
+        self.schema = schema.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+        self.shards: list[dict] = []
+        self._writer = None
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self._writer is None:
+                self._open()
+            take = min(table.num_rows, self.params.cells_per_shard - self._rows)
+            self._writer.write_table(table.slice(0, take), row_group_size=self.params.row_group_cells)
+            self._rows += take
+            table = table.slice(take)
+            if self._rows == self.params.cells_per_shard:
+                self._close()
+
+    def _open(self) -> None:
+        path = self.folder / shard_name(len(self.shards))
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd",
+                                        compression_level=self.params.compression_level)
+        self.shards.append({"file": path.name})
+        self._rows = 0
+
+    def _close(self) -> None:
+        self._writer.close()
+        path = self.folder / self.shards[-1]["file"]
+        self.shards[-1].update(n_cells=self._rows, bytes=path.stat().st_size, sha256=file_sha256(path))
+        self._writer = None
+
+    def finish(self) -> list[dict]:
+        if self._writer is not None:
+            self._close()
+        return self.shards
+
+
+def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str | Path,
+                    out_dir: str | Path, params: TokenizeParams, with_labels: bool = False) -> dict:
+    vocab, digest = load_vocab(vocab_path)
+    token_of_gene = pd.Series(vocab.token_id.to_numpy(), index=vocab.gene_id)
+    config_hash = hashlib.sha256(json.dumps(
+        {"params": asdict(params), "with_labels": with_labels,
+         "datasets": [[d.dataset_id, d.label_key, d.batch_key] for d in datasets]},
+        sort_keys=True).encode()).hexdigest()
+    schema = shard_schema(with_labels)
+    per_dataset, nnz_parts, split_counts = {}, [], {}
+    with atomic_dir(out_dir) as tmp:
+        writer = ShardWriter(tmp, schema, params, {"scencode_vocab_hash": digest, "corpus": corpus})
+        for d in datasets:
+            stats, nnz = _tokenize_dataset(d, token_of_gene, writer, params, with_labels)
+            per_dataset[d.dataset_id] = stats
+            nnz_parts.append(nnz)
+            for name, n in stats.pop("splits").items():
+                split_counts[name] = split_counts.get(name, 0) + n
+        shards = writer.finish()
+        nnz = np.concatenate(nnz_parts)
+        if nnz.size == 0:
+            raise ScencodeError(f"corpus {corpus!r} has no cell with a vocabulary gene")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "corpus": corpus,
+            "kind": "evaluation" if with_labels else "training",
+            "n_cells": int(nnz.size),
+            "splits": split_counts,
+            "datasets": per_dataset,
+            "shards": shards,
+            "nnz": {"mean": float(nnz.mean()), "median": float(np.median(nnz)), "min": int(nnz.min()),
+                    "max": int(nnz.max()), "p05": float(np.percentile(nnz, 5)),
+                    "p95": float(np.percentile(nnz, 95)), "total": int(nnz.sum())},
+            "vocab_hash": digest,
+            "vocab_size": len(vocab),
+            "config_hash": config_hash,
+            "params": asdict(params),
+            "columns": schema.names,
+        }
+        write_json(manifest, tmp / MANIFEST)
+    return manifest
+
+
+def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: ShardWriter,
+                      params: TokenizeParams, with_labels: bool):
+    with open_h5ad(d.path) as f:
+        x = count_matrix(f, d.path, "X")
+        obs = read_frame(f, "obs")
+        var_ids = read_frame(f, "var").index.astype(str)
+        col_to_token = token_of_gene.reindex(var_ids).fillna(-1).to_numpy(np.int64)
+        if not (col_to_token >= 0).any():
+            raise ScencodeError(f"none of its {len(var_ids)} gene ids is in the vocabulary "
+                                f"(e.g. {', '.join(var_ids[:3])})", d.path)
+        mapped = col_to_token[col_to_token >= 0]
+        sorted_map = bool(np.all(np.diff(mapped) > 0))
+        cell_ids = pd.Series(d.dataset_id + ":" + obs.index.astype(str))
+        split = assign_split(cell_ids, params)
+        labels = _label_columns(obs, d) if with_labels else {}
+        nnz, kept_splits = [], []
+        n_cells = x.shape[0]
+        for start, block in tqdm(x.blocks(params.chunk_cells), desc=f"tokenize {d.dataset_id}",
+                                 total=-(-n_cells // params.chunk_cells), mininterval=5):
+            stop = start + block.shape[0]
+            offsets, tokens, counts, keep = block_to_lists(block, col_to_token, sorted_map)
+            columns = {
+                "cell_id": pa.array(cell_ids.to_numpy()[start:stop][keep], pa.string()),
+                "dataset_id": pa.array(np.full(int(keep.sum()), d.dataset_id), pa.string()),
+                "gene_ids": pa.ListArray.from_arrays(offsets, tokens),
+                "counts": pa.ListArray.from_arrays(offsets, counts),
+                "total_counts": pa.array(np.asarray(block.sum(axis=1)).ravel()[keep], pa.float32()),
+                "split": pa.array(split[start:stop][keep], pa.string()),
+            }
+            for name, values in labels.items():
+                columns[name] = pa.array(values[start:stop][keep], pa.string())
+            writer.write(pa.Table.from_pydict(columns, schema=writer.schema))
+            nnz.append(np.diff(offsets))
+            kept_splits.append(split[start:stop][keep])
+    nnz = np.concatenate(nnz) if nnz else np.zeros(0, np.int64)
+    splits = pd.Series(np.concatenate(kept_splits) if kept_splits else []).value_counts()
+    stats = {"cells_in": n_cells, "cells_written": int(nnz.size),
+             "cells_without_vocab_genes": n_cells - int(nnz.size),
+             "genes_in_vocab": int((col_to_token >= 0).sum()), "genes_not_in_vocab": int((col_to_token < 0).sum()),
+             "splits": {k: int(v) for k, v in splits.items()}}
+    return stats, nnz
+
+
+def _label_columns(obs: pd.DataFrame, d: DatasetInput) -> dict:
+    if d.label_key is None or d.label_key not in obs.columns:
+        raise ScencodeError(f"label column {d.label_key!r} is missing from obs", d.path)
+    if d.batch_key is not None and d.batch_key not in obs.columns:
+        raise ScencodeError(f"batch column {d.batch_key!r} is missing from obs", d.path)
+    label = obs[d.label_key].astype(str).where(obs[d.label_key].notna(), None).to_numpy(object)
+    batch = (np.full(len(obs), d.dataset_id, dtype=object) if d.batch_key is None
+             else obs[d.batch_key].astype(str).to_numpy(object))
+    return {"label": label, "batch": batch}

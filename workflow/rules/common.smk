@@ -1,0 +1,77 @@
+# Config validation and the small functions that turn config into paths and per-rule settings.
+# Each rule gets exactly the slice of config it reads (as params), so changing a setting reruns
+# only the jobs that depend on it.
+import json
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESOURCES = config["resources_dir"]
+RESULTS = config["results_dir"]
+LOGS = config["logs_dir"]
+DATASETS = config["datasets"]
+TRAIN_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "train")
+EVAL_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "eval")
+TRAIN_CORPUS = "train"
+
+if not TRAIN_DATASETS:
+    raise ValueError("config: 'datasets' has no dataset with role 'train'")
+if TRAIN_CORPUS in DATASETS:
+    raise ValueError(f"config: dataset name {TRAIN_CORPUS!r} is reserved for the training corpus")
+for name in EVAL_DATASETS:
+    if not DATASETS[name].get("label_key"):
+        raise ValueError(f"config: evaluation dataset {name!r} needs 'label_key'")
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    corpus="|".join([TRAIN_CORPUS, *EVAL_DATASETS]),
+
+
+def as_json(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def dataset_source(dataset):
+    """The source entry; demo data are seeded by the global seed, census by the pinned version."""
+    source = dict(DATASETS[dataset]["source"])
+    if source["type"] == "demo":
+        source.setdefault("seed", config["seed"])
+    if source["type"] == "census":
+        source.setdefault("census_version", config.get("census_version"))
+    return source
+
+
+def qc_settings(dataset):
+    spec = DATASETS[dataset]
+    settings = {**config["qc"], **spec.get("qc", {})}
+    for key in ("label_key", "batch_key"):
+        if spec.get(key):
+            settings[key] = spec[key]
+    return settings
+
+
+def corpus_datasets(corpus):
+    return TRAIN_DATASETS if corpus == TRAIN_CORPUS else [corpus]
+
+
+def corpus_inputs(corpus):
+    return [
+        {
+            "dataset_id": d,
+            "path": f"{RESULTS}/qc/{d}.h5ad",
+            "label_key": DATASETS[d].get("label_key"),
+            "batch_key": DATASETS[d].get("batch_key"),
+        }
+        for d in corpus_datasets(corpus)
+    ]
+
+
+def corpus_dir(corpus):
+    return f"{RESULTS}/tokens/{corpus}"
+
+
+def all_targets():
+    return [corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]]

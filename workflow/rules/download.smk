@@ -1,0 +1,40 @@
+rule gene_table:
+    output:
+        genes=f"{RESOURCES}/genes/genes.parquet",
+        symbols=f"{RESOURCES}/genes/symbols.parquet",
+    params:
+        sources=" ".join(
+            f"--{key.replace('_', '-')} {value}"
+            for key, value in config["gene_table"].items()
+            if value
+        ),
+    log:
+        f"{LOGS}/gene_table.log",
+    benchmark:
+        f"{LOGS}/benchmarks/gene_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode gene-table {params.sources} --out $(dirname {output.genes}) > {log} 2>&1"
+
+
+rule download:
+    output:
+        f"{RESOURCES}/raw/{{dataset}}.h5ad",
+    params:
+        source=lambda w: as_json(dataset_source(w.dataset)),
+    log:
+        f"{LOGS}/download/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/download/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    retries: 2
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode download --source {params.source:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,22 @@
+rule qc:
+    input:
+        raw=f"{RESOURCES}/raw/{{dataset}}.h5ad",
+        genes=rules.gene_table.output.genes,
+    output:
+        h5ad=f"{RESULTS}/qc/{{dataset}}.h5ad",
+        report=f"{RESULTS}/qc/{{dataset}}.json",
+    params:
+        settings=lambda w: as_json(qc_settings(w.dataset)),
+    log:
+        f"{LOGS}/qc/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/qc/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode qc --input {input.raw} --output {output.h5ad} --report {output.report}"
+        " --gene-table $(dirname {input.genes}) --dataset {wildcards.dataset}"
+        " --params {params.settings:q} > {log} 2>&1"

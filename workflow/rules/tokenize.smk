@@ -1,0 +1,48 @@
+rule vocab:
+    input:
+        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=TRAIN_DATASETS),
+        protein_genes=config["vocab"].get("protein_genes") or [],
+    output:
+        f"{RESULTS}/vocab.parquet",
+    params:
+        policy=config["vocab"]["policy"],
+        protein=lambda w, input: (
+            f"--protein-genes {input.protein_genes}" if input.protein_genes else ""
+        ),
+    log:
+        f"{LOGS}/vocab.log",
+    benchmark:
+        f"{LOGS}/benchmarks/vocab.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode vocab --qc {input.qc} --policy {params.policy} {params.protein}"
+        " --out {output} > {log} 2>&1"
+
+
+rule tokenize:
+    input:
+        vocab=rules.vocab.output[0],
+        qc=lambda w: [d["path"] for d in corpus_inputs(w.corpus)],
+    output:
+        directory(f"{RESULTS}/tokens/{{corpus}}"),
+    params:
+        datasets=lambda w: as_json(corpus_inputs(w.corpus)),
+        settings=as_json(config["tokenize"]),
+        labels=lambda w: "" if w.corpus == TRAIN_CORPUS else "--labels",
+    log:
+        f"{LOGS}/tokenize/{{corpus}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/tokenize/{{corpus}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode tokenize --corpus {wildcards.corpus} --datasets {params.datasets:q}"
+        " --vocab {input.vocab} --out {output} --params {params.settings:q} {params.labels}"
+        " > {log} 2>&1"
