@@ -74,7 +74,8 @@ def block_to_lists(block: sp.csr_matrix, col_to_token: np.ndarray, sorted_map: b
 
 
 class ShardWriter:
-    """Rolls over to a new ``part-NNNNN.parquet`` every ``cells_per_shard`` cells."""
+    """Buffers blocks into row groups of exactly ``row_group_cells`` cells and rolls over to a new
+    ``part-NNNNN.parquet`` every ``cells_per_shard`` cells (only the last group of a shard is short)."""
 
     def __init__(self, folder: Path, schema: pa.Schema, params: TokenizeParams, metadata: dict):
         self.folder, self.params = folder, params
@@ -82,17 +83,29 @@ class ShardWriter:
         self.shards: list[dict] = []
         self._writer = None
         self._rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
     def write(self, table: pa.Table) -> None:
-        while table.num_rows:
-            if self._writer is None:
-                self._open()
-            take = min(table.num_rows, self.params.cells_per_shard - self._rows)
-            self._writer.write_table(table.slice(0, take), row_group_size=self.params.row_group_cells)
-            self._rows += take
-            table = table.slice(take)
-            if self._rows == self.params.cells_per_shard:
-                self._close()
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self._next_group_size():
+            self._write_group(self._next_group_size())
+
+    def _next_group_size(self) -> int:
+        room = self.params.cells_per_shard - (self._rows if self._writer is not None else 0)
+        return min(self.params.row_group_cells, room)
+
+    def _write_group(self, n: int) -> None:
+        pending = pa.concat_tables(self._pending)
+        if self._writer is None:
+            self._open()
+        self._writer.write_table(pending.slice(0, n), row_group_size=n)
+        self._rows += n
+        self._pending = [pending.slice(n)]
+        self._pending_rows -= n
+        if self._rows == self.params.cells_per_shard:
+            self._close()
 
     def _open(self) -> None:
         path = self.folder / shard_name(len(self.shards))
@@ -108,6 +121,8 @@ class ShardWriter:
         self._writer = None
 
     def finish(self) -> list[dict]:
+        if self._pending_rows:
+            self._write_group(self._pending_rows)
         if self._writer is not None:
             self._close()
         return self.shards

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scencode.genes import GeneTable
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Real Ensembl ids / symbols used across tests (GENCODE 48)
+GENES = {
+    "TP53": "ENSG00000141510",
+    "GAPDH": "ENSG00000111640",
+    "ACTB": "ENSG00000075624",
+    "CD3E": "ENSG00000198851",
+    "MS4A1": "ENSG00000156738",
+    "MT-CO1": "ENSG00000198804",
+    "MT-ND1": "ENSG00000198888",
+    "ALB": "ENSG00000163631",
+}
+
+
+@pytest.fixture(scope="session")
+def gene_table_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("genes")
+    GeneTable.packaged(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def gene_table(gene_table_dir) -> GeneTable:
+    return GeneTable.load(gene_table_dir)
+
+
+def make_counts(n_cells: int = 60, n_genes: int = len(GENES), seed: int = 0, mean: float = 40.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.poisson(mean, (n_cells, n_genes)).astype(np.float32)
+
+
+def tiny_adata(counts: np.ndarray | None = None, by_symbol: bool = False, **obs_columns) -> ad.AnnData:
+    counts = make_counts() if counts is None else counts
+    symbols = list(GENES)[: counts.shape[1]]
+    ids = [GENES[s] for s in symbols]
+    obs = pd.DataFrame(obs_columns, index=[f"cell{i}" for i in range(counts.shape[0])])
+    var = pd.DataFrame(index=symbols if by_symbol else ids)
+    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files an interrupted atomic write would leave behind."""
+    return [p.name for p in Path(folder).rglob("*") if ".tmp" in p.name]
