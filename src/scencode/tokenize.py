@@ -60,9 +60,8 @@ def assign_split(cell_ids: pd.Series, params: TokenizeParams) -> np.ndarray:
 def block_to_lists(block: sp.csr_matrix, col_to_token: np.ndarray, sorted_map: bool):
     """CSR block → (offsets, token ids, counts, cells kept) restricted to vocabulary genes."""
     block.sort_indices()
-    in_vocab = col_to_token[block.indices] >= 0
-    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
-    in_vocab &= block.data > 0
+    in_vocab = (col_to_token[block.indices] >= 0) & (block.data > 0)
+    rows = np.repeat(np.arange(block.shape[0], dtype=np.int32), np.diff(block.indptr))
     rows, tokens, counts = rows[in_vocab], col_to_token[block.indices[in_vocab]], block.data[in_vocab]
     if not sorted_map:
         order = np.lexsort((tokens, rows))
@@ -177,7 +176,7 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: ShardWr
         x = count_matrix(f, d.path, "X")
         obs = read_frame(f, "obs")
         var_ids = read_frame(f, "var").index.astype(str)
-        col_to_token = token_of_gene.reindex(var_ids).fillna(-1).to_numpy(np.int64)
+        col_to_token = token_of_gene.reindex(var_ids).fillna(-1).to_numpy(np.int32)
         if not (col_to_token >= 0).any():
             raise ScencodeError(f"none of its {len(var_ids)} gene ids is in the vocabulary "
                                 f"(e.g. {', '.join(var_ids[:3])})", d.path)

@@ -1,0 +1,130 @@
+"""Tokenization throughput against the read limit, and peak memory.
+
+Generates a QC-style h5ad (CSR counts, Ensembl var names) of ``--cells`` cells with about
+``--nnz`` non-zero genes each, then, each in its own process so peak RSS is its own:
+  * read_limit: read the same CSR blocks and write indices/data as Parquet list columns, no processing;
+  * tokenize:   scencode's tokenizer on the same file (vocabulary mapping, splits, manifest, checksums).
+Prints one JSON object on its last line.
+
+    python benchmarks/tokenize.py                 # default size, < 3 minutes on 2 cores
+    python benchmarks/tokenize.py --cells 1000000 # the memory goal: peak_rss_mb <= 2000
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# this file's name shadows the standard library's `tokenize` module that numpy imports
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import json
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from scencode.h5ad import ChunkedH5adWriter, count_matrix, open_h5ad
+from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
+from scencode.vocab import build_vocab, write_vocab
+
+N_GENES = 20_000
+BLOCK = 20_000
+
+
+def generate(path: Path, n_cells: int, nnz: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    ids = [f"ENSG{i:011d}" for i in range(N_GENES)]
+    # gene popularity is skewed like real data
+    p = rng.gamma(0.5, 1.0, N_GENES)
+    p /= p.sum()
+    writer = ChunkedH5adWriter(path, N_GENES)
+    for start in range(0, n_cells, BLOCK):
+        n = min(BLOCK, n_cells - start)
+        per_cell = np.clip(rng.normal(nnz, nnz / 4, n).astype(np.int64), 50, N_GENES // 2)
+        cols = rng.choice(N_GENES, size=int(per_cell.sum()), p=p).astype(np.int32)
+        rows = np.repeat(np.arange(n), per_cell)
+        block = sp.csr_matrix((rng.geometric(0.4, cols.size).astype(np.float32), (rows, cols)), shape=(n, N_GENES))
+        block.sum_duplicates()
+        writer.append(block)
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(n_cells)])
+    writer.finish(obs, pd.DataFrame(index=ids))
+
+
+def read_limit(path: Path, out: Path) -> None:
+    with open_h5ad(path) as f:
+        x = count_matrix(f, path, "X")
+        writer = None
+        for _, block in x.blocks(BLOCK):
+            offsets = block.indptr.astype(np.int32)
+            table = pa.table({"gene_ids": pa.ListArray.from_arrays(offsets, block.indices.astype(np.int32)),
+                              "counts": pa.ListArray.from_arrays(offsets, block.data.astype(np.int32))})
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema, compression="zstd", compression_level=3)
+            writer.write_table(table, row_group_size=2048)
+        writer.close()
+
+
+def tokenize(path: Path, out: Path) -> None:
+    vocab = out.parent / "vocab.parquet"
+    write_vocab(build_vocab([path]), vocab)
+    tokenize_corpus("bench", [DatasetInput("bench", path)], vocab, out,
+                    TokenizeParams(cells_per_shard=100_000, row_group_cells=2048, chunk_cells=BLOCK))
+
+
+def run_phase(phase: str, path: Path, workdir: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", phase, "--input", str(path), "--workdir",
+                          str(workdir)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=100_000)
+    parser.add_argument("--nnz", type=int, default=2_000)
+    parser.add_argument("--phase", choices=["read_limit", "tokenize"])
+    parser.add_argument("--input")
+    parser.add_argument("--workdir")
+    args = parser.parse_args()
+
+    if args.phase:  # child process: one measurement
+        path, workdir = Path(args.input), Path(args.workdir)
+        start = time.perf_counter()
+        if args.phase == "read_limit":
+            read_limit(path, workdir / "read_limit.parquet")
+        else:
+            tokenize(path, workdir / "tokens")
+        seconds = time.perf_counter() - start
+        print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        path = tmp / "input.h5ad"
+        generate(path, args.cells, args.nnz)
+        limit = run_phase("read_limit", path, tmp)
+        tok = run_phase("tokenize", path, tmp)
+        manifest = json.loads((tmp / "tokens" / "manifest.json").read_text())
+    result = {
+        "n_cells": args.cells,
+        "mean_nnz": manifest["nnz"]["mean"],
+        "cells_per_s": args.cells / tok["seconds"],
+        "read_limit_cells_per_s": args.cells / limit["seconds"],
+        "ratio_to_read_limit": limit["seconds"] / tok["seconds"],
+        "peak_rss_mb": tok["peak_rss_mb"],
+        "read_limit_peak_rss_mb": limit["peak_rss_mb"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_adata
+
+
+def scencode(*args):
+    return subprocess.run([sys.executable, "-m", "scencode", *args], capture_output=True, text=True)
+
+
+def test_bad_input_exits_non_zero_with_the_file_and_problem(tmp_path):
+    missing = tmp_path / "nope.h5ad"
+    result = scencode("qc", "--input", str(missing), "--output", str(tmp_path / "o.h5ad"),
+                      "--report", str(tmp_path / "o.json"), "--gene-table", str(tmp_path), "--dataset", "d")
+    assert result.returncode == 1
+    assert "gene table file genes.parquet is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_setting_is_named(tmp_path, gene_table_dir):
+    src = tmp_path / "d.h5ad"
+    tiny_adata().write_h5ad(src)
+    result = scencode("qc", "--input", str(src), "--output", str(tmp_path / "o.h5ad"), "--report",
+                      str(tmp_path / "o.json"), "--gene-table", str(gene_table_dir), "--dataset", "d",
+                      "--params", '{"min_gene": 3}')
+    assert result.returncode == 1 and "unknown QCParams setting(s): min_gene" in result.stderr
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_check_shards_reports_a_missing_manifest(tmp_path):
+    result = scencode("check-shards", str(tmp_path))
+    assert result.returncode == 1 and "manifest.json: corpus manifest not found" in result.stderr
+
+
+@pytest.mark.parametrize("step", ["gene-table", "download", "qc", "vocab", "tokenize", "check-shards"])
+def test_every_step_has_help(step):
+    assert scencode(step, "--help").returncode == 0

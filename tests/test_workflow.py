@@ -1,0 +1,95 @@
+"""The Snakemake workflow: config validation, the paper DAG offline, reruns, and a full demo run."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import REPO
+from workflow_helpers import demo_config, planned_jobs, small_config, snakemake
+from scencode.shards import verify_corpus
+
+pytestmark = pytest.mark.workflow
+
+
+def test_lint_is_clean():
+    result = snakemake(None, None, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c["qc"].update(min_gene=5), "min_gene"),                        # unknown key
+    (lambda c: c["qc"].update(min_genes="many"), "min_genes"),                 # wrong type
+    (lambda c: c.pop("tokenize"), "tokenize"),                                 # missing required key
+    (lambda c: c["datasets"]["sim_lung_1"]["source"].update(nme="x"), "nme"),  # unknown source key
+    (lambda c: c["vocab"].update(policy="everything"), "everything"),          # bad choice
+])
+def test_malformed_config_stops_with_a_message_naming_the_key(tmp_path, edit, key):
+    config = demo_config()
+    edit(config)
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert key in result.stderr + result.stdout
+
+
+def test_paper_config_plans_every_download_offline(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    result = snakemake(tmp_path, config, "-n", "--profile", str(REPO / "slurm"))
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    roles = [spec["role"] for spec in config["datasets"].values()]
+    assert roles.count("train") == 101 and roles.count("eval") == 26
+    assert jobs["download"] == 127 and jobs["qc"] == 127 and jobs["tokenize"] == 27
+    sources = [spec["source"] for spec in config["datasets"].values()]
+    assert all(s["type"] == "census" for s in sources)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo_run")
+    config = small_config()
+    result = snakemake(workdir, config, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, config
+
+
+def test_demo_workflow_writes_every_corpus_with_logs_and_benchmarks(demo_run):
+    workdir, config = demo_run
+    evaluation = [d for d, s in config["datasets"].items() if s["role"] == "eval"]
+    for corpus in ["train", *evaluation]:
+        manifest = verify_corpus(workdir / "results" / "tokens" / corpus)
+        assert manifest["n_cells"] > 0
+        assert (workdir / "logs" / "tokenize" / f"{corpus}.log").exists()
+        assert (workdir / "logs" / "benchmarks" / "tokenize" / f"{corpus}.tsv").exists()
+    train = json.loads((workdir / "results" / "tokens" / "train" / "manifest.json").read_text())
+    assert set(train["datasets"]) == {d for d, s in config["datasets"].items() if s["role"] == "train"}
+    pbmc = json.loads((workdir / "results" / "tokens" / "pbmc68k" / "manifest.json").read_text())
+    assert pbmc["kind"] == "evaluation" and pbmc["n_cells"] == 700
+    liver = json.loads((workdir / "results" / "qc" / "sim_liver_1.json").read_text())
+    assert liver["genes"]["unmatched"] == 5 and liver["genes"]["gene_id_source"].startswith("symbols")
+
+
+def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
+    workdir, config = demo_run
+    assert planned_jobs(snakemake(workdir, config, "-n")) == {}
+    changed = copy.deepcopy(config)
+    changed["datasets"]["pbmc68k"]["qc"]["min_genes"] = 60
+    jobs = planned_jobs(snakemake(workdir, changed, "-n"))
+    assert jobs == {"qc": 1, "tokenize": 1, "all": 1}
+    changed = copy.deepcopy(config)
+    changed["tokenize"]["row_group_cells"] = 64
+    assert planned_jobs(snakemake(workdir, changed, "-n")) == {"tokenize": 4, "all": 1}
+
+
+def test_failed_job_leaves_no_output(demo_run, tmp_path):
+    workdir, config = demo_run
+    broken = copy.deepcopy(config)
+    broken["datasets"]["sim_lung_eval"]["label_key"] = "no_such_column"
+    result = snakemake(workdir, broken, "--cores", "1", "results/tokens/sim_lung_eval", "--forcerun", "qc")
+    assert result.returncode != 0
+    log = (workdir / "logs" / "qc" / "sim_lung_eval.log").read_text()
+    assert "label column 'no_such_column' is missing from obs" in log
+    assert not (workdir / "results" / "qc" / "sim_lung_eval.h5ad").exists()

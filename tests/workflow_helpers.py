@@ -1,0 +1,59 @@
+"""Run the workflow in a scratch folder with a small version of the demo config."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+
+
+def demo_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def small_config(n_cells: int = 300) -> dict:
+    config = copy.deepcopy(demo_config())
+    for spec in config["datasets"].values():
+        if spec["source"]["type"] == "demo" and spec["source"]["name"] != "pbmc68k_reduced":
+            spec["source"]["n_cells"] = n_cells
+    config["tokenize"]["cells_per_shard"] = 200
+    return config
+
+
+def snakemake(workdir: Path | None, config: dict | None, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Snakemake in ``workdir`` (None: the repository itself, with its default config)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
+    if workdir is not None:
+        cmd += ["--directory", str(workdir)]
+    if config is not None:
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd += ["--configfile", str(path)]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table."""
+    counts, in_table = {}, False
+    for line in result.stdout.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                if counts:
+                    break
+                continue
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+    return counts
