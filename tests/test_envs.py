@@ -14,6 +14,9 @@ def pyproject_requirements() -> dict[str, Requirement]:
     return {Requirement(d).name.lower(): Requirement(d) for d in deps}
 
 
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
 def env_packages(path):
     env = yaml.safe_load(path.read_text())
     conda, pip = {}, []
@@ -22,7 +25,7 @@ def env_packages(path):
             pip += dep["pip"]
         else:
             name, spec = re.match(r"^([A-Za-z0-9_.-]+)(.*)$", dep).groups()
-            conda[name.lower()] = spec.replace("=", "==", 1) if spec.startswith("=") and not spec.startswith("==") else spec
+            conda[CONDA_TO_PYPI.get(name.lower(), name.lower())] = spec.replace("=", "==", 1) if spec.startswith("=") and not spec.startswith("==") else spec
     return conda, pip
 
 
@@ -33,7 +36,12 @@ def test_every_env_pins_what_pyproject_pins_and_installs_the_package():
     for path in envs:
         conda, pip = env_packages(path)
         assert "--editable ../.." in pip, f"{path.name} does not install scencode itself"
-        for name, spec in conda.items():
+        pinned = {**conda}
+        for line in pip:
+            if not line.startswith("-"):
+                req = Requirement(line)
+                pinned[req.name.lower()] = str(req.specifier)
+        for name, spec in pinned.items():
             if name in ("python", "pip"):
                 continue
             assert name in required, f"{path.name}: {name} is not a dependency in pyproject.toml"

@@ -80,6 +80,88 @@ def cmd_tokenize(args) -> None:
     log.info("corpus %s: %d cells in %d shards", args.corpus, manifest["n_cells"], len(manifest["shards"]))
 
 
+def cmd_proteins(args) -> None:
+    from .proteins import demo_fasta, read_peptide_fasta
+    from .sources import download_url, link_local
+
+    source = json.loads(args.source)
+    kind = source.get("type")
+    if kind == "demo":
+        demo_fasta(args.out)
+    elif kind == "url":
+        digest = download_url(source["url"], args.out, sha256=source.get("sha256"))
+        log.info("downloaded %s (sha256 %s)", source["url"], digest)
+    elif kind == "local":
+        link_local(source["path"], args.out, check_hdf5=False)
+    else:
+        raise ScencodeError(f"unknown protein source type {kind!r}; choose one of demo, url, local")
+    try:
+        proteins = read_peptide_fasta(args.out)
+    except ScencodeError:
+        Path(args.out).unlink(missing_ok=True)
+        raise
+    log.info("proteins: %d sequences of %d genes", len(proteins), proteins.gene_id.nunique())
+
+
+def cmd_esm_tiny(args) -> None:
+    from .esm_embed import save_tiny_esm2
+
+    save_tiny_esm2(args.out, layers=args.layers, dim=args.dim, heads=args.heads, seed=args.seed)
+
+
+def cmd_esm_embed(args) -> None:
+    from .esm_embed import EmbedParams, ESMEmbedder, embed_genes, load_esm2
+    from .proteins import read_peptide_fasta, select_isoforms
+
+    params = _params(EmbedParams, args.params)
+    isoforms = select_isoforms(read_peptide_fasta(args.fasta), params.isoforms)
+    model, alphabet = load_esm2(args.model, args.weights)
+    torch_threads(args.threads)
+    embedder = ESMEmbedder(model, alphabet, params)
+    meta = {"source": "esm2", "model": args.model or Path(args.weights).name, "layer": embedder.layer,
+            "isoforms": params.isoforms, "long_sequences": params.long_sequences,
+            "fasta": Path(args.fasta).name}
+    genes = embed_genes(isoforms, embedder, args.out, meta)
+    log.info("ESM-2 gene embeddings: %d genes, dim %d, layer %d", len(genes), embedder.dim, embedder.layer)
+
+
+def cmd_esm_import(args) -> None:
+    from .gene_embeddings import import_table
+    from .genes import GeneTable
+
+    table = GeneTable.load(args.gene_table) if args.gene_table else None
+    report = import_table(args.format, args.input, args.out, table, args.expected_dim)
+    log.info("imported %s table: %s", args.format, report)
+
+
+def cmd_esm_coverage(args) -> None:
+    import pandas as pd
+
+    from .atomic import write_json
+    from .esm_embed import read_gene_table
+    from .gene_embeddings import coverage_report
+    from .genes import GeneTable
+    from .vocab import dataset_genes
+
+    embedded, matrix, meta = read_gene_table(args.table)
+    if args.expected_dim is not None and matrix.shape[1] != args.expected_dim:
+        raise ScencodeError(f"embeddings have dimension {matrix.shape[1]}, config expects {args.expected_dim}",
+                            args.table)
+    candidates = pd.Index(sorted(set().union(*(dataset_genes(p).gene_id for p in args.qc))))
+    report = {"table": str(args.table), "model": meta,
+              **coverage_report(embedded, candidates, GeneTable.load(args.gene_table))}
+    write_json(report, args.out)
+    log.info("coverage: %d of %d dataset genes have an embedding", report["dataset_genes_with_embedding"],
+             report["dataset_genes"])
+
+
+def torch_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def cmd_check_shards(args) -> None:
     from .shards import verify_corpus
 
@@ -129,6 +211,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="tokenize settings as JSON")
     p.add_argument("--labels", action="store_true", help="evaluation corpus: write label and batch columns")
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("proteins", help="fetch a peptide FASTA (Ensembl pep.all, or the demo's)")
+    p.add_argument("--source", required=True, help='JSON: {"type": "demo"} | {"type": "url", ...} | {"type": "local", ...}')
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_proteins)
+
+    p = sub.add_parser("esm-tiny", help="save a randomly initialised tiny ESM-2 (demo and tests)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_esm_tiny)
+
+    p = sub.add_parser("esm-embed", help="ESM-2 gene embeddings from a peptide FASTA")
+    p.add_argument("--fasta", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", help="released ESM-2 name, e.g. esm2_t36_3B_UR50D (fetched to the torch hub cache)")
+    group.add_argument("--weights", help="local fair-esm checkpoint (.pt)")
+    p.add_argument("--params", help="embedding settings as JSON")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_esm_embed)
+
+    p = sub.add_parser("esm-import", help="import a published gene/protein embedding table")
+    p.add_argument("--format", required=True, choices=["transcriptformer", "uce"])
+    p.add_argument("--input", required=True)
+    p.add_argument("--gene-table", help="gene table folder (maps UCE's symbols)")
+    p.add_argument("--expected-dim", type=int)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_esm_import)
+
+    p = sub.add_parser("esm-coverage", help="which dataset genes have a protein embedding")
+    p.add_argument("--table", required=True)
+    p.add_argument("--qc", nargs="+", required=True)
+    p.add_argument("--gene-table", required=True)
+    p.add_argument("--expected-dim", type=int)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_esm_coverage)
 
     p = sub.add_parser("check-shards", help="verify a corpus against its manifest")
     p.add_argument("corpus_dir")

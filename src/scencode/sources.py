@@ -46,12 +46,12 @@ def fetch(source: dict, out: str | Path, seed: int = 0) -> None:
         census_download(source, out)
 
 
-def link_local(path: str | Path, out: Path) -> None:
-    """A local file is linked, not copied (atlases are large); checked to be HDF5 first."""
+def link_local(path: str | Path, out: str | Path, check_hdf5: bool = True) -> None:
+    """A local file is linked, not copied (atlases are large); h5ad files are checked to be HDF5."""
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise ScencodeError("local source file not found", path)
-    if not h5py.is_hdf5(path):
+    if check_hdf5 and not h5py.is_hdf5(path):
         raise ScencodeError("local source is not an h5ad (HDF5) file", path)
     with atomic_path(out, suffix=".h5ad") as tmp:
         tmp.unlink()

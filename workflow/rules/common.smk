@@ -15,6 +15,8 @@ DATASETS = config["datasets"]
 TRAIN_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "train")
 EVAL_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "eval")
 TRAIN_CORPUS = "train"
+ESM = config["esm"]
+ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
 
 if not TRAIN_DATASETS:
     raise ValueError("config: 'datasets' has no dataset with role 'train'")
@@ -73,5 +75,32 @@ def corpus_dir(corpus):
     return f"{RESULTS}/tokens/{corpus}"
 
 
+def esm_weights_input():
+    """The model file the embedding job reads: the demo's tiny model, local weights, or none
+    (a released model is fetched inside the job)."""
+    model = ESM["model"]
+    if model["type"] == "tiny":
+        return f"{RESOURCES}/esm/{ESM['name']}.pt"
+    if model["type"] == "local":
+        return model["path"]
+    return []
+
+
+def esm_model_arg(wildcards, input):
+    if input.weights:
+        return f"--weights {input.weights}"
+    return f"--model {ESM['model']['name']}"
+
+
+def vocab_protein_genes():
+    """Genes with a protein embedding, for the 'protein' vocabulary policy."""
+    if config["vocab"]["policy"] != "protein":
+        return []
+    return config["vocab"].get("protein_genes") or ESM_TABLE
+
+
 def all_targets():
-    return [corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]]
+    return [
+        *[corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]],
+        f"{RESULTS}/esm/{ESM['name']}/coverage.json",
+    ]

@@ -1,7 +1,7 @@
 rule vocab:
     input:
         qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=TRAIN_DATASETS),
-        protein_genes=config["vocab"].get("protein_genes") or [],
+        protein_genes=vocab_protein_genes(),
     output:
         f"{RESULTS}/vocab.parquet",
     params:

@@ -1,0 +1,267 @@
+"""Gene embeddings from ESM-2 (fair-esm): mean over residues of one layer, per gene.
+
+Sequences are sorted by length and packed into batches by a token budget, so padding stays small;
+sequences longer than ESM-2's 1,022-residue context are embedded in overlapping windows whose
+per-residue outputs are averaged where they overlap (or truncated, by config). Finished pieces are
+written as they complete, so a killed job restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from .atomic import atomic_path
+from .errors import ScencodeError
+
+log = logging.getLogger(__name__)
+MAX_RESIDUES = 1022  # ESM-2 context minus BOS/EOS
+# name → (layers, dim, heads): the released ESM-2 models
+ESM2_MODELS = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+LONG_POLICIES = ("window", "truncate")
+
+
+@dataclass
+class EmbedParams:
+    layer: int | None = None  # default: the last layer
+    isoforms: str = "mean"  # mean | longest | canonical
+    long_sequences: str = "window"  # window | truncate
+    window_overlap: int = 256
+    token_budget: int = 16_384  # residues (+2 per sequence) per batch
+    piece_sequences: int = 2_000  # sequences per resumable piece
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def load_esm2(name: str | None = None, weights: str | Path | None = None):
+    """An ESM-2 model and alphabet, from a local fair-esm checkpoint or by released name (hub)."""
+    import esm
+
+    if weights:
+        return _load_local(Path(weights))
+    if name not in ESM2_MODELS:
+        raise ScencodeError(f"unknown ESM-2 model {name!r}; known: {', '.join(ESM2_MODELS)} "
+                            "(or give a local weights file)")
+    return esm.pretrained.load_model_and_alphabet_hub(name)
+
+
+def _load_local(path: Path):
+    import esm
+
+    if not path.exists():
+        raise ScencodeError("ESM-2 weights file not found", path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for non-checkpoints
+        raise ScencodeError(f"not a readable torch checkpoint ({type(exc).__name__})", path) from exc
+    if not (isinstance(data, dict) and {"cfg", "model"} <= set(data)
+            and isinstance(data["cfg"], dict) and hasattr(data["cfg"].get("model"), "encoder_layers")):
+        raise ScencodeError("not an ESM-2 checkpoint (expected fair-esm's {'cfg': {'model': ...}, 'model': "
+                            "state_dict} layout)", path)
+    try:
+        with warnings.catch_warnings():  # contact-regression weights are irrelevant to embeddings
+            warnings.filterwarnings("ignore", message="Regression weights not found")
+            return esm.pretrained.load_model_and_alphabet_core("esm2_local", data)
+    except (RuntimeError, KeyError, AttributeError) as exc:
+        raise ScencodeError(f"not an ESM-2 checkpoint ({str(exc)[:200]})", path) from exc
+
+
+def save_tiny_esm2(path: str | Path, layers: int = 2, dim: int = 32, heads: int = 2, seed: int = 0) -> None:
+    """A randomly initialised ESM-2 built with fair-esm's own class, saved in fair-esm's checkpoint
+    layout: the demo and the tests use it where a real model would be downloaded."""
+    import esm
+
+    torch.manual_seed(seed)
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    model = esm.model.esm2.ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads, alphabet=alphabet)
+    cfg = argparse.Namespace(encoder_layers=layers, encoder_embed_dim=dim, encoder_attention_heads=heads,
+                             token_dropout=True)
+    state = {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items()
+             if not k.startswith("contact_head.regression")}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({"cfg": {"model": cfg}, "model": state}, tmp)
+
+
+def windows(length: int, long_policy: str, overlap: int) -> list[tuple[int, int]]:
+    """(start, stop) residue windows covering a sequence within the model's context."""
+    if length <= MAX_RESIDUES or long_policy == "truncate":
+        return [(0, min(length, MAX_RESIDUES))]
+    stride = MAX_RESIDUES - overlap
+    starts = list(range(0, length - MAX_RESIDUES, stride)) + [length - MAX_RESIDUES]
+    return [(s, s + MAX_RESIDUES) for s in starts]
+
+
+def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Indices grouped so that n × (max length + 2) ≤ budget, longest first."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, current, width = [], [], 0
+    for i in order:
+        w = max(width, int(lengths[i]) + 2)
+        if current and w * (len(current) + 1) > budget:
+            batches.append(np.array(current))
+            current, w = [], int(lengths[i]) + 2
+        current.append(i)
+        width = w
+    if current:
+        batches.append(np.array(current))
+    return batches
+
+
+class ESMEmbedder:
+    def __init__(self, model, alphabet, params: EmbedParams):
+        self.params = params
+        self.layer = model.num_layers if params.layer is None else params.layer
+        if not 0 <= self.layer <= model.num_layers:
+            raise ScencodeError(f"layer {self.layer} does not exist (model has {model.num_layers} layers)")
+        device = params.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = torch.float32
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.model = model.eval().to(self.device, dtype=dtype)
+        self.alphabet = alphabet
+        self.dim = model.embed_dim
+        # one-character tokens through a lookup table: the same ids as alphabet.encode, vectorised
+        self._lut = np.full(256, alphabet.unk_idx, dtype=np.int64)
+        for tok, idx in alphabet.tok_to_idx.items():
+            if len(tok) == 1:
+                self._lut[ord(tok)] = idx
+
+    def embed(self, sequences: list[str], progress: bool = True) -> np.ndarray:
+        """Mean-over-residues embedding of each sequence (float32, one row per sequence)."""
+        p = self.params
+        pieces, owner, weights = [], [], []
+        for i, seq in enumerate(sequences):
+            spans = windows(len(seq), p.long_sequences, p.window_overlap)
+            covered = np.zeros(len(seq))
+            for start, stop in spans:
+                covered[start:stop] += 1
+            n_residues = int((covered > 0).sum())
+            for start, stop in spans:
+                pieces.append(seq[start:stop])
+                owner.append(i)
+                # residues seen by several windows count once overall
+                weights.append(1.0 / (covered[start:stop] * n_residues))
+        lengths = np.array([len(s) for s in pieces])
+        owner = np.array(owner)
+        out = np.zeros((len(sequences), self.dim), dtype=np.float64)
+        batches = token_budget_batches(lengths, p.token_budget)
+        for batch in tqdm(batches, desc="esm batches", disable=not progress, mininterval=5):
+            reps = self._forward([pieces[j] for j in batch])
+            w = torch.zeros(reps.shape[:2], dtype=torch.float32)
+            for row, j in enumerate(batch):
+                w[row, 1:1 + len(pieces[j])] = torch.from_numpy(weights[j])
+            pooled = torch.einsum("bt,btd->bd", w, reps).numpy()
+            np.add.at(out, owner[batch], pooled)
+        return out.astype(np.float32)
+
+    @torch.inference_mode()
+    def _forward(self, seqs: list[str]) -> torch.Tensor:
+        width = max(len(s) for s in seqs) + 2
+        tokens = torch.full((len(seqs), width), self.alphabet.padding_idx, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            tokens[row, 0] = self.alphabet.cls_idx
+            tokens[row, 1:len(seq) + 1] = torch.from_numpy(self._lut[np.frombuffer(seq.encode(), np.uint8)])
+            tokens[row, len(seq) + 1] = self.alphabet.eos_idx
+        out = self.model(tokens.to(self.device), repr_layers=[self.layer])
+        return out["representations"][self.layer].float().cpu()
+
+
+def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | Path, meta: dict) -> pd.DataFrame:
+    """Embed every selected isoform (resumable through ``<out>.parts/``), average per gene, write
+    the gene table. ``isoforms``: gene_id, gene_symbol, protein_id, sequence."""
+    out_path = Path(out_path)
+    parts_dir = out_path.with_name(out_path.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    done = _finished_proteins(parts_dir)
+    todo = isoforms[~isoforms.protein_id.isin(done)]
+    todo = todo.iloc[np.argsort(-todo.sequence.str.len().to_numpy(), kind="stable")]
+    if len(done):
+        log.info("resuming: %d of %d sequences already embedded", len(done), len(isoforms))
+    step = embedder.params.piece_sequences
+    for k in tqdm(range(0, len(todo), step), desc="esm pieces", mininterval=5):
+        piece = todo.iloc[k:k + step]
+        emb = embedder.embed(piece.sequence.tolist(), progress=False)
+        table = pa.table({"protein_id": piece.protein_id.to_numpy(),
+                          "embedding": _fixed_list(emb)})
+        with atomic_path(parts_dir / f"part-{len(done) + k:07d}.parquet", suffix=".parquet") as tmp:
+            pq.write_table(table, tmp)
+    genes = _gene_means(isoforms, parts_dir)
+    write_gene_table(genes, out_path, meta)
+    shutil.rmtree(parts_dir)
+    return genes
+
+
+def _finished_proteins(parts_dir: Path) -> set[str]:
+    done = set()
+    for part in sorted(parts_dir.glob("part-*.parquet")):
+        done.update(pq.read_table(part, columns=["protein_id"]).column(0).to_pylist())
+    return done
+
+
+def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.astype(np.float32).ravel()), matrix.shape[1])
+
+
+def _gene_means(isoforms: pd.DataFrame, parts_dir: Path) -> pd.DataFrame:
+    parts = pa.concat_tables([pq.read_table(p) for p in sorted(parts_dir.glob("part-*.parquet"))])
+    dim = parts.schema.field("embedding").type.list_size
+    emb = parts.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    row = pd.Series(np.arange(len(emb)), index=parts.column("protein_id").to_pylist())
+    iso = isoforms.assign(row=row.reindex(isoforms.protein_id).to_numpy())
+    codes, genes = pd.factorize(iso.gene_id, sort=True)
+    sums = np.zeros((len(genes), dim))
+    np.add.at(sums, codes, emb[iso.row.to_numpy().astype(int)])
+    n = np.bincount(codes, minlength=len(genes))
+    symbols = iso.groupby("gene_id").gene_symbol.first().reindex(genes)
+    return pd.DataFrame({"gene_id": genes, "gene_symbol": symbols.fillna("").to_numpy(), "n_isoforms": n,
+                         "embedding": list((sums / n[:, None]).astype(np.float32))})
+
+
+def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:
+    matrix = np.stack(genes.embedding.to_numpy()).astype(np.float32)
+    table = pa.table({"gene_id": pa.array(genes.gene_id.astype(str)),
+                      "gene_symbol": pa.array(genes.get("gene_symbol", pd.Series([""] * len(genes))).astype(str)),
+                      "n_isoforms": pa.array(genes.get("n_isoforms", pd.Series([1] * len(genes))).astype(np.int32)),
+                      "embedding": _fixed_list(matrix)})
+    meta = {**meta, "dim": matrix.shape[1], "n_genes": len(genes)}
+    table = table.replace_schema_metadata({f"scencode_{k}".encode(): str(v).encode() for k, v in meta.items()})
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_gene_table(path: str | Path) -> tuple[pd.Index, np.ndarray, dict]:
+    """(gene ids, embedding matrix float32, metadata) of a gene-embedding table."""
+    path = Path(path)
+    if not path.exists():
+        raise ScencodeError("gene embedding table not found", path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ScencodeError(f"not a readable gene embedding table ({exc})", path) from exc
+    if "gene_id" not in table.column_names or "embedding" not in table.column_names:
+        raise ScencodeError("gene embedding table needs 'gene_id' and 'embedding' columns", path)
+    dim = table.schema.field("embedding").type.list_size
+    matrix = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    meta = {k.decode().removeprefix("scencode_"): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return pd.Index(table.column("gene_id").to_pylist()), matrix.astype(np.float32), meta

@@ -1,0 +1,114 @@
+"""Protein sequences per gene from an Ensembl peptide FASTA (``Homo_sapiens.GRCh38.pep.all.fa.gz``).
+
+Ensembl headers look like::
+
+    >ENSP00000369497.3 pep chromosome:GRCh38:19:58345183:58353492:-1 gene:ENSG00000121410.12
+     transcript:ENST00000263100.8 gene_biotype:protein_coding transcript_biotype:protein_coding
+     gene_symbol:A1BG description:... [Source:HGNC Symbol;Acc:HGNC:5]
+
+Isoform policy: ``mean`` (every isoform, embeddings averaged), ``longest``, or ``canonical`` (the
+isoform a release tags ``Ensembl_canonical``, else the longest).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ScencodeError
+from .genes import ENSEMBL_GENE_RE
+
+ISOFORM_POLICIES = ("mean", "longest", "canonical")
+_FIELD = re.compile(r"(\w+):(\S+)")
+_AMINO = re.compile(r"^[A-Za-z*.-]+$")
+
+
+def _open_text(path: Path):
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt") if gzipped else open(path, "rt")
+
+
+def read_peptide_fasta(path: str | Path) -> pd.DataFrame:
+    """Parse a peptide FASTA into (protein_id, gene_id, transcript_id, gene_biotype, gene_symbol,
+    canonical, sequence); Ensembl version suffixes are stripped from gene ids."""
+    path = Path(path)
+    if not path.exists():
+        raise ScencodeError("protein FASTA not found", path)
+    records, header, seq, header_line = [], None, [], 0
+    try:
+        with _open_text(path) as fh:
+            for number, line in enumerate(fh, 1):
+                line = line.strip()
+                if line.startswith(">"):
+                    if header is not None:
+                        records.append(_record(header, seq, path, header_line))
+                    header, seq, header_line = line[1:], [], number
+                elif line:
+                    if header is None:
+                        raise ScencodeError(f"line {number}: sequence before the first '>' header", path)
+                    if not _AMINO.match(line):
+                        raise ScencodeError(f"line {number}: not an amino-acid sequence ({line[:30]!r})", path)
+                    seq.append(line)
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as exc:
+        raise ScencodeError(f"truncated or unreadable FASTA ({exc})", path) from exc
+    if header is None:
+        raise ScencodeError("no FASTA record in the file", path)
+    records.append(_record(header, seq, path, header_line))
+    return pd.DataFrame.from_records(records)
+
+
+def _record(header: str, seq: list[str], path: Path, line: int) -> dict:
+    fields = dict(_FIELD.findall(header))
+    if "gene" not in fields:
+        raise ScencodeError(f"line {line}: header has no 'gene:' field (not an Ensembl peptide FASTA?)", path)
+    sequence = "".join(seq).rstrip("*")
+    if not sequence:
+        raise ScencodeError(f"line {line}: record has no sequence (truncated file?)", path)
+    gene_id = re.sub(r"\.\d+$", "", fields["gene"])
+    if not ENSEMBL_GENE_RE.match(gene_id):
+        raise ScencodeError(f"line {line}: gene id {fields['gene']!r} is not an Ensembl gene id", path)
+    return {
+        "protein_id": header.split()[0],
+        "gene_id": gene_id,
+        "transcript_id": re.sub(r"\.\d+$", "", fields.get("transcript", "")),
+        "gene_biotype": fields.get("gene_biotype", ""),
+        "gene_symbol": fields.get("gene_symbol", ""),
+        "canonical": "Ensembl_canonical" in header,
+        "sequence": sequence,
+    }
+
+
+def select_isoforms(proteins: pd.DataFrame, policy: str) -> pd.DataFrame:
+    """The sequences to embed per gene under ``policy`` (ties broken by protein id)."""
+    if policy not in ISOFORM_POLICIES:
+        raise ScencodeError(f"unknown isoform policy {policy!r}; choose one of {', '.join(ISOFORM_POLICIES)}")
+    proteins = proteins.assign(length=proteins.sequence.str.len())
+    # identical sequences of one gene are embedded once
+    proteins = proteins.drop_duplicates(["gene_id", "sequence"])
+    if policy == "mean":
+        return proteins.sort_values(["gene_id", "protein_id"]).reset_index(drop=True)
+    order = ["gene_id", "length", "protein_id"]
+    ascending = [True, False, True]
+    if policy == "canonical":
+        order.insert(1, "canonical")
+        ascending.insert(1, False)
+    return proteins.sort_values(order, ascending=ascending).drop_duplicates("gene_id").reset_index(drop=True)
+
+
+def demo_fasta(out: str | Path) -> None:
+    """An Ensembl-style FASTA of the demo's shipped proteins (real human sequences, RefSeq ids)."""
+    from .atomic import atomic_path
+    from .genes import packaged_file
+
+    table = pd.read_csv(packaged_file("demo_proteins.csv.gz"))
+    lines = [f">{r.refseq_protein_id} pep gene:{r.gene_id} gene_biotype:protein_coding "
+             f"transcript_biotype:protein_coding gene_symbol:{r.symbol}\n{r.sequence}\n"
+             for r in table.itertuples()]
+    with atomic_path(out, suffix=".fa.gz") as tmp:
+        with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
+            fh.write("".join(lines).encode())

@@ -1,0 +1,114 @@
+# ESM-2 gene embeddings: proteins → (tiny demo model | released model | local weights) → gene table,
+# or a published table imported as is; then its coverage of the datasets' genes.
+
+
+rule proteins:
+    output:
+        f"{RESOURCES}/proteins/{ESM['name']}.pep.fa.gz",
+    params:
+        source=as_json(ESM.get("proteins", {})),
+    log:
+        f"{LOGS}/esm/proteins.log",
+    benchmark:
+        f"{LOGS}/benchmarks/esm/proteins.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/esm.yaml"
+    shell:
+        "scencode proteins --source {params.source:q} --out {output} > {log} 2>&1"
+
+
+rule esm_tiny_model:
+    output:
+        f"{RESOURCES}/esm/{ESM['name']}.pt",
+    params:
+        layers=ESM["model"].get("layers", 2),
+        dim=ESM["model"].get("dim", 32),
+        heads=ESM["model"].get("heads", 2),
+        seed=config["seed"],
+    log:
+        f"{LOGS}/esm/tiny_model.log",
+    benchmark:
+        f"{LOGS}/benchmarks/esm/tiny_model.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/esm.yaml"
+    shell:
+        "scencode esm-tiny --out {output} --layers {params.layers} --dim {params.dim}"
+        " --heads {params.heads} --seed {params.seed} > {log} 2>&1"
+
+
+if ESM["model"]["type"] == "import":
+
+    rule esm_embeddings:
+        input:
+            table=ESM["model"]["path"],
+            genes=rules.gene_table.output.genes,
+        output:
+            ESM_TABLE,
+        params:
+            fmt=ESM["model"]["format"],
+            dim=lambda w: f"--expected-dim {ESM['expected_dim']}" if ESM.get("expected_dim") else "",
+        log:
+            f"{LOGS}/esm/embeddings.log",
+        benchmark:
+            f"{LOGS}/benchmarks/esm/embeddings.tsv"
+        threads: 1
+        resources:
+            mem_mb=8000,
+        conda:
+            "../../envs/esm.yaml"
+        shell:
+            "scencode esm-import --format {params.fmt} --input {input.table} {params.dim}"
+            " --gene-table $(dirname {input.genes}) --out {output} > {log} 2>&1"
+
+else:
+
+    rule esm_embeddings:
+        input:
+            fasta=rules.proteins.output[0],
+            weights=esm_weights_input(),
+        output:
+            ESM_TABLE,
+        params:
+            model=esm_model_arg,
+            settings=as_json(ESM.get("embed", {})),
+        log:
+            f"{LOGS}/esm/embeddings.log",
+        benchmark:
+            f"{LOGS}/benchmarks/esm/embeddings.tsv"
+        threads: 4
+        resources:
+            mem_mb=32000,
+        conda:
+            "../../envs/esm.yaml"
+        shell:
+            "scencode esm-embed --fasta {input.fasta} {params.model} --threads {threads}"
+            " --params {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule esm_coverage:
+    input:
+        table=ESM_TABLE,
+        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=TRAIN_DATASETS),
+        genes=rules.gene_table.output.genes,
+    output:
+        f"{RESULTS}/esm/{ESM['name']}/coverage.json",
+    params:
+        dim=f"--expected-dim {ESM['expected_dim']}" if ESM.get("expected_dim") else "",
+    log:
+        f"{LOGS}/esm/coverage.log",
+    benchmark:
+        f"{LOGS}/benchmarks/esm/coverage.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/esm.yaml"
+    shell:
+        "scencode esm-coverage --table {input.table} --qc {input.qc} {params.dim}"
+        " --gene-table $(dirname {input.genes}) --out {output} > {log} 2>&1"
