@@ -16,9 +16,9 @@ from .errors import ScencodeError
 log = logging.getLogger("scencode")
 
 
-def _params(cls, text: str | None):
-    """Build a params dataclass from JSON, naming any unknown key."""
-    values = json.loads(text) if text else {}
+def _params(cls, values: dict | str | None):
+    """Build a params dataclass from a dict or JSON text, naming any unknown key."""
+    values = json.loads(values) if isinstance(values, str) else (values or {})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -155,6 +155,25 @@ def cmd_esm_coverage(args) -> None:
              report["dataset_genes"])
 
 
+def cmd_pretrain(args) -> None:
+    from .data import LoaderConfig
+    from .model import ModelConfig
+    from .train import PREEMPTED_EXIT, Preempted, RunSpec, TrainConfig, Trainer
+
+    settings = json.loads(args.params) if args.params else {}
+    model = _params(ModelConfig, {"vocab_size": 0, **settings.get("model", {})})
+    spec = RunSpec(args.name, Path(args.corpus), Path(args.vocab), Path(args.out), model,
+                   _params(LoaderConfig, settings.get("loader")), _params(TrainConfig, settings.get("train")),
+                   Path(args.gene_table) if args.gene_table else None)
+    torch_threads(args.threads)
+    try:
+        state = Trainer(spec).fit()
+    except Preempted as signum:
+        log.warning("stopped by signal %s; last.pt saved, rerun to resume", signum)
+        sys.exit(PREEMPTED_EXIT)
+    log.info("%s: %d steps, best validation loss %.5f", args.name, state.step, state.best_val)
+
+
 def torch_threads(n: int | None) -> None:
     if n:
         import torch
@@ -250,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expected-dim", type=int)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_esm_coverage)
+
+    p = sub.add_parser("pretrain", help="pretrain one encoding configuration (resumes from last.pt)")
+    p.add_argument("--name", required=True, help="configuration name, e.g. learned-soft-s777")
+    p.add_argument("--corpus", required=True, help="training corpus folder (token shards)")
+    p.add_argument("--vocab", required=True)
+    p.add_argument("--gene-table", help="gene embedding table (esm2 and random_frozen gene encodings)")
+    p.add_argument("--params", help='JSON: {"model": {...}, "loader": {...}, "train": {...}}')
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", required=True, help="folder for best.pt, last.pt, train_log.parquet")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("check-shards", help="verify a corpus against its manifest")
     p.add_argument("corpus_dir")

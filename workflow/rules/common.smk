@@ -30,6 +30,7 @@ for name in EVAL_DATASETS:
 wildcard_constraints:
     dataset="|".join(DATASETS),
     corpus="|".join([TRAIN_CORPUS, *EVAL_DATASETS]),
+    config="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
 
 
 def as_json(value):
@@ -99,8 +100,46 @@ def vocab_protein_genes():
     return config["vocab"].get("protein_genes") or ESM_TABLE
 
 
+PRETRAIN = config["pretrain"]
+TABLE_GENE_ENCODINGS = ("esm2", "random_frozen")
+
+
+def configuration_name(entry, seed):
+    return f"{entry['gene']}-{entry['expression']}-s{seed}"
+
+
+def pretrain_configurations():
+    """name → (gene encoding, expression encoding, seed, per-configuration overrides)."""
+    runs = {}
+    for entry in PRETRAIN["configurations"]:
+        for seed in entry.get("seeds", PRETRAIN["seeds"]):
+            runs[configuration_name(entry, seed)] = (entry, seed)
+    return runs
+
+
+CONFIGURATIONS = pretrain_configurations()
+
+
+def pretrain_settings(name):
+    """The model, loader and train settings of one configuration: shared ones, then its overrides."""
+    entry, seed = CONFIGURATIONS[name]
+    model = {**PRETRAIN["model"], **entry.get("model", {})}
+    model.update(gene_encoding=entry["gene"], expression_encoding=entry["expression"])
+    return {
+        "model": model,
+        "loader": {**PRETRAIN["loader"], **entry.get("loader", {}), "seed": seed},
+        "train": {**PRETRAIN["train"], **entry.get("train", {})},
+    }
+
+
+def pretrain_gene_table(wildcards):
+    entry, _ = CONFIGURATIONS[wildcards.config]
+    return ESM_TABLE if entry["gene"] in TABLE_GENE_ENCODINGS else []
+
+
 def all_targets():
     return [
         *[corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]],
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
+        *expand(f"{RESULTS}/models/{{config}}/best.pt", config=CONFIGURATIONS),
     ]

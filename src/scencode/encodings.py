@@ -1,0 +1,188 @@
+"""Gene and expression encoders, registered by name.
+
+A token's input embedding is gene embedding + expression embedding, both of size ``d_model``.
+Expression encoders see the whole padded batch at once (raw counts, normalised values x̃ and the
+validity mask), so binning is vectorised on the device.
+
+Add an encoding: write a class with ``__init__(self, d_model, **options)`` and ``forward`` as below,
+decorate it with ``@expression_encoder("name")`` (or ``@gene_encoder``), and name it in the config.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ScencodeError
+
+GENE_ENCODERS: dict[str, type[nn.Module]] = {}
+EXPRESSION_ENCODERS: dict[str, type[nn.Module]] = {}
+
+
+def _register(registry: dict, kind: str) -> Callable:
+    def decorator(name: str):
+        def add(cls):
+            if name in registry:
+                raise ValueError(f"{kind} encoder {name!r} is registered twice")
+            registry[name] = cls
+            cls.encoder_name = name
+            return cls
+        return add
+    return decorator
+
+
+gene_encoder = _register(GENE_ENCODERS, "gene")
+expression_encoder = _register(EXPRESSION_ENCODERS, "expression")
+
+
+def lookup(registry: dict, kind: str, name: str) -> type[nn.Module]:
+    if name not in registry:
+        raise ScencodeError(f"unknown {kind} encoding {name!r}; registered: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+# ---------------------------------------------------------------- gene encoders: forward(gene_ids)
+
+@gene_encoder("learned")
+class LearnedGenes(nn.Module):
+    """An embedding table trained with the model."""
+
+    def __init__(self, d_model: int, vocab_size: int, **_):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, d_model, padding_idx=0)
+
+    def forward(self, gene_ids: torch.Tensor) -> torch.Tensor:
+        return self.table(gene_ids)
+
+
+class FrozenTableGenes(nn.Module):
+    """A frozen (vocab × d_table) table through a trainable MLP to d_model."""
+
+    def __init__(self, d_model: int, table: torch.Tensor, hidden: int | None = None):
+        super().__init__()
+        self.register_buffer("table", table.float(), persistent=True)
+        hidden = hidden or d_model
+        self.project = nn.Sequential(nn.Linear(table.shape[1], hidden), nn.GELU(), nn.Linear(hidden, d_model))
+
+    def forward(self, gene_ids: torch.Tensor) -> torch.Tensor:
+        return self.project(self.table[gene_ids])
+
+
+@gene_encoder("esm2")
+class ESM2Genes(FrozenTableGenes):
+    """Precomputed ESM-2 protein embeddings (frozen) → MLP. ``gene_table``: (vocab × d_esm) tensor
+    aligned to the vocabulary (see ``train.align_gene_table``)."""
+
+    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, **options):
+        if gene_table is None:
+            raise ScencodeError("gene encoding 'esm2' needs a gene embedding table (esm.name in config)")
+        super().__init__(d_model, gene_table, options.get("hidden"))
+
+
+@gene_encoder("random_frozen")
+class RandomFrozenGenes(FrozenTableGenes):
+    """Control: a frozen random table of the ESM-2 table's shape and scale through the same MLP, so
+    'frozen' and 'protein knowledge' can be told apart."""
+
+    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0, **options):
+        if gene_table is None:
+            raise ScencodeError("gene encoding 'random_frozen' copies the shape of the ESM-2 table; none given")
+        generator = torch.Generator().manual_seed(seed)
+        random = torch.randn(gene_table.shape, generator=generator) * gene_table[2:].std() + gene_table[2:].mean()
+        random[0] = 0
+        super().__init__(d_model, random, options.get("hidden"))
+
+
+# ------------------------------------------- expression encoders: forward(counts, xnorm, valid)
+
+@expression_encoder("continuous")
+class ContinuousExpression(nn.Module):
+    """MLP on the normalised value x̃."""
+
+    def __init__(self, d_model: int, hidden: int = 512, **_):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+
+    def forward(self, counts, xnorm, valid):
+        return self.mlp(xnorm.unsqueeze(-1))
+
+
+def quantile_bins(xnorm: torch.Tensor, valid: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """scGPT binning per cell: boundaries at n_bins-1 evenly spaced quantiles of the cell's non-zero
+    values; bin = number of boundaries ≤ x (1 … n_bins-1), zero → 0. Equal values share a bin, so
+    ties are broken the same way whatever their order."""
+    nonzero = valid & (xnorm > 0)
+    values = torch.where(nonzero, xnorm, torch.full_like(xnorm, float("nan")))
+    q = torch.linspace(0, 1, n_bins - 1, device=xnorm.device, dtype=torch.float32)
+    bounds = torch.nanquantile(values.float(), q, dim=1).T.contiguous()  # (B, n_bins-1)
+    bounds = torch.nan_to_num(bounds, nan=float("inf"))  # cells with no non-zero value
+    bins = torch.searchsorted(bounds, xnorm.float().contiguous(), right=True)
+    return torch.where(nonzero, bins.clamp(1, n_bins - 1), torch.zeros_like(bins))
+
+
+@expression_encoder("hard")
+class HardBinExpression(nn.Module):
+    """50 bins from per-cell quantiles (scGPT); an embedding per bin."""
+
+    def __init__(self, d_model: int, n_bins: int = 50, **_):
+        super().__init__()
+        self.n_bins = n_bins
+        self.table = nn.Embedding(n_bins, d_model)
+
+    def forward(self, counts, xnorm, valid):
+        return self.table(quantile_bins(xnorm, valid, self.n_bins))
+
+
+def log_bins(counts: torch.Tensor, max_bin: int = 10) -> torch.Tensor:
+    """min(floor(log2(count + 1)), max_bin) on raw counts."""
+    return torch.floor(torch.log2(counts.float() + 1)).clamp(0, max_bin).long()
+
+
+@expression_encoder("log")
+class LogBinExpression(nn.Module):
+    def __init__(self, d_model: int, max_bin: int = 10, **_):
+        super().__init__()
+        self.max_bin = max_bin
+        self.table = nn.Embedding(max_bin + 1, d_model)
+
+    def forward(self, counts, xnorm, valid):
+        return self.table(log_bins(counts, self.max_bin))
+
+
+@expression_encoder("soft")
+class SoftBinExpression(nn.Module):
+    """α = softmax(W2 · LeakyReLU(W1 · x̃)) over 20 bins; embedding Σ_k α_k T_k."""
+
+    def __init__(self, d_model: int, n_bins: int = 20, hidden: int = 512, **_):
+        super().__init__()
+        self.w1 = nn.Linear(1, hidden)
+        self.w2 = nn.Linear(hidden, n_bins)
+        self.bins = nn.Parameter(torch.randn(n_bins, d_model) * 0.02)
+
+    def weights(self, xnorm: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.w2(nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))), dim=-1)
+
+    def forward(self, counts, xnorm, valid):
+        return self.weights(xnorm) @ self.bins
+
+
+@expression_encoder("autobin")
+class AutoDiscretisationExpression(nn.Module):
+    """scFoundation's auto-discretisation: v = W1·x̃, u = W2·LeakyReLU(v) + α·LeakyReLU(v)
+    (the residual term), weights = softmax(u) over 100 bins, embedding Σ_k w_k T_k."""
+
+    def __init__(self, d_model: int, n_bins: int = 100, **_):
+        super().__init__()
+        self.w1 = nn.Linear(1, n_bins)
+        self.w2 = nn.Linear(n_bins, n_bins)
+        self.alpha = nn.Parameter(torch.tensor(0.1))
+        self.bins = nn.Parameter(torch.randn(n_bins, d_model) * 0.02)
+
+    def weights(self, xnorm: torch.Tensor) -> torch.Tensor:
+        v = nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))
+        return torch.softmax(self.w2(v) + self.alpha * v, dim=-1)
+
+    def forward(self, counts, xnorm, valid):
+        return self.weights(xnorm) @ self.bins

@@ -1,0 +1,362 @@
+"""Pretraining one encoding configuration: config, data, model, optimiser, loop, checkpoints.
+
+Masked-expression pretraining: half of the expression embeddings are replaced by a learnable mask
+vector and the model predicts x̃ there (MSE). AdamW, cosine schedule with warmup, gradient
+accumulation, grad-norm clipping, mixed precision on CUDA (bf16, else fp16 with a grad scaler),
+validation every N steps, early stopping, ``best.pt`` by validation loss, ``last.pt`` every N steps
+and on SIGTERM/SIGUSR1 (SLURM preemption), automatic resume from ``last.pt``. Several GPUs: launch
+with torchrun; DDP is used when WORLD_SIZE > 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+
+from .atomic import atomic_path
+from .data import LoaderConfig, ShardBatches
+from .errors import ScencodeError
+from .esm_embed import read_gene_table
+from .model import CellTransformer, ModelConfig
+from .shards import verify_corpus
+from .vocab import load_vocab
+
+log = logging.getLogger(__name__)
+PREEMPTED_EXIT = 143
+TABLE_ENCODINGS = ("esm2", "random_frozen")
+LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "cells_per_s")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_accum: int = 32
+    epochs: int = 3
+    max_steps: int | None = None  # stop earlier than `epochs` (demo, smoke tests)
+    warmup_steps: int = 2000
+    grad_clip: float = 1.0
+    val_every: int = 500
+    val_cells: int = 50_000
+    patience: int = 100  # validation rounds without improvement
+    checkpoint_every: int = 500
+    log_every: int = 50
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    num_workers: int = 2
+    missing_genes: str = "error"  # esm2 genes without an embedding: error | zero
+    on_nonfinite: str = "stop"  # stop (error, keep last good checkpoint) | finish (end run, keep best.pt)
+
+
+@dataclass
+class RunSpec:
+    name: str
+    corpus: Path
+    vocab: Path
+    out_dir: Path
+    model: ModelConfig
+    loader: LoaderConfig
+    train: TrainConfig
+    gene_table: Path | None = None
+
+    def identity(self, vocab_hash: str) -> str:
+        """What a checkpoint must share with the run that resumes it."""
+        spec = {"name": self.name, "model": asdict(self.model), "loader": asdict(self.loader),
+                "train": {k: v for k, v in asdict(self.train).items() if k not in ("num_workers", "max_steps")},
+                "vocab_hash": vocab_hash}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class State:
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_val: float = math.inf
+    bad_evals: int = 0
+    log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})
+
+
+def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> torch.Tensor:
+    """The gene-embedding table in vocabulary order; special tokens get zeros."""
+    ids, matrix, _ = read_gene_table(path)
+    row = pd.Series(np.arange(len(ids)), index=ids)
+    genes = vocab.gene_id[vocab.gene_type != "special"]
+    found = row.reindex(genes)
+    missing = genes[found.isna().to_numpy()]
+    if len(missing) and missing_policy == "error":
+        raise ScencodeError(f"{len(missing)} of {len(genes)} vocabulary genes have no embedding "
+                            f"(e.g. {', '.join(missing[:5])}); use vocab.policy 'protein' or "
+                            "train.missing_genes 'zero'", path)
+    table = np.zeros((len(vocab), matrix.shape[1]), np.float32)
+    hit = found.notna().to_numpy()
+    table[genes.index[hit]] = matrix[found[hit].astype(int)]
+    if len(missing):
+        log.warning("%d vocabulary genes have no embedding: zero vectors", len(missing))
+    return torch.from_numpy(table)
+
+
+def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:
+    gene_table = None
+    if spec.model.gene_encoding in TABLE_ENCODINGS:
+        if spec.gene_table is None:
+            raise ScencodeError(f"gene encoding {spec.model.gene_encoding!r} needs a gene embedding table")
+        gene_table = align_gene_table(spec.gene_table, vocab, spec.train.missing_genes)
+    return CellTransformer(spec.model, gene_table=gene_table)
+
+
+def cosine_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+        return None
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise ScencodeError(f"corrupted checkpoint ({type(exc).__name__}: {str(exc)[:120]})", path) from exc
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        vocab, self.vocab_hash = load_vocab(spec.vocab)
+        manifest = verify_corpus(spec.corpus, checksums=False, vocab_hash=self.vocab_hash)
+        spec.model.vocab_size = len(vocab)
+        torch.manual_seed(spec.loader.seed)
+        self.model = build_model(spec, vocab).to(self.device)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        cfg = spec.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        cells = manifest["splits"].get("train", 0)
+        self.steps_per_epoch = max(1, cells // (spec.loader.batch_size * cfg.grad_accum * self.world))
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_lr(s, cfg, self.total_steps))
+        self.amp = precision(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
+        self.state = State()
+        self.identity = spec.identity(self.vocab_hash)
+        self.stop_signal = None
+        self.out = Path(spec.out_dir)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, path: Path) -> None:
+        if self.rank:
+            return
+        payload = {"identity": self.identity, "name": self.spec.name, "model_config": asdict(self.spec.model),
+                   "vocab_hash": self.vocab_hash, "model": self.model.state_dict(),
+                   "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                   "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
+                   "state": {k: v for k, v in asdict(self.state).items()}}
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(payload, tmp)
+
+    def resume(self) -> bool:
+        path = self.out / "last.pt"
+        if not path.exists():
+            return False
+        ckpt = load_checkpoint(path)
+        if ckpt.get("name") != self.spec.name:
+            raise ScencodeError(f"checkpoint belongs to configuration {ckpt.get('name')!r}, not "
+                                f"{self.spec.name!r}", path)
+        if ckpt.get("identity") != self.identity:
+            # same configuration, changed settings (the workflow reruns it): start over, keep the old state
+            stale = path.with_name(f"last.stale-{str(ckpt.get('identity'))[:12]}.pt")
+            os.replace(path, stale)
+            log.warning("%s: settings changed since %s was written; starting over (old state in %s)",
+                        self.spec.name, path.name, stale.name)
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"])
+        self.state = State(**ckpt["state"])
+        log.info("resumed %s at step %d (epoch %d)", self.spec.name, self.state.step, self.state.epoch)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> State:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        cfg, st = self.spec.train, self.state
+        while st.step < self.total_steps and st.bad_evals < cfg.patience:
+            if self._epoch():
+                break
+            st.epoch, st.batches_in_epoch = st.epoch + 1, 0
+            if cfg.max_steps is None and st.epoch >= cfg.epochs:
+                break
+        if all(math.isnan(v) for v in st.log["val_loss"]):
+            self._validate()
+        if not (self.out / "best.pt").exists():  # no validation cells: the final model is the best
+            self.checkpoint(self.out / "best.pt")
+        self.checkpoint(self.out / "last.pt")
+        self.write_log()
+        return st
+
+    def _epoch(self) -> bool:
+        cfg, st, spec = self.spec.train, self.state, self.spec
+        data = ShardBatches(spec.corpus, "train", spec.loader, epoch=st.epoch, rank=self.rank, world_size=self.world,
+                            skip_batches=st.batches_in_epoch)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.num_workers,
+                                             generator=torch.Generator().manual_seed(spec.loader.seed))
+        self.model.train()
+        micro, loss_sum, tokens, cells, tick = 0, 0.0, 0, 0, time.perf_counter()
+        seen = 0
+        for batch in loader:
+            seen += 1
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                loss = self.ddp.loss(batch) if self.world == 1 else self._ddp_loss(batch)
+            if not torch.isfinite(loss):
+                self._diverged(loss)
+                return True
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            micro += 1
+            st.batches_in_epoch += 1
+            loss_sum += loss.item()
+            tokens += int(batch["valid"].sum())
+            cells += batch["valid"].shape[0]
+            if micro % cfg.grad_accum:
+                continue
+            grad_norm = self._optimizer_step()
+            st.step += 1
+            if st.step % cfg.log_every == 0 or st.step == self.total_steps:
+                elapsed = time.perf_counter() - tick
+                self._log(loss_sum / micro, grad_norm, tokens / elapsed, cells / elapsed)
+                micro, loss_sum, tokens, cells, tick = 0, 0.0, 0, 0, time.perf_counter()
+            if cfg.val_every and st.step % cfg.val_every == 0:
+                self._validate()
+                self.model.train()
+            if st.step % cfg.checkpoint_every == 0:
+                self.checkpoint(self.out / "last.pt")
+                self.write_log()
+            if self.stop_signal is not None:
+                self.checkpoint(self.out / "last.pt")
+                self.write_log()
+                raise Preempted(self.stop_signal)
+            if st.step >= self.total_steps or st.bad_evals >= cfg.patience:
+                return True
+        if not seen and st.batches_in_epoch == 0:
+            raise ScencodeError("no training cells in the corpus (split 'train' is empty)", spec.corpus)
+        return False
+
+    def _ddp_loss(self, batch):
+        # DDP hooks run through forward(); compute the loss from its output
+        pred = self.ddp(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"], batch["masked"])
+        target = batch["masked"] & batch["valid"]
+        return torch.nn.functional.mse_loss(pred[target].float(), batch["xnorm"][target].float())
+
+    def _optimizer_step(self) -> float:
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return float(grad_norm)
+
+    def _log(self, train_loss, grad_norm, tokens_per_s, cells_per_s, val_loss=float("nan")) -> None:
+        st = self.state
+        row = {"step": st.step, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss,
+               "val_loss": val_loss, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "cells_per_s": cells_per_s}
+        for key in LOG_COLUMNS:
+            st.log[key].append(float(row[key]) if key not in ("step", "epoch") else int(row[key]))
+        if self.rank == 0 and not math.isnan(train_loss):
+            log.info("%s step %d loss %.4f lr %.2e grad %.3f %.0f tokens/s", self.spec.name, st.step, train_loss,
+                     row["lr"], grad_norm, tokens_per_s)
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        spec, st = self.spec, self.state
+        self.model.eval()
+        data = ShardBatches(spec.corpus, "val", spec.loader, epoch=0, rank=self.rank, world_size=self.world,
+                            shuffle=False)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        seen = 0
+        for batch in data:
+            if seen >= spec.train.val_cells // self.world:
+                break
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                pred = self.model(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"], batch["masked"])
+            target = batch["masked"] & batch["valid"]
+            total += torch.stack([((pred[target].float() - batch["xnorm"][target]) ** 2).sum().double(),
+                                  target.sum().double()])
+            seen += batch["valid"].shape[0]
+        if self.world > 1:
+            dist.all_reduce(total)
+        if total[1] == 0:
+            return math.nan
+        val = float(total[0] / total[1])
+        self._log(math.nan, math.nan, math.nan, math.nan, val_loss=val)
+        if val < st.best_val:
+            st.best_val, st.bad_evals = val, 0
+            self.checkpoint(self.out / "best.pt")
+        else:
+            st.bad_evals += 1
+        if self.rank == 0:
+            log.info("%s step %d validation loss %.5f (best %.5f)", spec.name, st.step, val, st.best_val)
+        return val
+
+    def _diverged(self, loss: torch.Tensor) -> None:
+        st = self.state
+        self._log(float(loss), math.nan, math.nan, math.nan)
+        self.write_log()
+        message = (f"{self.spec.name}: training loss became {float(loss)} at step {st.step} (epoch {st.epoch}); "
+                   f"the last good checkpoint is kept ({self.out / 'last.pt'})")
+        if self.spec.train.on_nonfinite == "stop":
+            raise ScencodeError(message)
+        log.error("%s; ending the run with the best checkpoint so far", message)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+        log.warning("signal %d: checkpointing at the next optimiser step", signum)
+
+    def write_log(self) -> None:
+        if self.rank:
+            return
+        table = pa.table({k: self.state.log[k] for k in LOG_COLUMNS})
+        table = table.replace_schema_metadata({b"configuration": self.spec.name.encode(),
+                                               b"steps_per_epoch": str(self.steps_per_epoch).encode()})
+        with atomic_path(self.out / "train_log.parquet", suffix=".parquet") as tmp:
+            pq.write_table(table, tmp)
+
+
+class Preempted(Exception):
+    """The job was asked to stop (SIGTERM/SIGUSR1); last.pt holds the state to resume from."""

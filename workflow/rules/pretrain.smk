@@ -1,0 +1,29 @@
+# One pretraining job per configuration (gene encoding × expression encoding × seed). GPUs, memory
+# and runtime come from the workflow profile (workflow/profiles/default). last.pt is deliberately
+# not an output: Snakemake would delete it when a preempted job fails, and the retry resumes from it.
+
+
+rule pretrain:
+    input:
+        corpus=corpus_dir(TRAIN_CORPUS),
+        vocab=rules.vocab.output[0],
+        gene_table=pretrain_gene_table,
+    output:
+        best=f"{RESULTS}/models/{{config}}/best.pt",
+        log=f"{RESULTS}/models/{{config}}/train_log.parquet",
+    params:
+        settings=lambda w: as_json(pretrain_settings(w.config)),
+        table=lambda w, input: f"--gene-table {input.gene_table}" if input.gene_table else "",
+    log:
+        f"{LOGS}/pretrain/{{config}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/pretrain/{{config}}.tsv"
+    threads: 4
+    resources:
+        mem_mb=16000,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "scencode pretrain --name {wildcards.config} --corpus {input.corpus} --vocab {input.vocab}"
+        " {params.table} --threads {threads} --params {params.settings:q}"
+        " --out $(dirname {output.best}) > {log} 2>&1"
