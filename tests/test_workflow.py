@@ -4,7 +4,9 @@ import copy
 import json
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
@@ -45,6 +47,12 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert jobs["download"] == 127 and jobs["qc"] == 127 and jobs["tokenize"] == 27
     sources = [spec["source"] for spec in config["datasets"].values()]
     assert all(s["type"] == "census" for s in sources)
+    # the study's 8 configurations, each a pretrain job asking for a GPU
+    assert jobs["pretrain"] == 8
+    blocks = [b for b in result.stdout.split("\n\n") if "rule pretrain:" in b]
+    assert len(blocks) == 8 and all("gpu=1" in b for b in blocks)
+    names = {line.split("config=")[1].strip() for b in blocks for line in b.splitlines() if "wildcards:" in line}
+    assert names == {f"{g}-{e}-s777" for g in ("learned", "esm2") for e in ("hard", "soft", "log", "continuous")}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +62,17 @@ def demo_run(tmp_path_factory):
     result = snakemake(workdir, config, "--cores", "2")
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir, config
+
+
+def test_demo_workflow_trains_every_configuration(demo_run):
+    workdir, config = demo_run
+    for entry in config["pretrain"]["configurations"]:
+        folder = workdir / "results" / "models" / f"{entry['gene']}-{entry['expression']}-s0"
+        assert torch.load(folder / "best.pt", weights_only=True)["model"]
+        logged = pq.read_table(folder / "train_log.parquet").to_pandas()
+        assert logged.step.max() == 4 and logged.val_loss.notna().any()
+    coverage = json.loads((workdir / "results" / "esm" / "esm2_tiny_demo" / "coverage.json").read_text())
+    assert coverage["embedded_genes"] == 1200 and coverage["dataset_genes_with_embedding"] > 1000
 
 
 def test_demo_workflow_writes_every_corpus_with_logs_and_benchmarks(demo_run):
@@ -80,8 +99,9 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     jobs = planned_jobs(snakemake(workdir, changed, "-n"))
     assert jobs == {"qc": 1, "tokenize": 1, "all": 1}
     changed = copy.deepcopy(config)
-    changed["tokenize"]["row_group_cells"] = 64
-    assert planned_jobs(snakemake(workdir, changed, "-n")) == {"tokenize": 4, "all": 1}
+    changed["pretrain"]["configurations"][1]["train"] = {"lr": 0.01}  # esm2-hard only
+    result = snakemake(workdir, changed, "-n")
+    assert planned_jobs(result) == {"pretrain": 1, "all": 1} and "config=esm2-hard-s0" in result.stdout
 
 
 def test_failed_job_leaves_no_output(demo_run, tmp_path):

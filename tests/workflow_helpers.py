@@ -25,6 +25,10 @@ def small_config(n_cells: int = 300) -> dict:
         if spec["source"]["type"] == "demo" and spec["source"]["name"] != "pbmc68k_reduced":
             spec["source"]["n_cells"] = n_cells
     config["tokenize"]["cells_per_shard"] = 200
+    pretrain = config["pretrain"]
+    pretrain["configurations"] = [{"gene": "learned", "expression": "soft"}, {"gene": "esm2", "expression": "hard"},
+                                  {"gene": "random_frozen", "expression": "log"}]
+    pretrain["train"].update(max_steps=4, val_every=2, checkpoint_every=2, log_every=2)
     return config
 
 

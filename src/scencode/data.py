@@ -137,8 +137,11 @@ class ShardBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        reader = self.rank * n_workers + worker
-        skip = len(range(worker, self.skip_batches, n_workers))
+        # DataLoader takes batches from workers 0, 1, … in turn; after skipping, the next batch is
+        # role (skip mod n)'s, so roles rotate to make worker 0 play it
+        role = (worker + self.skip_batches) % n_workers
+        reader = self.rank * n_workers + role
+        skip = len(range(role, self.skip_batches, n_workers))
         for i, batch in enumerate(self._batches(reader, self.world_size * n_workers)):
             if i >= skip:
                 yield batch

@@ -88,6 +88,11 @@ class State:
     batches_in_epoch: int = 0
     best_val: float = math.inf
     bad_evals: int = 0
+    # running sums since the last log row (kept across a resume so logged losses match)
+    window_loss: float = 0.0
+    window_batches: int = 0
+    window_tokens: int = 0
+    window_cells: int = 0
     log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})
 
 
@@ -236,7 +241,7 @@ class Trainer:
         loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.num_workers,
                                              generator=torch.Generator().manual_seed(spec.loader.seed))
         self.model.train()
-        micro, loss_sum, tokens, cells, tick = 0, 0.0, 0, 0, time.perf_counter()
+        micro, tick = 0, time.perf_counter()
         seen = 0
         for batch in loader:
             seen += 1
@@ -249,17 +254,20 @@ class Trainer:
             self.scaler.scale(loss / cfg.grad_accum).backward()
             micro += 1
             st.batches_in_epoch += 1
-            loss_sum += loss.item()
-            tokens += int(batch["valid"].sum())
-            cells += batch["valid"].shape[0]
+            st.window_loss += loss.item()
+            st.window_batches += 1
+            st.window_tokens += int(batch["valid"].sum())
+            st.window_cells += batch["valid"].shape[0]
             if micro % cfg.grad_accum:
                 continue
             grad_norm = self._optimizer_step()
             st.step += 1
             if st.step % cfg.log_every == 0 or st.step == self.total_steps:
                 elapsed = time.perf_counter() - tick
-                self._log(loss_sum / micro, grad_norm, tokens / elapsed, cells / elapsed)
-                micro, loss_sum, tokens, cells, tick = 0, 0.0, 0, 0, time.perf_counter()
+                self._log(st.window_loss / st.window_batches, grad_norm, st.window_tokens / elapsed,
+                          st.window_cells / elapsed)
+                st.window_loss, st.window_batches, st.window_tokens, st.window_cells = 0.0, 0, 0, 0
+                tick = time.perf_counter()
             if cfg.val_every and st.step % cfg.val_every == 0:
                 self._validate()
                 self.model.train()
@@ -336,9 +344,9 @@ class Trainer:
 
     def _diverged(self, loss: torch.Tensor) -> None:
         st = self.state
-        self._log(float(loss), math.nan, math.nan, math.nan)
+        self._log(float(loss.detach()), math.nan, math.nan, math.nan)
         self.write_log()
-        message = (f"{self.spec.name}: training loss became {float(loss)} at step {st.step} (epoch {st.epoch}); "
+        message = (f"{self.spec.name}: training loss became {float(loss.detach())} at step {st.step} (epoch {st.epoch}); "
                    f"the last good checkpoint is kept ({self.out / 'last.pt'})")
         if self.spec.train.on_nonfinite == "stop":
             raise ScencodeError(message)

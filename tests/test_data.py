@@ -1,0 +1,88 @@
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from scencode.data import LoaderConfig, ShardBatches, sample_and_mask
+
+CFG = LoaderConfig(batch_size=16, context=64, p_mask=0.5, bucket_batches=3, seed=5)
+
+
+def corpus_cells(corpus, split="train"):
+    table = pq.read_table(sorted(corpus.glob("part-*.parquet")), columns=["cell_id", "split"]).to_pandas()
+    return set(table.cell_id[table.split == split])
+
+
+def test_k_of_m_sampling_and_masking_fraction():
+    lengths = np.array([10, 100, 64])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    genes = np.concatenate([np.sort(np.random.default_rng(i).choice(1000, n, replace=False)) for i, n in enumerate(lengths)])
+    counts = np.arange(len(genes)) + 1
+    keys = np.array([11, 22, 33], dtype=np.uint64)
+    g, c, row, masked, new_offsets = sample_and_mask(genes, counts, offsets, keys, epoch=0, cfg=CFG)
+    assert np.diff(new_offsets).tolist() == [10, 64, 64]
+    for r in range(3):
+        chosen = g[row == r]
+        assert np.all(np.diff(chosen) > 0) and set(chosen) <= set(genes[offsets[r]:offsets[r + 1]])
+        assert masked[row == r].sum() == round(0.5 * min(lengths[r], 64))
+    # counts travel with their genes
+    for r in range(3):
+        lookup = dict(zip(genes[offsets[r]:offsets[r + 1]].tolist(), counts[offsets[r]:offsets[r + 1]].tolist()))
+        assert all(lookup[a] == b for a, b in zip(g[row == r].tolist(), c[row == r].tolist()))
+    again = sample_and_mask(genes, counts, offsets, keys, epoch=0, cfg=CFG)
+    assert all(np.array_equal(a, b) for a, b in zip((g, masked), (again[0], again[3])))
+    other_epoch = sample_and_mask(genes, counts, offsets, keys, epoch=1, cfg=CFG)
+    assert not np.array_equal(g[row == 1], other_epoch[0][other_epoch[2] == 1])
+
+
+def test_batches_are_padded_with_normalised_values(demo_corpus):
+    corpus, _ = demo_corpus
+    batch = next(iter(ShardBatches(corpus, "train", CFG)))
+    valid = batch["valid"]
+    assert batch["gene_ids"].dtype == torch.int64 and (batch["gene_ids"][~valid] == 0).all()
+    assert valid.sum(1).max() <= CFG.context and (batch["masked"] <= valid).all()
+    assert torch.all(batch["xnorm"][valid] > 0) and torch.all(batch["xnorm"][~valid] == 0)
+
+
+def test_length_bucketing_cuts_padding(demo_corpus):
+    corpus, _ = demo_corpus
+    cfg = LoaderConfig(batch_size=8, context=2048, bucket_batches=10, seed=1)
+    def padding(shuffle_buckets):
+        ds = ShardBatches(corpus, "train", cfg, shuffle=shuffle_buckets)
+        real = total = 0
+        for b in ds:
+            real += int(b["valid"].sum())
+            total += b["valid"].numel()
+        return 1 - real / total
+    assert padding(True) < 0.5 * padding(False)
+
+
+def test_two_workers_times_two_ranks_see_every_training_cell_once(demo_corpus):
+    corpus, _ = demo_corpus
+    seen = Counter()
+    for rank in range(2):
+        ds = ShardBatches(corpus, "train", CFG, epoch=3, rank=rank, world_size=2, with_cell_ids=True)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        for batch in loader:
+            seen.update(batch["cell_id"])
+    assert set(seen) == corpus_cells(corpus) and max(seen.values()) == 1
+
+
+def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
+    corpus, _ = demo_corpus
+    def stream(skip=0, workers=0):
+        ds = ShardBatches(corpus, "train", CFG, epoch=1, skip_batches=skip, with_cell_ids=True)
+        return [b for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)]
+    full = stream()
+    assert [b["cell_id"] for b in stream()] == [b["cell_id"] for b in full]
+    tail = stream(skip=5)
+    assert len(tail) == len(full) - 5
+    for a, b in zip(tail, full[5:]):
+        assert a["cell_id"] == b["cell_id"] and torch.equal(a["masked"], b["masked"])
+    two = stream(workers=2)
+    resumed = stream(skip=3, workers=2)
+    assert [b["cell_id"] for b in resumed] == [b["cell_id"] for b in two[3:]]
+    epoch2 = ShardBatches(corpus, "train", CFG, epoch=2, with_cell_ids=True)
+    assert [b["cell_id"] for b in epoch2][:1] != [full[0]["cell_id"]]

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from scencode.encodings import (EXPRESSION_ENCODERS, GENE_ENCODERS, AutoDiscretisationExpression, SoftBinExpression,
+                                log_bins, lookup, quantile_bins)
+from scencode.errors import ScencodeError
+from scencode.model import CellTransformer, ModelConfig
+
+D, VOCAB = 16, 30
+TABLE = torch.randn(VOCAB, 12)
+
+
+def batch(b=3, length=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, 50, (b, length), generator=g).float()
+    valid = torch.ones(b, length, dtype=torch.bool)
+    valid[0, 5:] = False
+    counts[~valid] = 0
+    xnorm = torch.log1p(counts / counts.sum(1, keepdim=True) * 1e4)
+    ids = torch.randint(2, VOCAB, (b, length), generator=g) * valid
+    return ids, counts, xnorm, valid
+
+
+@pytest.mark.parametrize("name", sorted(EXPRESSION_ENCODERS))
+def test_every_expression_encoder_gives_one_d_vector_per_token(name):
+    ids, counts, xnorm, valid = batch()
+    out = EXPRESSION_ENCODERS[name](D)(counts, xnorm, valid)
+    assert out.shape == (3, 7, D) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(GENE_ENCODERS))
+def test_every_gene_encoder_gives_one_d_vector_per_token(name):
+    ids, *_ = batch()
+    out = GENE_ENCODERS[name](D, vocab_size=VOCAB, gene_table=TABLE)(ids)
+    assert out.shape == (3, 7, D)
+
+
+def test_hard_bins_follow_per_cell_quantiles_and_clamp():
+    xnorm = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    valid = torch.ones_like(xnorm, dtype=torch.bool)
+    bins = quantile_bins(xnorm, valid, n_bins=6)  # boundaries at quantiles 0, .25, .5, .75, 1 of 1..5
+    assert bins.tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert quantile_bins(xnorm * 100, valid, 6).tolist() == bins.tolist()  # per-cell: scale-free
+    many = torch.rand(4, 300) + 0.01
+    b = quantile_bins(many, torch.ones_like(many, dtype=torch.bool), 50)
+    assert b.min() == 1 and b.max() == 49 and (b == 49).any()
+
+
+def test_hard_bins_break_ties_deterministically():
+    xnorm = torch.tensor([[2.0, 1.0, 2.0, 3.0, 2.0, 1.0]])
+    valid = torch.ones_like(xnorm, dtype=torch.bool)
+    bins = quantile_bins(xnorm, valid, 10)
+    assert bins[0, 0] == bins[0, 2] == bins[0, 4] and bins[0, 1] == bins[0, 5]
+    perm = torch.tensor([3, 5, 0, 4, 1, 2])
+    assert quantile_bins(xnorm[:, perm], valid, 10).tolist() == bins[:, perm].tolist()
+
+
+def test_hard_bins_ignore_padding():
+    xnorm = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    assert quantile_bins(xnorm, valid, 4)[0, :3].tolist() == quantile_bins(xnorm[:, :3], valid[:, :3], 4)[0].tolist()
+
+
+def test_log_bins_are_floor_log2_of_counts_plus_one_clamped_at_ten():
+    counts = torch.tensor([0, 1, 2, 3, 7, 8, 1023, 1024, 5000])
+    assert log_bins(counts).tolist() == [0, 1, 1, 2, 3, 3, 10, 10, 10]
+
+
+@pytest.mark.parametrize("cls", [SoftBinExpression, AutoDiscretisationExpression])
+def test_soft_weights_sum_to_one(cls):
+    encoder = cls(D)
+    w = encoder.weights(torch.rand(5, 9) * 6)
+    assert torch.allclose(w.sum(-1), torch.ones(5, 9)) and (w >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["esm2", "random_frozen"])
+def test_frozen_tables_stay_frozen(name):
+    encoder = GENE_ENCODERS[name](D, vocab_size=VOCAB, gene_table=TABLE)
+    before = encoder.table.clone()
+    assert all(p is not encoder.table for p in encoder.parameters())
+    opt = torch.optim.SGD(encoder.parameters(), lr=1.0)
+    ids, *_ = batch()
+    encoder(ids).pow(2).sum().backward()
+    opt.step()
+    assert torch.equal(encoder.table, before)
+    if name == "esm2":
+        assert torch.equal(encoder.table, TABLE)
+    else:
+        assert encoder.table.shape == TABLE.shape and not torch.allclose(encoder.table, TABLE)
+
+
+def test_unknown_encoder_names_list_the_registered_ones():
+    with pytest.raises(ScencodeError, match="registered: .*continuous.*hard.*log.*soft"):
+        lookup(EXPRESSION_ENCODERS, "expression", "binned")
+    with pytest.raises(ScencodeError, match="unknown gene encoding 'word2vec'"):
+        CellTransformer(ModelConfig(VOCAB, gene_encoding="word2vec", d_model=D, n_layers=1, n_heads=2, d_ff=8))
+
+
+def test_esm2_without_a_table_is_refused():
+    with pytest.raises(ScencodeError, match="needs a gene embedding table"):
+        GENE_ENCODERS["esm2"](D, vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize("bad", [dict(d_model=30, n_heads=4), dict(n_layers=0), dict(dropout=1.5)])
+def test_invalid_dimensions_are_refused(bad):
+    with pytest.raises(ScencodeError):
+        CellTransformer(ModelConfig(VOCAB, **{**dict(d_model=D, n_layers=1, n_heads=2, d_ff=8), **bad}))
+
+
+def test_masked_loss_and_pooled_embeddings_ignore_padding():
+    torch.manual_seed(0)
+    model = CellTransformer(ModelConfig(VOCAB, d_model=D, n_layers=2, n_heads=2, d_ff=8, dropout=0.0)).eval()
+    ids, counts, xnorm, valid = batch()
+    emb = model.cell_embeddings(ids, counts, xnorm, valid)
+    # the first cell's padded tail changes nothing
+    ids2, counts2, xnorm2 = ids.clone(), counts.clone(), xnorm.clone()
+    ids2[0, 5:], counts2[0, 5:], xnorm2[0, 5:] = 7, 3.0, 1.5
+    assert torch.allclose(model.cell_embeddings(ids2, counts2, xnorm2, valid), emb, atol=1e-5)
+    masked = torch.zeros_like(valid)
+    masked[:, :3] = True
+    loss = model.loss({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
+    pred = model(ids, counts, xnorm, valid, masked)
+    assert torch.isclose(loss, ((pred[:, :3] - xnorm[:, :3]) ** 2).mean(), atol=1e-6)

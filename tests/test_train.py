@@ -1,0 +1,163 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from scencode.data import LoaderConfig
+from scencode.errors import ScencodeError
+from scencode.esm_embed import write_gene_table
+from scencode.model import ModelConfig
+from scencode.train import RunSpec, TrainConfig, Trainer
+from scencode.vocab import build_vocab, load_vocab, write_vocab
+
+SMALL_MODEL = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
+SMALL_LOADER = dict(batch_size=16, context=64, bucket_batches=2, seed=3)
+SMALL_TRAIN = dict(grad_accum=2, max_steps=12, warmup_steps=2, val_every=4, val_cells=100, checkpoint_every=3,
+                   log_every=2, num_workers=0)
+
+
+def spec(corpus, vocab, out, name="learned-soft-s3", gene="learned", expression="soft", table=None, **train):
+    return RunSpec(name, corpus, vocab, out,
+                   ModelConfig(0, gene, expression, **SMALL_MODEL, expression_options={"hidden": 16}),
+                   LoaderConfig(**SMALL_LOADER), TrainConfig(**{**SMALL_TRAIN, **train}), table)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture
+def esm_table(demo_corpus, tmp_path):
+    vocab, _ = load_vocab(demo_corpus[1])
+    genes = vocab.gene_id[2:]
+    path = tmp_path / "genes.parquet"
+    rng = np.random.default_rng(0)
+    write_gene_table(pd.DataFrame({"gene_id": genes, "embedding": list(rng.normal(size=(len(genes), 8)))}), path, {})
+    return path
+
+
+def test_training_writes_checkpoints_and_a_log(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    state = Trainer(spec(corpus, vocab, tmp_path)).fit()
+    assert state.step == 12 and math.isfinite(state.best_val)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["name"] == "learned-soft-s3" and "blocks.0.qkv.weight" in best["model"]
+    logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
+    assert set(logged.columns) == {"step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s",
+                                   "cells_per_s"}
+    assert logged.val_loss.notna().sum() == 3 and logged.train_loss.dropna().iloc[-1] < logged.train_loss.iloc[0]
+
+
+def run_cli(out, corpus, vocab, max_steps):
+    params = {"model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "hard"},
+              "loader": SMALL_LOADER, "train": {**SMALL_TRAIN, "max_steps": max_steps, "checkpoint_every": 1000}}
+    return subprocess.Popen([sys.executable, "-m", "scencode", "pretrain", "--name", "learned-hard-s3", "--corpus",
+                             str(corpus), "--vocab", str(vocab), "--out", str(out), "--threads", "1",
+                             "--params", json.dumps(params)], stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_identical_weights(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    whole = run_cli(tmp_path / "whole", corpus, vocab, 40)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+
+    killed = run_cli(tmp_path / "killed", corpus, vocab, 40)
+    for line in killed.stderr:  # kill it once training is under way
+        if "step 6 loss" in line:
+            killed.send_signal(signal.SIGTERM)
+            break
+    assert killed.wait(timeout=300) == 143
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["state"]["step"] < 40
+    resumed = run_cli(tmp_path / "killed", corpus, vocab, 40)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a, b = weights(tmp_path / "whole" / "last.pt"), weights(tmp_path / "killed" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = pq.read_table(tmp_path / "whole" / "train_log.parquet").to_pandas()
+    lb = pq.read_table(tmp_path / "killed" / "train_log.parquet").to_pandas()
+    pd.testing.assert_series_equal(la.train_loss, lb.train_loss)
+
+
+def test_checkpoint_of_another_configuration_is_refused(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    Trainer(spec(corpus, vocab, tmp_path, max_steps=2)).fit()
+    with pytest.raises(ScencodeError, match="belongs to configuration 'learned-soft-s3', not 'learned-log-s3'"):
+        Trainer(spec(corpus, vocab, tmp_path, name="learned-log-s3", expression="log")).fit()
+
+
+def test_changed_settings_start_over_and_keep_the_old_state(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    Trainer(spec(corpus, vocab, tmp_path, max_steps=2)).fit()
+    state = Trainer(spec(corpus, vocab, tmp_path, max_steps=3, lr=1e-2)).fit()
+    assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt"))
+
+
+def test_corrupted_checkpoint_is_reported(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(ScencodeError, match="last.pt: corrupted checkpoint"):
+        Trainer(spec(corpus, vocab, tmp_path)).fit()
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_corpus, tmp_path, monkeypatch):
+    corpus, vocab = demo_corpus
+    trainer = Trainer(spec(corpus, vocab, tmp_path, max_steps=10))
+    real, calls = trainer.model.loss, []
+
+    def explodes(batch):
+        calls.append(1)
+        loss = real(batch)
+        return loss * float("nan") if len(calls) > 14 else loss  # micro-batch 15 = step 7
+
+    monkeypatch.setattr(trainer.model, "loss", explodes)
+    with pytest.raises(ScencodeError, match="loss became nan at step 7"):
+        trainer.fit()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["state"]["step"] == 6  # the checkpoint of step 6, untouched
+    logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
+    assert math.isnan(logged.train_loss.iloc[-1])  # the divergence is recorded
+
+
+def test_shards_of_another_vocabulary_are_refused(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    table, _ = load_vocab(vocab)
+    other = tmp_path / "other_vocab.parquet"
+    write_vocab(table.iloc[:-1], other)
+    with pytest.raises(ScencodeError, match="another vocabulary"):
+        Trainer(spec(corpus, other, tmp_path / "run"))
+
+
+def test_esm2_needs_a_table_covering_the_vocabulary(demo_corpus, esm_table, tmp_path):
+    corpus, vocab = demo_corpus
+    with pytest.raises(ScencodeError, match="needs a gene embedding table"):
+        Trainer(spec(corpus, vocab, tmp_path / "a", name="esm2-soft-s3", gene="esm2"))
+    ids = pq.read_table(esm_table).to_pandas()
+    partial = tmp_path / "partial.parquet"
+    write_gene_table(ids.iloc[10:], partial, {})
+    with pytest.raises(ScencodeError, match="10 of .* vocabulary genes have no embedding"):
+        Trainer(spec(corpus, vocab, tmp_path / "b", name="esm2-soft-s3", gene="esm2", table=partial))
+    state = Trainer(spec(corpus, vocab, tmp_path / "c", name="esm2-soft-s3", gene="esm2", table=partial,
+                         missing_genes="zero", max_steps=2)).fit()
+    assert state.step == 2
+    trained = Trainer(spec(corpus, vocab, tmp_path / "d", name="random_frozen-log-s3", gene="random_frozen",
+                           expression="log", table=esm_table, max_steps=2))
+    assert trained.model.genes.table.shape[1] == 8
+
+
+def test_unknown_encoder_from_the_cli_lists_the_registered_ones(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    params = {"model": {"gene_encoding": "learned", "expression_encoding": "quantum"}}
+    result = subprocess.run([sys.executable, "-m", "scencode", "pretrain", "--name", "x-y-s0", "--corpus", str(corpus),
+                             "--vocab", str(vocab), "--out", str(tmp_path), "--params", json.dumps(params)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "unknown expression encoding 'quantum'; registered:" in result.stderr
+    assert not (tmp_path / "best.pt").exists()
