@@ -28,36 +28,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import scipy.sparse as sp
 
-from scencode.h5ad import ChunkedH5adWriter, count_matrix, open_h5ad
+from scencode.h5ad import count_matrix, open_h5ad
+from scencode.synthetic import write_synthetic_h5ad
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab, write_vocab
 
-N_GENES = 20_000
 BLOCK = 20_000
-
-
-def generate(path: Path, n_cells: int, nnz: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    ids = [f"ENSG{i:011d}" for i in range(N_GENES)]
-    # gene popularity is skewed like real data
-    p = rng.gamma(0.5, 1.0, N_GENES)
-    p /= p.sum()
-    writer = ChunkedH5adWriter(path, N_GENES)
-    for start in range(0, n_cells, BLOCK):
-        n = min(BLOCK, n_cells - start)
-        per_cell = np.clip(rng.normal(nnz, nnz / 4, n).astype(np.int64), 50, N_GENES // 2)
-        cols = rng.choice(N_GENES, size=int(per_cell.sum()), p=p).astype(np.int32)
-        rows = np.repeat(np.arange(n), per_cell)
-        block = sp.csr_matrix((rng.geometric(0.4, cols.size).astype(np.float32), (rows, cols)), shape=(n, N_GENES))
-        block.sum_duplicates()
-        writer.append(block)
-    obs = pd.DataFrame(index=[f"c{i}" for i in range(n_cells)])
-    writer.finish(obs, pd.DataFrame(index=ids))
 
 
 def read_limit(path: Path, out: Path) -> None:
@@ -110,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = tmp / "input.h5ad"
-        generate(path, args.cells, args.nnz)
+        write_synthetic_h5ad(path, args.cells, args.nnz)
         limit = run_phase("read_limit", path, tmp)
         tok = run_phase("tokenize", path, tmp)
         manifest = json.loads((tmp / "tokens" / "manifest.json").read_text())

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from scencode.data import LoaderConfig, ShardBatches, sample_and_mask
+from scencode.data import LoaderConfig, ShardBatches, padded_sample
 
 CFG = LoaderConfig(batch_size=16, context=64, p_mask=0.5, bucket_batches=3, seed=5)
 
@@ -21,20 +21,22 @@ def test_k_of_m_sampling_and_masking_fraction():
     genes = np.concatenate([np.sort(np.random.default_rng(i).choice(1000, n, replace=False)) for i, n in enumerate(lengths)])
     counts = np.arange(len(genes)) + 1
     keys = np.array([11, 22, 33], dtype=np.uint64)
-    g, c, row, masked, new_offsets = sample_and_mask(genes, counts, offsets, keys, epoch=0, cfg=CFG)
-    assert np.diff(new_offsets).tolist() == [10, 64, 64]
+    out = padded_sample(genes, counts, offsets[:-1], lengths, keys, epoch=0, cfg=CFG)
+    assert out["gene_ids"].shape == (3, 64) and out["valid"].sum(1).tolist() == [10, 64, 64]
     for r in range(3):
-        chosen = g[row == r]
-        assert np.all(np.diff(chosen) > 0) and set(chosen) <= set(genes[offsets[r]:offsets[r + 1]])
-        assert masked[row == r].sum() == round(0.5 * min(lengths[r], 64))
-    # counts travel with their genes
-    for r in range(3):
-        lookup = dict(zip(genes[offsets[r]:offsets[r + 1]].tolist(), counts[offsets[r]:offsets[r + 1]].tolist()))
-        assert all(lookup[a] == b for a, b in zip(g[row == r].tolist(), c[row == r].tolist()))
-    again = sample_and_mask(genes, counts, offsets, keys, epoch=0, cfg=CFG)
-    assert all(np.array_equal(a, b) for a, b in zip((g, masked), (again[0], again[3])))
-    other_epoch = sample_and_mask(genes, counts, offsets, keys, epoch=1, cfg=CFG)
-    assert not np.array_equal(g[row == 1], other_epoch[0][other_epoch[2] == 1])
+        chosen = out["gene_ids"][r][out["valid"][r]]
+        own = genes[offsets[r]:offsets[r + 1]]
+        assert len(set(chosen)) == len(chosen) and set(chosen) <= set(own)
+        assert out["masked"][r].sum() == round(0.5 * min(lengths[r], 64)) and not out["masked"][r][~out["valid"][r]].any()
+        lookup = dict(zip(own.tolist(), counts[offsets[r]:offsets[r + 1]].tolist()))  # counts travel with genes
+        assert all(lookup[g] == c for g, c in zip(chosen.tolist(), out["counts"][r][out["valid"][r]].tolist()))
+    again = padded_sample(genes, counts, offsets[:-1], lengths, keys, epoch=0, cfg=CFG)
+    assert all(np.array_equal(out[k], again[k]) for k in out)
+    other_epoch = padded_sample(genes, counts, offsets[:-1], lengths, keys, epoch=1, cfg=CFG)
+    assert not np.array_equal(out["gene_ids"][1], other_epoch["gene_ids"][1])
+    # a cell's sample does not depend on the other cells of its batch
+    alone = padded_sample(genes, counts, offsets[1:2], lengths[1:2], keys[1:2], epoch=0, cfg=CFG)
+    assert np.array_equal(alone["gene_ids"][0], out["gene_ids"][1]) and np.array_equal(alone["masked"][0], out["masked"][1])
 
 
 def test_batches_are_padded_with_normalised_values(demo_corpus):

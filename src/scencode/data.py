@@ -70,52 +70,59 @@ def reader_units(all_units: list, epoch: int, seed: int, reader: int, n_readers:
     return [all_units[i] for i in order[reader::n_readers]]
 
 
-def sample_and_mask(gene_ids: np.ndarray, counts: np.ndarray, offsets: np.ndarray, keys: np.ndarray,
-                    epoch: int, cfg: LoaderConfig, mask: bool = True):
-    """Per cell: K = min(context, M) genes chosen at random and round(p_mask·K) of them masked,
-    from hashes of (seed, epoch, cell, gene). Returns flattened (gene_ids, counts, row, masked)."""
-    lengths = np.diff(offsets)
-    row = np.repeat(np.arange(len(lengths)), lengths)
+_EMPTY = np.iinfo(np.uint64).max
+
+
+def padded_sample(gene_values: np.ndarray, count_values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                  keys: np.ndarray, epoch: int, cfg: LoaderConfig, mask: bool = True) -> dict[str, np.ndarray]:
+    """Cell i holds ``gene_values[starts[i]:starts[i] + lengths[i]]``. Per cell, K = min(context, M)
+    of its M genes are chosen at random and round(p_mask·K) of them masked, from hashes of
+    (seed, epoch, cell, gene); the result is padded to (cells, max K). Vectorised over the batch:
+    one argpartition to choose, one partition to mask (cells of other lengths: one sort)."""
+    n, width = len(lengths), int(lengths.max())
+    row = np.repeat(np.arange(n), lengths)
+    col = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    genes = gene_values[starts[row] + col]
     salt = splitmix(np.uint64(cfg.seed) * np.uint64(1_000_003) + np.uint64(epoch))
     with np.errstate(over="ignore"):
-        h = splitmix(keys[row] ^ salt ^ (gene_ids.astype(np.uint64) * _M2))
-    rank = _rank_within_rows(h, row, offsets)
-    keep = rank < cfg.context
-    gene_ids, counts, row, h = gene_ids[keep], counts[keep], row[keep], h[keep]
-    k = np.minimum(lengths, cfg.context)
-    new_offsets = np.concatenate([[0], np.cumsum(k)])
-    masked = np.zeros(len(row), bool)
+        h = splitmix(keys[row] ^ salt ^ (genes.astype(np.uint64) * _M2))
+    index = np.broadcast_to(np.arange(width), (n, width))
+    hashes = np.full((n, width), _EMPTY, np.uint64)
+    hashes[row, col] = h
+    if width > cfg.context:  # keep the K smallest hashes of each cell (order is irrelevant: a bag)
+        # choosing on the top 32 bits halves the cost of the partition; padding sorts last
+        top = np.full((n, width), np.iinfo(np.uint32).max, np.uint32)
+        top[row, col] = (h >> np.uint64(32)).astype(np.uint32)
+        index = np.argpartition(top, cfg.context - 1, axis=1)[:, :cfg.context]
+        hashes = np.take_along_axis(hashes, index, axis=1)
+    valid = index < lengths[:, None]
+    flat = np.where(valid, starts[:, None] + index, 0)
+    out = {"gene_ids": np.where(valid, gene_values[flat], 0).astype(np.int64),
+           "counts": np.where(valid, count_values[flat], 0).astype(np.float32),
+           "valid": valid, "masked": np.zeros_like(valid)}
     if mask:
-        rank2 = _rank_within_rows(splitmix(h), row, new_offsets)
-        masked = rank2 < np.rint(cfg.p_mask * k)[row]
-    return gene_ids, counts, row, masked, new_offsets
+        out["masked"] = _mask_smallest(np.where(valid, splitmix(hashes), _EMPTY), valid.sum(1), cfg.p_mask)
+    return out
 
 
-def _rank_within_rows(h: np.ndarray, row: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    order = np.lexsort((h, row))
-    rank = np.empty(len(h), np.int64)
-    rank[order] = np.arange(len(h)) - offsets[row[order]]
-    return rank
+def _mask_smallest(second: np.ndarray, k: np.ndarray, p_mask: float) -> np.ndarray:
+    """True at the round(p_mask·k) smallest entries of each row (entries past k are _EMPTY)."""
+    n_masked = np.rint(p_mask * k).astype(np.int64)
+    threshold = np.zeros(len(k), np.uint64)
+    common = np.bincount(n_masked).argmax()
+    same = n_masked == common
+    if common > 0:  # most cells of a length bucket share one count: a single partition
+        threshold[same] = np.partition(second[same], common - 1, axis=1)[:, common - 1]
+    rest = np.flatnonzero(~same & (n_masked > 0))
+    if len(rest):
+        threshold[rest] = np.sort(second[rest], axis=1)[np.arange(len(rest)), n_masked[rest] - 1]
+    return (second <= threshold[:, None]) & (second != _EMPTY) & (n_masked > 0)[:, None]
 
 
-def collate(gene_ids, counts, totals, row, masked, offsets, cfg: LoaderConfig) -> dict[str, torch.Tensor]:
-    """Padded tensors: gene_ids (B, L) int64, counts and x̃ float32, valid and masked bool."""
-    n = len(offsets) - 1
-    lengths = np.diff(offsets)
-    width = int(lengths.max())
-    col = np.arange(len(row)) - offsets[row]
-    out_ids = np.zeros((n, width), np.int64)
-    out_counts = np.zeros((n, width), np.float32)
-    valid = np.zeros((n, width), bool)
-    out_mask = np.zeros((n, width), bool)
-    out_ids[row, col] = gene_ids
-    out_counts[row, col] = counts
-    valid[row, col] = True
-    out_mask[row, col] = masked
-    xnorm = np.log1p(out_counts / totals[:, None].astype(np.float32) * np.float32(cfg.c_norm))
-    return {"gene_ids": torch.from_numpy(out_ids), "counts": torch.from_numpy(out_counts),
-            "xnorm": torch.from_numpy(xnorm), "valid": torch.from_numpy(valid),
-            "masked": torch.from_numpy(out_mask)}
+def to_tensors(padded: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfig) -> dict[str, torch.Tensor]:
+    """Adds x̃ = log1p(count / total × c_norm); padded positions stay 0."""
+    xnorm = np.log1p(padded["counts"] / totals[:, None].astype(np.float32) * np.float32(cfg.c_norm))
+    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in {**padded, "xnorm": xnorm}.items()}
 
 
 class ShardBatches(torch.utils.data.IterableDataset):
@@ -133,6 +140,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         self.skip_batches, self.mask, self.shuffle = skip_batches, mask, shuffle
         self.with_cell_ids, self.columns = with_cell_ids, columns
         self.units = units(self.corpus_dir)
+        self._buffers: dict[str, np.ndarray] = {}
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -152,18 +160,22 @@ class ShardBatches(torch.utils.data.IterableDataset):
         my_units = reader_units(self.units, self.epoch, cfg.seed, reader, n_readers) if self.shuffle else \
             self.units[reader::n_readers]
         pool_cells = cfg.batch_size * cfg.bucket_batches
-        pool: list[pa.Table] = []
+        tables: list[pa.Table] = []
+        keep: list[np.ndarray] = []
         pooled = 0
-        for table in self._read(my_units):
-            pool.append(table)
-            pooled += table.num_rows
+        for table, in_split in self._read(my_units):
+            tables.append(table)
+            keep.append(in_split)
+            pooled += int(in_split.sum())
             if pooled >= pool_cells:
-                yield from self._bucket(pa.concat_tables(pool), rng)
-                pool, pooled = [], 0
+                yield from self._bucket(pa.concat_tables(tables), np.concatenate(keep), rng)
+                tables, keep, pooled = [], [], 0
         if pooled:
-            yield from self._bucket(pa.concat_tables(pool), rng)
+            yield from self._bucket(pa.concat_tables(tables), np.concatenate(keep), rng)
 
-    def _read(self, my_units) -> Iterator[pa.Table]:
+    def _read(self, my_units) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """Row groups with a mask of the cells in this split (rows are selected later, by index:
+        filtering the Arrow table would copy every list)."""
         columns = ["cell_id", "gene_ids", "counts", "total_counts", "split", *self.columns]
         for file, group in my_units:
             path = self.corpus_dir / file
@@ -171,38 +183,60 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 table = open_shard(path).read_row_group(group, columns=columns)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
-            keep = pa.compute.equal(table.column("split"), self.split)
-            table = table.filter(keep)
-            if table.num_rows:
-                yield table
+            in_split = pa.compute.equal(table.column("split"), self.split).to_numpy(zero_copy_only=False)
+            if in_split.any():
+                yield table, in_split
 
-    def _bucket(self, table: pa.Table, rng: np.random.Generator) -> Iterator[dict]:
+    def _bucket(self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator) -> Iterator[dict]:
         cfg = self.cfg
-        n = table.num_rows
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        pool = _Pool(table, in_split, self.with_cell_ids, self.columns, self._buffers)
+        order = rng.permutation(pool.n) if self.shuffle else np.arange(pool.n)
         if self.shuffle:  # similar lengths together, then batches in random order
-            lengths = np.minimum(pa.compute.list_value_length(table.column("gene_ids")).to_numpy(), cfg.context)
+            lengths = np.minimum(pool.lengths, cfg.context)
             order = order[np.argsort(lengths[order], kind="stable")]
-        batches = [order[k:k + cfg.batch_size] for k in range(0, n, cfg.batch_size)]
+        batches = [order[k:k + cfg.batch_size] for k in range(0, pool.n, cfg.batch_size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for index in batches:
-            yield self._make_batch(table.take(np.sort(index) if not self.shuffle else index))
+            padded = padded_sample(pool.genes, pool.counts, pool.starts[index], pool.lengths[index],
+                                   pool.keys[index], self.epoch, cfg, self.mask)
+            batch = to_tensors(padded, pool.totals[index], cfg)
+            for name, values in pool.extra.items():
+                batch[name] = values[index].tolist()
+            yield batch
 
-    def _make_batch(self, table: pa.Table) -> dict:
-        genes = table.column("gene_ids").combine_chunks()
-        counts = table.column("counts").combine_chunks()
-        offsets = genes.offsets.to_numpy().astype(np.int64)
-        offsets -= offsets[0]
-        keys = cell_keys(table.column("cell_id"))
-        flat_genes = genes.flatten().to_numpy()
-        flat_counts = counts.flatten().to_numpy()
-        g, c, row, masked, new_offsets = sample_and_mask(flat_genes, flat_counts, offsets, keys, self.epoch,
-                                                         self.cfg, self.mask)
-        batch = collate(g, c, table.column("total_counts").to_numpy(), row, masked, new_offsets, self.cfg)
-        if self.with_cell_ids:
-            batch["cell_id"] = table.column("cell_id").to_pylist()
-            for name in self.columns:
-                batch[name] = table.column(name).to_pylist()
-        return batch
+
+def _flat_lists(column: pa.ChunkedArray, buffers: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(all values, length of each list) of a list column, copied chunk by chunk into a buffer
+    reused from pool to pool: a fresh array of this size per pool costs more in page faults than
+    the copy itself."""
+    values, lengths = [], []
+    for chunk in column.chunks:
+        offsets = chunk.offsets.to_numpy()
+        values.append(chunk.values.to_numpy()[offsets[0]:offsets[-1]])
+        lengths.append(np.diff(offsets).astype(np.int64))
+    total = sum(len(v) for v in values)
+    buffer = buffers.get(name)
+    if buffer is None or len(buffer) < total or buffer.dtype != values[0].dtype:
+        buffer = buffers[name] = np.empty(int(total * 1.25), values[0].dtype)
+    return np.concatenate(values, out=buffer[:total]), np.concatenate(lengths)
+
+
+class _Pool:
+    """A shuffle buffer's cells as flat numpy arrays (list offsets + values): batches are gathered
+    from it with numpy indexing, not by copying Arrow tables."""
+
+    def __init__(self, table: pa.Table, in_split: np.ndarray, with_cell_ids: bool, columns: tuple[str, ...],
+                 buffers: dict):
+        rows = np.flatnonzero(in_split)
+        self.n = len(rows)
+        self.genes, lengths = _flat_lists(table.column("gene_ids"), buffers, "genes")
+        self.counts, _ = _flat_lists(table.column("counts"), buffers, "counts")
+        self.starts, self.lengths = (np.cumsum(lengths) - lengths)[rows], lengths[rows]
+        self.totals = table.column("total_counts").to_numpy()[rows]
+        self.keys = cell_keys(table.column("cell_id"))[rows]
+        self.extra = {}
+        if with_cell_ids:
+            for name in ("cell_id", *columns):
+                self.extra[name] = table.column(name).to_numpy(zero_copy_only=False)[rows]
 
