@@ -1,0 +1,139 @@
+"""Training-step throughput at the study's dimensions (d 512, 12 blocks, 8 heads, feed-forward 1024):
+scencode's CellTransformer (scaled_dot_product_attention) against a plain torch.nn.TransformerEncoder
+of the same size, in the same run, on the same batches.
+
+* ``tokens_per_s`` / ``baseline_tokens_per_s`` / ``ratio``: identical full batches (no padding);
+* ``nonpad_tokens_per_s`` / ``baseline_nonpad_tokens_per_s``: real cells of varied length, scencode
+  with its length-bucketing loader, the baseline with the same cells in unbucketed batches;
+* on CUDA also ``mfu``: model FLOPs per second over the GPU's peak (bf16 dense; ``--peak-tflops``).
+
+Prints one JSON object on its last line. CPU defaults are small (2 cores); on a GPU use e.g.
+``--batch 32 --length 1024 --steps 20``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# benchmarks/tokenize.py shadows the standard library's `tokenize`, which numpy imports
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scencode.data import LoaderConfig, ShardBatches
+from scencode.model import CellTransformer, ModelConfig
+from scencode.synthetic import write_synthetic_h5ad
+from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
+from scencode.vocab import build_vocab, write_vocab
+
+STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
+
+
+class Baseline(nn.Module):
+    """The same token inputs and head around a stock nn.TransformerEncoder."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        d = STUDY["d_model"]
+        self.genes = nn.Embedding(vocab, d)
+        self.expression = nn.Sequential(nn.Linear(1, 512), nn.GELU(), nn.Linear(512, d))
+        layer = nn.TransformerEncoderLayer(d, STUDY["n_heads"], STUDY["d_ff"], STUDY["dropout"], activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, STUDY["n_layers"], enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+
+    def loss(self, b):
+        x = self.genes(b["gene_ids"]) + self.expression(b["xnorm"].unsqueeze(-1))
+        h = self.encoder(x, src_key_padding_mask=~b["valid"])
+        pred = self.head(h).squeeze(-1)
+        target = b["masked"] & b["valid"]
+        return nn.functional.mse_loss(pred[target], b["xnorm"][target])
+
+
+def timed_steps(model, batches, device, amp) -> tuple[float, int, int]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = nonpad = 0
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if i == 1:  # the first step warms up kernels and allocator
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model.loss(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 1:
+            tokens += batch["valid"].numel()
+            nonpad += int(batch["valid"].sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, tokens, nonpad
+
+
+def flops_per_token(length: int) -> float:
+    d, layers, ff = STUDY["d_model"], STUDY["n_layers"], STUDY["d_ff"]
+    dense = layers * (4 * d * d + 2 * d * ff)  # qkv + out, feed-forward
+    attention = layers * 2 * length * d  # scores and weighted sum
+    return 6 * dense + 6 * attention  # forward + backward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM bf16 dense")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = device.type == "cuda"
+    vocab = 20_002
+    ours = CellTransformer(ModelConfig(vocab, "learned", "continuous", **STUDY)).to(device)
+    base = Baseline(vocab).to(device)
+
+    full = {"gene_ids": torch.randint(2, vocab, (args.batch, args.length)),
+            "counts": torch.randint(1, 20, (args.batch, args.length)).float(),
+            "valid": torch.ones(args.batch, args.length, dtype=torch.bool),
+            "masked": torch.rand(args.batch, args.length) < 0.5}
+    full["xnorm"] = torch.log1p(full["counts"])
+    batches = [full] * (args.steps + 1)
+    ours_s, tokens, _ = timed_steps(ours, batches, device, amp)
+    base_s, base_tokens, _ = timed_steps(base, batches, device, amp)
+
+    with tempfile.TemporaryDirectory() as tmp:  # real cells of varied length, from the tokenizer
+        tmp = Path(tmp)
+        write_synthetic_h5ad(tmp / "cells.h5ad", 400, args.length // 2, n_genes=vocab - 2)
+        write_vocab(build_vocab([tmp / "cells.h5ad"]), tmp / "vocab.parquet")
+        tokenize_corpus("b", [DatasetInput("b", tmp / "cells.h5ad")], tmp / "vocab.parquet", tmp / "tok",
+                        TokenizeParams(val_fraction=0, test_fraction=0, row_group_cells=400))
+        cfg = LoaderConfig(batch_size=args.batch * 2, context=args.length, bucket_batches=50)
+        bucketed = list(ShardBatches(tmp / "tok", "train", cfg))[: args.steps + 1]
+        plain = list(ShardBatches(tmp / "tok", "train", cfg, shuffle=False))[: args.steps + 1]
+    ours_real_s, _, ours_nonpad = timed_steps(ours, bucketed, device, amp)
+    base_real_s, _, base_nonpad = timed_steps(base, plain, device, amp)
+
+    result = {
+        "device": str(device), "batch": args.batch, "length": args.length, "steps": args.steps,
+        "tokens_per_s": tokens / ours_s, "baseline_tokens_per_s": base_tokens / base_s,
+        "ratio": (tokens / ours_s) / (base_tokens / base_s),
+        "nonpad_tokens_per_s": ours_nonpad / ours_real_s, "baseline_nonpad_tokens_per_s": base_nonpad / base_real_s,
+        "nonpad_ratio": (ours_nonpad / ours_real_s) / (base_nonpad / base_real_s),
+    }
+    if device.type == "cuda":
+        result["mfu"] = tokens / ours_s * flops_per_token(args.length) / (args.peak_tflops * 1e12)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
