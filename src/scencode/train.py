@@ -232,6 +232,9 @@ class Trainer:
             self.checkpoint(self.out / "best.pt")
         self.checkpoint(self.out / "last.pt")
         self.write_log()
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
         return st
 
     def _epoch(self) -> bool:
@@ -243,7 +246,7 @@ class Trainer:
         self.model.train()
         micro, tick = 0, time.perf_counter()
         seen = 0
-        for batch in loader:
+        for batch in self._in_step(loader):
             seen += 1
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
@@ -283,6 +286,21 @@ class Trainer:
         if not seen and st.batches_in_epoch == 0:
             raise ScencodeError("no training cells in the corpus (split 'train' is empty)", spec.corpus)
         return False
+
+    def _in_step(self, loader):
+        """Batches while every rank still has one: ranks' shares differ by a few batches at the end
+        of an epoch, and a rank waiting in a gradient all-reduce for one that has finished would hang."""
+        it = iter(loader)
+        while True:
+            batch = next(it, None)
+            if self.world > 1:
+                more = torch.tensor([batch is not None], dtype=torch.int32, device=self.device)
+                dist.all_reduce(more, op=dist.ReduceOp.MIN)
+                if not more.item():
+                    return
+            if batch is None:
+                return
+            yield batch
 
     def _ddp_loss(self, batch):
         # DDP hooks run through forward(); compute the loss from its output
