@@ -4,6 +4,8 @@ import copy
 import json
 import shutil
 
+import anndata as ad
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -75,6 +77,47 @@ def test_demo_workflow_trains_every_configuration(demo_run):
     assert coverage["embedded_genes"] == 1200 and coverage["dataset_genes_with_embedding"] > 1000
 
 
+def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
+    workdir, config = demo_run
+    tables = workdir / "results" / "tables"
+    metrics = pd.read_csv(tables / "metrics.csv")
+    evaluation = sorted(d for d, s in config["datasets"].items() if s["role"] == "eval")
+    models = [f"{e['gene']}-{e['expression']}-s0" for e in config["pretrain"]["configurations"]]
+    configurations = models + ["baseline-pca-s0", "baseline-random-s0"]
+    present = metrics[metrics.dataset != "*"].groupby("configuration").dataset.unique()
+    assert all(sorted(present[c]) == evaluation for c in configurations)
+    scores = metrics[metrics.metric.isin(["bio_score", "batch_score", "accuracy", "macro_f1", "asw_label", "nmi"])]
+    assert scores.value.dropna().between(0, 1).all()
+    # pbmc68k has one batch: its batch metrics are recorded as not applicable, with the reason
+    pbmc_batch = metrics[(metrics.dataset == "pbmc68k") & (metrics.group == "batch")]
+    assert pbmc_batch.value.isna().all() and pbmc_batch.note.str.contains("single batch").all()
+    bio = metrics[metrics.metric == "bio_score"].groupby("configuration").value.mean()
+    assert bio["baseline-pca-s0"] > bio["baseline-random-s0"]
+    summary = pd.read_csv(tables / "summary.csv")
+    assert {"gene_encoding", "expression_encoding", "batch_score", "bio_score", "accuracy", "macro_f1",
+            "min_train_mse", "test_mse", "bio_score_sd"} <= set(summary.columns)
+    assert len(summary) == len(configurations)
+    assert (workdir / "results" / "tables" / "tests.csv").exists()
+    for name in ("fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
+                 "heatmap_per_dataset", "paper_comparison"):
+        assert (workdir / "results" / "figures" / f"{name}.png").stat().st_size > 5000
+    h5ad = workdir / "results" / "embeddings" / models[0] / "pbmc68k.h5ad"
+    assert ad.read_h5ad(h5ad).obsm["X_scencode"].shape[0] == 700
+
+
+def test_figures_target_redraws_from_the_tables_alone(demo_run):
+    workdir, config = demo_run
+    result = snakemake(workdir, config, "-n", "--forcerun", "figures", "figures")
+    assert planned_jobs(result) == {"figures": 1}
+
+
+def test_report_holds_figures_and_summary(demo_run):
+    workdir, config = demo_run
+    result = snakemake(workdir, config, "--report", str(workdir / "report.html"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "report.html").stat().st_size > 10_000
+
+
 def test_demo_workflow_writes_every_corpus_with_logs_and_benchmarks(demo_run):
     workdir, config = demo_run
     evaluation = [d for d, s in config["datasets"].items() if s["role"] == "eval"]
@@ -97,11 +140,17 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     changed = copy.deepcopy(config)
     changed["datasets"]["pbmc68k"]["qc"]["min_genes"] = 60
     jobs = planned_jobs(snakemake(workdir, changed, "-n"))
-    assert jobs == {"qc": 1, "tokenize": 1, "all": 1}
+    # pbmc68k's QC, its corpus, and its embeddings and metrics; no training, no other dataset
+    assert jobs["qc"] == 1 and jobs["tokenize"] == 1 and jobs["embed"] == 3 and jobs["baseline"] == 2
+    assert jobs["evaluate"] == 5 and not {"download", "vocab", "pretrain", "reconstruction"} & set(jobs)
     changed = copy.deepcopy(config)
     changed["pretrain"]["configurations"][1]["train"] = {"lr": 0.01}  # esm2-hard only
     result = snakemake(workdir, changed, "-n")
-    assert planned_jobs(result) == {"pretrain": 1, "all": 1} and "config=esm2-hard-s0" in result.stdout
+    jobs = planned_jobs(result)
+    assert jobs["pretrain"] == 1 and jobs["reconstruction"] == 1 and jobs["embed"] == 2 and jobs["evaluate"] == 2
+    planned = {line.split("config=")[1].split(",")[0].strip() for line in result.stdout.splitlines()
+               if "wildcards:" in line and "config=" in line}
+    assert planned == {"esm2-hard-s0"}
 
 
 def test_failed_job_leaves_no_output(demo_run, tmp_path):

@@ -29,6 +29,7 @@ def small_config(n_cells: int = 300) -> dict:
     pretrain["configurations"] = [{"gene": "learned", "expression": "soft"}, {"gene": "esm2", "expression": "hard"},
                                   {"gene": "random_frozen", "expression": "log"}]
     pretrain["train"].update(max_steps=4, val_every=2, checkpoint_every=2, log_every=2)
+    del config["datasets"]["sim_blood_eval"]  # one simulated and the real (pbmc68k) evaluation dataset
     return config
 
 

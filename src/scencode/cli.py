@@ -174,6 +174,81 @@ def cmd_pretrain(args) -> None:
     log.info("%s: %d steps, best validation loss %.5f", args.name, state.step, state.best_val)
 
 
+def cmd_embed(args) -> None:
+    from .atomic import write_json
+    from .data import LoaderConfig
+    from .embed import embed_corpus, masked_mse
+
+    loader = _params(LoaderConfig, args.loader)
+    torch_threads(args.threads)
+    info = embed_corpus(args.model, args.corpus, loader, args.out, args.h5ad, args.configuration, args.dataset)
+    write_json({**info, **masked_mse(args.model, args.corpus, None, loader)}, args.reconstruction)
+    log.info("%s on %s: %d cells embedded", args.configuration, args.dataset, info["cells"])
+
+
+def cmd_baseline(args) -> None:
+    from .atomic import write_json
+    from .evaluate import baseline_embedding, write_embedding
+
+    cells, matrix = baseline_embedding(args.kind, args.qc, args.dataset, args.label_key, args.batch_key, args.seed)
+    write_embedding(cells, matrix, args.out)
+    write_json({"cells": len(cells), "dim": int(matrix.shape[1]), "masked_mse": None}, args.reconstruction)
+
+
+def cmd_evaluate(args) -> None:
+    import pandas as pd
+
+    from .atomic import atomic_path
+    from .evaluate import EvalParams, evaluate_embedding, read_embedding, tidy
+
+    cells, matrix = read_embedding(args.embedding)
+    try:
+        rows = evaluate_embedding(matrix, cells.label.to_numpy(), cells.batch.to_numpy(),
+                                  _params(EvalParams, args.params))
+    except ScencodeError as exc:
+        raise ScencodeError(f"{args.configuration} on {args.dataset}: {exc}", args.embedding) from None
+    recon = json.loads(Path(args.reconstruction).read_text())
+    if recon.get("masked_mse") is not None:
+        rows = pd.concat([rows, pd.DataFrame([{"metric": "masked_mse", "group": "reconstruction",
+                                               "value": recon["masked_mse"], "note": "evaluation dataset"}])])
+    table = tidy(rows, args.configuration, args.dataset)
+    with atomic_path(args.out, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+def cmd_reconstruction(args) -> None:
+    import pandas as pd
+
+    from .atomic import atomic_path
+    from .data import LoaderConfig
+    from .embed import masked_mse
+    from .evaluate import tidy
+
+    log_table = pd.read_parquet(args.train_log)
+    test = masked_mse(args.model, args.corpus, "test", _params(LoaderConfig, args.loader))
+    rows = pd.DataFrame([
+        {"metric": "min_train_mse", "group": "reconstruction", "value": log_table.train_loss.min(),
+         "note": "minimum logged training masked MSE"},
+        {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"],
+         "note": f"held-out test split, {test['cells']} cells"},
+    ])
+    with atomic_path(args.out, suffix=".parquet") as tmp:
+        tidy(rows, args.configuration, "*").to_parquet(tmp, index=False)
+
+
+def cmd_aggregate(args) -> None:
+    from .aggregate import write_tables
+
+    log.info("tables: %s", write_tables(args.metrics, args.out_dir))
+
+
+def cmd_figures(args) -> None:
+    from .figures import draw_all
+
+    paths = draw_all(args.summary, args.metrics, args.train_logs, args.out_dir)
+    log.info("figures: %s", ", ".join(p.name for p in paths))
+
+
 def torch_threads(n: int | None) -> None:
     if n:
         import torch
@@ -279,6 +354,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True, help="folder for best.pt, last.pt, train_log.parquet")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("embed", help="cell embeddings of a model on an evaluation corpus")
+    p.add_argument("--model", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--configuration", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--loader", help="loader settings as JSON (context, batch_size, ...)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", required=True, help="embedding Parquet")
+    p.add_argument("--h5ad", required=True, help="the same as .h5ad (obsm['X_scencode'])")
+    p.add_argument("--reconstruction", required=True, help="JSON with the masked MSE on this dataset")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("baseline", help="a baseline embedding (pca or random) of an evaluation dataset")
+    p.add_argument("--kind", required=True, choices=["pca", "random"])
+    p.add_argument("--qc", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--label-key", required=True)
+    p.add_argument("--batch-key")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--reconstruction", required=True)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("evaluate", help="scIB, classification and reconstruction metrics of one embedding")
+    p.add_argument("--embedding", required=True)
+    p.add_argument("--reconstruction", required=True)
+    p.add_argument("--configuration", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--params")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reconstruction", help="minimum training and held-out test masked MSE of a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--train-log", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--configuration", required=True)
+    p.add_argument("--loader")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_reconstruction)
+
+    p = sub.add_parser("aggregate", help="metrics.csv, summary.csv and tests.csv from metric tables")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("figures", help="the study's figures from the tables")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--train-logs", nargs="*", default=[])
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("check-shards", help="verify a corpus against its manifest")
     p.add_argument("corpus_dir")

@@ -131,7 +131,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
     ``skip_batches`` resumes mid-epoch: the first batches of the rank's stream are read but not
     yielded (batches are dealt round-robin to workers, as DataLoader consumes them)."""
 
-    def __init__(self, corpus_dir: str | Path, split: str, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
+    def __init__(self, corpus_dir: str | Path, split: str | None, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
                  world_size: int = 1, skip_batches: int = 0, mask: bool = True, shuffle: bool = True,
                  with_cell_ids: bool = False, columns: tuple[str, ...] = ()):
         cfg.validate()
@@ -183,7 +183,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 table = open_shard(path).read_row_group(group, columns=columns)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
-            in_split = pa.compute.equal(table.column("split"), self.split).to_numpy(zero_copy_only=False)
+            if self.split is None:  # every cell (evaluation corpora)
+                in_split = np.ones(table.num_rows, bool)
+            else:
+                in_split = pa.compute.equal(table.column("split"), self.split).to_numpy(zero_copy_only=False)
             if in_split.any():
                 yield table, in_split
 

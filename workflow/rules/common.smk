@@ -137,9 +137,23 @@ def pretrain_gene_table(wildcards):
     return ESM_TABLE if entry["gene"] in TABLE_GENE_ENCODINGS else []
 
 
+EVALUATE_SETTINGS = {k: v for k, v in config["evaluate"].items() if k != "baselines"}
+BASELINES = [f"baseline-{kind}-s{config['seed']}" for kind in config["evaluate"]["baselines"]]
+
+
+def metric_tables():
+    return [
+        *expand(f"{RESULTS}/metrics/{{config}}/{{dataset}}.parquet", config=[*CONFIGURATIONS, *BASELINES],
+                dataset=EVAL_DATASETS),
+        *expand(f"{RESULTS}/metrics/{{config}}/reconstruction.parquet", config=CONFIGURATIONS),
+    ]
+
+
 def all_targets():
     return [
         *[corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]],
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
         *expand(f"{RESULTS}/models/{{config}}/best.pt", config=CONFIGURATIONS),
+        f"{RESULTS}/tables/summary.csv",
+        f"{RESULTS}/figures/fig1_batch_vs_bio.png",
     ]

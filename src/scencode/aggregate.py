@@ -1,0 +1,91 @@
+"""From per-(configuration, dataset) metric tables to the study's tables.
+
+* ``metrics.csv``: every row of every table (long form).
+* ``summary.csv``: one row per configuration (gene × expression encoding; seeds pooled): mean and
+  SD across datasets of batch and bio scores, kNN (k = 10) accuracy and macro F1, minimum training
+  masked MSE and held-out test masked MSE.
+* ``tests.csv``: paired Wilcoxon signed-rank tests across datasets (scipy): learned vs esm2 per
+  expression encoding, and each expression encoding vs the best one (per gene encoding), with the
+  matched-pairs rank-biserial effect size and the mean difference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import wilcoxon
+
+from .atomic import atomic_path
+
+SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "study"),
+           "accuracy": ("accuracy", "knn_k10"), "macro_f1": ("macro_f1", "knn_k10"),
+           "min_train_mse": ("min_train_mse", "reconstruction"), "test_mse": ("test_mse", "reconstruction")}
+TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
+
+
+def load_metrics(paths) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+
+def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    keys = ["gene_encoding", "expression_encoding"]
+    for (gene, expr), part in metrics.groupby(keys, sort=True):
+        row = {"gene_encoding": gene, "expression_encoding": expr, "seeds": part.seed.nunique(),
+               "datasets": part[part.dataset != "*"].dataset.nunique()}
+        for name, (metric, group) in SUMMARY.items():
+            values = part[(part.metric == metric) & (part.group == group)]
+            # seeds first averaged per dataset, then mean ± SD across datasets
+            per_dataset = values.groupby("dataset").value.mean()
+            row[name] = per_dataset.mean() if per_dataset.notna().any() else np.nan
+            row[f"{name}_sd"] = per_dataset.std(ddof=1) if per_dataset.notna().sum() > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_tests(metrics: pd.DataFrame) -> pd.DataFrame:
+    per = (metrics[metrics.metric.isin(TESTED) & metrics.group.isin(["study", "knn_k10"])]
+           .groupby(["gene_encoding", "expression_encoding", "dataset", "metric"]).value.mean().unstack("dataset"))
+    rows = []
+    expressions = sorted(per.index.get_level_values("expression_encoding").unique())
+    for metric in TESTED:
+        for expr in expressions:
+            rows.append(_test(per, metric, ("learned", expr), ("esm2", expr), "learned vs esm2"))
+        for gene in ("learned", "esm2"):
+            means = {e: per.loc[(gene, e, metric)].mean() for e in expressions if (gene, e, metric) in per.index}
+            if not means:
+                continue
+            best = max(means, key=lambda e: means[e])
+            for expr in means:
+                if expr != best:
+                    rows.append(_test(per, metric, (gene, best), (gene, expr), "best expression encoding vs other"))
+    return pd.DataFrame([r for r in rows if r is not None])
+
+
+def _test(per: pd.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -> dict | None:
+    if (*a, metric) not in per.index or (*b, metric) not in per.index:
+        return None
+    pair = pd.concat([per.loc[(*a, metric)], per.loc[(*b, metric)]], axis=1).dropna()
+    diff = pair.iloc[:, 0] - pair.iloc[:, 1]
+    row = {"comparison": comparison, "metric": metric, "a": "-".join(a), "b": "-".join(b), "datasets": len(pair),
+           "mean_a": pair.iloc[:, 0].mean(), "mean_b": pair.iloc[:, 1].mean(), "mean_difference": diff.mean(),
+           "statistic": np.nan, "p_value": np.nan, "rank_biserial": np.nan}
+    nonzero = diff[diff != 0]
+    if len(nonzero) >= 2:
+        result = wilcoxon(pair.iloc[:, 0], pair.iloc[:, 1])
+        ranks = nonzero.abs().rank()
+        row.update(statistic=float(result.statistic), p_value=float(result.pvalue),
+                   rank_biserial=float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum()))
+    return row
+
+
+def write_tables(metric_paths, out_dir) -> dict:
+    from pathlib import Path
+
+    metrics = load_metrics(metric_paths)
+    out_dir = Path(out_dir)
+    tables = {"metrics.csv": metrics, "summary.csv": summary_table(metrics), "tests.csv": paired_tests(metrics)}
+    for name, table in tables.items():
+        with atomic_path(out_dir / name, suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False)
+    return {name: len(table) for name, table in tables.items()}

@@ -1,0 +1,95 @@
+"""Cell embeddings of a trained model on an evaluation corpus, and its masked reconstruction error.
+
+Embedding = mean of final-layer token outputs over non-padded positions, with the cell's genes
+sampled deterministically (the loader's seeded K-of-M at epoch 0; every gene when K ≥ M).
+Written as Parquet (cell_id, label, batch, embedding) and as an .h5ad with the embedding in
+``obsm["X_scencode"]`` for scanpy users.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .atomic import atomic_path, write_json
+from .data import LoaderConfig, ShardBatches
+from .errors import ScencodeError
+from .model import CellTransformer, ModelConfig
+from .shards import verify_corpus
+from .train import load_checkpoint
+
+log = logging.getLogger(__name__)
+LABEL_COLUMNS = ("label", "batch")
+
+
+def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransformer, dict]:
+    ckpt = load_checkpoint(Path(checkpoint))
+    if "model_config" not in ckpt:
+        raise ScencodeError("not a scencode model checkpoint (no model_config)", checkpoint)
+    cfg = ModelConfig(**ckpt["model_config"])
+    table = ckpt["model"].get("genes.table")  # frozen gene tables travel in the state dict
+    model = CellTransformer(cfg, gene_table=table)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def _batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, columns=LABEL_COLUMNS):
+    return ShardBatches(corpus, split, loader, epoch=0, shuffle=False, mask=mask, with_cell_ids=True,
+                        columns=columns)
+
+
+@torch.no_grad()
+def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfig, out_parquet: str | Path,
+                 out_h5ad: str | Path, config_name: str, dataset: str) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, ckpt = load_model(checkpoint, device)
+    verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
+    ids, labels, batches, chunks = [], [], [], []
+    for batch in _batches(Path(corpus), None, loader, mask=False):
+        tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+        emb = model.cell_embeddings(tensors["gene_ids"], tensors["counts"], tensors["xnorm"], tensors["valid"])
+        chunks.append(emb.float().cpu().numpy())
+        ids += batch["cell_id"]
+        labels += batch["label"]
+        batches += batch["batch"]
+    matrix = np.concatenate(chunks)
+    if not np.isfinite(matrix).all():
+        raise ScencodeError(f"model {config_name} gives NaN or infinite embeddings on {dataset} "
+                            f"({int((~np.isfinite(matrix)).any(1).sum())} cells)", checkpoint)
+    obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
+    table = pa.table({"cell_id": ids, "label": labels, "batch": batches,
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])})
+    with atomic_path(out_parquet, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix},
+                       uns={"scencode": {"configuration": config_name, "dataset": dataset}})
+    with atomic_path(out_h5ad, suffix=".h5ad") as tmp:
+        adata.write_h5ad(tmp)
+    return {"cells": len(ids), "dim": int(matrix.shape[1])}
+
+
+@torch.no_grad()
+def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, loader: LoaderConfig,
+               max_cells: int | None = None) -> dict:
+    """Masked-expression MSE with the loader's deterministic masks (epoch 0)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, ckpt = load_model(checkpoint, device)
+    verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
+    sq, n, cells = 0.0, 0, 0
+    for batch in _batches(Path(corpus), split, loader, mask=True, columns=()):
+        if max_cells and cells >= max_cells:
+            break
+        b = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+        pred = model(b["gene_ids"], b["counts"], b["xnorm"], b["valid"], b["masked"]).float()
+        target = b["masked"] & b["valid"]
+        sq += float(((pred[target] - b["xnorm"][target]) ** 2).sum())
+        n += int(target.sum())
+        cells += b["valid"].shape[0]
+    return {"masked_mse": sq / n if n else float("nan"), "cells": cells, "masked_tokens": n}

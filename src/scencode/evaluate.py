@@ -1,0 +1,233 @@
+"""Metrics of one embedding of one evaluation dataset, as a tidy long table.
+
+* scIB (scib-metrics): batch score = mean(iLISI, graph connectivity, ASW-batch); bio score =
+  mean(ASW-label, cLISI, NMI, ARI, isolated-label F1, isolated-label ASW), the study's grouping.
+  scib-metrics values are not directly comparable with the `scib` package's, which the study used.
+* Classification (scikit-learn): kNN (Euclidean) with k = 10 (the study's), 5 and 15, and a
+  logistic-regression probe, on a stratified, seeded 80/20 split after removing unlabeled cells
+  and cell types under ``min_cells_per_type`` cells; accuracy and macro F1.
+
+A metric that cannot be computed (one batch, one cell type, no type above the size threshold)
+is recorded as NaN with the reason in ``note``, not raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import ScencodeError
+
+log = logging.getLogger(__name__)
+BATCH_METRICS = ("ilisi", "graph_connectivity", "asw_batch")
+BIO_METRICS = ("asw_label", "clisi", "nmi", "ari", "isolated_label_f1", "isolated_label_asw")
+UNLABELED = {"", "nan", "none", "unknown", "unassigned", "na"}
+
+
+@dataclass
+class EvalParams:
+    knn_k: tuple[int, ...] = (10, 5, 15)
+    test_fraction: float = 0.2
+    min_cells_per_type: int = 250
+    n_neighbors: int = 50
+    max_cells_scib: int = 100_000  # larger datasets are subsampled (seeded) for the scIB metrics
+    seed: int = 0
+
+
+def labeled(labels: np.ndarray) -> np.ndarray:
+    return ~pd.Series(labels, dtype=object).fillna("").astype(str).str.strip().str.lower().isin(UNLABELED).to_numpy()
+
+
+def evaluate_embedding(x: np.ndarray, labels: np.ndarray, batches: np.ndarray, params: EvalParams) -> pd.DataFrame:
+    """Rows (metric, group, value, note) for one embedding."""
+    if not np.isfinite(x).all():
+        raise ScencodeError("embedding contains NaN or infinite values")
+    rows = scib_metrics_rows(x, labels, batches, params) + classification_rows(x, labels, params)
+    return pd.DataFrame(rows, columns=["metric", "group", "value", "note"])
+
+
+def _row(metric, group, value, note=""):
+    return (metric, group, float(value), note)
+
+
+def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
+    import scib_metrics
+
+    keep = labeled(labels)
+    x, labels, batches = x[keep], np.asarray(labels)[keep].astype(str), np.asarray(batches)[keep].astype(str)
+    if len(x) > params.max_cells_scib:
+        pick = np.sort(np.random.default_rng(params.seed).choice(len(x), params.max_cells_scib, replace=False))
+        x, labels, batches = x[pick], labels[pick], batches[pick]
+    n_labels, n_batches = len(np.unique(labels)), len(np.unique(batches))
+    rows = []
+    if len(x) < 10:
+        note = f"only {len(x)} labeled cells"
+        return [_row(m, g, np.nan, note) for g, ms in (("batch", BATCH_METRICS), ("bio", BIO_METRICS)) for m in ms] + \
+            [_row("batch_score", "study", np.nan, note), _row("bio_score", "study", np.nan, note)]
+    neighbors = knn_graph(x, min(params.n_neighbors, len(x) - 1))
+    if n_batches < 2:
+        rows += [_row(m, "batch", np.nan, "single batch: batch mixing is not defined") for m in BATCH_METRICS]
+    else:
+        rows += [_row("ilisi", "batch", scib_metrics.ilisi_knn(neighbors, batches)),
+                 _row("graph_connectivity", "batch", scib_metrics.graph_connectivity(neighbors, labels)),
+                 _row("asw_batch", "batch", scib_metrics.silhouette_batch(x, labels, batches))]
+    if n_labels < 2:
+        rows += [_row(m, "bio", np.nan, "single cell type: conservation is not defined") for m in BIO_METRICS]
+    else:
+        clusters = nmi_ari_kmeans(x, labels, params.seed)
+        rows += [_row("asw_label", "bio", scib_metrics.silhouette_label(x, labels)),
+                 _row("clisi", "bio", scib_metrics.clisi_knn(neighbors, labels)),
+                 _row("nmi", "bio", clusters["nmi"]), _row("ari", "bio", clusters["ari"]),
+                 _row("isolated_label_f1", "bio", isolated_label_f1(clusters["assignment"], labels, batches)),
+                 _row("isolated_label_asw", "bio", scib_metrics.isolated_labels(x, labels, batches))]
+    by_group = {g: [r[2] for r in rows if r[1] == g] for g in ("batch", "bio")}
+    for group, name in (("batch", "batch_score"), ("bio", "bio_score")):
+        values = by_group[group]
+        note = next((r[3] for r in rows if r[1] == group and r[3]), "")
+        rows.append(_row(name, "study", np.mean(values) if not np.isnan(values).any() else np.nan, note))
+    return rows
+
+
+def knn_graph(x: np.ndarray, k: int):
+    """Exact Euclidean kNN (scikit-learn) in scib-metrics' format. Exact search avoids pynndescent's
+    per-process numba compilation (~20 s), which dominates on evaluation-sized data."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    return NeighborsResults(indices=indices, distances=distances)
+
+
+def nmi_ari_kmeans(x, labels, seed: int) -> dict:
+    """NMI and ARI of k-means (k = number of cell types) against the labels, as scib-metrics does,
+    keeping the cluster assignment for the isolated-label F1."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    k = len(np.unique(labels))
+    assignment = KMeans(n_clusters=k, n_init=5, random_state=seed).fit_predict(x)
+    return {"nmi": normalized_mutual_info_score(labels, assignment), "ari": adjusted_rand_score(labels, assignment),
+            "assignment": assignment}
+
+
+def isolated_label_f1(assignment: np.ndarray, labels: np.ndarray, batches: np.ndarray) -> float:
+    """scIB's isolated-label F1: for the labels present in the fewest batches, the best F1 of any
+    cluster against the label, averaged over those labels."""
+    per_label = pd.Series(batches).groupby(labels).nunique()
+    isolated = per_label.index[per_label == per_label.min()]
+    scores = []
+    for label in isolated:
+        truth = labels == label
+        best = 0.0
+        for cluster in np.unique(assignment[truth]):
+            predicted = assignment == cluster
+            tp = np.sum(truth & predicted)
+            best = max(best, 2 * tp / (truth.sum() + predicted.sum()))
+        scores.append(best)
+    return float(np.mean(scores))
+
+
+def classification_rows(x, labels, params: EvalParams) -> list[tuple]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    labels = np.asarray(labels).astype(str)
+    keep = labeled(labels)
+    sizes = pd.Series(labels[keep]).value_counts()
+    big = sizes.index[sizes >= params.min_cells_per_type]
+    keep &= np.isin(labels, big)
+    groups = [f"knn_k{k}" for k in params.knn_k] + ["logreg"]
+    if len(big) < 2:
+        note = (f"{len(big)} cell type(s) with at least {params.min_cells_per_type} cells "
+                f"(of {len(sizes)}): classification is not defined")
+        return [_row(m, g, np.nan, note) for g in groups for m in ("accuracy", "macro_f1")]
+    xtr, xte, ytr, yte = train_test_split(x[keep], labels[keep], test_size=params.test_fraction,
+                                          stratify=labels[keep], random_state=params.seed)
+    models = {f"knn_k{k}": KNeighborsClassifier(n_neighbors=k, metric="euclidean") for k in params.knn_k}
+    models["logreg"] = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    rows = []
+    for group, model in models.items():
+        predicted = model.fit(xtr, ytr).predict(xte)
+        note = f"{len(big)} cell types, {keep.sum()} cells"
+        rows += [_row("accuracy", group, accuracy_score(yte, predicted), note),
+                 _row("macro_f1", group, f1_score(yte, predicted, average="macro"), note)]
+    return rows
+
+
+def pca_baseline(adata, n_hvg: int = 2000, n_comps: int = 50, seed: int = 0) -> np.ndarray:
+    """PCA of log-normalised highly variable genes (scanpy), from raw counts."""
+    import scanpy as sc
+
+    adata = adata.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=min(n_hvg, adata.n_vars))
+    adata = adata[:, adata.var.highly_variable].copy()
+    n_comps = min(n_comps, adata.n_vars - 1, adata.n_obs - 1)
+    sc.pp.pca(adata, n_comps=n_comps, random_state=seed)
+    return adata.obsm["X_pca"]
+
+
+def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray]:
+    """(cells: cell_id, label, batch; matrix) from an embedding Parquet file."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise ScencodeError(f"not a readable embedding file ({exc})", path) from exc
+    dim = table.schema.field("embedding").type.list_size
+    matrix = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    return table.drop(["embedding"]).to_pandas(), matrix
+
+
+def write_embedding(cells: pd.DataFrame, matrix: np.ndarray, path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .atomic import atomic_path
+
+    table = pa.table({"cell_id": cells.cell_id.astype(str).to_numpy(), "label": cells.label.astype(str).to_numpy(),
+                      "batch": cells.batch.astype(str).to_numpy(),
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.astype(np.float32).ravel()),
+                                                                     matrix.shape[1])})
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def baseline_embedding(kind: str, qc_path, dataset: str, label_key: str, batch_key: str | None,
+                       seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Baselines through the same metrics: ``pca`` (log-normalised HVGs) or ``random`` (Gaussian
+    noise, the floor every embedding should beat)."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(qc_path)
+    cells = pd.DataFrame({"cell_id": dataset + ":" + adata.obs_names.astype(str),
+                          "label": adata.obs[label_key].astype(str).to_numpy(),
+                          "batch": adata.obs[batch_key].astype(str).to_numpy() if batch_key else dataset})
+    if kind == "pca":
+        return cells, pca_baseline(adata, seed=seed).astype(np.float32)
+    if kind == "random":
+        return cells, np.random.default_rng(seed).normal(size=(adata.n_obs, 32)).astype(np.float32)
+    raise ScencodeError(f"unknown baseline {kind!r}; choose pca or random")
+
+
+def split_configuration(name: str) -> dict:
+    """``{gene}-{expression}-s{seed}`` → its parts (baselines: gene 'baseline')."""
+    gene, expression, seed = name.rsplit("-", 2)
+    return {"configuration": name, "gene_encoding": gene, "expression_encoding": expression,
+            "seed": int(seed.removeprefix("s"))}
+
+
+def tidy(rows: pd.DataFrame, configuration: str, dataset: str) -> pd.DataFrame:
+    parts = split_configuration(configuration)
+    out = rows.assign(**parts, dataset=dataset)
+    return out[["configuration", "gene_encoding", "expression_encoding", "seed", "dataset", "metric", "group",
+                "value", "note"]]

@@ -1,0 +1,166 @@
+"""The study's figures from the tables alone (no model is loaded): one colour per expression
+encoding and one marker/hatch per gene encoding, the same in every figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
+from .genes import packaged_file  # noqa: E402
+
+EXPRESSION_COLOURS = {"soft": "#1b9e77", "continuous": "#7570b3", "log": "#d95f02", "hard": "#e7298a",
+                      "autobin": "#66a61e", "pca": "#666666", "random": "#bbbbbb"}
+GENE_MARKERS = {"learned": "o", "esm2": "s", "random_frozen": "^", "baseline": "X"}
+GENE_HATCHES = {"learned": "", "esm2": "//", "random_frozen": "..", "baseline": "xx"}
+PAPER_METRICS = {"macro_f1": "macro_f1_mean", "accuracy": "accuracy", "batch_score": "batch_score",
+                 "bio_score": "bio_score", "min_train_mse": "min_train_mse"}
+plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def colour(expression: str) -> str:
+    palette = plt.get_cmap("tab10")
+    return EXPRESSION_COLOURS.get(expression, palette(hash(expression) % 10))
+
+
+def label(row) -> str:
+    return f"{row.gene_encoding} · {row.expression_encoding}"
+
+
+def save(fig, out_dir: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        with atomic_path(out_dir / f"{name}.{ext}", suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=200, bbox_inches="tight")
+        paths.append(out_dir / f"{name}.{ext}")
+    plt.close(fig)
+    return paths
+
+
+def legend_handles(summary: pd.DataFrame):
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour(e), marker="o", linestyle="", label=e)
+               for e in sorted(summary.expression_encoding.unique())]
+    handles += [Line2D([], [], color="black", marker=GENE_MARKERS.get(g, "o"), linestyle="", markerfacecolor="none",
+                       label=g) for g in sorted(summary.gene_encoding.unique())]
+    return handles
+
+
+def fig_batch_vs_bio(summary: pd.DataFrame, out_dir: Path):
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    for row in summary.itertuples():
+        ax.errorbar(row.batch_score, row.bio_score, xerr=np.nan_to_num(row.batch_score_sd),
+                    yerr=np.nan_to_num(row.bio_score_sd), fmt=GENE_MARKERS.get(row.gene_encoding, "o"),
+                    color=colour(row.expression_encoding), capsize=2, markersize=7, alpha=0.9)
+    ax.set_xlabel("batch correction score (mean ± SD over datasets)")
+    ax.set_ylabel("bio conservation score")
+    ax.legend(handles=legend_handles(summary), fontsize=7, frameon=False, loc="best")
+    return save(fig, out_dir, "fig1_batch_vs_bio")
+
+
+def _bars(ax, summary: pd.DataFrame, column: str):
+    x = np.arange(len(summary))
+    ax.bar(x, summary[column], yerr=summary.get(f"{column}_sd"), capsize=2,
+           color=[colour(e) for e in summary.expression_encoding],
+           hatch=None, edgecolor="black", linewidth=0.5)
+    for patch, gene in zip(ax.patches, summary.gene_encoding):
+        patch.set_hatch(GENE_HATCHES.get(gene, ""))
+    ax.set_xticks(x, [label(r) for r in summary.itertuples()], rotation=60, ha="right", fontsize=7)
+
+
+def fig_classification(summary: pd.DataFrame, out_dir: Path):
+    data = summary.sort_values("macro_f1", ascending=False)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    for ax, column, title in zip(axes, ("accuracy", "macro_f1"), ("kNN accuracy (k = 10)", "kNN macro F1")):
+        _bars(ax, data, column)
+        ax.set_title(title)
+        ax.set_ylim(0, 1.05)
+    return save(fig, out_dir, "fig2_classification")
+
+
+def fig_min_train_mse(summary: pd.DataFrame, out_dir: Path):
+    data = summary.dropna(subset=["min_train_mse"]).sort_values("min_train_mse", ascending=False)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    _bars(ax, data.assign(min_train_mse_sd=np.nan), "min_train_mse")
+    ax.set_ylabel("minimum training masked MSE")
+    return save(fig, out_dir, "fig3_min_train_mse")
+
+
+def fig_loss_curves(logs: dict[str, pd.DataFrame], out_dir: Path):
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for name, log in sorted(logs.items()):
+        gene, expression = name.split("-")[:2]
+        style = dict(color=colour(expression), linestyle="--" if gene != "learned" else "-", linewidth=1)
+        train = log.dropna(subset=["train_loss"])
+        val = log.dropna(subset=["val_loss"])
+        axes[0].plot(train.step, train.train_loss, label=name, **style)
+        axes[1].plot(val.step, val.val_loss, marker="o", markersize=2, **style)
+    axes[0].set_title("training masked MSE")
+    axes[1].set_title("validation masked MSE")
+    for ax in axes:
+        ax.set_xlabel("optimiser step")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=6, frameon=False, ncol=2)
+    return save(fig, out_dir, "loss_curves")
+
+
+def fig_heatmap(metrics: pd.DataFrame, out_dir: Path):
+    keep = metrics[((metrics.group == "study") | ((metrics.group == "knn_k10") & (metrics.metric == "macro_f1")))
+                   & (metrics.dataset != "*")]
+    table = keep.pivot_table(index="configuration", columns=["metric", "dataset"], values="value", aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * table.shape[1], 1 + 0.3 * table.shape[0]))
+    image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [f"{m}\n{d}" for m, d in table.columns], rotation=60, ha="right", fontsize=6)
+    ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
+    for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5,
+                    color="white" if value < 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    return save(fig, out_dir, "heatmap_per_dataset")
+
+
+def paper_results() -> pd.DataFrame:
+    return pd.read_csv(packaged_file("paper_results.csv"))
+
+
+def fig_paper_comparison(summary: pd.DataFrame, out_dir: Path) -> tuple[list[Path], pd.DataFrame]:
+    paper = paper_results()
+    merged = summary.merge(paper, on=["gene_encoding", "expression_encoding"], suffixes=("", "_paper"))
+    fig, axes = plt.subplots(1, len(PAPER_METRICS), figsize=(3 * len(PAPER_METRICS), 3))
+    rows = []
+    for ax, (ours, theirs) in zip(axes, PAPER_METRICS.items()):
+        paper_column = theirs if theirs not in summary.columns else f"{theirs}_paper"
+        pair = merged[[ours, paper_column, "gene_encoding", "expression_encoding"]].dropna()
+        rho = spearmanr(pair[ours], pair[paper_column]).statistic if len(pair) > 2 else np.nan
+        rows.append({"metric": ours, "configurations": len(pair), "spearman_rho": rho})
+        for row in pair.itertuples():
+            ax.scatter(getattr(row, paper_column), getattr(row, ours), color=colour(row.expression_encoding),
+                       marker=GENE_MARKERS.get(row.gene_encoding, "o"))
+        ax.set_xlabel(f"study ({theirs})")
+        ax.set_ylabel(f"this run ({ours})")
+        ax.set_title(f"{ours}: ρ = {rho:.2f}" if np.isfinite(rho) else ours)
+    fig.tight_layout()
+    return save(fig, out_dir, "paper_comparison"), pd.DataFrame(rows)
+
+
+def draw_all(summary_csv, metrics_csv, train_logs, out_dir) -> list[Path]:
+    out_dir = Path(out_dir)
+    summary = pd.read_csv(summary_csv)
+    metrics = pd.read_csv(metrics_csv)
+    models = summary[summary.gene_encoding != "baseline"]
+    logs = {Path(p).parent.name: pd.read_parquet(p) for p in train_logs}
+    paths = [*fig_batch_vs_bio(summary, out_dir), *fig_classification(summary, out_dir),
+             *fig_min_train_mse(models, out_dir), *fig_loss_curves(logs, out_dir), *fig_heatmap(metrics, out_dir)]
+    comparison_paths, comparison = fig_paper_comparison(models, out_dir)
+    with atomic_path(out_dir / "paper_comparison.csv", suffix=".csv") as tmp:
+        comparison.to_csv(tmp, index=False)
+    return paths + comparison_paths

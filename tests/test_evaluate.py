@@ -1,0 +1,151 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scencode.aggregate import paired_tests, summary_table
+from scencode.demo import pbmc68k_counts
+from scencode.errors import ScencodeError
+from scencode.evaluate import (EvalParams, evaluate_embedding, isolated_label_f1, pca_baseline, tidy,
+                               write_embedding)
+from scencode.figures import draw_all
+
+PARAMS = EvalParams(min_cells_per_type=20, n_neighbors=15)
+
+
+def blobs(n_types=4, n_batches=2, n=400, seed=0, separation=6.0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_types, n)
+    batches = rng.integers(0, n_batches, n)
+    x = rng.normal(size=(n, 8)) + separation * np.eye(8)[labels % 8]
+    return x.astype(np.float32), np.array([f"type{l}" for l in labels]), np.array([f"b{b}" for b in batches])
+
+
+def values(rows):
+    return rows.set_index(["group", "metric"]).value
+
+
+def test_separated_cell_types_score_high_and_noise_low():
+    x, labels, batches = blobs()
+    good = values(evaluate_embedding(x, labels, batches, PARAMS))
+    noise = values(evaluate_embedding(np.random.default_rng(1).normal(size=x.shape), labels, batches, PARAMS))
+    assert good["study", "bio_score"] > 0.8 and good["knn_k10", "accuracy"] > 0.95
+    assert noise["study", "bio_score"] < good["study", "bio_score"] - 0.3
+    assert noise["knn_k10", "macro_f1"] < 0.5
+    for metric in ("ilisi", "graph_connectivity", "asw_batch", "asw_label", "nmi", "ari"):
+        assert 0 <= good[:, metric].iloc[0] <= 1
+
+
+def test_single_batch_records_batch_metrics_as_not_applicable():
+    x, labels, _ = blobs()
+    rows = evaluate_embedding(x, labels, np.full(len(x), "only"), PARAMS)
+    batch = rows[rows.group == "batch"]
+    assert batch.value.isna().all() and batch.note.str.contains("single batch").all()
+    assert values(rows)["study", "bio_score"] > 0.8
+    assert np.isnan(values(rows)["study", "batch_score"])
+
+
+def test_single_cell_type_and_too_small_types_are_explained():
+    x, _, batches = blobs()
+    rows = evaluate_embedding(x, np.full(len(x), "T cell"), batches, PARAMS)
+    bio = rows[rows.group == "bio"]
+    assert bio.value.isna().all() and bio.note.str.contains("single cell type").all()
+    x, labels, batches = blobs(n=60)
+    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=250, n_neighbors=15))
+    knn = rows[rows.group == "knn_k10"]
+    assert knn.value.isna().all() and knn.note.str.contains("at least 250 cells").all()
+
+
+def test_unlabeled_cells_are_left_out():
+    x, labels, batches = blobs()
+    labels = labels.astype(object)
+    labels[:50] = "unknown"
+    rows = evaluate_embedding(x, labels, batches, PARAMS)
+    assert "350 cells" in rows[rows.group == "knn_k10"].note.iloc[0]
+
+
+def test_nonfinite_embeddings_are_refused():
+    x, labels, batches = blobs()
+    x[3, 2] = np.nan
+    with pytest.raises(ScencodeError, match="NaN or infinite"):
+        evaluate_embedding(x, labels, batches, PARAMS)
+
+
+def test_nonfinite_embedding_file_error_names_model_and_dataset(tmp_path):
+    x, labels, batches = blobs(n=50)
+    x[0, 0] = np.inf
+    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(50)], "label": labels, "batch": batches})
+    write_embedding(cells, x, tmp_path / "e.parquet")
+    (tmp_path / "r.json").write_text('{"masked_mse": null}')
+    result = subprocess.run([sys.executable, "-m", "scencode", "evaluate", "--embedding", str(tmp_path / "e.parquet"),
+                             "--reconstruction", str(tmp_path / "r.json"), "--configuration", "esm2-soft-s0",
+                             "--dataset", "lung", "--out", str(tmp_path / "m.parquet")], capture_output=True, text=True)
+    assert result.returncode == 1 and "esm2-soft-s0 on lung" in result.stderr and "NaN or infinite" in result.stderr
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_isolated_label_f1_is_one_for_a_perfect_clustering():
+    labels = np.array(["a"] * 5 + ["b"] * 5 + ["c"] * 5)
+    batches = np.array(["x"] * 5 + ["x", "y"] * 2 + ["x"] + ["x", "y"] * 2 + ["y"])
+    assert isolated_label_f1(np.repeat([0, 1, 2], 5), labels, batches) == 1.0
+    assert isolated_label_f1(np.zeros(15, int), labels, batches) == pytest.approx(0.5)
+
+
+def test_pca_of_real_pbmc_counts_beats_a_random_embedding():
+    adata = pbmc68k_counts()
+    labels, batches = adata.obs.bulk_labels.astype(str).to_numpy(), np.full(adata.n_obs, "pbmc")
+    pca = values(evaluate_embedding(pca_baseline(adata), labels, batches, PARAMS))
+    noise = values(evaluate_embedding(np.random.default_rng(0).normal(size=(adata.n_obs, 32)), labels, batches, PARAMS))
+    assert pca["study", "bio_score"] > noise["study", "bio_score"] + 0.1
+    assert pca["knn_k10", "accuracy"] > noise["knn_k10", "accuracy"] + 0.2
+
+
+def synthetic_metrics(n_datasets=6):
+    rng = np.random.default_rng(0)
+    frames = []
+    for gene, offset in (("learned", 0.1), ("esm2", 0.0)):
+        for expr, level in (("soft", 0.7), ("hard", 0.4)):
+            for d in range(n_datasets):
+                rows = pd.DataFrame({"metric": ["batch_score", "bio_score", "accuracy", "macro_f1"],
+                                     "group": ["study", "study", "knn_k10", "knn_k10"],
+                                     "value": level + offset + rng.normal(0, 0.02, 4), "note": ""})
+                frames.append(tidy(rows, f"{gene}-{expr}-s0", f"ds{d}"))
+            recon = pd.DataFrame({"metric": ["min_train_mse", "test_mse"], "group": "reconstruction",
+                                  "value": [0.05 - offset / 10, 0.06], "note": ""})
+            frames.append(tidy(recon, f"{gene}-{expr}-s0", "*"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_summary_has_mean_and_sd_across_datasets():
+    summary = summary_table(synthetic_metrics()).set_index(["gene_encoding", "expression_encoding"])
+    row = summary.loc["learned", "soft"]
+    assert row.datasets == 6 and row.bio_score == pytest.approx(0.8, abs=0.03) and 0 < row.bio_score_sd < 0.05
+    assert row.min_train_mse == pytest.approx(0.04) and np.isnan(row.min_train_mse_sd)
+
+
+def test_paired_wilcoxon_tests_with_effect_sizes():
+    tests = paired_tests(synthetic_metrics())
+    learned = tests[(tests.comparison == "learned vs esm2") & (tests.metric == "bio_score")]
+    assert len(learned) == 2 and (learned.rank_biserial == 1.0).all() and (learned.p_value < 0.05).all()
+    best = tests[tests.comparison == "best expression encoding vs other"]
+    assert set(best.a) == {"learned-soft", "esm2-soft"} and (best.mean_difference > 0).all()
+
+
+def test_figures_are_drawn_from_the_tables(tmp_path):
+    metrics = synthetic_metrics()
+    metrics.to_csv(tmp_path / "metrics.csv", index=False)
+    summary_table(metrics).to_csv(tmp_path / "summary.csv", index=False)
+    log = pd.DataFrame({"step": [1, 2, 3], "epoch": 0, "lr": 1e-3, "train_loss": [1.0, 0.5, 0.3],
+                        "val_loss": [np.nan, 0.6, np.nan], "grad_norm": 1.0, "tokens_per_s": 1.0, "cells_per_s": 1.0})
+    (tmp_path / "learned-soft-s0").mkdir()
+    log.to_parquet(tmp_path / "learned-soft-s0" / "train_log.parquet")
+    paths = draw_all(tmp_path / "summary.csv", tmp_path / "metrics.csv",
+                     [tmp_path / "learned-soft-s0" / "train_log.parquet"], tmp_path / "figures")
+    names = {p.name for p in paths}
+    assert {"fig1_batch_vs_bio.png", "fig2_classification.pdf", "fig3_min_train_mse.png", "loss_curves.png",
+            "heatmap_per_dataset.png", "paper_comparison.png"} <= names
+    assert all(p.stat().st_size > 5000 for p in paths)
+    comparison = pd.read_csv(tmp_path / "figures" / "paper_comparison.csv")
+    assert set(comparison.metric) == {"macro_f1", "accuracy", "batch_score", "bio_score", "min_train_mse"}

@@ -1,0 +1,121 @@
+# Embeddings of every model (and baseline) on every evaluation dataset, their metrics, and the
+# study's tables. Baselines (pca, random) go through exactly the same evaluate rule.
+
+
+ruleorder: baseline > embed
+
+
+rule embed:
+    input:
+        model=f"{RESULTS}/models/{{config}}/best.pt",
+        corpus=f"{RESULTS}/tokens/{{dataset}}",
+    output:
+        parquet=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.parquet",
+        h5ad=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.h5ad",
+        reconstruction=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.reconstruction.json",
+    params:
+        loader=lambda w: as_json(pretrain_settings(w.config)["loader"]),
+    log:
+        f"{LOGS}/embed/{{config}}/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/embed/{{config}}/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "scencode embed --model {input.model} --corpus {input.corpus} --configuration {wildcards.config}"
+        " --dataset {wildcards.dataset} --loader {params.loader:q} --threads {threads}"
+        " --out {output.parquet} --h5ad {output.h5ad} --reconstruction {output.reconstruction} > {log} 2>&1"
+
+
+rule baseline:
+    input:
+        qc=f"{RESULTS}/qc/{{dataset}}.h5ad",
+    output:
+        parquet=f"{RESULTS}/embeddings/baseline-{{kind}}-s{{seed}}/{{dataset}}.parquet",
+        reconstruction=f"{RESULTS}/embeddings/baseline-{{kind}}-s{{seed}}/{{dataset}}.reconstruction.json",
+    params:
+        columns=lambda w: (
+            f"--label-key {DATASETS[w.dataset]['label_key']}"
+            + (f" --batch-key {DATASETS[w.dataset]['batch_key']}" if DATASETS[w.dataset].get("batch_key") else "")
+        ),
+    log:
+        f"{LOGS}/baseline/{{kind}}-s{{seed}}/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/baseline/{{kind}}-s{{seed}}/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode baseline --kind {wildcards.kind} --qc {input.qc} --dataset {wildcards.dataset} {params.columns}"
+        " --seed {wildcards.seed} --out {output.parquet} --reconstruction {output.reconstruction} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        embedding=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.parquet",
+        reconstruction=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.reconstruction.json",
+    output:
+        f"{RESULTS}/metrics/{{config}}/{{dataset}}.parquet",
+    params:
+        settings=as_json(EVALUATE_SETTINGS),
+    log:
+        f"{LOGS}/evaluate/{{config}}/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/evaluate/{{config}}/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=16000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode evaluate --embedding {input.embedding} --reconstruction {input.reconstruction}"
+        " --configuration {wildcards.config} --dataset {wildcards.dataset} --params {params.settings:q}"
+        " --out {output} > {log} 2>&1"
+
+
+rule reconstruction:
+    input:
+        model=f"{RESULTS}/models/{{config}}/best.pt",
+        train_log=f"{RESULTS}/models/{{config}}/train_log.parquet",
+        corpus=corpus_dir(TRAIN_CORPUS),
+    output:
+        f"{RESULTS}/metrics/{{config}}/reconstruction.parquet",
+    params:
+        loader=lambda w: as_json(pretrain_settings(w.config)["loader"]),
+    log:
+        f"{LOGS}/reconstruction/{{config}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/reconstruction/{{config}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "scencode reconstruction --model {input.model} --train-log {input.train_log} --corpus {input.corpus}"
+        " --configuration {wildcards.config} --loader {params.loader:q} --out {output} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        metric_tables(),
+    output:
+        metrics=f"{RESULTS}/tables/metrics.csv",
+        summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
+        tests=f"{RESULTS}/tables/tests.csv",
+    log:
+        f"{LOGS}/tables.log",
+    benchmark:
+        f"{LOGS}/benchmarks/tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode aggregate --metrics {input} --out-dir $(dirname {output.metrics}) > {log} 2>&1"

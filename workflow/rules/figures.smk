@@ -1,0 +1,31 @@
+# Figures from the tables alone: `snakemake figures --forcerun figures` redraws them and runs
+# nothing upstream. `snakemake --report results/report.html` collects them with their captions.
+
+FIGURES = ["fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
+           "heatmap_per_dataset", "paper_comparison"]
+
+
+rule figures:
+    input:
+        summary=rules.tables.output.summary,
+        metrics=rules.tables.output.metrics,
+        train_logs=expand(f"{RESULTS}/models/{{config}}/train_log.parquet", config=CONFIGURATIONS),
+    output:
+        png=[
+            report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+            for name in FIGURES
+        ],
+        pdf=[f"{RESULTS}/figures/{name}.pdf" for name in FIGURES],
+        comparison=f"{RESULTS}/figures/paper_comparison.csv",
+    log:
+        f"{LOGS}/figures.log",
+    benchmark:
+        f"{LOGS}/benchmarks/figures.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode figures --summary {input.summary} --metrics {input.metrics}"
+        " --train-logs {input.train_logs} --out-dir $(dirname {output.comparison}) > {log} 2>&1"
