@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import REPO
-from workflow_helpers import small_config, snakemake
+from workflow_helpers import planned_jobs, small_config, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -61,13 +61,14 @@ def node_sized_profile(tmp_path):
 def test_profile_submits_every_job_to_slurm_with_gpus_for_pretraining(cluster, tmp_path):
     config = tiny_config()
     models = [f"results/models/{e['gene']}-{e['expression']}-s0/best.pt" for e in config["pretrain"]["configurations"]]
-    result = snakemake(tmp_path, config, *models, "--profile", str(REPO / "slurm"), "--workflow-profile",
+    result = snakemake(tmp_path, config, "--profile", str(REPO / "slurm"), "--workflow-profile",
                        str(node_sized_profile(tmp_path)), "--jobs", "4", "--slurm-status-command", "squeue",
-                       "--slurm-init-seconds-before-status-checks", "2", timeout=1500)
+                       "--slurm-init-seconds-before-status-checks", "2", *models, timeout=1500)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     job_ids = re.findall(r"SLURM jobid (\d+)", output)
-    assert len(job_ids) >= 14  # every job went through sbatch
+    planned = planned_jobs(result)
+    assert planned["pretrain"] == 2 and len(job_ids) == sum(planned.values())  # every job went through sbatch
     pretrain_jobs = []
     for job in job_ids:
         info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout

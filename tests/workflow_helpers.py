@@ -49,7 +49,7 @@ def snakemake(workdir: Path | None, config: dict | None, *args: str, timeout: in
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     """Job counts from a dry run's 'Job stats' table."""
     counts, in_table = {}, False
-    for line in result.stdout.splitlines():
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
         if line.startswith("job ") and "count" in line:
             in_table = True
             continue
