@@ -88,3 +88,11 @@ def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
     assert [b["cell_id"] for b in resumed] == [b["cell_id"] for b in two[3:]]
     epoch2 = ShardBatches(corpus, "train", CFG, epoch=2, with_cell_ids=True)
     assert [b["cell_id"] for b in epoch2][:1] != [full[0]["cell_id"]]
+
+
+@pytest.mark.parametrize("bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0)])
+def test_invalid_loader_settings_are_refused(demo_corpus, bad):
+    from scencode.errors import ScencodeError
+
+    with pytest.raises(ScencodeError):
+        ShardBatches(demo_corpus[0], "train", LoaderConfig(**bad))
