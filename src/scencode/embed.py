@@ -14,13 +14,12 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from .atomic import atomic_path, write_json
+from .atomic import atomic_path
 from .data import LoaderConfig, ShardBatches
 from .errors import ScencodeError
+from .evaluate import write_embedding
 from .model import CellTransformer, ModelConfig
 from .shards import verify_corpus
 from .train import load_checkpoint
@@ -64,10 +63,7 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
         raise ScencodeError(f"model {config_name} gives NaN or infinite embeddings on {dataset} "
                             f"({int((~np.isfinite(matrix)).any(1).sum())} cells)", checkpoint)
     obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
-    table = pa.table({"cell_id": ids, "label": labels, "batch": batches,
-                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])})
-    with atomic_path(out_parquet, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp)
+    write_embedding(obs.reset_index(), matrix, out_parquet)
     adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix},
                        uns={"scencode": {"configuration": config_name, "dataset": dataset}})
     with atomic_path(out_h5ad, suffix=".h5ad") as tmp:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .errors import ScencodeError
+from .tables import column_matrix, matrix_column, read_parquet
 
 log = logging.getLogger(__name__)
 MAX_RESIDUES = 1022  # ESM-2 context minus BOS/EOS
@@ -203,7 +204,7 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
         piece = todo.iloc[k:k + step]
         emb = embedder.embed(piece.sequence.tolist(), progress=False)
         table = pa.table({"protein_id": piece.protein_id.to_numpy(),
-                          "embedding": _fixed_list(emb)})
+                          "embedding": matrix_column(emb)})
         with atomic_path(parts_dir / f"part-{len(done) + k:07d}.parquet", suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
     genes = _gene_means(isoforms, parts_dir)
@@ -219,14 +220,10 @@ def _finished_proteins(parts_dir: Path) -> set[str]:
     return done
 
 
-def _fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.astype(np.float32).ravel()), matrix.shape[1])
-
-
 def _gene_means(isoforms: pd.DataFrame, parts_dir: Path) -> pd.DataFrame:
     parts = pa.concat_tables([pq.read_table(p) for p in sorted(parts_dir.glob("part-*.parquet"))])
-    dim = parts.schema.field("embedding").type.list_size
-    emb = parts.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    emb = column_matrix(parts, "embedding")
+    dim = emb.shape[1]
     row = pd.Series(np.arange(len(emb)), index=parts.column("protein_id").to_pylist())
     iso = isoforms.assign(row=row.reindex(isoforms.protein_id).to_numpy())
     codes, genes = pd.factorize(iso.gene_id, sort=True)
@@ -243,7 +240,7 @@ def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:
     table = pa.table({"gene_id": pa.array(genes.gene_id.astype(str)),
                       "gene_symbol": pa.array(genes.get("gene_symbol", pd.Series([""] * len(genes))).astype(str)),
                       "n_isoforms": pa.array(genes.get("n_isoforms", pd.Series([1] * len(genes))).astype(np.int32)),
-                      "embedding": _fixed_list(matrix)})
+                      "embedding": matrix_column(matrix)})
     meta = {**meta, "dim": matrix.shape[1], "n_genes": len(genes)}
     table = table.replace_schema_metadata({f"scencode_{k}".encode(): str(v).encode() for k, v in meta.items()})
     with atomic_path(path, suffix=".parquet") as tmp:
@@ -252,16 +249,9 @@ def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:
 
 def read_gene_table(path: str | Path) -> tuple[pd.Index, np.ndarray, dict]:
     """(gene ids, embedding matrix float32, metadata) of a gene-embedding table."""
-    path = Path(path)
-    if not path.exists():
-        raise ScencodeError("gene embedding table not found", path)
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ScencodeError(f"not a readable gene embedding table ({exc})", path) from exc
+    table = read_parquet(path, "gene embedding table")
     if "gene_id" not in table.column_names or "embedding" not in table.column_names:
         raise ScencodeError("gene embedding table needs 'gene_id' and 'embedding' columns", path)
-    dim = table.schema.field("embedding").type.list_size
-    matrix = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    matrix = column_matrix(table, "embedding")
     meta = {k.decode().removeprefix("scencode_"): v.decode() for k, v in (table.schema.metadata or {}).items()}
     return pd.Index(table.column("gene_id").to_pylist()), matrix.astype(np.float32), meta

@@ -177,14 +177,10 @@ def pca_baseline(adata, n_hvg: int = 2000, n_comps: int = 50, seed: int = 0) -> 
 
 def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray]:
     """(cells: cell_id, label, batch; matrix) from an embedding Parquet file."""
-    import pyarrow.parquet as pq
+    from .tables import column_matrix, read_parquet
 
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise ScencodeError(f"not a readable embedding file ({exc})", path) from exc
-    dim = table.schema.field("embedding").type.list_size
-    matrix = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    table = read_parquet(path, "embedding file")
+    matrix = column_matrix(table, "embedding")
     return table.drop(["embedding"]).to_pandas(), matrix
 
 
@@ -193,11 +189,10 @@ def write_embedding(cells: pd.DataFrame, matrix: np.ndarray, path) -> None:
     import pyarrow.parquet as pq
 
     from .atomic import atomic_path
+    from .tables import matrix_column
 
     table = pa.table({"cell_id": cells.cell_id.astype(str).to_numpy(), "label": cells.label.astype(str).to_numpy(),
-                      "batch": cells.batch.astype(str).to_numpy(),
-                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.astype(np.float32).ravel()),
-                                                                     matrix.shape[1])})
+                      "batch": cells.batch.astype(str).to_numpy(), "embedding": matrix_column(matrix)})
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from .atomic import atomic_path
 from .errors import ScencodeError
 from .h5ad import open_h5ad, read_frame
+from .tables import read_parquet
 
 SPECIAL_TOKENS = ("<pad>", "<cls>")
 PAD_ID = 0
@@ -94,12 +95,7 @@ def write_vocab(vocab: pd.DataFrame, path: str | Path) -> str:
 
 def load_vocab(path: str | Path) -> tuple[pd.DataFrame, str]:
     path = Path(path)
-    if not path.exists():
-        raise ScencodeError("vocabulary not found", path)
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ScencodeError(f"not a readable vocabulary Parquet file ({exc})", path) from exc
+    table = read_parquet(path, "vocabulary")
     vocab = table.to_pandas()
     digest = vocab_hash(vocab.gene_id)
     stored = (table.schema.metadata or {}).get(HASH_KEY, b"").decode()
