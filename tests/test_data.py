@@ -39,6 +39,22 @@ def test_k_of_m_sampling_and_masking_fraction():
     assert np.array_equal(alone["gene_ids"][0], out["gene_ids"][1]) and np.array_equal(alone["masked"][0], out["masked"][1])
 
 
+def test_top_expressed_sampling_keeps_the_highest_counts():
+    from dataclasses import replace
+
+    lengths = np.array([100, 30])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    genes = np.concatenate([np.arange(100), np.arange(30)])
+    counts = np.concatenate([np.random.default_rng(0).permutation(100) // 2 + 1, np.ones(30)])  # pairs tie
+    cfg = replace(CFG, gene_sampling="top_expressed")
+    out = padded_sample(genes, counts, offsets[:-1], lengths, np.array([1, 2], np.uint64), epoch=0, cfg=cfg)
+    kept = out["counts"][0][out["valid"][0]]
+    assert len(kept) == 64 and kept.min() >= np.sort(counts[:100])[-64]  # the 64 highest (ties at the edge)
+    assert out["valid"][1].sum() == 30  # cells with M ≤ K keep every gene
+    again = padded_sample(genes, counts, offsets[:-1], lengths, np.array([1, 2], np.uint64), epoch=3, cfg=cfg)
+    assert np.array_equal(np.sort(out["gene_ids"][0]), np.sort(again["gene_ids"][0]))
+
+
 def test_batches_are_padded_with_normalised_values(demo_corpus):
     corpus, _ = demo_corpus
     batch = next(iter(ShardBatches(corpus, "train", CFG)))
@@ -90,7 +106,7 @@ def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
     assert [b["cell_id"] for b in epoch2][:1] != [full[0]["cell_id"]]
 
 
-@pytest.mark.parametrize("bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0)])
+@pytest.mark.parametrize("bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0), dict(gene_sampling="best")])
 def test_invalid_loader_settings_are_refused(demo_corpus, bad):
     from scencode.errors import ScencodeError
 

@@ -8,8 +8,8 @@ import pytest
 from scencode.aggregate import paired_tests, summary_table
 from scencode.demo import pbmc68k_counts
 from scencode.errors import ScencodeError
-from scencode.evaluate import (EvalParams, evaluate_embedding, isolated_label_f1, pca_baseline, tidy,
-                               write_embedding)
+from scencode.evaluate import (EvalParams, evaluate_embedding, isolated_label_f1, label_silhouettes, pca_baseline,
+                               silhouette_batch, tidy, write_embedding)
 from scencode.figures import draw_all
 
 PARAMS = EvalParams(min_cells_per_type=20, n_neighbors=15)
@@ -86,6 +86,25 @@ def test_nonfinite_embedding_file_error_names_model_and_dataset(tmp_path):
     assert not (tmp_path / "m.parquet").exists()
 
 
+def test_silhouettes_equal_scib_metrics():
+    import scib_metrics
+
+    x, labels, batches = blobs(n_types=5, n_batches=3, n=300, separation=2.0)
+    batches[labels == "type4"] = "b0"  # an isolated label, in one batch only
+    ours = label_silhouettes(x, labels, batches)
+    assert ours["asw_label"] == pytest.approx(scib_metrics.silhouette_label(x, labels), abs=1e-5)
+    assert ours["isolated_label_asw"] == pytest.approx(scib_metrics.isolated_labels(x, labels, batches), abs=1e-5)
+    assert silhouette_batch(x, labels, batches) == pytest.approx(scib_metrics.silhouette_batch(x, labels, batches),
+                                                                 abs=1e-5)
+
+
+def test_batch_asw_of_types_each_in_one_batch_is_explained():
+    x, labels, _ = blobs()
+    rows = evaluate_embedding(x, labels, np.where(labels < "type2", "b0", "b1"), PARAMS)
+    asw = rows[rows.metric == "asw_batch"].iloc[0]
+    assert np.isnan(asw.value) and "one batch" in asw.note
+
+
 def test_isolated_label_f1_is_one_for_a_perfect_clustering():
     labels = np.array(["a"] * 5 + ["b"] * 5 + ["c"] * 5)
     batches = np.array(["x"] * 5 + ["x", "y"] * 2 + ["x"] + ["x", "y"] * 2 + ["y"])
@@ -149,3 +168,61 @@ def test_figures_are_drawn_from_the_tables(tmp_path):
     assert all(p.stat().st_size > 5000 for p in paths)
     comparison = pd.read_csv(tmp_path / "figures" / "paper_comparison.csv")
     assert set(comparison.metric) == {"macro_f1", "accuracy", "batch_score", "bio_score", "min_train_mse"}
+
+
+def _scencode(*args):
+    return subprocess.run([sys.executable, "-m", "scencode", *map(str, args)], capture_output=True, text=True)
+
+
+def test_a_deleted_checkpoint_gives_empty_outputs_and_nan_metrics_that_say_why(tmp_path):
+    import anndata as ad
+
+    from scencode.evaluate import read_embedding
+
+    model = tmp_path / "models" / "esm2-soft-s0"
+    model.mkdir(parents=True)
+    (model / "model.json").write_text('{"configuration": "esm2-soft-s0", "status": "completed", '
+                                      '"checkpoint": "best.pt", "note": ""}')  # best.pt was deleted
+    out = tmp_path / "lung.parquet"
+    result = _scencode("embed", "--model", model / "model.json", "--corpus", tmp_path / "no_corpus_needed",
+                       "--configuration", "esm2-soft-s0", "--dataset", "lung", "--out", out,
+                       "--h5ad", tmp_path / "lung.h5ad", "--reconstruction", tmp_path / "lung.json")
+    assert result.returncode == 0, result.stderr
+    cells, matrix, missing = read_embedding(out)
+    assert len(cells) == 0 and "best.pt is missing" in missing
+    assert "best.pt is missing" in ad.read_h5ad(tmp_path / "lung.h5ad").uns["scencode"]["missing"]
+    result = _scencode("evaluate", "--embedding", out, "--reconstruction", tmp_path / "lung.json",
+                       "--configuration", "esm2-soft-s0", "--dataset", "lung", "--out", tmp_path / "m.parquet")
+    assert result.returncode == 0, result.stderr
+    metrics = pd.read_parquet(tmp_path / "m.parquet")
+    assert {"bio_score", "batch_score", "accuracy", "macro_f1", "masked_mse"} <= set(metrics.metric)
+    assert metrics.value.isna().all() and metrics.note.str.contains("no model for esm2-soft-s0").all()
+
+
+def test_a_checkpoint_path_that_does_not_exist_is_an_error(tmp_path):
+    result = _scencode("embed", "--model", tmp_path / "best.pt", "--corpus", tmp_path, "--configuration",
+                       "esm2-soft-s0", "--dataset", "lung", "--out", tmp_path / "e.parquet", "--h5ad",
+                       tmp_path / "e.h5ad", "--reconstruction", tmp_path / "r.json")
+    assert result.returncode == 1 and "best.pt: model checkpoint not found" in result.stderr
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_scib_benchmarker_labels_its_rows_and_says_why_values_are_missing(tmp_path):
+    from scencode.scib_benchmark import benchmark_dataset, metric_names
+
+    x, labels, batches = blobs(n=120)
+    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(120)], "label": labels, "batch": "only"})
+    write_embedding(cells, x, tmp_path / "pca.parquet")
+    write_embedding(cells.iloc[::-1], x[::-1], tmp_path / "model.parquet")  # other order: aligned by cell id
+    write_embedding(cells.iloc[:0], np.zeros((0, 1), np.float32), tmp_path / "gone.parquet", missing="no model: x")
+    rows = benchmark_dataset({"learned-soft-s0": tmp_path / "model.parquet", "esm2-soft-s0": tmp_path / "gone.parquet"},
+                             tmp_path / "pca.parquet", "lung")
+    assert set(rows.group) == {"scib_metrics"}
+    assert rows.groupby("configuration").metric.apply(list).map(lambda m: m == metric_names()).all()
+    gone = rows[rows.configuration == "esm2-soft-s0"]
+    assert gone.value.isna().all() and (gone.note == "no model: x").all()
+    model = rows[rows.configuration == "learned-soft-s0"].set_index("metric")
+    # one batch: scib-metrics' bio set is computed, its batch set and total are not, with the reason
+    assert model.loc["silhouette_label", "value"] > 0.7 and model.loc["bio_conservation", "value"] > 0.7
+    for metric in ("ilisi_knn", "kbet_per_label", "batch_correction", "total"):
+        assert np.isnan(model.loc[metric, "value"]) and "single batch" in model.loc[metric, "note"]

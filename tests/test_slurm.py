@@ -60,7 +60,7 @@ def node_sized_profile(tmp_path):
 
 def test_profile_submits_every_job_to_slurm_with_gpus_for_pretraining(cluster, tmp_path):
     config = tiny_config()
-    models = [f"results/models/{e['gene']}-{e['expression']}-s0/best.pt" for e in config["pretrain"]["configurations"]]
+    models = [f"results/models/{e['gene']}-{e['expression']}-s0/model.json" for e in config["pretrain"]["configurations"]]
     result = snakemake(tmp_path, config, "--profile", str(REPO / "slurm"), "--workflow-profile",
                        str(node_sized_profile(tmp_path)), "--jobs", "4", "--slurm-status-command", "squeue",
                        "--slurm-init-seconds-before-status-checks", "2", *models, timeout=1500)

@@ -56,6 +56,8 @@ def test_training_writes_checkpoints_and_a_log(demo_corpus, tmp_path):
     assert set(logged.columns) == {"step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s",
                                    "cells_per_s"}
     assert logged.val_loss.notna().sum() == 3 and logged.train_loss.dropna().iloc[-1] < logged.train_loss.iloc[0]
+    status = json.loads((tmp_path / "model.json").read_text())
+    assert status["status"] == "completed" and status["checkpoint"] == "best.pt" and status["steps"] == 12
 
 
 def run_cli(out, corpus, vocab, max_steps):
@@ -111,20 +113,42 @@ def test_corrupted_checkpoint_is_reported(demo_corpus, tmp_path):
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_corpus, tmp_path, monkeypatch):
     corpus, vocab = demo_corpus
     trainer = Trainer(spec(corpus, vocab, tmp_path, max_steps=10))
-    real, calls = trainer.model.loss, []
-
-    def explodes(batch):
-        calls.append(1)
-        loss = real(batch)
-        return loss * float("nan") if len(calls) > 14 else loss  # micro-batch 15 = step 7
-
-    monkeypatch.setattr(trainer.model, "loss", explodes)
+    _explode_after(trainer, monkeypatch, 14)  # micro-batch 15 = step 7
     with pytest.raises(ScencodeError, match="loss became nan at step 7"):
         trainer.fit()
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["state"]["step"] == 6  # the checkpoint of step 6, untouched
     logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
     assert math.isnan(logged.train_loss.iloc[-1])  # the divergence is recorded
+
+
+def _explode_after(trainer, monkeypatch, micro_batches):
+    real, calls = trainer.model.loss, []
+
+    def explodes(batch):
+        calls.append(1)
+        loss = real(batch)
+        return loss * float("nan") if len(calls) > micro_batches else loss
+
+    monkeypatch.setattr(trainer.model, "loss", explodes)
+
+
+@pytest.mark.parametrize("explode_after, has_best", [(2, False), (10, True)])
+def test_divergence_with_finish_ends_the_run_and_says_which_model_is_usable(demo_corpus, tmp_path, monkeypatch,
+                                                                             explode_after, has_best):
+    corpus, vocab = demo_corpus
+    (tmp_path / "best.pt").write_bytes(b"an earlier run's model")  # must not pass for this run's
+    trainer = Trainer(spec(corpus, vocab, tmp_path, on_nonfinite="finish"))
+    _explode_after(trainer, monkeypatch, explode_after)  # micro-batch 3 = step 1; 11 = step 5 (after val at 4)
+    trainer.fit()
+    status = json.loads((tmp_path / "model.json").read_text())
+    assert status["status"] == "diverged" and f"diverged at step {explode_after // 2}" in status["note"]
+    assert (status["checkpoint"] == "best.pt") == has_best == (tmp_path / "best.pt").exists()
+    assert list(tmp_path.glob("best.stale-*.pt"))
+    if has_best:
+        assert weights(tmp_path / "best.pt") and torch.load(tmp_path / "best.pt", weights_only=True)["state"]["step"] == 4
+    else:
+        assert "no checkpoint" in status["note"]
 
 
 def test_shards_of_another_vocabulary_are_refused(demo_corpus, tmp_path):
@@ -175,3 +199,11 @@ def test_two_processes_train_with_ddp(demo_corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(tmp_path / "best.pt", weights_only=True)["state"]["step"] <= 6
     assert pq.read_table(tmp_path / "train_log.parquet").to_pandas().step.max() == 6
+
+
+def test_a_learning_rate_far_too_high_diverges_without_a_checkpoint(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    Trainer(spec(corpus, vocab, tmp_path, lr=1e30, warmup_steps=1, on_nonfinite="finish")).fit()
+    status = json.loads((tmp_path / "model.json").read_text())
+    assert status["status"] == "diverged" and status["checkpoint"] is None and status["steps"] < 4
+    assert not (tmp_path / "best.pt").exists()

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from conftest import REPO
-from workflow_helpers import demo_config, planned_jobs, small_config, snakemake
+from workflow_helpers import DIVERGING_NAME, demo_config, planned_jobs, small_config, snakemake
 from scencode.shards import verify_corpus
 
 pytestmark = pytest.mark.workflow
@@ -70,7 +71,11 @@ def test_demo_workflow_trains_every_configuration(demo_run):
     workdir, config = demo_run
     for entry in config["pretrain"]["configurations"]:
         folder = workdir / "results" / "models" / f"{entry['gene']}-{entry['expression']}-s0"
-        assert torch.load(folder / "best.pt", weights_only=True)["model"]
+        status = json.loads((folder / "model.json").read_text())
+        if folder.name == DIVERGING_NAME:
+            assert status["status"] == "diverged" and status["checkpoint"] is None
+            continue
+        assert status["status"] == "completed" and torch.load(folder / "best.pt", weights_only=True)["model"]
         logged = pq.read_table(folder / "train_log.parquet").to_pandas()
         assert logged.step.max() == 4 and logged.val_loss.notna().any()
     coverage = json.loads((workdir / "results" / "esm" / "esm2_tiny_demo" / "coverage.json").read_text())
@@ -93,10 +98,25 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert pbmc_batch.value.isna().all() and pbmc_batch.note.str.contains("single batch").all()
     bio = metrics[metrics.metric == "bio_score"].groupby("configuration").value.mean()
     assert bio["baseline-pca-s0"] > bio["baseline-random-s0"]
+    # scib-metrics' own default set and aggregate, labelled, for every configuration and dataset
+    scib = metrics[metrics.group == "scib_metrics"]
+    assert sorted(scib.configuration.unique()) == sorted(configurations)
+    assert all(sorted(d) == evaluation for d in scib.groupby("configuration").dataset.unique())
+    lung = scib[scib.dataset == "sim_lung_eval"].pivot_table(index="configuration", columns="metric", values="value")
+    lung = lung.drop(DIVERGING_NAME, errors="ignore")
+    assert lung.notna().all().all() and lung.stack().between(0, 1).all()
+    assert np.allclose(lung.total, 0.6 * lung.bio_conservation + 0.4 * lung.batch_correction)
+    # the configuration without a model is in every table, as NaN with the reason
+    diverged = metrics[metrics.configuration == DIVERGING_NAME]
+    assert diverged.dataset.nunique() == len(evaluation) + 1  # + the reconstruction rows ("*")
+    no_model = diverged[diverged.metric != "min_train_mse"]
+    assert no_model.value.isna().all() and no_model.note.str.contains("diverged at step").all()
     summary = pd.read_csv(tables / "summary.csv")
     assert {"gene_encoding", "expression_encoding", "batch_score", "bio_score", "accuracy", "macro_f1",
             "min_train_mse", "test_mse", "bio_score_sd"} <= set(summary.columns)
     assert len(summary) == len(configurations)
+    row = summary.set_index(["gene_encoding", "expression_encoding"]).loc[("learned", "continuous")]
+    assert np.isnan(row.bio_score) and "diverged" in row.note
     assert (workdir / "results" / "tables" / "tests.csv").exists()
     for name in ("fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
                  "heatmap_per_dataset", "paper_comparison"):
@@ -142,8 +162,8 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     changed["datasets"]["pbmc68k"]["qc"]["min_genes"] = 60
     jobs = planned_jobs(snakemake(workdir, changed, "-n"))
     # pbmc68k's QC, its corpus, and its embeddings and metrics; no training, no other dataset
-    assert jobs["qc"] == 1 and jobs["tokenize"] == 1 and jobs["embed"] == 3 and jobs["baseline"] == 2
-    assert jobs["evaluate"] == 5 and not {"download", "vocab", "pretrain", "reconstruction"} & set(jobs)
+    assert jobs["qc"] == 1 and jobs["tokenize"] == 1 and jobs["embed"] == 4 and jobs["baseline"] == 2
+    assert jobs["evaluate"] == 6 and not {"download", "vocab", "pretrain", "reconstruction"} & set(jobs)
     changed = copy.deepcopy(config)
     changed["pretrain"]["configurations"][1]["train"] = {"lr": 0.01}  # esm2-hard only
     result = snakemake(workdir, changed, "-n")

@@ -3,7 +3,8 @@
 * ``metrics.csv``: every row of every table (long form).
 * ``summary.csv``: one row per configuration (gene × expression encoding; seeds pooled): mean and
   SD across datasets of batch and bio scores, kNN (k = 10) accuracy and macro F1, minimum training
-  masked MSE and held-out test masked MSE.
+  masked MSE and held-out test masked MSE, and scib-metrics' own aggregate (``scib_total``, when
+  run); ``note`` says why values are missing (no model, one batch, ...) and for which datasets.
 * ``tests.csv``: paired Wilcoxon signed-rank tests across datasets (scipy): learned vs esm2 per
   expression encoding, and each expression encoding vs the best one (per gene encoding), with the
   matched-pairs rank-biserial effect size and the mean difference.
@@ -19,7 +20,8 @@ from .atomic import atomic_path
 
 SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "study"),
            "accuracy": ("accuracy", "knn_k10"), "macro_f1": ("macro_f1", "knn_k10"),
-           "min_train_mse": ("min_train_mse", "reconstruction"), "test_mse": ("test_mse", "reconstruction")}
+           "min_train_mse": ("min_train_mse", "reconstruction"), "test_mse": ("test_mse", "reconstruction"),
+           "scib_total": ("total", "scib_metrics")}
 TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
 
@@ -39,8 +41,18 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
             per_dataset = values.groupby("dataset").value.mean()
             row[name] = per_dataset.mean() if per_dataset.notna().any() else np.nan
             row[f"{name}_sd"] = per_dataset.std(ddof=1) if per_dataset.notna().sum() > 1 else np.nan
+        row["note"] = "; ".join(summary_notes(part))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def summary_notes(part: pd.DataFrame) -> list[str]:
+    """Why summary values are missing or rest on fewer datasets: the notes of NaN rows."""
+    wanted = pd.Series(False, index=part.index)
+    for metric, group in SUMMARY.values():
+        wanted |= (part.metric == metric) & (part.group == group)
+    missing = part[wanted & part.value.isna() & part.note.fillna("").ne("")]
+    return [f"{note} ({', '.join(sorted(rows.dataset.unique()))})" for note, rows in missing.groupby("note")]
 
 
 def paired_tests(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -177,12 +177,17 @@ def cmd_pretrain(args) -> None:
 def cmd_embed(args) -> None:
     from .atomic import write_json
     from .data import LoaderConfig
-    from .embed import embed_corpus, masked_mse
+    from .embed import embed_corpus, masked_mse, model_checkpoint, write_missing_embedding
 
     loader = _params(LoaderConfig, args.loader)
     torch_threads(args.threads)
-    info = embed_corpus(args.model, args.corpus, loader, args.out, args.h5ad, args.configuration, args.dataset)
-    write_json({**info, **masked_mse(args.model, args.corpus, None, loader)}, args.reconstruction)
+    checkpoint, missing = model_checkpoint(args.model)
+    if checkpoint is None:
+        write_missing_embedding(missing, args.out, args.h5ad, args.configuration, args.dataset)
+        write_json({"cells": 0, "masked_mse": None, "missing": missing}, args.reconstruction)
+        return
+    info = embed_corpus(checkpoint, args.corpus, loader, args.out, args.h5ad, args.configuration, args.dataset)
+    write_json({**info, **masked_mse(checkpoint, args.corpus, None, loader)}, args.reconstruction)
     log.info("%s on %s: %d cells embedded", args.configuration, args.dataset, info["cells"])
 
 
@@ -201,19 +206,36 @@ def cmd_evaluate(args) -> None:
     from .atomic import atomic_path
     from .evaluate import EvalParams, evaluate_embedding, read_embedding, tidy
 
-    cells, matrix = read_embedding(args.embedding)
+    cells, matrix, missing = read_embedding(args.embedding)
     try:
         rows = evaluate_embedding(matrix, cells.label.to_numpy(), cells.batch.to_numpy(),
                                   _params(EvalParams, args.params))
     except ScencodeError as exc:
         raise ScencodeError(f"{args.configuration} on {args.dataset}: {exc}", args.embedding) from None
     recon = json.loads(Path(args.reconstruction).read_text())
-    if recon.get("masked_mse") is not None:
+    if recon.get("masked_mse") is not None or missing:
+        value = recon["masked_mse"] if recon.get("masked_mse") is not None else float("nan")
         rows = pd.concat([rows, pd.DataFrame([{"metric": "masked_mse", "group": "reconstruction",
-                                               "value": recon["masked_mse"], "note": "evaluation dataset"}])])
+                                               "value": value, "note": "evaluation dataset"}])])
+    if missing:  # no model: every metric is NaN, and the table says why
+        rows = rows.assign(value=float("nan"), note=missing)
     table = tidy(rows, args.configuration, args.dataset)
     with atomic_path(args.out, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
+
+
+def cmd_scib_benchmark(args) -> None:
+    from .atomic import atomic_path
+    from .scib_benchmark import benchmark_dataset
+
+    settings = json.loads(args.params) if args.params else {}
+    embeddings = {Path(p).parent.name: Path(p) for p in args.embeddings}
+    rows = benchmark_dataset(embeddings, Path(args.pre_integrated), args.dataset,
+                             max_cells=settings.get("max_cells_scib", 100_000), seed=settings.get("seed", 0),
+                             threads=args.threads)
+    with atomic_path(args.out, suffix=".parquet") as tmp:
+        rows.to_parquet(tmp, index=False)
+    log.info("scib-metrics default set on %s: %d embeddings", args.dataset, len(embeddings))
 
 
 def cmd_reconstruction(args) -> None:
@@ -221,16 +243,22 @@ def cmd_reconstruction(args) -> None:
 
     from .atomic import atomic_path
     from .data import LoaderConfig
-    from .embed import masked_mse
+    from .embed import masked_mse, model_checkpoint
     from .evaluate import tidy
 
     log_table = pd.read_parquet(args.train_log)
-    test = masked_mse(args.model, args.corpus, "test", _params(LoaderConfig, args.loader))
+    checkpoint, missing = model_checkpoint(args.model)
+    if checkpoint is None:
+        test, test_note = {"masked_mse": float("nan")}, missing
+    else:
+        test = masked_mse(checkpoint, args.corpus, "test", _params(LoaderConfig, args.loader))
+        test_note = f"held-out test split, {test['cells']} cells"
+    min_train = log_table.train_loss.min()
     rows = pd.DataFrame([
-        {"metric": "min_train_mse", "group": "reconstruction", "value": log_table.train_loss.min(),
-         "note": "minimum logged training masked MSE"},
-        {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"],
-         "note": f"held-out test split, {test['cells']} cells"},
+        {"metric": "min_train_mse", "group": "reconstruction", "value": min_train,
+         "note": "minimum logged training masked MSE" if pd.notna(min_train) else
+         "no finite training loss was logged (see model.json)"},
+        {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"], "note": test_note},
     ])
     with atomic_path(args.out, suffix=".parquet") as tmp:
         tidy(rows, args.configuration, "*").to_parquet(tmp, index=False)
@@ -356,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("embed", help="cell embeddings of a model on an evaluation corpus")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="a run's model.json (no model: empty outputs that say why) "
+                                                    "or a checkpoint .pt")
     p.add_argument("--corpus", required=True)
     p.add_argument("--configuration", required=True)
     p.add_argument("--dataset", required=True)
@@ -387,8 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("scib-benchmark", help="scib-metrics' own default set and aggregate, every embedding "
+                                              "of one dataset")
+    p.add_argument("--embeddings", nargs="+", required=True, help="embedding Parquet files, one per "
+                                                                    "configuration folder")
+    p.add_argument("--pre-integrated", required=True, help="the unintegrated reference embedding (PCA baseline)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--params", help='JSON: {"max_cells_scib": ..., "seed": ...}')
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_scib_benchmark)
+
     p = sub.add_parser("reconstruction", help="minimum training and held-out test masked MSE of a model")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="a run's model.json or a checkpoint .pt")
     p.add_argument("--train-log", required=True)
     p.add_argument("--corpus", required=True)
     p.add_argument("--configuration", required=True)

@@ -26,6 +26,7 @@ from .errors import ScencodeError
 from .shards import open_shard, read_manifest
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+GENE_SAMPLING = ("random", "top_expressed")
 
 
 @dataclass
@@ -36,10 +37,15 @@ class LoaderConfig:
     c_norm: float = 1e4
     bucket_batches: int = 50  # batches per shuffle buffer / length bucket pool
     seed: int = 777
+    # which K of a cell's M genes: "random" (seeded hashes, the study's) or "top_expressed" (the K
+    # highest counts, ties broken by the same hashes; deterministic whatever the seed's epoch)
+    gene_sampling: str = "random"
 
     def validate(self) -> None:
         if self.context < 1 or self.batch_size < 1:
             raise ScencodeError(f"context ({self.context}) and batch_size ({self.batch_size}) must be ≥ 1")
+        if self.gene_sampling not in GENE_SAMPLING:
+            raise ScencodeError(f"gene_sampling {self.gene_sampling!r}: choose one of {', '.join(GENE_SAMPLING)}")
         if not 0 < self.p_mask < 1:
             raise ScencodeError(f"p_mask {self.p_mask} must be in (0, 1)")
 
@@ -76,7 +82,7 @@ _EMPTY = np.iinfo(np.uint64).max
 def padded_sample(gene_values: np.ndarray, count_values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
                   keys: np.ndarray, epoch: int, cfg: LoaderConfig, mask: bool = True) -> dict[str, np.ndarray]:
     """Cell i holds ``gene_values[starts[i]:starts[i] + lengths[i]]``. Per cell, K = min(context, M)
-    of its M genes are chosen at random and round(p_mask·K) of them masked, from hashes of
+    of its M genes are chosen (at random, or the most expressed) and round(p_mask·K) masked, from hashes of
     (seed, epoch, cell, gene); the result is padded to (cells, max K). Vectorised over the batch:
     one argpartition to choose, one partition to mask (cells of other lengths: one sort)."""
     n, width = len(lengths), int(lengths.max())
@@ -89,11 +95,9 @@ def padded_sample(gene_values: np.ndarray, count_values: np.ndarray, starts: np.
     index = np.broadcast_to(np.arange(width), (n, width))
     hashes = np.full((n, width), _EMPTY, np.uint64)
     hashes[row, col] = h
-    if width > cfg.context:  # keep the K smallest hashes of each cell (order is irrelevant: a bag)
-        # choosing on the top 32 bits halves the cost of the partition; padding sorts last
-        top = np.full((n, width), np.iinfo(np.uint32).max, np.uint32)
-        top[row, col] = (h >> np.uint64(32)).astype(np.uint32)
-        index = np.argpartition(top, cfg.context - 1, axis=1)[:, :cfg.context]
+    if width > cfg.context:  # keep the K smallest keys of each cell (order is irrelevant: a bag)
+        index = np.argpartition(_choice_keys(h, count_values[starts[row] + col], row, col, (n, width), cfg),
+                                cfg.context - 1, axis=1)[:, :cfg.context]
         hashes = np.take_along_axis(hashes, index, axis=1)
     valid = index < lengths[:, None]
     flat = np.where(valid, starts[:, None] + index, 0)
@@ -103,6 +107,19 @@ def padded_sample(gene_values: np.ndarray, count_values: np.ndarray, starts: np.
     if mask:
         out["masked"] = _mask_smallest(np.where(valid, splitmix(hashes), _EMPTY), valid.sum(1), cfg.p_mask)
     return out
+
+
+def _choice_keys(h, counts, row, col, shape, cfg: LoaderConfig) -> np.ndarray:
+    """Per (cell, position), smaller = chosen first; padding sorts last."""
+    if cfg.gene_sampling == "top_expressed":
+        keys = np.full(shape, np.inf)
+        # counts are integers: a tie-break below 0.5 from the hash never reorders different counts
+        keys[row, col] = -counts.astype(np.float64) + (h >> np.uint64(11)).astype(np.float64) * (0.5 / 2.0**53)
+        return keys
+    # choosing on the top 32 bits of the hash halves the cost of the partition
+    top = np.full(shape, np.iinfo(np.uint32).max, np.uint32)
+    top[row, col] = (h >> np.uint64(32)).astype(np.uint32)
+    return top
 
 
 def _mask_smallest(second: np.ndarray, k: np.ndarray, p_mask: float) -> np.ndarray:

@@ -8,6 +8,7 @@ Written as Parquet (cell_id, label, batch, embedding) and as an .h5ad with the e
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -26,6 +27,29 @@ from .train import load_checkpoint
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "batch")
+
+
+def model_checkpoint(model: str | Path) -> tuple[Path | None, str]:
+    """The checkpoint to evaluate, or None and why. ``model`` is a run's ``model.json`` (the
+    workflow: a run may end without a usable model, which evaluation reports rather than fails on)
+    or a checkpoint file (direct use: a missing file is an error)."""
+    model = Path(model)
+    if model.suffix != ".json":
+        if not model.exists():
+            raise ScencodeError("model checkpoint not found", model)
+        return model, ""
+    try:
+        status = json.loads(model.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ScencodeError(f"not a readable model status file ({exc})", model) from exc
+    name = status.get("configuration", model.parent.name)
+    if not status.get("checkpoint"):
+        return None, f"no model for {name}: {status.get('note') or 'training wrote no checkpoint'}"
+    checkpoint = model.parent / status["checkpoint"]
+    if not checkpoint.exists():
+        return None, (f"no model for {name}: {checkpoint} is missing (model.json lists it); "
+                      f"retrain with --forcerun pretrain")
+    return checkpoint, ""
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransformer, dict]:
@@ -63,12 +87,24 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
         raise ScencodeError(f"model {config_name} gives NaN or infinite embeddings on {dataset} "
                             f"({int((~np.isfinite(matrix)).any(1).sum())} cells)", checkpoint)
     obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
-    write_embedding(obs.reset_index(), matrix, out_parquet)
-    adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix},
-                       uns={"scencode": {"configuration": config_name, "dataset": dataset}})
+    write_embedding_files(obs, matrix, out_parquet, out_h5ad, config_name, dataset)
+    return {"cells": len(ids), "dim": int(matrix.shape[1])}
+
+
+def write_embedding_files(obs: pd.DataFrame, matrix: np.ndarray, out_parquet, out_h5ad, config_name: str,
+                          dataset: str, missing: str = "") -> None:
+    """Parquet and .h5ad of one embedding; ``missing`` (no model) writes empty ones that carry the reason."""
+    write_embedding(obs.reset_index(), matrix, out_parquet, missing=missing)
+    info = {"configuration": config_name, "dataset": dataset, **({"missing": missing} if missing else {})}
+    adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix}, uns={"scencode": info})
     with atomic_path(out_h5ad, suffix=".h5ad") as tmp:
         adata.write_h5ad(tmp)
-    return {"cells": len(ids), "dim": int(matrix.shape[1])}
+
+
+def write_missing_embedding(reason: str, out_parquet, out_h5ad, config_name: str, dataset: str) -> None:
+    log.warning("%s on %s: %s", config_name, dataset, reason)
+    obs = pd.DataFrame({"label": [], "batch": []}, index=pd.Index([], name="cell_id"), dtype=str)
+    write_embedding_files(obs, np.zeros((0, 1), np.float32), out_parquet, out_h5ad, config_name, dataset, reason)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
 from .errors import ScencodeError
 from .esm_embed import read_gene_table
@@ -59,7 +59,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     num_workers: int = 2
     missing_genes: str = "error"  # esm2 genes without an embedding: error | zero
-    on_nonfinite: str = "stop"  # stop (error, keep last good checkpoint) | finish (end run, keep best.pt)
+    # stop: fail the job (last.pt keeps the last good state); finish: end the run as "diverged", keep
+    # best.pt only if a validation before the divergence wrote one (evaluation then says why if not)
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -175,6 +177,7 @@ class Trainer:
         self.state = State()
         self.identity = spec.identity(self.vocab_hash)
         self.stop_signal = None
+        self.diverged_at: int | None = None
         self.out = Path(spec.out_dir)
 
     # ------------------------------------------------------------------ checkpoints
@@ -213,10 +216,20 @@ class Trainer:
         log.info("resumed %s at step %d (epoch %d)", self.spec.name, self.state.step, self.state.epoch)
         return True
 
+    def _set_aside_old_best(self) -> None:
+        """A best.pt without a last.pt to resume belongs to an earlier run; starting over, it must
+        not pass for this run's model (a run diverging before its first validation has none)."""
+        best = self.out / "best.pt"
+        if best.exists() and not self.rank:
+            stale = best.with_name(f"best.stale-{int(best.stat().st_mtime)}.pt")
+            os.replace(best, stale)
+            log.warning("%s: starting over; the earlier run's best.pt is kept as %s", self.spec.name, stale.name)
+
     # ------------------------------------------------------------------ loop
     def fit(self) -> State:
         self.out.mkdir(parents=True, exist_ok=True)
-        self.resume()
+        if not self.resume():
+            self._set_aside_old_best()
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         cfg, st = self.spec.train, self.state
@@ -226,12 +239,14 @@ class Trainer:
             st.epoch, st.batches_in_epoch = st.epoch + 1, 0
             if cfg.max_steps is None and st.epoch >= cfg.epochs:
                 break
-        if all(math.isnan(v) for v in st.log["val_loss"]):
-            self._validate()
-        if not (self.out / "best.pt").exists():  # no validation cells: the final model is the best
-            self.checkpoint(self.out / "best.pt")
-        self.checkpoint(self.out / "last.pt")
+        if self.diverged_at is None:
+            if all(math.isnan(v) for v in st.log["val_loss"]):
+                self._validate()
+            if not (self.out / "best.pt").exists():  # no validation cells: the final model is the best
+                self.checkpoint(self.out / "best.pt")
+            self.checkpoint(self.out / "last.pt")
         self.write_log()
+        self.write_status()
         if self.world > 1:
             dist.barrier()
             dist.destroy_process_group()
@@ -368,7 +383,28 @@ class Trainer:
                    f"the last good checkpoint is kept ({self.out / 'last.pt'})")
         if self.spec.train.on_nonfinite == "stop":
             raise ScencodeError(message)
-        log.error("%s; ending the run with the best checkpoint so far", message)
+        self.diverged_at = st.step
+        log.error("%s; ending the run as diverged (on_nonfinite: finish)", message)
+
+    def write_status(self) -> None:
+        """model.json: how the run ended and which checkpoint evaluation should use (None: no
+        usable model, with the reason; the evaluation tables carry it)."""
+        if self.rank:
+            return
+        st, best = self.state, self.out / "best.pt"
+        status = "diverged" if self.diverged_at is not None else (
+            "early_stopped" if st.bad_evals >= self.spec.train.patience else "completed")
+        if status != "diverged":
+            note = ""
+        elif best.exists():
+            note = (f"training diverged at step {self.diverged_at}; best.pt is the best validation "
+                    f"before that (loss {st.best_val:.4g})")
+        else:
+            note = f"training diverged at step {self.diverged_at}, before any validation: no checkpoint"
+        write_json({"configuration": self.spec.name, "status": status, "steps": st.step,
+                    "best_val_loss": st.best_val if math.isfinite(st.best_val) else None,
+                    "checkpoint": best.name if best.exists() else None, "note": note},
+                   self.out / "model.json")
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum

@@ -137,8 +137,26 @@ def pretrain_gene_table(wildcards):
     return ESM_TABLE if entry["gene"] in TABLE_GENE_ENCODINGS else []
 
 
-EVALUATE_SETTINGS = {k: v for k, v in config["evaluate"].items() if k != "baselines"}
-BASELINES = [f"baseline-{kind}-s{config['seed']}" for kind in config["evaluate"]["baselines"]]
+EVALUATE = config["evaluate"]
+EMBED_KEYS = ("gene_sampling", "context")
+EVALUATE_SETTINGS = {k: v for k, v in EVALUATE.items() if k not in ("baselines", "scib_benchmarker", *EMBED_KEYS)}
+
+
+def embed_loader(name):
+    """The configuration's training loader, with the evaluation's gene sampling (and context, if set)."""
+    loader = dict(pretrain_settings(name)["loader"])
+    loader["gene_sampling"] = EVALUATE.get("gene_sampling", "random")
+    if EVALUATE.get("context"):
+        loader["context"] = EVALUATE["context"]
+    return loader
+
+BASELINES = [f"baseline-{kind}-s{config['seed']}" for kind in EVALUATE["baselines"]]
+# the unintegrated reference for scib-metrics' PCR comparison, made whether or not pca is a baseline
+PCA_REFERENCE = f"baseline-pca-s{config['seed']}"
+
+
+def embeddings_of(wildcards):
+    return expand(f"{RESULTS}/embeddings/{{config}}/{wildcards.dataset}.parquet", config=[*CONFIGURATIONS, *BASELINES])
 
 
 def metric_tables():
@@ -146,6 +164,8 @@ def metric_tables():
         *expand(f"{RESULTS}/metrics/{{config}}/{{dataset}}.parquet", config=[*CONFIGURATIONS, *BASELINES],
                 dataset=EVAL_DATASETS),
         *expand(f"{RESULTS}/metrics/{{config}}/reconstruction.parquet", config=CONFIGURATIONS),
+        *(expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=EVAL_DATASETS)
+          if EVALUATE.get("scib_benchmarker", True) else []),
     ]
 
 
@@ -153,7 +173,7 @@ def all_targets():
     return [
         *[corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]],
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
-        *expand(f"{RESULTS}/models/{{config}}/best.pt", config=CONFIGURATIONS),
+        *expand(f"{RESULTS}/models/{{config}}/model.json", config=CONFIGURATIONS),
         f"{RESULTS}/tables/summary.csv",
         f"{RESULTS}/figures/fig1_batch_vs_bio.png",
     ]

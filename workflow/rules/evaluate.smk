@@ -7,14 +7,14 @@ ruleorder: baseline > embed
 
 rule embed:
     input:
-        model=f"{RESULTS}/models/{{config}}/best.pt",
+        model=f"{RESULTS}/models/{{config}}/model.json",
         corpus=f"{RESULTS}/tokens/{{dataset}}",
     output:
         parquet=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.parquet",
         h5ad=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.h5ad",
         reconstruction=f"{RESULTS}/embeddings/{{config}}/{{dataset}}.reconstruction.json",
     params:
-        loader=lambda w: as_json(pretrain_settings(w.config)["loader"]),
+        loader=lambda w: as_json(embed_loader(w.config)),
     log:
         f"{LOGS}/embed/{{config}}/{{dataset}}.log",
     benchmark:
@@ -78,9 +78,31 @@ rule evaluate:
         " --out {output} > {log} 2>&1"
 
 
+rule scib_benchmarker:
+    input:
+        embeddings=embeddings_of,
+        pre_integrated=f"{RESULTS}/embeddings/{PCA_REFERENCE}/{{dataset}}.parquet",
+    output:
+        f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
+    params:
+        settings=as_json({k: EVALUATE_SETTINGS[k] for k in ("max_cells_scib", "seed") if k in EVALUATE_SETTINGS}),
+    log:
+        f"{LOGS}/scib_benchmarker/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/scib_benchmarker/{{dataset}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode scib-benchmark --embeddings {input.embeddings} --pre-integrated {input.pre_integrated}"
+        " --dataset {wildcards.dataset} --params {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+
+
 rule reconstruction:
     input:
-        model=f"{RESULTS}/models/{{config}}/best.pt",
+        model=f"{RESULTS}/models/{{config}}/model.json",
         train_log=f"{RESULTS}/models/{{config}}/train_log.parquet",
         corpus=corpus_dir(TRAIN_CORPUS),
     output:

@@ -1,6 +1,8 @@
 # One pretraining job per configuration (gene encoding × expression encoding × seed). GPUs, memory
 # and runtime come from the workflow profile (workflow/profiles/default). last.pt is deliberately
 # not an output: Snakemake would delete it when a preempted job fails, and the retry resumes from it.
+# Nor is best.pt: a run that diverges before its first validation has none, and model.json says so
+# (evaluation then reports the configuration as missing, with the reason, instead of failing).
 
 
 rule pretrain:
@@ -9,7 +11,7 @@ rule pretrain:
         vocab=rules.vocab.output[0],
         gene_table=pretrain_gene_table,
     output:
-        best=f"{RESULTS}/models/{{config}}/best.pt",
+        status=f"{RESULTS}/models/{{config}}/model.json",
         log=f"{RESULTS}/models/{{config}}/train_log.parquet",
     params:
         settings=lambda w: as_json(pretrain_settings(w.config)),
@@ -26,4 +28,4 @@ rule pretrain:
     shell:
         "scencode pretrain --name {wildcards.config} --corpus {input.corpus} --vocab {input.vocab}"
         " {params.table} --threads {threads} --params {params.settings:q}"
-        " --out $(dirname {output.best}) > {log} 2>&1"
+        " --out $(dirname {output.status}) > {log} 2>&1"

@@ -1,0 +1,105 @@
+"""scib-metrics' own default metric set and aggregate, run by its ``Benchmarker`` on every embedding
+of one evaluation dataset, as rows of group ``scib_metrics`` beside the study's grouping.
+
+Benchmarker defaults (scib-metrics 0.5): bio conservation = isolated labels, k-means NMI and ARI,
+silhouette label, cLISI; batch correction = BRAS, iLISI, kBET, graph connectivity, PCR comparison;
+``total`` = 0.6 bio + 0.4 batch. Values are unscaled (``min_max_scale=False``), so a configuration's
+score does not depend on which others it is compared with. The pre-integrated embedding that PCR
+comparison needs is the dataset's PCA baseline (log-normalised HVGs, as scIB does); neighbours come
+from exact kNN (scikit-learn) through ``prepare(neighbor_computer=...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .evaluate import knn_graph, labeled, read_embedding, tidy
+
+log = logging.getLogger(__name__)
+GROUP = "scib_metrics"
+AGGREGATES = {"Bio conservation": "bio_conservation", "Batch correction": "batch_correction", "Total": "total"}
+
+
+def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
+    """(cells, {name: matrix}, pre-integrated matrix, {name: why missing}) on the cells every
+    available embedding shares."""
+    cells, matrices, missing = None, {}, {}
+    for name, path in {**embeddings, "X_pre": pre_integrated}.items():
+        table, matrix, reason = read_embedding(path)
+        if reason:
+            missing[name] = reason
+            continue
+        frame = pd.DataFrame({"row": np.arange(len(table))}, index=table.cell_id.to_numpy())
+        matrices[name] = (frame, matrix)
+        cells = table.set_index("cell_id")[["label", "batch"]] if cells is None else cells
+    shared = cells.index
+    for frame, _ in matrices.values():
+        shared = shared.intersection(frame.index, sort=False)
+    if len(shared) < len(cells):
+        log.warning("%d of %d cells are not in every embedding; scoring the %d shared", len(cells) - len(shared),
+                    len(cells), len(shared))
+    aligned = {name: matrix[frame.loc[shared, "row"].to_numpy()] for name, (frame, matrix) in matrices.items()}
+    return cells.loc[shared], aligned, aligned.pop("X_pre"), missing
+
+
+def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset: str, max_cells: int = 100_000,
+                      seed: int = 0, threads: int = 1) -> pd.DataFrame:
+    """Tidy rows (group ``scib_metrics``) for every configuration in ``embeddings``."""
+    from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+
+    cells, matrices, pre, missing = _aligned(embeddings, pre_integrated)
+    keep = labeled(cells.label.to_numpy())
+    if keep.sum() > max_cells:
+        pick = np.sort(np.random.default_rng(seed).choice(np.flatnonzero(keep), max_cells, replace=False))
+        keep = np.isin(np.arange(len(cells)), pick)
+    cells = cells[keep]
+    n_labels, n_batches = cells.label.nunique(), cells.batch.nunique()
+    bio, batch = BioConservation(), BatchCorrection()
+    reason = {}
+    if n_batches < 2:
+        batch, reason = None, {"batch": "single batch: batch correction is not defined"}
+    if n_labels < 2:
+        bio, batch, reason = None, None, {"bio": "single cell type: conservation is not defined"}
+    results = pd.DataFrame()
+    if matrices and (bio or batch):
+        import anndata as ad
+
+        adata = ad.AnnData(obs=pd.DataFrame({"label": cells.label.astype(str).to_numpy(),
+                                             "batch": cells.batch.astype(str).to_numpy()},
+                                            index=cells.index.astype(str)),
+                           obsm={"X_pre": pre[keep], **{name: m[keep] for name, m in matrices.items()}})
+        bench = Benchmarker(adata, batch_key="batch", label_key="label", embedding_obsm_keys=list(matrices),
+                            bio_conservation_metrics=bio, batch_correction_metrics=batch,
+                            pre_integrated_embedding_obsm_key="X_pre", n_jobs=threads, progress_bar=False)
+        bench.prepare(neighbor_computer=knn_graph)
+        bench.benchmark()
+        results = bench.get_results(min_max_scale=False, clean_names=False).drop(index="Metric Type")
+        results = results.rename(columns=AGGREGATES).astype(float)
+    why_not = "; ".join(reason.values())
+    frames = []
+    for name in embeddings:
+        values = results.loc[name] if name in results.index else pd.Series(dtype=float)
+        rows = pd.DataFrame({"metric": metric_names()})
+        rows["value"] = rows.metric.map(values).astype(float)
+        rows["note"] = np.where(rows.value.isna(), missing.get(name, why_not), "")
+        frames.append(tidy(rows.assign(group=GROUP), name, dataset))
+    return pd.concat(frames, ignore_index=True)
+
+
+def metric_names() -> list[str]:
+    """The default set's metric names as the Benchmarker reports them, then the aggregates."""
+    from dataclasses import fields
+
+    from scib_metrics.benchmark import BatchCorrection, BioConservation
+
+    names = []
+    for spec in (BioConservation(), BatchCorrection()):
+        for field in fields(spec):
+            if getattr(spec, field.name):
+                names += ([f"{field.name}_nmi", f"{field.name}_ari"] if field.name.startswith("nmi_ari")
+                          else [field.name])
+    return names + list(AGGREGATES.values())
