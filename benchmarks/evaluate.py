@@ -1,12 +1,15 @@
-"""Seconds and peak memory of the full metric set (scIB batch and bio metrics, kNN k = 10/5/15,
-logistic-regression probe) on one embedding of ``--cells`` cells × ``--dim`` dimensions with
-realistic labels (30 cell types, long-tailed sizes) and batches (8 runs), and an estimate for the
-study's full evaluation: 8 configurations × 26 Tabula Sapiens datasets (548,977 cells).
+"""Seconds and peak memory of the full metric set (the study's scIB batch and bio metrics, kNN
+k = 10/5/15, logistic-regression probe) on one embedding of ``--cells`` cells × ``--dim``
+dimensions with realistic labels (30 cell types, long-tailed sizes) and batches (8 runs), and an
+estimate for the study's full evaluation: 8 configurations × 26 Tabula Sapiens datasets (548,977
+cells).
 
-The estimate scales the measured time to each dataset's size (config/paper/evaluation_tissues.csv)
-quadratically (exact kNN and silhouettes are O(n²); an upper bound for the linear parts) and
-multiplies by the 8 configurations, on this machine's cores; a 16-core node runs 8 such jobs at
-once (2 cores each), which the estimate divides out as ``node_hours_16_cores``.
+The estimate measures the metric set at ``--cells``/4, /2 and ``--cells``, fits
+seconds = a·n + b·n² (kNN and silhouettes are O(n²), the rest about linear) and sums the fit over
+the 26 datasets' sizes (config/paper/evaluation_tissues.csv), × 8 configurations. A 16-core node
+runs 8 such jobs at once (2 cores each, as measured here), which ``node_hours_16_cores`` divides
+out. ``--scib-benchmarker`` also times scib-metrics' own default set (its Benchmarker, one job per
+dataset over all embeddings), reported per embedding but not in the estimate.
 Prints one JSON object on its last line.
 """
 
@@ -44,25 +47,57 @@ def realistic(n: int, dim: int, seed: int = 0):
     return x.astype(np.float32), np.array([f"type{l}" for l in labels]), np.array([f"run{b}" for b in batches])
 
 
+def timed(cells: int, dim: int) -> tuple[float, int]:
+    x, labels, batches = realistic(cells, dim)
+    start = time.perf_counter()
+    rows = evaluate_embedding(x, labels, batches, EvalParams())
+    return time.perf_counter() - start, int(rows.value.notna().sum())
+
+
+def scib_benchmarker_seconds(cells: int, dim: int) -> float:
+    import tempfile
+
+    from scencode.evaluate import write_embedding
+    from scencode.scib_benchmark import benchmark_dataset
+
+    x, labels, batches = realistic(cells, dim)
+    frame = pd.DataFrame({"cell_id": np.arange(cells).astype(str), "label": labels, "batch": batches})
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {name: Path(folder) / f"{name}.parquet" for name in ("model", "pca")}
+        write_embedding(frame, x, paths["model"])
+        write_embedding(frame, x[:, :50], paths["pca"])
+        start = time.perf_counter()
+        benchmark_dataset({"model-x-s0": paths["model"]}, paths["pca"], "bench", threads=os.cpu_count())
+        return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--scib-benchmarker", action="store_true")
     args = parser.parse_args()
-    x, labels, batches = realistic(args.cells, args.dim)
-    start = time.perf_counter()
-    rows = evaluate_embedding(x, labels, batches, EvalParams())
-    seconds = time.perf_counter() - start
+    sizes = [args.cells // 4, args.cells // 2, args.cells]
+    runs = [timed(n, args.dim) for n in sizes]
+    seconds = [t for t, _ in runs]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    n = np.array(sizes, float)
+    (a, b), *_ = np.linalg.lstsq(np.stack([n, n ** 2], 1), np.array(seconds), rcond=None)
     tissues = pd.read_csv(TISSUES)
-    per_dataset = seconds * (tissues.n_cells / args.cells) ** 2
+    per_dataset = a * tissues.n_cells + b * tissues.n_cells ** 2
     total_s = 8 * float(per_dataset.sum())
-    print(json.dumps({
-        "cells": args.cells, "dim": args.dim, "metrics": int(rows.value.notna().sum()), "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cores": os.cpu_count(),
+    result = {
+        "cells": args.cells, "dim": args.dim, "metrics": runs[-1][1], "seconds": seconds[-1],
+        "seconds_by_cells": dict(zip(map(str, sizes), seconds)), "peak_rss_mb": peak_mb, "cores": os.cpu_count(),
+        "fit_seconds": {"per_cell": a, "per_cell_squared": b},
         "study_estimate": {"configurations": 8, "datasets": len(tissues), "cells": int(tissues.n_cells.sum()),
+                           "largest_dataset_seconds": float(per_dataset.max()),
                            "hours_on_this_machine": total_s / 3600,
                            "node_hours_16_cores": total_s / 3600 / (16 / max(1, os.cpu_count()))},
-    }))
+    }
+    if args.scib_benchmarker:
+        result["scib_benchmarker_seconds"] = {str(n): scib_benchmarker_seconds(n, args.dim) for n in sizes[:1]}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

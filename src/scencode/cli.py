@@ -195,7 +195,8 @@ def cmd_baseline(args) -> None:
     from .atomic import write_json
     from .evaluate import baseline_embedding, write_embedding
 
-    cells, matrix = baseline_embedding(args.kind, args.qc, args.dataset, args.label_key, args.batch_key, args.seed)
+    cells, matrix = baseline_embedding(args.kind, args.qc, args.dataset, args.label_key, args.batch_key, args.seed,
+                                       scvi_epochs=args.scvi_epochs)
     write_embedding(cells, matrix, args.out)
     write_json({"cells": len(cells), "dim": int(matrix.shape[1]), "masked_mse": None}, args.reconstruction)
 
@@ -396,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruction", required=True, help="JSON with the masked MSE on this dataset")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("baseline", help="a baseline embedding (pca or random) of an evaluation dataset")
-    p.add_argument("--kind", required=True, choices=["pca", "random"])
+    p = sub.add_parser("baseline", help="a baseline embedding (pca, scvi or random) of an evaluation dataset")
+    p.add_argument("--kind", required=True, choices=["pca", "random", "scvi"])
+    p.add_argument("--scvi-epochs", type=int, help="scVI training epochs (default: scvi-tools' for the size)")
     p.add_argument("--qc", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--label-key", required=True)

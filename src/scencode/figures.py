@@ -73,8 +73,9 @@ def _bars(ax, summary: pd.DataFrame, column: str):
            hatch=None, edgecolor="black", linewidth=0.5)
     for patch, gene in zip(ax.patches, summary.gene_encoding):
         patch.set_hatch(GENE_HATCHES.get(gene, ""))
-    for i in np.flatnonzero(summary[column].isna().to_numpy()):  # no model (see summary.csv's note)
-        ax.text(x[i], 0, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
+    for i in np.flatnonzero(summary[column].isna().to_numpy()):  # e.g. no model: summary.csv's note says why
+        ax.text(x[i], 0.03, "not available", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=7, rotation=90, color="#555555")
     ax.set_xticks(x, [label(r) for r in summary.itertuples()], rotation=60, ha="right", fontsize=7)
 
 

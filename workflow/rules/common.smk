@@ -139,7 +139,8 @@ def pretrain_gene_table(wildcards):
 
 EVALUATE = config["evaluate"]
 EMBED_KEYS = ("gene_sampling", "context")
-EVALUATE_SETTINGS = {k: v for k, v in EVALUATE.items() if k not in ("baselines", "scib_benchmarker", *EMBED_KEYS)}
+EVALUATE_SETTINGS = {k: v for k, v in EVALUATE.items()
+                     if k not in ("baselines", "scib_benchmarker", "scvi_epochs", *EMBED_KEYS)}
 
 
 def embed_loader(name):

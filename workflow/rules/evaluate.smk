@@ -37,9 +37,10 @@ rule baseline:
         parquet=f"{RESULTS}/embeddings/baseline-{{kind}}-s{{seed}}/{{dataset}}.parquet",
         reconstruction=f"{RESULTS}/embeddings/baseline-{{kind}}-s{{seed}}/{{dataset}}.reconstruction.json",
     params:
-        columns=lambda w: (
+        options=lambda w: (
             f"--label-key {DATASETS[w.dataset]['label_key']}"
             + (f" --batch-key {DATASETS[w.dataset]['batch_key']}" if DATASETS[w.dataset].get("batch_key") else "")
+            + (f" --scvi-epochs {EVALUATE['scvi_epochs']}" if w.kind == "scvi" and EVALUATE.get("scvi_epochs") else "")
         ),
     log:
         f"{LOGS}/baseline/{{kind}}-s{{seed}}/{{dataset}}.log",
@@ -51,7 +52,7 @@ rule baseline:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode baseline --kind {wildcards.kind} --qc {input.qc} --dataset {wildcards.dataset} {params.columns}"
+        "scencode baseline --kind {wildcards.kind} --qc {input.qc} --dataset {wildcards.dataset} {params.options}"
         " --seed {wildcards.seed} --out {output.parquet} --reconstruction {output.reconstruction} > {log} 2>&1"
 
 
