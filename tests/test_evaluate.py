@@ -182,8 +182,24 @@ def test_paired_wilcoxon_tests_with_effect_sizes():
     assert set(best.a) == {"learned-soft", "esm2-soft"} and (best.mean_difference > 0).all()
 
 
+def with_a_configuration_without_a_model(metrics):
+    gone = metrics[metrics.configuration == "esm2-hard-s0"].assign(
+        configuration="esm2-log-s0", expression_encoding="log", value=np.nan, note="no model for esm2-log-s0")
+    return pd.concat([metrics, gone], ignore_index=True)
+
+
+def test_a_configuration_without_a_model_is_summarised_with_the_reason():
+    metrics = with_a_configuration_without_a_model(synthetic_metrics())
+    summary = summary_table(metrics).set_index(["gene_encoding", "expression_encoding"])
+    assert np.isnan(summary.loc[("esm2", "log"), "bio_score"])
+    assert summary.loc[("esm2", "log"), "note"].startswith("no model for esm2-log-s0 (*, ds0")
+    tests = paired_tests(metrics)
+    best = tests[(tests.comparison == "best expression encoding vs other") & tests.a.str.startswith("esm2")]
+    assert set(best.a) == {"esm2-soft"} and set(best.b) == {"esm2-hard"}  # nothing to test without a model
+
+
 def test_figures_are_drawn_from_the_tables(tmp_path):
-    metrics = synthetic_metrics()
+    metrics = with_a_configuration_without_a_model(synthetic_metrics())
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
     summary_table(metrics).to_csv(tmp_path / "summary.csv", index=False)
     log = pd.DataFrame({"step": [1, 2, 3], "epoch": 0, "lr": 1e-3, "train_loss": [1.0, 0.5, 0.3],

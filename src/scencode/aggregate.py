@@ -65,6 +65,7 @@ def paired_tests(metrics: pd.DataFrame) -> pd.DataFrame:
             rows.append(_test(per, metric, ("learned", expr), ("esm2", expr), "learned vs esm2"))
         for gene in ("learned", "esm2"):
             means = {e: per.loc[(gene, e, metric)].mean() for e in expressions if (gene, e, metric) in per.index}
+            means = {e: m for e, m in means.items() if np.isfinite(m)}  # a configuration without a model
             if not means:
                 continue
             best = max(means, key=lambda e: means[e])

@@ -3,6 +3,7 @@
 * scIB (scib-metrics): batch score = mean(iLISI, graph connectivity, ASW-batch); bio score =
   mean(ASW-label, cLISI, NMI, ARI, isolated-label F1, isolated-label ASW), the study's grouping.
   scib-metrics values are not directly comparable with the `scib` package's, which the study used.
+  scib-metrics' own default set and aggregate run separately, per dataset (``scib_benchmark``).
 * Classification (scikit-learn): kNN (Euclidean) with k = 10 (the study's), 5 and 15, and a
   logistic-regression probe, on a stratified, seeded 80/20 split after removing unlabeled cells
   and cell types under ``min_cells_per_type`` cells; accuracy and macro F1.

@@ -63,6 +63,10 @@ def fig_batch_vs_bio(summary: pd.DataFrame, out_dir: Path):
     ax.set_xlabel("batch correction score (mean ± SD over datasets)")
     ax.set_ylabel("bio conservation score")
     ax.legend(handles=legend_handles(summary), fontsize=7, frameon=False, loc="best")
+    absent = summary[summary.batch_score.isna() | summary.bio_score.isna()]
+    if len(absent):
+        fig.text(0.01, -0.02, "not shown (see summary.csv's note): " + ", ".join(label(r) for r in absent.itertuples()),
+                 fontsize=6, va="top", wrap=True)
     return save(fig, out_dir, "fig1_batch_vs_bio")
 
 
@@ -118,15 +122,18 @@ def fig_loss_curves(logs: dict[str, pd.DataFrame], out_dir: Path):
 def fig_heatmap(metrics: pd.DataFrame, out_dir: Path):
     keep = metrics[((metrics.group == "study") | ((metrics.group == "knn_k10") & (metrics.metric == "macro_f1")))
                    & (metrics.dataset != "*")]
-    table = keep.pivot_table(index="configuration", columns=["metric", "dataset"], values="value", aggfunc="mean")
+    # groupby keeps configurations whose values are all NaN (no model): they show as grey "n/a" rows
+    table = keep.groupby(["configuration", "metric", "dataset"]).value.mean().unstack(["metric", "dataset"])
+    table = table.sort_index(axis=1).dropna(axis=1, how="all")  # e.g. batch scores of a one-batch dataset
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * table.shape[1], 1 + 0.3 * table.shape[0]))
-    image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(table.to_numpy(dtype=float)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(table.shape[1]), [f"{m}\n{d}" for m, d in table.columns], rotation=60, ha="right", fontsize=6)
     ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
     for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
-        if np.isfinite(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5,
-                    color="white" if value < 0.5 else "black")
+        ax.text(j, i, f"{value:.2f}" if np.isfinite(value) else "n/a", ha="center", va="center", fontsize=5,
+                color="white" if np.isfinite(value) and value < 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.03)
     return save(fig, out_dir, "heatmap_per_dataset")
 
