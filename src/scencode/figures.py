@@ -158,6 +158,7 @@ def fig_paper_comparison(summary: pd.DataFrame, out_dir: Path) -> tuple[list[Pat
         ax.set_xlabel(f"study ({theirs})")
         ax.set_ylabel(f"this run ({ours})")
         ax.set_title(f"{ours}: ρ = {rho:.2f}" if np.isfinite(rho) else ours)
+    axes[0].legend(handles=legend_handles(merged), fontsize=6, frameon=False, loc="best")
     fig.tight_layout()
     return save(fig, out_dir, "paper_comparison"), pd.DataFrame(rows)
 
