@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -172,6 +173,18 @@ def test_summary_has_mean_and_sd_across_datasets():
     row = summary.loc["learned", "soft"]
     assert row.datasets == 6 and row.bio_score == pytest.approx(0.8, abs=0.03) and 0 < row.bio_score_sd < 0.05
     assert row.min_train_mse == pytest.approx(0.04) and np.isnan(row.min_train_mse_sd)
+    assert np.isnan(row.bio_score_seed_sd)  # one seed
+
+
+def test_seeds_are_averaged_per_dataset_and_their_spread_reported():
+    one = synthetic_metrics()
+    other = one.assign(seed=1, configuration=one.configuration.str.replace("-s0", "-s1"), value=one.value + 0.1)
+    summary = summary_table(pd.concat([one, other])).set_index(["gene_encoding", "expression_encoding"])
+    single = summary_table(one).set_index(["gene_encoding", "expression_encoding"])
+    row = summary.loc["learned", "soft"]
+    assert row.seeds == 2 and row.bio_score == pytest.approx(single.loc[("learned", "soft"), "bio_score"] + 0.05)
+    assert row.bio_score_sd == pytest.approx(single.loc[("learned", "soft"), "bio_score_sd"])
+    assert row.bio_score_seed_sd == pytest.approx(0.1 / np.sqrt(2))
 
 
 def test_paired_wilcoxon_tests_with_effect_sizes():
@@ -180,6 +193,22 @@ def test_paired_wilcoxon_tests_with_effect_sizes():
     assert len(learned) == 2 and (learned.rank_biserial == 1.0).all() and (learned.p_value < 0.05).all()
     best = tests[tests.comparison == "best expression encoding vs other"]
     assert set(best.a) == {"learned-soft", "esm2-soft"} and (best.mean_difference > 0).all()
+    # six datasets all in one direction: the exact test's floor, 2/2^6, and BH within each family
+    assert learned.p_value.to_numpy() == pytest.approx(2 / 2 ** 6) and (learned.min_attainable_p == 2 / 2 ** 6).all()
+    assert (tests.q_value >= tests.p_value).all() and (tests.q_value <= 1).all()
+
+
+def test_q_values_are_benjamini_hochberg_within_each_family():
+    from scipy.stats import false_discovery_control
+
+    tests = paired_tests(synthetic_metrics(n_datasets=8))
+    for _, family in tests.groupby(["comparison", "metric"]):
+        assert family.q_value.to_numpy() == pytest.approx(false_discovery_control(family.p_value.to_numpy()))
+
+
+def test_too_few_datasets_say_no_difference_can_be_significant():
+    tests = paired_tests(synthetic_metrics(n_datasets=3))
+    assert (tests.min_attainable_p == 0.25).all() and (tests.p_value >= 0.25).all()
 
 
 def with_a_configuration_without_a_model(metrics):
@@ -214,6 +243,13 @@ def test_figures_are_drawn_from_the_tables(tmp_path):
     assert all(p.stat().st_size > 5000 for p in paths)
     comparison = pd.read_csv(tmp_path / "figures" / "paper_comparison.csv")
     assert set(comparison.metric) == {"macro_f1", "accuracy", "batch_score", "bio_score", "min_train_mse"}
+
+
+def test_colours_of_unknown_encodings_agree_across_processes():
+    code = "from scencode.figures import colour; print(colour('my_new_encoding'))"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(seen) == 1
 
 
 def _scencode(*args):

@@ -3,6 +3,7 @@ encoding and one marker/hatch per gene encoding, the same in every figure."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -26,8 +27,11 @@ plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.righ
 
 
 def colour(expression: str) -> str:
+    """A fixed colour per expression encoding; a user's new encoding gets one from its name
+    (crc32, not hash(): Python salts str hashes per process, so figures drawn in separate runs would
+    disagree)."""
     palette = plt.get_cmap("tab10")
-    return EXPRESSION_COLOURS.get(expression, palette(hash(expression) % 10))
+    return EXPRESSION_COLOURS.get(expression, palette(zlib.crc32(expression.encode()) % 10))
 
 
 def label(row) -> str:
@@ -126,8 +130,7 @@ def fig_heatmap(metrics: pd.DataFrame, out_dir: Path):
     table = keep.groupby(["configuration", "metric", "dataset"]).value.mean().unstack(["metric", "dataset"])
     table = table.sort_index(axis=1).dropna(axis=1, how="all")  # e.g. batch scores of a one-batch dataset
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * table.shape[1], 1 + 0.3 * table.shape[0]))
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#dddddd")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     image = ax.imshow(np.ma.masked_invalid(table.to_numpy(dtype=float)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(table.shape[1]), [f"{m}\n{d}" for m, d in table.columns], rotation=60, ha="right", fontsize=6)
     ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
