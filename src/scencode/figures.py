@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -21,6 +22,7 @@ EXPRESSION_COLOURS = {"soft": "#1b9e77", "continuous": "#7570b3", "log": "#d95f0
                       "autobin": "#66a61e", "pca": "#666666", "random": "#bbbbbb"}
 GENE_MARKERS = {"learned": "o", "esm2": "s", "random_frozen": "^", "baseline": "X"}
 GENE_HATCHES = {"learned": "", "esm2": "//", "random_frozen": "..", "baseline": "xx"}
+GENE_LINESTYLES = {"learned": "-", "esm2": "--", "random_frozen": ":"}
 PAPER_METRICS = {"macro_f1": "macro_f1_mean", "accuracy": "accuracy", "batch_score": "batch_score",
                  "bio_score": "bio_score", "min_train_mse": "min_train_mse"}
 plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
@@ -109,7 +111,7 @@ def fig_loss_curves(logs: dict[str, pd.DataFrame], out_dir: Path):
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
     for name, log in sorted(logs.items()):
         gene, expression = name.split("-")[:2]
-        style = dict(color=colour(expression), linestyle="--" if gene != "learned" else "-", linewidth=1)
+        style = dict(color=colour(expression), linestyle=GENE_LINESTYLES.get(gene, "-."), linewidth=1.2)
         train = log.dropna(subset=["train_loss"])
         val = log.dropna(subset=["val_loss"])
         axes[0].plot(train.step, train.train_loss, label=name, **style)
@@ -119,7 +121,10 @@ def fig_loss_curves(logs: dict[str, pd.DataFrame], out_dir: Path):
     for ax in axes:
         ax.set_xlabel("optimiser step")
         ax.set_yscale("log")
-    axes[0].legend(fontsize=6, frameon=False, ncol=2)
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.6, not 6×10⁻¹
+            axis(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=6, frameon=False, loc="upper left",
+                   bbox_to_anchor=(1.02, 1))  # outside the axes: curves stay visible
     return save(fig, out_dir, "loss_curves")
 
 
@@ -148,7 +153,8 @@ def paper_results() -> pd.DataFrame:
 def fig_paper_comparison(summary: pd.DataFrame, out_dir: Path) -> tuple[list[Path], pd.DataFrame]:
     paper = paper_results()
     merged = summary.merge(paper, on=["gene_encoding", "expression_encoding"], suffixes=("", "_paper"))
-    fig, axes = plt.subplots(1, len(PAPER_METRICS), figsize=(3 * len(PAPER_METRICS), 3))
+    fig, axes = plt.subplots(2, 3, figsize=(8, 5.2))
+    axes = axes.ravel()
     rows = []
     for ax, (ours, theirs) in zip(axes, PAPER_METRICS.items()):
         paper_column = theirs if theirs not in summary.columns else f"{theirs}_paper"
@@ -161,7 +167,9 @@ def fig_paper_comparison(summary: pd.DataFrame, out_dir: Path) -> tuple[list[Pat
         ax.set_xlabel(f"study ({theirs})")
         ax.set_ylabel(f"this run ({ours})")
         ax.set_title(f"{ours}: ρ = {rho:.2f}" if np.isfinite(rho) else ours)
-    axes[0].legend(handles=legend_handles(merged), fontsize=6, frameon=False, loc="best")
+    for spare in axes[len(PAPER_METRICS):]:  # the free panel holds the legend
+        spare.axis("off")
+        spare.legend(handles=legend_handles(merged), fontsize=7, frameon=False, loc="center")
     fig.tight_layout()
     return save(fig, out_dir, "paper_comparison"), pd.DataFrame(rows)
 

@@ -130,7 +130,7 @@ rule tables:
     output:
         metrics=f"{RESULTS}/tables/metrics.csv",
         summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
-        tests=f"{RESULTS}/tables/tests.csv",
+        tests=report(f"{RESULTS}/tables/tests.csv", caption="../report/tests.rst", category="Tables"),
     log:
         f"{LOGS}/tables.log",
     benchmark:
