@@ -207,3 +207,53 @@ def test_a_learning_rate_far_too_high_diverges_without_a_checkpoint(demo_corpus,
     status = json.loads((tmp_path / "model.json").read_text())
     assert status["status"] == "diverged" and status["checkpoint"] is None and status["steps"] < 4
     assert not (tmp_path / "best.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_and_eval_corpus(demo_corpus, tmp_path_factory, gene_table):
+    """A tiny trained model and an evaluation corpus (labels, batches) on the same vocabulary."""
+    from scencode.demo import make_demo_dataset
+    from scencode.qc import QCParams, run_qc
+    from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
+
+    corpus, vocab = demo_corpus
+    folder = tmp_path_factory.mktemp("embed")
+    Trainer(spec(corpus, vocab, folder / "model", max_steps=4)).fit()
+    make_demo_dataset("sim_lung_eval", n_cells=120).write_h5ad(folder / "raw.h5ad")
+    run_qc(folder / "raw.h5ad", folder / "qc.h5ad", folder / "qc.json", gene_table, QCParams(), "lung")
+    tokenize_corpus("lung", [DatasetInput("lung", folder / "qc.h5ad", "cell_type", "batch")], vocab, folder / "lung",
+                    TokenizeParams(cells_per_shard=50, row_group_cells=10), with_labels=True)
+    return folder / "model" / "best.pt", folder / "lung"
+
+
+def test_embeddings_are_deterministic_and_sample_genes_by_the_seed(trained_and_eval_corpus, tmp_path):
+    import anndata as ad
+
+    from scencode.embed import embed_corpus
+    from scencode.evaluate import read_embedding
+
+    checkpoint, corpus = trained_and_eval_corpus
+
+    def embed(name, **loader):
+        cfg = LoaderConfig(**{**SMALL_LOADER, "context": 16, **loader})  # K = 16 < M: sampling matters
+        embed_corpus(checkpoint, corpus, cfg, tmp_path / f"{name}.parquet", tmp_path / f"{name}.h5ad", "m", "lung")
+        cells, matrix, missing = read_embedding(tmp_path / f"{name}.parquet")
+        return cells, matrix
+
+    cells, first = embed("a")
+    _, again = embed("b")
+    _, other_seed = embed("c", seed=4)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    assert len(cells) == manifest["n_cells"] > 100 and cells.cell_id.is_unique and cells.label.notna().all()
+    assert np.array_equal(first, again)  # bit-identical: the same genes, the same model
+    assert not np.allclose(first, other_seed, atol=1e-3)  # the seed picks which K genes
+    _, top = embed("d", gene_sampling="top_expressed")
+    _, top_other_seed = embed("e", gene_sampling="top_expressed", seed=4)
+
+    def cells_changed(x, y):
+        return int((~np.isclose(x, y, atol=1e-5).all(1)).sum())
+
+    # the K highest counts: the seed only breaks ties among equal counts at the K-th place
+    assert cells_changed(top, top_other_seed) < cells_changed(first, other_seed) == len(cells)
+    h5ad = ad.read_h5ad(tmp_path / "a.h5ad")
+    assert list(h5ad.obs_names) == list(cells.cell_id) and np.array_equal(h5ad.obsm["X_scencode"], first)
