@@ -127,7 +127,9 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert no_model.value.isna().all() and no_model.note.str.contains("diverged at step").all()
     summary = pd.read_csv(tables / "summary.csv")
     assert {"gene_encoding", "expression_encoding", "batch_score", "bio_score", "accuracy", "macro_f1",
-            "min_train_mse", "test_mse", "bio_score_sd"} <= set(summary.columns)
+            "min_train_mse", "test_mse", "eval_mse", "bio_score_sd"} <= set(summary.columns)
+    models_only = summary[summary.gene_encoding != "baseline"].set_index(["gene_encoding", "expression_encoding"])
+    assert models_only.drop(("learned", "continuous")).eval_mse.gt(0).all()  # the diverged one has none
     assert len(summary) == len(configurations)
     row = summary.set_index(["gene_encoding", "expression_encoding"]).loc[("learned", "continuous")]
     assert np.isnan(row.bio_score) and "diverged" in row.note

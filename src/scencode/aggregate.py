@@ -3,7 +3,8 @@
 * ``metrics.csv``: every row of every table (long form).
 * ``summary.csv``: one row per configuration (gene × expression encoding; seeds pooled): mean and
   SD across datasets of batch and bio scores, kNN (k = 10) accuracy and macro F1, minimum training
-  masked MSE and held-out test masked MSE, and scib-metrics' own aggregate (``scib_total``, when
+  masked MSE, held-out test masked MSE, masked MSE on the evaluation datasets (``eval_mse``: how
+  well pretraining transfers to unseen tissues), and scib-metrics' own aggregate (``scib_total``, when
   run); with several seeds, ``*_seed_sd`` is the SD across seeds within a dataset, averaged over
   datasets, so a difference between encodings can be set against training noise; ``note`` says why
   values are missing (no model, one batch, ...) and for which datasets.
@@ -25,6 +26,7 @@ from .atomic import atomic_path
 SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "study"),
            "accuracy": ("accuracy", "knn_k10"), "macro_f1": ("macro_f1", "knn_k10"),
            "min_train_mse": ("min_train_mse", "reconstruction"), "test_mse": ("test_mse", "reconstruction"),
+           "eval_mse": ("masked_mse", "reconstruction"),
            "scib_total": ("total", "scib_metrics")}
 TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
