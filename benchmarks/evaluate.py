@@ -9,7 +9,8 @@ seconds = a·n + b·n² (kNN and silhouettes are O(n²), the rest about linear) 
 the 26 datasets' sizes (config/paper/evaluation_tissues.csv), × 8 configurations. A 16-core node
 runs 8 such jobs at once (2 cores each, as measured here), which ``node_hours_16_cores`` divides
 out. ``--scib-benchmarker`` also times scib-metrics' own default set (its Benchmarker, one job per
-dataset over all embeddings), reported per embedding but not in the estimate.
+dataset over all embeddings) at --cells/10 and /5 and estimates the study's run of it, with and
+without the paper config's ``scib_benchmarker_max_cells``; it is not in the main estimate.
 Prints one JSON object on its last line.
 """
 
@@ -30,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from scencode.evaluate import EvalParams, evaluate_embedding
 
 TISSUES = Path(__file__).resolve().parents[1] / "config" / "paper" / "evaluation_tissues.csv"
+PAPER = Path(__file__).resolve().parents[1] / "config" / "paper.yaml"
 
 
 def realistic(n: int, dim: int, seed: int = 0):
@@ -71,6 +74,25 @@ def scib_benchmarker_seconds(cells: int, dim: int) -> float:
         return time.perf_counter() - start
 
 
+def scib_benchmarker_estimate(cells: int, dim: int, dataset_sizes: pd.Series) -> dict:
+    """The Benchmarker on one embedding at cells/10 and cells/5, a fit seconds = c + b·n² (JAX
+    compilation, then its elementwise O(n²) distances), and from it the study's run: 10 embeddings
+    (8 configurations, PCA and random baselines) per dataset, each dataset capped at
+    ``scib_benchmarker_max_cells`` (config/paper.yaml) or not."""
+    sizes = [cells // 10, cells // 5]
+    seconds = [scib_benchmarker_seconds(n, dim) for n in sizes]
+    n = np.array(sizes, float)
+    (c, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(n), n ** 2], 1), np.array(seconds), rcond=None)
+    cap = yaml.safe_load(PAPER.read_text())["evaluate"].get("scib_benchmarker_max_cells")
+
+    def hours(sizes: pd.Series) -> dict:
+        per_dataset = 10 * (c + b * sizes.astype(float) ** 2)
+        return {"largest_dataset_hours": float(per_dataset.max()) / 3600, "total_hours": float(per_dataset.sum()) / 3600}
+
+    return {"seconds_by_cells": dict(zip(map(str, sizes), seconds)), "fit_seconds": {"constant": c, "per_cell_squared": b},
+            "study_uncapped": hours(dataset_sizes), "study_capped": {"max_cells": cap, **hours(dataset_sizes.clip(upper=cap))}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=50_000)
@@ -96,7 +118,7 @@ def main() -> None:
                            "node_hours_16_cores": total_s / 3600 / (16 / max(1, os.cpu_count()))},
     }
     if args.scib_benchmarker:
-        result["scib_benchmarker_seconds"] = {str(n): scib_benchmarker_seconds(n, args.dim) for n in sizes[:1]}
+        result["scib_benchmarker"] = scib_benchmarker_estimate(args.cells, args.dim, tissues.n_cells)
     print(json.dumps(result))
 
 

@@ -59,6 +59,17 @@ def test_single_cell_type_and_too_small_types_are_explained():
     assert knn.value.isna().all() and knn.note.str.contains("at least 250 cells").all()
 
 
+def test_large_datasets_are_subsampled_for_scib_and_say_so():
+    x, labels, batches = blobs(n=400)
+    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=20, n_neighbors=15,
+                                                             max_cells_scib=200))
+    scib = rows[rows.group.isin(["batch", "bio", "study"])]
+    assert scib.value.notna().all() and (scib.note == "scored on 200 of 400 labeled cells (seeded subsample)").all()
+    assert values(scib)["study", "bio_score"] > 0.7
+    knn = rows[rows.group == "knn_k10"]
+    assert (knn.note == "4 cell types, 400 cells").all()  # classification uses every cell
+
+
 def test_unlabeled_cells_are_left_out():
     x, labels, batches = blobs()
     labels = labels.astype(object)
@@ -298,7 +309,7 @@ def test_scib_benchmarker_labels_its_rows_and_says_why_values_are_missing(tmp_pa
     write_embedding(cells.iloc[::-1], x[::-1], tmp_path / "model.parquet")  # other order: aligned by cell id
     write_embedding(cells.iloc[:0], np.zeros((0, 1), np.float32), tmp_path / "gone.parquet", missing="no model: x")
     rows = benchmark_dataset({"learned-soft-s0": tmp_path / "model.parquet", "esm2-soft-s0": tmp_path / "gone.parquet"},
-                             tmp_path / "pca.parquet", "lung")
+                             tmp_path / "pca.parquet", "lung", max_cells=100)
     assert set(rows.group) == {"scib_metrics"}
     assert rows.groupby("configuration").metric.apply(list).map(lambda m: m == metric_names()).all()
     gone = rows[rows.configuration == "esm2-soft-s0"]
@@ -306,5 +317,6 @@ def test_scib_benchmarker_labels_its_rows_and_says_why_values_are_missing(tmp_pa
     model = rows[rows.configuration == "learned-soft-s0"].set_index("metric")
     # one batch: scib-metrics' bio set is computed, its batch set and total are not, with the reason
     assert model.loc["silhouette_label", "value"] > 0.7 and model.loc["bio_conservation", "value"] > 0.7
+    assert model.loc["silhouette_label", "note"] == "scored on 100 of 120 labeled cells (seeded subsample)"
     for metric in ("ilisi_knn", "kbet_per_label", "batch_correction", "total"):
         assert np.isnan(model.loc[metric, "value"]) and "single batch" in model.loc[metric, "note"]

@@ -60,7 +60,8 @@ def test_paper_config_plans_every_download_offline(tmp_path):
 
 def test_evaluation_options_reach_their_jobs(tmp_path):
     config = small_config()
-    config["evaluate"].update(baselines=["pca", "scvi"], scvi_epochs=7, gene_sampling="top_expressed", context=128)
+    config["evaluate"].update(baselines=["pca", "scvi"], scvi_epochs=7, gene_sampling="top_expressed", context=128,
+                              scib_benchmarker_max_cells=5000)
     result = snakemake(tmp_path, config, "-n", "-p")
     assert result.returncode == 0, result.stderr
     commands = result.stdout
@@ -68,6 +69,10 @@ def test_evaluation_options_reach_their_jobs(tmp_path):
     embeds = [line for line in commands.splitlines() if "scencode embed " in line]
     assert embeds and all('"gene_sampling": "top_expressed"' in line and '"context": 128' in line for line in embeds)
     assert commands.count("scencode scib-benchmark") == 2 and "baseline-scvi-s0/pbmc68k.parquet" in commands
+    benchmarker = [line for line in commands.splitlines() if "scencode scib-benchmark" in line]
+    assert all('"max_cells_scib": 5000' in line for line in benchmarker)
+    evaluations = [line for line in commands.splitlines() if "scencode evaluate" in line]
+    assert evaluations and not any("5000" in line for line in evaluations)  # the study's metrics: max_cells_scib
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,9 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
 
     keep = labeled(labels)
     x, labels, batches = x[keep], np.asarray(labels)[keep].astype(str), np.asarray(batches)[keep].astype(str)
+    scored = ""
     if len(x) > params.max_cells_scib:
+        scored = f"scored on {params.max_cells_scib} of {len(x)} labeled cells (seeded subsample)"
         pick = np.sort(np.random.default_rng(params.seed).choice(len(x), params.max_cells_scib, replace=False))
         x, labels, batches = x[pick], labels[pick], batches[pick]
     n_labels, n_batches = len(np.unique(labels)), len(np.unique(batches))
@@ -91,7 +93,7 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
         values = by_group[group]
         note = next((r[3] for r in rows if r[1] == group and r[3]), "")
         rows.append(_row(name, "study", np.mean(values) if not np.isnan(values).any() else np.nan, note))
-    return rows
+    return [(m, g, v, note or (scored if np.isfinite(v) else "")) for m, g, v, note in rows]
 
 
 def _with_reason(value: float, reason: str) -> tuple[float, str]:

@@ -53,7 +53,9 @@ def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset
 
     cells, matrices, pre, missing = _aligned(embeddings, pre_integrated)
     keep = labeled(cells.label.to_numpy())
+    scored = ""
     if keep.sum() > max_cells:
+        scored = f"scored on {max_cells} of {keep.sum()} labeled cells (seeded subsample)"
         pick = np.sort(np.random.default_rng(seed).choice(np.flatnonzero(keep), max_cells, replace=False))
         keep = np.isin(np.arange(len(cells)), pick)
     cells = cells[keep]
@@ -85,7 +87,7 @@ def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset
         values = results.loc[name] if name in results.index else pd.Series(dtype=float)
         rows = pd.DataFrame({"metric": metric_names()})
         rows["value"] = rows.metric.map(values).astype(float)
-        rows["note"] = np.where(rows.value.isna(), missing.get(name, why_not), "")
+        rows["note"] = np.where(rows.value.isna(), missing.get(name, why_not), scored)
         frames.append(tidy(rows.assign(group=GROUP), name, dataset))
     return pd.concat(frames, ignore_index=True)
 

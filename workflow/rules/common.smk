@@ -140,7 +140,14 @@ def pretrain_gene_table(wildcards):
 EVALUATE = config["evaluate"]
 EMBED_KEYS = ("gene_sampling", "context")
 EVALUATE_SETTINGS = {k: v for k, v in EVALUATE.items()
-                     if k not in ("baselines", "scib_benchmarker", "scvi_epochs", *EMBED_KEYS)}
+                     if k not in ("baselines", "scib_benchmarker", "scib_benchmarker_max_cells", "scvi_epochs",
+                                  *EMBED_KEYS)}
+# scib-metrics' Benchmarker is far slower than the study's grouping (JAX on the CPU), so it may score
+# fewer cells than the study's metrics do
+SCIB_BENCHMARKER_SETTINGS = {
+    "max_cells_scib": EVALUATE.get("scib_benchmarker_max_cells") or EVALUATE_SETTINGS.get("max_cells_scib", 100_000),
+    "seed": EVALUATE_SETTINGS.get("seed", 0),
+}
 
 
 def embed_loader(name):

@@ -86,7 +86,7 @@ rule scib_benchmarker:
     output:
         f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
     params:
-        settings=as_json({k: EVALUATE_SETTINGS[k] for k in ("max_cells_scib", "seed") if k in EVALUATE_SETTINGS}),
+        settings=as_json(SCIB_BENCHMARKER_SETTINGS),
     log:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
     benchmark:
