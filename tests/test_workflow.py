@@ -130,6 +130,14 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert diverged.dataset.nunique() == len(evaluation) + 1  # + the reconstruction rows ("*")
     no_model = diverged[diverged.metric != "min_train_mse"]
     assert no_model.value.isna().all() and no_model.note.str.contains("diverged at step").all()
+    # reconstruction: the study's minimum training loss is the training log's, test MSE on held-out cells
+    recon = metrics[metrics.group == "reconstruction"].pivot_table(index=["configuration", "dataset"],
+                                                                    columns="metric", values="value")
+    for name in set(models) - {DIVERGING_NAME}:
+        logged = pq.read_table(workdir / "results" / "models" / name / "train_log.parquet").to_pandas()
+        assert recon.loc[(name, "*"), "min_train_mse"] == pytest.approx(logged.train_loss.min())
+        assert recon.loc[(name, "*"), "test_mse"] > 0
+        assert (recon.loc[name].masked_mse.dropna() > 0).sum() == len(evaluation)
     summary = pd.read_csv(tables / "summary.csv")
     assert {"gene_encoding", "expression_encoding", "batch_score", "bio_score", "accuracy", "macro_f1",
             "min_train_mse", "test_mse", "eval_mse", "bio_score_sd"} <= set(summary.columns)
