@@ -54,6 +54,9 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert jobs["pretrain"] == 8
     blocks = [b for b in result.stdout.split("\n\n") if "rule pretrain:" in b]
     assert len(blocks) == 8 and all("gpu=1" in b for b in blocks)
+    # embedding 549k cells per configuration through the model is GPU work too
+    embeds = [b for b in result.stdout.split("\n\n") if "rule embed:" in b]
+    assert len(embeds) == 8 * 26 and all("gpu=1" in b for b in embeds)
     names = {line.split("config=")[1].strip() for b in blocks for line in b.splitlines() if "wildcards:" in line}
     assert names == {f"{g}-{e}-s777" for g in ("learned", "esm2") for e in ("hard", "soft", "log", "continuous")}
 

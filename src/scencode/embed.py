@@ -23,7 +23,7 @@ from .errors import ScencodeError
 from .evaluate import write_embedding
 from .model import CellTransformer, ModelConfig
 from .shards import verify_corpus
-from .train import load_checkpoint
+from .train import TrainConfig, load_checkpoint, precision
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "batch")
@@ -63,6 +63,13 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
     return model.to(device).eval(), ckpt
 
 
+def _autocast(device: torch.device):
+    """Mixed precision on CUDA as in training (bf16, else fp16): embedding the study's 549k cells
+    per configuration is GPU work; fp32 on the CPU, where autocast would only slow it down."""
+    dtype = precision(TrainConfig(precision="auto"), device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def _batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, columns=LABEL_COLUMNS):
     return ShardBatches(corpus, split, loader, epoch=0, shuffle=False, mask=mask, with_cell_ids=True,
                         columns=columns)
@@ -76,8 +83,9 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
     verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
     ids, labels, batches, chunks = [], [], [], []
     for batch in _batches(Path(corpus), None, loader, mask=False):
-        tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        emb = model.cell_embeddings(tensors["gene_ids"], tensors["counts"], tensors["xnorm"], tensors["valid"])
+        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        with _autocast(device):
+            emb = model.cell_embeddings(tensors["gene_ids"], tensors["counts"], tensors["xnorm"], tensors["valid"])
         chunks.append(emb.float().cpu().numpy())
         ids += batch["cell_id"]
         labels += batch["label"]
@@ -119,7 +127,8 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
         if max_cells and cells >= max_cells:
             break
         b = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-        pred = model(b["gene_ids"], b["counts"], b["xnorm"], b["valid"], b["masked"]).float()
+        with _autocast(device):
+            pred = model(b["gene_ids"], b["counts"], b["xnorm"], b["valid"], b["masked"]).float()
         target = b["masked"] & b["valid"]
         sq += float(((pred[target] - b["xnorm"][target]) ** 2).sum())
         n += int(target.sum())
