@@ -74,22 +74,29 @@ def scib_benchmarker_seconds(cells: int, dim: int) -> float:
         return time.perf_counter() - start
 
 
+def paper_models(paper: dict) -> int:
+    """Trained models in the paper config: configurations × seeds (the study's 8)."""
+    return len(paper["pretrain"]["configurations"]) * len(paper["pretrain"].get("seeds", [0]))
+
+
 def scib_benchmarker_estimate(cells: int, dim: int, dataset_sizes: pd.Series) -> dict:
     """The Benchmarker on one embedding at cells/10 and cells/5, a fit seconds = c + b·n² (JAX
     compilation, then its elementwise O(n²) distances), and from it the study's run: 10 embeddings
-    (8 configurations, PCA and random baselines) per dataset, each dataset capped at
+    (the paper config's models and baselines) per dataset, each dataset capped at
     ``scib_benchmarker_max_cells`` (config/paper.yaml) or not."""
     sizes = [cells // 10, cells // 5]
     seconds = [scib_benchmarker_seconds(n, dim) for n in sizes]
     n = np.array(sizes, float)
     (c, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(n), n ** 2], 1), np.array(seconds), rcond=None)
-    cap = yaml.safe_load(PAPER.read_text())["evaluate"].get("scib_benchmarker_max_cells")
+    paper = yaml.safe_load(PAPER.read_text())
+    cap = paper["evaluate"].get("scib_benchmarker_max_cells")
+    embeddings = paper_models(paper) + len(paper["evaluate"]["baselines"])
 
     def hours(sizes: pd.Series) -> dict:
-        per_dataset = 10 * (c + b * sizes.astype(float) ** 2)
+        per_dataset = embeddings * (c + b * sizes.astype(float) ** 2)
         return {"largest_dataset_hours": float(per_dataset.max()) / 3600, "total_hours": float(per_dataset.sum()) / 3600}
 
-    return {"seconds_by_cells": dict(zip(map(str, sizes), seconds)), "fit_seconds": {"constant": c, "per_cell_squared": b},
+    return {"embeddings_per_dataset": embeddings, "seconds_by_cells": dict(zip(map(str, sizes), seconds)), "fit_seconds": {"constant": c, "per_cell_squared": b},
             "study_uncapped": hours(dataset_sizes), "study_capped": {"max_cells": cap, **hours(dataset_sizes.clip(upper=cap))}}
 
 
@@ -107,12 +114,13 @@ def main() -> None:
     (a, b), *_ = np.linalg.lstsq(np.stack([n, n ** 2], 1), np.array(seconds), rcond=None)
     tissues = pd.read_csv(TISSUES)
     per_dataset = a * tissues.n_cells + b * tissues.n_cells ** 2
-    total_s = 8 * float(per_dataset.sum())
+    models = paper_models(yaml.safe_load(PAPER.read_text()))
+    total_s = models * float(per_dataset.sum())
     result = {
         "cells": args.cells, "dim": args.dim, "metrics": runs[-1][1], "seconds": seconds[-1],
         "seconds_by_cells": dict(zip(map(str, sizes), seconds)), "peak_rss_mb": peak_mb, "cores": os.cpu_count(),
         "fit_seconds": {"per_cell": a, "per_cell_squared": b},
-        "study_estimate": {"configurations": 8, "datasets": len(tissues), "cells": int(tissues.n_cells.sum()),
+        "study_estimate": {"configurations": models, "datasets": len(tissues), "cells": int(tissues.n_cells.sum()),
                            "largest_dataset_seconds": float(per_dataset.max()),
                            "hours_on_this_machine": total_s / 3600,
                            "node_hours_16_cores": total_s / 3600 / (16 / max(1, os.cpu_count()))},

@@ -44,11 +44,12 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
         for name, (metric, group) in SUMMARY.items():
             values = part[(part.metric == metric) & (part.group == group)]
             # seeds first averaged per dataset, then mean ± SD across datasets
-            per_dataset = values.groupby("dataset").value.mean()
+            by_dataset = values.groupby("dataset").value
+            per_dataset = by_dataset.mean()
             row[name] = per_dataset.mean() if per_dataset.notna().any() else np.nan
             row[f"{name}_sd"] = per_dataset.std(ddof=1) if per_dataset.notna().sum() > 1 else np.nan
             # training noise: SD across seeds within a dataset, averaged over datasets (NaN with one seed)
-            row[f"{name}_seed_sd"] = values.groupby("dataset").value.std(ddof=1).mean()
+            row[f"{name}_seed_sd"] = by_dataset.std(ddof=1).mean()
         row["note"] = "; ".join(summary_notes(part))
         rows.append(row)
     return pd.DataFrame(rows)

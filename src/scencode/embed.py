@@ -83,7 +83,7 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
     verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
     ids, labels, batches, chunks = [], [], [], []
     for batch in _batches(Path(corpus), None, loader, mask=False):
-        tensors = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
         with _autocast(device):
             emb = model.cell_embeddings(tensors["gene_ids"], tensors["counts"], tensors["xnorm"], tensors["valid"])
         chunks.append(emb.float().cpu().numpy())

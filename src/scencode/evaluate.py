@@ -59,11 +59,8 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
 
     keep = labeled(labels)
     x, labels, batches = x[keep], np.asarray(labels)[keep].astype(str), np.asarray(batches)[keep].astype(str)
-    scored = ""
-    if len(x) > params.max_cells_scib:
-        scored = f"scored on {params.max_cells_scib} of {len(x)} labeled cells (seeded subsample)"
-        pick = np.sort(np.random.default_rng(params.seed).choice(len(x), params.max_cells_scib, replace=False))
-        x, labels, batches = x[pick], labels[pick], batches[pick]
+    pick, scored = seeded_subsample(np.arange(len(x)), params.max_cells_scib, params.seed)
+    x, labels, batches = x[pick], labels[pick], batches[pick]
     n_labels, n_batches = len(np.unique(labels)), len(np.unique(batches))
     rows = []
     if len(x) < 10:
@@ -94,6 +91,15 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
         note = next((r[3] for r in rows if r[1] == group and r[3]), "")
         rows.append(_row(name, "study", np.mean(values) if not np.isnan(values).any() else np.nan, note))
     return [(m, g, v, note or (scored if np.isfinite(v) else "")) for m, g, v, note in rows]
+
+
+def seeded_subsample(cells: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, str]:
+    """At most ``max_cells`` of ``cells`` (indices; seeded, in order), and a note saying so when
+    some were left out (scIB metrics are O(n²) in the cells)."""
+    if len(cells) <= max_cells:
+        return cells, ""
+    pick = np.sort(np.random.default_rng(seed).choice(cells, max_cells, replace=False))
+    return pick, f"scored on {max_cells} of {len(cells)} labeled cells (seeded subsample)"
 
 
 def _with_reason(value: float, reason: str) -> tuple[float, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluate import knn_graph, labeled, read_embedding, tidy
+from .evaluate import knn_graph, labeled, read_embedding, seeded_subsample, tidy
 
 log = logging.getLogger(__name__)
 GROUP = "scib_metrics"
@@ -52,13 +52,8 @@ def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
     cells, matrices, pre, missing = _aligned(embeddings, pre_integrated)
-    keep = labeled(cells.label.to_numpy())
-    scored = ""
-    if keep.sum() > max_cells:
-        scored = f"scored on {max_cells} of {keep.sum()} labeled cells (seeded subsample)"
-        pick = np.sort(np.random.default_rng(seed).choice(np.flatnonzero(keep), max_cells, replace=False))
-        keep = np.isin(np.arange(len(cells)), pick)
-    cells = cells[keep]
+    pick, scored = seeded_subsample(np.flatnonzero(labeled(cells.label.to_numpy())), max_cells, seed)
+    cells = cells.iloc[pick]
     n_labels, n_batches = cells.label.nunique(), cells.batch.nunique()
     bio, batch = BioConservation(), BatchCorrection()
     reason = {}
@@ -73,7 +68,7 @@ def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset
         adata = ad.AnnData(obs=pd.DataFrame({"label": cells.label.astype(str).to_numpy(),
                                              "batch": cells.batch.astype(str).to_numpy()},
                                             index=cells.index.astype(str)),
-                           obsm={"X_pre": pre[keep], **{name: m[keep] for name, m in matrices.items()}})
+                           obsm={"X_pre": pre[pick], **{name: m[pick] for name, m in matrices.items()}})
         bench = Benchmarker(adata, batch_key="batch", label_key="label", embedding_obsm_keys=list(matrices),
                             bio_conservation_metrics=bio, batch_correction_metrics=batch,
                             pre_integrated_embedding_obsm_key="X_pre", n_jobs=threads, progress_bar=False)
