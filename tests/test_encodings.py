@@ -73,7 +73,7 @@ def test_soft_weights_sum_to_one(cls):
     assert torch.allclose(w.sum(-1), torch.ones(5, 9)) and (w >= 0).all()
 
 
-@pytest.mark.parametrize("name", ["esm2", "random_frozen"])
+@pytest.mark.parametrize("name", ["esm2", "esm2_permuted", "random_frozen"])
 def test_frozen_tables_stay_frozen(name):
     encoder = GENE_ENCODERS[name](D, vocab_size=VOCAB, gene_table=TABLE)
     before = encoder.table.clone()
@@ -85,7 +85,7 @@ def test_frozen_tables_stay_frozen(name):
     assert torch.equal(encoder.table, before)
     if name == "esm2":
         assert torch.equal(encoder.table, TABLE)
-    else:
+    elif name == "random_frozen":
         assert encoder.table.shape == TABLE.shape and not torch.allclose(encoder.table, TABLE)
 
 
@@ -119,5 +119,54 @@ def test_masked_loss_and_pooled_embeddings_ignore_padding():
     masked = torch.zeros_like(valid)
     masked[:, :3] = True
     loss = model.loss({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
-    pred = model(ids, counts, xnorm, valid, masked)
+    pred = model({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
     assert torch.isclose(loss, ((pred[:, :3] - xnorm[:, :3]) ** 2).mean(), atol=1e-6)
+
+
+def test_esm2_permuted_keeps_the_rows_and_breaks_the_gene_correspondence():
+    table = torch.randn(200, 12)
+    permuted = GENE_ENCODERS["esm2_permuted"](D, vocab_size=200, gene_table=table, seed=5).table
+    assert torch.equal(permuted[:2], table[:2])  # <pad>, <cls>
+    # the same multiset of rows (same geometry), almost none at its own gene
+    assert torch.equal(permuted[2:].sort(0).values, table[2:].sort(0).values)
+    assert {tuple(r.tolist()) for r in permuted} == {tuple(r.tolist()) for r in table}
+    assert (permuted[2:] == table[2:]).all(1).float().mean() < 0.05
+    again = GENE_ENCODERS["esm2_permuted"](D, vocab_size=200, gene_table=table, seed=5).table
+    other = GENE_ENCODERS["esm2_permuted"](D, vocab_size=200, gene_table=table, seed=6).table
+    assert torch.equal(again, permuted) and not torch.equal(other, permuted)
+
+
+def realistic_batches(n=4, cells=16, length=120, vocab=VOCAB):
+    """Cells with negative-binomial-like counts over a heavy-tailed gene profile, as the loader gives them."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        means = torch.distributions.Gamma(0.6, 0.3).sample((cells, length))
+        counts = torch.poisson(means, generator=g).clamp(min=1)
+        valid = torch.ones(cells, length, dtype=torch.bool)
+        valid[: cells // 2, length // 2:] = False  # padding
+        counts[~valid] = 0
+        xnorm = torch.log1p(counts / (counts.sum(1, keepdim=True) * 3) * 1e4)
+        masked = (torch.rand(cells, length, generator=g) < 0.5) & valid
+        ids = torch.randint(2, vocab, (cells, length), generator=g) * valid
+        out.append({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
+    return out
+
+
+@pytest.mark.parametrize("expression", sorted(EXPRESSION_ENCODERS))
+@pytest.mark.parametrize("gene", sorted(GENE_ENCODERS))
+def test_every_encoding_starts_at_unit_scale(gene, expression):
+    """The initialisation policy: no gene or expression encoding starts dominant (both components
+    have RMS 1 on real positions) and the head starts at the mean target."""
+    torch.manual_seed(0)
+    table = torch.randn(200, 12) * 0.1 + torch.randn(12)  # a shared direction, as ESM-2 tables have
+    model = CellTransformer(ModelConfig(200, gene, expression, d_model=D, n_layers=1, n_heads=2, d_ff=8),
+                            gene_table=table)
+    batches = realistic_batches(vocab=200)
+    model.calibrate(batches)
+    for b in realistic_batches(vocab=200)[:2]:
+        rms = model.component_rms(b)
+        assert rms["gene"] == pytest.approx(1.0, rel=0.15) and rms["expression"] == pytest.approx(1.0, rel=0.15)
+    target = torch.cat([b["xnorm"][b["valid"]] for b in batches]).mean()
+    pred = model.eval()(batches[0])
+    assert torch.allclose(pred[batches[0]["valid"]], target.expand_as(pred[batches[0]["valid"]]))

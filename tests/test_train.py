@@ -55,7 +55,8 @@ def test_training_writes_checkpoints_and_a_log(demo_corpus, tmp_path):
     logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
     assert set(logged.columns) == {"step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s",
                                    "cells_per_s"}
-    assert logged.val_loss.notna().sum() == 3 and logged.train_loss.dropna().iloc[-1] < logged.train_loss.iloc[0]
+    val = logged.val_loss.dropna()
+    assert len(val) == 3 and val.iloc[-1] < val.iloc[0]
     status = json.loads((tmp_path / "model.json").read_text())
     assert status["status"] == "completed" and status["checkpoint"] == "best.pt" and status["steps"] == 12
 
@@ -123,14 +124,17 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_corpus, tm
 
 
 def _explode_after(trainer, monkeypatch, micro_batches):
-    real, calls = trainer.model.loss, []
+    """Training forward passes after the first ``micro_batches`` give NaN (validation is untouched)."""
+    real, calls = trainer.model.forward, []
 
     def explodes(batch):
+        pred = real(batch)
+        if not trainer.model.training:
+            return pred
         calls.append(1)
-        loss = real(batch)
-        return loss * float("nan") if len(calls) > micro_batches else loss
+        return pred * float("nan") if len(calls) > micro_batches else pred
 
-    monkeypatch.setattr(trainer.model, "loss", explodes)
+    monkeypatch.setattr(trainer.model, "forward", explodes)
 
 
 @pytest.mark.parametrize("explode_after, has_best", [(2, False), (10, True)])
@@ -257,3 +261,104 @@ def test_embeddings_are_deterministic_and_sample_genes_by_the_seed(trained_and_e
     assert cells_changed(top, top_other_seed) < cells_changed(first, other_seed) == len(cells)
     h5ad = ad.read_h5ad(tmp_path / "a.h5ad")
     assert list(h5ad.obs_names) == list(cells.cell_id) and np.array_equal(h5ad.obsm["X_scencode"], first)
+
+
+def _two_batches_of_different_lengths(corpus):
+    from scencode.data import ShardBatches
+
+    cfg = LoaderConfig(**{**SMALL_LOADER, "batch_size": 8, "context": 4096})
+    batches = list(ShardBatches(corpus, "train", cfg))
+    batches.sort(key=lambda b: b["valid"].shape[1])
+    short, long = batches[0], batches[-1]
+    assert short["valid"].shape[1] < long["valid"].shape[1] // 2  # cells of very different lengths
+    return short, long
+
+
+def _combined(a, b):
+    width = max(a["valid"].shape[1], b["valid"].shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731 (zeros = padding)
+    return {k: torch.cat([pad(a[k]), pad(b[k])]) for k in a if torch.is_tensor(a[k])}
+
+
+def test_an_accumulated_step_has_the_gradient_of_the_combined_batch(demo_corpus, tmp_path, monkeypatch):
+    """One objective whatever the batching: every masked token weighs the same."""
+    corpus, vocab = demo_corpus
+    trainer = Trainer(spec(corpus, vocab, tmp_path, grad_accum=2))
+    trainer.model.cfg.dropout = 0.0
+    trainer.model.eval()  # no dropout: the two computations see the same network
+    monkeypatch.setattr(trainer.model, "train", lambda mode=True: trainer.model)
+    short, long = _two_batches_of_different_lengths(corpus)
+    grads = {}
+    monkeypatch.setattr(trainer, "_optimizer_step", lambda: grads.update(
+        {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}) or 0.0)
+    trainer._train_step([short, long])
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.model.loss(_combined(short, long)).backward()
+    for name, p in trainer.model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[name], p.grad, atol=1e-5, rtol=1e-4), name
+    # the old weighting (mean of per-micro-batch means) differs: the test can tell them apart
+    trainer.model.zero_grad(set_to_none=True)
+    ((trainer.model.loss(short) + trainer.model.loss(long)) / 2).backward()
+    assert not torch.allclose(grads["head.2.bias"], trainer.model.head[2].bias.grad, atol=1e-5)
+
+
+def test_no_gradient_crosses_an_epoch_boundary(demo_corpus, tmp_path, monkeypatch):
+    from scencode.data import ShardBatches
+
+    corpus, vocab = demo_corpus
+    n_batches = sum(1 for _ in ShardBatches(corpus, "train", LoaderConfig(**SMALL_LOADER)))
+    accum = next(k for k in range(3, 12) if n_batches % k)  # an epoch that ends mid-step
+    trainer = Trainer(spec(corpus, vocab, tmp_path, grad_accum=accum, max_steps=None, epochs=2, val_every=1000))
+    steps, real = [], trainer._train_step
+
+    def checked(micro_batches):
+        assert all(p.grad is None for p in trainer.model.parameters())  # nothing left from before
+        steps.append((trainer.state.epoch, len(micro_batches)))
+        return real(micro_batches)
+
+    monkeypatch.setattr(trainer, "_train_step", checked)
+    trainer.fit()
+    per_epoch = {e: [n for ep, n in steps if ep == e] for e in (0, 1)}
+    assert all(per_epoch.values())
+    for sizes in per_epoch.values():  # full steps, then one partial step with the leftovers
+        assert all(n == accum for n in sizes[:-1]) and sum(sizes) == n_batches
+    assert per_epoch[0][-1] == n_batches % accum  # the partial step: the leftovers, not carried over
+    assert trainer.state.step == len(steps)
+
+
+def test_the_evaluated_checkpoint_is_the_best_validation_including_the_last_step(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    Trainer(spec(corpus, vocab, tmp_path, max_steps=10, val_every=4, lr=3e-3)).fit()
+    logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
+    val = logged.dropna(subset=["val_loss"])
+    assert val.step.tolist() == [4, 8, 10]  # the final step is always validated
+    status = json.loads((tmp_path / "model.json").read_text())
+    best = val.loc[val.val_loss.idxmin()]
+    assert status["checkpoint_step"] == int(best.step) == torch.load(tmp_path / "best.pt", weights_only=True)["step"]
+    assert status["final_val_loss"] == pytest.approx(val.val_loss.iloc[-1])
+    assert status["still_improving"] == (int(best.step) == 10)
+    assert status["gene_encoding"] == "learned" and status["expression_encoding"] == "soft"
+    assert set(status["component_rms"]) == {"start", "end"}
+    assert status["component_rms"]["start"]["gene"] == pytest.approx(1.0, rel=0.05)
+    assert status["component_rms"]["start"]["expression"] == pytest.approx(1.0, rel=0.05)
+
+
+def test_settings_that_cannot_do_what_they_say_are_reported_with_numbers(demo_corpus, tmp_path):
+    # the paper's scale: ≈10M cells / (512 × 32) × 3 epochs ≈ 1,830 steps
+    warnings = TrainConfig(warmup_steps=2000, val_every=500, patience=100).schedule_warnings(1830)
+    assert any("warmup_steps 2000 ≥ total steps 1830" in w and "never decays" in w for w in warnings)
+    assert any("early stopping cannot fire" in w for w in warnings)
+    assert TrainConfig(warmup_steps=10, val_every=50, patience=2).schedule_warnings(1000) == []
+    corpus, vocab = demo_corpus
+    Trainer(spec(corpus, vocab, tmp_path, max_steps=4, warmup_steps=10, val_every=20)).fit()
+    status = json.loads((tmp_path / "model.json").read_text())
+    assert any("warmup_steps 10 ≥ total steps 4" in w for w in status["warnings"])
+    assert any("val_every 20 > total steps 4" in w for w in status["warnings"])
+
+
+@pytest.mark.parametrize("key, value", [("precision", "fp8"), ("grad_accum", 0), ("lr", -1.0), ("max_steps", 0),
+                                        ("on_nonfinite", "ignore"), ("betas", (0.9, 1.5))])
+def test_invalid_training_settings_are_refused_naming_the_key(key, value):
+    with pytest.raises(ScencodeError, match=f"train.{key}"):
+        TrainConfig(**{key: value}).validate()

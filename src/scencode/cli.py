@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import ScencodeError
 
 log = logging.getLogger("scencode")
+RECONSTRUCTION_METRICS = ("masked_mse", "masked_mse_no_context", "gene_mean_mse")  # embed.ReconstructionErrors
 
 
 def _params(cls, values: dict | str | None):
@@ -177,7 +178,7 @@ def cmd_pretrain(args) -> None:
 def cmd_embed(args) -> None:
     from .atomic import write_json
     from .data import LoaderConfig
-    from .embed import embed_corpus, masked_mse, model_checkpoint, write_missing_embedding
+    from .embed import embed_corpus, model_checkpoint, write_missing_embedding
 
     loader = _params(LoaderConfig, args.loader)
     torch_threads(args.threads)
@@ -187,7 +188,7 @@ def cmd_embed(args) -> None:
         write_json({"cells": 0, "masked_mse": None, "missing": missing}, args.reconstruction)
         return
     info = embed_corpus(checkpoint, args.corpus, loader, args.out, args.h5ad, args.configuration, args.dataset)
-    write_json({**info, **masked_mse(checkpoint, args.corpus, None, loader)}, args.reconstruction)
+    write_json(info, args.reconstruction)
     log.info("%s on %s: %d cells embedded", args.configuration, args.dataset, info["cells"])
 
 
@@ -214,10 +215,11 @@ def cmd_evaluate(args) -> None:
     except ScencodeError as exc:
         raise ScencodeError(f"{args.configuration} on {args.dataset}: {exc}", args.embedding) from None
     recon = json.loads(Path(args.reconstruction).read_text())
-    if recon.get("masked_mse") is not None or missing:
-        value = recon["masked_mse"] if recon.get("masked_mse") is not None else float("nan")
-        rows = pd.concat([rows, pd.DataFrame([{"metric": "masked_mse", "group": "reconstruction",
-                                               "value": value, "note": "evaluation dataset"}])])
+    if recon.get("masked_mse") is not None or missing:  # models only: baselines reconstruct nothing
+        rows = pd.concat([rows, pd.DataFrame([
+            {"metric": metric, "group": "reconstruction", "note": "evaluation dataset",
+             "value": recon[metric] if recon.get(metric) is not None else float("nan")}
+            for metric in RECONSTRUCTION_METRICS])])
     if missing:  # no model: every metric is NaN, and the table says why
         rows = rows.assign(value=float("nan"), note=missing)
     table = tidy(rows, args.configuration, args.dataset)
@@ -250,7 +252,7 @@ def cmd_reconstruction(args) -> None:
     log_table = pd.read_parquet(args.train_log)
     checkpoint, missing = model_checkpoint(args.model)
     if checkpoint is None:
-        test, test_note = {"masked_mse": float("nan")}, missing
+        test, test_note = {metric: float("nan") for metric in RECONSTRUCTION_METRICS}, missing
     else:
         test = masked_mse(checkpoint, args.corpus, "test", _params(LoaderConfig, args.loader))
         test_note = f"held-out test split, {test['cells']} cells"
@@ -260,6 +262,8 @@ def cmd_reconstruction(args) -> None:
          "note": "minimum logged training masked MSE" if pd.notna(min_train) else
          "no finite training loss was logged (see model.json)"},
         {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"], "note": test_note},
+        *({"metric": f"test_{metric}", "group": "reconstruction", "value": test.get(metric, float("nan")),
+           "note": test_note} for metric in RECONSTRUCTION_METRICS[1:]),
     ])
     with atomic_path(args.out, suffix=".parquet") as tmp:
         tidy(rows, args.configuration, "*").to_parquet(tmp, index=False)

@@ -171,6 +171,27 @@ class ShardBatches(torch.utils.data.IterableDataset):
             if i >= skip:
                 yield batch
 
+    def batches_per_rank(self, n_workers: int) -> list[int]:
+        """How many batches each rank's stream holds this epoch (all its DataLoader workers
+        together), counted from the split column alone with the same pooling as :meth:`_batches`."""
+        in_split = {}
+        for file, group in self.units:
+            split = open_shard(self.corpus_dir / file).read_row_group(group, columns=["split"]).column("split")
+            in_split[file, group] = split.length() if self.split is None else \
+                int(pa.compute.sum(pa.compute.equal(split, self.split)).as_py() or 0)
+        n_readers = self.world_size * n_workers
+        per_reader = []
+        for reader in range(n_readers):
+            my_units = reader_units(self.units, self.epoch, self.cfg.seed, reader, n_readers) if self.shuffle else \
+                self.units[reader::n_readers]
+            batches, pooled = 0, 0
+            for unit in my_units:
+                pooled += in_split[unit]
+                if pooled >= self.cfg.batch_size * self.cfg.bucket_batches:
+                    batches, pooled = batches + -(-pooled // self.cfg.batch_size), 0
+            per_reader.append(batches + -(-pooled // self.cfg.batch_size))
+        return [sum(per_reader[r * n_workers:(r + 1) * n_workers]) for r in range(self.world_size)]
+
     def _batches(self, reader: int, n_readers: int) -> Iterator[dict]:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.epoch, 1 + reader])

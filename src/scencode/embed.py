@@ -21,7 +21,7 @@ from .atomic import atomic_path
 from .data import LoaderConfig, ShardBatches
 from .errors import ScencodeError
 from .evaluate import write_embedding
-from .model import CellTransformer, ModelConfig
+from .model import CellTransformer, ModelConfig, masked_sse
 from .shards import verify_corpus
 from .train import TrainConfig, load_checkpoint, precision
 
@@ -78,14 +78,18 @@ def _batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, 
 @torch.no_grad()
 def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfig, out_parquet: str | Path,
                  out_h5ad: str | Path, config_name: str, dataset: str) -> dict:
+    """Embeds every cell and measures the reconstruction errors in the same pass (one model load,
+    one read of the shards). Returns the cell count, dimension and :func:`reconstruction` figures."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, ckpt = load_model(checkpoint, device)
     verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
     ids, labels, batches, chunks = [], [], [], []
-    for batch in _batches(Path(corpus), None, loader, mask=False):
+    errors = ReconstructionErrors(model.cfg.vocab_size, device)
+    for batch in _batches(Path(corpus), None, loader, mask=True):
         tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
         with _autocast(device):
             emb = model.cell_embeddings(tensors["gene_ids"], tensors["counts"], tensors["xnorm"], tensors["valid"])
+            errors.add(model, tensors)
         chunks.append(emb.float().cpu().numpy())
         ids += batch["cell_id"]
         labels += batch["label"]
@@ -96,7 +100,39 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
                             f"({int((~np.isfinite(matrix)).any(1).sum())} cells)", checkpoint)
     obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
     write_embedding_files(obs, matrix, out_parquet, out_h5ad, config_name, dataset)
-    return {"cells": len(ids), "dim": int(matrix.shape[1])}
+    return {"cells": len(ids), "dim": int(matrix.shape[1]), **errors.result()}
+
+
+class ReconstructionErrors:
+    """The context diagnostic, accumulated over batches of held-out cells with the loader's seeded
+    masks: ``masked_mse`` (the model as trained), ``masked_mse_no_context`` (every expression value
+    masked: the model sees only which genes the cell has) and ``gene_mean_mse`` (each masked token
+    predicted by its gene's mean x̃ over the same masked tokens: an optimistic context-free
+    reference). A model that learned only gene means sits at ``gene_mean_mse``."""
+
+    def __init__(self, vocab_size: int, device: torch.device):
+        self.sse = torch.zeros(2, dtype=torch.float64, device=device)
+        self.gene = torch.zeros(3, vocab_size, dtype=torch.float64, device=device)  # n, Σx, Σx²
+        self.tokens, self.cells = 0, 0
+
+    def add(self, model: CellTransformer, batch: dict) -> None:
+        target = batch["masked"] & batch["valid"]
+        self.sse[0] += masked_sse(model(batch), batch)[0].double()
+        self.sse[1] += masked_sse(model({**batch, "masked": batch["valid"]}), batch)[0].double()
+        genes, x = batch["gene_ids"][target], batch["xnorm"][target].double()
+        for row, values in enumerate((torch.ones_like(x), x, x * x)):
+            self.gene[row].index_add_(0, genes, values)
+        self.tokens += int(target.sum())
+        self.cells += batch["valid"].shape[0]
+
+    def result(self) -> dict:
+        if not self.tokens:
+            return {"masked_mse": float("nan"), "masked_mse_no_context": float("nan"),
+                    "gene_mean_mse": float("nan"), "cells": self.cells, "masked_tokens": 0}
+        n, total, squares = self.gene
+        gene_sse = (squares - total ** 2 / n.clamp(min=1)).sum()
+        return {"masked_mse": float(self.sse[0] / self.tokens), "masked_mse_no_context": float(self.sse[1] / self.tokens),
+                "gene_mean_mse": float(gene_sse / self.tokens), "cells": self.cells, "masked_tokens": self.tokens}
 
 
 def write_embedding_files(obs: pd.DataFrame, matrix: np.ndarray, out_parquet, out_h5ad, config_name: str,
@@ -118,19 +154,14 @@ def write_missing_embedding(reason: str, out_parquet, out_h5ad, config_name: str
 @torch.no_grad()
 def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, loader: LoaderConfig,
                max_cells: int | None = None) -> dict:
-    """Masked-expression MSE with the loader's deterministic masks (epoch 0)."""
+    """:class:`ReconstructionErrors` of a checkpoint on one split of a corpus (epoch-0 masks)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, ckpt = load_model(checkpoint, device)
     verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
-    sq, n, cells = 0.0, 0, 0
+    errors = ReconstructionErrors(model.cfg.vocab_size, device)
     for batch in _batches(Path(corpus), split, loader, mask=True, columns=()):
-        if max_cells and cells >= max_cells:
+        if max_cells and errors.cells >= max_cells:
             break
-        b = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
         with _autocast(device):
-            pred = model(b["gene_ids"], b["counts"], b["xnorm"], b["valid"], b["masked"]).float()
-        target = b["masked"] & b["valid"]
-        sq += float(((pred[target] - b["xnorm"][target]) ** 2).sum())
-        n += int(target.sum())
-        cells += b["valid"].shape[0]
-    return {"masked_mse": sq / n if n else float("nan"), "cells": cells, "masked_tokens": n}
+            errors.add(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
+    return errors.result()

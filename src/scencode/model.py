@@ -1,6 +1,13 @@
 """The cell transformer: tokens = gene embedding + expression embedding, pre-LN encoder blocks with
 ``scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA), an MLP head that
-predicts x̃ at every position. A cell is a bag of genes: no positional encoding."""
+predicts x̃ at every position. A cell is a bag of genes: no positional encoding.
+
+Initialisation policy (fair starting scales): before training, :meth:`CellTransformer.calibrate`
+measures the gene and the expression encoder's outputs on real training cells and sets two fixed
+gains so that each component has unit RMS, whatever the encoder (an embedding table, an MLP on a
+frozen ESM-2 table, a softmax over bins); the head's bias starts at the mean target x̃, so the first
+steps are spent on the data rather than on the offset. The gains are buffers: checkpoints carry them.
+"""
 
 from __future__ import annotations
 
@@ -72,28 +79,60 @@ class CellTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 1))
         self.drop = nn.Dropout(cfg.dropout)
+        self.register_buffer("gene_gain", torch.ones(()))
+        self.register_buffer("expression_gain", torch.ones(()))
+
+    def components(self, gene_ids, counts, xnorm, valid) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gene, expression) embeddings of every position, after the calibrated gains."""
+        return (self.gene_gain * self.genes(gene_ids),
+                self.expression_gain * self.expression(counts, xnorm, valid))
+
+    @torch.no_grad()
+    def component_rms(self, batch: dict) -> dict[str, float]:
+        """RMS of the gene and expression embeddings over the batch's real positions."""
+        genes, expr = self.components(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"])
+        valid = batch["valid"]
+        return {"gene": float(genes[valid].float().pow(2).mean().sqrt()),
+                "expression": float(expr[valid].float().pow(2).mean().sqrt())}
+
+    @torch.no_grad()
+    def calibrate(self, batches: list[dict]) -> dict[str, float]:
+        """Unit-RMS gains for both encoders and the head's bias at the mean x̃, measured on
+        ``batches`` of training cells (the initialisation policy above)."""
+        self.gene_gain.fill_(1.0)
+        self.expression_gain.fill_(1.0)
+        valid = torch.cat([b["valid"].flatten() for b in batches])
+        genes, expr = zip(*(self.components(b["gene_ids"], b["counts"], b["xnorm"], b["valid"]) for b in batches))
+        for gain, values in ((self.gene_gain, genes), (self.expression_gain, expr)):
+            flat = torch.cat([v.reshape(-1, v.shape[-1]) for v in values])[valid]
+            gain.fill_(float(flat.float().pow(2).mean().sqrt().clamp(min=1e-8)) ** -1)
+        target = torch.cat([b["xnorm"][b["valid"]] for b in batches])
+        self.head[-1].weight.zero_()
+        self.head[-1].bias.fill_(float(target.mean()))
+        return {"gene_gain": float(self.gene_gain), "expression_gain": float(self.expression_gain),
+                "head_bias": float(target.mean())}
 
     def encode(self, gene_ids, counts, xnorm, valid, masked=None) -> torch.Tensor:
         """Final-layer token states (B, L, d)."""
-        expr = self.expression(counts, xnorm, valid)
+        genes, expr = self.components(gene_ids, counts, xnorm, valid)
         if masked is not None:
             expr = torch.where(masked.unsqueeze(-1), self.mask_vector.to(expr.dtype), expr)
-        x = self.drop(self.genes(gene_ids) + expr)
+        x = self.drop(genes + expr)
         # boolean mask: True = attend; padded keys are never attended
         attn_mask = None if bool(valid.all()) else valid[:, None, None, :]
         for block in self.blocks:
             x = block(x, attn_mask)
         return self.ln_f(x)
 
-    def forward(self, gene_ids, counts, xnorm, valid, masked) -> torch.Tensor:
-        """Predicted x̃ at every position (B, L)."""
-        return self.head(self.encode(gene_ids, counts, xnorm, valid, masked)).squeeze(-1)
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Predicted x̃ at every position (B, L) of a batch (the loader's dict of tensors)."""
+        return self.head(self.encode(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"],
+                                     batch["masked"])).squeeze(-1)
 
     def loss(self, batch: dict) -> torch.Tensor:
-        """MSE between predicted and true x̃ on masked, non-padded positions."""
-        pred = self(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"], batch["masked"])
-        target = batch["masked"] & batch["valid"]
-        return F.mse_loss(pred[target].float(), batch["xnorm"][target].float())
+        """MSE between predicted and true x̃ on the batch's masked, non-padded positions."""
+        sse, n = masked_sse(self(batch), batch)
+        return sse / n.clamp(min=1)
 
     @torch.no_grad()
     def cell_embeddings(self, gene_ids, counts, xnorm, valid) -> torch.Tensor:
@@ -101,3 +140,11 @@ class CellTransformer(nn.Module):
         h = self.encode(gene_ids, counts, xnorm, valid).float()
         w = valid.unsqueeze(-1).float()
         return (h * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def masked_sse(pred: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of squared errors, number of positions) over the masked, non-padded positions: the one
+    definition of the objective. Training divides by the masked positions of the whole optimiser
+    step, so every masked token weighs the same whatever the batching."""
+    target = batch["masked"] & batch["valid"]
+    return ((pred[target].float() - batch["xnorm"][target].float()) ** 2).sum(), target.sum()

@@ -10,6 +10,7 @@ with torchrun; DDP is used when WORLD_SIZE > 1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,13 +32,14 @@ from .atomic import atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
 from .errors import ScencodeError
 from .esm_embed import read_gene_table
-from .model import CellTransformer, ModelConfig
+from .model import CellTransformer, ModelConfig, masked_sse
 from .shards import verify_corpus
 from .vocab import load_vocab
 
 log = logging.getLogger(__name__)
 PREEMPTED_EXIT = 143
-TABLE_ENCODINGS = ("esm2", "random_frozen")
+TABLE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "cells_per_s")
 
 
@@ -62,6 +64,40 @@ class TrainConfig:
     # stop: fail the job (last.pt keeps the last good state); finish: end the run as "diverged", keep
     # best.pt only if a validation before the divergence wrote one (evaluation then says why if not)
     on_nonfinite: str = "stop"
+    calibration_batches: int = 8  # training batches the initial scales are measured on (model.calibrate)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot run, naming the key."""
+        positive = ("lr", "grad_accum", "epochs", "grad_clip", "val_cells", "patience", "checkpoint_every",
+                    "log_every", "calibration_batches")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise ScencodeError(f"train.{key} must be > 0, got {getattr(self, key)!r}")
+        for key in ("warmup_steps", "val_every", "num_workers", "weight_decay"):
+            if getattr(self, key) < 0:
+                raise ScencodeError(f"train.{key} must be ≥ 0, got {getattr(self, key)!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ScencodeError(f"train.max_steps must be ≥ 1 or null, got {self.max_steps!r}")
+        for key, allowed in (("precision", PRECISIONS), ("missing_genes", ("error", "zero")),
+                             ("on_nonfinite", ("stop", "finish"))):
+            if getattr(self, key) not in allowed:
+                raise ScencodeError(f"train.{key} {getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ScencodeError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
+
+    def schedule_warnings(self, total_steps: int) -> list[str]:
+        """Settings that cannot do what they say for a run of ``total_steps`` optimiser steps."""
+        out = []
+        if self.warmup_steps >= total_steps:
+            out.append(f"warmup_steps {self.warmup_steps} ≥ total steps {total_steps}: the learning rate never "
+                       f"leaves warmup (it peaks at {self.lr * total_steps / max(1, self.warmup_steps):.3g}, "
+                       f"not lr {self.lr:g}) and never decays")
+        if self.val_every > total_steps or not self.val_every:
+            out.append(f"val_every {self.val_every} > total steps {total_steps}: only the final validation runs")
+        elif self.patience * self.val_every >= total_steps:
+            out.append(f"patience {self.patience} validations × val_every {self.val_every} = "
+                       f"{self.patience * self.val_every} steps ≥ total steps {total_steps}: early stopping cannot fire")
+        return out
 
 
 @dataclass
@@ -89,10 +125,15 @@ class State:
     epoch: int = 0
     batches_in_epoch: int = 0
     best_val: float = math.inf
+    best_step: int | None = None  # the step of best.pt
+    last_val_step: int | None = None
+    last_val: float = math.nan
     bad_evals: int = 0
+    rms_start: dict = field(default_factory=dict)  # gene / expression embedding RMS after calibration
+    calibration: dict = field(default_factory=dict)
     # running sums since the last log row (kept across a resume so logged losses match)
-    window_loss: float = 0.0
-    window_batches: int = 0
+    window_sse: float = 0.0
+    window_masked: int = 0
     window_tokens: int = 0
     window_cells: int = 0
     log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})
@@ -150,6 +191,7 @@ def load_checkpoint(path: Path) -> dict:
 
 class Trainer:
     def __init__(self, spec: RunSpec):
+        spec.train.validate()
         self.spec = spec
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -159,33 +201,49 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         vocab, self.vocab_hash = load_vocab(spec.vocab)
-        manifest = verify_corpus(spec.corpus, checksums=False, vocab_hash=self.vocab_hash)
+        verify_corpus(spec.corpus, checksums=False, vocab_hash=self.vocab_hash)
         spec.model.vocab_size = len(vocab)
         torch.manual_seed(spec.loader.seed)
         self.model = build_model(spec, vocab).to(self.device)
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         cfg = spec.train
+        self.amp = precision(cfg, self.device)
+        self.state = State()
+        # the same first training batches on every rank: calibration gives every rank the same gains
+        self.probe = self._first_batches(cfg.calibration_batches)
+        self.state.calibration = self.model.calibrate(self.probe)
+        self.state.rms_start = self._component_rms()
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-        cells = manifest["splits"].get("train", 0)
-        self.steps_per_epoch = max(1, cells // (spec.loader.batch_size * cfg.grad_accum * self.world))
+        # counted exactly (ranks stop together at the shortest share); an epoch ends with a partial
+        # step on its leftover micro-batches, so no gradient crosses into the next epoch
+        shares = ShardBatches(spec.corpus, "train", spec.loader, world_size=self.world).batches_per_rank(
+            max(1, cfg.num_workers))
+        self.steps_per_epoch = max(1, math.ceil(min(shares) / cfg.grad_accum))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_lr(s, cfg, self.total_steps))
-        self.amp = precision(cfg, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
-        self.state = State()
+        self.warnings = cfg.schedule_warnings(self.total_steps)
         self.identity = spec.identity(self.vocab_hash)
         self.stop_signal = None
         self.diverged_at: int | None = None
         self.out = Path(spec.out_dir)
+
+    def _first_batches(self, n: int) -> list[dict]:
+        data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=0)
+        return [to_device(batch, self.device) for batch, _ in zip(data, range(n))]
+
+    def _component_rms(self) -> dict[str, float]:
+        rms = [self.model.component_rms(b) for b in self.probe]
+        return {k: float(np.mean([r[k] for r in rms])) for k in rms[0]} if rms else {}
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, path: Path) -> None:
         if self.rank:
             return
         payload = {"identity": self.identity, "name": self.spec.name, "model_config": asdict(self.spec.model),
-                   "vocab_hash": self.vocab_hash, "model": self.model.state_dict(),
+                   "vocab_hash": self.vocab_hash, "step": self.state.step, "model": self.model.state_dict(),
                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                    "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
                    "state": {k: v for k, v in asdict(self.state).items()}}
@@ -230,19 +288,20 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.resume():
             self._set_aside_old_best()
+        for warning in self.warnings:
+            log.warning("%s: %s", self.spec.name, warning)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
-        cfg, st = self.spec.train, self.state
-        while st.step < self.total_steps and st.bad_evals < cfg.patience:
-            if self._epoch():
-                break
-            st.epoch, st.batches_in_epoch = st.epoch + 1, 0
-            if cfg.max_steps is None and st.epoch >= cfg.epochs:
-                break
+        st = self.state
+        while not self._done():
+            self._epoch()
+            if self.diverged_at is None and not self._done():
+                st.epoch, st.batches_in_epoch = st.epoch + 1, 0
         if self.diverged_at is None:
-            if all(math.isnan(v) for v in st.log["val_loss"]):
+            if st.last_val_step != st.step:  # the evaluated model is chosen including the final step
                 self._validate()
             if not (self.out / "best.pt").exists():  # no validation cells: the final model is the best
+                st.best_step = st.step
                 self.checkpoint(self.out / "best.pt")
             self.checkpoint(self.out / "last.pt")
         self.write_log()
@@ -252,39 +311,32 @@ class Trainer:
             dist.destroy_process_group()
         return st
 
-    def _epoch(self) -> bool:
+    def _done(self) -> bool:
+        """The one stop condition: steps or epochs used up, early stopping, or divergence."""
+        st, cfg = self.state, self.spec.train
+        # max_steps set: steps count; else epochs (total_steps, for the schedule, is then exact for
+        # epoch 0 and may differ by a step in later epochs, whose pools fall differently)
+        used_up = st.step >= cfg.max_steps if cfg.max_steps else st.epoch >= cfg.epochs
+        return self.diverged_at is not None or used_up or st.bad_evals >= cfg.patience
+
+    def _epoch(self) -> None:
         cfg, st, spec = self.spec.train, self.state, self.spec
         data = ShardBatches(spec.corpus, "train", spec.loader, epoch=st.epoch, rank=self.rank, world_size=self.world,
                             skip_batches=st.batches_in_epoch)
         loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.num_workers,
                                              generator=torch.Generator().manual_seed(spec.loader.seed))
         self.model.train()
-        micro, tick = 0, time.perf_counter()
-        seen = 0
-        for batch in self._in_step(loader):
-            seen += 1
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                loss = self.ddp.loss(batch) if self.world == 1 else self._ddp_loss(batch)
-            if not torch.isfinite(loss):
-                self._diverged(loss)
-                return True
-            self.scaler.scale(loss / cfg.grad_accum).backward()
-            micro += 1
-            st.batches_in_epoch += 1
-            st.window_loss += loss.item()
-            st.window_batches += 1
-            st.window_tokens += int(batch["valid"].sum())
-            st.window_cells += batch["valid"].shape[0]
-            if micro % cfg.grad_accum:
-                continue
-            grad_norm = self._optimizer_step()
+        tick, started_empty = time.perf_counter(), st.batches_in_epoch == 0
+        for micro_batches in self._steps(loader):
+            grad_norm = self._train_step(micro_batches)
+            if grad_norm is None:  # diverged
+                return
             st.step += 1
             if st.step % cfg.log_every == 0 or st.step == self.total_steps:
                 elapsed = time.perf_counter() - tick
-                self._log(st.window_loss / st.window_batches, grad_norm, st.window_tokens / elapsed,
+                self._log(st.window_sse / max(1, st.window_masked), grad_norm, st.window_tokens / elapsed,
                           st.window_cells / elapsed)
-                st.window_loss, st.window_batches, st.window_tokens, st.window_cells = 0.0, 0, 0, 0
+                st.window_sse, st.window_masked, st.window_tokens, st.window_cells = 0.0, 0, 0, 0
                 tick = time.perf_counter()
             if cfg.val_every and st.step % cfg.val_every == 0:
                 self._validate()
@@ -296,11 +348,22 @@ class Trainer:
                 self.checkpoint(self.out / "last.pt")
                 self.write_log()
                 raise Preempted(self.stop_signal)
-            if st.step >= self.total_steps or st.bad_evals >= cfg.patience:
-                return True
-        if not seen and st.batches_in_epoch == 0:
+            if self._done():
+                return
+        if started_empty and st.batches_in_epoch == 0:
             raise ScencodeError("no training cells in the corpus (split 'train' is empty)", spec.corpus)
-        return False
+
+    def _steps(self, loader):
+        """Micro-batches grouped by optimiser step; an epoch's last group may be shorter (a partial
+        step, so that no gradient carries into the next epoch)."""
+        group = []
+        for batch in self._in_step(loader):
+            group.append(batch)
+            if len(group) == self.spec.train.grad_accum:
+                yield group
+                group = []
+        if group:
+            yield group
 
     def _in_step(self, loader):
         """Batches while every rank still has one: ranks' shares differ by a few batches at the end
@@ -317,11 +380,31 @@ class Trainer:
                 return
             yield batch
 
-    def _ddp_loss(self, batch):
-        # DDP hooks run through forward(); compute the loss from its output
-        pred = self.ddp(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"], batch["masked"])
-        target = batch["masked"] & batch["valid"]
-        return torch.nn.functional.mse_loss(pred[target].float(), batch["xnorm"][target].float())
+    def _train_step(self, micro_batches: list[dict]) -> float | None:
+        """One optimiser step. Its loss is the mean over every masked token of its micro-batches
+        (and ranks): each micro-batch's squared-error sum is divided by the step's token count, so
+        a token of a short cell weighs as much as one of a long cell whatever the bucketing."""
+        st = self.state
+        batches = [to_device(b, self.device) for b in micro_batches]
+        n_masked = sum((b["masked"] & b["valid"]).sum() for b in batches).double()
+        if self.world > 1:
+            dist.all_reduce(n_masked)
+        scale = self.world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
+        for i, batch in enumerate(batches):
+            sync = self.world == 1 or i == len(batches) - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    sse, n = masked_sse(self.ddp(batch), batch)
+                if not torch.isfinite(sse):
+                    self._diverged(sse / n.clamp(min=1))
+                    return None
+                self.scaler.scale(sse * scale).backward()
+            st.window_sse += float(sse.detach())
+            st.window_masked += int(n)
+            st.window_tokens += int(batch["valid"].sum())
+            st.window_cells += batch["valid"].shape[0]
+        st.batches_in_epoch += len(batches)
+        return self._optimizer_step()
 
     def _optimizer_step(self) -> float:
         self.scaler.unscale_(self.optimizer)
@@ -353,21 +436,20 @@ class Trainer:
         for batch in data:
             if seen >= spec.train.val_cells // self.world:
                 break
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = to_device(batch, self.device)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                pred = self.model(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"], batch["masked"])
-            target = batch["masked"] & batch["valid"]
-            total += torch.stack([((pred[target].float() - batch["xnorm"][target]) ** 2).sum().double(),
-                                  target.sum().double()])
+                sse, n = masked_sse(self.model(batch), batch)
+            total += torch.stack([sse.double(), n.double()])
             seen += batch["valid"].shape[0]
         if self.world > 1:
             dist.all_reduce(total)
+        st.last_val_step = st.step
         if total[1] == 0:
             return math.nan
-        val = float(total[0] / total[1])
+        val = st.last_val = float(total[0] / total[1])
         self._log(math.nan, math.nan, math.nan, math.nan, val_loss=val)
         if val < st.best_val:
-            st.best_val, st.bad_evals = val, 0
+            st.best_val, st.best_step, st.bad_evals = val, st.step, 0
             self.checkpoint(self.out / "best.pt")
         else:
             st.bad_evals += 1
@@ -387,11 +469,12 @@ class Trainer:
         log.error("%s; ending the run as diverged (on_nonfinite: finish)", message)
 
     def write_status(self) -> None:
-        """model.json: how the run ended and which checkpoint evaluation should use (None: no
-        usable model, with the reason; the evaluation tables carry it)."""
+        """model.json: how the run ended, which checkpoint evaluation should use and from which step
+        (None: no usable model, with the reason; the evaluation tables carry it), what the settings
+        could not do, and the components' scales at the start and end."""
         if self.rank:
             return
-        st, best = self.state, self.out / "best.pt"
+        st, best, model = self.state, self.out / "best.pt", self.spec.model
         status = "diverged" if self.diverged_at is not None else (
             "early_stopped" if st.bad_evals >= self.spec.train.patience else "completed")
         if status != "diverged":
@@ -401,10 +484,18 @@ class Trainer:
                     f"before that (loss {st.best_val:.4g})")
         else:
             note = f"training diverged at step {self.diverged_at}, before any validation: no checkpoint"
-        write_json({"configuration": self.spec.name, "status": status, "steps": st.step,
-                    "best_val_loss": st.best_val if math.isfinite(st.best_val) else None,
-                    "checkpoint": best.name if best.exists() else None, "note": note},
-                   self.out / "model.json")
+        finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731
+        write_json({"configuration": self.spec.name, "gene_encoding": model.gene_encoding,
+                    "expression_encoding": model.expression_encoding, "seed": self.spec.loader.seed,
+                    "status": status, "steps": st.step, "total_steps": self.total_steps,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "best_val_loss": finite(st.best_val), "checkpoint": best.name if best.exists() else None,
+                    "checkpoint_step": st.best_step if best.exists() else None,
+                    "final_val_loss": finite(st.last_val) if st.last_val_step == st.step else None,
+                    "still_improving": st.best_step == st.step and st.step > 0,
+                    "warnings": self.warnings, "calibration": st.calibration,
+                    "component_rms": {"start": st.rms_start, "end": self._component_rms()},
+                    "note": note}, self.out / "model.json")
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
@@ -418,6 +509,11 @@ class Trainer:
                                                b"steps_per_epoch": str(self.steps_per_epoch).encode()})
         with atomic_path(self.out / "train_log.parquet", suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device`` (other entries, e.g. cell ids, dropped)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
 
 
 class Preempted(Exception):

@@ -101,7 +101,7 @@ def vocab_protein_genes():
 
 
 PRETRAIN = config["pretrain"]
-TABLE_GENE_ENCODINGS = ("esm2", "random_frozen")
+TABLE_GENE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
 
 
 def configuration_name(entry, seed):
