@@ -9,12 +9,7 @@ architecture's, no weights are downloaded. Prints one JSON object on its last li
 
 from __future__ import annotations
 
-import os
-import sys
 
-# benchmarks/tokenize.py shadows the standard library's `tokenize`, which numpy imports
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import json

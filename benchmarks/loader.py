@@ -8,12 +8,7 @@ One process, no DataLoader workers, after one warm-up epoch: the figure is per w
 
 from __future__ import annotations
 
-import os
-import sys
 
-# benchmarks/tokenize.py shadows the standard library's `tokenize`, which numpy imports
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import json

@@ -204,8 +204,12 @@ def test_paired_wilcoxon_tests_with_effect_sizes():
     tests = paired_tests(synthetic_metrics())
     learned = tests[(tests.comparison == "learned vs esm2") & (tests.metric == "bio_score")]
     assert len(learned) == 2 and (learned.rank_biserial == 1.0).all() and (learned.p_value < 0.05).all()
-    best = tests[tests.comparison == "best expression encoding vs other"]
+    best = tests[tests.comparison == "reference (soft) vs other expression encoding"]
     assert set(best.a) == {"learned-soft", "esm2-soft"} and (best.mean_difference > 0).all()
+    # the reference is declared, not picked from the results: declaring the worse one keeps it
+    declared = paired_tests(synthetic_metrics(), reference="hard")
+    declared = declared[declared.comparison == "reference (hard) vs other expression encoding"]
+    assert set(declared.a) == {"learned-hard", "esm2-hard"} and (declared.mean_difference < 0).all()
     # six datasets all in one direction: the exact test's floor, 2/2^6, and BH within each family
     assert learned.p_value.to_numpy() == pytest.approx(2 / 2 ** 6) and (learned.min_attainable_p == 2 / 2 ** 6).all()
     assert (tests.q_value >= tests.p_value).all() and (tests.q_value <= 1).all()
@@ -236,7 +240,7 @@ def test_a_configuration_without_a_model_is_summarised_with_the_reason():
     assert np.isnan(summary.loc[("esm2", "log"), "bio_score"])
     assert summary.loc[("esm2", "log"), "note"].startswith("no model for esm2-log-s0 (*, ds0")
     tests = paired_tests(metrics)
-    best = tests[(tests.comparison == "best expression encoding vs other") & tests.a.str.startswith("esm2")]
+    best = tests[(tests.comparison == "reference (soft) vs other expression encoding") & tests.a.str.startswith("esm2")]
     assert set(best.a) == {"esm2-soft"} and set(best.b) == {"esm2-hard"}  # nothing to test without a model
 
 

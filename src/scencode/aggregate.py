@@ -64,7 +64,10 @@ def summary_notes(part: pd.DataFrame) -> list[str]:
     return [f"{note} ({', '.join(sorted(rows.dataset.unique()))})" for note, rows in missing.groupby("note")]
 
 
-def paired_tests(metrics: pd.DataFrame) -> pd.DataFrame:
+def paired_tests(metrics: pd.DataFrame, reference: str = "soft") -> pd.DataFrame:
+    """Paired Wilcoxon tests across datasets, all declared before the results: learned vs esm2 per
+    expression encoding, esm2 vs esm2_permuted (protein knowledge, frozen geometry held fixed) and
+    the ``reference`` expression encoding vs each other one, per gene encoding."""
     per = (metrics[metrics.metric.isin(TESTED) & metrics.group.isin(["study", "knn_k10"])]
            .groupby(["gene_encoding", "expression_encoding", "dataset", "metric"]).value.mean().unstack("dataset"))
     rows = []
@@ -72,15 +75,12 @@ def paired_tests(metrics: pd.DataFrame) -> pd.DataFrame:
     for metric in TESTED:
         for expr in expressions:
             rows.append(_test(per, metric, ("learned", expr), ("esm2", expr), "learned vs esm2"))
+            rows.append(_test(per, metric, ("esm2", expr), ("esm2_permuted", expr), "esm2 vs esm2_permuted"))
         for gene in ("learned", "esm2"):
-            means = {e: per.loc[(gene, e, metric)].mean() for e in expressions if (gene, e, metric) in per.index}
-            means = {e: m for e, m in means.items() if np.isfinite(m)}  # a configuration without a model
-            if not means:
-                continue
-            best = max(means, key=lambda e: means[e])
-            for expr in means:
-                if expr != best:
-                    rows.append(_test(per, metric, (gene, best), (gene, expr), "best expression encoding vs other"))
+            for expr in expressions:
+                if expr != reference:
+                    rows.append(_test(per, metric, (gene, reference), (gene, expr),
+                                      f"reference ({reference}) vs other expression encoding"))
     return with_q_values(pd.DataFrame([r for r in rows if r is not None], columns=TEST_COLUMNS))
 
 
@@ -102,6 +102,8 @@ def _test(per: pd.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
     if (*a, metric) not in per.index or (*b, metric) not in per.index:
         return None
     pair = pd.concat([per.loc[(*a, metric)], per.loc[(*b, metric)]], axis=1).dropna()
+    if pair.empty:  # a configuration without a model: nothing to test
+        return None
     diff = pair.iloc[:, 0] - pair.iloc[:, 1]
     row = {"comparison": comparison, "metric": metric, "a": "-".join(a), "b": "-".join(b), "datasets": len(pair),
            "mean_a": pair.iloc[:, 0].mean(), "mean_b": pair.iloc[:, 1].mean(), "mean_difference": diff.mean(),
@@ -117,12 +119,12 @@ def _test(per: pd.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
     return row
 
 
-def write_tables(metric_paths, out_dir) -> dict:
+def write_tables(metric_paths, out_dir, reference_expression: str = "soft") -> dict:
     from pathlib import Path
 
     metrics = load_metrics(metric_paths)
     out_dir = Path(out_dir)
-    tables = {"metrics.csv": metrics, "summary.csv": summary_table(metrics), "tests.csv": paired_tests(metrics)}
+    tables = {"metrics.csv": metrics, "summary.csv": summary_table(metrics), "tests.csv": paired_tests(metrics, reference_expression)}
     for name, table in tables.items():
         with atomic_path(out_dir / name, suffix=".csv") as tmp:
             table.to_csv(tmp, index=False)

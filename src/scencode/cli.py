@@ -272,7 +272,7 @@ def cmd_reconstruction(args) -> None:
 def cmd_aggregate(args) -> None:
     from .aggregate import write_tables
 
-    log.info("tables: %s", write_tables(args.metrics, args.out_dir))
+    log.info("tables: %s", write_tables(args.metrics, args.out_dir, args.reference_expression))
 
 
 def cmd_figures(args) -> None:
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", help="loader settings as JSON (context, batch_size, ...)")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True, help="embedding Parquet")
-    p.add_argument("--h5ad", required=True, help="the same as .h5ad (obsm['X_scencode'])")
+    p.add_argument("--h5ad", help="the same as .h5ad (obsm['X_scencode']; needs anndata); omitted: Parquet only")
     p.add_argument("--reconstruction", required=True, help="JSON with the masked MSE on this dataset")
     p.set_defaults(func=cmd_embed)
 
@@ -444,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("aggregate", help="metrics.csv, summary.csv and tests.csv from metric tables")
     p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--reference-expression", default="soft",
+                   help="expression encoding compared with each other one (declared in config, not picked from results)")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_aggregate)
 

@@ -12,7 +12,6 @@ import json
 import logging
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
@@ -139,6 +138,10 @@ def write_embedding_files(obs: pd.DataFrame, matrix: np.ndarray, out_parquet, ou
                           dataset: str, missing: str = "") -> None:
     """Parquet and .h5ad of one embedding; ``missing`` (no model) writes empty ones that carry the reason."""
     write_embedding(obs.reset_index(), matrix, out_parquet, missing=missing)
+    if out_h5ad is None:
+        return
+    import anndata as ad  # here: embedding runs without anndata when no .h5ad is asked for (a bare GPU node)
+
     info = {"configuration": config_name, "dataset": dataset, **({"missing": missing} if missing else {})}
     adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix}, uns={"scencode": info})
     with atomic_path(out_h5ad, suffix=".h5ad") as tmp:

@@ -31,7 +31,6 @@ import torch.distributed as dist
 from .atomic import atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
 from .errors import ScencodeError
-from .esm_embed import read_gene_table
 from .model import CellTransformer, ModelConfig, masked_sse
 from .shards import verify_corpus
 from .vocab import load_vocab
@@ -141,6 +140,7 @@ class State:
 
 def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> torch.Tensor:
     """The gene-embedding table in vocabulary order; special tokens get zeros."""
+    from .esm_embed import read_gene_table  # here: training needs no tqdm unless a table is used
     ids, matrix, _ = read_gene_table(path)
     row = pd.Series(np.arange(len(ids)), index=ids)
     genes = vocab.gene_id[vocab.gene_type != "special"]

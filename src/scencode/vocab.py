@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path
 from .errors import ScencodeError
-from .h5ad import open_h5ad, read_frame
 from .tables import read_parquet
 
 SPECIAL_TOKENS = ("<pad>", "<cls>")
@@ -32,6 +31,8 @@ def vocab_hash(tokens) -> str:
 
 
 def dataset_genes(qc_path: str | Path) -> pd.DataFrame:
+    from .h5ad import open_h5ad, read_frame  # anndata/h5py: not needed to load a vocabulary (GPU nodes)
+
     with open_h5ad(qc_path) as f:
         var = read_frame(f, "var")
     return pd.DataFrame({"gene_id": var.index.astype(str), "gene_symbol": var.get("gene_symbol", ""),

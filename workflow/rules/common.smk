@@ -141,7 +141,8 @@ EVALUATE = config["evaluate"]
 EMBED_KEYS = ("gene_sampling", "context")
 EVALUATE_SETTINGS = {k: v for k, v in EVALUATE.items()
                      if k not in ("baselines", "scib_benchmarker", "scib_benchmarker_max_cells", "scvi_epochs",
-                                  *EMBED_KEYS)}
+                                  "reference_expression", *EMBED_KEYS)}
+REFERENCE_EXPRESSION = EVALUATE.get("reference_expression", "soft")
 # scib-metrics' Benchmarker is far slower than the study's grouping (JAX on the CPU), so it may score
 # fewer cells than the study's metrics do
 SCIB_BENCHMARKER_SETTINGS = {

@@ -131,6 +131,8 @@ rule tables:
         metrics=f"{RESULTS}/tables/metrics.csv",
         summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         tests=report(f"{RESULTS}/tables/tests.csv", caption="../report/tests.rst", category="Tables"),
+    params:
+        reference=REFERENCE_EXPRESSION,
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -141,4 +143,5 @@ rule tables:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode aggregate --metrics {input} --out-dir $(dirname {output.metrics}) > {log} 2>&1"
+        "scencode aggregate --metrics {input} --reference-expression {params.reference:q}"
+        " --out-dir $(dirname {output.metrics}) > {log} 2>&1"

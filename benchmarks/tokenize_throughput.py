@@ -6,8 +6,8 @@ Generates a QC-style h5ad (CSR counts, Ensembl var names) of ``--cells`` cells w
   * tokenize:   scencode's tokenizer on the same file (vocabulary mapping, splits, manifest, checksums).
 Prints one JSON object on its last line.
 
-    python benchmarks/tokenize.py                 # default size, < 3 minutes on 2 cores
-    python benchmarks/tokenize.py --cells 1000000 # the memory goal: peak_rss_mb <= 2000
+    python benchmarks/tokenize_throughput.py                 # default size, < 3 minutes on 2 cores
+    python benchmarks/tokenize_throughput.py --cells 1000000 # the memory goal: peak_rss_mb <= 2000
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import os
 import sys
 
 # this file's name shadows the standard library's `tokenize` module that numpy imports
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import json
