@@ -31,6 +31,7 @@ def test_gpu_check_runs_every_part_without_the_workflow_stack(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == json.loads(out.read_text())
+    assert not [k for k in result if k.endswith("_error")], result
     step = result["train_step"]
     assert step["padded_real_tokens_per_s"] > 0 and step["bucketed_real_tokens_per_s"] > 0
     assert step["bucketed_real_token_fraction"] > step["padded_real_token_fraction"]
