@@ -9,11 +9,12 @@ import pytest
 from scencode.aggregate import paired_tests, summary_table
 from scencode.demo import pbmc68k_counts
 from scencode.errors import ScencodeError
-from scencode.evaluate import (EvalParams, evaluate_embedding, isolated_label_f1, label_silhouettes, pca_baseline,
+from scencode.evaluate import (EvalParams, evaluate_embedding, isolated_label_f1, isolated_labels, label_silhouettes,
+                               pca_baseline,
                                silhouette_batch, tidy, write_embedding)
 from scencode.figures import draw_all
 
-PARAMS = EvalParams(min_cells_per_type=20, n_neighbors=15)
+PARAMS = EvalParams(min_cells_per_type=20)
 
 
 def blobs(n_types=4, n_batches=2, n=400, seed=0, separation=6.0):
@@ -56,14 +57,15 @@ def test_single_cell_type_and_too_small_types_are_explained():
     bio = rows[rows.group == "bio"]
     assert bio.value.isna().all() and bio.note.str.contains("single cell type").all()
     x, labels, batches = blobs(n=60)
-    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=250, n_neighbors=15))
+    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=250))
     knn = rows[rows.group == "knn_k10"]
     assert knn.value.isna().all() and knn.note.str.contains("at least 250 cells").all()
 
 
 def test_large_datasets_are_subsampled_for_scib_and_say_so():
     x, labels, batches = blobs(n=400)
-    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=20, n_neighbors=15,
+    batches[labels == "type3"] = "b0"  # an isolated label: every metric is defined
+    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=20,
                                                              max_cells_scib=200))
     scib = rows[rows.group.isin(["batch", "bio", "study"])]
     assert scib.value.notna().all() and (scib.note == "scored on 200 of 400 labeled cells (seeded subsample)").all()
@@ -105,7 +107,7 @@ def test_silhouettes_equal_scib_metrics():
 
     x, labels, batches = blobs(n_types=5, n_batches=3, n=300, separation=2.0)
     batches[labels == "type4"] = "b0"  # an isolated label, in one batch only
-    ours = label_silhouettes(x, labels, batches)
+    ours = label_silhouettes(x, labels, isolated_labels(labels, batches))
     assert ours["asw_label"] == pytest.approx(scib_metrics.silhouette_label(x, labels), abs=1e-5)
     assert ours["isolated_label_asw"] == pytest.approx(scib_metrics.isolated_labels(x, labels, batches), abs=1e-5)
     assert silhouette_batch(x, labels, batches) == pytest.approx(scib_metrics.silhouette_batch(x, labels, batches),
@@ -119,11 +121,25 @@ def test_batch_asw_of_types_each_in_one_batch_is_explained():
     assert np.isnan(asw.value) and "one batch" in asw.note
 
 
-def test_isolated_label_f1_is_one_for_a_perfect_clustering():
+def test_isolated_label_f1_takes_the_best_resolution_for_each_isolated_label():
     labels = np.array(["a"] * 5 + ["b"] * 5 + ["c"] * 5)
     batches = np.array(["x"] * 5 + ["x", "y"] * 2 + ["x"] + ["x", "y"] * 2 + ["y"])
-    assert isolated_label_f1(np.repeat([0, 1, 2], 5), labels, batches) == 1.0
-    assert isolated_label_f1(np.zeros(15, int), labels, batches) == pytest.approx(0.5)
+    isolated = isolated_labels(labels, batches)
+    assert isolated == ["a"]  # the only label in one batch
+    perfect, one = np.repeat([0, 1, 2], 5).astype(str), np.zeros(15, int).astype(str)
+    assert isolated_label_f1({0.2: one, 1.0: perfect}, labels, isolated) == 1.0
+    assert isolated_label_f1({0.2: one}, labels, isolated) == pytest.approx(2 * 5 / (5 + 15))
+
+
+def test_no_isolated_labels_when_every_type_is_in_every_batch_as_scib_says():
+    x, labels, batches = blobs(n_types=4, n_batches=2, n=200)
+    assert isolated_labels(labels, batches) == []
+    rows = evaluate_embedding(x, labels, batches, PARAMS).set_index("metric")
+    for metric in ("isolated_label_f1", "isolated_label_asw"):
+        assert np.isnan(rows.loc[metric, "value"]) and "no isolated labels" in rows.loc[metric, "note"]
+    bio = rows.loc["bio_score"]
+    defined = rows.loc[["asw_label", "clisi", "nmi", "ari"], "value"]
+    assert bio.value == pytest.approx(defined.mean()) and "without isolated_label_f1" in bio.note
 
 
 def test_pca_of_real_pbmc_counts_beats_a_random_embedding():

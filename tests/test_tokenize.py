@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -157,3 +158,14 @@ def test_truncated_or_altered_shards_are_caught_and_named(two_datasets, tmp_path
     shard.write_bytes(data)
     with pytest.raises(ScencodeError, match="another vocabulary"):
         verify_corpus(folder, vocab_hash="f" * 64)
+
+
+def test_a_dataset_that_shares_few_genes_with_the_vocabulary_is_flagged(caplog):
+    from scencode.tokenize import DatasetInput, vocab_overlap
+
+    d = DatasetInput("pbmc", Path("pbmc.h5ad"), "label", None)
+    few = vocab_overlap(d, np.full(100, 12), np.full(100, 250))  # pbmc68k with the demo vocabulary
+    assert few["vocab_genes_per_cell"] == 12 and "only 12 of its 250 non-zero genes" in few["vocab_overlap_warning"]
+    assert "only 12" in caplog.text
+    assert vocab_overlap(d, np.full(100, 400), np.full(100, 600))["vocab_overlap_warning"] is None
+    assert vocab_overlap(d, np.full(100, 100), np.full(100, 2000))["vocab_overlap_warning"]  # 5% of each cell

@@ -9,7 +9,8 @@
   datasets, so a difference between encodings can be set against training noise; ``note`` says why
   values are missing (no model, one batch, ...) and for which datasets.
 * ``tests.csv``: paired Wilcoxon signed-rank tests across datasets (scipy): learned vs esm2 per
-  expression encoding, and each expression encoding vs the best one (per gene encoding), with the
+  expression encoding, esm2 vs esm2_permuted, and the declared reference expression encoding
+  (``evaluate.reference_expression``) vs each other one (per gene encoding), with the
   matched-pairs rank-biserial effect size, the mean difference, Benjamini-Hochberg q-values within
   each family (comparison × metric) and the smallest p-value the exact test can reach with that
   many datasets (2 / 2^n: with 3 datasets no difference can be significant at 0.05).
@@ -27,6 +28,12 @@ SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "
            "accuracy": ("accuracy", "knn_k10"), "macro_f1": ("macro_f1", "knn_k10"),
            "min_train_mse": ("min_train_mse", "reconstruction"), "test_mse": ("test_mse", "reconstruction"),
            "eval_mse": ("masked_mse", "reconstruction"),
+           # the context diagnostic on the evaluation datasets: a model near eval_gene_mean_mse learned
+           # little beyond each gene's mean; eval_mse_no_context is the model without expression context
+           "eval_mse_no_context": ("masked_mse_no_context", "reconstruction"),
+           "eval_gene_mean_mse": ("gene_mean_mse", "reconstruction"),
+           "final_val_loss": ("final_val_loss", "training"), "still_improving": ("still_improving", "training"),
+           "checkpoint_step": ("checkpoint_step", "training"),
            "scib_total": ("total", "scib_metrics")}
 TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
 

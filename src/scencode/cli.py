@@ -256,14 +256,23 @@ def cmd_reconstruction(args) -> None:
     else:
         test = masked_mse(checkpoint, args.corpus, "test", _params(LoaderConfig, args.loader))
         test_note = f"held-out test split, {test['cells']} cells"
+    status = json.loads(Path(args.model).read_text()) if Path(args.model).suffix == ".json" else {}
     min_train = log_table.train_loss.min()
+    nan = float("nan")
     rows = pd.DataFrame([
         {"metric": "min_train_mse", "group": "reconstruction", "value": min_train,
          "note": "minimum logged training masked MSE" if pd.notna(min_train) else
          "no finite training loss was logged (see model.json)"},
         {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"], "note": test_note},
-        *({"metric": f"test_{metric}", "group": "reconstruction", "value": test.get(metric, float("nan")),
+        *({"metric": f"test_{metric}", "group": "reconstruction", "value": test.get(metric, nan),
            "note": test_note} for metric in RECONSTRUCTION_METRICS[1:]),
+        # how training ended: the report shows whether a configuration was still improving
+        {"metric": "final_val_loss", "group": "training", "value": status.get("final_val_loss") or nan,
+         "note": f"validation loss at the last step ({status.get('steps')})"},
+        {"metric": "still_improving", "group": "training", "value": float(bool(status.get("still_improving"))),
+         "note": "1: the last validation was the best (more training would likely help)"},
+        {"metric": "checkpoint_step", "group": "training", "value": status.get("checkpoint_step") or nan,
+         "note": "step of the evaluated checkpoint (best validation, the last step included)"},
     ])
     with atomic_path(args.out, suffix=".parquet") as tmp:
         tidy(rows, args.configuration, "*").to_parquet(tmp, index=False)
@@ -278,7 +287,7 @@ def cmd_aggregate(args) -> None:
 def cmd_figures(args) -> None:
     from .figures import draw_all
 
-    paths = draw_all(args.summary, args.metrics, args.train_logs, args.out_dir)
+    paths = draw_all(args.summary, args.metrics, args.train_logs, args.out_dir, caveat=args.caveat)
     log.info("figures: %s", ", ".join(p.name for p in paths))
 
 
@@ -453,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", required=True)
     p.add_argument("--metrics", required=True)
     p.add_argument("--train-logs", nargs="*", default=[])
+    p.add_argument("--caveat", default="", help="printed on the paper comparison (e.g. demo data, tiny models)")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_figures)
 

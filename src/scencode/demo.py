@@ -22,11 +22,6 @@ from .genes import PACKAGED_GENCODE, packaged_file, read_gencode
 
 N_EXTRA_GENES = 300  # protein-coding genes without a demo protein: the vocabulary policy has to choose
 NB_THETA = 2.0
-# Marker genes switch on and off, as in real tissues (CD3E, MS4A1, LYZ, HBB): each cell type has
-# MARKERS_PER_TYPE genes that are off (×e^-MARKER_OFF of their base) outside every type they mark
-# and on (×e^MARKER_ON) in it, beside its broad program of moderate shifts.
-MARKERS_PER_TYPE = 20
-MARKER_OFF, MARKER_ON = 3.0, 2.0
 
 
 @dataclass(frozen=True)
@@ -102,11 +97,6 @@ def _program(n_genes: int, key: str, frac_up: float, frac_down: float, scale: fl
     return lfc
 
 
-def _markers(n_genes: int, cell_type: str, candidates: np.ndarray) -> np.ndarray:
-    """The marker genes of a cell type (by name: shared across tissues), from the expressed genes."""
-    return _rng("markers", cell_type).choice(candidates, MARKERS_PER_TYPE, replace=False)
-
-
 def simulate(spec: DemoDataset, name: str, seed: int, n_cells: int) -> ad.AnnData:
     genes = demo_genes()
     n_genes = len(genes)
@@ -125,10 +115,6 @@ def simulate(spec: DemoDataset, name: str, seed: int, n_cells: int) -> ad.AnnDat
     tissue_lfc = _program(n_genes, f"tissue:{spec.tissue}", 0.03, 0.0, 1.0)
     batch_lfc = rng.normal(0.0, 0.25, (spec.n_batches, n_genes))
     log_mu = np.log(base) + tissue_lfc + type_lfc[cell_type] + batch_lfc[batch]
-    expressed = np.flatnonzero((base > np.quantile(base, 0.5)) & ~is_mito)
-    for t, markers in enumerate(_markers(n_genes, str(c), expressed) for c in types):
-        log_mu[:, markers] -= MARKER_OFF
-        log_mu[np.ix_(cell_type == t, markers)] += MARKER_OFF + MARKER_ON
 
     damaged = rng.random(n_cells) < 0.04
     log_mu[np.ix_(damaged, is_mito)] += np.log(8.0)

@@ -33,7 +33,6 @@ class EvalParams:
     knn_k: tuple[int, ...] = (10, 5, 15)
     test_fraction: float = 0.2
     min_cells_per_type: int = 250
-    n_neighbors: int = 50
     max_cells_scib: int = 100_000  # larger datasets are subsampled (seeded) for the scIB metrics
     seed: int = 0
 
@@ -55,6 +54,8 @@ def _row(metric, group, value, note=""):
 
 
 def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
+    """The study's scIB metrics (group ``study``'s batch and bio scores), as the `scib` package
+    defines them (see :func:`study_graph` and the README for what was measured against it)."""
     import scib_metrics
 
     keep = labeled(labels)
@@ -67,30 +68,115 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
         note = f"only {len(x)} labeled cells"
         return [_row(m, g, np.nan, note) for g, ms in (("batch", BATCH_METRICS), ("bio", BIO_METRICS)) for m in ms] + \
             [_row("batch_score", "study", np.nan, note), _row("bio_score", "study", np.nan, note)]
-    neighbors = knn_graph(x, min(params.n_neighbors, len(x) - 1))
+    graph = study_graph(x)  # one neighbour graph per embedding, shared by the metrics below
+    lisi_neighbors = knn_graph(x, min(LISI_NEIGHBORS, len(x) - 1))
+    isolated = isolated_labels(labels, batches)
     if n_batches < 2:
         rows += [_row(m, "batch", np.nan, "single batch: batch mixing is not defined") for m in BATCH_METRICS]
     else:
-        rows += [_row("ilisi", "batch", scib_metrics.ilisi_knn(neighbors, batches)),
-                 _row("graph_connectivity", "batch", scib_metrics.graph_connectivity(neighbors, labels)),
+        rows += [_row("ilisi", "batch", scib_metrics.ilisi_knn(lisi_neighbors, batches)),
+                 _row("graph_connectivity", "batch", graph_connectivity(graph, labels)),
                  _row("asw_batch", "batch", *_with_reason(silhouette_batch(x, labels, batches),
                                                           "every cell type is in one batch"))]
     if n_labels < 2:
         rows += [_row(m, "bio", np.nan, "single cell type: conservation is not defined") for m in BIO_METRICS]
     else:
-        clusters = nmi_ari_kmeans(x, labels, params.seed)
-        label_asw = label_silhouettes(x, labels, batches)
+        clusterings = leiden_clusterings(graph, params.seed)
+        clusters = nmi_ari_optimal_resolution(clusterings, labels)
+        label_asw = label_silhouettes(x, labels, isolated)
+        no_isolated = "no isolated labels: every cell type is in every batch (scib: none, NaN)"
         rows += [_row("asw_label", "bio", label_asw["asw_label"]),
-                 _row("clisi", "bio", scib_metrics.clisi_knn(neighbors, labels)),
+                 _row("clisi", "bio", scib_metrics.clisi_knn(lisi_neighbors, labels)),
                  _row("nmi", "bio", clusters["nmi"]), _row("ari", "bio", clusters["ari"]),
-                 _row("isolated_label_f1", "bio", isolated_label_f1(clusters["assignment"], labels, batches)),
-                 _row("isolated_label_asw", "bio", label_asw["isolated_label_asw"])]
-    by_group = {g: [r[2] for r in rows if r[1] == g] for g in ("batch", "bio")}
+                 _row("isolated_label_f1", "bio", *_with_reason(isolated_label_f1(clusterings, labels, isolated),
+                                                                no_isolated)),
+                 _row("isolated_label_asw", "bio", *_with_reason(label_asw["isolated_label_asw"], no_isolated))]
+    by_group = {g: [r for r in rows if r[1] == g] for g in ("batch", "bio")}
     for group, name in (("batch", "batch_score"), ("bio", "bio_score")):
-        values = by_group[group]
-        note = next((r[3] for r in rows if r[1] == group and r[3]), "")
-        rows.append(_row(name, "study", np.mean(values) if not np.isnan(values).any() else np.nan, note))
+        values = np.array([r[2] for r in by_group[group]])
+        # as scib's overall scores: the mean of the metrics defined on this dataset
+        undefined = [r[0] for r in by_group[group] if np.isnan(r[2])]
+        note = next((r[3] for r in by_group[group] if r[3]), "")
+        if undefined and not np.isnan(values).all():
+            note = f"mean without {', '.join(undefined)} ({note})"
+        rows.append(_row(name, "study", np.nanmean(values) if not np.isnan(values).all() else np.nan, note))
     return [(m, g, v, note or (scored if np.isfinite(v) else "")) for m, g, v, note in rows]
+
+
+# ------------------------------------------------------------------ the study's metrics, as scib 1.1.7 defines them
+GRAPH_NEIGHBORS = 15  # scib: sc.pp.neighbors(adata, use_rep=embed) with scanpy's default
+LISI_NEIGHBORS = 90  # scib's LISI: perplexity 30, 3 × 30 neighbours
+RESOLUTIONS = tuple(round(0.2 * (i + 1), 1) for i in range(10))  # scib.cl.get_resolutions(n=10, max=2)
+
+
+def study_graph(x: np.ndarray):
+    """scanpy's 15-neighbour graph (UMAP connectivities) of the embedding, as scib builds it."""
+    import anndata as ad
+    import scanpy as sc
+
+    adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(x)).astype(str)), obsm={"X_emb": x.astype(np.float32)})
+    sc.pp.neighbors(adata, n_neighbors=min(GRAPH_NEIGHBORS, len(x) - 1), use_rep="X_emb", random_state=0)
+    return adata
+
+
+def graph_connectivity(graph, labels: np.ndarray) -> float:
+    """scib: per cell type, the largest connected component of the type's subgraph (strong
+    connection) as a fraction of its cells; mean over types."""
+    from scipy.sparse.csgraph import connected_components
+
+    connectivities = graph.obsp["connectivities"]
+    scores = []
+    for label in np.unique(labels):
+        inside = np.flatnonzero(labels == label)
+        _, component = connected_components(connectivities[inside][:, inside], connection="strong")
+        scores.append(np.bincount(component).max() / len(inside))
+    return float(np.mean(scores))
+
+
+def leiden_clusterings(graph, seed: int) -> dict[float, np.ndarray]:
+    """Leiden (scanpy, leidenalg, as scib calls it) on the shared graph at scib's resolutions."""
+    import scanpy as sc
+
+    out = {}
+    for resolution in RESOLUTIONS:
+        sc.tl.leiden(graph, resolution=resolution, key_added="cluster", random_state=seed, flavor="leidenalg")
+        out[resolution] = graph.obs["cluster"].to_numpy().astype(str)
+    return out
+
+
+def nmi_ari_optimal_resolution(clusterings: dict[float, np.ndarray], labels: np.ndarray) -> dict:
+    """scib: the clustering (over its resolutions) with the highest NMI (arithmetic); its NMI and ARI."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    nmi = {r: normalized_mutual_info_score(labels, c, average_method="arithmetic") for r, c in clusterings.items()}
+    best = max(nmi, key=lambda r: (nmi[r], -r))  # scib keeps the first (smallest) resolution on ties
+    return {"nmi": nmi[best], "ari": adjusted_rand_score(labels, clusterings[best]), "resolution": best}
+
+
+def isolated_labels(labels: np.ndarray, batches: np.ndarray) -> list[str]:
+    """scib's selection: labels in the fewest batches; none when that is every batch."""
+    per_label = pd.Series(batches).groupby(labels).nunique()
+    if per_label.min() == len(np.unique(batches)):
+        return []
+    return sorted(per_label.index[per_label <= per_label.min()])
+
+
+def isolated_label_f1(clusterings: dict[float, np.ndarray], labels: np.ndarray, isolated: list[str]) -> float:
+    """scib: per isolated label, the best F1 of any cluster against the label at the resolution that
+    maximises it; mean over isolated labels (NaN when there are none)."""
+    if not isolated:
+        return np.nan
+    scores = []
+    for label in isolated:
+        truth = labels == label
+        best = 0.0
+        for assignment in clusterings.values():
+            clusters, inverse = np.unique(assignment, return_inverse=True)
+            tp = np.bincount(inverse[truth], minlength=len(clusters))
+            size = np.bincount(inverse, minlength=len(clusters))
+            best = max(best, float((2 * tp / (truth.sum() + size)).max()))
+        scores.append(best)
+    return float(np.mean(scores))
 
 
 def seeded_subsample(cells: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, str]:
@@ -121,15 +207,15 @@ def knn_graph(x: np.ndarray, k: int):
 # jax distances are elementwise and recompile per cell-type subset, 3-10x slower on CPU. Tests check
 # the values against scib-metrics'. ASW-label and isolated-label ASW share one silhouette pass.
 
-def label_silhouettes(x, labels, batches) -> dict:
-    """ASW-label (rescaled to [0, 1]) and isolated-label ASW (labels in the fewest batches)."""
+def label_silhouettes(x, labels, isolated: list[str]) -> dict:
+    """ASW-label (rescaled to [0, 1]) and isolated-label ASW (scib: the mean rescaled silhouette of
+    each isolated label's cells, averaged over the isolated labels; NaN when there are none)."""
     from sklearn.metrics import silhouette_samples
 
     rescaled = (silhouette_samples(x, labels) + 1) / 2
     per_label = pd.Series(rescaled).groupby(labels).mean()
-    batches_per_label = pd.Series(batches).groupby(labels).nunique()
-    isolated = batches_per_label.index[batches_per_label == batches_per_label.min()]
-    return {"asw_label": float(rescaled.mean()), "isolated_label_asw": float(per_label[isolated].mean())}
+    return {"asw_label": float(rescaled.mean()),
+            "isolated_label_asw": float(per_label[isolated].mean()) if isolated else np.nan}
 
 
 def silhouette_batch(x, labels, batches) -> float:
@@ -145,35 +231,6 @@ def silhouette_batch(x, labels, batches) -> float:
             continue
         scores.append(np.mean(1 - np.abs(silhouette_samples(x[inside], batches[inside]))))
     return float(np.mean(scores)) if scores else np.nan
-
-
-def nmi_ari_kmeans(x, labels, seed: int) -> dict:
-    """NMI and ARI of k-means (k = number of cell types) against the labels, as scib-metrics does,
-    keeping the cluster assignment for the isolated-label F1."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    k = len(np.unique(labels))
-    assignment = KMeans(n_clusters=k, n_init=5, random_state=seed).fit_predict(x)
-    return {"nmi": normalized_mutual_info_score(labels, assignment), "ari": adjusted_rand_score(labels, assignment),
-            "assignment": assignment}
-
-
-def isolated_label_f1(assignment: np.ndarray, labels: np.ndarray, batches: np.ndarray) -> float:
-    """scIB's isolated-label F1: for the labels present in the fewest batches, the best F1 of any
-    cluster against the label, averaged over those labels."""
-    per_label = pd.Series(batches).groupby(labels).nunique()
-    isolated = per_label.index[per_label == per_label.min()]
-    scores = []
-    for label in isolated:
-        truth = labels == label
-        best = 0.0
-        for cluster in np.unique(assignment[truth]):
-            predicted = assignment == cluster
-            tp = np.sum(truth & predicted)
-            best = max(best, 2 * tp / (truth.sum() + predicted.sum()))
-        scores.append(best)
-    return float(np.mean(scores))
 
 
 def classification_rows(x, labels, params: EvalParams) -> list[tuple]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .errors import ScencodeError
 from .h5ad import count_matrix, open_h5ad, read_frame
 from .shards import FORMAT_VERSION, MANIFEST, file_sha256, shard_name, shard_schema
 from .vocab import load_vocab
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -185,12 +188,13 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: ShardWr
         cell_ids = pd.Series(d.dataset_id + ":" + obs.index.astype(str))
         split = assign_split(cell_ids, params)
         labels = _label_columns(obs, d) if with_labels else {}
-        nnz, kept_splits = [], []
+        nnz, kept_splits, genes_per_cell = [], [], []
         n_cells = x.shape[0]
         for start, block in tqdm(x.blocks(params.chunk_cells), desc=f"tokenize {d.dataset_id}",
                                  total=-(-n_cells // params.chunk_cells), mininterval=5):
             stop = start + block.shape[0]
             offsets, tokens, counts, keep = block_to_lists(block, col_to_token, sorted_map)
+            genes_per_cell.append(np.diff(block.indptr)[keep])
             columns = {
                 "cell_id": pa.array(cell_ids.to_numpy()[start:stop][keep], pa.string()),
                 "dataset_id": pa.array(np.full(int(keep.sum()), d.dataset_id), pa.string()),
@@ -210,7 +214,24 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: ShardWr
              "cells_without_vocab_genes": n_cells - int(nnz.size),
              "genes_in_vocab": int((col_to_token >= 0).sum()), "genes_not_in_vocab": int((col_to_token < 0).sum()),
              "splits": {k: int(v) for k, v in splits.items()}}
+    stats.update(vocab_overlap(d, nnz, np.concatenate(genes_per_cell) if genes_per_cell else np.zeros(0)))
     return stats, nnz
+
+
+MIN_VOCAB_GENES_PER_CELL = 50  # fewer: the model sees too little of each cell to represent it
+MIN_VOCAB_FRACTION = 0.25
+
+
+def vocab_overlap(d: DatasetInput, vocab_nnz: np.ndarray, all_nnz: np.ndarray) -> dict:
+    """Genes per cell the model sees (in the vocabulary) against the cell's non-zero genes; a
+    warning when too few, e.g. a real dataset evaluated with a vocabulary built from others."""
+    seen, total = float(vocab_nnz.mean()) if vocab_nnz.size else 0.0, float(all_nnz.mean()) if all_nnz.size else 0.0
+    out = {"vocab_genes_per_cell": seen, "genes_per_cell": total, "vocab_overlap_warning": None}
+    if vocab_nnz.size and (seen < MIN_VOCAB_GENES_PER_CELL or seen < MIN_VOCAB_FRACTION * total):
+        out["vocab_overlap_warning"] = (f"{d.dataset_id}: only {seen:.0f} of its {total:.0f} non-zero genes per cell "
+                                        f"are in the vocabulary; its embeddings describe little of each cell")
+        log.warning(out["vocab_overlap_warning"])
+    return out
 
 
 def _label_columns(obs: pd.DataFrame, d: DatasetInput) -> dict:

@@ -186,3 +186,19 @@ def all_targets():
         f"{RESULTS}/tables/summary.csv",
         f"{RESULTS}/figures/fig1_batch_vs_bio.png",
     ]
+
+
+def comparison_caveat():
+    """Why this run's numbers are not comparable with the study's (printed on paper_comparison)."""
+    reasons = []
+    training = [d for d in config["datasets"].values() if d["role"] == "train"]
+    if any(d["source"]["type"] == "demo" for d in training):
+        reasons.append("demo data (simulated cells)")
+    model = PRETRAIN["model"]
+    if (model["d_model"], model["n_layers"]) != (512, 12):
+        reasons.append(f"model d {model['d_model']}, {model['n_layers']} layers (study: 512, 12)")
+    if PRETRAIN["train"].get("max_steps"):
+        reasons.append(f"{PRETRAIN['train']['max_steps']} training steps")
+    if not reasons:
+        return ""
+    return "Not the study's setup: " + "; ".join(reasons) + ". Agreement here is not a reproduction."

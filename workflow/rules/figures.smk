@@ -17,6 +17,8 @@ rule figures:
         ],
         pdf=[f"{RESULTS}/figures/{name}.pdf" for name in FIGURES],
         comparison=f"{RESULTS}/figures/paper_comparison.csv",
+    params:
+        caveat=comparison_caveat(),
     log:
         f"{LOGS}/figures.log",
     benchmark:
@@ -28,4 +30,5 @@ rule figures:
         "../../envs/evaluate.yaml"
     shell:
         "scencode figures --summary {input.summary} --metrics {input.metrics}"
-        " --train-logs {input.train_logs} --out-dir $(dirname {output.comparison}) > {log} 2>&1"
+        " --train-logs {input.train_logs} --caveat {params.caveat:q} --out-dir $(dirname {output.comparison})"
+        " > {log} 2>&1"
