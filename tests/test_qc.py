@@ -134,3 +134,14 @@ def test_gene_names_matching_nothing_are_rejected(tmp_path, gene_table):
     adata.var_names = [f"GENE{i}" for i in range(adata.n_vars)]
     with pytest.raises(ScencodeError, match="no gene matches the gene table"):
         qc(tmp_path, adata, gene_table)
+
+
+@pytest.mark.parametrize("bad, message", [(np.inf, "has non-finite values"), (np.nan, "has non-finite values"),
+                                          (3e9, "has counts beyond int32")])
+def test_non_finite_or_huge_counts_are_refused_naming_the_matrix_and_position(tmp_path, gene_table, bad, message):
+    counts = make_counts()
+    counts[7, 3] = bad
+    tiny_adata(counts).write_h5ad(tmp_path / "in.h5ad")
+    with pytest.raises(ScencodeError, match=f"X {message} \\(1 entries, e.g. .* at row 7, column 3\\)"):
+        run_qc(tmp_path / "in.h5ad", tmp_path / "out.h5ad", tmp_path / "out.json", gene_table, QCParams(), "d")
+    assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "out.json").exists()

@@ -74,11 +74,22 @@ def cmd_vocab(args) -> None:
 def cmd_tokenize(args) -> None:
     from .tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 
-    datasets = [DatasetInput(d["dataset_id"], Path(d["path"]), d.get("label_key"), d.get("batch_key"))
+    from .leakage import excluded_cells
+
+    datasets = [DatasetInput(d["dataset_id"], Path(d["path"]), d.get("label_key"), d.get("batch_key"),
+                             tuple(excluded_cells(args.exclude, d["dataset_id"])))
                 for d in json.loads(args.datasets)]
     manifest = tokenize_corpus(args.corpus, datasets, args.vocab, args.out, _params(TokenizeParams, args.params),
                                with_labels=args.labels)
     log.info("corpus %s: %d cells in %d shards", args.corpus, manifest["n_cells"], len(manifest["shards"]))
+
+
+def cmd_leakage(args) -> None:
+    from .leakage import run
+
+    result = run(json.loads(args.datasets), args.policy, args.out, args.table)
+    log.info("leakage audit: %d of %d pairs share data; %d training cells dropped", result["pairs_leaking"],
+             result["pairs_compared"], result["cells_dropped"])
 
 
 def cmd_proteins(args) -> None:
@@ -332,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="QC settings as JSON")
     p.set_defaults(func=cmd_qc)
 
+    p = sub.add_parser("leakage", help="audit training vs evaluation datasets for shared data")
+    p.add_argument("--datasets", required=True, help="JSON list of {name, role, qc, raw, source}")
+    p.add_argument("--policy", default="report", choices=["report", "drop", "error"])
+    p.add_argument("--out", required=True, help="the audit (JSON)")
+    p.add_argument("--table", required=True, help="one row per pair that shares something (CSV, for the report)")
+    p.set_defaults(func=cmd_leakage)
+
     p = sub.add_parser("vocab", help="build the shared gene vocabulary")
     p.add_argument("--qc", nargs="+", required=True, help="QC'd h5ad files of the training datasets")
     p.add_argument("--policy", default="union")
@@ -346,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--params", help="tokenize settings as JSON")
     p.add_argument("--labels", action="store_true", help="evaluation corpus: write label and batch columns")
+    p.add_argument("--exclude", help="the leakage audit's JSON: leave out the training cells it lists (policy drop)")
     p.set_defaults(func=cmd_tokenize)
 
     p = sub.add_parser("proteins", help="fetch a peptide FASTA (Ensembl pep.all, or the demo's)")

@@ -77,11 +77,26 @@ def count_matrix(f: h5py.File, path: Path, key: str) -> CountMatrix:
     return CountMatrix(path, key, element)
 
 
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def _where(block: sp.csr_matrix, bad: np.ndarray) -> str:
+    """The first offending entry: value, row within the block and column."""
+    k = int(np.flatnonzero(bad)[0])
+    row = int(np.searchsorted(block.indptr, k, side="right") - 1)
+    return f"{int(bad.sum())} entries, e.g. {block.data[k]} at row {row}, column {int(block.indices[k])}"
+
+
 def count_problem(block: sp.csr_matrix) -> str | None:
     """Why a block is not raw counts, or None if it is."""
     data = block.data
     if data.size == 0:
         return None
+    finite = np.isfinite(data)
+    if not finite.all():  # NaN/Inf pass the integer test and would wrap around in int32
+        return f"has non-finite values ({_where(block, ~finite)}): not raw counts"
+    if (data > INT32_MAX).any():
+        return f"has counts beyond int32 ({_where(block, data > INT32_MAX)}): not raw counts"
     if (data < 0).any():
         return f"has negative values (min {data.min():.3g}): a scaled matrix, not raw counts"
     fractional = np.abs(data - np.rint(data)) > 1e-6

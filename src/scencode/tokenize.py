@@ -48,6 +48,7 @@ class DatasetInput:
     path: Path
     label_key: str | None = None
     batch_key: str | None = None
+    exclude: tuple[str, ...] = ()  # barcodes left out (the leakage audit's ``drop``); "*": every cell
 
 
 def assign_split(cell_ids: pd.Series, params: TokenizeParams) -> np.ndarray:
@@ -188,30 +189,34 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: ShardWr
         cell_ids = pd.Series(d.dataset_id + ":" + obs.index.astype(str))
         split = assign_split(cell_ids, params)
         labels = _label_columns(obs, d) if with_labels else {}
+        excluded = np.ones(len(obs), bool) if "*" in d.exclude else obs.index.astype(str).isin(list(d.exclude))
         nnz, kept_splits, genes_per_cell = [], [], []
         n_cells = x.shape[0]
         for start, block in tqdm(x.blocks(params.chunk_cells), desc=f"tokenize {d.dataset_id}",
                                  total=-(-n_cells // params.chunk_cells), mininterval=5):
             stop = start + block.shape[0]
+            rows = ~excluded[start:stop]
+            block = block[rows] if not rows.all() else block
             offsets, tokens, counts, keep = block_to_lists(block, col_to_token, sorted_map)
             genes_per_cell.append(np.diff(block.indptr)[keep])
             columns = {
-                "cell_id": pa.array(cell_ids.to_numpy()[start:stop][keep], pa.string()),
+                "cell_id": pa.array(cell_ids.to_numpy()[start:stop][rows][keep], pa.string()),
                 "dataset_id": pa.array(np.full(int(keep.sum()), d.dataset_id), pa.string()),
                 "gene_ids": pa.ListArray.from_arrays(offsets, tokens),
                 "counts": pa.ListArray.from_arrays(offsets, counts),
                 "total_counts": pa.array(np.asarray(block.sum(axis=1)).ravel()[keep], pa.float32()),
-                "split": pa.array(split[start:stop][keep], pa.string()),
+                "split": pa.array(split[start:stop][rows][keep], pa.string()),
             }
             for name, values in labels.items():
-                columns[name] = pa.array(values[start:stop][keep], pa.string())
+                columns[name] = pa.array(values[start:stop][rows][keep], pa.string())
             writer.write(pa.Table.from_pydict(columns, schema=writer.schema))
             nnz.append(np.diff(offsets))
-            kept_splits.append(split[start:stop][keep])
+            kept_splits.append(split[start:stop][rows][keep])
     nnz = np.concatenate(nnz) if nnz else np.zeros(0, np.int64)
     splits = pd.Series(np.concatenate(kept_splits) if kept_splits else []).value_counts()
     stats = {"cells_in": n_cells, "cells_written": int(nnz.size),
-             "cells_without_vocab_genes": n_cells - int(nnz.size),
+             "cells_excluded_leakage": int(excluded.sum()),
+             "cells_without_vocab_genes": n_cells - int(excluded.sum()) - int(nnz.size),
              "genes_in_vocab": int((col_to_token >= 0).sum()), "genes_not_in_vocab": int((col_to_token < 0).sum()),
              "splits": {k: int(v) for k, v in splits.items()}}
     stats.update(vocab_overlap(d, nnz, np.concatenate(genes_per_cell) if genes_per_cell else np.zeros(0)))

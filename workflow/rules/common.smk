@@ -185,6 +185,7 @@ def all_targets():
         *expand(f"{RESULTS}/models/{{config}}/model.json", config=CONFIGURATIONS),
         f"{RESULTS}/tables/summary.csv",
         f"{RESULTS}/figures/fig1_batch_vs_bio.png",
+        f"{RESULTS}/leakage.json",
     ]
 
 
@@ -202,3 +203,21 @@ def comparison_caveat():
     if not reasons:
         return ""
     return "Not the study's setup: " + "; ".join(reasons) + ". Agreement here is not a reproduction."
+
+
+LEAKAGE = config.get("leakage", {"policy": "report"})
+
+
+def leakage_inputs():
+    """What the leakage audit reads of each dataset (roles, QC and raw files, the config source)."""
+    return [{"name": d, "role": DATASETS[d]["role"], "qc": f"{RESULTS}/qc/{d}.h5ad",
+             "raw": f"{RESOURCES}/raw/{d}.h5ad", "source": DATASETS[d]["source"]}
+            for d in [*TRAIN_DATASETS, *EVAL_DATASETS]]
+
+
+def tokenize_exclusions(wildcards):
+    """The training corpus waits for the audit: under 'drop' it leaves the cells listed there out,
+    under 'error' the audit must pass first."""
+    if wildcards.corpus == TRAIN_CORPUS and LEAKAGE["policy"] in ("drop", "error"):
+        return f"{RESULTS}/leakage.json"
+    return []

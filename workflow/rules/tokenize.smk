@@ -27,12 +27,14 @@ rule tokenize:
     input:
         vocab=rules.vocab.output[0],
         qc=lambda w: [d["path"] for d in corpus_inputs(w.corpus)],
+        leakage=tokenize_exclusions,
     output:
         directory(f"{RESULTS}/tokens/{{corpus}}"),
     params:
         datasets=lambda w: as_json(corpus_inputs(w.corpus)),
         settings=as_json(config["tokenize"]),
         labels=lambda w: "" if w.corpus == TRAIN_CORPUS else "--labels",
+        exclude=lambda w, input: f"--exclude {input.leakage}" if input.leakage and LEAKAGE["policy"] == "drop" else "",
     log:
         f"{LOGS}/tokenize/{{corpus}}.log",
     benchmark:
@@ -44,5 +46,5 @@ rule tokenize:
         "../../envs/data.yaml"
     shell:
         "scencode tokenize --corpus {wildcards.corpus} --datasets {params.datasets:q}"
-        " --vocab {input.vocab} --out {output} --params {params.settings:q} {params.labels}"
+        " --vocab {input.vocab} --out {output} --params {params.settings:q} {params.labels} {params.exclude}"
         " > {log} 2>&1"

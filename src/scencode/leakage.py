@@ -1,0 +1,167 @@
+"""Leakage audit: does an evaluation dataset share data with a training dataset?
+
+Every training dataset is compared with every evaluation dataset on
+* dataset ids: the config's Census ``dataset_id``, an obs ``dataset_id`` column (Census), and the
+  dataset version id in the CELLxGENE citation (``uns/citation`` of the downloaded file);
+* collection ids: the CELLxGENE collection in the citation (or an obs ``collection_id`` column);
+* donors: the obs donor column (``donor_id``, CELLxGENE's, else ``donor``/``individual``/...);
+  author donor labels are not global ids, so a label such as ``1`` or ``donor_2`` (generic:
+  :data:`GENERIC_DONOR`) counts only within a shared collection, while a specific label such as
+  Tabula Sapiens' ``TSP14`` counts across collections (Tabula Sapiens v1 and v2 share donors);
+* cells: identical barcodes within shared donors.
+
+Policies (``leakage.policy``): ``report`` (write the audit), ``drop`` (training cells of shared
+donors and of shared datasets are left out of the training corpus; the audit lists them) and
+``error`` (fail before tokenizing, naming the pairs).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import atomic_path, write_json
+from .errors import ScencodeError
+
+log = logging.getLogger(__name__)
+POLICIES = ("report", "drop", "error")
+DONOR_COLUMNS = ("donor_id", "donor", "individual", "patient", "subject_id", "donor_uuid")
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+COLLECTION_RE = re.compile(rf"collections/({UUID})")
+DATASET_VERSION_RE = re.compile(rf"datasets\.cellxgene\.cziscience\.com/({UUID})")
+GENERIC_DONOR = re.compile(r"^(donor|patient|individual|subject|sample|d|p|s)?[\s_-]*\d{1,3}$", re.IGNORECASE)
+
+
+@dataclass
+class DatasetIdentity:
+    name: str
+    role: str
+    dataset_ids: set[str] = field(default_factory=set)
+    collection_ids: set[str] = field(default_factory=set)
+    donors: pd.Series = field(default_factory=lambda: pd.Series(dtype=str))  # barcode → donor label
+
+
+def read_identity(name: str, role: str, qc_path: str | Path, raw_path: str | Path | None = None,
+                  source: dict | None = None) -> DatasetIdentity:
+    """What identifies a dataset's data: ids from config, obs and the CELLxGENE citation; donors."""
+    from .h5ad import open_h5ad, read_frame
+
+    source = source or {}
+    ids = {source["dataset_id"]} if source.get("dataset_id") else set()
+    collections = set()
+    with open_h5ad(qc_path) as f:
+        obs = read_frame(f, "obs")
+    for column, target in (("dataset_id", ids), ("collection_id", collections)):
+        if column in obs.columns:
+            target.update(obs[column].dropna().astype(str).unique())
+    if raw_path is not None and Path(raw_path).exists():
+        citation = read_citation(raw_path)
+        collections.update(COLLECTION_RE.findall(citation))
+        ids.update(DATASET_VERSION_RE.findall(citation))
+    column = next((c for c in DONOR_COLUMNS if c in obs.columns), None)
+    donors = obs[column].astype(str) if column else pd.Series(dtype=str)
+    donors.index = obs.index.astype(str)
+    return DatasetIdentity(name, role, ids, collections, donors)
+
+
+def read_citation(path: str | Path) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f["uns"]["citation"][()] if "uns" in f and "citation" in f["uns"] else b""
+    except OSError:  # not HDF5: QC reports that; the audit has nothing to read
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def audit(datasets: list[DatasetIdentity], policy: str = "report") -> dict:
+    """Every (training, evaluation) pair that shares something, and the training cells to leave
+    out under ``drop``. ``error`` raises when any pair shares data."""
+    if policy not in POLICIES:
+        raise ScencodeError(f"leakage.policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    train = [d for d in datasets if d.role == "train"]
+    evaluation = [d for d in datasets if d.role == "eval"]
+    pairs, drop = [], {d.name: set() for d in train}
+    for t in train:
+        for e in evaluation:
+            pair = compare(t, e)
+            if pair["leaks"] or pair["generic_donor_labels_shared"]:
+                pairs.append(pair)
+            if pair["leaks"]:
+                drop[t.name] |= affected_cells(t, pair)
+    leaking = [p for p in pairs if p["leaks"]]
+    if policy == "error" and leaking:
+        raise ScencodeError("training and evaluation data overlap (leakage.policy: error): " + "; ".join(
+            f"{p['train']} ↔ {p['eval']}: {describe(p)}" for p in leaking))
+    for p in leaking:
+        log.warning("leakage: %s ↔ %s: %s", p["train"], p["eval"], describe(p))
+    dropped = {name: sorted(cells) for name, cells in drop.items() if cells} if policy == "drop" else {}
+    return {"policy": policy, "pairs_compared": len(train) * len(evaluation), "pairs": pairs,
+            "pairs_leaking": len(leaking), "drop": dropped,
+            "cells_dropped": int(sum(len(c) for c in dropped.values()))}
+
+
+def compare(t: DatasetIdentity, e: DatasetIdentity) -> dict:
+    shared_ids = sorted(t.dataset_ids & e.dataset_ids)
+    shared_collections = sorted(t.collection_ids & e.collection_ids)
+    labels = set(t.donors.unique()) & set(e.donors.unique())
+    generic = sorted(x for x in labels if GENERIC_DONOR.match(x))
+    # generic labels ("1", "donor_2") name the same person only within one collection
+    donors = sorted(labels - set(generic)) + (generic if shared_collections else [])
+    in_shared = t.donors[t.donors.isin(donors)]
+    barcodes = in_shared.index.intersection(e.donors[e.donors.isin(donors)].index)
+    return {"train": t.name, "eval": e.name, "shared_dataset_ids": shared_ids,
+            "shared_collection_ids": shared_collections, "shared_donors": donors,
+            "generic_donor_labels_shared": [] if shared_collections else generic,
+            "shared_barcodes_in_shared_donors": int(len(barcodes)),
+            "train_cells_of_shared_donors": int(len(in_shared)),
+            "leaks": bool(shared_ids or donors)}
+
+
+def affected_cells(t: DatasetIdentity, pair: dict) -> set[str]:
+    if pair["shared_dataset_ids"]:  # the same dataset: every cell
+        return set(t.donors.index) if len(t.donors) else {"*"}
+    return set(t.donors.index[t.donors.isin(pair["shared_donors"])])
+
+
+def describe(pair: dict) -> str:
+    parts = []
+    if pair["shared_dataset_ids"]:
+        parts.append(f"same dataset ({', '.join(pair['shared_dataset_ids'])})")
+    if pair["shared_donors"]:
+        donors = pair["shared_donors"]
+        parts.append(f"{len(donors)} shared donors ({', '.join(donors[:5])}{', …' if len(donors) > 5 else ''}), "
+                     f"{pair['train_cells_of_shared_donors']} training cells, "
+                     f"{pair['shared_barcodes_in_shared_donors']} identical barcodes")
+    if pair["shared_collection_ids"]:
+        parts.append(f"same collection ({', '.join(pair['shared_collection_ids'])})")
+    return "; ".join(parts)
+
+
+def run(datasets: list[dict], policy: str, out_json: str | Path, out_table: str | Path) -> dict:
+    """``datasets``: [{name, role, qc, raw, source}] → the audit as JSON and a table for the report."""
+    identities = [read_identity(d["name"], d["role"], d["qc"], d.get("raw"), d.get("source")) for d in datasets]
+    result = audit(identities, policy)
+    rows = [{"train": p["train"], "eval": p["eval"], "leaks": p["leaks"], "what": describe(p) or
+             f"only generic donor labels in common ({', '.join(p['generic_donor_labels_shared'][:5])}): not counted"}
+            for p in result["pairs"]]
+    table = pd.DataFrame(rows, columns=["train", "eval", "leaks", "what"])
+    with atomic_path(out_table, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(result, out_json)
+    return result
+
+
+def excluded_cells(audit_json: str | Path | None, dataset: str) -> np.ndarray:
+    """Barcodes of ``dataset`` the audit leaves out of training (``drop``); ``*``: all."""
+    if audit_json is None:
+        return np.array([], dtype=object)
+    import json
+
+    return np.array(json.loads(Path(audit_json).read_text()).get("drop", {}).get(dataset, []), dtype=object)

@@ -1,0 +1,27 @@
+# The leakage audit (scencode leakage ↔ src/scencode/leakage.py): every training dataset against every
+# evaluation dataset (dataset and collection ids, donors, barcodes). Policy `leakage.policy`: report
+# (default), drop (the training corpus leaves the overlapping cells out) or error (stop here).
+
+
+rule leakage:
+    input:
+        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=[*TRAIN_DATASETS, *EVAL_DATASETS]),
+        raw=expand(f"{RESOURCES}/raw/{{dataset}}.h5ad", dataset=[*TRAIN_DATASETS, *EVAL_DATASETS]),
+    output:
+        audit=f"{RESULTS}/leakage.json",
+        table=report(f"{RESULTS}/tables/leakage.csv", caption="../report/leakage.rst", category="Tables"),
+    params:
+        datasets=as_json(leakage_inputs()),
+        policy=LEAKAGE["policy"],
+    log:
+        f"{LOGS}/leakage.log",
+    benchmark:
+        f"{LOGS}/benchmarks/leakage.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode leakage --datasets {params.datasets:q} --policy {params.policy}"
+        " --out {output.audit:q} --table {output.table:q} > {log:q} 2>&1"
