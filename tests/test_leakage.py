@@ -87,3 +87,10 @@ def test_the_audit_is_written_and_drop_leaves_the_cells_out_of_training(tmp_path
     result = run(datasets, "report", tmp_path / "leakage_out.json", tmp_path / "leakage.csv")
     assert json.loads((tmp_path / "leakage_out.json").read_text())["pairs_leaking"] == result["pairs_leaking"] == 1
     assert pd.read_csv(tmp_path / "leakage.csv").what.str.contains("1 shared donors").all()
+
+
+def test_datasets_without_a_donor_column_are_compared_by_ids_only(tmp_path):
+    a = ad.AnnData(np.ones((3, 2), np.float32))
+    a.write_h5ad(tmp_path / "a.h5ad")
+    identity = read_identity("a", "train", tmp_path / "a.h5ad", tmp_path / "missing_raw.h5ad", {"dataset_id": "x"})
+    assert identity.dataset_ids == {"x"} and identity.donors.empty

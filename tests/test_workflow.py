@@ -50,15 +50,16 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert jobs["download"] == 127 and jobs["qc"] == 127 and jobs["tokenize"] == 27
     sources = [spec["source"] for spec in config["datasets"].values()]
     assert all(s["type"] == "census" for s in sources)
-    # the study's 8 configurations, each a pretrain job asking for a GPU
-    assert jobs["pretrain"] == 8
+    # the study's 8 configurations and the esm2_permuted control, each a pretrain job asking for a GPU
+    assert jobs["pretrain"] == 9 and jobs["leakage"] == 1
     blocks = [b for b in result.stdout.split("\n\n") if "rule pretrain:" in b]
-    assert len(blocks) == 8 and all("gpu=1" in b for b in blocks)
+    assert len(blocks) == 9 and all("gpu=1" in b for b in blocks)
     # embedding 549k cells per configuration through the model is GPU work too
     embeds = [b for b in result.stdout.split("\n\n") if "rule embed:" in b]
-    assert len(embeds) == 8 * 26 and all("gpu=1" in b for b in embeds)
+    assert len(embeds) == 9 * 26 and all("gpu=1" in b for b in embeds)
     names = {line.split("config=")[1].strip() for b in blocks for line in b.splitlines() if "wildcards:" in line}
-    assert names == {f"{g}-{e}-s777" for g in ("learned", "esm2") for e in ("hard", "soft", "log", "continuous")}
+    study = {f"{g}-{e}-s777" for g in ("learned", "esm2") for e in ("hard", "soft", "log", "continuous")}
+    assert names == study | {"esm2_permuted-soft-s777"}
 
 
 def test_evaluation_options_reach_their_jobs(tmp_path):

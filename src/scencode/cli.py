@@ -285,6 +285,9 @@ def cmd_reconstruction(args) -> None:
         {"metric": "checkpoint_step", "group": "training", "value": status.get("checkpoint_step") or nan,
          "note": "step of the evaluated checkpoint (best validation, the last step included)"},
     ])
+    if checkpoint is None:  # no usable model: how training ended says nothing about an evaluated one
+        training = rows.group == "training"
+        rows.loc[training, "value"], rows.loc[training, "note"] = nan, missing
     with atomic_path(args.out, suffix=".parquet") as tmp:
         tidy(rows, args.configuration, "*").to_parquet(tmp, index=False)
 

@@ -64,8 +64,10 @@ def read_identity(name: str, role: str, qc_path: str | Path, raw_path: str | Pat
         collections.update(COLLECTION_RE.findall(citation))
         ids.update(DATASET_VERSION_RE.findall(citation))
     column = next((c for c in DONOR_COLUMNS if c in obs.columns), None)
-    donors = obs[column].astype(str) if column else pd.Series(dtype=str)
-    donors.index = obs.index.astype(str)
+    # no donor column: no donor can be matched (dataset and collection ids still are)
+    donors = obs[column].astype(str) if column else pd.Series(dtype=str, index=pd.Index([], dtype=str))
+    if column:
+        donors.index = obs.index.astype(str)
     return DatasetIdentity(name, role, ids, collections, donors)
 
 
