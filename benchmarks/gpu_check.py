@@ -38,7 +38,7 @@ import torch
 
 from scencode.atomic import write_json
 from scencode.model import CellTransformer, ModelConfig, masked_sse
-from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, shard_name, shard_schema
+from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 from scencode.vocab import SPECIAL_TOKENS, write_vocab
 
 STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
@@ -84,12 +84,12 @@ def write_corpus(folder: Path, n_cells: int, vocab_size: int, context: int, seed
     corpus = folder / ("eval" if with_labels else "train")
     corpus.mkdir(parents=True)
     table = pa.table(columns, schema=shard_schema(with_labels))
-    pq.write_table(table, corpus / shard_name(0), row_group_size=1024, compression="zstd")
+    pq.write_table(table, corpus / shard_name(0), row_group_size=1024, compression="zstd", write_page_checksum=True)
     path = corpus / shard_name(0)
     write_json({"format_version": FORMAT_VERSION, "corpus": corpus.name, "n_cells": n_cells,
                 "splits": {s: int((split == s).sum()) for s in ("train", "val", "test")},
                 "shards": [{"file": path.name, "n_cells": n_cells, "bytes": path.stat().st_size,
-                            "sha256": file_sha256(path)}],
+                            "sha256": file_sha256(path), "footer_sha256": footer_sha256(path)}],
                 "vocab_hash": digest, "vocab_size": vocab_size, "columns": table.schema.names}, corpus / MANIFEST)
     return corpus
 

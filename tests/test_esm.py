@@ -219,3 +219,31 @@ def test_coverage_reports_missing_genes_and_rejects_no_overlap(gene_table):
     assert report["by_biotype"]["protein_coding"]["with_embedding"] == 2
     with pytest.raises(ScencodeError, match="no gene of the 1 dataset genes has a protein embedding"):
         coverage_report(embedded, pd.Index([GENES["CD3E"]]), gene_table)
+
+
+def test_pieces_of_another_model_are_discarded_not_mixed_in(fasta, tiny, tmp_path, monkeypatch, caplog):
+    """Killed with model A, rerun with model B: every gene comes from B (and the log says why)."""
+    save_tiny_esm2(tmp_path / "b.pt", layers=2, dim=16, heads=2, seed=1)
+    model_a, alphabet = load_esm2(weights=tiny)
+    model_b, _ = load_esm2(weights=tmp_path / "b.pt")
+    isoforms = select_isoforms(read_peptide_fasta(fasta), "mean")
+    params = EmbedParams(device="cpu", piece_sequences=2)
+    clean_b = embed_genes(isoforms, ESMEmbedder(model_b, alphabet, params), tmp_path / "clean.parquet",
+                          {"model": "b.pt"})
+    embedder_a = ESMEmbedder(model_a, alphabet, params)
+    calls, real = [], embedder_a.embed
+
+    def dies_on_second_piece(seqs, progress=True):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return real(seqs, progress)
+
+    monkeypatch.setattr(embedder_a, "embed", dies_on_second_piece)
+    with pytest.raises(Killed):
+        embed_genes(isoforms, embedder_a, tmp_path / "out.parquet", {"model": "a.pt"})
+    assert list((tmp_path / "out.parquet.parts").glob("part-*.parquet"))  # model A's piece is there
+    mixed = embed_genes(isoforms, ESMEmbedder(model_b, alphabet, params), tmp_path / "out.parquet",
+                        {"model": "b.pt"})
+    assert "discarding 1 embedded pieces" in caplog.text
+    np.testing.assert_array_equal(np.stack(mixed.embedding), np.stack(clean_b.embedding))

@@ -169,3 +169,32 @@ def test_a_dataset_that_shares_few_genes_with_the_vocabulary_is_flagged(caplog):
     assert "only 12" in caplog.text
     assert vocab_overlap(d, np.full(100, 400), np.full(100, 600))["vocab_overlap_warning"] is None
     assert vocab_overlap(d, np.full(100, 100), np.full(100, 2000))["vocab_overlap_warning"]  # 5% of each cell
+
+
+def test_a_same_size_byte_change_anywhere_in_a_shard_fails_the_read_naming_it(two_datasets, tmp_path):
+    """Training and embedding read shards without re-hashing them: page checksums catch a changed
+    byte as the page is decoded (without them, 15 of 40 such flips read back silently)."""
+    from scencode.data import LoaderConfig, ShardBatches
+
+    a, _ = two_datasets
+    make_corpus(tmp_path, [DatasetInput("a", a)], cells_per_shard=1000)
+    folder = tmp_path / "tokens" / "train"
+    shard = folder / "part-00000.parquet"
+    data = shard.read_bytes()
+    cfg = LoaderConfig(batch_size=32, context=64, bucket_batches=2)
+    for position in np.random.default_rng(0).integers(4, len(data) - 8, 20):
+        changed = bytearray(data)
+        changed[position] ^= 0x5A
+        shard.write_bytes(bytes(changed))
+        with pytest.raises(ScencodeError, match="part-00000.parquet"):
+            list(ShardBatches(folder, None, cfg, shuffle=False, mask=False))
+    shard.write_bytes(data)
+
+
+def test_a_corpus_of_an_older_format_asks_for_a_new_tokenization(two_datasets, tmp_path):
+    a, _ = two_datasets
+    make_corpus(tmp_path, [DatasetInput("a", a)])
+    manifest = tmp_path / "tokens" / "train" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 2', '"format_version": 1'))
+    with pytest.raises(ScencodeError, match="re-run tokenize"):
+        verify_corpus(tmp_path / "tokens" / "train")

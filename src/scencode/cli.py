@@ -130,9 +130,13 @@ def cmd_esm_embed(args) -> None:
     model, alphabet = load_esm2(args.model, args.weights)
     torch_threads(args.threads)
     embedder = ESMEmbedder(model, alphabet, params)
+    from .shards import file_sha256
+
     meta = {"source": "esm2", "model": args.model or Path(args.weights).name, "layer": embedder.layer,
             "isoforms": params.isoforms, "long_sequences": params.long_sequences,
-            "fasta": Path(args.fasta).name}
+            "fasta": Path(args.fasta).name,
+            # a local weights file by content: a changed file with the same name is another model
+            "weights_sha256": file_sha256(Path(args.weights)) if args.weights else None}
     genes = embed_genes(isoforms, embedder, args.out, meta)
     log.info("ESM-2 gene embeddings: %d genes, dim %d, layer %d", len(genes), embedder.dim, embedder.layer)
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from .errors import ScencodeError
-from .shards import open_shard, read_manifest
+from .shards import check_footer, open_shard, read_manifest
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 GENE_SAMPLING = ("random", "top_expressed")
@@ -66,6 +66,7 @@ def units(corpus_dir: Path) -> list[tuple[str, int]]:
     manifest = read_manifest(corpus_dir)
     out = []
     for shard in manifest["shards"]:
+        check_footer(corpus_dir / shard["file"], shard)  # the data pages are checked as they are read
         n_groups = open_shard(corpus_dir / shard["file"]).metadata.num_row_groups
         out += [(shard["file"], g) for g in range(n_groups)]
     return out

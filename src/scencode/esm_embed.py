@@ -9,6 +9,7 @@ written as they complete, so a killed job restarts where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import warnings
@@ -193,7 +194,8 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
     the gene table. ``isoforms``: gene_id, gene_symbol, protein_id, sequence."""
     out_path = Path(out_path)
     parts_dir = out_path.with_name(out_path.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    _claim_parts(parts_dir, {**meta, "window_overlap": embedder.params.window_overlap, "dim": embedder.dim,
+                             "layer": embedder.layer})
     done = _finished_proteins(parts_dir)
     todo = isoforms[~isoforms.protein_id.isin(done)]
     todo = todo.iloc[np.argsort(-todo.sequence.str.len().to_numpy(), kind="stable")]
@@ -211,6 +213,22 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
     write_gene_table(genes, out_path, meta)
     shutil.rmtree(parts_dir)
     return genes
+
+
+def _claim_parts(parts_dir: Path, produced_by: dict) -> None:
+    """Resumable pieces are tied to what produced them (model and its weights, layer, isoform
+    policy, windows): pieces of another setting are discarded, never mixed into this table."""
+    identity = json.dumps(produced_by, sort_keys=True, default=str)
+    stamp = parts_dir / "produced_by.json"
+    if parts_dir.exists() and (not stamp.exists() or stamp.read_text() != identity):
+        pieces = len(list(parts_dir.glob("part-*.parquet")))
+        log.warning("discarding %d embedded pieces in %s: they were made with other settings (%s), not %s",
+                    pieces, parts_dir, stamp.read_text() if stamp.exists() else "unknown", identity)
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        with atomic_path(stamp, suffix=".json") as tmp:
+            Path(tmp).write_text(identity)
 
 
 def _finished_proteins(parts_dir: Path) -> set[str]:

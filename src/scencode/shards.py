@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from .errors import ScencodeError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards carry Parquet page checksums, verified on every read
 SPLITS = ("train", "val", "test")
 
 
@@ -47,6 +48,24 @@ def file_sha256(path: Path, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def footer_sha256(path: Path) -> str:
+    """sha256 of the Parquet footer (schema, row groups, statistics): page checksums cover the
+    data pages, this covers the rest, at the cost of one small read per shard."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-8, 2)
+            length = struct.unpack("<I", fh.read(4))[0]
+            fh.seek(-(8 + length), 2)
+            return hashlib.sha256(fh.read(8 + length)).hexdigest()
+    except (OSError, struct.error) as exc:
+        raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
+
+
+def check_footer(path: Path, shard: dict) -> None:
+    if footer_sha256(path) != shard["footer_sha256"]:
+        raise ScencodeError("shard footer is altered (its sha256 differs from the manifest)", path)
+
+
 def read_manifest(corpus_dir: str | Path) -> dict:
     path = Path(corpus_dir) / MANIFEST
     if not path.exists():
@@ -56,7 +75,9 @@ def read_manifest(corpus_dir: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ScencodeError(f"corrupt manifest ({exc})", path) from exc
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ScencodeError(f"unsupported manifest format {manifest.get('format_version')!r}", path)
+        raise ScencodeError(f"corpus format {manifest.get('format_version')!r}, this scencode reads format "
+                            f"{FORMAT_VERSION} (shards with page checksums): re-run tokenize "
+                            "(snakemake --forcerun tokenize)", path)
     return manifest
 
 
@@ -73,6 +94,7 @@ def verify_corpus(corpus_dir: str | Path, checksums: bool = True, vocab_hash: st
             raise ScencodeError("shard listed in the manifest is missing", path)
         if path.stat().st_size != shard["bytes"] or (checksums and file_sha256(path) != shard["sha256"]):
             raise ScencodeError("shard is truncated or altered (size or sha256 differs from the manifest)", path)
+        check_footer(path, shard)
         rows = open_shard(path).metadata.num_rows
         if rows != shard["n_cells"]:
             raise ScencodeError(f"shard holds {rows} cells, manifest says {shard['n_cells']}", path)
@@ -80,8 +102,11 @@ def verify_corpus(corpus_dir: str | Path, checksums: bool = True, vocab_hash: st
 
 
 def open_shard(path: str | Path) -> pq.ParquetFile:
+    """A shard whose pages are checked against their CRC32 as they are decoded: a changed byte in
+    the data fails the read, naming the shard (the manifest's sha256 covers the whole file, but
+    hashing every shard before every epoch would read the corpus twice)."""
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, page_checksum_verification=True)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
 

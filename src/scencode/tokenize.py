@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .atomic import atomic_dir, write_json
 from .errors import ScencodeError
 from .h5ad import count_matrix, open_h5ad, read_frame
-from .shards import FORMAT_VERSION, MANIFEST, file_sha256, shard_name, shard_schema
+from .shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 from .vocab import load_vocab
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class ShardWriter:
 
     def _open(self) -> None:
         path = self.folder / shard_name(len(self.shards))
-        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd",
+        # page checksums (CRC32): every reader verifies each page it decodes (shards.open_shard)
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd", write_page_checksum=True,
                                         compression_level=self.params.compression_level)
         self.shards.append({"file": path.name})
         self._rows = 0
@@ -120,7 +121,8 @@ class ShardWriter:
     def _close(self) -> None:
         self._writer.close()
         path = self.folder / self.shards[-1]["file"]
-        self.shards[-1].update(n_cells=self._rows, bytes=path.stat().st_size, sha256=file_sha256(path))
+        self.shards[-1].update(n_cells=self._rows, bytes=path.stat().st_size, sha256=file_sha256(path),
+                               footer_sha256=footer_sha256(path))
         self._writer = None
 
     def finish(self) -> list[dict]:
