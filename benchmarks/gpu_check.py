@@ -60,6 +60,8 @@ def write_corpus(folder: Path, n_cells: int, vocab_size: int, context: int, seed
     """A token corpus (shards + manifest) and its vocabulary, as ``scencode tokenize`` writes them;
     cell types shift a block of genes so that a model has something to learn."""
     rng = np.random.default_rng(seed)
+    # one gene profile for every corpus (a training and an evaluation corpus come from one tissue)
+    popularity = np.random.default_rng(12345).gamma(0.6, 1.0, vocab_size - 2)
     vocab = pd.DataFrame({"token_id": np.arange(vocab_size),
                           "gene_id": [*SPECIAL_TOKENS, *(f"ENSG{i:011d}" for i in range(vocab_size - 2))],
                           "gene_symbol": "", "gene_type": ["special", "special", *["protein_coding"] * (vocab_size - 2)],
@@ -67,7 +69,6 @@ def write_corpus(folder: Path, n_cells: int, vocab_size: int, context: int, seed
     digest = write_vocab(vocab, folder / "vocab.parquet")
     lengths = np.minimum(cell_lengths(n_cells, context, rng), vocab_size - 2)
     types = rng.integers(0, 4, n_cells)
-    popularity = rng.gamma(0.6, 1.0, vocab_size - 2)
     genes, counts = [], []
     for n, t in zip(lengths, types):
         p = popularity.copy()

@@ -20,7 +20,7 @@ import torch
 
 from scencode.data import LoaderConfig, ShardBatches
 from scencode.encodings import EXPRESSION_ENCODERS, log_bins, quantile_bins
-from scencode.synthetic import write_synthetic_h5ad
+from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab, write_vocab
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scencode.h5ad import count_matrix, open_h5ad
-from scencode.synthetic import write_synthetic_h5ad
+from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab, write_vocab
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from scencode.data import LoaderConfig, ShardBatches
 from scencode.model import CellTransformer, ModelConfig
-from scencode.synthetic import write_synthetic_h5ad
+from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab, write_vocab
 

@@ -247,3 +247,11 @@ def test_pieces_of_another_model_are_discarded_not_mixed_in(fasta, tiny, tmp_pat
                         {"model": "b.pt"})
     assert "discarding 1 embedded pieces" in caplog.text
     np.testing.assert_array_equal(np.stack(mixed.embedding), np.stack(clean_b.embedding))
+
+
+@pytest.mark.parametrize("bad", [{"long_sequences": "chunk"}, {"window_overlap": 2000}, {"token_budget": 0},
+                                 {"device": "tpu"}])
+def test_invalid_embedding_settings_are_refused_naming_the_key(tiny, bad):
+    model, alphabet = load_esm2(weights=tiny)
+    with pytest.raises(ScencodeError, match=f"esm.embed.{next(iter(bad))}"):
+        ESMEmbedder(model, alphabet, EmbedParams(**bad))

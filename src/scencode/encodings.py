@@ -27,7 +27,6 @@ def _register(registry: dict, kind: str) -> Callable:
             if name in registry:
                 raise ValueError(f"{kind} encoder {name!r} is registered twice")
             registry[name] = cls
-            cls.encoder_name = name
             return cls
         return add
     return decorator

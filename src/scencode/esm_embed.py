@@ -51,6 +51,16 @@ class EmbedParams:
     piece_sequences: int = 2_000  # sequences per resumable piece
     device: str = "auto"  # auto | cpu | cuda
 
+    def validate(self) -> None:
+        for key, allowed in (("long_sequences", LONG_POLICIES), ("device", ("auto", "cpu", "cuda"))):
+            if getattr(self, key) not in allowed:
+                raise ScencodeError(f"esm.embed.{key} {getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+        for key in ("window_overlap", "token_budget", "piece_sequences"):
+            if not getattr(self, key) > 0:
+                raise ScencodeError(f"esm.embed.{key} must be > 0, got {getattr(self, key)!r}")
+        if self.window_overlap >= MAX_RESIDUES:
+            raise ScencodeError(f"esm.embed.window_overlap {self.window_overlap} must be below {MAX_RESIDUES}")
+
 
 def load_esm2(name: str | None = None, weights: str | Path | None = None):
     """An ESM-2 model and alphabet, from a local fair-esm checkpoint or by released name (hub)."""
@@ -129,6 +139,7 @@ def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
 
 class ESMEmbedder:
     def __init__(self, model, alphabet, params: EmbedParams):
+        params.validate()
         self.params = params
         self.layer = model.num_layers if params.layer is None else params.layer
         if not 0 <= self.layer <= model.num_layers:

@@ -44,7 +44,6 @@ def read_frame(f: h5py.File, key: str) -> pd.DataFrame:
 class CountMatrix:
     """Row blocks of one matrix inside an open h5ad: ``X``, ``raw/X`` or ``layers/<name>``."""
 
-    path: Path
     key: str
     element: object  # anndata sparse dataset or h5py dataset
 
@@ -74,7 +73,7 @@ def count_matrix(f: h5py.File, path: Path, key: str) -> CountMatrix:
         element = sparse_dataset(node)
     else:
         element = node
-    return CountMatrix(path, key, element)
+    return CountMatrix(key, element)
 
 
 INT32_MAX = np.iinfo(np.int32).max

@@ -19,7 +19,6 @@ from .errors import ScencodeError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: shards carry Parquet page checksums, verified on every read
-SPLITS = ("train", "val", "test")
 
 
 def shard_schema(with_labels: bool) -> pa.Schema:

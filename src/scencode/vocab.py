@@ -21,7 +21,6 @@ from .errors import ScencodeError
 from .tables import read_parquet
 
 SPECIAL_TOKENS = ("<pad>", "<cls>")
-PAD_ID = 0
 POLICIES = ("union", "intersection", "protein")
 HASH_KEY = b"scencode_vocab_hash"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .h5ad import ChunkedH5adWriter
+from scencode.h5ad import ChunkedH5adWriter
 
 BLOCK = 20_000
 
