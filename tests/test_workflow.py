@@ -220,3 +220,20 @@ def test_failed_job_leaves_no_output(demo_run, tmp_path):
     log = (workdir / "logs" / "qc" / "sim_lung_eval.log").read_text()
     assert "label column 'no_such_column' is missing from obs" in log
     assert not (workdir / "results" / "qc" / "sim_lung_eval.h5ad").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["pretrain"]["configurations"].append({"gene": "foo", "expression": "soft"}),
+     "unknown gene encoding 'foo'; registered: esm2, esm2_permuted, learned, random_frozen"),
+    (lambda c: c["pretrain"]["configurations"].append({"gene": "learned", "expression": "soft", "seeds": [5],
+                                                      "model": {"expression_options": {"n_bin": 10}}}),
+     "expression encoding 'soft' takes no option 'n_bin'; its options: hidden, n_bins"),
+    (lambda c: c["pretrain"]["model"].update(d_model=30), "d_model 30 is not divisible by n_heads 4"),
+    (lambda c: c["pretrain"]["configurations"].append(dict(c["pretrain"]["configurations"][0])),
+     "pretrain.configurations lists learned-soft-s0 twice"),
+])
+def test_configuration_errors_stop_the_dry_run_before_any_job(tmp_path, change, message):
+    config = small_config()
+    change(config)
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0 and message in result.stderr + result.stdout

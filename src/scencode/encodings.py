@@ -4,12 +4,14 @@ A token's input embedding is gene embedding + expression embedding, both of size
 Expression encoders see the whole padded batch at once (raw counts, normalised values x̃ and the
 validity mask), so binning is vectorised on the device.
 
-Add an encoding: write a class with ``__init__(self, d_model, **options)`` and ``forward`` as below,
+Add an encoding: write a class with ``__init__(self, d_model, <options as keyword arguments>, **_)``
+(an option the signature does not name is refused when the workflow's DAG is built) and ``forward`` as below,
 decorate it with ``@expression_encoder("name")`` (or ``@gene_encoder``), and name it in the config.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -40,6 +42,20 @@ def lookup(registry: dict, kind: str, name: str) -> type[nn.Module]:
     if name not in registry:
         raise ScencodeError(f"unknown {kind} encoding {name!r}; registered: {', '.join(sorted(registry))}")
     return registry[name]
+
+
+BUILT_IN = {"self", "d_model", "vocab_size", "gene_table"}  # passed by the model, not options
+
+
+def check_options(registry: dict, kind: str, name: str, options: dict) -> None:
+    """Options an encoder does not take are refused (a typo would otherwise be silently ignored)."""
+    cls = lookup(registry, kind, name)
+    params = inspect.signature(cls.__init__).parameters.values()
+    known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - BUILT_IN
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ScencodeError(f"{kind} encoding {name!r} takes no option {', '.join(map(repr, unknown))}; "
+                            f"its options: {', '.join(sorted(known)) or 'none'}")
 
 
 # ---------------------------------------------------------------- gene encoders: forward(gene_ids)
@@ -74,10 +90,10 @@ class ESM2Genes(FrozenTableGenes):
     """Precomputed ESM-2 protein embeddings (frozen) → MLP. ``gene_table``: (vocab × d_esm) tensor
     aligned to the vocabulary (see ``train.align_gene_table``)."""
 
-    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, **options):
+    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, hidden: int | None = None, **_):
         if gene_table is None:
             raise ScencodeError("gene encoding 'esm2' needs a gene embedding table (esm.name in config)")
-        super().__init__(d_model, gene_table, options.get("hidden"))
+        super().__init__(d_model, gene_table, hidden)
 
 
 @gene_encoder("esm2_permuted")
@@ -86,12 +102,13 @@ class PermutedESM2Genes(FrozenTableGenes):
     vectors, same geometry (the shared direction, the spread), no gene ↔ protein correspondence: what
     'esm2' gains over it is protein knowledge, not being frozen. Special tokens keep their rows."""
 
-    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0, **options):
+    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0,
+                 hidden: int | None = None, **_):
         if gene_table is None:
             raise ScencodeError("gene encoding 'esm2_permuted' permutes the ESM-2 table; none given")
         order = torch.arange(len(gene_table))
         order[2:] = 2 + torch.randperm(len(gene_table) - 2, generator=torch.Generator().manual_seed(seed))
-        super().__init__(d_model, gene_table[order], options.get("hidden"))
+        super().__init__(d_model, gene_table[order], hidden)
 
 
 @gene_encoder("random_frozen")
@@ -99,13 +116,14 @@ class RandomFrozenGenes(FrozenTableGenes):
     """A weaker control: a frozen Gaussian table matching only the ESM-2 table's scalar mean and
     std (not its shared direction: its genes are ≈5× further apart). Prefer 'esm2_permuted'."""
 
-    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0, **options):
+    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0,
+                 hidden: int | None = None, **_):
         if gene_table is None:
             raise ScencodeError("gene encoding 'random_frozen' copies the shape of the ESM-2 table; none given")
         generator = torch.Generator().manual_seed(seed)
         random = torch.randn(gene_table.shape, generator=generator) * gene_table[2:].std() + gene_table[2:].mean()
         random[0] = 0
-        super().__init__(d_model, random, options.get("hidden"))
+        super().__init__(d_model, random, hidden)
 
 
 # ------------------------------------------- expression encoders: forward(counts, xnorm, valid)

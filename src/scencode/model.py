@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, lookup
+from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, check_options, lookup
 from .errors import ScencodeError
 
 
@@ -41,8 +41,8 @@ class ModelConfig:
             raise ScencodeError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not 0 <= self.dropout < 1:
             raise ScencodeError(f"dropout {self.dropout} is not in [0, 1)")
-        lookup(GENE_ENCODERS, "gene", self.gene_encoding)
-        lookup(EXPRESSION_ENCODERS, "expression", self.expression_encoding)
+        check_options(GENE_ENCODERS, "gene", self.gene_encoding, self.gene_options)
+        check_options(EXPRESSION_ENCODERS, "expression", self.expression_encoding, self.expression_options)
 
 
 class Block(nn.Module):

@@ -113,11 +113,27 @@ def pretrain_configurations():
     runs = {}
     for entry in PRETRAIN["configurations"]:
         for seed in entry.get("seeds", PRETRAIN["seeds"]):
-            runs[configuration_name(entry, seed)] = (entry, seed)
+            name = configuration_name(entry, seed)
+            if name in runs:
+                raise ValueError(f"pretrain.configurations lists {name} twice")
+            runs[name] = (entry, seed)
     return runs
 
 
 CONFIGURATIONS = pretrain_configurations()
+
+
+def check_configurations():
+    """Encoding names, their options and the model's shape, checked when the DAG is built (not
+    after download, QC, ESM-2 and tokenize have run)."""
+    from scencode.errors import ScencodeError
+    from scencode.model import ModelConfig
+
+    for name in CONFIGURATIONS:
+        try:
+            ModelConfig(vocab_size=1, **pretrain_settings(name)["model"]).validate()
+        except (ScencodeError, TypeError) as exc:
+            raise ValueError(f"pretrain configuration {name}: {exc}") from None
 
 
 def pretrain_settings(name):
@@ -221,3 +237,6 @@ def tokenize_exclusions(wildcards):
     if wildcards.corpus == TRAIN_CORPUS and LEAKAGE["policy"] in ("drop", "error"):
         return f"{RESULTS}/leakage.json"
     return []
+
+
+check_configurations()
