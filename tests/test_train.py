@@ -28,7 +28,8 @@ SMALL_TRAIN = dict(grad_accum=2, max_steps=12, warmup_steps=2, val_every=4, val_
 
 def spec(corpus, vocab, out, name="learned-soft-s3", gene="learned", expression="soft", table=None, **train):
     return RunSpec(name, corpus, vocab, out,
-                   ModelConfig(0, gene, expression, **SMALL_MODEL, expression_options={"hidden": 16}),
+                   ModelConfig(0, gene, expression, **SMALL_MODEL,
+                               expression_options={"hidden": 16} if expression in ("soft", "continuous") else {}),
                    LoaderConfig(**SMALL_LOADER), TrainConfig(**{**SMALL_TRAIN, **train}), table)
 
 
