@@ -97,10 +97,11 @@ def write_corpus(folder: Path, n_cells: int, vocab_size: int, context: int, seed
 
 # ---------------------------------------------------------------- train step throughput
 
-def flops_per_token(cfg: ModelConfig, context: float) -> float:
-    """Training FLOPs per token: 6 × (matmul parameters) + 12 × layers × d × context (attention)."""
-    per_block = 4 * cfg.d_model ** 2 + 2 * cfg.d_model * cfg.d_ff
-    matmul = cfg.n_layers * per_block + cfg.d_model ** 2 + 512 * cfg.d_model  # + head, expression MLP
+def flops_per_token(model: CellTransformer, context: float) -> float:
+    """Training FLOPs per token: 6 × (the model's matmul weights, counted from its Linear layers)
+    + 12 × layers × d × context (attention scores and values)."""
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    cfg = model.cfg
     return 6 * matmul + 12 * cfg.n_layers * cfg.d_model * context
 
 
@@ -168,7 +169,7 @@ def train_step(device, dims: dict, cells: int, batch_size: int, context: int, st
                 continue
             computed = sum(int(b["valid"].numel()) for b in data)
             # attention cost per real token at its own batch's width
-            flops = sum(flops_per_token(cfg, b["valid"].shape[1]) * int(b["valid"].sum()) for b in data)
+            flops = sum(flops_per_token(model, b["valid"].shape[1]) * int(b["valid"].sum()) for b in data)
             out[f"{key}_real_tokens_per_s"] = real_tokens / seconds
             out[f"{key}_real_token_fraction"] = real_tokens / computed
             out[f"{key}_mfu"] = flops / seconds / peak if peak else None
