@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shlex
 import shutil
 
 import anndata as ad
@@ -237,3 +238,26 @@ def test_configuration_errors_stop_the_dry_run_before_any_job(tmp_path, change, 
     change(config)
     result = snakemake(tmp_path, config, "-n")
     assert result.returncode != 0 and message in result.stderr + result.stdout
+
+
+def test_config_values_and_paths_reach_commands_quoted(tmp_path):
+    """Settings and paths are single shell words: a space in a results folder or a label key, or a
+    command substitution in a gene-table value, reaches the step as text and never runs."""
+    config = small_config()
+    config["results_dir"] = "res ults"
+    config["datasets"]["sim_lung_eval"]["label_key"] = "cell type"
+    config["gene_table"].update(gencode="$(touch PWNED)genes.csv", gencode_sha256="0" * 64)
+    result = snakemake(tmp_path, config, "-n", "-p")
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line.split("Shell command:", 1)[1]) for line in result.stdout.splitlines()
+                if "Shell command: scencode " in line]
+    by_step = {}
+    for words in commands:
+        by_step.setdefault(words[1], []).append(words)
+    baseline = next(w for w in by_step["baseline"] if "sim_lung_eval" in w)
+    assert baseline[baseline.index("--label-key") + 1] == "cell type"
+    gene_table = by_step["gene-table"][0]
+    assert gene_table[gene_table.index("--gencode") + 1] == "$(touch PWNED)genes.csv"
+    qc = by_step["qc"][0]
+    assert qc[qc.index("--output") + 1].startswith("res ults/qc/")
+    assert not (tmp_path / "PWNED").exists()

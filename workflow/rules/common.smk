@@ -89,8 +89,8 @@ def esm_weights_input():
 
 def esm_model_arg(wildcards, input):
     if input.weights:
-        return f"--weights {input.weights}"
-    return f"--model {ESM['model']['name']}"
+        return ["--weights", input.weights]
+    return ["--model", ESM["model"]["name"]]
 
 
 def vocab_protein_genes():

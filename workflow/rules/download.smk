@@ -3,11 +3,12 @@ rule gene_table:
         genes=f"{RESOURCES}/genes/genes.parquet",
         symbols=f"{RESOURCES}/genes/symbols.parquet",
     params:
-        sources=" ".join(
-            f"--{key.replace('_', '-')} {value}"
+        sources=[
+            arg
             for key, value in config["gene_table"].items()
             if value
-        ),
+            for arg in (f"--{key.replace('_', '-')}", str(value))
+        ],
     log:
         f"{LOGS}/gene_table.log",
     benchmark:
@@ -18,7 +19,7 @@ rule gene_table:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode gene-table {params.sources} --out $(dirname {output.genes}) > {log} 2>&1"
+        "scencode gene-table {params.sources:q} --out \"$(dirname {output.genes:q})\" > {log:q} 2>&1"
 
 
 rule download:
@@ -37,4 +38,4 @@ rule download:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode download --source {params.source:q} --out {output} > {log} 2>&1"
+        "scencode download --source {params.source:q} --out {output:q} > {log:q} 2>&1"

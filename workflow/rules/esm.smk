@@ -17,7 +17,7 @@ rule proteins:
     conda:
         "../../envs/esm.yaml"
     shell:
-        "scencode proteins --source {params.source:q} --out {output} > {log} 2>&1"
+        "scencode proteins --source {params.source:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule esm_tiny_model:
@@ -38,8 +38,8 @@ rule esm_tiny_model:
     conda:
         "../../envs/esm.yaml"
     shell:
-        "scencode esm-tiny --out {output} --layers {params.layers} --dim {params.dim}"
-        " --heads {params.heads} --seed {params.seed} > {log} 2>&1"
+        "scencode esm-tiny --out {output:q} --layers {params.layers:q} --dim {params.dim:q}"
+        " --heads {params.heads:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 if ESM["model"]["type"] == "import":
@@ -52,7 +52,7 @@ if ESM["model"]["type"] == "import":
             ESM_TABLE,
         params:
             fmt=ESM["model"]["format"],
-            dim=lambda w: f"--expected-dim {ESM['expected_dim']}" if ESM.get("expected_dim") else "",
+            dim=["--expected-dim", ESM["expected_dim"]] if ESM.get("expected_dim") else [],
         log:
             f"{LOGS}/esm/embeddings.log",
         benchmark:
@@ -63,8 +63,8 @@ if ESM["model"]["type"] == "import":
         conda:
             "../../envs/esm.yaml"
         shell:
-            "scencode esm-import --format {params.fmt} --input {input.table} {params.dim}"
-            " --gene-table $(dirname {input.genes}) --out {output} > {log} 2>&1"
+            "scencode esm-import --format {params.fmt:q} --input {input.table:q} {params.dim:q}"
+            " --gene-table \"$(dirname {input.genes:q})\" --out {output:q} > {log:q} 2>&1"
 
 else:
 
@@ -87,8 +87,8 @@ else:
         conda:
             "../../envs/esm.yaml"
         shell:
-            "scencode esm-embed --fasta {input.fasta} {params.model} --threads {threads}"
-            " --params {params.settings:q} --out {output} > {log} 2>&1"
+            "scencode esm-embed --fasta {input.fasta:q} {params.model:q} --threads {threads}"
+            " --params {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule esm_coverage:
@@ -99,7 +99,7 @@ rule esm_coverage:
     output:
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
     params:
-        dim=f"--expected-dim {ESM['expected_dim']}" if ESM.get("expected_dim") else "",
+        dim=["--expected-dim", ESM["expected_dim"]] if ESM.get("expected_dim") else [],
     log:
         f"{LOGS}/esm/coverage.log",
     benchmark:
@@ -110,5 +110,5 @@ rule esm_coverage:
     conda:
         "../../envs/esm.yaml"
     shell:
-        "scencode esm-coverage --table {input.table} --qc {input.qc} {params.dim}"
-        " --gene-table $(dirname {input.genes}) --out {output} > {log} 2>&1"
+        "scencode esm-coverage --table {input.table:q} --qc {input.qc:q} {params.dim:q}"
+        " --gene-table \"$(dirname {input.genes:q})\" --out {output:q} > {log:q} 2>&1"

@@ -25,9 +25,9 @@ rule embed:
     conda:
         "../../envs/train.yaml"
     shell:
-        "scencode embed --model {input.model} --corpus {input.corpus} --configuration {wildcards.config}"
-        " --dataset {wildcards.dataset} --loader {params.loader:q} --threads {threads}"
-        " --out {output.parquet} --h5ad {output.h5ad} --reconstruction {output.reconstruction} > {log} 2>&1"
+        "scencode embed --model {input.model:q} --corpus {input.corpus:q} --configuration {wildcards.config:q}"
+        " --dataset {wildcards.dataset:q} --loader {params.loader:q} --threads {threads}"
+        " --out {output.parquet:q} --h5ad {output.h5ad:q} --reconstruction {output.reconstruction:q} > {log:q} 2>&1"
 
 
 rule baseline:
@@ -38,9 +38,9 @@ rule baseline:
         reconstruction=f"{RESULTS}/embeddings/baseline-{{kind}}-s{{seed}}/{{dataset}}.reconstruction.json",
     params:
         options=lambda w: (
-            f"--label-key {DATASETS[w.dataset]['label_key']}"
-            + (f" --batch-key {DATASETS[w.dataset]['batch_key']}" if DATASETS[w.dataset].get("batch_key") else "")
-            + (f" --scvi-epochs {EVALUATE['scvi_epochs']}" if w.kind == "scvi" and EVALUATE.get("scvi_epochs") else "")
+            ["--label-key", DATASETS[w.dataset]["label_key"]]
+            + (["--batch-key", DATASETS[w.dataset]["batch_key"]] if DATASETS[w.dataset].get("batch_key") else [])
+            + (["--scvi-epochs", EVALUATE["scvi_epochs"]] if w.kind == "scvi" and EVALUATE.get("scvi_epochs") else [])
         ),
     log:
         f"{LOGS}/baseline/{{kind}}-s{{seed}}/{{dataset}}.log",
@@ -52,8 +52,8 @@ rule baseline:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode baseline --kind {wildcards.kind} --qc {input.qc} --dataset {wildcards.dataset} {params.options}"
-        " --seed {wildcards.seed} --out {output.parquet} --reconstruction {output.reconstruction} > {log} 2>&1"
+        "scencode baseline --kind {wildcards.kind:q} --qc {input.qc:q} --dataset {wildcards.dataset:q} {params.options:q}"
+        " --seed {wildcards.seed:q} --out {output.parquet:q} --reconstruction {output.reconstruction:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -74,9 +74,9 @@ rule evaluate:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode evaluate --embedding {input.embedding} --reconstruction {input.reconstruction}"
-        " --configuration {wildcards.config} --dataset {wildcards.dataset} --params {params.settings:q}"
-        " --out {output} > {log} 2>&1"
+        "scencode evaluate --embedding {input.embedding:q} --reconstruction {input.reconstruction:q}"
+        " --configuration {wildcards.config:q} --dataset {wildcards.dataset:q} --params {params.settings:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule scib_benchmarker:
@@ -97,8 +97,8 @@ rule scib_benchmarker:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode scib-benchmark --embeddings {input.embeddings} --pre-integrated {input.pre_integrated}"
-        " --dataset {wildcards.dataset} --params {params.settings:q} --threads {threads} --out {output} > {log} 2>&1"
+        "scencode scib-benchmark --embeddings {input.embeddings:q} --pre-integrated {input.pre_integrated:q}"
+        " --dataset {wildcards.dataset:q} --params {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule reconstruction:
@@ -120,8 +120,8 @@ rule reconstruction:
     conda:
         "../../envs/train.yaml"
     shell:
-        "scencode reconstruction --model {input.model} --train-log {input.train_log} --corpus {input.corpus}"
-        " --configuration {wildcards.config} --loader {params.loader:q} --out {output} > {log} 2>&1"
+        "scencode reconstruction --model {input.model:q} --train-log {input.train_log:q} --corpus {input.corpus:q}"
+        " --configuration {wildcards.config:q} --loader {params.loader:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule tables:
@@ -143,5 +143,5 @@ rule tables:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode aggregate --metrics {input} --reference-expression {params.reference:q}"
-        " --out-dir $(dirname {output.metrics}) > {log} 2>&1"
+        "scencode aggregate --metrics {input:q} --reference-expression {params.reference:q}"
+        " --out-dir \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"

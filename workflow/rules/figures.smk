@@ -29,6 +29,6 @@ rule figures:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode figures --summary {input.summary} --metrics {input.metrics}"
-        " --train-logs {input.train_logs} --caveat {params.caveat:q} --out-dir $(dirname {output.comparison})"
-        " > {log} 2>&1"
+        "scencode figures --summary {input.summary:q} --metrics {input.metrics:q}"
+        " --train-logs {input.train_logs:q} --caveat {params.caveat:q} --out-dir \"$(dirname {output.comparison:q})\""
+        " > {log:q} 2>&1"

@@ -23,5 +23,5 @@ rule leakage:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode leakage --datasets {params.datasets:q} --policy {params.policy}"
+        "scencode leakage --datasets {params.datasets:q} --policy {params.policy:q}"
         " --out {output.audit:q} --table {output.table:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule pretrain:
         log=f"{RESULTS}/models/{{config}}/train_log.parquet",
     params:
         settings=lambda w: as_json(pretrain_settings(w.config)),
-        table=lambda w, input: f"--gene-table {input.gene_table}" if input.gene_table else "",
+        table=lambda w, input: ["--gene-table", input.gene_table] if input.gene_table else [],
     log:
         f"{LOGS}/pretrain/{{config}}.log",
     benchmark:
@@ -26,6 +26,6 @@ rule pretrain:
     conda:
         "../../envs/train.yaml"
     shell:
-        "scencode pretrain --name {wildcards.config} --corpus {input.corpus} --vocab {input.vocab}"
-        " {params.table} --threads {threads} --params {params.settings:q}"
-        " --out $(dirname {output.status}) > {log} 2>&1"
+        "scencode pretrain --name {wildcards.config:q} --corpus {input.corpus:q} --vocab {input.vocab:q}"
+        " {params.table:q} --threads {threads} --params {params.settings:q}"
+        " --out \"$(dirname {output.status:q})\" > {log:q} 2>&1"

@@ -17,6 +17,6 @@ rule qc:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode qc --input {input.raw} --output {output.h5ad} --report {output.report}"
-        " --gene-table $(dirname {input.genes}) --dataset {wildcards.dataset}"
-        " --params {params.settings:q} > {log} 2>&1"
+        "scencode qc --input {input.raw:q} --output {output.h5ad:q} --report {output.report:q}"
+        " --gene-table \"$(dirname {input.genes:q})\" --dataset {wildcards.dataset:q}"
+        " --params {params.settings:q} > {log:q} 2>&1"

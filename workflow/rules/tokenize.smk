@@ -6,9 +6,7 @@ rule vocab:
         f"{RESULTS}/vocab.parquet",
     params:
         policy=config["vocab"]["policy"],
-        protein=lambda w, input: (
-            f"--protein-genes {input.protein_genes}" if input.protein_genes else ""
-        ),
+        protein=lambda w, input: ["--protein-genes", input.protein_genes] if input.protein_genes else [],
     log:
         f"{LOGS}/vocab.log",
     benchmark:
@@ -19,8 +17,8 @@ rule vocab:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode vocab --qc {input.qc} --policy {params.policy} {params.protein}"
-        " --out {output} > {log} 2>&1"
+        "scencode vocab --qc {input.qc:q} --policy {params.policy:q} {params.protein:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule tokenize:
@@ -33,8 +31,8 @@ rule tokenize:
     params:
         datasets=lambda w: as_json(corpus_inputs(w.corpus)),
         settings=as_json(config["tokenize"]),
-        labels=lambda w: "" if w.corpus == TRAIN_CORPUS else "--labels",
-        exclude=lambda w, input: f"--exclude {input.leakage}" if input.leakage and LEAKAGE["policy"] == "drop" else "",
+        labels=lambda w: [] if w.corpus == TRAIN_CORPUS else ["--labels"],
+        exclude=lambda w, input: ["--exclude", input.leakage] if input.leakage and LEAKAGE["policy"] == "drop" else [],
     log:
         f"{LOGS}/tokenize/{{corpus}}.log",
     benchmark:
@@ -45,6 +43,6 @@ rule tokenize:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode tokenize --corpus {wildcards.corpus} --datasets {params.datasets:q}"
-        " --vocab {input.vocab} --out {output} --params {params.settings:q} {params.labels} {params.exclude}"
-        " > {log} 2>&1"
+        "scencode tokenize --corpus {wildcards.corpus:q} --datasets {params.datasets:q}"
+        " --vocab {input.vocab:q} --out {output:q} --params {params.settings:q} {params.labels:q} {params.exclude:q}"
+        " > {log:q} 2>&1"
