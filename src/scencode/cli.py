@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tempfile
 from dataclasses import fields
@@ -37,6 +38,9 @@ def cmd_gene_table(args) -> None:
             if not location:
                 return packaged_file(packaged)
             if "://" in location:
+                if not sha256:
+                    raise ScencodeError(f"gene table URL {location} has no sha256: pin it (gencode_sha256 / "
+                                        f"hgnc_sha256) so a changed or tampered file is refused")
                 target = Path(tmp) / Path(location).name
                 download_url(location, target, sha256=sha256)
                 return target
@@ -101,8 +105,15 @@ def cmd_proteins(args) -> None:
     if kind == "demo":
         demo_fasta(args.out)
     elif kind == "url":
-        digest = download_url(source["url"], args.out, sha256=source.get("sha256"))
-        log.info("downloaded %s (sha256 %s)", source["url"], digest)
+        if "sha256" not in source:
+            raise ScencodeError(f"protein URL {source.get('url')} has no sha256: pin it in esm.proteins.sha256 "
+                                "(or write sha256: null to download it unpinned on purpose)")
+        digest = download_url(source["url"], args.out, sha256=source["sha256"])
+        if source["sha256"]:
+            log.info("downloaded %s (sha256 %s, as pinned)", source["url"], digest)
+        else:
+            log.warning("downloaded %s UNPINNED: its sha256 is %s; write it in esm.proteins.sha256 so that "
+                        "a changed file is refused next time", source["url"], digest)
     elif kind == "local":
         link_local(source["path"], args.out, check_hdf5=False)
     else:
@@ -122,12 +133,12 @@ def cmd_esm_tiny(args) -> None:
 
 
 def cmd_esm_embed(args) -> None:
-    from .esm_embed import EmbedParams, ESMEmbedder, embed_genes, load_esm2
+    from .esm_embed import EmbedParams, ESMEmbedder, embed_genes, load_esm2, released_weights
     from .proteins import read_peptide_fasta, select_isoforms
 
     params = _params(EmbedParams, args.params)
     isoforms = select_isoforms(read_peptide_fasta(args.fasta), params.isoforms)
-    model, alphabet = load_esm2(args.model, args.weights)
+    model, alphabet = load_esm2(args.model, args.weights, args.sha256)
     torch_threads(args.threads)
     embedder = ESMEmbedder(model, alphabet, params)
     from .shards import file_sha256
@@ -136,7 +147,7 @@ def cmd_esm_embed(args) -> None:
             "isoforms": params.isoforms, "long_sequences": params.long_sequences,
             "fasta": Path(args.fasta).name,
             # a local weights file by content: a changed file with the same name is another model
-            "weights_sha256": file_sha256(Path(args.weights)) if args.weights else None}
+            "weights_sha256": file_sha256(Path(args.weights) if args.weights else released_weights(args.model))}
     genes = embed_genes(isoforms, embedder, args.out, meta)
     log.info("ESM-2 gene embeddings: %d genes, dim %d, layer %d", len(genes), embedder.dim, embedder.layer)
 
@@ -392,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--model", help="released ESM-2 name, e.g. esm2_t36_3B_UR50D (fetched to the torch hub cache)")
     group.add_argument("--weights", help="local fair-esm checkpoint (.pt)")
+    p.add_argument("--sha256", help="the weights file's pinned sha256 (any other file is refused)")
     p.add_argument("--params", help="embedding settings as JSON")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True)
@@ -498,14 +510,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM/SIGINT (SLURM's scancel, a time limit, Ctrl-C) raised as an exception, so that every
+    step unwinds through its atomic writers and leaves no temporary file behind. Training installs
+    its own handler (checkpoint at the next step) on top of this one."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_terminated)
     try:
         args.func(args)
     except ScencodeError as exc:
         print(f"scencode {args.step}: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"scencode {args.step}: stopped by {exc}; no partial output was kept", file=sys.stderr)
+        return 143
     return 0
 
 

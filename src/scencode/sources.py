@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -40,7 +41,12 @@ def fetch(source: dict, out: str | Path, seed: int = 0) -> None:
     elif kind == "local":
         link_local(source["path"], out)
     elif kind == "url":
-        download_url(source["url"], out, sha256=source.get("sha256"), retries=source.get("retries", 4))
+        download_url(source["url"], out, sha256=source.get("sha256"), retries=source.get("retries", 4),
+                     max_bytes=source.get("max_bytes", DEFAULT_MAX_BYTES),
+                     deadline_s=source.get("deadline_s", DEFAULT_DEADLINE_S))
+        if not h5py.is_hdf5(out):
+            out.unlink()
+            raise ScencodeError(f"{source['url']} is not an h5ad (HDF5) file; nothing was kept", out)
     else:
         census_download(source, out)
 
@@ -57,23 +63,43 @@ def link_local(path: str | Path, out: str | Path, check_hdf5: bool = True) -> No
         os.symlink(path, tmp)
 
 
+MAX_RETRIES = 10
+MAX_BACKOFF_S = 300.0
+DEFAULT_MAX_BYTES = 200 * 2**30  # the largest Census source h5ad is ~60 GB; a runaway body stops here
+DEFAULT_DEADLINE_S = 12 * 3600.0
+
+
 def download_url(url: str, out: str | Path, sha256: str | None = None, retries: int = 4,
-                 timeout: float = 60.0, backoff: float = 2.0) -> str:
-    """Stream ``url`` to ``out``: retried on network errors and 5xx/429, size and sha256 checked,
-    renamed into place only when complete. Returns the sha256 of the file."""
+                 timeout: float = 60.0, backoff: float = 2.0, max_bytes: int = DEFAULT_MAX_BYTES,
+                 deadline_s: float = DEFAULT_DEADLINE_S) -> str:
+    """Stream ``url`` (http or https) to ``out``: retried on network errors and 5xx/429 (at most
+    :data:`MAX_RETRIES` times, waits capped at :data:`MAX_BACKOFF_S`), refused past ``max_bytes``
+    or ``deadline_s`` seconds (a slow-drip server never times out per read), size and sha256
+    checked, renamed into place only when complete. Returns the sha256 of the file."""
     out = Path(out)
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise ScencodeError(f"cannot download {url!r}: only http and https URLs are fetched "
+                            f"(use a 'local' source for files)", out)
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ScencodeError(f"retries {retries} for {url}: choose 0 to {MAX_RETRIES}", out)
+    deadline = time.monotonic() + deadline_s
     for attempt in range(1, retries + 2):
         try:
             with atomic_path(out, suffix=out.suffix) as tmp:
-                digest = _stream(url, tmp, timeout)
+                digest = _stream(url, tmp, timeout, max_bytes, deadline)
                 if sha256 and digest != sha256.lower():
                     raise ScencodeError(f"sha256 mismatch for {url}: got {digest}, expected {sha256}", out)
             return digest
         except (urllib.error.URLError, ConnectionError, TimeoutError, _Truncated) as exc:
             code = getattr(exc, "code", None)
-            if (code is not None and code not in RETRYABLE_HTTP) or attempt > retries:
+            # an HTTP status that will not change, or a URLError that is not a network error
+            # (unknown url type, bad host syntax): retrying cannot help
+            permanent = (code is not None and code not in RETRYABLE_HTTP) or (
+                isinstance(exc, urllib.error.URLError) and code is None and not isinstance(exc.reason, OSError))
+            wait = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_S)
+            if permanent or attempt > retries or time.monotonic() + wait >= deadline:
                 raise ScencodeError(f"download of {url} failed after {attempt} attempt(s): {exc}", out) from exc
-            wait = backoff * 2 ** (attempt - 1)
             log.warning("download of %s failed (%s); retry %d/%d in %.1fs", url, exc, attempt, retries, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
@@ -83,17 +109,26 @@ class _Truncated(Exception):
     pass
 
 
-def _stream(url: str, target: Path, timeout: float) -> str:
+def _stream(url: str, target: Path, timeout: float, max_bytes: int, deadline: float) -> str:
     digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as fh:
         expected = response.headers.get("Content-Length")
         expected = int(expected) if expected is not None else None
+        if expected is not None and expected > max_bytes:
+            raise ScencodeError(f"{url} announces {expected} bytes, over the limit of {max_bytes} "
+                                f"(raise max_bytes in the source if this is right)", target)
         received = 0
         with tqdm(total=expected, unit="B", unit_scale=True, desc=Path(url).name, mininterval=5) as bar:
-            while chunk := response.read(1 << 20):
+            # read1: whatever has arrived (≤ 1 MiB), so the deadline is checked however slowly bytes come
+            while chunk := response.read1(1 << 20):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise ScencodeError(f"{url} sent more than {max_bytes} bytes; stopped "
+                                        f"(raise max_bytes in the source if this is right)", target)
+                if time.monotonic() > deadline:
+                    raise ScencodeError(f"download of {url} passed its deadline after {received} bytes", target)
                 fh.write(chunk)
                 digest.update(chunk)
-                received += len(chunk)
                 bar.update(len(chunk))
     if expected is not None and received != expected:
         raise _Truncated(f"received {received} of {expected} bytes")

@@ -88,9 +88,10 @@ def esm_weights_input():
 
 
 def esm_model_arg(wildcards, input):
+    pin = ["--sha256", ESM["model"]["sha256"]] if ESM["model"].get("sha256") else []
     if input.weights:
-        return ["--weights", input.weights]
-    return ["--model", ESM["model"]["name"]]
+        return ["--weights", input.weights, *pin]
+    return ["--model", ESM["model"]["name"], *pin]
 
 
 def vocab_protein_genes():

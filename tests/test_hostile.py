@@ -1,0 +1,173 @@
+"""Hostile and broken inputs: bounded downloads, weights loaded without unpickling code, no leftovers
+when a step is killed."""
+
+import hashlib
+import http.server
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import leftovers
+from scencode.errors import ScencodeError
+from scencode.esm_embed import load_esm2, released_weights, save_tiny_esm2
+from scencode.sources import download_url
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    routes: dict = {}
+
+    def do_GET(self):
+        kind, body = self.routes.get(self.path, ("missing", b""))
+        if kind == "missing":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        if kind == "endless":  # no Content-Length, never ends
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"x" * 65536)
+            except OSError:
+                return
+        if kind == "drip":  # one byte every 0.2 s: never idle long enough for a per-read timeout
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hostile():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _Hostile.routes = {}
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Hostile
+    httpd.shutdown()
+
+
+def test_endless_body_stops_at_the_size_cap_and_leaves_nothing(hostile, tmp_path):
+    base, handler = hostile
+    handler.routes["/endless"] = ("endless", b"")
+    with pytest.raises(ScencodeError, match="more than 1000000 bytes"):
+        download_url(f"{base}/endless", tmp_path / "d.h5ad", max_bytes=1_000_000, backoff=0)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "d.h5ad").exists()
+
+
+def test_slow_drip_server_hits_the_overall_deadline(hostile, tmp_path):
+    base, handler = hostile
+    handler.routes["/drip"] = ("drip", b"")
+    start = time.monotonic()
+    with pytest.raises(ScencodeError, match="deadline"):
+        download_url(f"{base}/drip", tmp_path / "d.h5ad", deadline_s=1.5, timeout=5, backoff=0)
+    assert time.monotonic() - start < 10
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://example.org/x.h5ad", "only http and https"),
+    ("file:///etc/passwd", "only http and https"),
+])
+def test_only_http_urls_are_fetched(url, message, tmp_path):
+    with pytest.raises(ScencodeError, match=message):
+        download_url(url, tmp_path / "d.h5ad")
+
+
+def test_retries_are_bounded(hostile, tmp_path):
+    with pytest.raises(ScencodeError, match="retries 1000"):
+        download_url(f"{hostile[0]}/x", tmp_path / "d", retries=1000)
+
+
+def test_url_source_that_is_not_hdf5_is_refused(hostile, tmp_path):
+    from scencode.sources import fetch
+
+    base, handler = hostile
+    body = b"<html>a login page</html>"
+    handler.routes["/data.h5ad"] = ("ok", body)
+    with pytest.raises(ScencodeError, match="not an h5ad"):
+        fetch({"type": "url", "url": f"{base}/data.h5ad", "sha256": hashlib.sha256(body).hexdigest()},
+              tmp_path / "raw.h5ad")
+    assert not (tmp_path / "raw.h5ad").exists() and leftovers(tmp_path) == []
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_released_esm2_is_fetched_pinned_and_loaded_weights_only(hostile, tmp_path):
+    base, handler = hostile
+    weights = tmp_path / "tiny.pt"
+    save_tiny_esm2(weights, layers=1, dim=16, heads=2)
+    body = weights.read_bytes()
+    handler.routes["/esm2_t6_8M_UR50D.pt"] = ("ok", body)
+    cache = tmp_path / "hub"
+    url = base + "/{name}.pt"
+    with pytest.raises(ScencodeError, match="sha256 mismatch"):
+        released_weights("esm2_t6_8M_UR50D", "0" * 64, cache, url=url)
+    assert not (cache / "esm2_t6_8M_UR50D.pt").exists()
+    path = released_weights("esm2_t6_8M_UR50D", hashlib.sha256(body).hexdigest(), cache, url=url)
+    assert path.read_bytes() == body
+    model, _ = load_esm2(weights=path, sha256=hashlib.sha256(body).hexdigest())
+    assert model.num_layers == 1
+
+
+def test_planted_pickle_in_the_hub_cache_does_not_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    marker = tmp_path / "PWNED"
+    payload = _Payload()
+    payload.marker = marker
+    planted = tmp_path / "hub" / "checkpoints" / "esm2_t6_8M_UR50D.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"cfg": payload, "model": {}}, planted)
+    with pytest.raises(ScencodeError, match="not a readable torch checkpoint"):
+        load_esm2("esm2_t6_8M_UR50D")
+    assert not marker.exists()
+    # pinned: the planted file is refused by content before it is even opened
+    with pytest.raises(ScencodeError, match="pinned"):
+        load_esm2("esm2_t6_8M_UR50D", sha256="0" * 64)
+    assert not marker.exists()
+
+
+def test_offline_released_model_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the retries' waits
+    with pytest.raises(ScencodeError, match="download of .* failed"):
+        released_weights("esm2_t6_8M_UR50D", url="http://127.0.0.1:9/{name}.pt")
+
+
+def test_killed_step_leaves_no_temporary_file(tmp_path):
+    """SIGTERM (scancel, a time limit) unwinds through the atomic writers: no hidden leftovers."""
+    out = tmp_path / "raw" / "big.h5ad"
+    code = (
+        "import sys, time; from scencode import cli, atomic\n"
+        "def slow(args):\n"
+        "    with atomic.atomic_path(args.out) as tmp:\n"
+        "        tmp.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
+        "cli.cmd_download = slow\n"
+        f"sys.exit(cli.main(['download', '--source', '{{}}', '--out', {str(out)!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err
+    assert list((tmp_path / "raw").iterdir()) == []
