@@ -145,3 +145,29 @@ def test_non_finite_or_huge_counts_are_refused_naming_the_matrix_and_position(tm
     with pytest.raises(ScencodeError, match=f"X {message} \\(1 entries, e.g. .* at row 7, column 3\\)"):
         run_qc(tmp_path / "in.h5ad", tmp_path / "out.h5ad", tmp_path / "out.json", gene_table, QCParams(), "d")
     assert not (tmp_path / "out.h5ad").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_repeated_cell_names_are_renamed_and_reported(tmp_path, gene_table):
+    adata = tiny_adata()
+    names = adata.obs_names.to_numpy().copy()
+    names[1] = names[2] = names[0]
+    adata.obs_names = names
+    out, report = qc(tmp_path, adata, gene_table, **LOOSE)
+    assert out.obs_names.is_unique
+    renamed = report["cells"]["duplicate_names_renamed"]
+    assert renamed == {"count": 2, "examples": [names[0]]}
+    assert {f"{names[0]}-dup1", f"{names[0]}-dup2"} <= set(out.obs_names)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"chunk_cells": 0}, "qc.chunk_cells must be ≥ 1"),
+    ({"min_genes": "many"}, "min_genes='many': expected int"),
+    ({"max_pct_mito": 150}, "percentage"),
+    ({"counts": "layer/counts"}, "choose auto, X, raw or layers/<name>"),
+    ({"min_genes": True}, "expected int"),
+])
+def test_settings_that_bypass_the_schema_are_named(params, message):
+    from scencode.cli import _params
+
+    with pytest.raises(ScencodeError, match=message):
+        _params(QCParams, params)

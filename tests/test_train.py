@@ -105,11 +105,16 @@ def test_changed_settings_start_over_and_keep_the_old_state(demo_corpus, tmp_pat
     assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt"))
 
 
-def test_corrupted_checkpoint_is_reported(demo_corpus, tmp_path):
+def test_corrupted_checkpoint_is_set_aside_and_training_starts_over(demo_corpus, tmp_path, caplog):
+    """A damaged last.pt would fail every retry the same way: it is kept aside, named, and the run
+    starts from step 0 instead."""
     corpus, vocab = demo_corpus
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
-    with pytest.raises(ScencodeError, match="last.pt: corrupted checkpoint"):
-        Trainer(spec(corpus, vocab, tmp_path)).fit()
+    state = Trainer(spec(corpus, vocab, tmp_path, max_steps=2)).fit()
+    assert state.step == 2
+    corrupt = list(tmp_path.glob("last.corrupt-*.pt"))
+    assert len(corrupt) == 1 and corrupt[0].read_bytes().startswith(b"PK\x03\x04 not really")
+    assert "corrupted checkpoint" in caplog.text and corrupt[0].name in caplog.text
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_corpus, tmp_path, monkeypatch):

@@ -26,7 +26,28 @@ def _params(cls, values: dict | str | None):
     if unknown:
         raise ScencodeError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)} "
                             f"(known: {', '.join(sorted(known))})")
-    return cls(**values)
+    check_types(cls, values)
+    params = cls(**values)
+    if hasattr(params, "validate"):
+        params.validate()
+    return params
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def check_types(cls, values: dict) -> None:
+    """Settings that bypass the config schema (a --params JSON) are checked against the dataclass's
+    annotations: a string where a number belongs is named, not a traceback three calls later."""
+    annotations = {f.name: str(f.type) for f in fields(cls)}
+    for key, value in values.items():
+        allowed = [t.strip() for t in annotations[key].split("|")]
+        if not all(t in _TYPES for t in allowed):
+            continue  # containers and classes: the step checks them
+        ok = any(isinstance(value, _TYPES[t]) for t in allowed) and not (
+            isinstance(value, bool) and "bool" not in allowed)
+        if not ok:
+            raise ScencodeError(f"{cls.__name__} setting {key}={value!r}: expected {annotations[key]}")
 
 
 def cmd_gene_table(args) -> None:

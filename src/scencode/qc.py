@@ -7,6 +7,7 @@ Genes are mapped, merged (duplicates summed) and ordered by one sparse aggregati
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,10 +25,13 @@ log = logging.getLogger(__name__)
 ENSEMBL_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl_gene_id", "feature_id")
 
 
+COUNTS_MODE = re.compile(r"auto|X|raw|layers/.+")
+
+
 @dataclass
 class QCParams:
     min_genes: int = 200
-    min_counts: int = 500
+    min_counts: float = 500
     max_pct_mito: float = 20.0
     min_cells_per_gene: int = 3
     counts: str = "auto"  # auto | X | raw | layers/<name>
@@ -36,6 +40,17 @@ class QCParams:
     label_key: str | None = None  # required obs columns (evaluation datasets)
     batch_key: str | None = None
     chunk_cells: int = 20_000
+
+    def validate(self) -> None:
+        for key in ("min_genes", "min_counts", "min_cells_per_gene"):
+            if getattr(self, key) < 0:
+                raise ScencodeError(f"qc.{key} must be ≥ 0, got {getattr(self, key)}")
+        if not 0 <= self.max_pct_mito <= 100:
+            raise ScencodeError(f"qc.max_pct_mito must be a percentage in [0, 100], got {self.max_pct_mito}")
+        if self.chunk_cells < 1:
+            raise ScencodeError(f"qc.chunk_cells must be ≥ 1, got {self.chunk_cells}")
+        if not COUNTS_MODE.fullmatch(self.counts):
+            raise ScencodeError(f"qc.counts {self.counts!r}: choose auto, X, raw or layers/<name>")
 
 
 @dataclass
@@ -117,9 +132,14 @@ def run_qc(input_path: str | Path, output_h5ad: str | Path, report_json: str | P
         keep_genes = gene_cells >= params.min_cells_per_gene
         _check_not_empty(keep_cells, keep_genes, params, input_path)
         select = mapping.aggregate[:, np.flatnonzero(keep_genes)].tocsr()
-        out_obs = _output_obs(obs, metrics, keep_cells)
+        out_obs, renamed = _output_obs(obs, metrics, keep_cells)
         out_var = _output_var(mapping.out_ids[keep_genes], gene_table)
         report = _report(dataset_id, input_path, counts.key, metrics, keep_cells, keep_genes, mapping, params)
+        report["cells"]["duplicate_names_renamed"] = renamed
+        if renamed["count"]:
+            log.warning("%s: %d kept cells repeat an earlier cell's name (e.g. %s); renamed with a '-dupN' "
+                        "suffix (qc report: cells.duplicate_names_renamed)", dataset_id, renamed["count"],
+                        ", ".join(renamed["examples"]))
         with atomic_path(output_h5ad, suffix=".h5ad") as tmp:
             writer = ChunkedH5adWriter(tmp, int(keep_genes.sum()))
             try:
@@ -192,16 +212,17 @@ def _check_not_empty(keep_cells, keep_genes, params: QCParams, path: Path) -> No
         raise ScencodeError(f"QC removed every gene (min_cells_per_gene {params.min_cells_per_gene})", path)
 
 
-def _output_obs(obs: pd.DataFrame, metrics: dict, keep: np.ndarray) -> pd.DataFrame:
+def _output_obs(obs: pd.DataFrame, metrics: dict, keep: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """Kept cells' obs with the QC metrics, and which repeated cell names were renamed."""
     out = obs.iloc[np.flatnonzero(keep)].copy()
     for name, values in metrics.items():
         out[name] = values[keep].astype(np.float32 if name != "n_genes" else np.int32)
     out.index = pd.Index(out.index.astype(str))
-    if out.index.has_duplicates:
+    dup = out.index.duplicated()
+    if dup.any():
         # cell ids must be unique downstream; keep the first, suffix the rest
-        dup = out.index.duplicated()
         out.index = out.index.where(~dup, out.index + "-dup" + pd.Series(np.cumsum(dup)).astype(str).to_numpy())
-    return out
+    return out, {"count": int(dup.sum()), "examples": sorted(set(out.index[dup].str.rsplit("-dup", n=1).str[0]))[:5]}
 
 
 def _output_var(ids: np.ndarray, table: GeneTable) -> pd.DataFrame:

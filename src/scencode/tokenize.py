@@ -41,6 +41,17 @@ class TokenizeParams:
     chunk_cells: int = 20_000
     compression_level: int = 3
 
+    def validate(self) -> None:
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            raise ScencodeError(f"tokenize.val_fraction {self.val_fraction} and test_fraction {self.test_fraction} "
+                                "must be in [0, 1) and leave cells for training")
+        for key in ("cells_per_shard", "row_group_cells", "chunk_cells"):
+            if getattr(self, key) < 1:
+                raise ScencodeError(f"tokenize.{key} must be ≥ 1, got {getattr(self, key)}")
+        if not 1 <= self.compression_level <= 22:
+            raise ScencodeError(f"tokenize.compression_level {self.compression_level}: zstd levels are 1 to 22")
+
 
 @dataclass
 class DatasetInput:

@@ -254,7 +254,15 @@ class Trainer:
         path = self.out / "last.pt"
         if not path.exists():
             return False
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except ScencodeError as exc:
+            # checkpoints are written atomically, so this is damage from outside (disk, a copy): every
+            # retry would fail the same way; keep the file for inspection and train from the start
+            corrupt = path.with_name(f"last.corrupt-{int(path.stat().st_mtime)}.pt")
+            os.replace(path, corrupt)
+            log.warning("%s: %s; moved to %s, training starts over", self.spec.name, exc, corrupt.name)
+            return False
         if ckpt.get("name") != self.spec.name:
             raise ScencodeError(f"checkpoint belongs to configuration {ckpt.get('name')!r}, not "
                                 f"{self.spec.name!r}", path)
