@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import shlex
 import shutil
 
@@ -262,3 +263,63 @@ def test_config_values_and_paths_reach_commands_quoted(tmp_path):
     qc = by_step["qc"][0]
     assert qc[qc.index("--output") + 1].startswith("res ults/qc/")
     assert not (tmp_path / "PWNED").exists()
+
+
+def _job_blocks(stdout: str) -> list[dict]:
+    """Each planned job of a dry run: rule, wildcards, resources, threads and --threads of its command."""
+    jobs = []
+    for block in stdout.split("\n\n"):
+        rule = re.search(r"^rule (\w+):", block, re.M)
+        if not rule:
+            continue
+        resources = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"resources: (.*)", block) or ["", ""])[1]))
+        wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"wildcards: (.*)", block) or ["", ""])[1]))
+        threads = re.search(r"^\s+threads: (\d+)", block, re.M)
+        command = re.search(r"--threads (\d+)", block)
+        jobs.append({"rule": rule[1], "wildcards": wildcards, "resources": resources,
+                     "threads": int(threads[1]) if threads else 1, "command_threads": command and int(command[1])})
+    return jobs
+
+
+def test_paper_jobs_ask_for_what_their_work_needs(tmp_path):
+    """Offline dry run of the paper through the SLURM profile: GPU-heavy jobs carry a GPU, no job asks
+    for less runtime or memory than its own estimate, rule threads are the command's threads."""
+    from scencode.plan import GPU_STAGES, job_resources
+
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    result = snakemake(tmp_path, config, "-n", "-p", "--profile", str(REPO / "slurm"), "--cores", "64")
+    assert result.returncode == 0, result.stderr
+    jobs = _job_blocks(result.stdout)
+    keys = {"download": "dataset", "qc": "dataset", "tokenize": "corpus", "embed": "dataset", "evaluate": "dataset"}
+    checked = set()
+    for job in jobs:
+        stage = job["rule"]
+        if stage in GPU_STAGES:
+            assert job["resources"].get("gpu") == "1", job
+        if stage in keys or stage in GPU_STAGES:
+            need = job_resources(stage, config, job["wildcards"].get(keys.get(stage, ""), None))
+            assert int(job["resources"]["runtime"]) >= need["estimate_min"], job
+            assert int(job["resources"]["mem_mb"]) >= need["mem_mb"], job
+            checked.add(stage)
+        if job["command_threads"] is not None:
+            assert job["threads"] == job["command_threads"], job
+    assert checked == set(keys) | set(GPU_STAGES)
+    esm = next(j for j in jobs if j["rule"] == "esm_embeddings")
+    # ESM-2 3B: 3e9 fp32 parameters (12 GB) loaded on the host; weeks on one CPU thread, ≈1 h on a GPU
+    assert int(esm["resources"]["mem_mb"]) >= 3 * 12_000 and esm["threads"] >= 4
+    assert int(esm["resources"]["runtime"]) >= job_resources("esm_embeddings", config)["estimate_min"] >= 30
+
+
+def test_plan_prints_the_paper_run_cost():
+    from scencode.cli import main
+
+    import contextlib, io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["plan", "--configfile", str(REPO / "config" / "paper.yaml"), "--gpus", "8"]) == 0
+    text = out.getvalue()
+    for stage in ("download", "qc", "tokenize", "esm_embeddings", "pretrain", "embed", "evaluate"):
+        assert f"\n{stage} " in f"\n{text}"
+    pretrain = next(line.split() for line in text.splitlines() if line.startswith("pretrain "))
+    assert int(pretrain[1]) == 9 and float(pretrain[2]) > 50  # jobs, GPU-hours
+    assert "measured:" in text and "assumed:" in text and "critical path" in text

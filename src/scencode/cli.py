@@ -18,8 +18,9 @@ log = logging.getLogger("scencode")
 RECONSTRUCTION_METRICS = ("masked_mse", "masked_mse_no_context", "gene_mean_mse")  # embed.ReconstructionErrors
 
 
-def _params(cls, values: dict | str | None):
-    """Build a params dataclass from a dict or JSON text, naming any unknown key."""
+def _params(cls, values: dict | str | None, validate: bool = True):
+    """Build a params dataclass from a dict or JSON text, naming any unknown key or wrong type, and
+    run its ``validate()`` (``validate=False``: the caller completes it first)."""
     values = json.loads(values) if isinstance(values, str) else (values or {})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
@@ -28,7 +29,7 @@ def _params(cls, values: dict | str | None):
                             f"(known: {', '.join(sorted(known))})")
     check_types(cls, values)
     params = cls(**values)
-    if hasattr(params, "validate"):
+    if validate and hasattr(params, "validate"):
         params.validate()
     return params
 
@@ -209,7 +210,8 @@ def cmd_pretrain(args) -> None:
     from .train import PREEMPTED_EXIT, Preempted, RunSpec, TrainConfig, Trainer
 
     settings = json.loads(args.params) if args.params else {}
-    model = _params(ModelConfig, {"vocab_size": 0, **settings.get("model", {})})
+    # the vocabulary's size is known once the Trainer reads it; the model validates itself then
+    model = _params(ModelConfig, {"vocab_size": 0, **settings.get("model", {})}, validate=False)
     spec = RunSpec(args.name, Path(args.corpus), Path(args.vocab), Path(args.out), model,
                    _params(LoaderConfig, settings.get("loader")), _params(TrainConfig, settings.get("train")),
                    Path(args.gene_table) if args.gene_table else None)
@@ -411,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_proteins)
 
+    p = sub.add_parser("plan", help="what a configured run costs (GPU-/CPU-hours, memory, disk, wall time), "
+                                     "before any job is submitted")
+    p.add_argument("--configfile", default="config/config.yaml")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs the pretraining and embedding jobs share")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("esm-tiny", help="save a randomly initialised tiny ESM-2 (demo and tests)")
     p.add_argument("--out", required=True)
     p.add_argument("--layers", type=int, default=2)
@@ -529,6 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus_dir")
     p.set_defaults(func=cmd_check_shards)
     return parser
+
+
+def cmd_plan(args) -> None:
+    import yaml
+
+    from .plan import render
+
+    path = Path(args.configfile)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScencodeError(f"not a readable config ({exc})", path) from exc
+    print(render(config, gpus=args.gpus))
 
 
 class Terminated(Exception):

@@ -5,6 +5,8 @@ import json
 
 from snakemake.utils import validate
 
+from scencode.plan import job_resources
+
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -31,6 +33,12 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     corpus="|".join([TRAIN_CORPUS, *EVAL_DATASETS]),
     config="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
+
+
+def sized(stage, key=None):
+    """gpu, threads, mem_mb and runtime of one job, computed from the run's size (scencode.plan;
+    `scencode plan` prints the same figures). A site overrides them in the workflow profile."""
+    return job_resources(stage, config, key)
 
 
 def as_json(value):

@@ -31,9 +31,11 @@ rule download:
         f"{LOGS}/download/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/download/{{dataset}}.tsv"
-    threads: 1
+    threads: lambda w: sized("download", w.dataset)["threads"]
     resources:
-        mem_mb=4000,
+        gpu=lambda w: sized("download", w.dataset)["gpu"],
+        mem_mb=lambda w: sized("download", w.dataset)["mem_mb"],
+        runtime=lambda w: sized("download", w.dataset)["runtime"],
     retries: 2
     conda:
         "../../envs/data.yaml"

@@ -81,9 +81,11 @@ else:
             f"{LOGS}/esm/embeddings.log",
         benchmark:
             f"{LOGS}/benchmarks/esm/embeddings.tsv"
-        threads: 4
+        threads: sized("esm_embeddings")["threads"]
         resources:
-            mem_mb=32000,
+            gpu=sized("esm_embeddings")["gpu"],
+            mem_mb=sized("esm_embeddings")["mem_mb"],
+            runtime=sized("esm_embeddings")["runtime"],
         conda:
             "../../envs/esm.yaml"
         shell:

@@ -19,9 +19,11 @@ rule embed:
         f"{LOGS}/embed/{{config}}/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/embed/{{config}}/{{dataset}}.tsv"
-    threads: 1
+    threads: lambda w: sized("embed", w.dataset)["threads"]
     resources:
-        mem_mb=8000,
+        gpu=lambda w: sized("embed", w.dataset)["gpu"],
+        mem_mb=lambda w: sized("embed", w.dataset)["mem_mb"],
+        runtime=lambda w: sized("embed", w.dataset)["runtime"],
     conda:
         "../../envs/train.yaml"
     shell:
@@ -68,9 +70,11 @@ rule evaluate:
         f"{LOGS}/evaluate/{{config}}/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/evaluate/{{config}}/{{dataset}}.tsv"
-    threads: 1
+    threads: lambda w: sized("evaluate", w.dataset)["threads"]
     resources:
-        mem_mb=16000,
+        gpu=lambda w: sized("evaluate", w.dataset)["gpu"],
+        mem_mb=lambda w: sized("evaluate", w.dataset)["mem_mb"],
+        runtime=lambda w: sized("evaluate", w.dataset)["runtime"],
     conda:
         "../../envs/evaluate.yaml"
     shell:
@@ -114,9 +118,11 @@ rule reconstruction:
         f"{LOGS}/reconstruction/{{config}}.log",
     benchmark:
         f"{LOGS}/benchmarks/reconstruction/{{config}}.tsv"
-    threads: 1
+    threads: lambda w: sized("reconstruction", w.config)["threads"]
     resources:
-        mem_mb=8000,
+        gpu=lambda w: sized("reconstruction", w.config)["gpu"],
+        mem_mb=lambda w: sized("reconstruction", w.config)["mem_mb"],
+        runtime=lambda w: sized("reconstruction", w.config)["runtime"],
     conda:
         "../../envs/train.yaml"
     shell:

@@ -20,9 +20,11 @@ rule pretrain:
         f"{LOGS}/pretrain/{{config}}.log",
     benchmark:
         f"{LOGS}/benchmarks/pretrain/{{config}}.tsv"
-    threads: 4
+    threads: lambda w: sized("pretrain", w.config)["threads"]
     resources:
-        mem_mb=16000,
+        gpu=lambda w: sized("pretrain", w.config)["gpu"],
+        mem_mb=lambda w: sized("pretrain", w.config)["mem_mb"],
+        runtime=lambda w: sized("pretrain", w.config)["runtime"],
     conda:
         "../../envs/train.yaml"
     shell:

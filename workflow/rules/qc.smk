@@ -11,9 +11,11 @@ rule qc:
         f"{LOGS}/qc/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/qc/{{dataset}}.tsv"
-    threads: 1
+    threads: lambda w: sized("qc", w.dataset)["threads"]
     resources:
-        mem_mb=8000,
+        gpu=lambda w: sized("qc", w.dataset)["gpu"],
+        mem_mb=lambda w: sized("qc", w.dataset)["mem_mb"],
+        runtime=lambda w: sized("qc", w.dataset)["runtime"],
     conda:
         "../../envs/data.yaml"
     shell:

@@ -37,9 +37,11 @@ rule tokenize:
         f"{LOGS}/tokenize/{{corpus}}.log",
     benchmark:
         f"{LOGS}/benchmarks/tokenize/{{corpus}}.tsv"
-    threads: 1
+    threads: lambda w: sized("tokenize", w.corpus)["threads"]
     resources:
-        mem_mb=4000,
+        gpu=lambda w: sized("tokenize", w.corpus)["gpu"],
+        mem_mb=lambda w: sized("tokenize", w.corpus)["mem_mb"],
+        runtime=lambda w: sized("tokenize", w.corpus)["runtime"],
     conda:
         "../../envs/data.yaml"
     shell:

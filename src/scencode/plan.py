@@ -1,0 +1,220 @@
+"""What a configured run costs before any job is submitted, and what each job asks the cluster for.
+
+Estimate = work (from config: cells per dataset, model size, epochs, ESM-2 parameters × residues)
+÷ throughput. Every throughput in :data:`THROUGHPUT` says where it comes from: ``measured`` (the
+benchmark and the machine) or ``assumed`` (to be replaced by a measurement). The workflow's rules
+take their resources from :func:`job_resources`, so the plan and the submitted jobs agree by
+construction; a site overrides any of them in one place, the workflow profile's ``set-resources``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ESM2_PARAMS = {  # parameters of the released models (fair-esm's model card)
+    "esm2_t6_8M_UR50D": 8e6, "esm2_t12_35M_UR50D": 35e6, "esm2_t30_150M_UR50D": 150e6,
+    "esm2_t33_650M_UR50D": 650e6, "esm2_t36_3B_UR50D": 3e9, "esm2_t48_15B_UR50D": 15e9,
+}
+GPU_STAGES = ("esm_embeddings", "pretrain", "embed", "reconstruction")
+
+
+@dataclass(frozen=True)
+class Rate:
+    value: float
+    unit: str
+    source: str  # "measured: …" or "assumed: …"
+
+
+THROUGHPUT = {
+    "train_real_tokens_per_gpu_s": Rate(742_000, "real tokens/s (forward + backward)",
+                                        "measured: benchmarks/gpu_check.py on one H200, d 512 × 12 layers, bf16, "
+                                        "bucketed + torch.compile, 2026-11-26"),
+    "esm_flop_per_gpu_s": Rate(1.0e14, "FLOP/s",
+                               "assumed: 10% of an H100's dense bf16 peak (fp32 weights, ragged batches)"),
+    "qc_cells_per_s": Rate(2_000, "cells/s", "assumed: chunked h5ad read, filter, gzip write on one core"),
+    "tokenize_cells_per_s": Rate(5_000, "cells/s", "assumed: benchmarks/tokenize_throughput.py order of magnitude"),
+    "download_bytes_per_s": Rate(50e6, "bytes/s", "assumed: 50 MB/s from CELLxGENE's S3"),
+    "evaluate_cells_per_s": Rate(300, "cells/s", "measured: README, 72k cells in ≈4 min on 2 cores"),
+}
+ASSUMED_CELLS = 50_000  # a dataset whose size config does not give (n_cells)
+ASSUMED_RESIDUES = 60e6  # Ensembl 114 peptides, every isoform (≈120,000 sequences)
+BYTES_PER_CELL_H5AD = 8_000  # ≈2,000 non-zero genes × (4 B value + 4 B index), before compression
+SAFETY = 2.0  # runtime asked = estimate × SAFETY + 10 minutes
+
+
+@dataclass
+class Job:
+    stage: str
+    name: str
+    gpu: int
+    threads: int
+    mem_mb: int
+    runtime_min: int  # asked for
+    estimate_min: float  # expected
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu * self.estimate_min / 60
+
+    @property
+    def cpu_hours(self) -> float:
+        return self.threads * self.estimate_min / 60
+
+
+def _runtime(estimate_min: float, floor: int = 30) -> int:
+    return max(floor, math.ceil(estimate_min * SAFETY + 10))
+
+
+def dataset_cells(config: dict, name: str) -> int:
+    spec = config["datasets"][name]
+    return int(spec.get("n_cells") or spec["source"].get("n_cells") or ASSUMED_CELLS)
+
+
+def _cells(config: dict, role: str) -> dict[str, int]:
+    return {d: dataset_cells(config, d) for d, s in config["datasets"].items() if s["role"] == role}
+
+
+def _tokens_per_cell(config: dict) -> int:
+    # K = min(context, non-zero genes); droplet cells hold ≈1,000–3,000 non-zero genes
+    return min(config["pretrain"]["loader"]["context"], 2_000)
+
+
+def _model_params(config: dict) -> float:
+    m = config["pretrain"]["model"]
+    return m["n_layers"] * (4 * m["d_model"] ** 2 + 2 * m["d_model"] * m["d_ff"])
+
+
+def _loader_mem_mb(config: dict, workers: int) -> float:
+    """Host memory of the shuffle pools: batch × bucket_batches cells × tokens × (ids, counts, x̃,
+    flags ≈ 16 B), one pool per DataLoader worker and one in flight."""
+    loader = config["pretrain"]["loader"]
+    pool = loader["batch_size"] * loader.get("bucket_batches", 50) * _tokens_per_cell(config) * 16
+    return pool * (workers + 1) / 2**20
+
+
+def _train_seconds(config: dict, cells: float, passes: float, forward_only: bool = False) -> float:
+    rate = THROUGHPUT["train_real_tokens_per_gpu_s"].value
+    # the measured rate is at d 512 × 12 layers; other sizes scale with the non-embedding parameters
+    scale = _model_params(config) / (12 * (4 * 512 ** 2 + 2 * 512 * 1024))
+    seconds = cells * passes * _tokens_per_cell(config) / rate * scale
+    return seconds / 3 if forward_only else seconds
+
+
+def job_resources(stage: str, config: dict, key: str | None = None) -> dict:
+    """gpu, threads, mem_mb and runtime (minutes) of one job: ``key`` is its dataset or corpus."""
+    job = _job(stage, config, key)
+    return {"gpu": job.gpu, "threads": job.threads, "mem_mb": job.mem_mb, "runtime": job.runtime_min,
+            "estimate_min": job.estimate_min}
+
+
+def _job(stage: str, config: dict, key: str | None) -> Job:
+    train, evals = _cells(config, "train"), _cells(config, "eval")
+    if stage == "download":
+        minutes = dataset_cells(config, key) * BYTES_PER_CELL_H5AD / THROUGHPUT["download_bytes_per_s"].value / 60
+        return Job(stage, key, 0, 1, 4000, _runtime(minutes), minutes)
+    if stage == "qc":
+        n = dataset_cells(config, key)
+        chunk = config["qc"].get("chunk_cells", 20_000)
+        # streamed in chunks: one chunk's matrix (in, out, product) + per-cell metrics
+        mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 4 / 2**20 + n * 400 / 2**20
+        minutes = n / THROUGHPUT["qc_cells_per_s"].value / 60
+        return Job(stage, key, 0, 1, math.ceil(mem), _runtime(minutes), minutes)
+    if stage == "tokenize":
+        n = sum(train.values()) if key == "train" else evals.get(key, ASSUMED_CELLS)
+        chunk = config["tokenize"].get("chunk_cells", 20_000)
+        mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 2 / 2**20
+        minutes = n / THROUGHPUT["tokenize_cells_per_s"].value / 60
+        return Job(stage, key, 0, 1, math.ceil(mem), _runtime(minutes), minutes)
+    if stage == "esm_embeddings":
+        model = config["esm"]["model"]
+        if model["type"] in ("tiny", "import"):
+            return Job(stage, "table", 0, 1, 4000, 60, 5.0)
+        params = ESM2_PARAMS.get(model.get("name"), 3e9)
+        minutes = 2 * params * ASSUMED_RESIDUES / THROUGHPUT["esm_flop_per_gpu_s"].value / 60
+        # weights in fp32 are loaded once on the host and copied to the GPU
+        mem = math.ceil(3 * params * 4 / 2**20 + 16_000)
+        return Job(stage, "table", 1, 8, mem, _runtime(minutes, floor=60), minutes)
+    if stage == "pretrain":
+        epochs = config["pretrain"]["train"].get("epochs") or 1
+        minutes = _train_seconds(config, sum(train.values()), epochs) / 60
+        workers = config["pretrain"]["train"].get("num_workers", 0)
+        mem = math.ceil(8000 + 2 * _loader_mem_mb(config, workers) + _model_params(config) * 16 / 2**20)
+        return Job(stage, key or "configuration", 1, 8, mem, _runtime(minutes, floor=60), minutes)
+    if stage == "embed":
+        n = evals.get(key, ASSUMED_CELLS)
+        minutes = _train_seconds(config, n, 1, forward_only=True) / 60
+        return Job(stage, key, 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)), _runtime(minutes), minutes)
+    if stage == "reconstruction":
+        fraction = config["tokenize"].get("test_fraction", 0.001)
+        minutes = _train_seconds(config, sum(train.values()) * fraction, 1, forward_only=True) / 60
+        return Job(stage, key or "configuration", 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)),
+                   _runtime(minutes), minutes)
+    if stage == "evaluate":
+        n = min(evals.get(key, ASSUMED_CELLS), config["evaluate"].get("max_cells_scib", 100_000))
+        minutes = n / THROUGHPUT["evaluate_cells_per_s"].value / 60
+        # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
+        mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)
+        return Job(stage, key, 0, 1, mem, _runtime(minutes), minutes)
+    raise ValueError(f"no resource model for stage {stage!r}")
+
+
+def plan_jobs(config: dict) -> list[Job]:
+    """Every GPU- or data-heavy job of the run, with its resources and estimate."""
+    configs = len(config["pretrain"]["configurations"]) * len(config["pretrain"].get("seeds", [0]))
+    baselines = len(config["evaluate"].get("baselines", []))
+    datasets = list(config["datasets"])
+    evals = [d for d in datasets if config["datasets"][d]["role"] == "eval"]
+    jobs = [_job("download", config, d) for d in datasets] + [_job("qc", config, d) for d in datasets]
+    jobs += [_job("tokenize", config, c) for c in ["train", *evals]]
+    jobs.append(_job("esm_embeddings", config, None))
+    for i in range(configs):
+        jobs.append(_job("pretrain", config, f"configuration {i + 1}"))
+        jobs.append(_job("reconstruction", config, f"configuration {i + 1}"))
+        jobs += [_job("embed", config, d) for d in evals]
+    jobs += [_job("evaluate", config, d) for d in evals for _ in range(configs + baselines)]
+    return jobs
+
+
+def summarise(jobs: list[Job], gpus: int) -> list[dict]:
+    """Per stage: jobs, GPU-hours, CPU-hours, peak memory per job, and the stage's wall time on
+    ``gpus`` GPUs (GPU stages) or with every CPU job in parallel."""
+    rows = []
+    for stage in dict.fromkeys(j.stage for j in jobs):
+        these = [j for j in jobs if j.stage == stage]
+        gpu_h = sum(j.gpu_hours for j in these)
+        longest = max(j.estimate_min for j in these) / 60
+        wall = max(gpu_h / gpus, longest) if these[0].gpu else longest
+        rows.append({"stage": stage, "jobs": len(these), "gpu": bool(these[0].gpu), "gpu_hours": gpu_h,
+                     "cpu_hours": sum(j.cpu_hours for j in these), "peak_mem_gb": max(j.mem_mb for j in these) / 1024,
+                     "max_runtime_asked_h": max(j.runtime_min for j in these) / 60, "wall_hours": wall})
+    return rows
+
+
+def disk_gb(config: dict) -> dict[str, float]:
+    cells = sum(dataset_cells(config, d) for d in config["datasets"])
+    train = sum(_cells(config, "train").values())
+    raw = cells * BYTES_PER_CELL_H5AD / 2 / 1e9  # gzip ≈ 2×
+    return {"resources": raw, "results": raw * 1.5 + train * _tokens_per_cell(config) * 6 / 1e9}
+
+
+def render(config: dict, gpus: int = 8) -> str:
+    jobs = plan_jobs(config)
+    rows = summarise(jobs, gpus)
+    out = [f"{'stage':<16}{'jobs':>6}{'GPU-h':>9}{'CPU-h':>9}{'mem/job GB':>12}{'asked h':>9}{'wall h':>9}"]
+    for r in rows:
+        out.append(f"{r['stage']:<16}{r['jobs']:>6}{r['gpu_hours']:>9.1f}{r['cpu_hours']:>9.1f}"
+                   f"{r['peak_mem_gb']:>12.1f}{r['max_runtime_asked_h']:>9.1f}{r['wall_hours']:>9.2f}")
+    # stages run one after the other on the critical path: data → ESM-2 → pretrain → embed → evaluate
+    total_wall = sum(r["wall_hours"] for r in rows)
+    disk = disk_gb(config)
+    out += ["", f"total: {sum(r['gpu_hours'] for r in rows):.1f} GPU-hours, {sum(r['cpu_hours'] for r in rows):.1f} "
+            f"CPU-hours; critical path ≈ {total_wall:.1f} h on {gpus} GPUs (CPU jobs in parallel)",
+            f"disk: resources/ ≈ {disk['resources']:.0f} GB, results/ ≈ {disk['results']:.0f} GB", "", "throughputs:"]
+    out += [f"  {name}: {rate.value:g} {rate.unit} ({rate.source})" for name, rate in THROUGHPUT.items()]
+    out.append(f"  tokens per cell: min(context, 2,000) = {_tokens_per_cell(config)} (assumed: droplet cells hold "
+               "≈1,000–3,000 non-zero genes)")
+    unsized = [d for d, s in config["datasets"].items() if not (s.get("n_cells") or s["source"].get("n_cells"))]
+    if unsized:
+        out.append(f"  {len(unsized)} dataset(s) without n_cells in config: assumed {ASSUMED_CELLS:,} cells each")
+    return "\n".join(out)
