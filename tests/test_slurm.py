@@ -41,17 +41,20 @@ def tiny_config():
 
 
 def node_sized_profile(tmp_path):
-    """The project's workflow profile with memory, CPUs and runtime shrunk to the 2-CPU test node;
-    everything else (the GPU request of pretrain) exactly as shipped."""
+    """The project's workflow profile with memory, CPUs and runtime shrunk to the 2-CPU test node,
+    as a site would override the rules' computed requests (scencode.plan); the GPU requests
+    (pretrain, embed, reconstruction) stay as the rules compute them."""
+    from scencode.plan import GPU_STAGES
+
     profile = yaml.safe_load((REPO / "workflow" / "profiles" / "default" / "config.yaml").read_text())
     shrink = {"mem_mb": 1500, "cpus_per_task": 1, "runtime": 20}
     profile["default-resources"].update(shrink)
     for resources in profile["set-resources"].values():
         resources.update({k: v for k, v in shrink.items() if k in resources})
-    # rules' own requests in the Snakefile, above the node's size
-    profile["set-resources"].setdefault("esm_embeddings", {})["mem_mb"] = 1500
-    profile["set-resources"]["pretrain"]["mem_mb"] = 1500
-    profile["set-threads"] = {"pretrain": 1, "esm_embeddings": 1}
+    sized = ("download", "qc", "tokenize", *GPU_STAGES, "evaluate")
+    for rule in sized:
+        profile["set-resources"].setdefault(rule, {}).update(mem_mb=1500, runtime=20)
+    profile["set-threads"] = {rule: 1 for rule in sized}
     folder = tmp_path / "node_profile"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
