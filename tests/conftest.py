@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -76,3 +80,73 @@ def demo_corpus(tmp_path_factory, gene_table):
     tokenize_corpus("train", inputs, vocab, folder / "train",
                     TokenizeParams(val_fraction=0.1, test_fraction=0.05, cells_per_shard=150, row_group_cells=25))
     return folder / "train", vocab
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """A local HTTP server's behaviours: ``routes`` (path → body), ``failures`` (path → how many
+    503s first), and /truncated, /endless, /drip."""
+    routes: dict = {}
+    failures: dict = {}
+    hits: dict = {}
+
+    def do_GET(self):
+        self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        if self.failures.get(self.path, 0) > 0:
+            self.failures[self.path] -= 1
+            self.send_error(503)
+            return
+        if self.path == "/endless":  # no Content-Length, never ends
+            self.send_response(200)
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                while True:
+                    self.wfile.write(b"x" * 65536)
+            return
+        if self.path == "/drip":  # one byte every 0.2 s: never idle long enough for a per-read timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            return
+        if self.path == "/truncated":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            return
+        body = self.routes.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    _Handler.routes, _Handler.failures, _Handler.hits = {}, {}, {}
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
+    httpd.shutdown()
+
+
+@pytest.fixture
+def server():
+    """(base URL, handler class) of a server on 127.0.0.1; set ``handler.routes`` to serve files."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    _Handler.routes, _Handler.failures, _Handler.hits = {}, {}, {}
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
+    httpd.shutdown()

@@ -2,80 +2,30 @@
 when a step is killed."""
 
 import hashlib
-import http.server
 import os
-import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import leftovers
 from scencode.errors import ScencodeError
-from scencode.esm_embed import load_esm2, released_weights, save_tiny_esm2
+from scencode.esm_embed import esm2_weights, load_esm2, save_tiny_esm2
 from scencode.sources import download_url
 
 
-class _Hostile(http.server.BaseHTTPRequestHandler):
-    routes: dict = {}
-
-    def do_GET(self):
-        kind, body = self.routes.get(self.path, ("missing", b""))
-        if kind == "missing":
-            self.send_error(404)
-            return
-        self.send_response(200)
-        if kind == "endless":  # no Content-Length, never ends
-            self.end_headers()
-            try:
-                while True:
-                    self.wfile.write(b"x" * 65536)
-            except OSError:
-                return
-        if kind == "drip":  # one byte every 0.2 s: never idle long enough for a per-read timeout
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            try:
-                for _ in range(1000):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:
-                return
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def hostile():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    _Hostile.routes = {}
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Hostile
-    httpd.shutdown()
-
-
-def test_endless_body_stops_at_the_size_cap_and_leaves_nothing(hostile, tmp_path):
-    base, handler = hostile
-    handler.routes["/endless"] = ("endless", b"")
+def test_endless_body_stops_at_the_size_cap_and_leaves_nothing(server, tmp_path):
+    base, handler = server
     with pytest.raises(ScencodeError, match="more than 1000000 bytes"):
         download_url(f"{base}/endless", tmp_path / "d.h5ad", max_bytes=1_000_000, backoff=0)
     assert leftovers(tmp_path) == [] and not (tmp_path / "d.h5ad").exists()
 
 
-def test_slow_drip_server_hits_the_overall_deadline(hostile, tmp_path):
-    base, handler = hostile
-    handler.routes["/drip"] = ("drip", b"")
+def test_slow_drip_server_hits_the_overall_deadline(server, tmp_path):
+    base, handler = server
     start = time.monotonic()
     with pytest.raises(ScencodeError, match="deadline"):
         download_url(f"{base}/drip", tmp_path / "d.h5ad", deadline_s=1.5, timeout=5, backoff=0)
@@ -92,17 +42,17 @@ def test_only_http_urls_are_fetched(url, message, tmp_path):
         download_url(url, tmp_path / "d.h5ad")
 
 
-def test_retries_are_bounded(hostile, tmp_path):
+def test_retries_are_bounded(server, tmp_path):
     with pytest.raises(ScencodeError, match="retries 1000"):
-        download_url(f"{hostile[0]}/x", tmp_path / "d", retries=1000)
+        download_url(f"{server[0]}/x", tmp_path / "d", retries=1000)
 
 
-def test_url_source_that_is_not_hdf5_is_refused(hostile, tmp_path):
+def test_url_source_that_is_not_hdf5_is_refused(server, tmp_path):
     from scencode.sources import fetch
 
-    base, handler = hostile
+    base, handler = server
     body = b"<html>a login page</html>"
-    handler.routes["/data.h5ad"] = ("ok", body)
+    handler.routes["/data.h5ad"] = body
     with pytest.raises(ScencodeError, match="not an h5ad"):
         fetch({"type": "url", "url": f"{base}/data.h5ad", "sha256": hashlib.sha256(body).hexdigest()},
               tmp_path / "raw.h5ad")
@@ -114,19 +64,19 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_released_esm2_is_fetched_pinned_and_loaded_weights_only(hostile, tmp_path):
-    base, handler = hostile
+def test_released_esm2_is_fetched_pinned_and_loaded_weights_only(server, tmp_path):
+    base, handler = server
     weights = tmp_path / "tiny.pt"
     save_tiny_esm2(weights, layers=1, dim=16, heads=2)
     body = weights.read_bytes()
-    handler.routes["/esm2_t6_8M_UR50D.pt"] = ("ok", body)
+    handler.routes["/esm2_t6_8M_UR50D.pt"] = body
     cache = tmp_path / "hub"
     url = base + "/{name}.pt"
     with pytest.raises(ScencodeError, match="sha256 mismatch"):
-        released_weights("esm2_t6_8M_UR50D", "0" * 64, cache, url=url)
+        esm2_weights("esm2_t6_8M_UR50D", sha256="0" * 64, cache_dir=cache, url=url)
     assert not (cache / "esm2_t6_8M_UR50D.pt").exists()
-    path = released_weights("esm2_t6_8M_UR50D", hashlib.sha256(body).hexdigest(), cache, url=url)
-    assert path.read_bytes() == body
+    path, digest = esm2_weights("esm2_t6_8M_UR50D", sha256=hashlib.sha256(body).hexdigest(), cache_dir=cache, url=url)
+    assert path.read_bytes() == body and digest == hashlib.sha256(body).hexdigest()
     model, _ = load_esm2(weights=path, sha256=hashlib.sha256(body).hexdigest())
     assert model.num_layers == 1
 
@@ -152,7 +102,7 @@ def test_offline_released_model_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(time, "sleep", lambda s: None)  # the retries' waits
     with pytest.raises(ScencodeError, match="download of .* failed"):
-        released_weights("esm2_t6_8M_UR50D", url="http://127.0.0.1:9/{name}.pt")
+        esm2_weights("esm2_t6_8M_UR50D", url="http://127.0.0.1:9/{name}.pt")
 
 
 def test_killed_step_leaves_no_temporary_file(tmp_path):

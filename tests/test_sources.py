@@ -1,7 +1,5 @@
 import hashlib
-import http.server
 import sys
-import threading
 import types
 from pathlib import Path
 
@@ -12,46 +10,6 @@ import pytest
 from conftest import leftovers, tiny_adata
 from scencode.errors import ScencodeError
 from scencode.sources import download_url, fetch
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict = {}
-    failures: dict = {}
-    hits: dict = {}
-
-    def do_GET(self):
-        self.hits[self.path] = self.hits.get(self.path, 0) + 1
-        if self.failures.get(self.path, 0) > 0:
-            self.failures[self.path] -= 1
-            self.send_error(503)
-            return
-        if self.path == "/truncated":
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b"x" * 10)
-            return
-        body = self.routes.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    _Handler.routes, _Handler.failures, _Handler.hits = {}, {}, {}
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
-    httpd.shutdown()
 
 
 @pytest.fixture

@@ -155,21 +155,20 @@ def cmd_esm_tiny(args) -> None:
 
 
 def cmd_esm_embed(args) -> None:
-    from .esm_embed import EmbedParams, ESMEmbedder, embed_genes, load_esm2, released_weights
+    from .esm_embed import EmbedParams, ESMEmbedder, embed_genes, esm2_weights, load_weights
     from .proteins import read_peptide_fasta, select_isoforms
 
     params = _params(EmbedParams, args.params)
     isoforms = select_isoforms(read_peptide_fasta(args.fasta), params.isoforms)
-    model, alphabet = load_esm2(args.model, args.weights, args.sha256)
+    weights, weights_sha256 = esm2_weights(args.model, args.weights, args.sha256)
+    model, alphabet = load_weights(weights)
     torch_threads(args.threads)
     embedder = ESMEmbedder(model, alphabet, params)
-    from .shards import file_sha256
-
     meta = {"source": "esm2", "model": args.model or Path(args.weights).name, "layer": embedder.layer,
             "isoforms": params.isoforms, "long_sequences": params.long_sequences,
             "fasta": Path(args.fasta).name,
             # a local weights file by content: a changed file with the same name is another model
-            "weights_sha256": file_sha256(Path(args.weights) if args.weights else released_weights(args.model))}
+            "weights_sha256": weights_sha256}
     genes = embed_genes(isoforms, embedder, args.out, meta)
     log.info("ESM-2 gene embeddings: %d genes, dim %d, layer %d", len(genes), embedder.dim, embedder.layer)
 

@@ -69,48 +69,44 @@ def load_esm2(name: str | None = None, weights: str | Path | None = None, sha256
     """An ESM-2 model and alphabet, from a local fair-esm checkpoint or by released name. Either way
     the file is read with ``weights_only=True`` (fair-esm's hub loader unpickles in full: a file
     planted in a shared torch hub cache would run its code) and checked against ``sha256`` if given."""
-    path = Path(weights) if weights else released_weights(name, sha256)
-    if weights and sha256:
-        _check_sha256(path, sha256)
-    return _load_local(path)
+    return load_weights(esm2_weights(name, weights, sha256)[0])
 
 
-def released_weights(name: str | None, sha256: str | None = None, cache_dir: str | Path | None = None,
-                     url: str = RELEASED_URL) -> Path:
-    """The released checkpoint ``name`` in the torch hub cache (``$TORCH_HOME/hub/checkpoints``, where
-    fair-esm keeps it), downloaded there first if absent: streamed, size-checked, atomically renamed."""
+def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha256: str | None = None,
+                 cache_dir: str | Path | None = None, url: str = RELEASED_URL) -> tuple[Path, str]:
+    """(weights file, its sha256), hashed once: a local file, or the released checkpoint ``name`` in
+    the torch hub cache (``$TORCH_HOME/hub/checkpoints``, where fair-esm keeps it), downloaded there
+    first if absent (streamed, size-checked, atomically renamed). A pinned ``sha256`` must match."""
+    from .shards import file_sha256
     from .sources import download_url
 
-    if name not in ESM2_MODELS:
+    if weights:
+        path = Path(weights)
+        if not path.exists():
+            raise ScencodeError("ESM-2 weights file not found", path)
+    elif name not in ESM2_MODELS:
         raise ScencodeError(f"unknown ESM-2 model {name!r}; known: {', '.join(ESM2_MODELS)} "
                             "(or give a local weights file)")
-    path = Path(cache_dir or Path(torch.hub.get_dir()) / "checkpoints") / f"{name}.pt"
-    if path.exists():
-        if sha256:
-            _check_sha256(path, sha256)
-        return path
-    log.info("ESM-2 %s: downloading %s to %s", name, url.format(name=name), path)
-    digest = download_url(url.format(name=name), path, sha256=sha256)
-    if not sha256:
-        log.warning("ESM-2 %s is not pinned: its sha256 is %s (esm.model.sha256 in config refuses any other file)",
-                    name, digest)
-    return path
-
-
-def _check_sha256(path: Path, expected: str) -> None:
-    from .shards import file_sha256
-
+    else:
+        path = Path(cache_dir or Path(torch.hub.get_dir()) / "checkpoints") / f"{name}.pt"
+        if not path.exists():
+            log.info("ESM-2 %s: downloading %s to %s", name, url.format(name=name), path)
+            digest = download_url(url.format(name=name), path, sha256=sha256)  # refuses a pin mismatch
+            if not sha256:
+                log.warning("ESM-2 %s is not pinned: its sha256 is %s (esm.model.sha256 in config refuses "
+                            "any other file)", name, digest)
+            return path, digest
     digest = file_sha256(path)
-    if digest != expected.lower():
-        raise ScencodeError(f"sha256 {digest} is not the pinned {expected}: a different or tampered file; "
+    if sha256 and digest != sha256.lower():
+        raise ScencodeError(f"sha256 {digest} is not the pinned {sha256}: a different or tampered file; "
                             "delete it to download again", path)
+    return path, digest
 
 
-def _load_local(path: Path):
+def load_weights(path: Path):
+    """A fair-esm checkpoint file read with ``weights_only=True``."""
     import esm
 
-    if not path.exists():
-        raise ScencodeError("ESM-2 weights file not found", path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)

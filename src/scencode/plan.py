@@ -12,10 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ESM2_PARAMS = {  # parameters of the released models (fair-esm's model card)
-    "esm2_t6_8M_UR50D": 8e6, "esm2_t12_35M_UR50D": 35e6, "esm2_t30_150M_UR50D": 150e6,
-    "esm2_t33_650M_UR50D": 650e6, "esm2_t36_3B_UR50D": 3e9, "esm2_t48_15B_UR50D": 15e9,
-}
+MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
 GPU_STAGES = ("esm_embeddings", "pretrain", "embed", "reconstruction")
 
 
@@ -80,9 +77,21 @@ def _tokens_per_cell(config: dict) -> int:
     return min(config["pretrain"]["loader"]["context"], 2_000)
 
 
+def block_params(n_layers: int, d_model: int, d_ff: int) -> float:
+    """Weights of the encoder blocks (attention 4·d², feed-forward 2·d·d_ff): what a token's FLOPs scale with."""
+    return n_layers * (4 * d_model ** 2 + 2 * d_model * d_ff)
+
+
+def esm2_params(name: str) -> float:
+    from .esm_embed import ESM2_MODELS
+
+    layers, dim, _ = ESM2_MODELS[name]
+    return block_params(layers, dim, 4 * dim)  # 3B: 2.8e9, 650M: 6.5e8, 15B: 1.5e10
+
+
 def _model_params(config: dict) -> float:
     m = config["pretrain"]["model"]
-    return m["n_layers"] * (4 * m["d_model"] ** 2 + 2 * m["d_model"] * m["d_ff"])
+    return block_params(m["n_layers"], m["d_model"], m["d_ff"])
 
 
 def _loader_mem_mb(config: dict, workers: int) -> float:
@@ -96,7 +105,7 @@ def _loader_mem_mb(config: dict, workers: int) -> float:
 def _train_seconds(config: dict, cells: float, passes: float, forward_only: bool = False) -> float:
     rate = THROUGHPUT["train_real_tokens_per_gpu_s"].value
     # the measured rate is at d 512 × 12 layers; other sizes scale with the non-embedding parameters
-    scale = _model_params(config) / (12 * (4 * 512 ** 2 + 2 * 512 * 1024))
+    scale = _model_params(config) / block_params(**MEASURED_MODEL)
     seconds = cells * passes * _tokens_per_cell(config) / rate * scale
     return seconds / 3 if forward_only else seconds
 
@@ -130,7 +139,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         model = config["esm"]["model"]
         if model["type"] in ("tiny", "import"):
             return Job(stage, "table", 0, 1, 4000, 60, 5.0)
-        params = ESM2_PARAMS.get(model.get("name"), 3e9)
+        params = esm2_params(model["name"]) if model["type"] == "released" else 3e9  # local: size unknown
         minutes = 2 * params * ASSUMED_RESIDUES / THROUGHPUT["esm_flop_per_gpu_s"].value / 60
         # weights in fp32 are loaded once on the host and copied to the GPU
         mem = math.ceil(3 * params * 4 / 2**20 + 16_000)

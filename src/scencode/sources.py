@@ -43,10 +43,7 @@ def fetch(source: dict, out: str | Path, seed: int = 0) -> None:
     elif kind == "url":
         download_url(source["url"], out, sha256=source.get("sha256"), retries=source.get("retries", 4),
                      max_bytes=source.get("max_bytes", DEFAULT_MAX_BYTES),
-                     deadline_s=source.get("deadline_s", DEFAULT_DEADLINE_S))
-        if not h5py.is_hdf5(out):
-            out.unlink()
-            raise ScencodeError(f"{source['url']} is not an h5ad (HDF5) file; nothing was kept", out)
+                     deadline_s=source.get("deadline_s", DEFAULT_DEADLINE_S), hdf5=True)
     else:
         census_download(source, out)
 
@@ -71,11 +68,12 @@ DEFAULT_DEADLINE_S = 12 * 3600.0
 
 def download_url(url: str, out: str | Path, sha256: str | None = None, retries: int = 4,
                  timeout: float = 60.0, backoff: float = 2.0, max_bytes: int = DEFAULT_MAX_BYTES,
-                 deadline_s: float = DEFAULT_DEADLINE_S) -> str:
+                 deadline_s: float = DEFAULT_DEADLINE_S, hdf5: bool = False) -> str:
     """Stream ``url`` (http or https) to ``out``: retried on network errors and 5xx/429 (at most
     :data:`MAX_RETRIES` times, waits capped at :data:`MAX_BACKOFF_S`), refused past ``max_bytes``
     or ``deadline_s`` seconds (a slow-drip server never times out per read), size and sha256
-    checked, renamed into place only when complete. Returns the sha256 of the file."""
+    checked (and, with ``hdf5``, the format), renamed into place only when complete. Returns the
+    sha256 of the file."""
     out = Path(out)
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
@@ -90,6 +88,8 @@ def download_url(url: str, out: str | Path, sha256: str | None = None, retries: 
                 digest = _stream(url, tmp, timeout, max_bytes, deadline)
                 if sha256 and digest != sha256.lower():
                     raise ScencodeError(f"sha256 mismatch for {url}: got {digest}, expected {sha256}", out)
+                if hdf5 and not h5py.is_hdf5(tmp):
+                    raise ScencodeError(f"{url} is not an h5ad (HDF5) file; nothing was kept", out)
             return digest
         except (urllib.error.URLError, ConnectionError, TimeoutError, _Truncated) as exc:
             code = getattr(exc, "code", None)
