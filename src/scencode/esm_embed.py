@@ -78,7 +78,6 @@ def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha
     the torch hub cache (``$TORCH_HOME/hub/checkpoints``, where fair-esm keeps it), downloaded there
     first if absent (streamed, size-checked, atomically renamed). A pinned ``sha256`` must match."""
     from .shards import file_sha256
-    from .sources import download_url
 
     if weights:
         path = Path(weights)
@@ -90,6 +89,8 @@ def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha
     else:
         path = Path(cache_dir or Path(torch.hub.get_dir()) / "checkpoints") / f"{name}.pt"
         if not path.exists():
+            from .sources import download_url  # h5py: not needed (nor installed on a bare GPU node) otherwise
+
             log.info("ESM-2 %s: downloading %s to %s", name, url.format(name=name), path)
             digest = download_url(url.format(name=name), path, sha256=sha256)  # refuses a pin mismatch
             if not sha256:
