@@ -57,7 +57,7 @@ def test_top_expressed_sampling_keeps_the_highest_counts():
 
 def test_batches_are_padded_with_normalised_values(demo_corpus):
     corpus, _ = demo_corpus
-    batch = next(iter(ShardBatches(corpus, "train", CFG)))
+    batch = next(iter(ShardBatches(corpus, "train", LoaderConfig(**{**CFG.__dict__, "layout": "padded"}))))
     valid = batch["valid"]
     assert batch["gene_ids"].dtype == torch.int64 and (batch["gene_ids"][~valid] == 0).all()
     assert valid.sum(1).max() <= CFG.context and (batch["masked"] <= valid).all()
@@ -66,7 +66,7 @@ def test_batches_are_padded_with_normalised_values(demo_corpus):
 
 def test_length_bucketing_cuts_padding(demo_corpus):
     corpus, _ = demo_corpus
-    cfg = LoaderConfig(batch_size=8, context=2048, bucket_batches=10, seed=1)
+    cfg = LoaderConfig(batch_size=8, context=2048, bucket_batches=10, seed=1, layout="padded")
     def padding(shuffle_buckets):
         ds = ShardBatches(corpus, "train", cfg, shuffle=shuffle_buckets)
         real = total = 0
@@ -75,6 +75,20 @@ def test_length_bucketing_cuts_padding(demo_corpus):
             total += b["valid"].numel()
         return 1 - real / total
     assert padding(True) < 0.5 * padding(False)
+
+
+def test_packed_batches_hold_the_padded_batches_real_tokens(demo_corpus):
+    corpus, _ = demo_corpus
+    padded = ShardBatches(corpus, "train", LoaderConfig(**{**CFG.__dict__, "layout": "padded"}), with_cell_ids=True)
+    packed = ShardBatches(corpus, "train", CFG, with_cell_ids=True)
+    n = 0
+    for a, b in zip(padded, packed):
+        assert a["cell_id"] == b["cell_id"] and "valid" not in b
+        assert b["offsets"].tolist() == [0, *a["valid"].sum(1).cumsum(0).tolist()]
+        for key in ("gene_ids", "counts", "xnorm", "masked"):
+            assert torch.equal(a[key][a["valid"]], b[key])
+        n += 1
+    assert n > 3
 
 
 def test_two_workers_times_two_ranks_see_every_training_cell_once(demo_corpus):
@@ -106,7 +120,8 @@ def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
     assert [b["cell_id"] for b in epoch2][:1] != [full[0]["cell_id"]]
 
 
-@pytest.mark.parametrize("bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0), dict(gene_sampling="best")])
+@pytest.mark.parametrize("bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0), dict(gene_sampling="best"),
+                                 dict(layout="ragged")])
 def test_invalid_loader_settings_are_refused(demo_corpus, bad):
     from scencode.errors import ScencodeError
 

@@ -4,7 +4,7 @@ import torch
 from scencode.encodings import (EXPRESSION_ENCODERS, GENE_ENCODERS, AutoDiscretisationExpression, SoftBinExpression,
                                 log_bins, lookup, quantile_bins)
 from scencode.errors import ScencodeError
-from scencode.model import CellTransformer, ModelConfig
+from scencode.model import CellTransformer, ModelConfig, Padded
 
 D, VOCAB = 16, 30
 TABLE = torch.randn(VOCAB, 12)
@@ -24,7 +24,7 @@ def batch(b=3, length=7, seed=0):
 @pytest.mark.parametrize("name", sorted(EXPRESSION_ENCODERS))
 def test_every_expression_encoder_gives_one_d_vector_per_token(name):
     ids, counts, xnorm, valid = batch()
-    out = EXPRESSION_ENCODERS[name](D)(counts, xnorm, valid)
+    out = EXPRESSION_ENCODERS[name](D)(counts, xnorm, Padded(valid))
     assert out.shape == (3, 7, D) and torch.isfinite(out).all()
 
 
@@ -38,27 +38,27 @@ def test_every_gene_encoder_gives_one_d_vector_per_token(name):
 def test_hard_bins_follow_per_cell_quantiles_and_clamp():
     xnorm = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
     valid = torch.ones_like(xnorm, dtype=torch.bool)
-    bins = quantile_bins(xnorm, valid, n_bins=6)  # boundaries at quantiles 0, .25, .5, .75, 1 of 1..5
+    bins = quantile_bins(xnorm, Padded(valid), n_bins=6)  # boundaries at quantiles 0, .25, .5, .75, 1 of 1..5
     assert bins.tolist() == [[0, 1, 2, 3, 4, 5]]
-    assert quantile_bins(xnorm * 100, valid, 6).tolist() == bins.tolist()  # per-cell: scale-free
+    assert quantile_bins(xnorm * 100, Padded(valid), 6).tolist() == bins.tolist()  # per-cell: scale-free
     many = torch.rand(4, 300) + 0.01
-    b = quantile_bins(many, torch.ones_like(many, dtype=torch.bool), 50)
+    b = quantile_bins(many, Padded(torch.ones_like(many, dtype=torch.bool)), 50)
     assert b.min() == 1 and b.max() == 49 and (b == 49).any()
 
 
 def test_hard_bins_break_ties_deterministically():
     xnorm = torch.tensor([[2.0, 1.0, 2.0, 3.0, 2.0, 1.0]])
     valid = torch.ones_like(xnorm, dtype=torch.bool)
-    bins = quantile_bins(xnorm, valid, 10)
+    bins = quantile_bins(xnorm, Padded(valid), 10)
     assert bins[0, 0] == bins[0, 2] == bins[0, 4] and bins[0, 1] == bins[0, 5]
     perm = torch.tensor([3, 5, 0, 4, 1, 2])
-    assert quantile_bins(xnorm[:, perm], valid, 10).tolist() == bins[:, perm].tolist()
+    assert quantile_bins(xnorm[:, perm], Padded(valid), 10).tolist() == bins[:, perm].tolist()
 
 
 def test_hard_bins_ignore_padding():
     xnorm = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
     valid = torch.tensor([[True, True, True, False]])
-    assert quantile_bins(xnorm, valid, 4)[0, :3].tolist() == quantile_bins(xnorm[:, :3], valid[:, :3], 4)[0].tolist()
+    assert quantile_bins(xnorm, Padded(valid), 4)[0, :3].tolist() == quantile_bins(xnorm[:, :3], Padded(valid[:, :3]), 4)[0].tolist()
 
 
 def test_log_bins_are_floor_log2_of_counts_plus_one_clamped_at_ten():
@@ -111,11 +111,12 @@ def test_masked_loss_and_pooled_embeddings_ignore_padding():
     torch.manual_seed(0)
     model = CellTransformer(ModelConfig(VOCAB, d_model=D, n_layers=2, n_heads=2, d_ff=8, dropout=0.0)).eval()
     ids, counts, xnorm, valid = batch()
-    emb = model.cell_embeddings(ids, counts, xnorm, valid)
+    emb = model.cell_embeddings({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid})
     # the first cell's padded tail changes nothing
     ids2, counts2, xnorm2 = ids.clone(), counts.clone(), xnorm.clone()
     ids2[0, 5:], counts2[0, 5:], xnorm2[0, 5:] = 7, 3.0, 1.5
-    assert torch.allclose(model.cell_embeddings(ids2, counts2, xnorm2, valid), emb, atol=1e-5)
+    assert torch.allclose(model.cell_embeddings({"gene_ids": ids2, "counts": counts2, "xnorm": xnorm2, "valid": valid}),
+                          emb, atol=1e-5)
     masked = torch.zeros_like(valid)
     masked[:, :3] = True
     loss = model.loss({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
@@ -170,3 +171,37 @@ def test_every_encoding_starts_at_unit_scale(gene, expression):
     target = torch.cat([b["xnorm"][b["valid"]] for b in batches]).mean()
     pred = model.eval()(batches[0])
     assert torch.allclose(pred[batches[0]["valid"]], target.expand_as(pred[batches[0]["valid"]]))
+
+
+def packed(batch: dict) -> dict:
+    from scencode.data import pack
+    return {k: torch.from_numpy(v) for k, v in pack({k: v.numpy() for k, v in batch.items()}).items()}
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("expression", ["continuous", "hard"])
+def test_packed_batches_give_the_padded_loss_gradients_and_embeddings(expression, nested):
+    """Packing drops padding, nothing else: same predictions at real positions, same masked loss, same
+    gradients, same cell embeddings, through the CPU's padded-view attention and through the jagged
+    nested-tensor attention that CUDA uses."""
+    torch.manual_seed(0)
+    model = CellTransformer(ModelConfig(VOCAB, "learned", expression, d_model=D, n_layers=2, n_heads=2, d_ff=8,
+                                        dropout=0.0))
+    padded = realistic_batches(n=1)[0]
+    flat = packed(padded)
+    assert flat["gene_ids"].shape == (int(padded["valid"].sum()),) and flat["offsets"][-1] == padded["valid"].sum()
+    losses, grads = [], []
+    for batch, cells in ((padded, None), (flat, nested)):
+        model.zero_grad()
+        model.nested_attention = cells
+        loss = model.loss(batch)
+        if cells is not None:
+            emb = model.cell_embeddings(batch)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(model.cell_embeddings(padded), emb, atol=1e-5)
+    assert torch.allclose(model.eval()(padded)[padded["valid"]], model(flat), atol=1e-5)
+    assert "offsets" in flat and "valid" not in flat

@@ -272,7 +272,7 @@ def test_embeddings_are_deterministic_and_sample_genes_by_the_seed(trained_and_e
 def _two_batches_of_different_lengths(corpus):
     from scencode.data import ShardBatches
 
-    cfg = LoaderConfig(**{**SMALL_LOADER, "batch_size": 8, "context": 4096})
+    cfg = LoaderConfig(**{**SMALL_LOADER, "batch_size": 8, "context": 4096, "layout": "padded"})
     batches = list(ShardBatches(corpus, "train", cfg))
     batches.sort(key=lambda b: b["valid"].shape[1])
     short, long = batches[0], batches[-1]

@@ -5,6 +5,11 @@ dealt round-robin to the (rank × dataloader worker) readers, so every cell of t
 exactly once per epoch across all processes. Inside a reader, cells pass through a shuffle buffer;
 each buffer is cut into batches of cells of similar length (length bucketing: less padding).
 
+Batches come in one of two layouts (``LoaderConfig.layout``): ``packed`` (the default) holds only
+real tokens, cell after cell, with ``offsets`` (cells + 1) marking where each cell starts; ``padded``
+holds (cells, longest cell) arrays with a ``valid`` mask. Same cells, genes and masks either way;
+the model runs on both (``model.Padded`` / ``model.Packed``).
+
 All randomness (which K of a cell's M genes, which positions are masked, the shuffles) comes from
 keyed hashes of (seed, epoch, cell, gene) or from generators seeded by (seed, epoch, reader), never
 from global state: the stream is deterministic and a resumed run can skip exactly the batches it
@@ -27,6 +32,7 @@ from .shards import check_footer, open_shard, read_manifest
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 GENE_SAMPLING = ("random", "top_expressed")
+LAYOUTS = ("packed", "padded")
 
 
 @dataclass
@@ -40,12 +46,15 @@ class LoaderConfig:
     # which K of a cell's M genes: "random" (seeded hashes, the study's) or "top_expressed" (the K
     # highest counts, ties broken by the same hashes; deterministic whatever the seed's epoch)
     gene_sampling: str = "random"
+    layout: str = "packed"  # packed: real tokens only (offsets) | padded: (cells, longest) + valid
 
     def validate(self) -> None:
         if self.context < 1 or self.batch_size < 1:
             raise ScencodeError(f"context ({self.context}) and batch_size ({self.batch_size}) must be ≥ 1")
         if self.gene_sampling not in GENE_SAMPLING:
             raise ScencodeError(f"gene_sampling {self.gene_sampling!r}: choose one of {', '.join(GENE_SAMPLING)}")
+        if self.layout not in LAYOUTS:
+            raise ScencodeError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
         if not 0 < self.p_mask < 1:
             raise ScencodeError(f"p_mask {self.p_mask} must be in (0, 1)")
 
@@ -138,9 +147,22 @@ def _mask_smallest(second: np.ndarray, k: np.ndarray, p_mask: float) -> np.ndarr
 
 
 def to_tensors(padded: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfig) -> dict[str, torch.Tensor]:
-    """Adds x̃ = log1p(count / total × c_norm); padded positions stay 0."""
+    """Adds x̃ = log1p(count / total × c_norm) (padded positions stay 0), then lays the batch out as
+    ``cfg.layout`` says."""
     xnorm = np.log1p(padded["counts"] / totals[:, None].astype(np.float32) * np.float32(cfg.c_norm))
-    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in {**padded, "xnorm": xnorm}.items()}
+    arrays = {**padded, "xnorm": xnorm}
+    if cfg.layout == "packed":
+        arrays = pack(arrays)
+    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
+
+
+def pack(padded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """(cells, L) arrays → their real tokens, cell after cell, and ``offsets`` (cells + 1). Row-major
+    order keeps each cell's tokens together and in the padded layout's order."""
+    valid = padded["valid"]
+    out = {name: values[valid] for name, values in padded.items() if name != "valid"}
+    out["offsets"] = np.concatenate([[0], np.cumsum(valid.sum(1))]).astype(np.int64)
+    return out
 
 
 class ShardBatches(torch.utils.data.IterableDataset):

@@ -20,7 +20,7 @@ from .atomic import atomic_path
 from .data import LoaderConfig, ShardBatches
 from .errors import ScencodeError
 from .evaluate import write_embedding
-from .model import CellTransformer, ModelConfig, masked_sse
+from .model import CellTransformer, ModelConfig, masked_sse, n_cells, real_positions
 from .shards import verify_corpus
 from .train import TrainConfig, load_checkpoint, precision
 
@@ -87,7 +87,7 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
     for batch in _batches(Path(corpus), None, loader, mask=True):
         tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
         with _autocast(device):
-            emb = model.cell_embeddings(tensors["gene_ids"], tensors["counts"], tensors["xnorm"], tensors["valid"])
+            emb = model.cell_embeddings(tensors)
             errors.add(model, tensors)
         chunks.append(emb.float().cpu().numpy())
         ids += batch["cell_id"]
@@ -115,14 +115,15 @@ class ReconstructionErrors:
         self.tokens, self.cells = 0, 0
 
     def add(self, model: CellTransformer, batch: dict) -> None:
-        target = batch["masked"] & batch["valid"]
+        real = real_positions(batch)
+        target = batch["masked"] & real
         self.sse[0] += masked_sse(model(batch), batch)[0].double()
-        self.sse[1] += masked_sse(model({**batch, "masked": batch["valid"]}), batch)[0].double()
+        self.sse[1] += masked_sse(model({**batch, "masked": real}), batch)[0].double()
         genes, x = batch["gene_ids"][target], batch["xnorm"][target].double()
         for row, values in enumerate((torch.ones_like(x), x, x * x)):
             self.gene[row].index_add_(0, genes, values)
         self.tokens += int(target.sum())
-        self.cells += batch["valid"].shape[0]
+        self.cells += n_cells(batch)
 
     def result(self) -> dict:
         if not self.tokens:

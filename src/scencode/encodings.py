@@ -1,8 +1,10 @@
 """Gene and expression encoders, registered by name.
 
 A token's input embedding is gene embedding + expression embedding, both of size ``d_model``.
-Expression encoders see the whole padded batch at once (raw counts, normalised values x̃ and the
-validity mask), so binning is vectorised on the device.
+Expression encoders see the whole batch at once (raw counts, normalised values x̃ and the batch's
+layout, ``model.Padded`` or ``model.Packed``), so binning is vectorised on the device. Most work
+token by token and ignore the layout; one that needs each cell's values together (per-cell quantile
+bins) takes ``cells.pad(x)`` (cells, longest) with ``cells.valid``, and returns ``cells.unpad(…)``.
 
 Add an encoding: write a class with ``__init__(self, d_model, <options as keyword arguments>, **_)``
 (an option the signature does not name is refused when the workflow's DAG is built) and ``forward`` as below,
@@ -126,7 +128,7 @@ class RandomFrozenGenes(FrozenTableGenes):
         super().__init__(d_model, random, hidden)
 
 
-# ------------------------------------------- expression encoders: forward(counts, xnorm, valid)
+# ------------------------------------------- expression encoders: forward(counts, xnorm, cells)
 
 @expression_encoder("continuous")
 class ContinuousExpression(nn.Module):
@@ -136,14 +138,18 @@ class ContinuousExpression(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.GELU(), nn.Linear(hidden, d_model))
 
-    def forward(self, counts, xnorm, valid):
+    def forward(self, counts, xnorm, cells):
         return self.mlp(xnorm.unsqueeze(-1))
 
 
-def quantile_bins(xnorm: torch.Tensor, valid: torch.Tensor, n_bins: int) -> torch.Tensor:
+def quantile_bins(xnorm: torch.Tensor, cells, n_bins: int) -> torch.Tensor:
     """scGPT binning per cell: boundaries at n_bins-1 evenly spaced quantiles of the cell's non-zero
     values; bin = number of boundaries ≤ x (1 … n_bins-1), zero → 0. Equal values share a bin, so
-    ties are broken the same way whatever their order."""
+    ties are broken the same way whatever their order. ``cells``: the batch's layout."""
+    return cells.unpad(_padded_quantile_bins(cells.pad(xnorm), cells.valid, n_bins))
+
+
+def _padded_quantile_bins(xnorm: torch.Tensor, valid: torch.Tensor, n_bins: int) -> torch.Tensor:
     nonzero = valid & (xnorm > 0)
     values = torch.where(nonzero, xnorm, torch.full_like(xnorm, float("nan")))
     q = torch.linspace(0, 1, n_bins - 1, device=xnorm.device, dtype=torch.float32)
@@ -162,8 +168,8 @@ class HardBinExpression(nn.Module):
         self.n_bins = n_bins
         self.table = nn.Embedding(n_bins, d_model)
 
-    def forward(self, counts, xnorm, valid):
-        return self.table(quantile_bins(xnorm, valid, self.n_bins))
+    def forward(self, counts, xnorm, cells):
+        return self.table(quantile_bins(xnorm, cells, self.n_bins))
 
 
 def log_bins(counts: torch.Tensor, max_bin: int = 10) -> torch.Tensor:
@@ -178,7 +184,7 @@ class LogBinExpression(nn.Module):
         self.max_bin = max_bin
         self.table = nn.Embedding(max_bin + 1, d_model)
 
-    def forward(self, counts, xnorm, valid):
+    def forward(self, counts, xnorm, cells):
         return self.table(log_bins(counts, self.max_bin))
 
 
@@ -195,7 +201,7 @@ class SoftBinExpression(nn.Module):
     def weights(self, xnorm: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.w2(nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))), dim=-1)
 
-    def forward(self, counts, xnorm, valid):
+    def forward(self, counts, xnorm, cells):
         return self.weights(xnorm) @ self.bins
 
 
@@ -215,5 +221,5 @@ class AutoDiscretisationExpression(nn.Module):
         v = nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))
         return torch.softmax(self.w2(v) + self.alpha * v, dim=-1)
 
-    def forward(self, counts, xnorm, valid):
+    def forward(self, counts, xnorm, cells):
         return self.weights(xnorm) @ self.bins

@@ -2,6 +2,13 @@
 ``scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA), an MLP head that
 predicts x̃ at every position. A cell is a bag of genes: no positional encoding.
 
+Two batch layouts (the loader's ``layout``), one model: *padded* batches are (cells, longest cell)
+with a ``valid`` mask; *packed* batches hold only real tokens, cell after cell (``offsets``), so every
+linear layer, norm and the head compute on real tokens only, and attention stays within each cell
+(a block-diagonal mask): on CUDA through jagged nested tensors, whose SDPA runs the variable-length
+flash kernel; on CPU, which has no such kernel, attention alone gathers each cell into a padded
+(cells, longest) view.
+
 Initialisation policy (fair starting scales): before training, :meth:`CellTransformer.calibrate`
 measures the gene and the expression encoder's outputs on real training cells and sets two fixed
 gains so that each component has unit RMS, whatever the encoder (an embedding table, an MLP on a
@@ -45,6 +52,99 @@ class ModelConfig:
         check_options(EXPRESSION_ENCODERS, "expression", self.expression_encoding, self.expression_options)
 
 
+class Padded:
+    """(cells, L) positions; padded keys are never attended."""
+
+    def __init__(self, valid: torch.Tensor):
+        self.valid = valid
+        self.mask = None if bool(valid.all()) else valid[:, None, None, :]  # True = attend
+
+    @property
+    def n_cells(self) -> int:
+        return self.valid.shape[0]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    unpad = pad
+
+    def attend(self, q, k, v, dropout: float) -> torch.Tensor:
+        """q, k, v: (cells, L, heads, d_head) → (cells, L, heads, d_head)."""
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=self.mask, dropout_p=dropout)
+        return y.transpose(1, 2)
+
+    def cell_means(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.valid.unsqueeze(-1).to(h.dtype)
+        return (h * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+class Packed:
+    """Real tokens only, cell after cell: cell i holds positions ``offsets[i]:offsets[i + 1]``.
+    ``nested``: attention through jagged nested tensors (the default on CUDA: variable-length flash
+    attention); otherwise each cell is gathered into a padded view for attention alone."""
+
+    def __init__(self, offsets: torch.Tensor, nested: bool | None = None):
+        self.offsets = offsets
+        lengths = offsets.diff()
+        self.max_len = int(lengths.max()) if len(lengths) else 0
+        self.nested = offsets.device.type == "cuda" if nested is None else nested
+        self.cell = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
+        self.position = torch.arange(len(self.cell), device=offsets.device) - offsets[:-1][self.cell]
+        self._valid = None
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(cells, longest) mask of the padded view."""
+        if self._valid is None:
+            self._valid = torch.zeros(self.n_cells, self.max_len, dtype=torch.bool, device=self.offsets.device)
+            self._valid[self.cell, self.position] = True
+        return self._valid
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, …) → (cells, longest, …), zeros after each cell."""
+        out = x.new_zeros((self.n_cells, self.max_len, *x.shape[1:]))
+        out[self.cell, self.position] = x
+        return out
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.cell, self.position]
+
+    def attend(self, q, k, v, dropout: float) -> torch.Tensor:
+        """q, k, v: (tokens, heads, d_head) → (tokens, heads, d_head), each cell attending to itself."""
+        if self.nested:
+            def jagged(x):
+                return torch.nested.nested_tensor_from_jagged(x.contiguous(), self.offsets,
+                                                              max_seqlen=self.max_len).transpose(1, 2)
+            y = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), dropout_p=dropout)
+            return y.transpose(1, 2).values()
+        mask = self.valid[:, None, None, :]
+        q, k, v = (self.pad(x).transpose(1, 2) for x in (q, k, v))
+        return self.unpad(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout).transpose(1, 2))
+
+    def cell_means(self, h: torch.Tensor) -> torch.Tensor:
+        sums = h.new_zeros((self.n_cells, h.shape[-1])).index_add_(0, self.cell, h)
+        return sums / self.offsets.diff().clamp(min=1).unsqueeze(-1).to(h.dtype)
+
+
+def layout(batch: dict, nested: bool | None = None) -> Padded | Packed:
+    """The batch's layout: packed batches carry ``offsets``, padded ones ``valid``."""
+    return Packed(batch["offsets"], nested) if "offsets" in batch else Padded(batch["valid"])
+
+
+def real_positions(batch: dict) -> torch.Tensor:
+    """Bool mask of real (non-padding) positions, in the batch's own shape."""
+    return batch["valid"] if "valid" in batch else torch.ones_like(batch["masked"])
+
+
+def n_cells(batch: dict) -> int:
+    return len(batch["offsets"]) - 1 if "offsets" in batch else batch["valid"].shape[0]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -56,12 +156,12 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.out(y.transpose(1, 2).reshape(b, t, d)))
+    def forward(self, x: torch.Tensor, cells: Padded | Packed) -> torch.Tensor:
+        """x: (cells, L, d) padded or (tokens, d) packed."""
+        d = x.shape[-1]
+        q, k, v = self.qkv(self.ln1(x)).unflatten(-1, (3, self.n_heads, d // self.n_heads)).unbind(-3)
+        y = cells.attend(q, k, v, self.dropout if self.training else 0.0)
+        x = x + self.drop(self.out(y.flatten(-2)))
         return x + self.drop(self.ff(self.ln2(x)))
 
 
@@ -81,19 +181,23 @@ class CellTransformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.register_buffer("gene_gain", torch.ones(()))
         self.register_buffer("expression_gain", torch.ones(()))
+        self.nested_attention: bool | None = None  # packed batches: jagged attention (None: on CUDA)
 
-    def components(self, gene_ids, counts, xnorm, valid) -> tuple[torch.Tensor, torch.Tensor]:
+    def cells(self, batch: dict) -> Padded | Packed:
+        return layout(batch, self.nested_attention)
+
+    def components(self, batch: dict, cells: Padded | Packed) -> tuple[torch.Tensor, torch.Tensor]:
         """(gene, expression) embeddings of every position, after the calibrated gains."""
-        return (self.gene_gain * self.genes(gene_ids),
-                self.expression_gain * self.expression(counts, xnorm, valid))
+        return (self.gene_gain * self.genes(batch["gene_ids"]),
+                self.expression_gain * self.expression(batch["counts"], batch["xnorm"], cells))
 
     @torch.no_grad()
     def component_rms(self, batch: dict) -> dict[str, float]:
         """RMS of the gene and expression embeddings over the batch's real positions."""
-        genes, expr = self.components(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"])
-        valid = batch["valid"]
-        return {"gene": float(genes[valid].float().pow(2).mean().sqrt()),
-                "expression": float(expr[valid].float().pow(2).mean().sqrt())}
+        genes, expr = self.components(batch, self.cells(batch))
+        real = real_positions(batch)
+        return {"gene": float(genes[real].float().pow(2).mean().sqrt()),
+                "expression": float(expr[real].float().pow(2).mean().sqrt())}
 
     @torch.no_grad()
     def calibrate(self, batches: list[dict]) -> dict[str, float]:
@@ -101,33 +205,31 @@ class CellTransformer(nn.Module):
         ``batches`` of training cells (the initialisation policy above)."""
         self.gene_gain.fill_(1.0)
         self.expression_gain.fill_(1.0)
-        valid = torch.cat([b["valid"].flatten() for b in batches])
-        genes, expr = zip(*(self.components(b["gene_ids"], b["counts"], b["xnorm"], b["valid"]) for b in batches))
+        genes, expr = zip(*(self.components(b, self.cells(b)) for b in batches))
+        reals = [real_positions(b) for b in batches]
         for gain, values in ((self.gene_gain, genes), (self.expression_gain, expr)):
-            flat = torch.cat([v.reshape(-1, v.shape[-1]) for v in values])[valid]
+            flat = torch.cat([v[real] for v, real in zip(values, reals)])
             gain.fill_(float(flat.float().pow(2).mean().sqrt().clamp(min=1e-8)) ** -1)
-        target = torch.cat([b["xnorm"][b["valid"]] for b in batches])
+        target = torch.cat([b["xnorm"][real] for b, real in zip(batches, reals)])
         self.head[-1].weight.zero_()
         self.head[-1].bias.fill_(float(target.mean()))
         return {"gene_gain": float(self.gene_gain), "expression_gain": float(self.expression_gain),
                 "head_bias": float(target.mean())}
 
-    def encode(self, gene_ids, counts, xnorm, valid, masked=None) -> torch.Tensor:
-        """Final-layer token states (B, L, d)."""
-        genes, expr = self.components(gene_ids, counts, xnorm, valid)
+    def encode(self, batch: dict, cells: Padded | Packed, masked: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-layer token states, (cells, L, d) padded or (tokens, d) packed; the expression of
+        ``masked`` positions is replaced by the mask vector."""
+        genes, expr = self.components(batch, cells)
         if masked is not None:
             expr = torch.where(masked.unsqueeze(-1), self.mask_vector.to(expr.dtype), expr)
         x = self.drop(genes + expr)
-        # boolean mask: True = attend; padded keys are never attended
-        attn_mask = None if bool(valid.all()) else valid[:, None, None, :]
         for block in self.blocks:
-            x = block(x, attn_mask)
+            x = block(x, cells)
         return self.ln_f(x)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Predicted x̃ at every position (B, L) of a batch (the loader's dict of tensors)."""
-        return self.head(self.encode(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"],
-                                     batch["masked"])).squeeze(-1)
+        """Predicted x̃ at every position of a batch (the loader's dict of tensors, either layout)."""
+        return self.head(self.encode(batch, self.cells(batch), batch["masked"])).squeeze(-1)
 
     def loss(self, batch: dict) -> torch.Tensor:
         """MSE between predicted and true x̃ on the batch's masked, non-padded positions."""
@@ -135,16 +237,15 @@ class CellTransformer(nn.Module):
         return sse / n.clamp(min=1)
 
     @torch.no_grad()
-    def cell_embeddings(self, gene_ids, counts, xnorm, valid) -> torch.Tensor:
-        """Mean of final-layer token outputs over non-padded positions (B, d)."""
-        h = self.encode(gene_ids, counts, xnorm, valid).float()
-        w = valid.unsqueeze(-1).float()
-        return (h * w).sum(1) / w.sum(1).clamp(min=1)
+    def cell_embeddings(self, batch: dict) -> torch.Tensor:
+        """Mean of final-layer token outputs over each cell's real positions, nothing masked (cells, d)."""
+        cells = self.cells(batch)
+        return cells.cell_means(self.encode(batch, cells).float())
 
 
 def masked_sse(pred: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of squared errors, number of positions) over the masked, non-padded positions: the one
     definition of the objective. Training divides by the masked positions of the whole optimiser
     step, so every masked token weighs the same whatever the batching."""
-    target = batch["masked"] & batch["valid"]
+    target = batch["masked"] & real_positions(batch)
     return ((pred[target].float() - batch["xnorm"][target].float()) ** 2).sum(), target.sum()

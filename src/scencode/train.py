@@ -31,7 +31,7 @@ import torch.distributed as dist
 from .atomic import atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
 from .errors import ScencodeError
-from .model import CellTransformer, ModelConfig, masked_sse
+from .model import CellTransformer, ModelConfig, masked_sse, n_cells, real_positions
 from .shards import verify_corpus
 from .vocab import load_vocab
 
@@ -394,7 +394,7 @@ class Trainer:
         a token of a short cell weighs as much as one of a long cell whatever the bucketing."""
         st = self.state
         batches = [to_device(b, self.device) for b in micro_batches]
-        n_masked = sum((b["masked"] & b["valid"]).sum() for b in batches).double()
+        n_masked = sum((b["masked"] & real_positions(b)).sum() for b in batches).double()
         if self.world > 1:
             dist.all_reduce(n_masked)
         scale = self.world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
@@ -409,8 +409,8 @@ class Trainer:
                 self.scaler.scale(sse * scale).backward()
             st.window_sse += float(sse.detach())
             st.window_masked += int(n)
-            st.window_tokens += int(batch["valid"].sum())
-            st.window_cells += batch["valid"].shape[0]
+            st.window_tokens += int(real_positions(batch).sum())
+            st.window_cells += n_cells(batch)
         st.batches_in_epoch += len(batches)
         return self._optimizer_step()
 
@@ -448,7 +448,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 sse, n = masked_sse(self.model(batch), batch)
             total += torch.stack([sse.double(), n.double()])
-            seen += batch["valid"].shape[0]
+            seen += n_cells(batch)
         if self.world > 1:
             dist.all_reduce(total)
         st.last_val_step = st.step
