@@ -1,19 +1,19 @@
-"""Training-step throughput at the study's dimensions (d 512, 12 blocks, 8 heads, feed-forward 1024):
-scencode's CellTransformer (scaled_dot_product_attention) against a plain torch.nn.TransformerEncoder
-of the same size, in the same run, on the same batches.
+"""Training-step throughput at the study's dimensions (d 512, 12 blocks, 8 heads, feed-forward 1024).
 
-* ``tokens_per_s`` / ``baseline_tokens_per_s`` / ``ratio``: identical full batches (no padding);
-* ``nonpad_tokens_per_s`` / ``baseline_nonpad_tokens_per_s``: real cells of varied length, scencode
-  with its length-bucketing loader, the baseline with the same cells in unbucketed batches;
+* ``tokens_per_s`` / ``baseline_tokens_per_s`` / ``ratio``: scencode's CellTransformer against a plain
+  torch.nn.TransformerEncoder of the same size on identical full batches (no padding);
+* the three batch layouts on the same tokenized cells (every cell of one epoch, written by
+  ``scencode``'s tokenizer and read by its loader): ``padded`` (random batches, padded to their
+  longest cell), ``bucketed`` (cells of similar length batched together, padded) and ``packed`` (real
+  tokens only, attention within each cell): ``<layout>_real_tokens_per_s`` and
+  ``<layout>_real_token_fraction`` (real tokens over the tokens the linear layers compute on);
 * on CUDA also ``mfu``: model FLOPs per second over the GPU's peak (bf16 dense; ``--peak-tflops``).
 
-Prints one JSON object on its last line. CPU defaults are small (2 cores); on a GPU use e.g.
-``--batch 32 --length 1024 --steps 20``.
+Cells: ``--h5ad`` (a real count matrix, e.g. CellBench) or, by default, synthetic cells with
+heavy-tailed lengths. Prints one JSON object on its last line.
 """
 
 from __future__ import annotations
-
-
 
 import argparse
 import json
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from scencode.data import LoaderConfig, ShardBatches
-from scencode.model import CellTransformer, ModelConfig
+from scencode.model import CellTransformer, ModelConfig, n_cells, real_positions
 from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab, write_vocab
@@ -69,8 +69,9 @@ def timed_steps(model, batches, device, amp) -> tuple[float, int, int]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= 1:
-            tokens += batch["valid"].numel()
-            nonpad += int(batch["valid"].sum())
+            real = real_positions(batch)
+            tokens += real.numel()
+            nonpad += int(real.sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, tokens, nonpad
@@ -83,11 +84,41 @@ def flops_per_token(length: int) -> float:
     return 6 * dense + 6 * attention  # forward + backward
 
 
+def tokenized_cells(tmp: Path, args, vocab_size: int) -> Path:
+    """A corpus written by scencode's tokenizer: the real file's cells, or synthetic ones."""
+    source = args.h5ad
+    if source is None:
+        source = tmp / "cells.h5ad"
+        write_synthetic_h5ad(source, args.cells, args.length // 2, n_genes=vocab_size - 2, spread=0.6)
+    write_vocab(build_vocab([source]), tmp / "vocab.parquet")
+    tokenize_corpus("b", [DatasetInput("b", source)], tmp / "vocab.parquet", tmp / "tok",
+                    TokenizeParams(val_fraction=0, test_fraction=0, row_group_cells=4096))
+    return tmp / "tok"
+
+
+def compare_layouts(tmp: Path, model, args, device, amp) -> dict:
+    """Real tokens/s of padded, bucketed and packed batches over the same cells (one epoch each)."""
+    corpus = tokenized_cells(tmp, args, model.cfg.vocab_size)
+    layouts = {"padded": dict(layout="padded", bucket_batches=1), "bucketed": dict(layout="padded"),
+               "packed": dict(layout="packed")}
+    out = {}
+    for name, settings in layouts.items():
+        cfg = LoaderConfig(**{"batch_size": args.batch * 4, "context": args.length, "bucket_batches": 50, **settings})
+        batches = list(ShardBatches(corpus, "train", cfg))
+        seconds, computed, real = timed_steps(model, [batches[0], *batches], device, amp)
+        out |= {f"{name}_real_tokens_per_s": real / seconds, f"{name}_real_token_fraction": real / computed,
+                f"{name}_batches": len(batches)}
+    out["cells"] = int(sum(n_cells(b) for b in batches))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--cells", type=int, default=256, help="synthetic cells (without --h5ad)")
+    parser.add_argument("--h5ad", type=Path, help="a real count matrix to tokenize instead")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM bf16 dense")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -106,25 +137,11 @@ def main() -> None:
     ours_s, tokens, _ = timed_steps(ours, batches, device, amp)
     base_s, base_tokens, _ = timed_steps(base, batches, device, amp)
 
-    with tempfile.TemporaryDirectory() as tmp:  # real cells of varied length, from the tokenizer
-        tmp = Path(tmp)
-        write_synthetic_h5ad(tmp / "cells.h5ad", 400, args.length // 2, n_genes=vocab - 2)
-        write_vocab(build_vocab([tmp / "cells.h5ad"]), tmp / "vocab.parquet")
-        tokenize_corpus("b", [DatasetInput("b", tmp / "cells.h5ad")], tmp / "vocab.parquet", tmp / "tok",
-                        TokenizeParams(val_fraction=0, test_fraction=0, row_group_cells=400))
-        cfg = LoaderConfig(batch_size=args.batch * 2, context=args.length, bucket_batches=50)
-        bucketed = list(ShardBatches(tmp / "tok", "train", cfg))[: args.steps + 1]
-        plain = list(ShardBatches(tmp / "tok", "train", cfg, shuffle=False))[: args.steps + 1]
-    ours_real_s, _, ours_nonpad = timed_steps(ours, bucketed, device, amp)
-    base_real_s, _, base_nonpad = timed_steps(base, plain, device, amp)
-
-    result = {
-        "device": str(device), "batch": args.batch, "length": args.length, "steps": args.steps,
-        "tokens_per_s": tokens / ours_s, "baseline_tokens_per_s": base_tokens / base_s,
-        "ratio": (tokens / ours_s) / (base_tokens / base_s),
-        "nonpad_tokens_per_s": ours_nonpad / ours_real_s, "baseline_nonpad_tokens_per_s": base_nonpad / base_real_s,
-        "nonpad_ratio": (ours_nonpad / ours_real_s) / (base_nonpad / base_real_s),
-    }
+    result = {"device": str(device), "batch": args.batch, "length": args.length, "steps": args.steps,
+              "tokens_per_s": tokens / ours_s, "baseline_tokens_per_s": base_tokens / base_s,
+              "ratio": (tokens / ours_s) / (base_tokens / base_s)}
+    with tempfile.TemporaryDirectory() as tmp:
+        result |= compare_layouts(Path(tmp), ours, args, device, amp)
     if device.type == "cuda":
         result["mfu"] = tokens / ours_s * flops_per_token(args.length) / (args.peak_tflops * 1e12)
     print(json.dumps(result))

@@ -255,9 +255,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
         cfg = self.cfg
         pool = _Pool(table, in_split, self.with_cell_ids, self.columns, self._buffers)
         order = rng.permutation(pool.n) if self.shuffle else np.arange(pool.n)
-        if self.shuffle:  # similar lengths together, then batches in random order
+        if self.shuffle:  # similar lengths together within each bucket pool, then batches in random order
             lengths = np.minimum(pool.lengths, cfg.context)
-            order = order[np.argsort(lengths[order], kind="stable")]
+            pool_of = np.arange(pool.n) // (cfg.batch_size * cfg.bucket_batches)  # a row group may hold several
+            order = order[np.lexsort((lengths[order], pool_of))]
         batches = [order[k:k + cfg.batch_size] for k in range(0, pool.n, cfg.batch_size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]

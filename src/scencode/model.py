@@ -68,11 +68,10 @@ class Padded:
 
     unpad = pad
 
-    def attend(self, q, k, v, dropout: float) -> torch.Tensor:
-        """q, k, v: (cells, L, heads, d_head) → (cells, L, heads, d_head)."""
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=self.mask, dropout_p=dropout)
-        return y.transpose(1, 2)
+    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+        """qkv: (cells, L, 3, heads, d_head) → (cells, L, heads, d_head)."""
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout).transpose(1, 2)
 
     def cell_means(self, h: torch.Tensor) -> torch.Tensor:
         w = self.valid.unsqueeze(-1).to(h.dtype)
@@ -89,8 +88,10 @@ class Packed:
         lengths = offsets.diff()
         self.max_len = int(lengths.max()) if len(lengths) else 0
         self.nested = offsets.device.type == "cuda" if nested is None else nested
-        self.cell = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
-        self.position = torch.arange(len(self.cell), device=offsets.device) - offsets[:-1][self.cell]
+        cell = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
+        # each token's place in the flattened (cells × longest) padded view
+        self.slot = torch.arange(len(cell), device=offsets.device) + cell * self.max_len - offsets[:-1][cell]
+        self.cell = cell
         self._valid = None
 
     @property
@@ -101,30 +102,29 @@ class Packed:
     def valid(self) -> torch.Tensor:
         """(cells, longest) mask of the padded view."""
         if self._valid is None:
-            self._valid = torch.zeros(self.n_cells, self.max_len, dtype=torch.bool, device=self.offsets.device)
-            self._valid[self.cell, self.position] = True
+            flat = torch.zeros(self.n_cells * self.max_len, dtype=torch.bool, device=self.offsets.device)
+            self._valid = flat.index_fill_(0, self.slot, True).view(self.n_cells, self.max_len)
         return self._valid
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, …) → (cells, longest, …), zeros after each cell."""
-        out = x.new_zeros((self.n_cells, self.max_len, *x.shape[1:]))
-        out[self.cell, self.position] = x
-        return out
+        out = x.new_zeros((self.n_cells * self.max_len, *x.shape[1:]))
+        return out.index_copy(0, self.slot, x).view(self.n_cells, self.max_len, *x.shape[1:])
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        return x[self.cell, self.position]
+        return x.flatten(0, 1).index_select(0, self.slot)
 
-    def attend(self, q, k, v, dropout: float) -> torch.Tensor:
-        """q, k, v: (tokens, heads, d_head) → (tokens, heads, d_head), each cell attending to itself."""
+    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+        """qkv: (tokens, 3, heads, d_head) → (tokens, heads, d_head), each cell attending to itself."""
         if self.nested:
             def jagged(x):
                 return torch.nested.nested_tensor_from_jagged(x.contiguous(), self.offsets,
                                                               max_seqlen=self.max_len).transpose(1, 2)
-            y = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), dropout_p=dropout)
+            y = F.scaled_dot_product_attention(*(jagged(x) for x in qkv.unbind(1)), dropout_p=dropout)
             return y.transpose(1, 2).values()
-        mask = self.valid[:, None, None, :]
-        q, k, v = (self.pad(x).transpose(1, 2) for x in (q, k, v))
-        return self.unpad(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout).transpose(1, 2))
+        q, k, v = self.pad(qkv).permute(2, 0, 3, 1, 4)  # one gather for all three
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.valid[:, None, None, :], dropout_p=dropout)
+        return self.unpad(y.transpose(1, 2))
 
     def cell_means(self, h: torch.Tensor) -> torch.Tensor:
         sums = h.new_zeros((self.n_cells, h.shape[-1])).index_add_(0, self.cell, h)
@@ -159,8 +159,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cells: Padded | Packed) -> torch.Tensor:
         """x: (cells, L, d) padded or (tokens, d) packed."""
         d = x.shape[-1]
-        q, k, v = self.qkv(self.ln1(x)).unflatten(-1, (3, self.n_heads, d // self.n_heads)).unbind(-3)
-        y = cells.attend(q, k, v, self.dropout if self.training else 0.0)
+        qkv = self.qkv(self.ln1(x)).unflatten(-1, (3, self.n_heads, d // self.n_heads))
+        y = cells.attend(qkv, self.dropout if self.training else 0.0)
         x = x + self.drop(self.out(y.flatten(-2)))
         return x + self.drop(self.ff(self.ln2(x)))
 

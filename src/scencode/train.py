@@ -128,6 +128,7 @@ class State:
     last_val_step: int | None = None
     last_val: float = math.nan
     bad_evals: int = 0
+    repeated_cells: int = 0  # this rank's cells seen twice in an epoch to even out the ranks' shares
     rms_start: dict = field(default_factory=dict)  # gene / expression embedding RMS after calibration
     calibration: dict = field(default_factory=dict)
     # running sums since the last log row (kept across a resume so logged losses match)
@@ -215,11 +216,9 @@ class Trainer:
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-        # counted exactly (ranks stop together at the shortest share); an epoch ends with a partial
-        # step on its leftover micro-batches, so no gradient crosses into the next epoch
-        shares = ShardBatches(spec.corpus, "train", spec.loader, world_size=self.world).batches_per_rank(
-            max(1, cfg.num_workers))
-        self.steps_per_epoch = max(1, math.ceil(min(shares) / cfg.grad_accum))
+        # counted exactly: every rank runs the largest rank's share (see _epoch_batches); an epoch ends
+        # with a partial step on its leftover micro-batches, so no gradient crosses into the next epoch
+        self.steps_per_epoch = max(1, math.ceil(max(self._shares(0)) / cfg.grad_accum))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_lr(s, cfg, self.total_steps))
@@ -313,7 +312,8 @@ class Trainer:
                 self.checkpoint(self.out / "best.pt")
             self.checkpoint(self.out / "last.pt")
         self.write_log()
-        self.write_status()
+        repeated = self._total_repeated_cells()  # a collective: every rank, before rank 0 writes
+        self.write_status(repeated)
         if self.world > 1:
             dist.barrier()
             dist.destroy_process_group()
@@ -329,13 +329,9 @@ class Trainer:
 
     def _epoch(self) -> None:
         cfg, st, spec = self.spec.train, self.state, self.spec
-        data = ShardBatches(spec.corpus, "train", spec.loader, epoch=st.epoch, rank=self.rank, world_size=self.world,
-                            skip_batches=st.batches_in_epoch)
-        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.num_workers,
-                                             generator=torch.Generator().manual_seed(spec.loader.seed))
         self.model.train()
-        tick, started_empty = time.perf_counter(), st.batches_in_epoch == 0
-        for micro_batches in self._steps(loader):
+        tick = time.perf_counter()
+        for micro_batches in self._steps(self._epoch_batches()):
             grad_norm = self._train_step(micro_batches)
             if grad_norm is None:  # diverged
                 return
@@ -358,14 +354,12 @@ class Trainer:
                 raise Preempted(self.stop_signal)
             if self._done():
                 return
-        if started_empty and st.batches_in_epoch == 0:
-            raise ScencodeError("no training cells in the corpus (split 'train' is empty)", spec.corpus)
 
-    def _steps(self, loader):
+    def _steps(self, batches):
         """Micro-batches grouped by optimiser step; an epoch's last group may be shorter (a partial
         step, so that no gradient carries into the next epoch)."""
         group = []
-        for batch in self._in_step(loader):
+        for batch in batches:
             group.append(batch)
             if len(group) == self.spec.train.grad_accum:
                 yield group
@@ -373,20 +367,43 @@ class Trainer:
         if group:
             yield group
 
-    def _in_step(self, loader):
-        """Batches while every rank still has one: ranks' shares differ by a few batches at the end
-        of an epoch, and a rank waiting in a gradient all-reduce for one that has finished would hang."""
-        it = iter(loader)
-        while True:
-            batch = next(it, None)
-            if self.world > 1:
-                more = torch.tensor([batch is not None], dtype=torch.int32, device=self.device)
-                dist.all_reduce(more, op=dist.ReduceOp.MIN)
-                if not more.item():
+    def _shares(self, epoch: int) -> list[int]:
+        """Batches in each rank's share of an epoch (row groups are dealt to ranks, so shares differ
+        by a few batches)."""
+        data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world)
+        return data.batches_per_rank(max(1, self.spec.train.num_workers))
+
+    def _epoch_batches(self):
+        """This rank's micro-batches for the rest of the epoch. Every rank runs as many as the largest
+        share (so none waits in an all-reduce for one that has finished, and no cell is left out):
+        a shorter share goes round again from its start, and the cells it sees twice are counted
+        (``State.repeated_cells``, reported in model.json)."""
+        spec, cfg, st = self.spec, self.spec.train, self.state
+        shares = self._shares(st.epoch)
+        own, target = shares[self.rank], max(shares)
+        if target == 0:
+            raise ScencodeError("no training cells in the corpus (split 'train' is empty)", spec.corpus)
+        if own == 0:
+            raise ScencodeError(f"rank {self.rank} has no training cells in epoch {st.epoch}: the corpus has fewer "
+                                f"row groups than ranks × loader workers ({self.world} × {cfg.num_workers}); "
+                                "use fewer workers or smaller row groups (tokenize.row_group_cells)", spec.corpus)
+        done = st.batches_in_epoch
+        while done < target:
+            lap, skip = divmod(done, own)
+            data = ShardBatches(spec.corpus, "train", spec.loader, epoch=st.epoch, rank=self.rank,
+                                world_size=self.world, skip_batches=skip)
+            loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.num_workers,
+                                                 generator=torch.Generator().manual_seed(spec.loader.seed))
+            for batch in loader:
+                if lap:
+                    st.repeated_cells += n_cells(batch)
+                yield batch
+                done += 1
+                if done == target:
                     return
-            if batch is None:
-                return
-            yield batch
+            if done % own:
+                raise ScencodeError(f"rank {self.rank} read {done % own} batches of epoch {st.epoch}, "
+                                    f"{own} were counted", spec.corpus)
 
     def _train_step(self, micro_batches: list[dict]) -> float | None:
         """One optimiser step. Its loss is the mean over every masked token of its micro-batches
@@ -476,7 +493,7 @@ class Trainer:
         self.diverged_at = st.step
         log.error("%s; ending the run as diverged (on_nonfinite: finish)", message)
 
-    def write_status(self) -> None:
+    def write_status(self, repeated_cells: int = 0) -> None:
         """model.json: how the run ended, which checkpoint evaluation should use and from which step
         (None: no usable model, with the reason; the evaluation tables carry it), what the settings
         could not do, and the components' scales at the start and end."""
@@ -502,8 +519,16 @@ class Trainer:
                     "final_val_loss": finite(st.last_val) if st.last_val_step == st.step else None,
                     "still_improving": st.best_step == st.step and st.step > 0,
                     "warnings": self.warnings, "calibration": st.calibration,
+                    "ranks": {"world_size": self.world, "repeated_cells": repeated_cells},
                     "component_rms": {"start": st.rms_start, "end": self._component_rms()},
                     "note": note}, self.out / "model.json")
+
+    def _total_repeated_cells(self) -> int:
+        """Cells the ranks saw twice to even out their shares, over all epochs and ranks."""
+        total = torch.tensor([self.state.repeated_cells], dtype=torch.int64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(total)
+        return int(total.item())
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
