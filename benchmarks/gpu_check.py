@@ -6,9 +6,11 @@ the pure-Python wheels of fair-esm and tqdm on PYTHONPATH), from a checkout:
     PYTHONPATH=src python benchmarks/gpu_check.py            # ≈ 5 minutes on one H100
 
 * ``train_step``: the study's dimensions (d 512, 12 blocks, 8 heads, feed-forward 1024) in bf16,
-  one optimiser micro-step on cells of realistic lengths, padded to the context vs length-bucketed,
-  with and without ``torch.compile``: real (non-padding) tokens/s and MFU against the card's dense
-  bf16 peak (named in ``peak``);
+  one optimiser micro-step on cells of realistic lengths in three layouts: padded to the longest
+  cell of a random batch, length-bucketed (padded), and packed (real tokens only, variable-length
+  attention through jagged nested tensors), with and without ``torch.compile``: real tokens/s, the
+  real-token fraction, and MFU (the model FLOPs of the real cells, attention at each cell's own
+  length, against the card's dense bf16 peak, named in ``peak``);
 * ``bf16_vs_fp32``: the masked loss of the same model and batch in both precisions;
 * ``pretrain``: ``scencode pretrain`` through the real CLI on a synthetic corpus: the loss falls
   over ``--pretrain-steps`` steps, and a second call with more steps resumes from ``last.pt``;
@@ -97,12 +99,14 @@ def write_corpus(folder: Path, n_cells: int, vocab_size: int, context: int, seed
 
 # ---------------------------------------------------------------- train step throughput
 
-def flops_per_token(model: CellTransformer, context: float) -> float:
-    """Training FLOPs per token: 6 × (the model's matmul weights, counted from its Linear layers)
-    + 12 × layers × d × context (attention scores and values)."""
+def model_flops(model: CellTransformer, lengths: np.ndarray) -> float:
+    """Training FLOPs of cells of these lengths: 6 × (the model's matmul weights, counted from its
+    Linear layers) per token + 12 × layers × d per pair of tokens within a cell (attention scores
+    and values). Padding is not useful work, so it is not counted."""
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     cfg = model.cfg
-    return 6 * matmul + 12 * cfg.n_layers * cfg.d_model * context
+    lengths = lengths.astype(np.float64)
+    return float(6 * matmul * lengths.sum() + 12 * cfg.n_layers * cfg.d_model * (lengths ** 2).sum())
 
 
 def batch_of(lengths: np.ndarray, width: int, vocab: int, device, rng) -> dict:
@@ -115,11 +119,19 @@ def batch_of(lengths: np.ndarray, width: int, vocab: int, device, rng) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def packed(batch: dict) -> dict:
+    """The same cells as a packed batch (the loader's ``layout: packed``)."""
+    valid = batch["valid"]
+    out = {k: v[valid] for k, v in batch.items() if k != "valid"}
+    out["offsets"] = torch.cat([valid.new_zeros(1, dtype=torch.int64), valid.sum(1).cumsum(0)])
+    return out
+
+
 def time_steps(model, optimizer, batches: list[dict], amp, steps: int) -> float:
     """Seconds per pass over ``batches`` (one micro-batch each: forward, masked loss, backward, step)."""
     def one_pass():
         for batch in batches:
-            with torch.autocast(batch["valid"].device.type, dtype=amp, enabled=amp is not None):
+            with torch.autocast(batch["masked"].device.type, dtype=amp, enabled=amp is not None):
                 sse, n = masked_sse(model(batch), batch)
             (sse / n.clamp(min=1)).backward()
             optimizer.step()
@@ -149,6 +161,7 @@ def train_step(device, dims: dict, cells: int, batch_size: int, context: int, st
     by_length = np.sort(lengths)
     batches["bucketed"] = [batch_of(by_length[i:i + batch_size], int(by_length[i:i + batch_size].max()), vocab,
                                     device, rng) for i in range(0, cells, batch_size)]
+    batches["packed"] = [packed(b) for b in batches["padded"]]  # random batches: packing needs no bucketing
     amp = torch.bfloat16 if device.type == "cuda" else None
     peak_name, peak = peak_flops(device)
     out = {"dims": dims, "cells": cells, "batch_size": batch_size, "context": context,
@@ -159,20 +172,18 @@ def train_step(device, dims: dict, cells: int, batch_size: int, context: int, st
             torch.manual_seed(0)
             model = CellTransformer(cfg).to(device).train()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-            # one compilation for every bucket width (else one per width)
-            runner = torch.compile(model, dynamic=layout == "bucketed") if compiled else model
+            # one compilation for every bucket width / token count (else one per shape)
+            runner = torch.compile(model, dynamic=layout != "padded") if compiled else model
             key = f"{layout}{'_compiled' if compiled else ''}"
             try:
                 seconds = time_steps(runner, optimizer, data, amp, steps)
             except Exception as exc:  # e.g. no compiler toolchain for torch.compile: say so, go on
                 out[f"{key}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 continue
-            computed = sum(int(b["valid"].numel()) for b in data)
-            # attention cost per real token at its own batch's width
-            flops = sum(flops_per_token(model, b["valid"].shape[1]) * int(b["valid"].sum()) for b in data)
+            computed = sum(int(b["valid"].numel()) if "valid" in b else len(b["masked"]) for b in data)
             out[f"{key}_real_tokens_per_s"] = real_tokens / seconds
             out[f"{key}_real_token_fraction"] = real_tokens / computed
-            out[f"{key}_mfu"] = flops / seconds / peak if peak else None
+            out[f"{key}_mfu"] = model_flops(model, lengths) / seconds / peak if peak else None
             del model, optimizer, runner
     return out
 
@@ -185,6 +196,28 @@ def peak_flops(device) -> tuple[str, float | None]:
         if part in name:
             return f"{name}: {tflops} TFLOP/s dense bf16", tflops * 1e12
     return f"{name}: unknown peak", None
+
+
+def packed_vs_padded(device, dims: dict) -> dict:
+    """The same cells padded and packed (on CUDA: jagged flash attention): loss and gradients agree."""
+    rng = np.random.default_rng(3)
+    torch.manual_seed(0)
+    model = CellTransformer(ModelConfig(20_000, "learned", "hard", **{**dims, "dropout": 0.0})).to(device)
+    lengths = cell_lengths(16, 512, rng).clip(max=512)
+    batch = batch_of(lengths, int(lengths.max()), 20_000, device, rng)
+    out = {"nested_attention": device.type == "cuda"}
+    for name, amp in (("fp32", None), ("bf16", torch.bfloat16 if device.type == "cuda" else None)):
+        losses, grads = [], []
+        for layout in (batch, packed(batch)):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = model.loss(layout)
+            loss.backward()
+            losses.append(float(loss))
+            grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
+        out[f"{name}_loss_relative_difference"] = abs(losses[0] - losses[1]) / abs(losses[0])
+        out[f"{name}_grad_relative_difference"] = float((grads[0] - grads[1]).norm() / grads[0].norm())
+    return out
 
 
 def bf16_vs_fp32(device, dims: dict) -> dict:
@@ -313,14 +346,15 @@ def main(argv=None) -> dict:
     if "train_step" not in args.skip:
         start = time.perf_counter()
         compile_modes = (False,) if "compile" in args.skip else (False, True)
-        result["train_step"] = attempt(result, "train_step", train_step, device, dims, 64 if args.smoke else 256,
-                                       16 if args.smoke else 32, 64 if args.smoke else 1024, 1 if args.smoke else 3,
+        result["train_step"] = attempt(result, "train_step", train_step, device, dims, 64 if args.smoke else 512,
+                                       16 if args.smoke else 64, 64 if args.smoke else 1024, 1 if args.smoke else 3,
                                        compile_modes)
         if result["train_step"]:
             result["paper_estimate"] = paper_estimate(result["train_step"])
         timings["train_step"] = time.perf_counter() - start
         save()
     result["bf16_vs_fp32"] = attempt(result, "bf16_vs_fp32", bf16_vs_fp32, device, dims)
+    result["packed_vs_padded"] = attempt(result, "packed_vs_padded", packed_vs_padded, device, dims)
     save()
     with tempfile.TemporaryDirectory() as tmp:
         if "pretrain" not in args.skip:

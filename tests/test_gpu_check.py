@@ -34,9 +34,12 @@ def test_gpu_check_runs_every_part_without_the_workflow_stack(tmp_path):
     assert not [k for k in result if k.endswith("_error")], result
     step = result["train_step"]
     assert step["padded_real_tokens_per_s"] > 0 and step["bucketed_real_tokens_per_s"] > 0
-    assert step["bucketed_real_token_fraction"] > step["padded_real_token_fraction"]
+    assert step["packed_real_tokens_per_s"] > 0
+    assert step["packed_real_token_fraction"] == 1.0 > step["bucketed_real_token_fraction"] > step["padded_real_token_fraction"]
     assert result["paper_estimate"]["gpu_hours"] > 0 and "assumed" in result["paper_estimate"]["assumption"]
     assert result["bf16_vs_fp32"]["relative_difference"] == 0.0  # no autocast on the CPU
+    same = result["packed_vs_padded"]
+    assert same["fp32_loss_relative_difference"] < 1e-5 and same["fp32_grad_relative_difference"] < 1e-4
     pretrain = result["pretrain"]
     assert pretrain["steps"] == 12 and pretrain["resumed"] and pretrain["steps_after_resume"] == 14
     assert pretrain["checkpoint_step"] in (3, 6, 9, 12)

@@ -5,9 +5,12 @@ predicts x̃ at every position. A cell is a bag of genes: no positional encoding
 Two batch layouts (the loader's ``layout``), one model: *padded* batches are (cells, longest cell)
 with a ``valid`` mask; *packed* batches hold only real tokens, cell after cell (``offsets``), so every
 linear layer, norm and the head compute on real tokens only, and attention stays within each cell
-(a block-diagonal mask): on CUDA through jagged nested tensors, whose SDPA runs the variable-length
-flash kernel; on CPU, which has no such kernel, attention alone gathers each cell into a padded
-(cells, longest) view.
+(a block-diagonal mask): on CUDA through the variable-length flash kernel; on CPU, which has no
+such kernel, attention alone gathers each cell into a padded (cells, longest) view.
+
+Dropout (``dropout``) acts on the summed input embeddings and on every residual branch; attention
+probabilities are not dropped, so that both layouts run the same model and the variable-length
+flash kernel (which has no dropout) can train it.
 
 Initialisation policy (fair starting scales): before training, :meth:`CellTransformer.calibrate`
 measures the gene and the expression encoder's outputs on real training cells and sets two fixed
@@ -23,6 +26,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+try:  # PyTorch's variable-length flash attention (torch ≥ 2.10)
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
 
 from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, check_options, lookup
 from .errors import ScencodeError
@@ -68,10 +76,10 @@ class Padded:
 
     unpad = pad
 
-    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv: (cells, L, 3, heads, d_head) → (cells, L, heads, d_head)."""
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask).transpose(1, 2)
 
     def cell_means(self, h: torch.Tensor) -> torch.Tensor:
         w = self.valid.unsqueeze(-1).to(h.dtype)
@@ -80,54 +88,61 @@ class Padded:
 
 class Packed:
     """Real tokens only, cell after cell: cell i holds positions ``offsets[i]:offsets[i + 1]``.
-    ``nested``: attention through jagged nested tensors (the default on CUDA: variable-length flash
-    attention); otherwise each cell is gathered into a padded view for attention alone."""
+
+    Attention stays within each cell. On CUDA in bf16/fp16 it is PyTorch's variable-length flash
+    attention (``torch.nn.attention.varlen``); elsewhere jagged nested tensors (``nested``, the
+    default on CUDA) or, on CPU, which has no variable-length kernel, a padded (cells, longest) view
+    gathered for attention alone."""
 
     def __init__(self, offsets: torch.Tensor, nested: bool | None = None):
         self.offsets = offsets
-        lengths = offsets.diff()
-        self.max_len = int(lengths.max()) if len(lengths) else 0
-        self.nested = offsets.device.type == "cuda" if nested is None else nested
-        cell = torch.repeat_interleave(torch.arange(len(lengths), device=offsets.device), lengths)
-        # each token's place in the flattened (cells × longest) padded view
-        self.slot = torch.arange(len(cell), device=offsets.device) + cell * self.max_len - offsets[:-1][cell]
-        self.cell = cell
-        self._valid = None
+        self.max_len = int(offsets.diff().max()) if len(offsets) > 1 else 0
+        self.nested = offsets.is_cuda if nested is None else nested
+        self._index = None
 
     @property
     def n_cells(self) -> int:
         return len(self.offsets) - 1
 
+    def _cell_and_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's cell, and its place in the flattened (cells × longest) padded view."""
+        if self._index is None:
+            lengths = self.offsets.diff()
+            cell = torch.repeat_interleave(torch.arange(self.n_cells, device=self.offsets.device), lengths)
+            slot = torch.arange(len(cell), device=cell.device) + cell * self.max_len - self.offsets[:-1][cell]
+            self._index = cell, slot
+        return self._index
+
     @property
     def valid(self) -> torch.Tensor:
         """(cells, longest) mask of the padded view."""
-        if self._valid is None:
-            flat = torch.zeros(self.n_cells * self.max_len, dtype=torch.bool, device=self.offsets.device)
-            self._valid = flat.index_fill_(0, self.slot, True).view(self.n_cells, self.max_len)
-        return self._valid
+        flat = torch.zeros(self.n_cells * self.max_len, dtype=torch.bool, device=self.offsets.device)
+        return flat.index_fill_(0, self._cell_and_slot()[1], True).view(self.n_cells, self.max_len)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, …) → (cells, longest, …), zeros after each cell."""
         out = x.new_zeros((self.n_cells * self.max_len, *x.shape[1:]))
-        return out.index_copy(0, self.slot, x).view(self.n_cells, self.max_len, *x.shape[1:])
+        return out.index_copy(0, self._cell_and_slot()[1], x).view(self.n_cells, self.max_len, *x.shape[1:])
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(0, 1).index_select(0, self.slot)
+        return x.flatten(0, 1).index_select(0, self._cell_and_slot()[1])
 
-    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv: (tokens, 3, heads, d_head) → (tokens, heads, d_head), each cell attending to itself."""
+        if qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16) and varlen_attn is not None:
+            cu = self.offsets.to(torch.int32)
+            q, k, v = qkv.unbind(1)
+            return varlen_attn(q, k, v, cu, cu, self.max_len, self.max_len)
         if self.nested:
             def jagged(x):
                 return torch.nested.nested_tensor_from_jagged(x.contiguous(), self.offsets,
                                                               max_seqlen=self.max_len).transpose(1, 2)
-            y = F.scaled_dot_product_attention(*(jagged(x) for x in qkv.unbind(1)), dropout_p=dropout)
-            return y.transpose(1, 2).values()
+            return F.scaled_dot_product_attention(*(jagged(x) for x in qkv.unbind(1))).transpose(1, 2).values()
         q, k, v = self.pad(qkv).permute(2, 0, 3, 1, 4)  # one gather for all three
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.valid[:, None, None, :], dropout_p=dropout)
-        return self.unpad(y.transpose(1, 2))
+        return self.unpad(F.scaled_dot_product_attention(q, k, v, attn_mask=self.valid[:, None, None, :]).transpose(1, 2))
 
     def cell_means(self, h: torch.Tensor) -> torch.Tensor:
-        sums = h.new_zeros((self.n_cells, h.shape[-1])).index_add_(0, self.cell, h)
+        sums = h.new_zeros((self.n_cells, h.shape[-1])).index_add_(0, self._cell_and_slot()[0], h)
         return sums / self.offsets.diff().clamp(min=1).unsqueeze(-1).to(h.dtype)
 
 
@@ -148,7 +163,7 @@ def n_cells(batch: dict) -> int:
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
+        self.n_heads = cfg.n_heads
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
@@ -160,7 +175,7 @@ class Block(nn.Module):
         """x: (cells, L, d) padded or (tokens, d) packed."""
         d = x.shape[-1]
         qkv = self.qkv(self.ln1(x)).unflatten(-1, (3, self.n_heads, d // self.n_heads))
-        y = cells.attend(qkv, self.dropout if self.training else 0.0)
+        y = cells.attend(qkv)
         x = x + self.drop(self.out(y.flatten(-2)))
         return x + self.drop(self.ff(self.ln2(x)))
 
