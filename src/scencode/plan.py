@@ -24,9 +24,9 @@ class Rate:
 
 
 THROUGHPUT = {
-    "train_real_tokens_per_gpu_s": Rate(742_000, "real tokens/s (forward + backward)",
+    "train_real_tokens_per_gpu_s": Rate(857_000, "real tokens/s (forward + backward)",
                                         "measured: benchmarks/gpu_check.py on one H200, d 512 × 12 layers, bf16, "
-                                        "bucketed + torch.compile, 2026-11-26"),
+                                        "packed batches, eager as scencode pretrain runs, 2026-11-26"),
     "esm_flop_per_gpu_s": Rate(1.0e14, "FLOP/s",
                                "assumed: 10% of an H100's dense bf16 peak (fp32 weights, ragged batches)"),
     "qc_cells_per_s": Rate(2_000, "cells/s", "assumed: chunked h5ad read, filter, gzip write on one core"),
