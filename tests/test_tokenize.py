@@ -198,3 +198,46 @@ def test_a_corpus_of_an_older_format_asks_for_a_new_tokenization(two_datasets, t
     manifest.write_text(manifest.read_text().replace('"format_version": 2', '"format_version": 1'))
     with pytest.raises(ScencodeError, match="re-run tokenize"):
         verify_corpus(tmp_path / "tokens" / "train")
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_block_to_lists_keeps_vocabulary_genes_with_counts_in_token_order(order):
+    from scencode.tokenize import block_to_lists
+
+    rng = np.random.default_rng(1)
+    dense = rng.poisson(0.7, (40, 12)).astype(np.float32)
+    dense[5] = 0  # a cell with no count
+    block = sp.csr_matrix(dense)
+    block.data[::7] = 0  # explicit zeros stored in the matrix
+    col_to_token = np.arange(12, dtype=np.int32) + 2
+    col_to_token[[3, 8]] = -1  # genes outside the vocabulary
+    if order == "shuffled":
+        col_to_token[col_to_token >= 0] = rng.permutation(col_to_token[col_to_token >= 0])
+    offsets, tokens, counts, kept = block_to_lists(block.copy(), col_to_token, order == "sorted")
+    stored = block.toarray()
+    rows = [r for r in range(40) if any(stored[r, c] > 0 and col_to_token[c] >= 0 for c in range(12))]
+    assert kept.tolist() == [r in rows for r in range(40)] and len(offsets) == len(rows) + 1
+    for i, r in enumerate(rows):
+        expected = sorted((col_to_token[c], int(stored[r, c])) for c in range(12) if stored[r, c] > 0 and col_to_token[c] >= 0)
+        got = list(zip(tokens[offsets[i]:offsets[i + 1]].tolist(), counts[offsets[i]:offsets[i + 1]].tolist()))
+        assert got == expected
+
+
+def test_a_failing_write_stops_tokenization_with_no_corpus_left(two_datasets, tmp_path, monkeypatch):
+    """Shards are written on a second thread; its error reaches the caller and nothing is kept."""
+    from scencode import tokenize
+
+    a, b = two_datasets
+    calls = []
+    original = tokenize.ShardWriter.write
+
+    def fail_on_third(self, table):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        original(self, table)
+
+    monkeypatch.setattr(tokenize.ShardWriter, "write", fail_on_third)
+    with pytest.raises(OSError, match="No space left"):
+        make_corpus(tmp_path, [DatasetInput("a", a), DatasetInput("b", b)], chunk_cells=50)
+    assert not (tmp_path / "tokens" / "train").exists() and not leftovers(tmp_path / "tokens")

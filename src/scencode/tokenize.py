@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ class TokenizeParams:
     split_salt: str = "scencode"
     cells_per_shard: int = 100_000
     row_group_cells: int = 2048
-    chunk_cells: int = 20_000
+    chunk_cells: int = 10_000  # cells read per block; about three blocks are in memory (read, queued, written)
     compression_level: int = 3
 
     def validate(self) -> None:
@@ -73,18 +75,56 @@ def assign_split(cell_ids: pd.Series, params: TokenizeParams) -> np.ndarray:
 
 
 def block_to_lists(block: sp.csr_matrix, col_to_token: np.ndarray, sorted_map: bool):
-    """CSR block → (offsets, token ids, counts, cells kept) restricted to vocabulary genes."""
+    """CSR block → (offsets, token ids, counts, cells kept) restricted to vocabulary genes. One
+    gather maps genes to tokens; when every entry is kept (the usual case: the vocabulary covers the
+    dataset's genes) nothing is filtered or copied further."""
     block.sort_indices()
-    in_vocab = (col_to_token[block.indices] >= 0) & (block.data > 0)
-    rows = np.repeat(np.arange(block.shape[0], dtype=np.int32), np.diff(block.indptr))
-    rows, tokens, counts = rows[in_vocab], col_to_token[block.indices[in_vocab]], block.data[in_vocab]
-    if not sorted_map:
+    tokens, counts = col_to_token[block.indices], block.data
+    keep = (tokens >= 0) & (counts > 0)
+    per_cell = np.diff(block.indptr)
+    if not keep.all():
+        kept_before = np.concatenate([[0], np.cumsum(keep)])
+        per_cell = kept_before[block.indptr[1:]] - kept_before[block.indptr[:-1]]
+        tokens, counts = tokens[keep], counts[keep]
+    if not sorted_map:  # vocabulary order differs from the file's gene order: sort within each cell
+        rows = np.repeat(np.arange(block.shape[0], dtype=np.int32), per_cell)
         order = np.lexsort((tokens, rows))
-        rows, tokens, counts = rows[order], tokens[order], counts[order]
-    per_cell = np.bincount(rows, minlength=block.shape[0])
+        tokens, counts = tokens[order], counts[order]
     has_genes = per_cell > 0
     offsets = np.concatenate([[0], np.cumsum(per_cell[has_genes])]).astype(np.int32)
-    return offsets, tokens.astype(np.int32), np.rint(counts).astype(np.int32), has_genes
+    return offsets, tokens.astype(np.int32, copy=False), np.rint(counts).astype(np.int32), has_genes
+
+
+class BackgroundWriter:
+    """Writes tables on a second thread (Parquet encoding and zstd release the GIL), so that reading
+    and converting the next block overlaps with writing this one. One table waits at most: memory
+    stays at about three blocks."""
+
+    def __init__(self, writer: "ShardWriter"):
+        self.writer, self.error = writer, None
+        self.schema = writer.schema
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (table := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.write(table)
+                except BaseException as exc:  # re-raised in the main thread
+                    self.error = exc
+
+    def write(self, table: pa.Table) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(table)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class ShardWriter:
@@ -156,12 +196,16 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
     per_dataset, nnz_parts, split_counts = {}, [], {}
     with atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp, schema, params, {"scencode_vocab_hash": digest, "corpus": corpus})
-        for d in datasets:
-            stats, nnz = _tokenize_dataset(d, token_of_gene, writer, params, with_labels)
-            per_dataset[d.dataset_id] = stats
-            nnz_parts.append(nnz)
-            for name, n in stats.pop("splits").items():
-                split_counts[name] = split_counts.get(name, 0) + n
+        background = BackgroundWriter(writer)
+        try:
+            for d in datasets:
+                stats, nnz = _tokenize_dataset(d, token_of_gene, background, params, with_labels)
+                per_dataset[d.dataset_id] = stats
+                nnz_parts.append(nnz)
+                for name, n in stats.pop("splits").items():
+                    split_counts[name] = split_counts.get(name, 0) + n
+        finally:
+            background.close()
         shards = writer.finish()
         nnz = np.concatenate(nnz_parts)
         if nnz.size == 0:
@@ -187,7 +231,7 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
     return manifest
 
 
-def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: ShardWriter,
+def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: BackgroundWriter,
                       params: TokenizeParams, with_labels: bool):
     with open_h5ad(d.path) as f:
         x = count_matrix(f, d.path, "X")
