@@ -125,6 +125,9 @@ def choose_counts(f: h5py.File, path: Path, choice: str, probe_cells: int = 2000
                         ". Point 'counts' at the matrix that holds integer counts.", path)
 
 
+STREAM_CHUNK = 2**18  # values per HDF5 chunk of a streamed matrix (1 MiB of float32)
+
+
 class ChunkedH5adWriter:
     """Write an AnnData whose CSR ``X`` arrives in row blocks; obs/var are written at the end."""
 
@@ -136,7 +139,10 @@ class ChunkedH5adWriter:
         self._file = h5py.File(self.path, "a")
         if "X" in self._file:
             del self._file["X"]
-        write_elem(self._file, "X", sp.csr_matrix((0, n_vars), dtype=np.float32))
+        # chunks sized for streaming: grown from an empty matrix, HDF5 would pick 1,024-value chunks
+        # (1 for indptr), whose index then costs memory and time in proportion to the file's size
+        write_elem(self._file, "X", sp.csr_matrix((0, n_vars), dtype=np.float32),
+                   dataset_kwargs={"chunks": (STREAM_CHUNK,)})
         self._x = sparse_dataset(self._file["X"])
 
     def append(self, block: sp.csr_matrix) -> None:
