@@ -60,7 +60,7 @@ class Bilinear(torch.nn.Module):
 
 
 def embed_transformer(model: CellTransformer, batch: dict) -> torch.Tensor:
-    return model.cell_embeddings(batch["gene_ids"], batch["counts"], batch["xnorm"], batch["valid"])
+    return model.cell_embeddings(batch)
 
 
 def classify(embedding: np.ndarray, labels: np.ndarray) -> dict:
@@ -129,8 +129,9 @@ def main() -> None:
     torch.manual_seed(0)
     corpus = f"{args.results}/tokens/train"
     vocab, _ = load_vocab(f"{args.results}/vocab.parquet")
-    loader = LoaderConfig(batch_size=32, context=args.context, bucket_batches=20)
-    eval_loader = LoaderConfig(batch_size=256, context=args.context)
+    # padded batches: the probe and the reference predictors read (cells, genes) arrays
+    loader = LoaderConfig(batch_size=32, context=args.context, bucket_batches=20, layout="padded")
+    eval_loader = LoaderConfig(batch_size=256, context=args.context, layout="padded")
     evals = {name: list(ShardBatches(f"{args.results}/tokens/{name}", None, eval_loader, shuffle=False, mask=True,
                                      with_cell_ids=True, columns=("label",))) for name in args.eval}
     result = {"steps": args.steps, "lr": args.lr, "probe_lr": args.probe_lr, "context": args.context,

@@ -128,7 +128,8 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert all(sorted(d) == evaluation for d in scib.groupby("configuration").dataset.unique())
     lung = scib[scib.dataset == "sim_lung_eval"].pivot_table(index="configuration", columns="metric", values="value")
     lung = lung.drop(DIVERGING_NAME, errors="ignore")
-    assert lung.notna().all().all() and lung.drop(columns="nmi_ari_cluster_labels_kmeans_ari").stack().between(0, 1).all()
+    # scores in [0, 1] up to float rounding (a perfect clustering's NMI can come out as 1 + 1e-7)
+    assert lung.notna().all().all() and lung.drop(columns="nmi_ari_cluster_labels_kmeans_ari").stack().between(0, 1 + 1e-6).all()
     assert lung.nmi_ari_cluster_labels_kmeans_ari.between(-0.5, 1).all()  # ARI is negative below chance
     assert np.allclose(lung.total, 0.6 * lung.bio_conservation + 0.4 * lung.batch_correction)
     # the configuration without a model is in every table, as NaN with the reason
