@@ -277,12 +277,14 @@ def cmd_evaluate(args) -> None:
 
 def cmd_scib_benchmark(args) -> None:
     from .atomic import atomic_path
+    from .evaluate import EvalParams
     from .scib_benchmark import benchmark_dataset
 
     settings = json.loads(args.params) if args.params else {}
     embeddings = {Path(p).parent.name: Path(p) for p in args.embeddings}
     rows = benchmark_dataset(embeddings, Path(args.pre_integrated), args.dataset,
-                             max_cells=settings.get("max_cells_scib", 100_000), seed=settings.get("seed", 0),
+                             max_cells=settings.get("max_cells_scib", EvalParams.max_cells_scib),
+                             seed=settings.get("seed", EvalParams.seed),
                              threads=args.threads)
     with atomic_path(args.out, suffix=".parquet") as tmp:
         rows.to_parquet(tmp, index=False)

@@ -62,6 +62,10 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
     return model.to(device).eval(), ckpt
 
 
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _autocast(device: torch.device):
     """Mixed precision on CUDA as in training (bf16, else fp16): embedding the study's 549k cells
     per configuration is GPU work; fp32 on the CPU, where autocast would only slow it down."""
@@ -79,7 +83,7 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
                  out_h5ad: str | Path, config_name: str, dataset: str) -> dict:
     """Embeds every cell and measures the reconstruction errors in the same pass (one model load,
     one read of the shards). Returns the cell count, dimension and :func:`reconstruction` figures."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model, ckpt = load_model(checkpoint, device)
     verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
     ids, labels, batches, chunks = [], [], [], []
@@ -159,7 +163,7 @@ def write_missing_embedding(reason: str, out_parquet, out_h5ad, config_name: str
 def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, loader: LoaderConfig,
                max_cells: int | None = None) -> dict:
     """:class:`ReconstructionErrors` of a checkpoint on one split of a corpus (epoch-0 masks)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model, ckpt = load_model(checkpoint, device)
     verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
     errors = ReconstructionErrors(model.cfg.vocab_size, device)

@@ -126,7 +126,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
     if stage == "qc":
         from .qc import QCParams  # the defaults are written once, in the stages' settings
         n = dataset_cells(config, key)
-        chunk = config["qc"].get("chunk_cells", QCParams().chunk_cells)
+        chunk = config["qc"].get("chunk_cells", QCParams.chunk_cells)
         # streamed in chunks: one chunk's matrix (in, out, product) + per-cell metrics
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 4 / 2**20 + n * 400 / 2**20
         minutes = n / THROUGHPUT["qc_cells_per_s"].value / 60
@@ -134,7 +134,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
     if stage == "tokenize":
         from .tokenize import TokenizeParams
         n = sum(train.values()) if key == "train" else evals.get(key, ASSUMED_CELLS)
-        chunk = config["tokenize"].get("chunk_cells", TokenizeParams().chunk_cells)
+        chunk = config["tokenize"].get("chunk_cells", TokenizeParams.chunk_cells)
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 2 / 2**20
         minutes = n / THROUGHPUT["tokenize_cells_per_s"].value / 60
         return Job(stage, key, 0, 2, math.ceil(mem), _runtime(minutes), minutes)  # a second thread writes
@@ -158,12 +158,14 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         minutes = _train_seconds(config, n, 1, forward_only=True) / 60
         return Job(stage, key, 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)), _runtime(minutes), minutes)
     if stage == "reconstruction":
-        fraction = config["tokenize"].get("test_fraction", 0.001)
+        from .tokenize import TokenizeParams
+        fraction = config["tokenize"].get("test_fraction", TokenizeParams.test_fraction)
         minutes = _train_seconds(config, sum(train.values()) * fraction, 1, forward_only=True) / 60
         return Job(stage, key or "configuration", 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)),
                    _runtime(minutes), minutes)
     if stage == "evaluate":
-        n = min(evals.get(key, ASSUMED_CELLS), config["evaluate"].get("max_cells_scib", 100_000))
+        from .evaluate import EvalParams
+        n = min(evals.get(key, ASSUMED_CELLS), config["evaluate"].get("max_cells_scib", EvalParams.max_cells_scib))
         minutes = n / THROUGHPUT["evaluate_cells_per_s"].value / 60
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
         mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .evaluate import knn_graph, labeled, read_embedding, seeded_subsample, tidy
+from .evaluate import EvalParams, knn_graph, labeled, read_embedding, seeded_subsample, tidy
 
 log = logging.getLogger(__name__)
 GROUP = "scib_metrics"
@@ -46,8 +46,8 @@ def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
     return cells.loc[shared], aligned, aligned.pop("X_pre"), missing
 
 
-def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset: str, max_cells: int = 100_000,
-                      seed: int = 0, threads: int = 1) -> pd.DataFrame:
+def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset: str,
+                      max_cells: int = EvalParams.max_cells_scib, seed: int = EvalParams.seed, threads: int = 1) -> pd.DataFrame:
     """Tidy rows (group ``scib_metrics``) for every configuration in ``embeddings``."""
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 

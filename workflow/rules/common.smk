@@ -5,6 +5,7 @@ import json
 
 from snakemake.utils import validate
 
+from scencode.evaluate import EvalParams
 from scencode.plan import job_resources
 
 
@@ -171,8 +172,9 @@ REFERENCE_EXPRESSION = EVALUATE.get("reference_expression", "soft")
 # scib-metrics' Benchmarker is far slower than the study's grouping (JAX on the CPU), so it may score
 # fewer cells than the study's metrics do
 SCIB_BENCHMARKER_SETTINGS = {
-    "max_cells_scib": EVALUATE.get("scib_benchmarker_max_cells") or EVALUATE_SETTINGS.get("max_cells_scib", 100_000),
-    "seed": EVALUATE_SETTINGS.get("seed", 0),
+    "max_cells_scib": EVALUATE.get("scib_benchmarker_max_cells")
+    or EVALUATE_SETTINGS.get("max_cells_scib", EvalParams.max_cells_scib),
+    "seed": EVALUATE_SETTINGS.get("seed", EvalParams.seed),
 }
 
 
