@@ -99,33 +99,39 @@ class Packed:
         self.max_len = int(offsets.diff().max()) if len(offsets) > 1 else 0
         self.nested = offsets.is_cuda if nested is None else nested
         self._index = None
+        self._valid = None
 
     @property
     def n_cells(self) -> int:
         return len(self.offsets) - 1
 
-    def _cell_and_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each token's cell, and its place in the flattened (cells × longest) padded view."""
+    def _cell_and_slot(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each token's cell, its position in the cell, and its place in the flattened
+        (cells × longest) padded view."""
         if self._index is None:
             lengths = self.offsets.diff()
             cell = torch.repeat_interleave(torch.arange(self.n_cells, device=self.offsets.device), lengths)
-            slot = torch.arange(len(cell), device=cell.device) + cell * self.max_len - self.offsets[:-1][cell]
-            self._index = cell, slot
+            position = torch.arange(len(cell), device=cell.device) - self.offsets[:-1][cell]
+            self._index = cell, position, cell * self.max_len + position
         return self._index
 
     @property
     def valid(self) -> torch.Tensor:
         """(cells, longest) mask of the padded view."""
-        flat = torch.zeros(self.n_cells * self.max_len, dtype=torch.bool, device=self.offsets.device)
-        return flat.index_fill_(0, self._cell_and_slot()[1], True).view(self.n_cells, self.max_len)
+        if self._valid is None:
+            flat = torch.zeros(self.n_cells * self.max_len, dtype=torch.bool, device=self.offsets.device)
+            self._valid = flat.index_fill_(0, self._cell_and_slot()[2], True).view(self.n_cells, self.max_len)
+        return self._valid
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(tokens, …) → (cells, longest, …), zeros after each cell."""
         out = x.new_zeros((self.n_cells * self.max_len, *x.shape[1:]))
-        return out.index_copy(0, self._cell_and_slot()[1], x).view(self.n_cells, self.max_len, *x.shape[1:])
+        return out.index_copy(0, self._cell_and_slot()[2], x).view(self.n_cells, self.max_len, *x.shape[1:])
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(0, 1).index_select(0, self._cell_and_slot()[1])
+        """(cells, longest, …) → (tokens, …); one gather, whatever the view's strides."""
+        cell, position, _ = self._cell_and_slot()
+        return x[cell, position]
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv: (tokens, 3, heads, d_head) → (tokens, heads, d_head), each cell attending to itself."""
