@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from scencode.atomic import write_json
+from scencode.data import pack
 from scencode.model import CellTransformer, ModelConfig, masked_sse
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 from scencode.vocab import SPECIAL_TOKENS, write_vocab
@@ -120,11 +121,9 @@ def batch_of(lengths: np.ndarray, width: int, vocab: int, device, rng) -> dict:
 
 
 def packed(batch: dict) -> dict:
-    """The same cells as a packed batch (the loader's ``layout: packed``)."""
-    valid = batch["valid"]
-    out = {k: v[valid] for k, v in batch.items() if k != "valid"}
-    out["offsets"] = torch.cat([valid.new_zeros(1, dtype=torch.int64), valid.sum(1).cumsum(0)])
-    return out
+    """The same cells as a packed batch, laid out by the loader's own ``data.pack``."""
+    device = batch["masked"].device
+    return {k: torch.from_numpy(v).to(device) for k, v in pack({k: v.cpu().numpy() for k, v in batch.items()}).items()}
 
 
 def time_steps(model, optimizer, batches: list[dict], amp, steps: int) -> float:

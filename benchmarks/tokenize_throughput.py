@@ -40,7 +40,6 @@ BLOCK = TokenizeParams().chunk_cells
 class _Parquet:
     def __init__(self, out: Path):
         self.out, self.writer = out, None
-        self.schema = None
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:

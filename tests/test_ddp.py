@@ -1,6 +1,7 @@
 """Two real DDP processes (gloo, CPU): balanced shares, nothing left out, nothing hanging."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_two_ranks_run_equal_shares_and_see_every_cell(demo_corpus, tmp_path):
     script.write_text(RANK_SCRIPT)
     port = free_port()
     procs = [subprocess.Popen([sys.executable, str(script), str(corpus), str(vocab), str(tmp_path / "run")],
-                              env={**__import__("os").environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
     outputs = [p.communicate(timeout=240)[0] for p in procs]

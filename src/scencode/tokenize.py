@@ -102,7 +102,6 @@ class BackgroundWriter:
 
     def __init__(self, writer: "ShardWriter"):
         self.writer, self.error = writer, None
-        self.schema = writer.schema
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -199,7 +198,7 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
         background = BackgroundWriter(writer)
         try:
             for d in datasets:
-                stats, nnz = _tokenize_dataset(d, token_of_gene, background, params, with_labels)
+                stats, nnz = _tokenize_dataset(d, token_of_gene, background, writer.schema, params, with_labels)
                 per_dataset[d.dataset_id] = stats
                 nnz_parts.append(nnz)
                 for name, n in stats.pop("splits").items():
@@ -231,7 +230,7 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
     return manifest
 
 
-def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: BackgroundWriter,
+def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: BackgroundWriter, schema: pa.Schema,
                       params: TokenizeParams, with_labels: bool):
     with open_h5ad(d.path) as f:
         x = count_matrix(f, d.path, "X")
@@ -266,7 +265,7 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: Backgro
             }
             for name, values in labels.items():
                 columns[name] = pa.array(values[start:stop][rows][keep], pa.string())
-            writer.write(pa.Table.from_pydict(columns, schema=writer.schema))
+            writer.write(pa.Table.from_pydict(columns, schema=schema))
             nnz.append(np.diff(offsets))
             kept_splits.append(split[start:stop][rows][keep])
     nnz = np.concatenate(nnz) if nnz else np.zeros(0, np.int64)

@@ -218,6 +218,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
         # counted exactly: every rank runs the largest rank's share (see _epoch_batches); an epoch ends
         # with a partial step on its leftover micro-batches, so no gradient crosses into the next epoch
+        self._counted_shares: dict[int, list[int]] = {}
         self.steps_per_epoch = max(1, math.ceil(max(self._shares(0)) / cfg.grad_accum))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -369,9 +370,11 @@ class Trainer:
 
     def _shares(self, epoch: int) -> list[int]:
         """Batches in each rank's share of an epoch (row groups are dealt to ranks, so shares differ
-        by a few batches)."""
-        data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world)
-        return data.batches_per_rank(max(1, self.spec.train.num_workers))
+        by a few batches); counted once per epoch (the schedule and the epoch both ask for epoch 0)."""
+        if epoch not in self._counted_shares:
+            data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world)
+            self._counted_shares[epoch] = data.batches_per_rank(max(1, self.spec.train.num_workers))
+        return self._counted_shares[epoch]
 
     def _epoch_batches(self):
         """This rank's micro-batches for the rest of the epoch. Every rank runs as many as the largest
