@@ -46,7 +46,7 @@ def node_sized_profile(tmp_path):
     (pretrain, embed, reconstruction) stay as the rules compute them."""
     from scencode.plan import GPU_STAGES
 
-    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "default" / "config.yaml").read_text())
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     shrink = {"mem_mb": 1500, "cpus_per_task": 1, "runtime": 20}
     profile["default-resources"].update(shrink)
     for resources in profile["set-resources"].values():

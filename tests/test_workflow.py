@@ -56,6 +56,10 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert jobs["pretrain"] == 9 and jobs["leakage"] == 1
     blocks = [b for b in result.stdout.split("\n\n") if "rule pretrain:" in b]
     assert len(blocks) == 9 and all("gpu=1" in b for b in blocks)
+    # run from the root without -s, Snakemake found ./Snakefile and the workflow profile beside it
+    assert "workflow specific profile profiles/default" in result.stderr
+    scib = [b for b in result.stdout.split("\n\n") if "rule scib_benchmarker:" in b]
+    assert scib and all("mem_mb=32000" in b for b in scib)  # a setting only that profile holds
     # embedding 549k cells per configuration through the model is GPU work too
     embeds = [b for b in result.stdout.split("\n\n") if "rule embed:" in b]
     assert len(embeds) == 9 * 26 and all("gpu=1" in b for b in embeds)

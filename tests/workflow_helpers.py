@@ -12,7 +12,6 @@ import yaml
 
 from conftest import REPO
 
-SNAKEFILE = REPO / "workflow" / "Snakefile"
 # diverges at its first step, before any validation: no model, which the tables must report
 DIVERGING = {"gene": "learned", "expression": "continuous",
              "train": {"lr": 1.0e30, "warmup_steps": 1, "on_nonfinite": "finish"}}
@@ -38,8 +37,9 @@ def small_config(n_cells: int = 300) -> dict:
 
 
 def snakemake(workdir: Path | None, config: dict | None, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Snakemake in ``workdir`` (None: the repository itself, with its default config)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
+    """Snakemake run from the repository root, as a user runs it (./Snakefile and the workflow profile
+    in ./profiles/default found without flags), in ``workdir`` (None: the repository itself)."""
+    cmd = [sys.executable, "-m", "snakemake"]
     if workdir is not None:
         cmd += ["--directory", str(workdir)]
     if config is not None:

@@ -1,5 +1,5 @@
 # One pretraining job per configuration (gene encoding × expression encoding × seed). GPUs, memory
-# and runtime come from the workflow profile (workflow/profiles/default). last.pt is deliberately
+# and runtime come from the workflow profile (profiles/default). last.pt is deliberately
 # not an output: Snakemake would delete it when a preempted job fails, and the retry resumes from it.
 # Nor is best.pt: a run that diverges before its first validation has none, and model.json says so
 # (evaluation then reports the configuration as missing, with the reason, instead of failing).

@@ -1,0 +1,34 @@
+# scencode: gene and expression encodings for single-cell foundation models, benchmarked end to end.
+# Table of contents only: every stage is one file under workflow/rules/, every rule calls `scencode <step>`.
+# It lives at the repository root so that `snakemake` run from here finds it and the workflow profile
+# (per-rule resources) in profiles/default/: Snakemake looks for that profile only in ./profiles/default
+# and beside the Snakefile.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+report: "workflow/report/workflow.rst"
+
+
+# The demo config is the default; `--configfile other.yaml` replaces it rather than merging into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/qc.smk"
+include: "workflow/rules/esm.smk"
+include: "workflow/rules/leakage.smk"
+include: "workflow/rules/tokenize.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
