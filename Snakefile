@@ -18,13 +18,19 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/genes.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/esm.smk"
 include: "workflow/rules/leakage.smk"
+include: "workflow/rules/vocab.smk"
 include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/scib_benchmark.smk"
+include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -30,7 +30,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from scencode.data import LoaderConfig, ShardBatches
 from scencode.model import CellTransformer, ModelConfig, masked_sse
-from scencode.vocab import load_vocab
+from scencode.formats import load_vocab
 
 
 class Bilinear(torch.nn.Module):

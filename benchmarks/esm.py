@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scencode.esm_embed import EmbedParams, ESMEmbedder, load_esm2, save_tiny_esm2, windows
+from scencode.esm.embed import EmbedParams, ESMEmbedder, load_esm2, save_tiny_esm2, windows
 
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 

@@ -17,7 +17,6 @@ Prints one JSON object on its last line.
 from __future__ import annotations
 
 import os
-import sys
 
 
 import argparse
@@ -57,7 +56,8 @@ def timed(cells: int, dim: int) -> tuple[float, int]:
 def scib_benchmarker_seconds(cells: int, dim: int) -> float:
     import tempfile
 
-    from scencode.evaluate import write_embedding
+    from scencode.formats import write_embedding
+    from scencode.formats import RunIdentity
     from scencode.scib_benchmark import benchmark_dataset
 
     x, labels, batches = realistic(cells, dim)
@@ -67,7 +67,7 @@ def scib_benchmarker_seconds(cells: int, dim: int) -> float:
         write_embedding(frame, x, paths["model"])
         write_embedding(frame, x[:, :50], paths["pca"])
         start = time.perf_counter()
-        benchmark_dataset({"model-x-s0": paths["model"]}, paths["pca"], "bench", threads=os.cpu_count())
+        benchmark_dataset({RunIdentity("model-x-s0", "model", "x", 0): paths["model"]}, paths["pca"], "bench", threads=os.cpu_count())
         return time.perf_counter() - start
 
 

@@ -42,7 +42,7 @@ from scencode.atomic import write_json
 from scencode.data import pack
 from scencode.model import CellTransformer, ModelConfig, masked_sse
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
-from scencode.vocab import SPECIAL_TOKENS, write_vocab
+from scencode.formats import SPECIAL_TOKENS, write_vocab
 
 STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
 SMOKE = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.1)
@@ -275,8 +275,8 @@ def pretrain_and_embed(work: Path, smoke: bool, steps: int) -> tuple[dict, dict]
                 "steps_after_resume": status_after["steps"]}
     recon = work / "recon.json"
     start = time.perf_counter()
-    scencode("embed", "--model", str(out / "model.json"), "--corpus", str(evaluation), "--configuration",
-             "learned-soft-s777", "--dataset", "synthetic", "--loader", json.dumps(settings["loader"]),
+    scencode("embed", "--model", str(out / "model.json"), "--corpus", str(evaluation), "--run",
+             "learned-soft-s777", "--dataset", "synthetic", "--params", json.dumps(settings["loader"]),
              "--out", str(work / "embedding.parquet"), "--reconstruction", str(recon))
     embed = {**json.loads(recon.read_text()), "seconds": time.perf_counter() - start,
              "device": "cuda" if torch.cuda.is_available() else "cpu"}

@@ -22,7 +22,8 @@ from scencode.data import LoaderConfig, ShardBatches
 from scencode.encodings import EXPRESSION_ENCODERS, log_bins, quantile_bins
 from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
-from scencode.vocab import build_vocab, write_vocab
+from scencode.formats import write_vocab
+from scencode.vocab import build_vocab
 
 PREPROCESS = {
     "hard": lambda b: quantile_bins(b["xnorm"], b["valid"], 50),

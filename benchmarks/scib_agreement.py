@@ -5,7 +5,7 @@ absolute differences.
     pip install --no-deps scib==1.1.7 && pip install deprecated    # scib is a check, not a dependency
     python benchmarks/scib_agreement.py [--data ../shared/data] [--write-golden tests/data/scib_golden.json]
 
-Embeddings: PCA of log-normalised HVGs (``scencode.evaluate.pca_baseline``, seeded) and the same
+Embeddings: PCA of log-normalised HVGs (``scencode.baselines.pca_baseline``, seeded) and the same
 with Gaussian noise (SD 1.5 × each component's SD, seeded), so that values away from 1 are checked
 too. Datasets: the real sets in ``../shared/data`` (CellBench 3 cell lines × 2 technologies,
 CellBench 5 cell lines × 3 plates, Baron pancreas human/mouse) and scanpy's pbmc68k_reduced (one
@@ -24,7 +24,8 @@ import anndata as ad
 import numpy as np
 
 from scencode.demo import pbmc68k_counts
-from scencode.evaluate import EvalParams, evaluate_embedding, pca_baseline
+from scencode.baselines import pca_baseline
+from scencode.evaluate import EvalParams, evaluate_embedding
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {  # name: (file under --data, label key, batch key, obs filter)

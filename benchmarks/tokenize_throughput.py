@@ -12,7 +12,6 @@ Prints one JSON object on its last line.
 
 from __future__ import annotations
 
-import os
 import sys
 
 # this file's name shadows the standard library's `tokenize` module that numpy imports
@@ -32,7 +31,8 @@ import pyarrow.parquet as pq
 from scencode.h5ad import count_matrix, open_h5ad
 from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from scencode.tokenize import BackgroundWriter, DatasetInput, TokenizeParams, tokenize_corpus
-from scencode.vocab import build_vocab, write_vocab
+from scencode.formats import write_vocab
+from scencode.vocab import build_vocab
 
 BLOCK = TokenizeParams().chunk_cells
 

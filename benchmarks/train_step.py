@@ -28,7 +28,8 @@ from scencode.data import LoaderConfig, ShardBatches
 from scencode.model import CellTransformer, ModelConfig, n_cells, real_positions
 from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
-from scencode.vocab import build_vocab, write_vocab
+from scencode.formats import write_vocab
+from scencode.vocab import build_vocab
 
 STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
 

@@ -66,7 +66,8 @@ def demo_corpus(tmp_path_factory, gene_table):
     from scencode.demo import make_demo_dataset
     from scencode.qc import QCParams, run_qc
     from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
-    from scencode.vocab import build_vocab, write_vocab
+    from scencode.formats import write_vocab
+    from scencode.vocab import build_vocab
 
     folder = tmp_path_factory.mktemp("corpus")
     inputs = []

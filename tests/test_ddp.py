@@ -13,7 +13,7 @@ import json, sys
 from pathlib import Path
 from scencode.data import LoaderConfig
 from scencode.model import ModelConfig, n_cells
-from scencode.train import RunSpec, TrainConfig, Trainer
+from scencode.pretrain import RunSpec, TrainConfig, Trainer
 
 corpus, vocab, out = map(Path, sys.argv[1:4])
 spec = RunSpec("learned-continuous-s3", corpus, vocab, out,

@@ -8,10 +8,11 @@ import torch
 
 from conftest import GENES
 from scencode.errors import ScencodeError
-from scencode.esm_embed import (MAX_RESIDUES, EmbedParams, ESMEmbedder, embed_genes, load_esm2, read_gene_table,
+from scencode.esm.embed import (MAX_RESIDUES, EmbedParams, ESMEmbedder, embed_genes, load_esm2,
                                 save_tiny_esm2, token_budget_batches, windows)
-from scencode.gene_embeddings import coverage_report, import_table
-from scencode.proteins import read_peptide_fasta, select_isoforms
+from scencode.formats import read_gene_table
+from scencode.esm.gene_tables import coverage_report, import_table
+from scencode.esm.proteins import read_peptide_fasta, select_isoforms
 
 RNG = np.random.default_rng(0)
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))

@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scencode.aggregate import paired_tests, summary_table
+from scencode.tables import paired_tests, summary_table
 from scencode.demo import pbmc68k_counts
 from scencode.errors import ScencodeError
+from scencode.baselines import pca_baseline
 from scencode.evaluate import (EvalParams, evaluate_embedding, isolated_label_f1, isolated_labels, label_silhouettes,
-                               pca_baseline,
-                               silhouette_batch, tidy, write_embedding)
+                               silhouette_batch)
+from scencode.formats import RunIdentity, metric_table, write_embedding
 from scencode.figures import draw_all
 
 PARAMS = EvalParams(min_cells_per_type=20)
@@ -96,8 +97,7 @@ def test_nonfinite_embedding_file_error_names_model_and_dataset(tmp_path):
     write_embedding(cells, x, tmp_path / "e.parquet")
     (tmp_path / "r.json").write_text('{"masked_mse": null}')
     result = subprocess.run([sys.executable, "-m", "scencode", "evaluate", "--embedding", str(tmp_path / "e.parquet"),
-                             "--reconstruction", str(tmp_path / "r.json"), "--configuration", "esm2-soft-s0",
-                             "--dataset", "lung", "--out", str(tmp_path / "m.parquet")], capture_output=True, text=True)
+                             "--reconstruction", str(tmp_path / "r.json"), *IDENTITY, "--dataset", "lung", "--out", str(tmp_path / "m.parquet")], capture_output=True, text=True)
     assert result.returncode == 1 and "esm2-soft-s0 on lung" in result.stderr and "NaN or infinite" in result.stderr
     assert not (tmp_path / "m.parquet").exists()
 
@@ -153,7 +153,7 @@ def test_pca_of_real_pbmc_counts_beats_a_random_embedding():
 
 def test_scvi_baseline_of_real_pbmc_counts_beats_a_random_embedding(tmp_path):
     pytest.importorskip("scvi", reason="the optional scvi extra (scvi-tools) is not installed")
-    from scencode.evaluate import baseline_embedding
+    from scencode.baselines import baseline_embedding
 
     adata = pbmc68k_counts()
     adata.obs["run"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
@@ -172,7 +172,7 @@ def test_scvi_baseline_of_real_pbmc_counts_beats_a_random_embedding(tmp_path):
 def test_scvi_baseline_without_scvi_tools_says_how_to_install(tmp_path, monkeypatch):
     import builtins
 
-    from scencode.evaluate import scvi_baseline
+    from scencode.baselines import scvi_baseline
 
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
@@ -190,10 +190,10 @@ def synthetic_metrics(n_datasets=6):
                 rows = pd.DataFrame({"metric": ["batch_score", "bio_score", "accuracy", "macro_f1"],
                                      "group": ["study", "study", "knn_k10", "knn_k10"],
                                      "value": level + offset + rng.normal(0, 0.02, 4), "note": ""})
-                frames.append(tidy(rows, f"{gene}-{expr}-s0", f"ds{d}"))
+                frames.append(metric_table(rows, RunIdentity(f"{gene}-{expr}-s0", gene, expr, 0), f"ds{d}"))
             recon = pd.DataFrame({"metric": ["min_train_mse", "test_mse"], "group": "reconstruction",
                                   "value": [0.05 - offset / 10, 0.06], "note": ""})
-            frames.append(tidy(recon, f"{gene}-{expr}-s0", "*"))
+            frames.append(metric_table(recon, RunIdentity(f"{gene}-{expr}-s0", gene, expr, 0), "*"))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -268,6 +268,8 @@ def test_figures_are_drawn_from_the_tables(tmp_path):
                         "val_loss": [np.nan, 0.6, np.nan], "grad_norm": 1.0, "tokens_per_s": 1.0, "cells_per_s": 1.0})
     (tmp_path / "learned-soft-s0").mkdir()
     log.to_parquet(tmp_path / "learned-soft-s0" / "train_log.parquet")
+    (tmp_path / "learned-soft-s0" / "model.json").write_text(
+        '{"configuration": "learned-soft-s0", "gene_encoding": "learned", "expression_encoding": "soft", "seed": 0}')
     paths = draw_all(tmp_path / "summary.csv", tmp_path / "metrics.csv",
                      [tmp_path / "learned-soft-s0" / "train_log.parquet"], tmp_path / "figures")
     names = {p.name for p in paths}
@@ -285,6 +287,9 @@ def test_colours_of_unknown_encodings_agree_across_processes():
     assert len(seen) == 1
 
 
+IDENTITY = ("--run", "esm2-soft-s0", "--gene-encoding", "esm2", "--expression-encoding", "soft", "--seed", "0")
+
+
 def _scencode(*args):
     return subprocess.run([sys.executable, "-m", "scencode", *map(str, args)], capture_output=True, text=True)
 
@@ -292,7 +297,7 @@ def _scencode(*args):
 def test_a_deleted_checkpoint_gives_empty_outputs_and_nan_metrics_that_say_why(tmp_path):
     import anndata as ad
 
-    from scencode.evaluate import read_embedding
+    from scencode.formats import read_embedding
 
     model = tmp_path / "models" / "esm2-soft-s0"
     model.mkdir(parents=True)
@@ -300,14 +305,14 @@ def test_a_deleted_checkpoint_gives_empty_outputs_and_nan_metrics_that_say_why(t
                                       '"checkpoint": "best.pt", "note": ""}')  # best.pt was deleted
     out = tmp_path / "lung.parquet"
     result = _scencode("embed", "--model", model / "model.json", "--corpus", tmp_path / "no_corpus_needed",
-                       "--configuration", "esm2-soft-s0", "--dataset", "lung", "--out", out,
+                       "--run", "esm2-soft-s0", "--dataset", "lung", "--out", out,
                        "--h5ad", tmp_path / "lung.h5ad", "--reconstruction", tmp_path / "lung.json")
     assert result.returncode == 0, result.stderr
     cells, matrix, missing = read_embedding(out)
     assert len(cells) == 0 and "best.pt is missing" in missing
     assert "best.pt is missing" in ad.read_h5ad(tmp_path / "lung.h5ad").uns["scencode"]["missing"]
     result = _scencode("evaluate", "--embedding", out, "--reconstruction", tmp_path / "lung.json",
-                       "--configuration", "esm2-soft-s0", "--dataset", "lung", "--out", tmp_path / "m.parquet")
+                       *IDENTITY, "--dataset", "lung", "--out", tmp_path / "m.parquet")
     assert result.returncode == 0, result.stderr
     metrics = pd.read_parquet(tmp_path / "m.parquet")
     assert {"bio_score", "batch_score", "accuracy", "macro_f1", "masked_mse"} <= set(metrics.metric)
@@ -315,7 +320,7 @@ def test_a_deleted_checkpoint_gives_empty_outputs_and_nan_metrics_that_say_why(t
 
 
 def test_a_checkpoint_path_that_does_not_exist_is_an_error(tmp_path):
-    result = _scencode("embed", "--model", tmp_path / "best.pt", "--corpus", tmp_path, "--configuration",
+    result = _scencode("embed", "--model", tmp_path / "best.pt", "--corpus", tmp_path, "--run",
                        "esm2-soft-s0", "--dataset", "lung", "--out", tmp_path / "e.parquet", "--h5ad",
                        tmp_path / "e.h5ad", "--reconstruction", tmp_path / "r.json")
     assert result.returncode == 1 and "best.pt: model checkpoint not found" in result.stderr
@@ -330,7 +335,8 @@ def test_scib_benchmarker_labels_its_rows_and_says_why_values_are_missing(tmp_pa
     write_embedding(cells, x, tmp_path / "pca.parquet")
     write_embedding(cells.iloc[::-1], x[::-1], tmp_path / "model.parquet")  # other order: aligned by cell id
     write_embedding(cells.iloc[:0], np.zeros((0, 1), np.float32), tmp_path / "gone.parquet", missing="no model: x")
-    rows = benchmark_dataset({"learned-soft-s0": tmp_path / "model.parquet", "esm2-soft-s0": tmp_path / "gone.parquet"},
+    rows = benchmark_dataset({RunIdentity("learned-soft-s0", "learned", "soft", 0): tmp_path / "model.parquet",
+                              RunIdentity("esm2-soft-s0", "esm2", "soft", 0): tmp_path / "gone.parquet"},
                              tmp_path / "pca.parquet", "lung", max_cells=100)
     assert set(rows.group) == {"scib_metrics"}
     assert rows.groupby("configuration").metric.apply(list).map(lambda m: m == metric_names()).all()

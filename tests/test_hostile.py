@@ -13,8 +13,8 @@ import torch
 
 from conftest import leftovers
 from scencode.errors import ScencodeError
-from scencode.esm_embed import esm2_weights, load_esm2, save_tiny_esm2
-from scencode.sources import download_url
+from scencode.esm.embed import esm2_weights, load_esm2, save_tiny_esm2
+from scencode.fetch import download_url
 
 
 def test_endless_body_stops_at_the_size_cap_and_leaves_nothing(server, tmp_path):
@@ -48,7 +48,7 @@ def test_retries_are_bounded(server, tmp_path):
 
 
 def test_url_source_that_is_not_hdf5_is_refused(server, tmp_path):
-    from scencode.sources import fetch
+    from scencode.download import fetch
 
     base, handler = server
     body = b"<html>a login page</html>"
@@ -110,10 +110,10 @@ def test_killed_step_leaves_no_temporary_file(tmp_path):
     out = tmp_path / "raw" / "big.h5ad"
     code = (
         "import sys, time; from scencode import cli, atomic\n"
-        "def slow(args):\n"
-        "    with atomic.atomic_path(args.out) as tmp:\n"
+        "def slow(source, out, seed=0):\n"
+        "    with atomic.atomic_path(out) as tmp:\n"
         "        tmp.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
-        "cli.cmd_download = slow\n"
+        "cli.step_function = lambda step: slow\n"
         f"sys.exit(cli.main(['download', '--source', '{{}}', '--out', {str(out)!r}]))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"

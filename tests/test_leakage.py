@@ -75,7 +75,7 @@ def test_the_audit_is_written_and_drop_leaves_the_cells_out_of_training(tmp_path
     qc = corpus.parent / "sim_lung_1.h5ad"
     cells = ad.read_h5ad(qc, backed="r").obs_names[:40].tolist()
     (tmp_path / "leakage.json").write_text(json.dumps({"drop": {"sim_lung_1": cells}}))
-    from scencode.leakage import excluded_cells
+    from scencode.formats import excluded_cells
 
     exclude = tuple(excluded_cells(tmp_path / "leakage.json", "sim_lung_1"))
     manifest = tokenize_corpus("train", [DatasetInput("sim_lung_1", qc, exclude=exclude)], vocab, tmp_path / "train",
@@ -84,7 +84,7 @@ def test_the_audit_is_written_and_drop_leaves_the_cells_out_of_training(tmp_path
     assert manifest["datasets"]["sim_lung_1"]["cells_excluded_leakage"] == 40
     assert not {f"sim_lung_1:{c}" for c in cells} & set(written)
     datasets = [{**fake(tmp_path, "t", ["TSP1"]), "role": "train"}, {**fake(tmp_path, "e", ["TSP1"]), "role": "eval"}]
-    result = run(datasets, "report", tmp_path / "leakage_out.json", tmp_path / "leakage.csv")
+    result = run(datasets, tmp_path / "leakage_out.json", tmp_path / "leakage.csv", policy="report")
     assert json.loads((tmp_path / "leakage_out.json").read_text())["pairs_leaking"] == result["pairs_leaking"] == 1
     assert pd.read_csv(tmp_path / "leakage.csv").what.str.contains("1 shared donors").all()
 

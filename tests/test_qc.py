@@ -167,7 +167,7 @@ def test_repeated_cell_names_are_renamed_and_reported(tmp_path, gene_table):
     ({"min_genes": True}, "expected int"),
 ])
 def test_settings_that_bypass_the_schema_are_named(params, message):
-    from scencode.cli import _params
+    from scencode.settings import parse
 
     with pytest.raises(ScencodeError, match=message):
-        _params(QCParams, params)
+        parse(QCParams, params)

@@ -1,5 +1,3 @@
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,8 @@ from scencode.errors import ScencodeError
 from scencode.qc import QCParams, run_qc
 from scencode.shards import iter_batches, verify_corpus
 from scencode.tokenize import DatasetInput, TokenizeParams, assign_split, tokenize_corpus
-from scencode.vocab import SPECIAL_TOKENS, build_vocab, load_vocab, write_vocab
+from scencode.formats import SPECIAL_TOKENS, load_vocab, write_vocab
+from scencode.vocab import build_vocab
 
 LOOSE = QCParams(min_genes=1, min_counts=1, max_pct_mito=100, min_cells_per_gene=1)
 

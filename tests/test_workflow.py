@@ -4,7 +4,6 @@ import copy
 import json
 import re
 import shlex
-import shutil
 
 import anndata as ad
 import numpy as np

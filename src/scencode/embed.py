@@ -16,39 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_path
 from .data import LoaderConfig, ShardBatches
+from .devices import autocast, autocast_dtype, default_device
 from .errors import ScencodeError
-from .evaluate import write_embedding
+from .formats import (RECONSTRUCTION_METRICS, RunIdentity, load_checkpoint, metric_table, model_checkpoint,
+                      write_embedding_files, write_missing_embedding, write_table)
 from .model import CellTransformer, ModelConfig, masked_sse, n_cells, real_positions
 from .shards import verify_corpus
-from .train import TrainConfig, load_checkpoint, precision
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "batch")
-
-
-def model_checkpoint(model: str | Path) -> tuple[Path | None, str]:
-    """The checkpoint to evaluate, or None and why. ``model`` is a run's ``model.json`` (the
-    workflow: a run may end without a usable model, which evaluation reports rather than fails on)
-    or a checkpoint file (direct use: a missing file is an error)."""
-    model = Path(model)
-    if model.suffix != ".json":
-        if not model.exists():
-            raise ScencodeError("model checkpoint not found", model)
-        return model, ""
-    try:
-        status = json.loads(model.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ScencodeError(f"not a readable model status file ({exc})", model) from exc
-    name = status.get("configuration", model.parent.name)
-    if not status.get("checkpoint"):
-        return None, f"no model for {name}: {status.get('note') or 'training wrote no checkpoint'}"
-    checkpoint = model.parent / status["checkpoint"]
-    if not checkpoint.exists():
-        return None, (f"no model for {name}: {checkpoint} is missing (model.json lists it); "
-                      f"retrain with --forcerun pretrain")
-    return checkpoint, ""
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransformer, dict]:
@@ -62,15 +39,10 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
     return model.to(device).eval(), ckpt
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _autocast(device: torch.device):
     """Mixed precision on CUDA as in training (bf16, else fp16): embedding the study's 549k cells
-    per configuration is GPU work; fp32 on the CPU, where autocast would only slow it down."""
-    dtype = precision(TrainConfig(precision="auto"), device)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    per configuration is GPU work; fp32 on the CPU."""
+    return autocast(device, autocast_dtype("auto", device))
 
 
 def _batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, columns=LABEL_COLUMNS):
@@ -80,7 +52,7 @@ def _batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, 
 
 @torch.no_grad()
 def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfig, out_parquet: str | Path,
-                 out_h5ad: str | Path, config_name: str, dataset: str) -> dict:
+                 out_h5ad: str | Path, run: str, dataset: str) -> dict:
     """Embeds every cell and measures the reconstruction errors in the same pass (one model load,
     one read of the shards). Returns the cell count, dimension and :func:`reconstruction` figures."""
     device = default_device()
@@ -99,10 +71,10 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
         batches += batch["batch"]
     matrix = np.concatenate(chunks)
     if not np.isfinite(matrix).all():
-        raise ScencodeError(f"model {config_name} gives NaN or infinite embeddings on {dataset} "
+        raise ScencodeError(f"model {run} gives NaN or infinite embeddings on {dataset} "
                             f"({int((~np.isfinite(matrix)).any(1).sum())} cells)", checkpoint)
     obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
-    write_embedding_files(obs, matrix, out_parquet, out_h5ad, config_name, dataset)
+    write_embedding_files(obs, matrix, out_parquet, out_h5ad, run, dataset)
     return {"cells": len(ids), "dim": int(matrix.shape[1]), **errors.result()}
 
 
@@ -139,26 +111,6 @@ class ReconstructionErrors:
                 "gene_mean_mse": float(gene_sse / self.tokens), "cells": self.cells, "masked_tokens": self.tokens}
 
 
-def write_embedding_files(obs: pd.DataFrame, matrix: np.ndarray, out_parquet, out_h5ad, config_name: str,
-                          dataset: str, missing: str = "") -> None:
-    """Parquet and .h5ad of one embedding; ``missing`` (no model) writes empty ones that carry the reason."""
-    write_embedding(obs.reset_index(), matrix, out_parquet, missing=missing)
-    if out_h5ad is None:
-        return
-    import anndata as ad  # here: embedding runs without anndata when no .h5ad is asked for (a bare GPU node)
-
-    info = {"configuration": config_name, "dataset": dataset, **({"missing": missing} if missing else {})}
-    adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix}, uns={"scencode": info})
-    with atomic_path(out_h5ad, suffix=".h5ad") as tmp:
-        adata.write_h5ad(tmp)
-
-
-def write_missing_embedding(reason: str, out_parquet, out_h5ad, config_name: str, dataset: str) -> None:
-    log.warning("%s on %s: %s", config_name, dataset, reason)
-    obs = pd.DataFrame({"label": [], "batch": []}, index=pd.Index([], name="cell_id"), dtype=str)
-    write_embedding_files(obs, np.zeros((0, 1), np.float32), out_parquet, out_h5ad, config_name, dataset, reason)
-
-
 @torch.no_grad()
 def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, loader: LoaderConfig,
                max_cells: int | None = None) -> dict:
@@ -173,3 +125,61 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
         with _autocast(device):
             errors.add(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
     return errors.result()
+
+
+def run(model: Path, corpus: Path, run: str, dataset: str, out: Path, reconstruction: Path,
+        params: LoaderConfig, h5ad: Path | None = None, threads: int | None = None) -> dict:
+    """Cell embeddings of a model on an evaluation corpus (``out`` Parquet; ``h5ad`` the same for scanpy,
+    needs anndata) and the context diagnostic on the same cells (``reconstruction`` JSON). ``model``:
+    a run's model.json (no model: empty outputs that say why) or a checkpoint .pt; ``params``: the
+    loader settings (context, batch_size, gene sampling, …)."""
+    from .atomic import write_json
+    from .settings import torch_threads
+
+    torch_threads(threads)
+    checkpoint, missing = model_checkpoint(model)
+    if checkpoint is None:
+        write_missing_embedding(missing, out, h5ad, run, dataset)
+        info = {"cells": 0, **{metric: None for metric in RECONSTRUCTION_METRICS}, "missing": missing}
+    else:
+        info = embed_corpus(checkpoint, corpus, params, out, h5ad, run, dataset)
+        log.info("%s on %s: %d cells embedded", run, dataset, info["cells"])
+    write_json(info, reconstruction)
+    return info
+
+
+def reconstruction(model: Path, train_log: Path, corpus: Path, out: Path, run: str, gene_encoding: str,
+                   expression_encoding: str, seed: int, params: LoaderConfig) -> pd.DataFrame:
+    """A model's reconstruction table (``out`` Parquet): minimum logged training masked MSE, the context
+    diagnostic on the training corpus's held-out test split, and how training ended."""
+    log_table = pd.read_parquet(train_log)
+    checkpoint, missing = model_checkpoint(model)
+    nan = float("nan")
+    if checkpoint is None:
+        test, test_note = {metric: nan for metric in RECONSTRUCTION_METRICS}, missing
+    else:
+        test = masked_mse(checkpoint, corpus, "test", params)
+        test_note = f"held-out test split, {test['cells']} cells"
+    status = json.loads(Path(model).read_text()) if Path(model).suffix == ".json" else {}
+    min_train = log_table.train_loss.min()
+    rows = pd.DataFrame([
+        {"metric": "min_train_mse", "group": "reconstruction", "value": min_train,
+         "note": "minimum logged training masked MSE" if pd.notna(min_train) else
+         "no finite training loss was logged (see model.json)"},
+        {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"], "note": test_note},
+        *({"metric": f"test_{metric}", "group": "reconstruction", "value": test.get(metric, nan),
+           "note": test_note} for metric in RECONSTRUCTION_METRICS[1:]),
+        # how training ended: the report shows whether a configuration was still improving
+        {"metric": "final_val_loss", "group": "training", "value": status.get("final_val_loss") or nan,
+         "note": f"validation loss at the last step ({status.get('steps')})"},
+        {"metric": "still_improving", "group": "training", "value": float(bool(status.get("still_improving"))),
+         "note": "1: the last validation was the best (more training would likely help)"},
+        {"metric": "checkpoint_step", "group": "training", "value": status.get("checkpoint_step") or nan,
+         "note": "step of the evaluated checkpoint (best validation, the last step included)"},
+    ])
+    if checkpoint is None:  # no usable model: how training ended says nothing about an evaluated one
+        training = rows.group == "training"
+        rows.loc[training, "value"], rows.loc[training, "note"] = nan, missing
+    table = metric_table(rows, RunIdentity(run, gene_encoding, expression_encoding, seed), "*")
+    write_table(table, out)
+    return table

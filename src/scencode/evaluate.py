@@ -14,13 +14,16 @@ is recorded as NaN with the reason in ``note``, not raised.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import ScencodeError
+from .formats import RECONSTRUCTION_METRICS, RunIdentity, metric_table, read_embedding, write_table
 
 log = logging.getLogger(__name__)
 BATCH_METRICS = ("ilisi", "graph_connectivity", "asw_batch")
@@ -264,100 +267,27 @@ def classification_rows(x, labels, params: EvalParams) -> list[tuple]:
     return rows
 
 
-def pca_baseline(adata, n_hvg: int = 2000, n_comps: int = 50, seed: int = 0) -> np.ndarray:
-    """PCA of log-normalised highly variable genes (scanpy), from raw counts."""
-    import scanpy as sc
-
-    adata = adata.copy()
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=min(n_hvg, adata.n_vars))
-    adata = adata[:, adata.var.highly_variable].copy()
-    n_comps = min(n_comps, adata.n_vars - 1, adata.n_obs - 1)
-    sc.pp.pca(adata, n_comps=n_comps, random_state=seed)
-    return adata.obsm["X_pca"]
 
 
-MISSING_KEY = b"scencode.missing"
-
-
-def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray, str]:
-    """(cells: cell_id, label, batch; matrix; why there is no embedding, or "") from an embedding
-    Parquet file."""
-    from .tables import column_matrix, read_parquet
-
-    table = read_parquet(path, "embedding file")
-    matrix = column_matrix(table, "embedding")
-    missing = (table.schema.metadata or {}).get(MISSING_KEY, b"").decode()
-    return table.drop(["embedding"]).to_pandas(), matrix, missing
-
-
-def write_embedding(cells: pd.DataFrame, matrix: np.ndarray, path, missing: str = "") -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .atomic import atomic_path
-    from .tables import matrix_column
-
-    table = pa.table({"cell_id": cells.cell_id.astype(str).to_numpy(), "label": cells.label.astype(str).to_numpy(),
-                      "batch": cells.batch.astype(str).to_numpy(), "embedding": matrix_column(matrix)})
-    if missing:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), MISSING_KEY: missing.encode()})
-    with atomic_path(path, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp)
-
-
-def scvi_baseline(adata, batch_key: str | None, seed: int = 0, n_hvg: int = 2000, n_latent: int = 10,
-                  max_epochs: int | None = None) -> np.ndarray:
-    """scVI's latent space (scvi-tools) from raw counts of the top highly variable genes, with the
-    batch as covariate: the integration baseline the field compares against. ``max_epochs``
-    None: scvi-tools' own default for the dataset size."""
+def run(embedding: Path, out: Path, run: str, gene_encoding: str, expression_encoding: str, seed: int, dataset: str,
+        params: EvalParams, reconstruction: Path | None = None) -> pd.DataFrame:
+    """The study's metrics (scIB batch and bio, kNN and logistic-regression classification) of one
+    embedding table, as a tidy metric table at ``out``; a model's ``reconstruction`` JSON (its context
+    diagnostic on this dataset) adds the reconstruction rows. An embedding without a model gives
+    every metric as NaN with the reason."""
+    cells, matrix, missing = read_embedding(embedding)
     try:
-        import scvi
-    except ImportError:
-        raise ScencodeError("the scvi baseline needs scvi-tools: pip install 'scencode[scvi]'") from None
-    import scanpy as sc
-
-    scvi.settings.seed = seed
-    adata = adata.copy()
-    sc.pp.highly_variable_genes(adata, n_top_genes=min(n_hvg, adata.n_vars), flavor="seurat_v3", subset=True)
-    scvi.model.SCVI.setup_anndata(adata, batch_key=batch_key)
-    model = scvi.model.SCVI(adata, n_latent=n_latent)
-    model.train(max_epochs=max_epochs, enable_progress_bar=False)
-    return model.get_latent_representation()
-
-
-BASELINES = ("pca", "random", "scvi")
-
-
-def baseline_embedding(kind: str, qc_path, dataset: str, label_key: str, batch_key: str | None,
-                       seed: int = 0, scvi_epochs: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Baselines through the same metrics: ``pca`` (log-normalised HVGs), ``scvi`` (scVI's latent
-    space, optional extra) or ``random`` (Gaussian noise, the floor every embedding should beat)."""
-    import anndata as ad
-
-    if kind not in BASELINES:
-        raise ScencodeError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
-    adata = ad.read_h5ad(qc_path)
-    cells = pd.DataFrame({"cell_id": dataset + ":" + adata.obs_names.astype(str),
-                          "label": adata.obs[label_key].astype(str).to_numpy(),
-                          "batch": adata.obs[batch_key].astype(str).to_numpy() if batch_key else dataset})
-    if kind == "pca":
-        return cells, pca_baseline(adata, seed=seed).astype(np.float32)
-    if kind == "scvi":
-        return cells, scvi_baseline(adata, batch_key, seed, max_epochs=scvi_epochs).astype(np.float32)
-    return cells, np.random.default_rng(seed).normal(size=(adata.n_obs, 32)).astype(np.float32)
-
-
-def split_configuration(name: str) -> dict:
-    """``{gene}-{expression}-s{seed}`` → its parts (baselines: gene 'baseline')."""
-    gene, expression, seed = name.rsplit("-", 2)
-    return {"configuration": name, "gene_encoding": gene, "expression_encoding": expression,
-            "seed": int(seed.removeprefix("s"))}
-
-
-def tidy(rows: pd.DataFrame, configuration: str, dataset: str) -> pd.DataFrame:
-    parts = split_configuration(configuration)
-    out = rows.assign(**parts, dataset=dataset)
-    return out[["configuration", "gene_encoding", "expression_encoding", "seed", "dataset", "metric", "group",
-                "value", "note"]]
+        rows = evaluate_embedding(matrix, cells.label.to_numpy(), cells.batch.to_numpy(), params)
+    except ScencodeError as exc:
+        raise ScencodeError(f"{run} on {dataset}: {exc}", embedding) from None
+    if reconstruction is not None:  # models only: baselines reconstruct nothing
+        recon = json.loads(Path(reconstruction).read_text())
+        rows = pd.concat([rows, pd.DataFrame([
+            {"metric": metric, "group": "reconstruction", "note": "evaluation dataset",
+             "value": recon[metric] if recon.get(metric) is not None else float("nan")}
+            for metric in RECONSTRUCTION_METRICS])])
+    if missing:  # no model: every metric is NaN, and the table says why
+        rows = rows.assign(value=float("nan"), note=missing)
+    table = metric_table(rows, RunIdentity(run, gene_encoding, expression_encoding, seed), dataset)
+    write_table(table, out)
+    return table

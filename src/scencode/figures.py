@@ -3,6 +3,8 @@ encoding and one marker/hatch per gene encoding, the same in every figure."""
 
 from __future__ import annotations
 
+import json
+import logging
 import zlib
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .genes import packaged_file  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 EXPRESSION_COLOURS = {"soft": "#1b9e77", "continuous": "#7570b3", "log": "#d95f02", "hard": "#e7298a",
                       "autobin": "#66a61e", "pca": "#666666", "random": "#bbbbbb"}
@@ -107,10 +111,11 @@ def fig_min_train_mse(summary: pd.DataFrame, out_dir: Path):
     return save(fig, out_dir, "fig3_min_train_mse")
 
 
-def fig_loss_curves(logs: dict[str, pd.DataFrame], out_dir: Path):
+def fig_loss_curves(logs: dict[str, tuple[dict, pd.DataFrame]], out_dir: Path):
+    """``logs``: run name → (its model.json status, its training log)."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    for name, log in sorted(logs.items()):
-        gene, expression = name.split("-")[:2]
+    for name, (status, log) in sorted(logs.items()):
+        gene, expression = status["gene_encoding"], status["expression_encoding"]
         style = dict(color=colour(expression), linestyle=GENE_LINESTYLES.get(gene, "-."), linewidth=1.2)
         train = log.dropna(subset=["train_loss"])
         val = log.dropna(subset=["val_loss"])
@@ -183,10 +188,21 @@ def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") ->
     summary = pd.read_csv(summary_csv)
     metrics = pd.read_csv(metrics_csv)
     models = summary[summary.gene_encoding != "baseline"]
-    logs = {Path(p).parent.name: pd.read_parquet(p) for p in train_logs}
+    logs = {}
+    for path in map(Path, train_logs):  # the run's identity from its status file, beside the log
+        status = json.loads(path.with_name("model.json").read_text())
+        logs[status["configuration"]] = (status, pd.read_parquet(path))
     paths = [*fig_batch_vs_bio(summary, out_dir), *fig_classification(summary, out_dir),
              *fig_min_train_mse(models, out_dir), *fig_loss_curves(logs, out_dir), *fig_heatmap(metrics, out_dir)]
     comparison_paths, comparison = fig_paper_comparison(models, out_dir, caveat)
     with atomic_path(out_dir / "paper_comparison.csv", suffix=".csv") as tmp:
         comparison.to_csv(tmp, index=False)
     return paths + comparison_paths
+
+
+def run(summary: Path, metrics: Path, out_dir: Path, train_logs: list[Path] = (), caveat: str = "") -> list[Path]:
+    """The study's figures (PNG and PDF in ``out_dir``) from the tables and the runs' training logs;
+    ``caveat``: printed on the paper comparison (e.g. demo data, tiny models)."""
+    paths = draw_all(summary, metrics, train_logs, out_dir, caveat=caveat)
+    log.info("figures: %s", ", ".join(p.name for p in paths))
+    return paths

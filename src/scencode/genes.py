@@ -7,6 +7,7 @@ name, HGNC approved, HGNC previous, HGNC alias; a symbol naming several genes th
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +20,8 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path
 from .errors import ScencodeError
+
+log = logging.getLogger(__name__)
 
 PACKAGED_GENCODE = "genes_homo_sapiens_gencode48.csv.gz"
 PACKAGED_HGNC = "hgnc_symbols_2024-10.tsv.gz"
@@ -131,3 +134,30 @@ class GeneTable:
 
     def mito_ids(self) -> set[str]:
         return set(self.genes.gene_id[self.genes.gene_name.fillna("").str.startswith("MT-")])
+
+
+def run(out: Path, gencode: str | None = None, gencode_sha256: str | None = None, hgnc: str | None = None,
+        hgnc_sha256: str | None = None) -> dict:
+    """The gene table (genes.parquet, symbols.parquet in folder ``out``) from GENCODE and HGNC files,
+    paths or pinned URLs; none given: the packaged GENCODE 48 and HGNC 2024-10 sets."""
+    import tempfile
+
+    from .fetch import download_url
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def resolve(location, packaged, sha256):
+            if not location:
+                return packaged_file(packaged)
+            if "://" in location:
+                if not sha256:
+                    raise ScencodeError(f"gene table URL {location} has no sha256: pin it (gencode_sha256 / "
+                                        f"hgnc_sha256) so a changed or tampered file is refused")
+                target = Path(tmp) / Path(location).name
+                download_url(location, target, sha256=sha256)
+                return target
+            return Path(location)
+
+        summary = build_gene_table(resolve(gencode, PACKAGED_GENCODE, gencode_sha256),
+                                   resolve(hgnc, PACKAGED_HGNC, hgnc_sha256), Path(out))
+    log.info("gene table: %s", summary)
+    return summary

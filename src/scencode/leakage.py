@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_json
@@ -146,24 +145,20 @@ def describe(pair: dict) -> str:
     return "; ".join(parts)
 
 
-def run(datasets: list[dict], policy: str, out_json: str | Path, out_table: str | Path) -> dict:
-    """``datasets``: [{name, role, qc, raw, source}] → the audit as JSON and a table for the report."""
+def run(datasets: list[dict], out: Path, table: Path, policy: str = "report") -> dict:
+    """Audit training vs evaluation datasets for shared data. ``datasets``: JSON list of {name, role,
+    qc, raw, source}; ``out``: the audit (JSON); ``table``: one row per pair (CSV, for the report);
+    ``policy``: report | drop | error."""
+    if policy not in POLICIES:
+        raise ScencodeError(f"leakage policy {policy!r}: choose one of {', '.join(POLICIES)}")
     identities = [read_identity(d["name"], d["role"], d["qc"], d.get("raw"), d.get("source")) for d in datasets]
     result = audit(identities, policy)
     rows = [{"train": p["train"], "eval": p["eval"], "leaks": p["leaks"], "what": describe(p) or
              f"only generic donor labels in common ({', '.join(p['generic_donor_labels_shared'][:5])}): not counted"}
             for p in result["pairs"]]
-    table = pd.DataFrame(rows, columns=["train", "eval", "leaks", "what"])
-    with atomic_path(out_table, suffix=".csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_json(result, out_json)
+    with atomic_path(table, suffix=".csv") as tmp:
+        pd.DataFrame(rows, columns=["train", "eval", "leaks", "what"]).to_csv(tmp, index=False)
+    write_json(result, out)
+    log.info("leakage audit: %d of %d pairs share data; %d training cells dropped", result["pairs_leaking"],
+             result["pairs_compared"], result["cells_dropped"])
     return result
-
-
-def excluded_cells(audit_json: str | Path | None, dataset: str) -> np.ndarray:
-    """Barcodes of ``dataset`` the audit leaves out of training (``drop``); ``*``: all."""
-    if audit_json is None:
-        return np.array([], dtype=object)
-    import json
-
-    return np.array(json.loads(Path(audit_json).read_text()).get("drop", {}).get(dataset, []), dtype=object)

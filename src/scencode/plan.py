@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ScencodeError
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
 GPU_STAGES = ("esm_embeddings", "pretrain", "embed", "reconstruction")
@@ -84,7 +87,7 @@ def block_params(n_layers: int, d_model: int, d_ff: int) -> float:
 
 
 def esm2_params(name: str) -> float:
-    from .esm_embed import ESM2_MODELS
+    from .esm.embed import ESM2_MODELS
 
     layers, dim, _ = ESM2_MODELS[name]
     return block_params(layers, dim, 4 * dim)  # 3B: 2.8e9, 650M: 6.5e8, 15B: 1.5e10
@@ -232,3 +235,17 @@ def render(config: dict, gpus: int = 8) -> str:
     if unsized:
         out.append(f"  {len(unsized)} dataset(s) without n_cells in config: assumed {ASSUMED_CELLS:,} cells each")
     return "\n".join(out)
+
+
+def run(configfile: Path = Path("config/config.yaml"), gpus: int = 8) -> str:
+    """Print what a configured run costs (GPU-/CPU-hours, memory, disk, wall time) on ``gpus`` GPUs
+    shared by the pretraining and embedding jobs, before any job is submitted."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(configfile).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScencodeError(f"not a readable config ({exc})", configfile) from exc
+    text = render(config, gpus=gpus)
+    print(text)
+    return text

@@ -249,3 +249,12 @@ def _report(dataset_id, path, counts_key, metrics, keep_cells, keep_genes, mappi
         "median_counts_kept": float(np.median(metrics["total_counts"][keep_cells])),
         "median_genes_kept": float(np.median(metrics["n_genes"][keep_cells])),
     }
+
+
+def run(raw: Path, out: Path, report: Path, gene_table: Path, dataset: str, params: QCParams) -> dict:
+    """Filter cells and genes of the ``raw`` h5ad, harmonise gene ids, check raw counts: the QC'd h5ad
+    at ``out`` and what was removed and why at ``report``."""
+    summary = run_qc(raw, out, report, GeneTable.load(gene_table), params, dataset)
+    log.info("qc %s: %d → %d cells, %d genes", dataset, summary["cells"]["in"], summary["cells"]["out"],
+             summary["genes"]["out"])
+    return summary

@@ -12,16 +12,31 @@ from exact kNN (scikit-learn) through ``prepare(neighbor_computer=...)``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .evaluate import EvalParams, knn_graph, labeled, read_embedding, seeded_subsample, tidy
+from .errors import ScencodeError
+from .evaluate import EvalParams, knn_graph, labeled, seeded_subsample
+from .formats import RunIdentity, metric_table, read_embedding, write_table
 
 log = logging.getLogger(__name__)
 GROUP = "scib_metrics"
 AGGREGATES = {"Bio conservation": "bio_conservation", "Batch correction": "batch_correction", "Total": "total"}
+
+
+@dataclass
+class BenchmarkerParams:
+    """The Benchmarker is far slower than the study's metrics (JAX on the CPU), so it may score fewer
+    cells; by default the same seeded subsample as the study's metrics."""
+    max_cells_scib: int = EvalParams.max_cells_scib
+    seed: int = EvalParams.seed
+
+    def validate(self) -> None:
+        if self.max_cells_scib < 2:
+            raise ScencodeError(f"scib_benchmarker max_cells_scib must be ≥ 2, got {self.max_cells_scib}")
 
 
 def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
@@ -46,9 +61,11 @@ def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
     return cells.loc[shared], aligned, aligned.pop("X_pre"), missing
 
 
-def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset: str,
+def benchmark_dataset(embeddings: dict[RunIdentity, Path], pre_integrated: Path, dataset: str,
                       max_cells: int = EvalParams.max_cells_scib, seed: int = EvalParams.seed, threads: int = 1) -> pd.DataFrame:
-    """Tidy rows (group ``scib_metrics``) for every configuration in ``embeddings``."""
+    """Tidy rows (group ``scib_metrics``) for every run in ``embeddings``."""
+    identities = {identity.run: identity for identity in embeddings}
+    embeddings = {identity.run: path for identity, path in embeddings.items()}
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
     cells, matrices, pre, missing = _aligned(embeddings, pre_integrated)
@@ -83,7 +100,7 @@ def benchmark_dataset(embeddings: dict[str, Path], pre_integrated: Path, dataset
         rows = pd.DataFrame({"metric": metric_names()})
         rows["value"] = rows.metric.map(values).astype(float)
         rows["note"] = np.where(rows.value.isna(), missing.get(name, why_not), scored)
-        frames.append(tidy(rows.assign(group=GROUP), name, dataset))
+        frames.append(metric_table(rows.assign(group=GROUP), identities[name], dataset))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -100,3 +117,18 @@ def metric_names() -> list[str]:
                 names += ([f"{field.name}_nmi", f"{field.name}_ari"] if field.name.startswith("nmi_ari")
                           else [field.name])
     return names + list(AGGREGATES.values())
+
+
+def run(embeddings: list[Path], runs: list[dict], pre_integrated: Path, dataset: str, out: Path,
+        params: BenchmarkerParams, threads: int = 1) -> pd.DataFrame:
+    """scib-metrics' own default set and aggregate on every embedding of one dataset; ``runs``: JSON
+    list of each embedding's identity {run, gene_encoding, expression_encoding, seed}, in the order of
+    ``embeddings``; ``pre_integrated``: the unintegrated reference (the PCA baseline)."""
+    if len(runs) != len(embeddings):
+        raise ScencodeError(f"{len(embeddings)} embeddings but {len(runs)} run identities")
+    identities = [RunIdentity(**r) for r in runs]
+    rows = benchmark_dataset(dict(zip(identities, map(Path, embeddings))), Path(pre_integrated), dataset,
+                             max_cells=params.max_cells_scib, seed=params.seed, threads=threads)
+    write_table(rows, out)
+    log.info("scib-metrics default set on %s: %d embeddings", dataset, len(embeddings))
+    return rows

@@ -120,3 +120,12 @@ def iter_batches(corpus_dir: str | Path, columns: list[str] | None = None,
             yield from open_shard(path).iter_batches(batch_size=batch_size, columns=columns)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
+
+
+def check(corpus: Path) -> dict:
+    """Verify a corpus against its manifest (every shard's size, checksum, rows, schema) and print it."""
+    import json
+
+    manifest = verify_corpus(corpus, checksums=True)
+    print(json.dumps({k: manifest[k] for k in ("corpus", "n_cells", "splits", "nnz", "vocab_hash")}, indent=2))
+    return manifest

@@ -27,8 +27,8 @@ from tqdm import tqdm
 from .atomic import atomic_dir, write_json
 from .errors import ScencodeError
 from .h5ad import count_matrix, open_h5ad, read_frame
+from .formats import excluded_cells, load_vocab
 from .shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
-from .vocab import load_vocab
 
 log = logging.getLogger(__name__)
 
@@ -304,3 +304,15 @@ def _label_columns(obs: pd.DataFrame, d: DatasetInput) -> dict:
     batch = (np.full(len(obs), d.dataset_id, dtype=object) if d.batch_key is None
              else obs[d.batch_key].astype(str).to_numpy(object))
     return {"label": label, "batch": batch}
+
+
+def run(corpus: str, datasets: list[dict], vocab: Path, out: Path, params: TokenizeParams, labels: bool = False,
+        exclude: Path | None = None) -> dict:
+    """A corpus of Parquet token shards from QC'd datasets (JSON list of {dataset_id, path, label_key,
+    batch_key}); ``labels``: an evaluation corpus (label and batch columns); ``exclude``: the leakage
+    audit whose listed training cells are left out (policy drop)."""
+    inputs = [DatasetInput(d["dataset_id"], Path(d["path"]), d.get("label_key"), d.get("batch_key"),
+                           tuple(excluded_cells(exclude, d["dataset_id"]))) for d in datasets]
+    manifest = tokenize_corpus(corpus, inputs, vocab, out, params, with_labels=labels)
+    log.info("corpus %s: %d cells in %d shards", corpus, manifest["n_cells"], len(manifest["shards"]))
+    return manifest

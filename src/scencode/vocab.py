@@ -8,36 +8,19 @@ is stored in the Parquet metadata and in every corpus manifest; loaders refuse a
 
 from __future__ import annotations
 
-import hashlib
+import logging
+
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .atomic import atomic_path
 from .errors import ScencodeError
-from .tables import read_parquet
+from .formats import SPECIAL_TOKENS, dataset_genes, write_vocab
 
-SPECIAL_TOKENS = ("<pad>", "<cls>")
+log = logging.getLogger(__name__)
+
 POLICIES = ("union", "intersection", "protein")
-HASH_KEY = b"scencode_vocab_hash"
-
-
-def vocab_hash(tokens) -> str:
-    return hashlib.sha256("\n".join(map(str, tokens)).encode()).hexdigest()
-
-
-def dataset_genes(qc_path: str | Path) -> pd.DataFrame:
-    from .h5ad import open_h5ad, read_frame  # anndata/h5py: not needed to load a vocabulary (GPU nodes)
-
-    with open_h5ad(qc_path) as f:
-        var = read_frame(f, "var")
-    return pd.DataFrame({"gene_id": var.index.astype(str), "gene_symbol": var.get("gene_symbol", ""),
-                         "gene_type": var.get("gene_type", "")})
-
-
 def read_gene_list(path: str | Path) -> pd.Index:
     """Genes with a protein embedding: a Parquet/CSV/TSV table with a ``gene_id`` column."""
     path = Path(path)
@@ -84,21 +67,9 @@ def build_vocab(qc_paths: list[str | Path], policy: str = "union",
     return vocab
 
 
-def write_vocab(vocab: pd.DataFrame, path: str | Path) -> str:
-    digest = vocab_hash(vocab.gene_id)
-    table = pa.Table.from_pandas(vocab, preserve_index=False)
-    table = table.replace_schema_metadata({HASH_KEY: digest.encode()})
-    with atomic_path(path, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp)
+def run(qc: list[Path], out: Path, policy: str = "union", protein_genes: Path | None = None) -> str:
+    """The shared gene vocabulary of the training datasets' QC'd h5ad files; returns its hash."""
+    vocab = build_vocab(qc, policy, protein_genes)
+    digest = write_vocab(vocab, out)
+    log.info("vocabulary: %d tokens (hash %s)", len(vocab), digest[:12])
     return digest
-
-
-def load_vocab(path: str | Path) -> tuple[pd.DataFrame, str]:
-    path = Path(path)
-    table = read_parquet(path, "vocabulary")
-    vocab = table.to_pandas()
-    digest = vocab_hash(vocab.gene_id)
-    stored = (table.schema.metadata or {}).get(HASH_KEY, b"").decode()
-    if stored != digest or list(vocab.gene_id[:len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
-        raise ScencodeError("vocabulary file is inconsistent (hash or special tokens differ)", path)
-    return vocab, digest

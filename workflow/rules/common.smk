@@ -33,7 +33,7 @@ for name in EVAL_DATASETS:
 wildcard_constraints:
     dataset="|".join(DATASETS),
     corpus="|".join([TRAIN_CORPUS, *EVAL_DATASETS]),
-    config="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
+    run="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
 
 
 def sized(stage, key=None):
@@ -159,7 +159,7 @@ def pretrain_settings(name):
 
 
 def pretrain_gene_table(wildcards):
-    entry, _ = CONFIGURATIONS[wildcards.config]
+    entry, _ = CONFIGURATIONS[wildcards.run]
     return ESM_TABLE if entry["gene"] in TABLE_GENE_ENCODINGS else []
 
 
@@ -186,20 +186,42 @@ def embed_loader(name):
         loader["context"] = EVALUATE["context"]
     return loader
 
-BASELINES = [f"baseline-{kind}-s{config['seed']}" for kind in EVALUATE["baselines"]]
+# Baselines are runs too (their metrics sit beside the models'), but their embeddings come from the
+# QC'd counts, under results/baselines/, so no rule has to choose between embed and baseline.
+BASELINES = {f"baseline-{kind}-s{config['seed']}": (kind, config["seed"]) for kind in EVALUATE["baselines"]}
 # the unintegrated reference for scib-metrics' PCR comparison, made whether or not pca is a baseline
 PCA_REFERENCE = f"baseline-pca-s{config['seed']}"
 
 
+def run_identity(run):
+    """What a run is, passed to every job explicitly (nothing parses it back out of the name)."""
+    if run in CONFIGURATIONS:
+        entry, seed = CONFIGURATIONS[run]
+        return {"gene_encoding": entry["gene"], "expression_encoding": entry["expression"], "seed": seed}
+    kind, seed = BASELINES[run]
+    return {"gene_encoding": "baseline", "expression_encoding": kind, "seed": seed}
+
+
+def identity_args(wildcards):
+    identity = run_identity(wildcards.run)
+    return ["--run", wildcards.run, "--gene-encoding", identity["gene_encoding"],
+            "--expression-encoding", identity["expression_encoding"], "--seed", str(identity["seed"])]
+
+
+def embedding_path(run, dataset):
+    folder = "embeddings" if run in CONFIGURATIONS else "baselines"
+    return f"{RESULTS}/{folder}/{run}/{dataset}.parquet"
+
+
 def embeddings_of(wildcards):
-    return expand(f"{RESULTS}/embeddings/{{config}}/{wildcards.dataset}.parquet", config=[*CONFIGURATIONS, *BASELINES])
+    return [embedding_path(run, wildcards.dataset) for run in [*CONFIGURATIONS, *BASELINES]]
 
 
 def metric_tables():
     return [
-        *expand(f"{RESULTS}/metrics/{{config}}/{{dataset}}.parquet", config=[*CONFIGURATIONS, *BASELINES],
+        *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=[*CONFIGURATIONS, *BASELINES],
                 dataset=EVAL_DATASETS),
-        *expand(f"{RESULTS}/metrics/{{config}}/reconstruction.parquet", config=CONFIGURATIONS),
+        *expand(f"{RESULTS}/metrics/{{run}}/reconstruction.parquet", run=CONFIGURATIONS),
         *(expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=EVAL_DATASETS)
           if EVALUATE.get("scib_benchmarker", True) else []),
     ]
@@ -209,7 +231,7 @@ def all_targets():
     return [
         *[corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]],
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
-        *expand(f"{RESULTS}/models/{{config}}/model.json", config=CONFIGURATIONS),
+        *expand(f"{RESULTS}/models/{{run}}/model.json", run=CONFIGURATIONS),
         f"{RESULTS}/tables/summary.csv",
         f"{RESULTS}/figures/fig1_batch_vs_bio.png",
         f"{RESULTS}/leakage.json",

@@ -1,25 +1,4 @@
-rule gene_table:
-    output:
-        genes=f"{RESOURCES}/genes/genes.parquet",
-        symbols=f"{RESOURCES}/genes/symbols.parquet",
-    params:
-        sources=[
-            arg
-            for key, value in config["gene_table"].items()
-            if value
-            for arg in (f"--{key.replace('_', '-')}", str(value))
-        ],
-    log:
-        f"{LOGS}/gene_table.log",
-    benchmark:
-        f"{LOGS}/benchmarks/gene_table.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "scencode gene-table {params.sources:q} --out \"$(dirname {output.genes:q})\" > {log:q} 2>&1"
+# Raw counts of every dataset (CELLxGENE Census, a URL, a local file or the embedded demo).
 
 
 rule download:

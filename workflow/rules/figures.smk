@@ -9,7 +9,7 @@ rule figures:
     input:
         summary=rules.tables.output.summary,
         metrics=rules.tables.output.metrics,
-        train_logs=expand(f"{RESULTS}/models/{{config}}/train_log.parquet", config=CONFIGURATIONS),
+        train_logs=expand(f"{RESULTS}/models/{{run}}/train_log.parquet", run=CONFIGURATIONS),
     output:
         png=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")

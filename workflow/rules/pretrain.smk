@@ -11,23 +11,23 @@ rule pretrain:
         vocab=rules.vocab.output[0],
         gene_table=pretrain_gene_table,
     output:
-        status=f"{RESULTS}/models/{{config}}/model.json",
-        log=f"{RESULTS}/models/{{config}}/train_log.parquet",
+        status=f"{RESULTS}/models/{{run}}/model.json",
+        log=f"{RESULTS}/models/{{run}}/train_log.parquet",
     params:
-        settings=lambda w: as_json(pretrain_settings(w.config)),
+        settings=lambda w: as_json(pretrain_settings(w.run)),
         table=lambda w, input: ["--gene-table", input.gene_table] if input.gene_table else [],
     log:
-        f"{LOGS}/pretrain/{{config}}.log",
+        f"{LOGS}/pretrain/{{run}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/pretrain/{{config}}.tsv"
-    threads: lambda w: sized("pretrain", w.config)["threads"]
+        f"{LOGS}/benchmarks/pretrain/{{run}}.tsv"
+    threads: lambda w: sized("pretrain", w.run)["threads"]
     resources:
-        gpu=lambda w: sized("pretrain", w.config)["gpu"],
-        mem_mb=lambda w: sized("pretrain", w.config)["mem_mb"],
-        runtime=lambda w: sized("pretrain", w.config)["runtime"],
+        gpu=lambda w: sized("pretrain", w.run)["gpu"],
+        mem_mb=lambda w: sized("pretrain", w.run)["mem_mb"],
+        runtime=lambda w: sized("pretrain", w.run)["runtime"],
     conda:
         "../../envs/train.yaml"
     shell:
-        "scencode pretrain --name {wildcards.config:q} --corpus {input.corpus:q} --vocab {input.vocab:q}"
+        "scencode pretrain --name {wildcards.run:q} --corpus {input.corpus:q} --vocab {input.vocab:q}"
         " {params.table:q} --threads {threads} --params {params.settings:q}"
         " --out \"$(dirname {output.status:q})\" > {log:q} 2>&1"

@@ -19,6 +19,6 @@ rule qc:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode qc --input {input.raw:q} --output {output.h5ad:q} --report {output.report:q}"
+        "scencode qc --raw {input.raw:q} --out {output.h5ad:q} --report {output.report:q}"
         " --gene-table \"$(dirname {input.genes:q})\" --dataset {wildcards.dataset:q}"
         " --params {params.settings:q} > {log:q} 2>&1"

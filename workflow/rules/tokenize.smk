@@ -1,24 +1,5 @@
-rule vocab:
-    input:
-        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=TRAIN_DATASETS),
-        protein_genes=vocab_protein_genes(),
-    output:
-        f"{RESULTS}/vocab.parquet",
-    params:
-        policy=config["vocab"]["policy"],
-        protein=lambda w, input: ["--protein-genes", input.protein_genes] if input.protein_genes else [],
-    log:
-        f"{LOGS}/vocab.log",
-    benchmark:
-        f"{LOGS}/benchmarks/vocab.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/data.yaml"
-    shell:
-        "scencode vocab --qc {input.qc:q} --policy {params.policy:q} {params.protein:q}"
-        " --out {output:q} > {log:q} 2>&1"
+# Each corpus (the training datasets together, each evaluation dataset alone) as Parquet shards of
+# raw counts per cell, split by a stable hash.
 
 
 rule tokenize:

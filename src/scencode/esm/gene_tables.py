@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import ScencodeError
-from .esm_embed import write_gene_table
-from .genes import ENSEMBL_GENE_RE, GeneTable, strip_version
+from ..errors import ScencodeError
+from ..formats import write_gene_table
+from ..genes import ENSEMBL_GENE_RE, GeneTable, strip_version
 
 log = logging.getLogger(__name__)
 IMPORT_FORMATS = ("transcriptformer", "uce")
@@ -124,3 +124,29 @@ def coverage_report(embedded: pd.Index, vocab_candidates: pd.Index, gene_table: 
         .fillna("unknown").value_counts().to_dict(),
         "dataset_genes_missing_examples": missing[:20].tolist(),
     }
+
+
+def import_run(format: str, input: Path, out: Path, gene_table: Path | None = None,
+               expected_dim: int | None = None) -> dict:
+    """Import a published gene/protein embedding table (``format``: transcriptformer | uce; UCE's symbols
+    are mapped with the gene table folder)."""
+    table = GeneTable.load(gene_table) if gene_table else None
+    report = import_table(format, input, out, table, expected_dim)
+    log.info("imported %s table: %s", format, report)
+    return report
+
+
+def coverage(table: Path, qc: list[Path], gene_table: Path, out: Path, expected_dim: int | None = None) -> dict:
+    """Which genes of the QC'd datasets have a protein embedding in ``table`` (JSON report at ``out``)."""
+    from ..atomic import write_json
+    from ..formats import dataset_genes, read_gene_table
+
+    embedded, matrix, meta = read_gene_table(table)
+    if expected_dim is not None and matrix.shape[1] != expected_dim:
+        raise ScencodeError(f"embeddings have dimension {matrix.shape[1]}, config expects {expected_dim}", table)
+    candidates = pd.Index(sorted(set().union(*(dataset_genes(p).gene_id for p in qc))))
+    report = {"table": str(table), "model": meta, **coverage_report(embedded, candidates, GeneTable.load(gene_table))}
+    write_json(report, out)
+    log.info("coverage: %d of %d dataset genes have an embedding", report["dataset_genes_with_embedding"],
+             report["dataset_genes"])
+    return report

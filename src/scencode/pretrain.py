@@ -30,15 +30,15 @@ import torch.distributed as dist
 
 from .atomic import atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
+from .devices import PRECISIONS, autocast, autocast_dtype, default_device
 from .errors import ScencodeError
 from .model import CellTransformer, ModelConfig, masked_sse, n_cells, real_positions
 from .shards import verify_corpus
-from .vocab import load_vocab
+from .formats import load_checkpoint, load_vocab, read_gene_table
 
 log = logging.getLogger(__name__)
 PREEMPTED_EXIT = 143
 TABLE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "cells_per_s")
 
 
@@ -141,7 +141,6 @@ class State:
 
 def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> torch.Tensor:
     """The gene-embedding table in vocabulary order; special tokens get zeros."""
-    from .esm_embed import read_gene_table  # here: training needs no tqdm unless a table is used
     ids, matrix, _ = read_gene_table(path)
     row = pd.Series(np.arange(len(ids)), index=ids)
     genes = vocab.gene_id[vocab.gene_type != "special"]
@@ -175,28 +174,12 @@ def cosine_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
-        return None
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
-        raise ScencodeError(f"corrupted checkpoint ({type(exc).__name__}: {str(exc)[:120]})", path) from exc
-
-
 class Trainer:
     def __init__(self, spec: RunSpec):
         spec.train.validate()
         self.spec = spec
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        self.device = default_device(int(os.environ.get("LOCAL_RANK", 0)))
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
@@ -207,7 +190,7 @@ class Trainer:
         torch.manual_seed(spec.loader.seed)
         self.model = build_model(spec, vocab).to(self.device)
         cfg = spec.train
-        self.amp = precision(cfg, self.device)
+        self.amp = autocast_dtype(cfg.precision, self.device)
         self.state = State()
         # the same first training batches on every rank: calibration gives every rank the same gains
         self.probe = self._first_batches(cfg.calibration_batches)
@@ -329,7 +312,7 @@ class Trainer:
         return self.diverged_at is not None or used_up or st.bad_evals >= cfg.patience
 
     def _epoch(self) -> None:
-        cfg, st, spec = self.spec.train, self.state, self.spec
+        cfg, st = self.spec.train, self.state
         self.model.train()
         tick = time.perf_counter()
         for micro_batches in self._steps(self._epoch_batches()):
@@ -421,7 +404,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             sync = self.world == 1 or i == len(batches) - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
-                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                with autocast(self.device, self.amp):
                     sse, n = masked_sse(self.ddp(batch), batch)
                 if not torch.isfinite(sse):
                     self._diverged(sse / n.clamp(min=1))
@@ -465,7 +448,7 @@ class Trainer:
             if seen >= spec.train.val_cells // self.world:
                 break
             batch = to_device(batch, self.device)
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            with autocast(self.device, self.amp):
                 sse, n = masked_sse(self.model(batch), batch)
             total += torch.stack([sse.double(), n.double()])
             seen += n_cells(batch)
@@ -554,3 +537,30 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 class Preempted(Exception):
     """The job was asked to stop (SIGTERM/SIGUSR1); last.pt holds the state to resume from."""
+
+
+def run(name: str, corpus: Path, vocab: Path, out: Path, params: dict | None = None, gene_table: Path | None = None,
+        threads: int | None = None) -> State:
+    """Pretrain one encoding configuration into folder ``out`` (best.pt, last.pt, train_log.parquet,
+    model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
+    ``gene_table``: the gene-embedding table of the esm2 and random_frozen gene encodings."""
+    import sys
+
+    from .settings import parse, torch_threads
+
+    params = params or {}
+    unknown = sorted(set(params) - {"model", "loader", "train"})
+    if unknown:
+        raise ScencodeError(f"unknown pretrain settings section(s): {', '.join(unknown)} (known: model, loader, train)")
+    # the vocabulary's size is known once the Trainer reads it; the model validates itself then
+    model = parse(ModelConfig, {"vocab_size": 0, **params.get("model", {})}, validate=False)
+    spec = RunSpec(name, Path(corpus), Path(vocab), Path(out), model, parse(LoaderConfig, params.get("loader")),
+                   parse(TrainConfig, params.get("train")), Path(gene_table) if gene_table else None)
+    torch_threads(threads)
+    try:
+        state = Trainer(spec).fit()
+    except Preempted as signum:
+        log.warning("stopped by signal %s; last.pt saved, rerun to resume", signum)
+        sys.exit(PREEMPTED_EXIT)
+    log.info("%s: %d steps, best validation loss %.5f", name, state.step, state.best_val)
+    return state

@@ -1,7 +1,6 @@
 import hashlib
 import sys
 import types
-from pathlib import Path
 
 import anndata as ad
 import pandas as pd
@@ -9,7 +8,8 @@ import pytest
 
 from conftest import leftovers, tiny_adata
 from scencode.errors import ScencodeError
-from scencode.sources import download_url, fetch
+from scencode.download import fetch
+from scencode.fetch import download_url
 
 
 @pytest.fixture

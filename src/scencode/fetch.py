@@ -1,8 +1,6 @@
-"""Dataset sources for the download rule: ``demo``, ``local``, ``url`` and ``census``.
-
-Every source writes ``resources/raw/{dataset}.h5ad`` atomically. Census queries are resolved here,
-inside the job, so the workflow's DAG is built without touching the network.
-"""
+"""Files from the network or the local disk, for every stage that fetches one (datasets, gene
+tables, protein FASTAs, ESM-2 weights): http(s) streamed with retries, size, deadline and sha256
+checks, renamed into place only when complete; local files linked, not copied."""
 
 from __future__ import annotations
 
@@ -22,30 +20,7 @@ from .atomic import atomic_path
 from .errors import ScencodeError
 
 log = logging.getLogger(__name__)
-SOURCE_TYPES = ("demo", "local", "url", "census")
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
-
-
-def fetch(source: dict, out: str | Path, seed: int = 0) -> None:
-    """Materialise one dataset described by ``source`` (a config entry) at ``out``."""
-    kind = source.get("type")
-    if kind not in SOURCE_TYPES:
-        raise ScencodeError(f"unknown source type {kind!r}; choose one of {', '.join(SOURCE_TYPES)}")
-    out = Path(out)
-    if kind == "demo":
-        from .demo import make_demo_dataset
-
-        adata = make_demo_dataset(source["name"], seed=seed, n_cells=source.get("n_cells"))
-        with atomic_path(out, suffix=".h5ad") as tmp:
-            adata.write_h5ad(tmp, compression="gzip")
-    elif kind == "local":
-        link_local(source["path"], out)
-    elif kind == "url":
-        download_url(source["url"], out, sha256=source.get("sha256"), retries=source.get("retries", 4),
-                     max_bytes=source.get("max_bytes", DEFAULT_MAX_BYTES),
-                     deadline_s=source.get("deadline_s", DEFAULT_DEADLINE_S), hdf5=True)
-    else:
-        census_download(source, out)
 
 
 def link_local(path: str | Path, out: str | Path, check_hdf5: bool = True) -> None:
@@ -61,8 +36,14 @@ def link_local(path: str | Path, out: str | Path, check_hdf5: bool = True) -> No
 
 
 MAX_RETRIES = 10
+
+
 MAX_BACKOFF_S = 300.0
+
+
 DEFAULT_MAX_BYTES = 200 * 2**30  # the largest Census source h5ad is ~60 GB; a runaway body stops here
+
+
 DEFAULT_DEADLINE_S = 12 * 3600.0
 
 
@@ -133,38 +114,3 @@ def _stream(url: str, target: Path, timeout: float, max_bytes: int, deadline: fl
     if expected is not None and received != expected:
         raise _Truncated(f"received {received} of {expected} bytes")
     return digest.hexdigest()
-
-
-def census_download(source: dict, out: Path) -> None:
-    """A CELLxGENE Census source dataset (the submitter's h5ad, raw counts included), by
-    ``dataset_id`` or by a ``query`` over the Census datasets table (column → regex), at a
-    pinned ``census_version``."""
-    try:
-        import cellxgene_census
-    except ImportError as exc:
-        raise ScencodeError("census sources need the 'cellxgene-census' package: "
-                            "pip install 'scencode[census]'") from exc
-    version = source["census_version"]
-    dataset_id = source.get("dataset_id") or resolve_census_query(cellxgene_census, version, source["query"])
-    log.info("census %s: downloading source h5ad of dataset %s", version, dataset_id)
-    with atomic_path(out, suffix=".h5ad") as tmp:
-        tmp.unlink()
-        cellxgene_census.download_source_h5ad(dataset_id, to_path=str(tmp), census_version=version)
-        if not h5py.is_hdf5(tmp):
-            raise ScencodeError(f"census download of {dataset_id} is not an h5ad file", out)
-
-
-def resolve_census_query(cellxgene_census, version: str, query: dict) -> str:
-    with cellxgene_census.open_soma(census_version=version) as census:
-        table = census["census_info"]["datasets"].read().concat().to_pandas()
-    hits = table
-    for column, pattern in query.items():
-        if column not in table.columns:
-            raise ScencodeError(f"census query column {column!r} is not in the Census datasets table "
-                                f"(columns: {', '.join(table.columns)})")
-        hits = hits[hits[column].astype(str).str.contains(pattern, case=False, regex=True)]
-    if len(hits) != 1:
-        found = "; ".join(f"{r.dataset_id} ({r.dataset_title})" for r in hits.head(10).itertuples())
-        raise ScencodeError(f"census query {query} matched {len(hits)} datasets in census {version}, "
-                            f"expected exactly 1{': ' + found if found else ''}")
-    return hits.dataset_id.iloc[0]

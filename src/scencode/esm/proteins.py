@@ -12,6 +12,8 @@ isoform a release tags ``Ensembl_canonical``, else the longest).
 
 from __future__ import annotations
 
+import logging
+
 import gzip
 import re
 import zlib
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import ScencodeError
-from .genes import ENSEMBL_GENE_RE
+from ..errors import ScencodeError
+from ..genes import ENSEMBL_GENE_RE
+
+log = logging.getLogger(__name__)
 
 ISOFORM_POLICIES = ("mean", "longest", "canonical")
 _FIELD = re.compile(r"(\w+):(\S+)")
@@ -102,8 +106,8 @@ def select_isoforms(proteins: pd.DataFrame, policy: str) -> pd.DataFrame:
 
 def demo_fasta(out: str | Path) -> None:
     """An Ensembl-style FASTA of the demo's shipped proteins (real human sequences, RefSeq ids)."""
-    from .atomic import atomic_path
-    from .genes import packaged_file
+    from ..atomic import atomic_path
+    from ..genes import packaged_file
 
     table = pd.read_csv(packaged_file("demo_proteins.csv.gz"))
     lines = [f">{r.refseq_protein_id} pep gene:{r.gene_id} gene_biotype:protein_coding "
@@ -112,3 +116,34 @@ def demo_fasta(out: str | Path) -> None:
     with atomic_path(out, suffix=".fa.gz") as tmp:
         with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
             fh.write("".join(lines).encode())
+
+
+def run(source: dict, out: Path) -> pd.DataFrame:
+    """Fetch a peptide FASTA to ``out``: ``source`` (JSON) {"type": "demo"} | {"type": "url", "url",
+    "sha256"} | {"type": "local", "path"}; the file must parse, or nothing is kept."""
+    from ..fetch import download_url, link_local
+
+    kind = source.get("type")
+    if kind == "demo":
+        demo_fasta(out)
+    elif kind == "url":
+        if "sha256" not in source:
+            raise ScencodeError(f"protein URL {source.get('url')} has no sha256: pin it in esm.proteins.sha256 "
+                                "(or write sha256: null to download it unpinned on purpose)")
+        digest = download_url(source["url"], out, sha256=source["sha256"])
+        if source["sha256"]:
+            log.info("downloaded %s (sha256 %s, as pinned)", source["url"], digest)
+        else:
+            log.warning("downloaded %s UNPINNED: its sha256 is %s; write it in esm.proteins.sha256 so that "
+                        "a changed file is refused next time", source["url"], digest)
+    elif kind == "local":
+        link_local(source["path"], out, check_hdf5=False)
+    else:
+        raise ScencodeError(f"unknown protein source type {kind!r}; choose one of demo, url, local")
+    try:
+        proteins = read_peptide_fasta(out)
+    except ScencodeError:
+        Path(out).unlink(missing_ok=True)
+        raise
+    log.info("proteins: %d sequences of %d genes", len(proteins), proteins.gene_id.nunique())
+    return proteins

@@ -23,9 +23,11 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_path
-from .errors import ScencodeError
-from .tables import column_matrix, matrix_column, read_parquet
+from ..atomic import atomic_path
+from ..devices import default_device
+from ..errors import ScencodeError
+from ..formats import write_gene_table
+from ..parquet_io import column_matrix, matrix_column
 
 log = logging.getLogger(__name__)
 MAX_RESIDUES = 1022  # ESM-2 context minus BOS/EOS
@@ -77,7 +79,7 @@ def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha
     """(weights file, its sha256), hashed once: a local file, or the released checkpoint ``name`` in
     the torch hub cache (``$TORCH_HOME/hub/checkpoints``, where fair-esm keeps it), downloaded there
     first if absent (streamed, size-checked, atomically renamed). A pinned ``sha256`` must match."""
-    from .shards import file_sha256
+    from ..shards import file_sha256
 
     if weights:
         path = Path(weights)
@@ -89,7 +91,7 @@ def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha
     else:
         path = Path(cache_dir or Path(torch.hub.get_dir()) / "checkpoints") / f"{name}.pt"
         if not path.exists():
-            from .sources import download_url  # h5py: not needed (nor installed on a bare GPU node) otherwise
+            from ..fetch import download_url  # h5py: not needed (nor installed on a bare GPU node) otherwise
 
             log.info("ESM-2 %s: downloading %s to %s", name, url.format(name=name), path)
             digest = download_url(url.format(name=name), path, sha256=sha256)  # refuses a pin mismatch
@@ -175,7 +177,7 @@ class ESMEmbedder:
             raise ScencodeError(f"layer {self.layer} does not exist (model has {model.num_layers} layers)")
         device = params.device
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = default_device()
         self.device = torch.device(device)
         dtype = torch.float32
         if self.device.type == "cuda":
@@ -293,23 +295,29 @@ def _gene_means(isoforms: pd.DataFrame, parts_dir: Path) -> pd.DataFrame:
                          "embedding": list((sums / n[:, None]).astype(np.float32))})
 
 
-def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:
-    matrix = np.stack(genes.embedding.to_numpy()).astype(np.float32)
-    table = pa.table({"gene_id": pa.array(genes.gene_id.astype(str)),
-                      "gene_symbol": pa.array(genes.get("gene_symbol", pd.Series([""] * len(genes))).astype(str)),
-                      "n_isoforms": pa.array(genes.get("n_isoforms", pd.Series([1] * len(genes))).astype(np.int32)),
-                      "embedding": matrix_column(matrix)})
-    meta = {**meta, "dim": matrix.shape[1], "n_genes": len(genes)}
-    table = table.replace_schema_metadata({f"scencode_{k}".encode(): str(v).encode() for k, v in meta.items()})
-    with atomic_path(path, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp)
+def tiny(out: Path, layers: int = 2, dim: int = 32, heads: int = 2, seed: int = 0) -> None:
+    """Save a randomly initialised tiny ESM-2 (fair-esm's class) at ``out``: the demo's and the tests' model."""
+    save_tiny_esm2(out, layers=layers, dim=dim, heads=heads, seed=seed)
 
 
-def read_gene_table(path: str | Path) -> tuple[pd.Index, np.ndarray, dict]:
-    """(gene ids, embedding matrix float32, metadata) of a gene-embedding table."""
-    table = read_parquet(path, "gene embedding table")
-    if "gene_id" not in table.column_names or "embedding" not in table.column_names:
-        raise ScencodeError("gene embedding table needs 'gene_id' and 'embedding' columns", path)
-    matrix = column_matrix(table, "embedding")
-    meta = {k.decode().removeprefix("scencode_"): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    return pd.Index(table.column("gene_id").to_pylist()), matrix.astype(np.float32), meta
+def run(fasta: Path, out: Path, params: EmbedParams, model: str | None = None, weights: Path | None = None,
+        sha256: str | None = None, threads: int | None = None) -> pd.DataFrame:
+    """ESM-2 gene embeddings of a peptide FASTA: a released ``model`` by name (fetched to the torch hub
+    cache) or local ``weights`` (a fair-esm checkpoint), optionally pinned by ``sha256``."""
+    from .proteins import read_peptide_fasta, select_isoforms
+    from ..settings import torch_threads
+
+    if (model is None) == (weights is None):
+        raise ScencodeError("give exactly one of --model (a released ESM-2 name) and --weights (a local file)")
+    isoforms = select_isoforms(read_peptide_fasta(fasta), params.isoforms)
+    weights_path, weights_sha256 = esm2_weights(model, weights, sha256)
+    esm_model, alphabet = load_weights(weights_path)
+    torch_threads(threads)
+    embedder = ESMEmbedder(esm_model, alphabet, params)
+    meta = {"source": "esm2", "model": model or Path(weights).name, "layer": embedder.layer,
+            "isoforms": params.isoforms, "long_sequences": params.long_sequences, "fasta": Path(fasta).name,
+            # a local weights file by content: a changed file with the same name is another model
+            "weights_sha256": weights_sha256}
+    genes = embed_genes(isoforms, embedder, out, meta)
+    log.info("ESM-2 gene embeddings: %d genes, dim %d, layer %d", len(genes), embedder.dim, embedder.layer)
+    return genes

@@ -1,10 +1,8 @@
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +13,9 @@ import torch
 
 from scencode.data import LoaderConfig
 from scencode.errors import ScencodeError
-from scencode.esm_embed import write_gene_table
+from scencode.formats import load_vocab, write_gene_table, write_vocab
 from scencode.model import ModelConfig
-from scencode.train import RunSpec, TrainConfig, Trainer
-from scencode.vocab import build_vocab, load_vocab, write_vocab
+from scencode.pretrain import RunSpec, TrainConfig, Trainer
 
 SMALL_MODEL = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
 SMALL_LOADER = dict(batch_size=16, context=64, bucket_batches=2, seed=3)
@@ -240,7 +237,7 @@ def test_embeddings_are_deterministic_and_sample_genes_by_the_seed(trained_and_e
     import anndata as ad
 
     from scencode.embed import embed_corpus
-    from scencode.evaluate import read_embedding
+    from scencode.formats import read_embedding
 
     checkpoint, corpus = trained_and_eval_corpus
 

@@ -1,0 +1,216 @@
+"""Which training settings let the cell transformer learn cell identity? (issue #11)
+
+Trains variants of the study's model on a tokenized corpus (the demo's) with the workflow's loader and
+objective and reports, at several step counts, the training loss, the held-out masked MSE and kNN
+accuracy (k = 10, Euclidean, stratified 80/20) of the study's cell embedding (mean of final-layer
+token outputs, nothing masked) on each evaluation corpus. Variants run in parallel processes.
+
+    PYTHONPATH=src python benchmarks/identity_sweep.py --out sweep.json [--workers 4] [--steps 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+
+import numpy as np
+import torch
+
+R = "results"
+EVALS = ("sim_blood_eval", "sim_lung_eval")
+
+BASE = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.1, gene="learned", expression="continuous",
+            lr=1e-3, wd=1e-5, p_mask=0.5, batch=32, context=256, readout="mlp", warmup=20)
+
+
+def knn_accuracy(x: torch.Tensor, y: np.ndarray, k: int = 10, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), bool)
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        test[rng.choice(idx, max(1, round(0.2 * len(idx))), replace=False)] = True
+    codes = np.unique(y, return_inverse=True)[1]
+    a, b = x[~test], x[test]
+    nearest = torch.cdist(b, a).topk(k, largest=False).indices.cpu().numpy()
+    votes = codes[~test][nearest]
+    pred = np.array([np.bincount(v, minlength=codes.max() + 1).argmax() for v in votes])
+    return float((pred == codes[test]).mean())
+
+
+def run(variant: dict) -> dict:
+    from scencode.data import LoaderConfig, ShardBatches
+    from scencode.model import CellTransformer, ModelConfig, masked_sse
+    from scencode.pretrain import align_gene_table, to_device
+    from scencode.formats import load_vocab
+
+    v = {**BASE, **variant}
+    torch.manual_seed(0)
+    torch.set_num_threads(v.get("threads", 2))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    vocab, _ = load_vocab(f"{R}/vocab.parquet")
+    table = None
+    if v["gene"] != "learned":
+        table = align_gene_table(f"{R}/esm/esm2_tiny_demo/gene_embeddings.parquet", vocab, "zero")
+    cfg = ModelConfig(vocab_size=len(vocab), gene_encoding=v["gene"], expression_encoding=v["expression"],
+                      d_model=v["d_model"], n_layers=v["n_layers"], n_heads=v["n_heads"], d_ff=v["d_ff"],
+                      dropout=v["dropout"])
+    model = CellTransformer(cfg, gene_table=table)
+    if v.get("token", "sum") != "sum":
+        multiplicative_tokens(model)
+    if v["readout"] != "mlp":
+        add_readout(model, v["readout"], len(vocab))
+    loader = LoaderConfig(batch_size=v["batch"], context=v["context"], p_mask=v["p_mask"], bucket_batches=20,
+                          layout="packed")
+    model.calibrate([b for _, b in zip(range(8), ShardBatches(f"{R}/tokens/train", "train", loader))])
+    model.to(device)
+    eval_cfg = LoaderConfig(batch_size=256, context=v["context"], p_mask=v["p_mask"], layout="packed")
+    evals = {n: [{**to_device(b, device), "label": b["label"]} for b in ShardBatches(f"{R}/tokens/{n}", None, eval_cfg, shuffle=False,
+                                                           mask=True, with_cell_ids=True, columns=("label",))] for n in EVALS}
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": v["wd"]}, {"params": rest, "weight_decay": 0}],
+                            lr=v["lr"], betas=(0.9, 0.95))
+    steps, report, losses, step, epoch, start = v["steps"], [], [], 0, 0, time.time()
+    checkpoints = {c for c in (100, 250, 500, 1000, 2000, 4000, 8000) if c <= steps} | {steps}
+    while step < steps:
+        for batch in ShardBatches(f"{R}/tokens/train", "train", loader, epoch=epoch):
+            batch = to_device(batch, device)
+            lr = v["lr"] * min(1, (step + 1) / v["warmup"]) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            model.train()
+            sse, n = masked_sse(model(batch), batch)
+            loss = sse / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if step in checkpoints:
+                report.append({"step": step, "train_loss": float(np.mean(losses[-50:])),
+                               "seconds": round(time.time() - start, 1), **evaluate(model, evals)})
+            if step >= steps:
+                break
+        epoch += 1
+    return {"variant": v, "report": report}
+
+
+@torch.no_grad()
+def evaluate(model, evals: dict) -> dict:
+    from scencode.model import masked_sse
+    model.eval()
+    out = {}
+    for name, batches in evals.items():
+        sse = n = 0
+        emb, labels = [], []
+        for b in batches:
+            s, k = masked_sse(model(b), b)
+            sse, n = sse + float(s), n + int(k)
+            emb.append(model.cell_embeddings(b))
+            labels.append(np.asarray(b["label"]))
+        out[name] = {"mse": round(sse / n, 4), "knn": round(knn_accuracy(torch.cat(emb), np.concatenate(labels)), 3)}
+    return out
+
+
+def multiplicative_tokens(model) -> None:
+    """token = g + e + g ⊙ e: the gene × value product is in the token itself, so a mean over tokens
+    is a linear projection of the expression profile (as the bilinear probe's cell vector)."""
+    base = model.components
+
+    def components(batch, cells):
+        g, e = base(batch, cells)
+        return g, e + g * e
+
+    model.components = components
+    base_encode = model.encode
+
+    def encode(batch, cells, masked=None):
+        g, e = base(batch, cells)
+        if masked is not None:
+            e = torch.where(masked.unsqueeze(-1), model.mask_vector.to(e.dtype), e)
+        x = model.drop(g + e + g * e)
+        for block in model.blocks:
+            x = block(x, cells)
+        return model.ln_f(x)
+
+    model.encode = encode
+
+
+def add_readout(model, kind: str, vocab_size: int) -> None:
+    """x̂_g = MLP head(h_g) + <W h_g, u_g>: a gene-specific readout (scGPT's MVC decoder is of this form).
+    ``tied``: u_g is the gene encoder's own output; ``table``: a separate learned table (zero init)."""
+    from torch import nn
+    d = model.cfg.d_model
+    model.readout_proj = nn.Linear(d, d, bias=False)
+    if kind == "table":
+        model.readout_table = nn.Embedding(vocab_size, d)
+        nn.init.zeros_(model.readout_table.weight)
+    base_forward = model.forward
+
+    def forward(batch):
+        cells = model.cells(batch)
+        h = model.encode(batch, cells, batch["masked"])
+        if kind.startswith("cell"):  # the cell's mean final state, read out per gene (scGPT's MVC)
+            c = cells.cell_means(h)
+            c = c[cells._cell_and_slot()[0]] if hasattr(cells, "offsets") else c[:, None].expand_as(h)
+            u = model.gene_gain * model.genes(batch["gene_ids"])
+            cell_term = (model.readout_proj(c) * u).sum(-1) / math.sqrt(d)
+            return cell_term + (model.head(h).squeeze(-1) if kind == "cell+head" else model.head[-1].bias)
+        u = model.readout_table(batch["gene_ids"]) if kind == "table" else model.gene_gain * model.genes(batch["gene_ids"])
+        return model.head(h).squeeze(-1) + (model.readout_proj(h) * u).sum(-1) / math.sqrt(d)
+
+    model.forward = forward
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--variants", help="JSON list of variant dicts (overrides of BASE, with a name)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    variants = json.loads(open(args.variants).read()) if args.variants else DEFAULT_VARIANTS
+    variants = [{"steps": args.steps, "threads": args.threads, **v} for v in variants]
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        results = []
+        for r in pool.imap_unordered(run, variants):
+            results.append(r)
+            last = r["report"][-1]
+            print(r["variant"]["name"], json.dumps(last), flush=True)
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+
+
+DEFAULT_VARIANTS = [
+    {"name": "demo"},
+    {"name": "lr3e-3", "lr": 3e-3},
+    {"name": "lr1e-2", "lr": 1e-2},
+    {"name": "lr3e-3_p0.15", "lr": 3e-3, "p_mask": 0.15},
+    {"name": "lr3e-3_p0.3", "lr": 3e-3, "p_mask": 0.3},
+    {"name": "lr3e-3_drop0", "lr": 3e-3, "dropout": 0.0},
+    {"name": "lr3e-3_wd0.1", "lr": 3e-3, "wd": 0.1},
+    {"name": "lr3e-3_tied", "lr": 3e-3, "readout": "tied"},
+    {"name": "lr3e-3_table", "lr": 3e-3, "readout": "table"},
+    {"name": "lr3e-3_d64L4", "lr": 3e-3, "d_model": 64, "n_layers": 4, "d_ff": 128},
+    {"name": "lr3e-3_soft", "lr": 3e-3, "expression": "soft"},
+    {"name": "lr3e-3_hard", "lr": 3e-3, "expression": "hard"},
+    {"name": "lr3e-3_esm2_soft", "lr": 3e-3, "gene": "esm2", "expression": "soft"},
+    {"name": "lr3e-3_esm2_cont", "lr": 3e-3, "gene": "esm2"},
+    {"name": "lr1e-2_tied", "lr": 1e-2, "readout": "tied"},
+    {"name": "lr3e-3_tied_drop0", "lr": 3e-3, "readout": "tied", "dropout": 0.0},
+    {"name": "lr3e-3_hard_tied", "lr": 3e-3, "expression": "hard", "readout": "tied"},
+    {"name": "lr3e-3_esm2_soft_tied", "lr": 3e-3, "gene": "esm2", "expression": "soft", "readout": "tied"},
+    {"name": "lr3e-3_batch128", "lr": 3e-3, "batch": 128},
+    {"name": "d256L4_lr3e-4", "d_model": 256, "n_layers": 4, "n_heads": 8, "d_ff": 512, "lr": 3e-4},
+    {"name": "d256L4_lr1e-3", "d_model": 256, "n_layers": 4, "n_heads": 8, "d_ff": 512},
+    {"name": "d256L4_lr1e-3_p0.15", "d_model": 256, "n_layers": 4, "n_heads": 8, "d_ff": 512, "p_mask": 0.15},
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

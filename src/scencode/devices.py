@@ -1,0 +1,32 @@
+"""Where and in which precision torch runs: one definition for training, embedding and ESM-2."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def default_device(local_rank: int | None = None) -> torch.device:
+    """The GPU (this rank's, under torchrun) if there is one, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda" if local_rank is None else f"cuda:{local_rank}")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision dtype, or None for fp32. ``auto``: bf16 on GPUs that have it, fp16 on older
+    GPUs, fp32 on the CPU (where autocast would only slow it down)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -1,0 +1,199 @@
+"""The files that pass between stages, read and written in one place. Stages import this module
+(and the small utilities: atomic, errors, parquet_io, shards, h5ad), never each other.
+
+- gene vocabulary (``vocab.parquet``): token order and its hash;
+- gene-embedding table (``gene_embeddings.parquet``): one row per gene, its metadata in the schema;
+- leakage audit (``leakage.json``): the training cells left out under the ``drop`` policy;
+- checkpoint (``best.pt``/``last.pt``) and run status (``model.json``, whose checkpoint may be missing,
+  with the reason);
+- embedding table (``{run}/{dataset}.parquet``): cell_id, label, batch, embedding, and, when there is
+  no model, why (schema metadata);
+- metric table (``metrics/{run}/{dataset}.parquet``): tidy rows with the run's identity.
+The corpus manifest and its shards are in ``shards``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path
+from .errors import ScencodeError
+from .parquet_io import column_matrix, matrix_column, read_parquet
+
+log = logging.getLogger(__name__)
+
+MISSING_KEY = b"scencode.missing"
+# the context diagnostic of every model on every evaluation dataset (embed's ReconstructionErrors)
+RECONSTRUCTION_METRICS = ("masked_mse", "masked_mse_no_context", "gene_mean_mse")
+METRIC_COLUMNS = ["configuration", "gene_encoding", "expression_encoding", "seed", "dataset", "metric", "group",
+                  "value", "note"]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run is; the workflow passes it to each job (nothing is parsed out of ``run``).
+    Baselines: gene encoding ``baseline``, expression encoding the baseline's kind."""
+    run: str
+    gene_encoding: str
+    expression_encoding: str
+    seed: int
+
+
+def metric_table(rows: pd.DataFrame, identity: RunIdentity, dataset: str) -> pd.DataFrame:
+    """Tidy metric rows (metric, group, value, note) with the run's identity and the dataset."""
+    out = rows.assign(configuration=identity.run, gene_encoding=identity.gene_encoding,
+                      expression_encoding=identity.expression_encoding, seed=identity.seed, dataset=dataset)
+    if "note" not in out:
+        out["note"] = ""
+    return out[METRIC_COLUMNS].reset_index(drop=True)
+
+
+def write_table(table: pd.DataFrame, path) -> None:
+    with atomic_path(path, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+
+
+def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """(cells: cell_id, label, batch; matrix; why there is no embedding, or "") from an embedding
+    Parquet file."""
+    table = read_parquet(path, "embedding file")
+    matrix = column_matrix(table, "embedding")
+    missing = (table.schema.metadata or {}).get(MISSING_KEY, b"").decode()
+    return table.drop(["embedding"]).to_pandas(), matrix, missing
+
+
+def write_embedding(cells: pd.DataFrame, matrix: np.ndarray, path, missing: str = "") -> None:
+    table = pa.table({"cell_id": cells.cell_id.astype(str).to_numpy(), "label": cells.label.astype(str).to_numpy(),
+                      "batch": cells.batch.astype(str).to_numpy(), "embedding": matrix_column(matrix)})
+    if missing:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), MISSING_KEY: missing.encode()})
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def model_checkpoint(model: str | Path) -> tuple[Path | None, str]:
+    """The checkpoint to evaluate, or None and why. ``model`` is a run's ``model.json`` (the
+    workflow: a run may end without a usable model, which evaluation reports rather than fails on)
+    or a checkpoint file (direct use: a missing file is an error)."""
+    model = Path(model)
+    if model.suffix != ".json":
+        if not model.exists():
+            raise ScencodeError("model checkpoint not found", model)
+        return model, ""
+    try:
+        status = json.loads(model.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ScencodeError(f"not a readable model status file ({exc})", model) from exc
+    name = status.get("configuration", model.parent.name)
+    if not status.get("checkpoint"):
+        return None, f"no model for {name}: {status.get('note') or 'training wrote no checkpoint'}"
+    checkpoint = model.parent / status["checkpoint"]
+    if not checkpoint.exists():
+        return None, (f"no model for {name}: {checkpoint} is missing (model.json lists it); "
+                      f"retrain with --forcerun pretrain")
+    return checkpoint, ""
+
+
+def write_missing_embedding(reason: str, out_parquet, out_h5ad, run: str, dataset: str) -> None:
+    log.warning("%s on %s: %s", run, dataset, reason)
+    obs = pd.DataFrame({"label": [], "batch": []}, index=pd.Index([], name="cell_id"), dtype=str)
+    write_embedding_files(obs, np.zeros((0, 1), np.float32), out_parquet, out_h5ad, run, dataset, reason)
+
+
+def load_checkpoint(path: Path) -> dict:
+    import torch  # here: reading tables needs no torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise ScencodeError(f"corrupted checkpoint ({type(exc).__name__}: {str(exc)[:120]})", path) from exc
+
+
+def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:
+    matrix = np.stack(genes.embedding.to_numpy()).astype(np.float32)
+    table = pa.table({"gene_id": pa.array(genes.gene_id.astype(str)),
+                      "gene_symbol": pa.array(genes.get("gene_symbol", pd.Series([""] * len(genes))).astype(str)),
+                      "n_isoforms": pa.array(genes.get("n_isoforms", pd.Series([1] * len(genes))).astype(np.int32)),
+                      "embedding": matrix_column(matrix)})
+    meta = {**meta, "dim": matrix.shape[1], "n_genes": len(genes)}
+    table = table.replace_schema_metadata({f"scencode_{k}".encode(): str(v).encode() for k, v in meta.items()})
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_gene_table(path: str | Path) -> tuple[pd.Index, np.ndarray, dict]:
+    """(gene ids, embedding matrix float32, metadata) of a gene-embedding table."""
+    table = read_parquet(path, "gene embedding table")
+    if "gene_id" not in table.column_names or "embedding" not in table.column_names:
+        raise ScencodeError("gene embedding table needs 'gene_id' and 'embedding' columns", path)
+    matrix = column_matrix(table, "embedding")
+    meta = {k.decode().removeprefix("scencode_"): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    return pd.Index(table.column("gene_id").to_pylist()), matrix.astype(np.float32), meta
+
+
+def excluded_cells(audit_json: str | Path | None, dataset: str) -> np.ndarray:
+    """Barcodes of ``dataset`` the audit leaves out of training (``drop``); ``*``: all."""
+    if audit_json is None:
+        return np.array([], dtype=object)
+    return np.array(json.loads(Path(audit_json).read_text()).get("drop", {}).get(dataset, []), dtype=object)
+
+
+SPECIAL_TOKENS = ("<pad>", "<cls>")
+HASH_KEY = b"scencode_vocab_hash"
+
+
+def vocab_hash(tokens) -> str:
+    return hashlib.sha256("\n".join(map(str, tokens)).encode()).hexdigest()
+
+
+def dataset_genes(qc_path: str | Path) -> pd.DataFrame:
+    """The genes (id, symbol, type) of a QC'd .h5ad."""
+    from .h5ad import open_h5ad, read_frame  # anndata/h5py: not needed to load a vocabulary (GPU nodes)
+
+    with open_h5ad(qc_path) as f:
+        var = read_frame(f, "var")
+    return pd.DataFrame({"gene_id": var.index.astype(str), "gene_symbol": var.get("gene_symbol", ""),
+                         "gene_type": var.get("gene_type", "")})
+
+
+def write_vocab(vocab: pd.DataFrame, path: str | Path) -> str:
+    digest = vocab_hash(vocab.gene_id)
+    table = pa.Table.from_pandas(vocab, preserve_index=False)
+    table = table.replace_schema_metadata({HASH_KEY: digest.encode()})
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return digest
+
+
+def load_vocab(path: str | Path) -> tuple[pd.DataFrame, str]:
+    path = Path(path)
+    table = read_parquet(path, "vocabulary")
+    vocab = table.to_pandas()
+    digest = vocab_hash(vocab.gene_id)
+    stored = (table.schema.metadata or {}).get(HASH_KEY, b"").decode()
+    if stored != digest or list(vocab.gene_id[:len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
+        raise ScencodeError("vocabulary file is inconsistent (hash or special tokens differ)", path)
+    return vocab, digest
+
+
+def write_embedding_files(obs: pd.DataFrame, matrix: np.ndarray, out_parquet, out_h5ad, run: str,
+                          dataset: str, missing: str = "") -> None:
+    """Parquet and .h5ad of one embedding; ``missing`` (no model) writes empty ones that carry the reason."""
+    write_embedding(obs.reset_index(), matrix, out_parquet, missing=missing)
+    if out_h5ad is None:
+        return
+    import anndata as ad  # here: embedding runs without anndata when no .h5ad is asked for (a bare GPU node)
+
+    info = {"configuration": run, "dataset": dataset, **({"missing": missing} if missing else {})}
+    adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix}, uns={"scencode": info})
+    with atomic_path(out_h5ad, suffix=".h5ad") as tmp:
+        adata.write_h5ad(tmp)

@@ -1,0 +1,55 @@
+# Cell embeddings of every trained model on every evaluation corpus (mean of final-layer token
+# outputs), with the context diagnostic; and each model's reconstruction on held-out training cells.
+
+
+rule embed:
+    input:
+        model=f"{RESULTS}/models/{{run}}/model.json",
+        corpus=f"{RESULTS}/tokens/{{dataset}}",
+    output:
+        parquet=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.parquet",
+        h5ad=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.h5ad",
+        reconstruction=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.reconstruction.json",
+    params:
+        loader=lambda w: as_json(embed_loader(w.run)),
+    log:
+        f"{LOGS}/embed/{{run}}/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/embed/{{run}}/{{dataset}}.tsv"
+    threads: lambda w: sized("embed", w.dataset)["threads"]
+    resources:
+        gpu=lambda w: sized("embed", w.dataset)["gpu"],
+        mem_mb=lambda w: sized("embed", w.dataset)["mem_mb"],
+        runtime=lambda w: sized("embed", w.dataset)["runtime"],
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "scencode embed --model {input.model:q} --corpus {input.corpus:q} --run {wildcards.run:q}"
+        " --dataset {wildcards.dataset:q} --params {params.loader:q} --threads {threads}"
+        " --out {output.parquet:q} --h5ad {output.h5ad:q} --reconstruction {output.reconstruction:q} > {log:q} 2>&1"
+
+
+rule reconstruction:
+    input:
+        model=f"{RESULTS}/models/{{run}}/model.json",
+        train_log=f"{RESULTS}/models/{{run}}/train_log.parquet",
+        corpus=corpus_dir(TRAIN_CORPUS),
+    output:
+        f"{RESULTS}/metrics/{{run}}/reconstruction.parquet",
+    params:
+        loader=lambda w: as_json(pretrain_settings(w.run)["loader"]),
+        identity=identity_args,
+    log:
+        f"{LOGS}/reconstruction/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/reconstruction/{{run}}.tsv"
+    threads: lambda w: sized("reconstruction", w.run)["threads"]
+    resources:
+        gpu=lambda w: sized("reconstruction", w.run)["gpu"],
+        mem_mb=lambda w: sized("reconstruction", w.run)["mem_mb"],
+        runtime=lambda w: sized("reconstruction", w.run)["runtime"],
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "scencode reconstruction --model {input.model:q} --train-log {input.train_log:q} --corpus {input.corpus:q}"
+        " {params.identity:q} --params {params.loader:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,24 @@
+# scib-metrics' own default set and aggregate (its Benchmarker), every embedding of a dataset in one job.
+
+
+rule scib_benchmarker:
+    input:
+        embeddings=embeddings_of,
+        pre_integrated=lambda w: embedding_path(PCA_REFERENCE, w.dataset),
+    output:
+        f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
+    params:
+        settings=as_json(SCIB_BENCHMARKER_SETTINGS),
+        runs=as_json([{"run": run, **run_identity(run)} for run in [*CONFIGURATIONS, *BASELINES]]),
+    log:
+        f"{LOGS}/scib_benchmarker/{{dataset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/scib_benchmarker/{{dataset}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=16000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode scib-benchmark --embeddings {input.embeddings:q} --pre-integrated {input.pre_integrated:q}"
+        " --runs {params.runs:q} --dataset {wildcards.dataset:q} --params {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,24 @@
+# The study's tables from every metric table: metrics.csv (long), summary.csv, tests.csv.
+
+
+rule tables:
+    input:
+        metric_tables(),
+    output:
+        metrics=f"{RESULTS}/tables/metrics.csv",
+        summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
+        tests=report(f"{RESULTS}/tables/tests.csv", caption="../report/tests.rst", category="Tables"),
+    params:
+        reference=REFERENCE_EXPRESSION,
+    log:
+        f"{LOGS}/tables.log",
+    benchmark:
+        f"{LOGS}/benchmarks/tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode tables --metrics {input:q} --reference-expression {params.reference:q}"
+        " --out-dir \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"

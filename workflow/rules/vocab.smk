@@ -1,0 +1,24 @@
+# The gene vocabulary every configuration shares (by default the genes with a protein embedding).
+
+
+rule vocab:
+    input:
+        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=TRAIN_DATASETS),
+        protein_genes=vocab_protein_genes(),
+    output:
+        f"{RESULTS}/vocab.parquet",
+    params:
+        policy=config["vocab"]["policy"],
+        protein=lambda w, input: ["--protein-genes", input.protein_genes] if input.protein_genes else [],
+    log:
+        f"{LOGS}/vocab.log",
+    benchmark:
+        f"{LOGS}/benchmarks/vocab.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode vocab --qc {input.qc:q} --policy {params.policy:q} {params.protein:q}"
+        " --out {output:q} > {log:q} 2>&1"
