@@ -49,9 +49,8 @@ def node_sized_profile(tmp_path):
     profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     shrink = {"mem_mb": 1500, "cpus_per_task": 1, "runtime": 20}
     profile["default-resources"].update(shrink)
-    for resources in profile["set-resources"].values():
-        resources.update({k: v for k, v in shrink.items() if k in resources})
-    sized = ("download", "qc", "tokenize", *GPU_STAGES, "evaluate")
+    profile.setdefault("set-resources", {})
+    sized = ("download", "qc", "tokenize", *GPU_STAGES, "evaluate", "scib_benchmarker")
     for rule in sized:
         profile["set-resources"].setdefault(rule, {}).update(mem_mb=1500, runtime=20)
     profile["set-threads"] = {rule: 1 for rule in sized}

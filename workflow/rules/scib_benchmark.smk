@@ -14,9 +14,10 @@ rule scib_benchmarker:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/scib_benchmarker/{{dataset}}.tsv"
-    threads: 2
+    threads: 4
     resources:
-        mem_mb=16000,
+        mem_mb=32000,
+        runtime=1440,  # scib-metrics' JAX metrics on every embedding of a dataset; see README
     conda:
         "../../envs/evaluate.yaml"
     shell:
