@@ -43,14 +43,15 @@ def knn_accuracy(x: torch.Tensor, y: np.ndarray, k: int = 10, seed: int = 0) -> 
 
 def run(variant: dict) -> dict:
     from scencode.data import LoaderConfig, ShardBatches
+    from scencode.devices import default_device
+    from scencode.formats import load_vocab
     from scencode.model import CellTransformer, ModelConfig, masked_sse
     from scencode.pretrain import align_gene_table, to_device
-    from scencode.formats import load_vocab
 
     v = {**BASE, **variant}
     torch.manual_seed(0)
     torch.set_num_threads(v.get("threads", 2))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     vocab, _ = load_vocab(f"{R}/vocab.parquet")
     table = None
     if v["gene"] != "learned":
@@ -127,7 +128,6 @@ def multiplicative_tokens(model) -> None:
         return g, e + g * e
 
     model.components = components
-    base_encode = model.encode
 
     def encode(batch, cells, masked=None):
         g, e = base(batch, cells)
@@ -150,7 +150,6 @@ def add_readout(model, kind: str, vocab_size: int) -> None:
     if kind == "table":
         model.readout_table = nn.Embedding(vocab_size, d)
         nn.init.zeros_(model.readout_table.weight)
-    base_forward = model.forward
 
     def forward(batch):
         cells = model.cells(batch)

@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 
 import torch
+from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 from torch import nn
 
 from scencode.data import LoaderConfig, ShardBatches
-from scencode.model import CellTransformer, ModelConfig, n_cells, real_positions
-from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
-from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
+from scencode.devices import default_device
 from scencode.formats import write_vocab
+from scencode.model import CellTransformer, ModelConfig, n_cells, real_positions
+from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab
 
 STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM bf16 dense")
     args = parser.parse_args()
     torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     amp = device.type == "cuda"
     vocab = 20_002
     ours = CellTransformer(ModelConfig(vocab, "learned", "continuous", **STUDY)).to(device)
