@@ -108,13 +108,23 @@ def evaluate(model, evals: dict) -> dict:
     out = {}
     for name, batches in evals.items():
         sse = n = 0
-        emb, labels = [], []
+        emb, labels, masked_emb, visible_emb = [], [], [], []
         for b in batches:
             s, k = masked_sse(model(b), b)
             sse, n = sse + float(s), n + int(k)
             emb.append(model.cell_embeddings(b))
             labels.append(np.asarray(b["label"]))
-        out[name] = {"mse": round(sse / n, 4), "knn": round(knn_accuracy(torch.cat(emb), np.concatenate(labels)), 3)}
+            cells = model.cells(b)
+            h = model.encode(b, cells, b["masked"]).float()
+            for keep, store in ((b["masked"], masked_emb), (~b["masked"], visible_emb)):
+                w = keep.float().unsqueeze(-1)
+                store.append(cells.cell_means(h * w) / cells.cell_means(w).clamp(min=1e-6))
+        y = np.concatenate(labels)
+        out[name] = {"mse": round(sse / n, 4), "knn": round(knn_accuracy(torch.cat(emb), y), 3),
+                     # diagnostic: the mean final state of the masked positions only, encoded with the
+                     # training masks (the states the objective trains), and of the visible ones
+                     "knn_masked_states": round(knn_accuracy(torch.cat(masked_emb), y), 3),
+                     "knn_visible_states": round(knn_accuracy(torch.cat(visible_emb), y), 3)}
     return out
 
 

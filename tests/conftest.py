@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from scencode.genes import GeneTable
+from scencode.genes import packaged_gene_table
+from scencode.reference import GeneTable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ GENES = {
 @pytest.fixture(scope="session")
 def gene_table_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("genes")
-    GeneTable.packaged(folder)
+    packaged_gene_table(folder)
     return folder
 
 

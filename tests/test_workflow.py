@@ -265,7 +265,7 @@ def test_config_values_and_paths_reach_commands_quoted(tmp_path):
     gene_table = by_step["gene-table"][0]
     assert gene_table[gene_table.index("--gencode") + 1] == "$(touch PWNED)genes.csv"
     qc = by_step["qc"][0]
-    assert qc[qc.index("--output") + 1].startswith("res ults/qc/")
+    assert qc[qc.index("--out") + 1].startswith("res ults/qc/")
     assert not (tmp_path / "PWNED").exists()
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import ScencodeError
-from .genes import PACKAGED_GENCODE, packaged_file, read_gencode
+from .reference import PACKAGED_GENCODE, packaged_file, read_gencode
 
 N_EXTRA_GENES = 300  # protein-coding genes without a demo protein: the vocabulary policy has to choose
 NB_THETA = 2.0

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
-from .genes import packaged_file  # noqa: E402
+from .reference import packaged_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, write_json
 from .errors import ScencodeError
-from .genes import GeneTable, looks_like_ensembl, strip_version
+from .reference import GeneTable, looks_like_ensembl, strip_version
 from .h5ad import ChunkedH5adWriter, choose_counts, count_problem, open_h5ad, read_frame
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ScencodeError
 from ..formats import write_gene_table
-from ..genes import ENSEMBL_GENE_RE, GeneTable, strip_version
+from ..reference import ENSEMBL_GENE_RE, GeneTable, strip_version
 
 log = logging.getLogger(__name__)
 IMPORT_FORMATS = ("transcriptformer", "uce")

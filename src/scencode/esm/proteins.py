@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ScencodeError
-from ..genes import ENSEMBL_GENE_RE
+from ..reference import ENSEMBL_GENE_RE
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def select_isoforms(proteins: pd.DataFrame, policy: str) -> pd.DataFrame:
 def demo_fasta(out: str | Path) -> None:
     """An Ensembl-style FASTA of the demo's shipped proteins (real human sequences, RefSeq ids)."""
     from ..atomic import atomic_path
-    from ..genes import packaged_file
+    from ..reference import packaged_file
 
     table = pd.read_csv(packaged_file("demo_proteins.csv.gz"))
     lines = [f">{r.refseq_protein_id} pep gene:{r.gene_id} gene_biotype:protein_coding "
