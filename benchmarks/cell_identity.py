@@ -29,7 +29,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
 from scencode.data import LoaderConfig, ShardBatches
-from scencode.model import CellTransformer, ModelConfig, masked_sse
+from scencode.model import Batch, CellTransformer, ModelConfig, masked_sse
 from scencode.formats import load_vocab
 
 
@@ -43,23 +43,24 @@ class Bilinear(torch.nn.Module):
             torch.nn.init.normal_(table.weight, 0, 0.1)
         torch.nn.init.constant_(self.b.weight, 1.5)
 
-    def cell(self, batch: dict, visible: torch.Tensor) -> torch.Tensor:
+    def cell(self, batch: Batch, visible: torch.Tensor) -> torch.Tensor:
         v = visible.float().unsqueeze(-1)
         n = v.sum(1).clamp(min=1)
-        ids, x = batch["gene_ids"], batch["xnorm"].unsqueeze(-1)
+        ids, x = batch.gene_ids, batch.xnorm.unsqueeze(-1)
         return ((self.E(ids) + self.F(ids) * x) * v).sum(1) / n
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        visible = batch["valid"] & ~batch["masked"]
+    def forward(self, batch: Batch) -> torch.Tensor:
+        visible = batch.valid & ~batch.masked
         c = self.cell(batch, visible)
-        mean_x = (batch["xnorm"] * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(min=1)
-        return self.b(batch["gene_ids"]).squeeze(-1) + (self.U(batch["gene_ids"]) * c[:, None]).sum(-1) + self.w * mean_x
+        mean_x = (batch.xnorm * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(min=1)
+        pred = self.b(batch.gene_ids).squeeze(-1) + (self.U(batch.gene_ids) * c[:, None]).sum(-1) + self.w * mean_x
+        return pred, *masked_sse(pred, batch)  # as CellTransformer: predictions and the masked loss
 
-    def embed(self, batch: dict) -> torch.Tensor:
-        return self.cell(batch, batch["valid"])
+    def embed(self, batch: Batch) -> torch.Tensor:
+        return self.cell(batch, batch.valid)
 
 
-def embed_transformer(model: CellTransformer, batch: dict) -> torch.Tensor:
+def embed_transformer(model: CellTransformer, batch: Batch) -> torch.Tensor:
     return model.cell_embeddings(batch)
 
 
@@ -72,11 +73,11 @@ def classify(embedding: np.ndarray, labels: np.ndarray) -> dict:
 def reference_predictors(batches: list[dict]) -> dict:
     rows = []
     for b in batches:
-        valid = b["valid"].numpy()
+        valid = b.valid.numpy()
         for i in range(len(valid)):
             v = valid[i]
-            rows.append(pd.DataFrame({"cell": b["cell_id"][i], "label": b["label"][i], "gene": b["gene_ids"][i][v].numpy(),
-                                      "x": b["xnorm"][i][v].numpy(), "masked": b["masked"][i][v].numpy()}))
+            rows.append(pd.DataFrame({"cell": b.meta["cell_id"][i], "label": b.meta["label"][i], "gene": b.gene_ids[i][v].numpy(),
+                                      "x": b.xnorm[i][v].numpy(), "masked": b.masked[i][v].numpy()}))
     d = pd.concat(rows, ignore_index=True)
     vis, msk = d[~d.masked], d[d.masked]
     gene = vis.groupby("gene").x.mean()
@@ -101,7 +102,7 @@ def train(model: torch.nn.Module, corpus: str, loader: LoaderConfig, steps: int,
         for batch in ShardBatches(corpus, "train", loader, epoch=epoch):
             for group in opt.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / 20)
-            sse, n = masked_sse(model(batch), batch)
+            sse, n = model(batch)[1:]
             loss = sse / n
             opt.zero_grad()
             loss.backward()
@@ -149,10 +150,10 @@ def main() -> None:
         scores = {}
         with torch.no_grad():
             for dataset, batches in evals.items():
-                sse = sum(float(masked_sse(model(b), b)[0]) for b in batches)
-                n = sum(int(masked_sse(model(b), b)[1]) for b in batches)
+                sse = sum(float(model(b)[1]) for b in batches)
+                n = sum(int(model(b)[2]) for b in batches)
                 emb = np.concatenate([embed(model, b).numpy() for b in batches])
-                labels = np.concatenate([np.asarray(b["label"]) for b in batches])
+                labels = np.concatenate([np.asarray(b.meta["label"]) for b in batches])
                 scores[dataset] = {"masked_mse": sse / n, **classify(emb, labels)}
         result[name] = {"train_loss_last_50": float(np.mean(losses[-50:])), "seconds": time.perf_counter() - start,
                         "eval": scores}

@@ -40,7 +40,7 @@ import torch
 
 from scencode.atomic import write_json
 from scencode.data import pack
-from scencode.model import CellTransformer, ModelConfig, masked_sse
+from scencode.model import Batch, CellTransformer, ModelConfig
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 from scencode.formats import SPECIAL_TOKENS, write_vocab
 
@@ -110,28 +110,28 @@ def model_flops(model: CellTransformer, lengths: np.ndarray) -> float:
     return float(6 * matmul * lengths.sum() + 12 * cfg.n_layers * cfg.d_model * (lengths ** 2).sum())
 
 
-def batch_of(lengths: np.ndarray, width: int, vocab: int, device, rng) -> dict:
+def batch_of(lengths: np.ndarray, width: int, vocab: int, device, rng) -> Batch:
     n = len(lengths)
     valid = torch.from_numpy(np.arange(width)[None, :] < lengths[:, None])
     counts = torch.from_numpy(rng.integers(1, 20, (n, width)).astype(np.float32)) * valid
-    batch = {"gene_ids": torch.from_numpy(rng.integers(2, vocab, (n, width))) * valid, "counts": counts,
-             "xnorm": torch.log1p(counts / counts.sum(1, keepdim=True).clamp(min=1) * 1e4), "valid": valid,
-             "masked": valid & torch.from_numpy(rng.random((n, width)) < 0.5)}
-    return {k: v.to(device) for k, v in batch.items()}
+    batch = Batch(gene_ids=torch.from_numpy(rng.integers(2, vocab, (n, width))) * valid, counts=counts,
+                  xnorm=torch.log1p(counts / counts.sum(1, keepdim=True).clamp(min=1) * 1e4), valid=valid,
+                  masked=valid & torch.from_numpy(rng.random((n, width)) < 0.5))
+    return batch.to(device)
 
 
-def packed(batch: dict) -> dict:
+def packed(batch: Batch) -> Batch:
     """The same cells as a packed batch, laid out by the loader's own ``data.pack``."""
-    device = batch["masked"].device
-    return {k: torch.from_numpy(v).to(device) for k, v in pack({k: v.cpu().numpy() for k, v in batch.items()}).items()}
+    arrays = {k: getattr(batch, k).cpu().numpy() for k in ("gene_ids", "counts", "xnorm", "masked", "valid")}
+    return Batch(**{k: torch.from_numpy(v) for k, v in pack(arrays).items()}).to(batch.masked.device)
 
 
-def time_steps(model, optimizer, batches: list[dict], amp, steps: int) -> float:
+def time_steps(model, optimizer, batches: list[Batch], amp, steps: int) -> float:
     """Seconds per pass over ``batches`` (one micro-batch each: forward, masked loss, backward, step)."""
     def one_pass():
         for batch in batches:
-            with torch.autocast(batch["masked"].device.type, dtype=amp, enabled=amp is not None):
-                sse, n = masked_sse(model(batch), batch)
+            with torch.autocast(batch.masked.device.type, dtype=amp, enabled=amp is not None):
+                sse, n = model(batch)[1:]
             (sse / n.clamp(min=1)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -179,7 +179,7 @@ def train_step(device, dims: dict, cells: int, batch_size: int, context: int, st
             except Exception as exc:  # e.g. no compiler toolchain for torch.compile: say so, go on
                 out[f"{key}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 continue
-            computed = sum(int(b["valid"].numel()) if "valid" in b else len(b["masked"]) for b in data)
+            computed = sum(int(b.real.numel()) for b in data)
             out[f"{key}_real_tokens_per_s"] = real_tokens / seconds
             out[f"{key}_real_token_fraction"] = real_tokens / computed
             out[f"{key}_mfu"] = model_flops(model, lengths) / seconds / peak if peak else None

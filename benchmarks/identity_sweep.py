@@ -45,8 +45,8 @@ def run(variant: dict) -> dict:
     from scencode.data import LoaderConfig, ShardBatches
     from scencode.devices import default_device
     from scencode.formats import load_vocab
-    from scencode.model import CellTransformer, ModelConfig, masked_sse
-    from scencode.pretrain import align_gene_table, to_device
+    from scencode.model import CellTransformer, ModelConfig
+    from scencode.pretrain import align_gene_table
 
     v = {**BASE, **variant}
     torch.manual_seed(0)
@@ -69,8 +69,8 @@ def run(variant: dict) -> dict:
     model.calibrate([b for _, b in zip(range(8), ShardBatches(f"{R}/tokens/train", "train", loader))])
     model.to(device)
     eval_cfg = LoaderConfig(batch_size=256, context=v["context"], p_mask=v["p_mask"], layout="packed")
-    evals = {n: [{**to_device(b, device), "label": b["label"]} for b in ShardBatches(f"{R}/tokens/{n}", None, eval_cfg, shuffle=False,
-                                                           mask=True, with_cell_ids=True, columns=("label",))] for n in EVALS}
+    evals = {n: [b.to(device) for b in ShardBatches(f"{R}/tokens/{n}", None, eval_cfg, shuffle=False, mask=True,
+                                                    with_cell_ids=True, columns=("label",))] for n in EVALS}
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": v["wd"]}, {"params": rest, "weight_decay": 0}],
@@ -79,12 +79,12 @@ def run(variant: dict) -> dict:
     checkpoints = {c for c in (100, 250, 500, 1000, 2000, 4000, 8000) if c <= steps} | {steps}
     while step < steps:
         for batch in ShardBatches(f"{R}/tokens/train", "train", loader, epoch=epoch):
-            batch = to_device(batch, device)
+            batch = batch.to(device)
             lr = v["lr"] * min(1, (step + 1) / v["warmup"]) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
             for g in opt.param_groups:
                 g["lr"] = lr
             model.train()
-            sse, n = masked_sse(model(batch), batch)
+            sse, n = model(batch)[1:]
             loss = sse / n
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -103,20 +103,19 @@ def run(variant: dict) -> dict:
 
 @torch.no_grad()
 def evaluate(model, evals: dict) -> dict:
-    from scencode.model import masked_sse
     model.eval()
     out = {}
     for name, batches in evals.items():
         sse = n = 0
         emb, labels, masked_emb, visible_emb = [], [], [], []
         for b in batches:
-            s, k = masked_sse(model(b), b)
+            s, k = model(b)[1:]
             sse, n = sse + float(s), n + int(k)
             emb.append(model.cell_embeddings(b))
-            labels.append(np.asarray(b["label"]))
+            labels.append(np.asarray(b.meta["label"]))
             cells = model.cells(b)
-            h = model.encode(b, cells, b["masked"]).float()
-            for keep, store in ((b["masked"], masked_emb), (~b["masked"], visible_emb)):
+            h = model.encode(b, cells, b.masked).float()
+            for keep, store in ((b.masked, masked_emb), (~b.masked, visible_emb)):
                 w = keep.float().unsqueeze(-1)
                 store.append(cells.cell_means(h * w) / cells.cell_means(w).clamp(min=1e-6))
         y = np.concatenate(labels)
@@ -155,6 +154,9 @@ def add_readout(model, kind: str, vocab_size: int) -> None:
     """x̂_g = MLP head(h_g) + <W h_g, u_g>: a gene-specific readout (scGPT's MVC decoder is of this form).
     ``tied``: u_g is the gene encoder's own output; ``table``: a separate learned table (zero init)."""
     from torch import nn
+
+    from scencode.model import masked_sse
+
     d = model.cfg.d_model
     model.readout_proj = nn.Linear(d, d, bias=False)
     if kind == "table":
@@ -162,15 +164,19 @@ def add_readout(model, kind: str, vocab_size: int) -> None:
         nn.init.zeros_(model.readout_table.weight)
 
     def forward(batch):
+        pred = predict(batch)
+        return (pred, *masked_sse(pred, batch))
+
+    def predict(batch):
         cells = model.cells(batch)
-        h = model.encode(batch, cells, batch["masked"])
+        h = model.encode(batch, cells, batch.masked)
         if kind.startswith("cell"):  # the cell's mean final state, read out per gene (scGPT's MVC)
             c = cells.cell_means(h)
             c = c[cells._cell_and_slot()[0]] if hasattr(cells, "offsets") else c[:, None].expand_as(h)
-            u = model.gene_gain * model.genes(batch["gene_ids"])
+            u = model.gene_gain * model.genes(batch.gene_ids)
             cell_term = (model.readout_proj(c) * u).sum(-1) / math.sqrt(d)
             return cell_term + (model.head(h).squeeze(-1) if kind == "cell+head" else model.head[-1].bias)
-        u = model.readout_table(batch["gene_ids"]) if kind == "table" else model.gene_gain * model.genes(batch["gene_ids"])
+        u = model.readout_table(batch.gene_ids) if kind == "table" else model.gene_gain * model.genes(batch.gene_ids)
         return model.head(h).squeeze(-1) + (model.readout_proj(h) * u).sum(-1) / math.sqrt(d)
 
     model.forward = forward

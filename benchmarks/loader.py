@@ -26,8 +26,8 @@ from scencode.formats import write_vocab
 from scencode.vocab import build_vocab
 
 PREPROCESS = {
-    "hard": lambda b: quantile_bins(b["xnorm"], b["valid"], 50),
-    "log": lambda b: log_bins(b["counts"]),
+    "hard": lambda b: quantile_bins(b.xnorm, b.layout(), 50),
+    "log": lambda b: log_bins(b.counts),
 }
 
 
@@ -57,8 +57,8 @@ def main() -> None:
             start = time.perf_counter()
             for batch in data:
                 preprocess(batch)
-                cells += batch["valid"].shape[0]
-                tokens += int(batch["valid"].sum())
+                cells += batch.n_cells
+                tokens += int(batch.real.sum())
             seconds = time.perf_counter() - start
             results[name] = {"cells_per_s": cells / seconds, "tokens_per_s": tokens / seconds}
     print(json.dumps({"cells": args.cells, "mean_nnz": args.nnz, "context": args.context,

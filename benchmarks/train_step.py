@@ -28,7 +28,7 @@ from torch import nn
 from scencode.data import LoaderConfig, ShardBatches
 from scencode.devices import default_device
 from scencode.formats import write_vocab
-from scencode.model import CellTransformer, ModelConfig, n_cells, real_positions
+from scencode.model import Batch, CellTransformer, ModelConfig
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab
 
@@ -49,18 +49,18 @@ class Baseline(nn.Module):
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
     def loss(self, b):
-        x = self.genes(b["gene_ids"]) + self.expression(b["xnorm"].unsqueeze(-1))
-        h = self.encoder(x, src_key_padding_mask=~b["valid"])
+        x = self.genes(b.gene_ids) + self.expression(b.xnorm.unsqueeze(-1))
+        h = self.encoder(x, src_key_padding_mask=~b.valid)
         pred = self.head(h).squeeze(-1)
-        target = b["masked"] & b["valid"]
-        return nn.functional.mse_loss(pred[target], b["xnorm"][target])
+        target = b.masked & b.valid
+        return nn.functional.mse_loss(pred[target], b.xnorm[target])
 
 
 def timed_steps(model, batches, device, amp) -> tuple[float, int, int]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = nonpad = 0
     for i, batch in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = batch.to(device)
         if i == 1:  # the first step warms up kernels and allocator
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -71,7 +71,7 @@ def timed_steps(model, batches, device, amp) -> tuple[float, int, int]:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= 1:
-            real = real_positions(batch)
+            real = batch.real
             tokens += real.numel()
             nonpad += int(real.sum())
     if device.type == "cuda":
@@ -110,7 +110,7 @@ def compare_layouts(tmp: Path, model, args, device, amp) -> dict:
         seconds, computed, real = timed_steps(model, [batches[0], *batches], device, amp)
         out |= {f"{name}_real_tokens_per_s": real / seconds, f"{name}_real_token_fraction": real / computed,
                 f"{name}_batches": len(batches)}
-    out["cells"] = int(sum(n_cells(b) for b in batches))
+    out["cells"] = int(sum(b.n_cells for b in batches))
     return out
 
 
@@ -130,11 +130,10 @@ def main() -> None:
     ours = CellTransformer(ModelConfig(vocab, "learned", "continuous", **STUDY)).to(device)
     base = Baseline(vocab).to(device)
 
-    full = {"gene_ids": torch.randint(2, vocab, (args.batch, args.length)),
-            "counts": torch.randint(1, 20, (args.batch, args.length)).float(),
-            "valid": torch.ones(args.batch, args.length, dtype=torch.bool),
-            "masked": torch.rand(args.batch, args.length) < 0.5}
-    full["xnorm"] = torch.log1p(full["counts"])
+    counts = torch.randint(1, 20, (args.batch, args.length)).float()
+    full = Batch(gene_ids=torch.randint(2, vocab, (args.batch, args.length)), counts=counts, xnorm=torch.log1p(counts),
+                 masked=torch.rand(args.batch, args.length) < 0.5,
+                 valid=torch.ones(args.batch, args.length, dtype=torch.bool))
     batches = [full] * (args.steps + 1)
     ours_s, tokens, _ = timed_steps(ours, batches, device, amp)
     base_s, base_tokens, _ = timed_steps(base, batches, device, amp)

@@ -58,10 +58,10 @@ def test_top_expressed_sampling_keeps_the_highest_counts():
 def test_batches_are_padded_with_normalised_values(demo_corpus):
     corpus, _ = demo_corpus
     batch = next(iter(ShardBatches(corpus, "train", LoaderConfig(**{**CFG.__dict__, "layout": "padded"}))))
-    valid = batch["valid"]
-    assert batch["gene_ids"].dtype == torch.int64 and (batch["gene_ids"][~valid] == 0).all()
-    assert valid.sum(1).max() <= CFG.context and (batch["masked"] <= valid).all()
-    assert torch.all(batch["xnorm"][valid] > 0) and torch.all(batch["xnorm"][~valid] == 0)
+    valid = batch.valid
+    assert batch.gene_ids.dtype == torch.int64 and (batch.gene_ids[~valid] == 0).all()
+    assert valid.sum(1).max() <= CFG.context and (batch.masked <= valid).all()
+    assert torch.all(batch.xnorm[valid] > 0) and torch.all(batch.xnorm[~valid] == 0)
 
 
 def test_length_bucketing_cuts_padding(demo_corpus):
@@ -71,8 +71,8 @@ def test_length_bucketing_cuts_padding(demo_corpus):
         ds = ShardBatches(corpus, "train", cfg, shuffle=shuffle_buckets)
         real = total = 0
         for b in ds:
-            real += int(b["valid"].sum())
-            total += b["valid"].numel()
+            real += int(b.valid.sum())
+            total += b.valid.numel()
         return 1 - real / total
     assert padding(True) < 0.5 * padding(False)
 
@@ -83,10 +83,10 @@ def test_packed_batches_hold_the_padded_batches_real_tokens(demo_corpus):
     packed = ShardBatches(corpus, "train", CFG, with_cell_ids=True)
     n = 0
     for a, b in zip(padded, packed):
-        assert a["cell_id"] == b["cell_id"] and "valid" not in b
-        assert b["offsets"].tolist() == [0, *a["valid"].sum(1).cumsum(0).tolist()]
+        assert a.meta["cell_id"] == b.meta["cell_id"] and b.valid is None
+        assert b.offsets.tolist() == [0, *a.valid.sum(1).cumsum(0).tolist()]
         for key in ("gene_ids", "counts", "xnorm", "masked"):
-            assert torch.equal(a[key][a["valid"]], b[key])
+            assert torch.equal(getattr(a, key)[a.valid], getattr(b, key))
         n += 1
     assert n > 3
 
@@ -98,7 +98,7 @@ def test_two_workers_times_two_ranks_see_every_training_cell_once(demo_corpus):
         ds = ShardBatches(corpus, "train", CFG, epoch=3, rank=rank, world_size=2, with_cell_ids=True)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         for batch in loader:
-            seen.update(batch["cell_id"])
+            seen.update(batch.meta["cell_id"])
     assert set(seen) == corpus_cells(corpus) and max(seen.values()) == 1
 
 
@@ -108,16 +108,16 @@ def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
         ds = ShardBatches(corpus, "train", CFG, epoch=1, skip_batches=skip, with_cell_ids=True)
         return [b for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)]
     full = stream()
-    assert [b["cell_id"] for b in stream()] == [b["cell_id"] for b in full]
+    assert [b.meta["cell_id"] for b in stream()] == [b.meta["cell_id"] for b in full]
     tail = stream(skip=5)
     assert len(tail) == len(full) - 5
     for a, b in zip(tail, full[5:]):
-        assert a["cell_id"] == b["cell_id"] and torch.equal(a["masked"], b["masked"])
+        assert a.meta["cell_id"] == b.meta["cell_id"] and torch.equal(a.masked, b.masked)
     two = stream(workers=2)
     resumed = stream(skip=3, workers=2)
-    assert [b["cell_id"] for b in resumed] == [b["cell_id"] for b in two[3:]]
+    assert [b.meta["cell_id"] for b in resumed] == [b.meta["cell_id"] for b in two[3:]]
     epoch2 = ShardBatches(corpus, "train", CFG, epoch=2, with_cell_ids=True)
-    assert [b["cell_id"] for b in epoch2][:1] != [full[0]["cell_id"]]
+    assert [b.meta["cell_id"] for b in epoch2][:1] != [full[0].meta["cell_id"]]
 
 
 @pytest.mark.parametrize("bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0), dict(gene_sampling="best"),

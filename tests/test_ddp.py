@@ -12,7 +12,7 @@ RANK_SCRIPT = """
 import json, sys
 from pathlib import Path
 from scencode.data import LoaderConfig
-from scencode.model import ModelConfig, n_cells
+from scencode.model import ModelConfig
 from scencode.pretrain import RunSpec, TrainConfig, Trainer
 
 corpus, vocab, out = map(Path, sys.argv[1:4])
@@ -29,7 +29,7 @@ def counted():
     for batch in stream():
         epoch = seen.setdefault(str(trainer.state.epoch), {"batches": 0, "cells": 0})
         epoch["batches"] += 1
-        epoch["cells"] += n_cells(batch)
+        epoch["cells"] += batch.n_cells
         yield batch
 trainer._epoch_batches = counted
 trainer.fit()

@@ -4,7 +4,7 @@ import torch
 from scencode.encodings import (EXPRESSION_ENCODERS, GENE_ENCODERS, AutoDiscretisationExpression, SoftBinExpression,
                                 log_bins, lookup, quantile_bins)
 from scencode.errors import ScencodeError
-from scencode.model import CellTransformer, ModelConfig, Padded
+from scencode.model import Batch, CellTransformer, ModelConfig, Padded
 
 D, VOCAB = 16, 30
 TABLE = torch.randn(VOCAB, 12)
@@ -111,17 +111,17 @@ def test_masked_loss_and_pooled_embeddings_ignore_padding():
     torch.manual_seed(0)
     model = CellTransformer(ModelConfig(VOCAB, d_model=D, n_layers=2, n_heads=2, d_ff=8, dropout=0.0)).eval()
     ids, counts, xnorm, valid = batch()
-    emb = model.cell_embeddings({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid})
+    masked = torch.zeros_like(valid)
+    emb = model.cell_embeddings(Batch(ids, counts, xnorm, masked, valid=valid))
     # the first cell's padded tail changes nothing
     ids2, counts2, xnorm2 = ids.clone(), counts.clone(), xnorm.clone()
     ids2[0, 5:], counts2[0, 5:], xnorm2[0, 5:] = 7, 3.0, 1.5
-    assert torch.allclose(model.cell_embeddings({"gene_ids": ids2, "counts": counts2, "xnorm": xnorm2, "valid": valid}),
-                          emb, atol=1e-5)
-    masked = torch.zeros_like(valid)
+    assert torch.allclose(model.cell_embeddings(Batch(ids2, counts2, xnorm2, masked, valid=valid)), emb, atol=1e-5)
     masked[:, :3] = True
-    loss = model.loss({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
-    pred = model({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
+    loss = model.loss(Batch(ids, counts, xnorm, masked, valid=valid))
+    pred, sse, n = model(Batch(ids, counts, xnorm, masked, valid=valid))
     assert torch.isclose(loss, ((pred[:, :3] - xnorm[:, :3]) ** 2).mean(), atol=1e-6)
+    assert n == 3 * len(ids) and torch.isclose(sse / n, loss)
 
 
 def test_esm2_permuted_keeps_the_rows_and_breaks_the_gene_correspondence():
@@ -150,7 +150,7 @@ def realistic_batches(n=4, cells=16, length=120, vocab=VOCAB):
         xnorm = torch.log1p(counts / (counts.sum(1, keepdim=True) * 3) * 1e4)
         masked = (torch.rand(cells, length, generator=g) < 0.5) & valid
         ids = torch.randint(2, vocab, (cells, length), generator=g) * valid
-        out.append({"gene_ids": ids, "counts": counts, "xnorm": xnorm, "valid": valid, "masked": masked})
+        out.append(Batch(ids, counts, xnorm, masked, valid=valid))
     return out
 
 
@@ -168,14 +168,15 @@ def test_every_encoding_starts_at_unit_scale(gene, expression):
     for b in realistic_batches(vocab=200)[:2]:
         rms = model.component_rms(b)
         assert rms["gene"] == pytest.approx(1.0, rel=0.15) and rms["expression"] == pytest.approx(1.0, rel=0.15)
-    target = torch.cat([b["xnorm"][b["valid"]] for b in batches]).mean()
-    pred = model.eval()(batches[0])
-    assert torch.allclose(pred[batches[0]["valid"]], target.expand_as(pred[batches[0]["valid"]]))
+    target = torch.cat([b.xnorm[b.valid] for b in batches]).mean()
+    pred = model.eval()(batches[0])[0]
+    assert torch.allclose(pred[batches[0].valid], target.expand_as(pred[batches[0].valid]))
 
 
-def packed(batch: dict) -> dict:
+def packed(batch: Batch) -> Batch:
     from scencode.data import pack
-    return {k: torch.from_numpy(v) for k, v in pack({k: v.numpy() for k, v in batch.items()}).items()}
+    arrays = {k: getattr(batch, k).numpy() for k in ("gene_ids", "counts", "xnorm", "masked", "valid")}
+    return Batch(**{k: torch.from_numpy(v) for k, v in pack(arrays).items()})
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -189,7 +190,7 @@ def test_packed_batches_give_the_padded_loss_gradients_and_embeddings(expression
                                         dropout=0.0))
     padded = realistic_batches(n=1)[0]
     flat = packed(padded)
-    assert flat["gene_ids"].shape == (int(padded["valid"].sum()),) and flat["offsets"][-1] == padded["valid"].sum()
+    assert flat.gene_ids.shape == (int(padded.valid.sum()),) and flat.offsets[-1] == padded.valid.sum()
     losses, grads = [], []
     for batch, cells in ((padded, None), (flat, nested)):
         model.zero_grad()
@@ -203,5 +204,5 @@ def test_packed_batches_give_the_padded_loss_gradients_and_embeddings(expression
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
     assert torch.allclose(model.cell_embeddings(padded), emb, atol=1e-5)
-    assert torch.allclose(model.eval()(padded)[padded["valid"]], model(flat), atol=1e-5)
-    assert "offsets" in flat and "valid" not in flat
+    assert torch.allclose(model.eval()(padded)[0][padded.valid], model(flat)[0], atol=1e-5)
+    assert flat.offsets is not None and flat.valid is None

@@ -131,11 +131,12 @@ def _explode_after(trainer, monkeypatch, micro_batches):
     real, calls = trainer.model.forward, []
 
     def explodes(batch):
-        pred = real(batch)
+        out = real(batch)
         if not trainer.model.training:
-            return pred
+            return out
         calls.append(1)
-        return pred * float("nan") if len(calls) > micro_batches else pred
+        pred, sse, n = out
+        return (pred * float("nan"), sse * float("nan"), n) if len(calls) > micro_batches else out
 
     monkeypatch.setattr(trainer.model, "forward", explodes)
 
@@ -271,16 +272,19 @@ def _two_batches_of_different_lengths(corpus):
 
     cfg = LoaderConfig(**{**SMALL_LOADER, "batch_size": 8, "context": 4096, "layout": "padded"})
     batches = list(ShardBatches(corpus, "train", cfg))
-    batches.sort(key=lambda b: b["valid"].shape[1])
+    batches.sort(key=lambda b: b.valid.shape[1])
     short, long = batches[0], batches[-1]
-    assert short["valid"].shape[1] < long["valid"].shape[1] // 2  # cells of very different lengths
+    assert short.valid.shape[1] < long.valid.shape[1] // 2  # cells of very different lengths
     return short, long
 
 
 def _combined(a, b):
-    width = max(a["valid"].shape[1], b["valid"].shape[1])
+    from scencode.model import Batch
+
+    width = max(a.valid.shape[1], b.valid.shape[1])
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731 (zeros = padding)
-    return {k: torch.cat([pad(a[k]), pad(b[k])]) for k in a if torch.is_tensor(a[k])}
+    return Batch(**{k: torch.cat([pad(getattr(a, k)), pad(getattr(b, k))])
+                    for k in ("gene_ids", "counts", "xnorm", "masked", "valid")})
 
 
 def test_an_accumulated_step_has_the_gradient_of_the_combined_batch(demo_corpus, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ import pyarrow as pa
 import torch
 
 from .errors import ScencodeError
+from .model import Batch
 from .shards import check_footer, open_shard, read_manifest
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -146,14 +147,14 @@ def _mask_smallest(second: np.ndarray, k: np.ndarray, p_mask: float) -> np.ndarr
     return (second <= threshold[:, None]) & (second != _EMPTY) & (n_masked > 0)[:, None]
 
 
-def to_tensors(padded: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfig) -> dict[str, torch.Tensor]:
+def to_batch(padded: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfig) -> Batch:
     """Adds x̃ = log1p(count / total × c_norm) (padded positions stay 0), then lays the batch out as
     ``cfg.layout`` says."""
     xnorm = np.log1p(padded["counts"] / totals[:, None].astype(np.float32) * np.float32(cfg.c_norm))
     arrays = {**padded, "xnorm": xnorm}
     if cfg.layout == "packed":
         arrays = pack(arrays)
-    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
+    return Batch(**{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()})
 
 
 def pack(padded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -182,7 +183,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         self.units = units(self.corpus_dir)
         self._buffers: dict[str, np.ndarray] = {}
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
         # DataLoader takes batches from workers 0, 1, … in turn; after skipping, the next batch is
@@ -215,7 +216,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
             per_reader.append(batches + -(-pooled // self.cfg.batch_size))
         return [sum(per_reader[r * n_workers:(r + 1) * n_workers]) for r in range(self.world_size)]
 
-    def _batches(self, reader: int, n_readers: int) -> Iterator[dict]:
+    def _batches(self, reader: int, n_readers: int) -> Iterator[Batch]:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.epoch, 1 + reader])
         my_units = reader_units(self.units, self.epoch, cfg.seed, reader, n_readers) if self.shuffle else \
@@ -251,7 +252,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
             if in_split.any():
                 yield table, in_split
 
-    def _bucket(self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator) -> Iterator[dict]:
+    def _bucket(self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator) -> Iterator[Batch]:
         cfg = self.cfg
         pool = _Pool(table, in_split, self.with_cell_ids, self.columns, self._buffers)
         order = rng.permutation(pool.n) if self.shuffle else np.arange(pool.n)
@@ -265,9 +266,8 @@ class ShardBatches(torch.utils.data.IterableDataset):
         for index in batches:
             padded = padded_sample(pool.genes, pool.counts, pool.starts[index], pool.lengths[index],
                                    pool.keys[index], self.epoch, cfg, self.mask)
-            batch = to_tensors(padded, pool.totals[index], cfg)
-            for name, values in pool.extra.items():
-                batch[name] = values[index].tolist()
+            batch = to_batch(padded, pool.totals[index], cfg)
+            batch.meta = {name: values[index].tolist() for name, values in pool.extra.items()}
             yield batch
 
 

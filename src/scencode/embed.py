@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .devices import autocast, autocast_dtype, default_device
 from .errors import ScencodeError
 from .formats import (RECONSTRUCTION_METRICS, RunIdentity, load_checkpoint, metric_table, model_checkpoint,
                       write_embedding_files, write_missing_embedding, write_table)
-from .model import CellTransformer, ModelConfig, masked_sse, n_cells, real_positions
+from .model import Batch, CellTransformer, ModelConfig, masked_sse
 from .shards import verify_corpus
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,14 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
     ids, labels, batches, chunks = [], [], [], []
     errors = ReconstructionErrors(model.cfg.vocab_size, device)
     for batch in _batches(Path(corpus), None, loader, mask=True):
-        tensors = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+        on_device = batch.to(device)
         with _autocast(device):
-            emb = model.cell_embeddings(tensors)
-            errors.add(model, tensors)
+            emb = model.cell_embeddings(on_device)
+            errors.add(model, on_device)
         chunks.append(emb.float().cpu().numpy())
-        ids += batch["cell_id"]
-        labels += batch["label"]
-        batches += batch["batch"]
+        ids += batch.meta["cell_id"]
+        labels += batch.meta["label"]
+        batches += batch.meta["batch"]
     matrix = np.concatenate(chunks)
     if not np.isfinite(matrix).all():
         raise ScencodeError(f"model {run} gives NaN or infinite embeddings on {dataset} "
@@ -90,16 +91,17 @@ class ReconstructionErrors:
         self.gene = torch.zeros(3, vocab_size, dtype=torch.float64, device=device)  # n, Σx, Σx²
         self.tokens, self.cells = 0, 0
 
-    def add(self, model: CellTransformer, batch: dict) -> None:
-        real = real_positions(batch)
-        target = batch["masked"] & real
-        self.sse[0] += masked_sse(model(batch), batch)[0].double()
-        self.sse[1] += masked_sse(model({**batch, "masked": real}), batch)[0].double()
-        genes, x = batch["gene_ids"][target], batch["xnorm"][target].double()
+    def add(self, model: CellTransformer, batch: Batch) -> None:
+        target = batch.masked & batch.real
+        self.sse[0] += model(batch)[1].double()
+        # every expression value hidden; scored at the same masked positions
+        blind = model(replace(batch, masked=batch.real))[0]
+        self.sse[1] += masked_sse(blind, batch)[0].double()
+        genes, x = batch.gene_ids[target], batch.xnorm[target].double()
         for row, values in enumerate((torch.ones_like(x), x, x * x)):
             self.gene[row].index_add_(0, genes, values)
         self.tokens += int(target.sum())
-        self.cells += n_cells(batch)
+        self.cells += batch.n_cells
 
     def result(self) -> dict:
         if not self.tokens:
@@ -123,7 +125,7 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
         if max_cells and errors.cells >= max_cells:
             break
         with _autocast(device):
-            errors.add(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
+            errors.add(model, batch.to(device))
     return errors.result()
 
 

@@ -21,7 +21,7 @@ steps are spent on the data rather than on the offset. The gains are buffers: ch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -152,18 +152,35 @@ class Packed:
         return sums / self.offsets.diff().clamp(min=1).unsqueeze(-1).to(h.dtype)
 
 
-def layout(batch: dict, nested: bool | None = None) -> Padded | Packed:
-    """The batch's layout: packed batches carry ``offsets``, padded ones ``valid``."""
-    return Packed(batch["offsets"], nested) if "offsets" in batch else Padded(batch["valid"])
+@dataclass
+class Batch:
+    """One batch of cells, as the loader gives it and the model reads it. Packed (``offsets``: real
+    tokens only, cell after cell) or padded (``valid``: (cells, longest) with a mask); ``meta`` holds
+    what is not a tensor (cell ids, label and batch columns of evaluation corpora)."""
+    gene_ids: torch.Tensor  # vocabulary index per position
+    counts: torch.Tensor  # raw count
+    xnorm: torch.Tensor  # x̃ = log1p(count / total × c_norm), the target
+    masked: torch.Tensor  # bool: expression hidden from the model, predicted and scored
+    offsets: torch.Tensor | None = None  # packed: cell i holds positions offsets[i]:offsets[i + 1]
+    valid: torch.Tensor | None = None  # padded: real (non-padding) positions
+    meta: dict = field(default_factory=dict)
 
+    def to(self, device: torch.device | str) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return replace(self, gene_ids=move(self.gene_ids), counts=move(self.counts), xnorm=move(self.xnorm),
+                       masked=move(self.masked), offsets=move(self.offsets), valid=move(self.valid))
 
-def real_positions(batch: dict) -> torch.Tensor:
-    """Bool mask of real (non-padding) positions, in the batch's own shape."""
-    return batch["valid"] if "valid" in batch else torch.ones_like(batch["masked"])
+    @property
+    def real(self) -> torch.Tensor:
+        """Bool mask of real (non-padding) positions, in the batch's own shape."""
+        return self.valid if self.valid is not None else torch.ones_like(self.masked)
 
+    @property
+    def n_cells(self) -> int:
+        return len(self.offsets) - 1 if self.offsets is not None else self.valid.shape[0]
 
-def n_cells(batch: dict) -> int:
-    return len(batch["offsets"]) - 1 if "offsets" in batch else batch["valid"].shape[0]
+    def layout(self, nested: bool | None = None) -> Padded | Packed:
+        return Packed(self.offsets, nested) if self.offsets is not None else Padded(self.valid)
 
 
 class Block(nn.Module):
@@ -204,40 +221,40 @@ class CellTransformer(nn.Module):
         self.register_buffer("expression_gain", torch.ones(()))
         self.nested_attention: bool | None = None  # packed batches: jagged attention (None: on CUDA)
 
-    def cells(self, batch: dict) -> Padded | Packed:
-        return layout(batch, self.nested_attention)
+    def cells(self, batch: Batch) -> Padded | Packed:
+        return batch.layout(self.nested_attention)
 
-    def components(self, batch: dict, cells: Padded | Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    def components(self, batch: Batch, cells: Padded | Packed) -> tuple[torch.Tensor, torch.Tensor]:
         """(gene, expression) embeddings of every position, after the calibrated gains."""
-        return (self.gene_gain * self.genes(batch["gene_ids"]),
-                self.expression_gain * self.expression(batch["counts"], batch["xnorm"], cells))
+        return (self.gene_gain * self.genes(batch.gene_ids),
+                self.expression_gain * self.expression(batch.counts, batch.xnorm, cells))
 
     @torch.no_grad()
-    def component_rms(self, batch: dict) -> dict[str, float]:
+    def component_rms(self, batch: Batch) -> dict[str, float]:
         """RMS of the gene and expression embeddings over the batch's real positions."""
         genes, expr = self.components(batch, self.cells(batch))
-        real = real_positions(batch)
+        real = batch.real
         return {"gene": float(genes[real].float().pow(2).mean().sqrt()),
                 "expression": float(expr[real].float().pow(2).mean().sqrt())}
 
     @torch.no_grad()
-    def calibrate(self, batches: list[dict]) -> dict[str, float]:
+    def calibrate(self, batches: list[Batch]) -> dict[str, float]:
         """Unit-RMS gains for both encoders and the head's bias at the mean x̃, measured on
         ``batches`` of training cells (the initialisation policy above)."""
         self.gene_gain.fill_(1.0)
         self.expression_gain.fill_(1.0)
         genes, expr = zip(*(self.components(b, self.cells(b)) for b in batches))
-        reals = [real_positions(b) for b in batches]
+        reals = [b.real for b in batches]
         for gain, values in ((self.gene_gain, genes), (self.expression_gain, expr)):
             flat = torch.cat([v[real] for v, real in zip(values, reals)])
             gain.fill_(float(flat.float().pow(2).mean().sqrt().clamp(min=1e-8)) ** -1)
-        target = torch.cat([b["xnorm"][real] for b, real in zip(batches, reals)])
+        target = torch.cat([b.xnorm[real] for b, real in zip(batches, reals)])
         self.head[-1].weight.zero_()
         self.head[-1].bias.fill_(float(target.mean()))
         return {"gene_gain": float(self.gene_gain), "expression_gain": float(self.expression_gain),
                 "head_bias": float(target.mean())}
 
-    def encode(self, batch: dict, cells: Padded | Packed, masked: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, batch: Batch, cells: Padded | Packed, masked: torch.Tensor | None = None) -> torch.Tensor:
         """Final-layer token states, (cells, L, d) padded or (tokens, d) packed; the expression of
         ``masked`` positions is replaced by the mask vector."""
         genes, expr = self.components(batch, cells)
@@ -248,25 +265,27 @@ class CellTransformer(nn.Module):
             x = block(x, cells)
         return self.ln_f(x)
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Predicted x̃ at every position of a batch (the loader's dict of tensors, either layout)."""
-        return self.head(self.encode(batch, self.cells(batch), batch["masked"])).squeeze(-1)
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(predicted x̃ at every position, sum of squared errors over the masked real positions, their
+        number): the objective, defined once for training, validation, DDP and evaluation."""
+        pred = self.head(self.encode(batch, self.cells(batch), batch.masked)).squeeze(-1)
+        return (pred, *masked_sse(pred, batch))
 
-    def loss(self, batch: dict) -> torch.Tensor:
-        """MSE between predicted and true x̃ on the batch's masked, non-padded positions."""
-        sse, n = masked_sse(self(batch), batch)
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Mean squared error of x̃ over the batch's masked real positions."""
+        _, sse, n = self(batch)
         return sse / n.clamp(min=1)
 
     @torch.no_grad()
-    def cell_embeddings(self, batch: dict) -> torch.Tensor:
+    def cell_embeddings(self, batch: Batch) -> torch.Tensor:
         """Mean of final-layer token outputs over each cell's real positions, nothing masked (cells, d)."""
         cells = self.cells(batch)
         return cells.cell_means(self.encode(batch, cells).float())
 
 
-def masked_sse(pred: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_sse(pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of squared errors, number of positions) over the masked, non-padded positions: the one
     definition of the objective. Training divides by the masked positions of the whole optimiser
     step, so every masked token weighs the same whatever the batching."""
-    target = batch["masked"] & real_positions(batch)
-    return ((pred[target].float() - batch["xnorm"][target].float()) ** 2).sum(), target.sum()
+    target = batch.masked & batch.real
+    return ((pred[target].float() - batch.xnorm[target].float()) ** 2).sum(), target.sum()

@@ -32,7 +32,7 @@ from .atomic import atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
 from .devices import PRECISIONS, autocast, autocast_dtype, default_device
 from .errors import ScencodeError
-from .model import CellTransformer, ModelConfig, masked_sse, n_cells, real_positions
+from .model import Batch, CellTransformer, ModelConfig
 from .shards import verify_corpus
 from .formats import load_checkpoint, load_vocab, read_gene_table
 
@@ -213,9 +213,9 @@ class Trainer:
         self.diverged_at: int | None = None
         self.out = Path(spec.out_dir)
 
-    def _first_batches(self, n: int) -> list[dict]:
+    def _first_batches(self, n: int) -> list[Batch]:
         data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=0)
-        return [to_device(batch, self.device) for batch, _ in zip(data, range(n))]
+        return [batch.to(self.device) for batch, _ in zip(data, range(n))]
 
     def _component_rms(self) -> dict[str, float]:
         rms = [self.model.component_rms(b) for b in self.probe]
@@ -382,7 +382,7 @@ class Trainer:
                                                  generator=torch.Generator().manual_seed(spec.loader.seed))
             for batch in loader:
                 if lap:
-                    st.repeated_cells += n_cells(batch)
+                    st.repeated_cells += batch.n_cells
                 yield batch
                 done += 1
                 if done == target:
@@ -391,13 +391,13 @@ class Trainer:
                 raise ScencodeError(f"rank {self.rank} read {done % own} batches of epoch {st.epoch}, "
                                     f"{own} were counted", spec.corpus)
 
-    def _train_step(self, micro_batches: list[dict]) -> float | None:
+    def _train_step(self, micro_batches: list[Batch]) -> float | None:
         """One optimiser step. Its loss is the mean over every masked token of its micro-batches
         (and ranks): each micro-batch's squared-error sum is divided by the step's token count, so
         a token of a short cell weighs as much as one of a long cell whatever the bucketing."""
         st = self.state
-        batches = [to_device(b, self.device) for b in micro_batches]
-        n_masked = sum((b["masked"] & real_positions(b)).sum() for b in batches).double()
+        batches = [b.to(self.device) for b in micro_batches]
+        n_masked = sum((b.masked & b.real).sum() for b in batches).double()
         if self.world > 1:
             dist.all_reduce(n_masked)
         scale = self.world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
@@ -405,15 +405,15 @@ class Trainer:
             sync = self.world == 1 or i == len(batches) - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
                 with autocast(self.device, self.amp):
-                    sse, n = masked_sse(self.ddp(batch), batch)
+                    _, sse, n = self.ddp(batch)
                 if not torch.isfinite(sse):
                     self._diverged(sse / n.clamp(min=1))
                     return None
                 self.scaler.scale(sse * scale).backward()
             st.window_sse += float(sse.detach())
             st.window_masked += int(n)
-            st.window_tokens += int(real_positions(batch).sum())
-            st.window_cells += n_cells(batch)
+            st.window_tokens += int(batch.real.sum())
+            st.window_cells += batch.n_cells
         st.batches_in_epoch += len(batches)
         return self._optimizer_step()
 
@@ -447,11 +447,11 @@ class Trainer:
         for batch in data:
             if seen >= spec.train.val_cells // self.world:
                 break
-            batch = to_device(batch, self.device)
+            batch = batch.to(self.device)
             with autocast(self.device, self.amp):
-                sse, n = masked_sse(self.model(batch), batch)
+                _, sse, n = self.model(batch)
             total += torch.stack([sse.double(), n.double()])
-            seen += n_cells(batch)
+            seen += batch.n_cells
         if self.world > 1:
             dist.all_reduce(total)
         st.last_val_step = st.step
@@ -528,11 +528,6 @@ class Trainer:
                                                b"steps_per_epoch": str(self.steps_per_epoch).encode()})
         with atomic_path(self.out / "train_log.parquet", suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on ``device`` (other entries, e.g. cell ids, dropped)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
 
 
 class Preempted(Exception):
