@@ -22,26 +22,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, knn_graph, labeled, seeded_subsample
 from .errors import ScencodeError
 from .formats import RECONSTRUCTION_METRICS, RunIdentity, metric_table, read_embedding, write_table
 
 log = logging.getLogger(__name__)
 BATCH_METRICS = ("ilisi", "graph_connectivity", "asw_batch")
 BIO_METRICS = ("asw_label", "clisi", "nmi", "ari", "isolated_label_f1", "isolated_label_asw")
-UNLABELED = {"", "nan", "none", "unknown", "unassigned", "na"}
-
-
 @dataclass
 class EvalParams:
     knn_k: tuple[int, ...] = (10, 5, 15)
     test_fraction: float = 0.2
     min_cells_per_type: int = 250
-    max_cells_scib: int = 100_000  # larger datasets are subsampled (seeded) for the scIB metrics
-    seed: int = 0
-
-
-def labeled(labels: np.ndarray) -> np.ndarray:
-    return ~pd.Series(labels, dtype=object).fillna("").astype(str).str.strip().str.lower().isin(UNLABELED).to_numpy()
+    max_cells_scib: int = MAX_CELLS_SCIB
+    seed: int = SUBSAMPLE_SEED
 
 
 def evaluate_embedding(x: np.ndarray, labels: np.ndarray, batches: np.ndarray, params: EvalParams) -> pd.DataFrame:
@@ -182,27 +176,8 @@ def isolated_label_f1(clusterings: dict[float, np.ndarray], labels: np.ndarray, 
     return float(np.mean(scores))
 
 
-def seeded_subsample(cells: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, str]:
-    """At most ``max_cells`` of ``cells`` (indices; seeded, in order), and a note saying so when
-    some were left out (scIB metrics are O(n²) in the cells)."""
-    if len(cells) <= max_cells:
-        return cells, ""
-    pick = np.sort(np.random.default_rng(seed).choice(cells, max_cells, replace=False))
-    return pick, f"scored on {max_cells} of {len(cells)} labeled cells (seeded subsample)"
-
-
 def _with_reason(value: float, reason: str) -> tuple[float, str]:
     return value, (reason if np.isnan(value) else "")
-
-
-def knn_graph(x: np.ndarray, k: int):
-    """Exact Euclidean kNN (scikit-learn) in scib-metrics' format. Exact search avoids pynndescent's
-    per-process numba compilation (~20 s), which dominates on evaluation-sized data."""
-    from scib_metrics.nearest_neighbors import NeighborsResults
-    from sklearn.neighbors import NearestNeighbors
-
-    distances, indices = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
-    return NeighborsResults(indices=indices, distances=distances)
 
 
 # The silhouettes are scib-metrics' definitions (silhouette_label, isolated_labels, silhouette_batch

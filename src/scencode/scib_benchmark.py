@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ScencodeError
-from .evaluate import EvalParams, knn_graph, labeled, seeded_subsample
+from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, knn_graph, labeled, seeded_subsample
 from .formats import RunIdentity, metric_table, read_embedding, write_table
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ AGGREGATES = {"Bio conservation": "bio_conservation", "Batch correction": "batch
 class BenchmarkerParams:
     """The Benchmarker is far slower than the study's metrics (JAX on the CPU), so it may score fewer
     cells; by default the same seeded subsample as the study's metrics."""
-    max_cells_scib: int = EvalParams.max_cells_scib
-    seed: int = EvalParams.seed
+    max_cells_scib: int = MAX_CELLS_SCIB
+    seed: int = SUBSAMPLE_SEED
 
     def validate(self) -> None:
         if self.max_cells_scib < 2:
@@ -62,7 +62,7 @@ def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
 
 
 def benchmark_dataset(embeddings: dict[RunIdentity, Path], pre_integrated: Path, dataset: str,
-                      max_cells: int = EvalParams.max_cells_scib, seed: int = EvalParams.seed, threads: int = 1) -> pd.DataFrame:
+                      max_cells: int = MAX_CELLS_SCIB, seed: int = SUBSAMPLE_SEED, threads: int = 1) -> pd.DataFrame:
     """Tidy rows (group ``scib_metrics``) for every run in ``embeddings``."""
     identities = {identity.run: identity for identity in embeddings}
     embeddings = {identity.run: path for identity, path in embeddings.items()}

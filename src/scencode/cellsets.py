@@ -1,0 +1,36 @@
+"""Which cells the metrics are computed on, and their neighbours: shared by the study's metrics
+(evaluate) and scib-metrics' Benchmarker (scib_benchmark), so that both score the same cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+MAX_CELLS_SCIB = 100_000  # larger datasets are subsampled (seeded) for the O(n²) scIB metrics
+SUBSAMPLE_SEED = 0
+
+
+UNLABELED = {"", "nan", "none", "unknown", "unassigned", "na"}
+
+
+def labeled(labels: np.ndarray) -> np.ndarray:
+    return ~pd.Series(labels, dtype=object).fillna("").astype(str).str.strip().str.lower().isin(UNLABELED).to_numpy()
+
+
+def seeded_subsample(cells: np.ndarray, max_cells: int, seed: int) -> tuple[np.ndarray, str]:
+    """At most ``max_cells`` of ``cells`` (indices; seeded, in order), and a note saying so when
+    some were left out (scIB metrics are O(n²) in the cells)."""
+    if len(cells) <= max_cells:
+        return cells, ""
+    pick = np.sort(np.random.default_rng(seed).choice(cells, max_cells, replace=False))
+    return pick, f"scored on {max_cells} of {len(cells)} labeled cells (seeded subsample)"
+
+
+def knn_graph(x: np.ndarray, k: int):
+    """Exact Euclidean kNN (scikit-learn) in scib-metrics' format. Exact search avoids pynndescent's
+    per-process numba compilation (~20 s), which dominates on evaluation-sized data."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    return NeighborsResults(indices=indices, distances=distances)
