@@ -69,8 +69,9 @@ def test_paper_config_plans_every_download_offline(tmp_path):
 
 def test_evaluation_options_reach_their_jobs(tmp_path):
     config = small_config()
-    config["evaluate"].update(baselines=["pca", "scvi"], scvi_epochs=7, gene_sampling="top_expressed", context=128,
-                              scib_benchmarker_max_cells=5000)
+    config["evaluate"].update(baselines=["pca", "scvi"], scvi_epochs=7,
+                              embedding={"gene_sampling": "top_expressed", "context": 128},
+                              scib_benchmarker={"max_cells_scib": 5000})
     result = snakemake(tmp_path, config, "-n", "-p")
     assert result.returncode == 0, result.stderr
     commands = result.stdout

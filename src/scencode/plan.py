@@ -168,7 +168,8 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
                    _runtime(minutes), minutes)
     if stage == "evaluate":
         from .evaluate import EvalParams
-        n = min(evals.get(key, ASSUMED_CELLS), config["evaluate"].get("max_cells_scib", EvalParams.max_cells_scib))
+        metrics = config["evaluate"].get("metrics", {})
+        n = min(evals.get(key, ASSUMED_CELLS), metrics.get("max_cells_scib", EvalParams.max_cells_scib))
         minutes = n / THROUGHPUT["evaluate_cells_per_s"].value / 60
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
         mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)

@@ -5,7 +5,6 @@ import json
 
 from snakemake.utils import validate
 
-from scencode.evaluate import EvalParams
 from scencode.plan import job_resources
 
 
@@ -164,27 +163,18 @@ def pretrain_gene_table(wildcards):
 
 
 EVALUATE = config["evaluate"]
-EMBED_KEYS = ("gene_sampling", "context")
-EVALUATE_SETTINGS = {k: v for k, v in EVALUATE.items()
-                     if k not in ("baselines", "scib_benchmarker", "scib_benchmarker_max_cells", "scvi_epochs",
-                                  "reference_expression", *EMBED_KEYS)}
+# each section is one settings dataclass, passed to its step unchanged (missing keys: its defaults)
+EVAL_METRICS = EVALUATE.get("metrics", {})  # scencode.evaluate.EvalParams
+SCIB_BENCHMARKER = EVALUATE.get("scib_benchmarker", {})  # scencode.scib_benchmark.BenchmarkerParams; None: skip
 REFERENCE_EXPRESSION = EVALUATE.get("reference_expression", "soft")
-# scib-metrics' Benchmarker is far slower than the study's grouping (JAX on the CPU), so it may score
-# fewer cells than the study's metrics do
-SCIB_BENCHMARKER_SETTINGS = {
-    "max_cells_scib": EVALUATE.get("scib_benchmarker_max_cells")
-    or EVALUATE_SETTINGS.get("max_cells_scib", EvalParams.max_cells_scib),
-    "seed": EVALUATE_SETTINGS.get("seed", EvalParams.seed),
-}
 
 
 def embed_loader(name):
-    """The configuration's training loader, with the evaluation's gene sampling (and context, if set)."""
-    loader = dict(pretrain_settings(name)["loader"])
-    loader["gene_sampling"] = EVALUATE.get("gene_sampling", "random")
-    if EVALUATE.get("context"):
-        loader["context"] = EVALUATE["context"]
-    return loader
+    """The configuration's training loader with the evaluation's embedding overrides
+    (evaluate.embedding: gene sampling, and context if set)."""
+    overrides = {k: v for k, v in EVALUATE.get("embedding", {}).items() if v is not None}
+    return {**pretrain_settings(name)["loader"], **overrides}
+
 
 # Baselines are runs too (their metrics sit beside the models'), but their embeddings come from the
 # QC'd counts, under results/baselines/, so no rule has to choose between embed and baseline.
@@ -223,7 +213,7 @@ def metric_tables():
                 dataset=EVAL_DATASETS),
         *expand(f"{RESULTS}/metrics/{{run}}/reconstruction.parquet", run=CONFIGURATIONS),
         *(expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=EVAL_DATASETS)
-          if EVALUATE.get("scib_benchmarker", True) else []),
+          if SCIB_BENCHMARKER is not None else []),
     ]
 
 

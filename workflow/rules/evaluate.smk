@@ -12,7 +12,7 @@ rule evaluate:
     output:
         f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet",
     params:
-        settings=as_json(EVALUATE_SETTINGS),
+        settings=as_json(EVAL_METRICS),
         identity=identity_args,
         reconstruction=lambda w, input: ["--reconstruction", input.reconstruction] if input.reconstruction else [],
     log:

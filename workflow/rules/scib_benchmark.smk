@@ -8,7 +8,7 @@ rule scib_benchmarker:
     output:
         f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
     params:
-        settings=as_json(SCIB_BENCHMARKER_SETTINGS),
+        settings=as_json(SCIB_BENCHMARKER),
         runs=as_json([{"run": run, **run_identity(run)} for run in [*CONFIGURATIONS, *BASELINES]]),
     log:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
