@@ -1,7 +1,8 @@
 """Cell embeddings of a trained model on an evaluation corpus, and its masked reconstruction error.
 
-Embedding = mean of final-layer token outputs over non-padded positions, with the cell's genes
-sampled deterministically (the loader's seeded K-of-M at epoch 0; every gene when K ≥ M).
+Embedding = mean of final-layer token outputs over non-padded positions, the cell encoded as in
+training: its genes sampled deterministically (the loader's seeded K-of-M at epoch 0; every gene
+when K ≥ M) and a seeded p_mask of its expression values hidden, as the model always saw cells.
 Written as Parquet (cell_id, label, batch, embedding) and as an .h5ad with the embedding in
 ``obsm["X_scencode"]`` for scanpy users.
 """
@@ -64,8 +65,8 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
     for batch in _batches(Path(corpus), None, loader, mask=True):
         on_device = batch.to(device)
         with _autocast(device):
-            emb = model.cell_embeddings(on_device)
-            errors.add(model, on_device)
+            _, sse, _, emb = model(on_device, embeddings=True)  # one pass: the embedding and the loss as trained
+            errors.add(model, on_device, sse)
         chunks.append(emb.float().cpu().numpy())
         ids += batch.meta["cell_id"]
         labels += batch.meta["label"]
@@ -91,9 +92,10 @@ class ReconstructionErrors:
         self.gene = torch.zeros(3, vocab_size, dtype=torch.float64, device=device)  # n, Σx, Σx²
         self.tokens, self.cells = 0, 0
 
-    def add(self, model: CellTransformer, batch: Batch) -> None:
+    def add(self, model: CellTransformer, batch: Batch, sse: torch.Tensor | None = None) -> None:
+        """``sse``: the model's masked squared-error sum on this batch, when the caller has it."""
         target = batch.masked & batch.real
-        self.sse[0] += model(batch)[1].double()
+        self.sse[0] += (model(batch)[1] if sse is None else sse).double()
         # every expression value hidden; scored at the same masked positions
         blind = model(replace(batch, masked=batch.real))[0]
         self.sse[1] += masked_sse(blind, batch)[0].double()

@@ -265,11 +265,15 @@ class CellTransformer(nn.Module):
             x = block(x, cells)
         return self.ln_f(x)
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, embeddings: bool = False) -> tuple[torch.Tensor, ...]:
         """(predicted x̃ at every position, sum of squared errors over the masked real positions, their
-        number): the objective, defined once for training, validation, DDP and evaluation."""
-        pred = self.head(self.encode(batch, self.cells(batch), batch.masked)).squeeze(-1)
-        return (pred, *masked_sse(pred, batch))
+        number): the objective, defined once for training, validation, DDP and evaluation. With
+        ``embeddings``, also each cell's embedding from the same pass (:meth:`cell_embeddings`)."""
+        cells = self.cells(batch)
+        h = self.encode(batch, cells, batch.masked)
+        pred = self.head(h).squeeze(-1)
+        out = (pred, *masked_sse(pred, batch))
+        return (*out, cells.cell_means(h.float())) if embeddings else out
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Mean squared error of x̃ over the batch's masked real positions."""
@@ -278,9 +282,11 @@ class CellTransformer(nn.Module):
 
     @torch.no_grad()
     def cell_embeddings(self, batch: Batch) -> torch.Tensor:
-        """Mean of final-layer token outputs over each cell's real positions, nothing masked (cells, d)."""
-        cells = self.cells(batch)
-        return cells.cell_means(self.encode(batch, cells).float())
+        """Mean of final-layer token outputs over each cell's real positions (cells, d), the cell
+        encoded as in training: the batch's masked positions (the loader's seeded masks, p_mask as
+        trained) hidden. The model never saw a cell with nothing masked; encoded that way its states
+        lose what it learned (issue #11: kNN at chance where the as-trained embedding reaches 0.84)."""
+        return self(batch, embeddings=True)[3]
 
 
 def masked_sse(pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
