@@ -1,5 +1,6 @@
-"""The files that pass between stages, read and written in one place. Stages import this module
-(and the small utilities: atomic, errors, parquet_io, shards, h5ad), never each other.
+"""The files that pass between stages, read and written in one place. Stages import this module and
+the shared modules (model, encodings, data, shards, h5ad, reference, cellsets and the small
+utilities), never each other.
 
 - gene vocabulary (``vocab.parquet``): token order and its hash;
 - gene-embedding table (``gene_embeddings.parquet``): one row per gene, its metadata in the schema;
@@ -9,7 +10,7 @@
 - embedding table (``{run}/{dataset}.parquet``): cell_id, label, batch, embedding, and, when there is
   no model, why (schema metadata);
 - metric table (``metrics/{run}/{dataset}.parquet``): tidy rows with the run's identity.
-The corpus manifest and its shards are in ``shards``.
+The corpus manifest and its shards are in ``shards``; the gene table reader in ``reference``.
 """
 
 from __future__ import annotations
