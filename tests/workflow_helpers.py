@@ -29,8 +29,10 @@ def small_config(n_cells: int = 300) -> dict:
             spec["source"]["n_cells"] = n_cells
     config["tokenize"]["cells_per_shard"] = 200
     pretrain = config["pretrain"]
+    # the reference expression encoding (soft), a frozen-table gene encoding with per-cell bins, and a
+    # run that diverges; every other encoding is covered by the registry-parametrised unit tests
     pretrain["configurations"] = [{"gene": "learned", "expression": "soft"}, {"gene": "esm2", "expression": "hard"},
-                                  {"gene": "random_frozen", "expression": "log"}, DIVERGING]
+                                  DIVERGING]
     pretrain["train"].update(max_steps=4, val_every=2, checkpoint_every=2, log_every=2)
     del config["datasets"]["sim_blood_eval"]  # one simulated and the real (pbmc68k) evaluation dataset
     return config
