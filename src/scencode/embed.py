@@ -92,10 +92,10 @@ class ReconstructionErrors:
         self.gene = torch.zeros(3, vocab_size, dtype=torch.float64, device=device)  # n, Σx, Σx²
         self.tokens, self.cells = 0, 0
 
-    def add(self, model: CellTransformer, batch: Batch, sse: torch.Tensor | None = None) -> None:
-        """``sse``: the model's masked squared-error sum on this batch, when the caller has it."""
+    def add(self, model: CellTransformer, batch: Batch, sse: torch.Tensor) -> None:
+        """``sse``: the model's masked squared-error sum on this batch (``model(batch)[1]``)."""
         target = batch.masked & batch.real
-        self.sse[0] += (model(batch)[1] if sse is None else sse).double()
+        self.sse[0] += sse.double()
         # every expression value hidden; scored at the same masked positions
         blind = model(replace(batch, masked=batch.real))[0]
         self.sse[1] += masked_sse(blind, batch)[0].double()
@@ -127,7 +127,8 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
         if max_cells and errors.cells >= max_cells:
             break
         with _autocast(device):
-            errors.add(model, batch.to(device))
+            on_device = batch.to(device)
+            errors.add(model, on_device, model(on_device)[1])
     return errors.result()
 
 

@@ -114,11 +114,11 @@ def fig_min_train_mse(summary: pd.DataFrame, out_dir: Path):
 def fig_loss_curves(logs: dict[str, tuple[dict, pd.DataFrame]], out_dir: Path):
     """``logs``: run name → (its model.json status, its training log)."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-    for name, (status, log) in sorted(logs.items()):
+    for name, (status, history) in sorted(logs.items()):
         gene, expression = status["gene_encoding"], status["expression_encoding"]
         style = dict(color=colour(expression), linestyle=GENE_LINESTYLES.get(gene, "-."), linewidth=1.2)
-        train = log.dropna(subset=["train_loss"])
-        val = log.dropna(subset=["val_loss"])
+        train = history.dropna(subset=["train_loss"])
+        val = history.dropna(subset=["val_loss"])
         axes[0].plot(train.step, train.train_loss, label=name, **style)
         axes[1].plot(val.step, val.val_loss, marker="o", markersize=2, **style)
     axes[0].set_title("training masked MSE")

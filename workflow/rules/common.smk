@@ -179,6 +179,7 @@ def embed_loader(name):
 # Baselines are runs too (their metrics sit beside the models'), but their embeddings come from the
 # QC'd counts, under results/baselines/, so no rule has to choose between embed and baseline.
 BASELINES = {f"baseline-{kind}-s{config['seed']}": (kind, config["seed"]) for kind in EVALUATE["baselines"]}
+RUNS = [*CONFIGURATIONS, *BASELINES]  # every run evaluated: trained configurations, then baselines
 # the unintegrated reference for scib-metrics' PCR comparison, made whether or not pca is a baseline
 PCA_REFERENCE = f"baseline-pca-s{config['seed']}"
 
@@ -204,12 +205,12 @@ def embedding_path(run, dataset):
 
 
 def embeddings_of(wildcards):
-    return [embedding_path(run, wildcards.dataset) for run in [*CONFIGURATIONS, *BASELINES]]
+    return [embedding_path(run, wildcards.dataset) for run in RUNS]
 
 
 def metric_tables():
     return [
-        *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=[*CONFIGURATIONS, *BASELINES],
+        *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=RUNS,
                 dataset=EVAL_DATASETS),
         *expand(f"{RESULTS}/metrics/{{run}}/reconstruction.parquet", run=CONFIGURATIONS),
         *(expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=EVAL_DATASETS)

@@ -9,7 +9,7 @@ rule scib_benchmarker:
         f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
     params:
         settings=as_json(SCIB_BENCHMARKER),
-        runs=as_json([{"run": run, **run_identity(run)} for run in [*CONFIGURATIONS, *BASELINES]]),
+        runs=as_json([{"run": run, **run_identity(run)} for run in RUNS]),
     log:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
     benchmark:
