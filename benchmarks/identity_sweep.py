@@ -61,7 +61,7 @@ def run(variant: dict) -> dict:
         table = align_gene_table(f"{R}/esm/esm2_tiny_demo/gene_embeddings.parquet", vocab, "zero")
     cfg = ModelConfig(vocab_size=len(vocab), gene_encoding=v["gene"], expression_encoding=v["expression"],
                       d_model=v["d_model"], n_layers=v["n_layers"], n_heads=v["n_heads"], d_ff=v["d_ff"],
-                      dropout=v["dropout"])
+                      dropout=v["dropout"], gene_options=v.get("gene_options", {}))
     model = CellTransformer(cfg, gene_table=table)
     if v.get("token", "sum") != "sum":
         multiplicative_tokens(model)
@@ -79,7 +79,7 @@ def run(variant: dict) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": v["wd"]}, {"params": rest, "weight_decay": 0}],
                             lr=v["lr"], betas=(0.9, 0.95))
     steps, report, losses, step, epoch, start = v["steps"], [], [], 0, 0, time.time()
-    checkpoints = {c for c in (100, 250, 500, 1000, 2000, 4000, 8000) if c <= steps} | {steps}
+    checkpoints = {c for c in v["checkpoints"] if c <= steps} | {steps}
     while step < steps:
         for batch in ShardBatches(f"{R}/tokens/train", "train", loader, epoch=epoch):
             batch = batch.to(device)
@@ -98,6 +98,9 @@ def run(variant: dict) -> dict:
             if step in checkpoints:
                 report.append({"step": step, "train_loss": float(np.mean(losses[-50:])),
                                "seconds": round(time.time() - start, 1), **evaluate(model, evals)})
+                if v.get("partial"):  # a run cut short by a time limit keeps what it measured
+                    with open(f"{v['partial']}/{v['name']}.json", "w") as f:
+                        json.dump({"variant": v, "report": report}, f, indent=1)
             if step >= steps:
                 break
         epoch += 1
@@ -168,13 +171,14 @@ def add_readout(model, kind: str, vocab_size: int) -> None:
         model.readout_table = nn.Embedding(vocab_size, d)
         nn.init.zeros_(model.readout_table.weight)
 
-    def forward(batch):
-        pred = predict(batch)
-        return (pred, *masked_sse(pred, batch))
-
-    def predict(batch):
+    def forward(batch, embeddings=False):
         cells = model.cells(batch)
         h = model.encode(batch, cells, batch.masked)
+        pred = predict(batch, cells, h)
+        out = (pred, *masked_sse(pred, batch))
+        return (*out, cells.cell_means(h.float())) if embeddings else out
+
+    def predict(batch, cells, h):
         if kind.startswith("cell"):  # the cell's mean final state, read out per gene (scGPT's MVC)
             c = cells.cell_means(h)
             c = c[cells._cell_and_slot()[0]] if hasattr(cells, "offsets") else c[:, None].expand_as(h)
@@ -194,9 +198,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--variants", help="JSON list of variant dicts (overrides of BASE, with a name)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--checkpoints", default="100,250,500,1000,2000,4000,8000", help="steps at which to evaluate")
+    ap.add_argument("--partial", help="folder: each variant's report is written there at every checkpoint")
     args = ap.parse_args()
     variants = json.loads(open(args.variants).read()) if args.variants else DEFAULT_VARIANTS
-    variants = [{"steps": args.steps, "threads": args.threads, **v} for v in variants]
+    checkpoints = [int(c) for c in args.checkpoints.split(",")]
+    variants = [{"steps": args.steps, "threads": args.threads, "checkpoints": checkpoints, "partial": args.partial, **v}
+                for v in variants]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = []
         for r in pool.imap_unordered(run, variants):

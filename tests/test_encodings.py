@@ -137,6 +137,28 @@ def test_esm2_permuted_keeps_the_rows_and_breaks_the_gene_correspondence():
     assert torch.equal(again, permuted) and not torch.equal(other, permuted)
 
 
+def test_frozen_tables_are_read_standardised_with_one_map_for_esm2_and_its_permuted_control():
+    # a protein-model table: one dominant shared direction, as ESM-2's (the demo's: mean cosine 0.90)
+    torch.manual_seed(0)
+    table = torch.randn(200, 12) * 0.1 + torch.linspace(1, 3, 12)
+    table[:2] = 0  # <pad>, <cls>
+    table[50] = 0  # a gene without a protein embedding (missing_genes: zero)
+    esm2 = GENE_ENCODERS["esm2"](D, vocab_size=200, gene_table=table)
+    read = (esm2.table[2:] - esm2.centre) / esm2.scale
+    genes = read[torch.arange(198) != 48]
+    assert torch.allclose(genes.mean(0), torch.zeros(12), atol=1e-5) and torch.allclose(genes.std(0), torch.ones(12), atol=1e-4)
+    cosine = torch.nn.functional.normalize(genes, dim=1) @ torch.nn.functional.normalize(genes, dim=1).T
+    assert cosine[~torch.eye(len(genes), dtype=torch.bool)].mean().abs() < 0.05
+    # the control permutes rows: the same statistics, hence the same fixed map
+    permuted = GENE_ENCODERS["esm2_permuted"](D, vocab_size=200, gene_table=table, seed=5)
+    assert torch.allclose(permuted.centre, esm2.centre) and torch.allclose(permuted.scale, esm2.scale)
+    raw = GENE_ENCODERS["esm2"](D, vocab_size=200, gene_table=table, standardize=False)
+    assert torch.equal(raw.centre, torch.zeros(12)) and torch.equal(raw.scale, torch.ones(12))
+    # checkpoints carry the map the model was trained with
+    assert {"genes.centre", "genes.scale"} <= set(CellTransformer(
+        ModelConfig(200, gene_encoding="esm2", d_model=D, n_layers=1, n_heads=2, d_ff=8), gene_table=table).state_dict())
+
+
 def realistic_batches(n=4, cells=16, length=120, vocab=VOCAB):
     """Cells with negative-binomial-like counts over a heavy-tailed gene profile, as the loader gives them."""
     g = torch.Generator().manual_seed(1)

@@ -75,16 +75,28 @@ class LearnedGenes(nn.Module):
 
 
 class FrozenTableGenes(nn.Module):
-    """A frozen (vocab × d_table) table through a trainable MLP to d_model."""
+    """A frozen (vocab × d_table) table through a trainable MLP to d_model.
 
-    def __init__(self, d_model: int, table: torch.Tensor, hidden: int | None = None):
+    The MLP reads the table standardised per column (centre and scale measured on the gene rows,
+    fixed). Protein-language-model tables share one dominant direction (mean cosine between genes
+    0.90 in the demo's table; standardised 0.00), which an MLP at its initial scale cannot tell
+    apart; the first linear layer could absorb the affine map, so the function class is unchanged,
+    only the starting point is fair (``standardize: false`` reads the raw table)."""
+
+    def __init__(self, d_model: int, table: torch.Tensor, hidden: int | None = None, standardize: bool = True):
         super().__init__()
-        self.register_buffer("table", table.float(), persistent=True)
+        table = table.float()
+        self.register_buffer("table", table, persistent=True)
+        genes = table[2:][table[2:].abs().sum(1) > 0]  # not the special tokens nor missing genes' zero rows
+        centre = genes.mean(0) if standardize and len(genes) > 1 else torch.zeros(table.shape[1])
+        scale = genes.std(0).clamp(min=1e-6) if standardize and len(genes) > 1 else torch.ones(table.shape[1])
+        self.register_buffer("centre", centre, persistent=True)  # checkpoints carry the map the model trained with
+        self.register_buffer("scale", scale, persistent=True)
         hidden = hidden or d_model
         self.project = nn.Sequential(nn.Linear(table.shape[1], hidden), nn.GELU(), nn.Linear(hidden, d_model))
 
     def forward(self, gene_ids: torch.Tensor) -> torch.Tensor:
-        return self.project(self.table[gene_ids])
+        return self.project((self.table[gene_ids] - self.centre) / self.scale)
 
 
 @gene_encoder("esm2")
@@ -92,10 +104,11 @@ class ESM2Genes(FrozenTableGenes):
     """Precomputed ESM-2 protein embeddings (frozen) → MLP. ``gene_table``: (vocab × d_esm) tensor
     aligned to the vocabulary (see ``train.align_gene_table``)."""
 
-    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, hidden: int | None = None, **_):
+    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, hidden: int | None = None,
+                 standardize: bool = True, **_):
         if gene_table is None:
             raise ScencodeError("gene encoding 'esm2' needs a gene embedding table (esm.name in config)")
-        super().__init__(d_model, gene_table, hidden)
+        super().__init__(d_model, gene_table, hidden, standardize)
 
 
 @gene_encoder("esm2_permuted")
@@ -105,12 +118,12 @@ class PermutedESM2Genes(FrozenTableGenes):
     'esm2' gains over it is protein knowledge, not being frozen. Special tokens keep their rows."""
 
     def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0,
-                 hidden: int | None = None, **_):
+                 hidden: int | None = None, standardize: bool = True, **_):
         if gene_table is None:
             raise ScencodeError("gene encoding 'esm2_permuted' permutes the ESM-2 table; none given")
         order = torch.arange(len(gene_table))
         order[2:] = 2 + torch.randperm(len(gene_table) - 2, generator=torch.Generator().manual_seed(seed))
-        super().__init__(d_model, gene_table[order], hidden)
+        super().__init__(d_model, gene_table[order], hidden, standardize)
 
 
 @gene_encoder("random_frozen")
@@ -119,13 +132,13 @@ class RandomFrozenGenes(FrozenTableGenes):
     std (not its shared direction: its genes are ≈5× further apart). Prefer 'esm2_permuted'."""
 
     def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0,
-                 hidden: int | None = None, **_):
+                 hidden: int | None = None, standardize: bool = True, **_):
         if gene_table is None:
             raise ScencodeError("gene encoding 'random_frozen' copies the shape of the ESM-2 table; none given")
         generator = torch.Generator().manual_seed(seed)
         random = torch.randn(gene_table.shape, generator=generator) * gene_table[2:].std() + gene_table[2:].mean()
         random[0] = 0
-        super().__init__(d_model, random, hidden)
+        super().__init__(d_model, random, hidden, standardize)
 
 
 # ------------------------------------------- expression encoders: forward(counts, xnorm, cells)
