@@ -41,6 +41,23 @@ def test_malformed_config_stops_with_a_message_naming_the_key(tmp_path, edit, ke
     assert key in result.stderr + result.stdout
 
 
+def test_demo_gpu_config_layers_model_sizes_over_the_demo(tmp_path):
+    configs = [str(REPO / "config" / name) for name in ("config.yaml", "demo_gpu.yaml")]
+    result = snakemake(tmp_path, None, "-n", "-p", "--configfile", *configs)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    commands = [line for line in output.splitlines() if "scencode pretrain" in line]
+    assert len(commands) == len(demo_config()["pretrain"]["configurations"])
+    overlay = yaml.safe_load((REPO / "config" / "demo_gpu.yaml").read_text())["pretrain"]
+    for line in commands:
+        settings = json.loads(shlex.split(line)[shlex.split(line).index("--params") + 1])
+        # the overlay's sizes, key by key; what it leaves out stays the demo's
+        assert {k: settings["model"][k] for k in overlay["model"]} == overlay["model"]
+        assert settings["train"]["max_steps"] == overlay["train"]["max_steps"]
+        assert settings["train"]["weight_decay"] == demo_config()["pretrain"]["train"]["weight_decay"]
+    assert planned_jobs(result)["download"] == len(demo_config()["datasets"])
+
+
 def test_paper_config_plans_every_download_offline(tmp_path):
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     result = snakemake(tmp_path, config, "-n", "--profile", str(REPO / "slurm"))
