@@ -102,6 +102,27 @@ def test_changed_settings_start_over_and_keep_the_old_state(demo_corpus, tmp_pat
     assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt"))
 
 
+def test_a_checkpoint_of_another_model_version_restarts_training_and_is_refused_by_embed(demo_corpus, esm_table,
+                                                                                         tmp_path, caplog):
+    """A checkpoint written before frozen tables were standardised has no centre/scale buffers: it
+    must neither resume nor be evaluated with a map the model was not trained with."""
+    from scencode.embed import load_model
+
+    corpus, vocab = demo_corpus
+    run = spec(corpus, vocab, tmp_path, name="esm2-log-s3", gene="esm2", expression="log", table=esm_table,
+               missing_genes="zero", max_steps=2)
+    Trainer(run).fit()
+    for name in ("last.pt", "best.pt"):
+        old = torch.load(tmp_path / name, weights_only=True)
+        del old["model"]["genes.centre"], old["model"]["genes.scale"]
+        torch.save(old, tmp_path / name)
+    with pytest.raises(ScencodeError, match="does not fit this version of the model.*genes.centre.*forcerun pretrain"):
+        load_model(tmp_path / "best.pt", torch.device("cpu"))
+    state = Trainer(spec(corpus, vocab, tmp_path, name="esm2-log-s3", gene="esm2", expression="log", table=esm_table,
+                         missing_genes="zero", max_steps=3)).fit()
+    assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt")) and "another version of the model" in caplog.text
+
+
 def test_corrupted_checkpoint_is_set_aside_and_training_starts_over(demo_corpus, tmp_path, caplog):
     """A damaged last.pt would fail every retry the same way: it is kept aside, named, and the run
     starts from step 0 instead."""

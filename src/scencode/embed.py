@@ -37,7 +37,11 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
     cfg = ModelConfig(**ckpt["model_config"])
     table = ckpt["model"].get("genes.table")  # frozen gene tables travel in the state dict
     model = CellTransformer(cfg, gene_table=table)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)
+        raise ScencodeError(f"checkpoint does not fit this version of the model ({str(exc).splitlines()[1].strip()[:200]}); "
+                            "retrain it: snakemake --forcerun pretrain", checkpoint) from exc
     return model.to(device).eval(), ckpt
 
 

@@ -256,7 +256,14 @@ class Trainer:
             log.warning("%s: settings changed since %s was written; starting over (old state in %s)",
                         self.spec.name, path.name, stale.name)
             return False
-        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError:  # written by another version of the model: its state cannot resume this one
+            stale = path.with_name(f"last.stale-{str(ckpt.get('identity'))[:12]}.pt")
+            os.replace(path, stale)
+            log.warning("%s: %s was written by another version of the model; starting over (old state in %s)",
+                        self.spec.name, path.name, stale.name)
+            return False
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
