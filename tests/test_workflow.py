@@ -252,7 +252,7 @@ def test_failed_job_leaves_no_output(demo_run, tmp_path):
     (lambda c: c["pretrain"]["configurations"].append({"gene": "learned", "expression": "soft", "seeds": [5],
                                                       "model": {"expression_options": {"n_bin": 10}}}),
      "expression encoding 'soft' takes no option 'n_bin'; its options: hidden, n_bins"),
-    (lambda c: c["pretrain"]["model"].update(d_model=30), "d_model 30 is not divisible by n_heads 4"),
+    (lambda c: c["pretrain"]["model"].update(d_model=30, n_heads=4), "d_model 30 is not divisible by n_heads 4"),
     (lambda c: c["qc"].update(counts="layer/counts"), "layer/counts"),
     (lambda c: c["pretrain"]["configurations"].append(dict(c["pretrain"]["configurations"][0])),
      "pretrain.configurations lists learned-soft-s0 twice"),
