@@ -251,19 +251,11 @@ class Trainer:
                                 f"{self.spec.name!r}", path)
         if ckpt.get("identity") != self.identity:
             # same configuration, changed settings (the workflow reruns it): start over, keep the old state
-            stale = path.with_name(f"last.stale-{str(ckpt.get('identity'))[:12]}.pt")
-            os.replace(path, stale)
-            log.warning("%s: settings changed since %s was written; starting over (old state in %s)",
-                        self.spec.name, path.name, stale.name)
-            return False
+            return self._start_over(path, ckpt, "settings changed since it was written")
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError:  # written by another version of the model: its state cannot resume this one
-            stale = path.with_name(f"last.stale-{str(ckpt.get('identity'))[:12]}.pt")
-            os.replace(path, stale)
-            log.warning("%s: %s was written by another version of the model; starting over (old state in %s)",
-                        self.spec.name, path.name, stale.name)
-            return False
+            return self._start_over(path, ckpt, "it was written by another version of the model")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -271,6 +263,13 @@ class Trainer:
         self.state = State(**ckpt["state"])
         log.info("resumed %s at step %d (epoch %d)", self.spec.name, self.state.step, self.state.epoch)
         return True
+
+    def _start_over(self, path: Path, ckpt: dict, why: str) -> bool:
+        """Training starts from step 0; the state that cannot resume it is kept beside, not deleted."""
+        stale = path.with_name(f"last.stale-{str(ckpt.get('identity'))[:12]}.pt")
+        os.replace(path, stale)
+        log.warning("%s: %s: %s; starting over (old state in %s)", self.spec.name, path.name, why, stale.name)
+        return False
 
     def _set_aside_old_best(self) -> None:
         """A best.pt without a last.pt to resume belongs to an earlier run; starting over, it must
