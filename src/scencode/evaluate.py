@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, knn_graph, labeled, seeded_subsample
+from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, cache_graph_kernels, knn_graph, labeled, seeded_subsample
 from .errors import ScencodeError
 from .formats import RECONSTRUCTION_METRICS, RunIdentity, metric_table, read_embedding, write_table
 
@@ -111,25 +111,10 @@ def study_graph(x: np.ndarray):
     import anndata as ad
     import scanpy as sc
 
-    cache_umap_kernels()
+    cache_graph_kernels()
     adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(x)).astype(str)), obsm={"X_emb": x.astype(np.float32)})
     sc.pp.neighbors(adata, n_neighbors=min(GRAPH_NEIGHBORS, len(x) - 1), use_rep="X_emb", random_state=0)
     return adata
-
-
-def cache_umap_kernels() -> None:
-    """Keep umap-learn's compiled connectivity kernels on disk (numba's own cache, as ``cache=True``
-    would; umap does not ask for it). Every evaluate job is a new process and compiled them again:
-    a demo evaluate job took 19.7 s, 15.6 s cached (the graph of 1,500 cells 0.05 s instead of 4.1;
-    the same graph, the same metrics). Where no cache folder is writable numba refuses, and the
-    kernels compile as before."""
-    import umap.umap_ as umap
-
-    for kernel in (umap.smooth_knn_dist, umap.compute_membership_strengths):
-        try:
-            kernel.enable_caching()
-        except RuntimeError as error:  # numba: no writable cache locator
-            log.debug("umap kernel %s not cached: %s", kernel.__name__, error)
 
 
 def graph_connectivity(graph, labels: np.ndarray) -> float:
