@@ -50,13 +50,14 @@ def cache_graph_kernels() -> None:
     no cache folder is writable numba refuses, and the kernels compile as before."""
     import pynndescent  # noqa: F401  (imports its submodules)
     import umap.umap_  # noqa: F401
+    from numba.core.caching import NullCache
     from numba.core.registry import CPUDispatcher
 
     for name, module in list(sys.modules.items()):
         if not name.startswith(("umap.", "pynndescent.")):
             continue
         for kernel in vars(module).values():
-            if isinstance(kernel, CPUDispatcher) and type(kernel._cache).__name__ == "NullCache":
+            if isinstance(kernel, CPUDispatcher) and isinstance(kernel._cache, NullCache):  # not cached yet
                 try:
                     kernel.enable_caching()
                 except RuntimeError as error:  # numba: no writable cache locator

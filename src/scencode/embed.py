@@ -40,7 +40,8 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)
-        raise ScencodeError(f"checkpoint does not fit this version of the model ({str(exc).splitlines()[1].strip()[:200]}); "
+        why = " ".join(str(exc).split())[:300]  # torch's message spans lines: keys missing, unexpected, misshapen
+        raise ScencodeError(f"checkpoint does not fit this version of the model ({why}); "
                             "retrain it: snakemake --forcerun pretrain", checkpoint) from exc
     return model.to(device).eval(), ckpt
 
