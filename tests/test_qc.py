@@ -137,7 +137,7 @@ def test_gene_names_matching_nothing_are_rejected(tmp_path, gene_table):
 
 
 @pytest.mark.parametrize("bad, message", [(np.inf, "has non-finite values"), (np.nan, "has non-finite values"),
-                                          (3e9, "has counts beyond int32")])
+                                          (3e9, "has counts beyond 16,777,216")])
 def test_non_finite_or_huge_counts_are_refused_naming_the_matrix_and_position(tmp_path, gene_table, bad, message):
     counts = make_counts()
     counts[7, 3] = bad

@@ -1,17 +1,38 @@
 """Atomic outputs: write under a temporary name in the target's folder, then rename.
 
-A killed job therefore never leaves a file (or a shard folder) that looks complete.
+A killed job therefore never leaves a file (or a shard folder) that looks complete. Temporary names
+carry the writer's process id, so a rerun removes what a killed (SIGKILL) writer left behind without
+touching a writer that is still running. A signal that arrived while Python was ignoring exceptions
+(a finaliser, a weakref callback) still stops the step: nothing is committed after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Annotated, Iterator
+
+from .errors import ScencodeError
+
+
+@dataclass(frozen=True)
+class Output:
+    """Marks a step parameter as an output, so the CLI checks that it can be written before any
+    work starts (not after an hour of computation)."""
+
+    folder: bool = False
+
+
+OutputFile = Annotated[Path, Output()]
+OutputFolder = Annotated[Path, Output(folder=True)]
 
 
 def _umask() -> int:
@@ -25,17 +46,109 @@ FILE_MODE = 0o666 & ~_umask()
 DIR_MODE = 0o777 & ~_umask()
 
 
+TERMINATED_EXIT = 143  # 128 + SIGTERM: what SLURM and Snakemake expect of a job stopped by a signal
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGINT (SLURM's scancel, a time limit, Ctrl-C) raised as an exception, so that every
+    step unwinds through its atomic writers and leaves no temporary file behind. A BaseException, so
+    that no ``except Exception`` on the way swallows it."""
+
+
+_stop_signal: str | None = None
+
+
+def raise_terminated(signum, frame) -> None:
+    """Signal handler: remember the signal (Python drops exceptions raised inside finalisers, so the
+    raise alone may be lost) and raise :class:`Terminated`."""
+    global _stop_signal
+    _stop_signal = signal.Signals(signum).name
+    raise Terminated(_stop_signal)
+
+
+def stop_signal() -> str | None:
+    """The signal that asked this process to stop, if any."""
+    return _stop_signal
+
+
+def _refuse_if_stopping() -> None:
+    if _stop_signal is not None:
+        raise Terminated(_stop_signal)
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Temporaries of ``target`` whose writer process no longer exists (killed by SIGKILL or OOM)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\..*\.tmp(\.[^/]*)?")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in target.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier writer of this process that did not finish (it would have cleaned up)
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def check_writable(target: str | Path, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a path that is a folder (for a
+    file), a file (for a folder), a parent that is a file, or a parent where nothing can be created."""
+    target = Path(target)
+    if not folder and target.is_dir():
+        raise ScencodeError("output path is a folder, not a file", target)
+    if folder and target.exists() and not target.is_dir():
+        raise ScencodeError("output path is a file, not a folder", target)
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ScencodeError(f"cannot create the output: {ancestor} is a file, not a folder", target)
+    try:  # os.access says yes to root even for an immutable folder: try it
+        fd, probe = tempfile.mkstemp(prefix=".scencode-probe.", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ScencodeError(f"cannot write in {ancestor} ({exc.strerror})", target) from None
+
+
+def _make_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ScencodeError("cannot create the output: a parent of it is a file", target) from None
+    except OSError as exc:
+        raise ScencodeError(f"cannot create the output's folder ({exc.strerror})", target) from None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    check_writable(target)
+    _make_parent(target)
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, FILE_MODE)
     try:
         yield tmp
+        _refuse_if_stopping()
         os.replace(tmp, target)
     finally:
         if tmp.exists() or tmp.is_symlink():
@@ -43,17 +156,29 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; it replaces ``target`` on success."""
+def atomic_dir(target: str | Path, marker: str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; it replaces ``target`` on success. ``marker`` is
+    the file (e.g. a manifest) that every earlier output of this kind holds: a folder that lacks it
+    and is not empty is someone else's, and is refused before any work, never deleted."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    check_writable(target, folder=True)
+    if target.is_dir() and not (target / marker).is_file() and any(target.iterdir()):
+        raise ScencodeError(f"output folder holds other files and no {marker} of an earlier output; "
+                            "refusing to replace it: choose a new or empty folder", target)
+    _make_parent(target)
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
     os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
+        _refuse_if_stopping()
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
+            os.replace(target, old / "old")  # moved aside first: the new folder appears in one rename
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .errors import ScencodeError
 from .formats import write_embedding
+from .atomic import OutputFile
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def baseline_embedding(kind: str, qc_path, dataset: str, label_key: str, batch_k
     return cells, np.random.default_rng(seed).normal(size=(adata.n_obs, 32)).astype(np.float32)
 
 
-def run(kind: str, qc: Path, dataset: str, label_key: str, out: Path, batch_key: str | None = None, seed: int = 0,
+def run(kind: str, qc: Path, dataset: str, label_key: str, out: OutputFile, batch_key: str | None = None, seed: int = 0,
         scvi_epochs: int | None = None) -> None:
     """A baseline embedding (``kind``: pca | random | scvi) of one evaluation dataset, as an embedding
     table at ``out``."""

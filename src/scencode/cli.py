@@ -20,6 +20,7 @@ import sys
 import types
 import typing
 
+from .atomic import TERMINATED_EXIT, Output, Terminated, check_writable, raise_terminated, stop_signal
 from .errors import ScencodeError
 from .settings import parse
 
@@ -109,14 +110,13 @@ def build_parser(step: str | None = None) -> tuple[argparse.ArgumentParser, dict
     return parser, settings
 
 
-class Terminated(Exception):
-    """SIGTERM/SIGINT (SLURM's scancel, a time limit, Ctrl-C) raised as an exception, so that every
-    step unwinds through its atomic writers and leaves no temporary file behind. Training installs
-    its own handler (checkpoint at the next step) on top of this one."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated(signal.Signals(signum).name)
+def check_outputs(function, args: dict) -> None:
+    """Every output the step will write can be written: refused now, not after the computation."""
+    for name, hint in typing.get_type_hints(function, include_extras=True).items():
+        marker = next((m for h in (hint, *typing.get_args(hint)) for m in getattr(h, "__metadata__", ())
+                       if isinstance(m, Output)), None)
+        if marker is not None and args.get(name) is not None:
+            check_writable(args[name], folder=marker.folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,17 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     step = args.pop("step")
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _raise_terminated)
+        signal.signal(sig, raise_terminated)
     try:
         for name, cls in settings.items():
             args[name] = parse(cls, args[name])
-        step_function(step)(**args)
+        function = step_function(step)
+        check_outputs(function, args)
+        function(**args)
+        if stop_signal() is not None:  # raised where Python ignores exceptions (a finaliser): stop all the same
+            raise Terminated(stop_signal())
     except ScencodeError as exc:
         print(f"scencode {step}: error: {exc}", file=sys.stderr)
         return 1
     except Terminated as exc:
         print(f"scencode {step}: stopped by {exc}; no partial output was kept", file=sys.stderr)
-        return 143
+        return TERMINATED_EXIT
     return 0
 
 

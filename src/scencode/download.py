@@ -11,7 +11,7 @@ from pathlib import Path
 
 import h5py
 
-from .atomic import atomic_path
+from .atomic import OutputFile, atomic_path
 from .errors import ScencodeError
 from .fetch import DEFAULT_DEADLINE_S, DEFAULT_MAX_BYTES, download_url, link_local
 
@@ -76,6 +76,6 @@ def resolve_census_query(cellxgene_census, version: str, query: dict) -> str:
     return hits.dataset_id.iloc[0]
 
 
-def run(source: dict, out: Path, seed: int = 0) -> None:
+def run(source: dict, out: OutputFile, seed: int = 0) -> None:
     """Fetch one dataset (a config ``source`` entry, JSON) to an h5ad at ``out``."""
     fetch(source, out, seed=seed)

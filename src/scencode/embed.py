@@ -25,6 +25,7 @@ from .formats import (RECONSTRUCTION_METRICS, RunIdentity, load_checkpoint, metr
                       write_embedding_files, write_missing_embedding, write_table)
 from .model import Batch, CellTransformer, ModelConfig, masked_sse
 from .shards import verify_corpus
+from .atomic import OutputFile, write_json
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "batch")
@@ -46,6 +47,19 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
     return model.to(device).eval(), ckpt
 
 
+def verify_model_corpus(checkpoint: str | Path, ckpt: dict, corpus: str | Path) -> dict:
+    """The corpus's shards, checked, and tokenized with the vocabulary the model was trained on: a
+    mismatch names the checkpoint, since the model is what fixes the token ids."""
+    manifest = verify_corpus(corpus, checksums=False)
+    if manifest["vocab_hash"] != ckpt["vocab_hash"]:
+        raise ScencodeError(
+            f"this model was trained on the vocabulary with hash {ckpt['vocab_hash'][:12]}… "
+            f"({ckpt['model_config']['vocab_size']} tokens), but corpus {corpus} was tokenized with "
+            f"{manifest['vocab_hash'][:12]}… ({manifest['vocab_size']} tokens): embed a corpus tokenized with the "
+            "model's vocabulary, or retrain the model on this one (snakemake --forcerun pretrain)", checkpoint)
+    return manifest
+
+
 def _autocast(device: torch.device):
     """Mixed precision on CUDA as in training (bf16, else fp16): embedding the study's 549k cells
     per configuration is GPU work; fp32 on the CPU."""
@@ -64,7 +78,7 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
     one read of the shards). Returns the cell count, dimension and :func:`reconstruction` figures."""
     device = default_device()
     model, ckpt = load_model(checkpoint, device)
-    verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
+    verify_model_corpus(checkpoint, ckpt, corpus)
     ids, labels, batches, chunks = [], [], [], []
     errors = ReconstructionErrors(model.cfg.vocab_size, device)
     for batch in _batches(Path(corpus), None, loader, mask=True):
@@ -126,7 +140,7 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
     """:class:`ReconstructionErrors` of a checkpoint on one split of a corpus (epoch-0 masks)."""
     device = default_device()
     model, ckpt = load_model(checkpoint, device)
-    verify_corpus(corpus, checksums=False, vocab_hash=ckpt["vocab_hash"])
+    verify_model_corpus(checkpoint, ckpt, corpus)
     errors = ReconstructionErrors(model.cfg.vocab_size, device)
     for batch in _batches(Path(corpus), split, loader, mask=True, columns=()):
         if max_cells and errors.cells >= max_cells:
@@ -137,13 +151,12 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
     return errors.result()
 
 
-def run(model: Path, corpus: Path, run: str, dataset: str, out: Path, reconstruction: Path,
-        params: LoaderConfig, h5ad: Path | None = None, threads: int | None = None) -> dict:
+def run(model: Path, corpus: Path, run: str, dataset: str, out: OutputFile, reconstruction: OutputFile,
+        params: LoaderConfig, h5ad: OutputFile | None = None, threads: int | None = None) -> dict:
     """Cell embeddings of a model on an evaluation corpus (``out`` Parquet; ``h5ad`` the same for scanpy,
     needs anndata) and the context diagnostic on the same cells (``reconstruction`` JSON). ``model``:
     a run's model.json (no model: empty outputs that say why) or a checkpoint .pt; ``params``: the
     loader settings (context, batch_size, gene sampling, …)."""
-    from .atomic import write_json
     from .settings import torch_threads
 
     torch_threads(threads)
@@ -158,7 +171,7 @@ def run(model: Path, corpus: Path, run: str, dataset: str, out: Path, reconstruc
     return info
 
 
-def reconstruction(model: Path, train_log: Path, corpus: Path, out: Path, run: str, gene_encoding: str,
+def reconstruction(model: Path, train_log: Path, corpus: Path, out: OutputFile, run: str, gene_encoding: str,
                    expression_encoding: str, seed: int, params: LoaderConfig) -> pd.DataFrame:
     """A model's reconstruction table (``out`` Parquet): minimum logged training masked MSE, the context
     diagnostic on the training corpus's held-out test split, and how training ended."""

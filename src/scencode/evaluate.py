@@ -25,6 +25,7 @@ import pandas as pd
 from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, cache_graph_kernels, knn_graph, labeled, seeded_subsample
 from .errors import ScencodeError
 from .formats import RECONSTRUCTION_METRICS, RunIdentity, metric_table, read_embedding, write_table
+from .atomic import OutputFile
 
 log = logging.getLogger(__name__)
 BATCH_METRICS = ("ilisi", "graph_connectivity", "asw_batch")
@@ -245,7 +246,7 @@ def classification_rows(x, labels, params: EvalParams) -> list[tuple]:
 
 
 
-def run(embedding: Path, out: Path, run: str, gene_encoding: str, expression_encoding: str, seed: int, dataset: str,
+def run(embedding: Path, out: OutputFile, run: str, gene_encoding: str, expression_encoding: str, seed: int, dataset: str,
         params: EvalParams, reconstruction: Path | None = None) -> pd.DataFrame:
     """The study's metrics (scIB batch and bio, kNN and logistic-regression classification) of one
     embedding table, as a tidy metric table at ``out``; a model's ``reconstruction`` JSON (its context

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from .atomic import OutputFolder, atomic_path  # noqa: E402
 from .reference import packaged_file  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") ->
     return paths + comparison_paths
 
 
-def run(summary: Path, metrics: Path, out_dir: Path, train_logs: list[Path] = (), caveat: str = "") -> list[Path]:
+def run(summary: Path, metrics: Path, out_dir: OutputFolder, train_logs: list[Path] = (), caveat: str = "") -> list[Path]:
     """The study's figures (PNG and PDF in ``out_dir``) from the tables and the runs' training logs;
     ``caveat``: printed on the paper comparison (e.g. demo data, tiny models)."""
     paths = draw_all(summary, metrics, train_logs, out_dir, caveat=caveat)

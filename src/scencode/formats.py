@@ -15,6 +15,7 @@ The corpus manifest and its shards are in ``shards``; the gene table reader in `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,13 +73,17 @@ def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray, str]:
     return table.drop(["embedding"]).to_pandas(), matrix, missing
 
 
-def write_embedding(cells: pd.DataFrame, matrix: np.ndarray, path, missing: str = "") -> None:
+def _embedding_table(cells: pd.DataFrame, matrix: np.ndarray, missing: str = "") -> pa.Table:
     table = pa.table({"cell_id": cells.cell_id.astype(str).to_numpy(), "label": cells.label.astype(str).to_numpy(),
                       "batch": cells.batch.astype(str).to_numpy(), "embedding": matrix_column(matrix)})
     if missing:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), MISSING_KEY: missing.encode()})
+    return table
+
+
+def write_embedding(cells: pd.DataFrame, matrix: np.ndarray, path, missing: str = "") -> None:
     with atomic_path(path, suffix=".parquet") as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(_embedding_table(cells, matrix, missing), tmp)
 
 
 def model_checkpoint(model: str | Path) -> tuple[Path | None, str]:
@@ -188,13 +193,15 @@ def load_vocab(path: str | Path) -> tuple[pd.DataFrame, str]:
 
 def write_embedding_files(obs: pd.DataFrame, matrix: np.ndarray, out_parquet, out_h5ad, run: str,
                           dataset: str, missing: str = "") -> None:
-    """Parquet and .h5ad of one embedding; ``missing`` (no model) writes empty ones that carry the reason."""
-    write_embedding(obs.reset_index(), matrix, out_parquet, missing=missing)
-    if out_h5ad is None:
-        return
-    import anndata as ad  # here: embedding runs without anndata when no .h5ad is asked for (a bare GPU node)
+    """Parquet and .h5ad of one embedding, both or neither (renamed into place only when both are
+    written); ``missing`` (no model) writes empty ones that carry the reason."""
+    with contextlib.ExitStack() as stack:
+        parquet_tmp = stack.enter_context(atomic_path(out_parquet, suffix=".parquet"))
+        pq.write_table(_embedding_table(obs.reset_index(), matrix, missing), parquet_tmp)
+        if out_h5ad is None:
+            return
+        import anndata as ad  # here: embedding runs without anndata when no .h5ad is asked for (a bare GPU node)
 
-    info = {"configuration": run, "dataset": dataset, **({"missing": missing} if missing else {})}
-    adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix}, uns={"scencode": info})
-    with atomic_path(out_h5ad, suffix=".h5ad") as tmp:
-        adata.write_h5ad(tmp)
+        info = {"configuration": run, "dataset": dataset, **({"missing": missing} if missing else {})}
+        adata = ad.AnnData(obs=obs, obsm={"X_scencode": matrix}, uns={"scencode": info})
+        adata.write_h5ad(stack.enter_context(atomic_path(out_h5ad, suffix=".h5ad")))

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
+from .atomic import OutputFolder, atomic_path
 from .errors import ScencodeError
 from .reference import (PACKAGED_GENCODE, PACKAGED_HGNC, GeneTable, packaged_file,
                         read_gencode)
@@ -59,7 +59,7 @@ def build_gene_table(gencode: Path, hgnc: Path | None, out_dir: Path) -> dict:
             "protein_coding": int((genes.gene_type == "protein_coding").sum())}
 
 
-def run(out: Path, gencode: str | None = None, gencode_sha256: str | None = None, hgnc: str | None = None,
+def run(out: OutputFolder, gencode: str | None = None, gencode_sha256: str | None = None, hgnc: str | None = None,
         hgnc_sha256: str | None = None) -> dict:
     """The gene table (genes.parquet, symbols.parquet in folder ``out``) from GENCODE and HGNC files,
     paths or pinned URLs; none given: the packaged GENCODE 48 and HGNC 2024-10 sets."""

@@ -30,7 +30,11 @@ def open_h5ad(path: str | Path) -> Iterator[h5py.File]:
         raise ScencodeError("file not found", path)
     if not h5py.is_hdf5(path):
         raise ScencodeError("not an h5ad file (it is not HDF5; was the download complete?)", path)
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # truncated or damaged HDF5
+        raise ScencodeError(f"not a readable h5ad file, truncated or damaged ({exc})", path) from None
+    with f:
         if "obs" not in f or "var" not in f:
             raise ScencodeError("not an h5ad file (HDF5 without 'obs' and 'var' groups)", path)
         yield f
@@ -46,6 +50,7 @@ class CountMatrix:
 
     key: str
     element: object  # anndata sparse dataset or h5py dataset
+    path: Path
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -55,7 +60,20 @@ class CountMatrix:
         return "raw/var" if self.key == "raw/X" else "var"
 
     def block(self, start: int, stop: int) -> sp.csr_matrix:
-        return sp.csr_matrix(self.element[start:stop])
+        """Cells ``start:stop`` in canonical CSR: duplicate entries summed and indices sorted, so
+        that every metric and every written count comes from the same matrix."""
+        try:
+            part = self.element[start:stop]
+            if part.dtype == np.float16:  # scipy.sparse has no float16; float32 holds each value exactly
+                part = part.astype(np.float32)
+            block = sp.csr_matrix(part)
+        except OSError as exc:
+            raise ScencodeError(f"cannot read {self.key} (cells {start}–{stop}): truncated or damaged "
+                                f"({exc})", self.path) from None
+        except (TypeError, ValueError) as exc:
+            raise ScencodeError(f"{self.key} cannot be read as a count matrix ({exc})", self.path) from None
+        block.sum_duplicates()
+        return block
 
     def blocks(self, chunk_cells: int) -> Iterator[tuple[int, sp.csr_matrix]]:
         for start in range(0, self.shape[0], chunk_cells):
@@ -73,10 +91,12 @@ def count_matrix(f: h5py.File, path: Path, key: str) -> CountMatrix:
         element = sparse_dataset(node)
     else:
         element = node
-    return CountMatrix(key, element)
+    return CountMatrix(key, element, path)
 
 
-INT32_MAX = np.iinfo(np.int32).max
+# The largest count stored: QC writes float32, which holds every integer up to 2^24 exactly (above
+# it, 2^24 + 1 would become 2^24). A float32 comparison with int32's limit let 2^31 through.
+MAX_COUNT = 2**24
 
 
 def _where(block: sp.csr_matrix, bad: np.ndarray) -> str:
@@ -91,11 +111,15 @@ def count_problem(block: sp.csr_matrix) -> str | None:
     data = block.data
     if data.size == 0:
         return None
+    if data.dtype.kind in "iu":
+        data = data.astype(np.float64)  # the checks below compare as floats, without wrapping
     finite = np.isfinite(data)
     if not finite.all():  # NaN/Inf pass the integer test and would wrap around in int32
         return f"has non-finite values ({_where(block, ~finite)}): not raw counts"
-    if (data > INT32_MAX).any():
-        return f"has counts beyond int32 ({_where(block, data > INT32_MAX)}): not raw counts"
+    too_large = data > MAX_COUNT  # exact in float32 too (2^24 is representable), unlike int32's limit
+    if too_large.any():
+        return (f"has counts beyond {MAX_COUNT:,} ({_where(block, too_large)}): float32 storage cannot "
+                "hold larger integers exactly, and no single-cell count is that large")
     if (data < 0).any():
         return f"has negative values (min {data.min():.3g}): a scaled matrix, not raw counts"
     fractional = np.abs(data - np.rint(data)) > 1e-6

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_path, write_json
+from .atomic import OutputFile, atomic_path, write_json
 from .errors import ScencodeError
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def describe(pair: dict) -> str:
     return "; ".join(parts)
 
 
-def run(datasets: list[dict], out: Path, table: Path, policy: str = "report") -> dict:
+def run(datasets: list[dict], out: OutputFile, table: OutputFile, policy: str = "report") -> dict:
     """Audit training vs evaluation datasets for shared data. ``datasets``: JSON list of {name, role,
     qc, raw, source}; ``out``: the audit (JSON); ``table``: one row per pair (CSV, for the report);
     ``policy``: report | drop | error."""

@@ -240,13 +240,10 @@ def render(config: dict, gpus: int = 8) -> str:
 
 def run(configfile: Path = Path("config/config.yaml"), gpus: int = 8) -> str:
     """Print what a configured run costs (GPU-/CPU-hours, memory, disk, wall time) on ``gpus`` GPUs
-    shared by the pretraining and embedding jobs, before any job is submitted."""
-    import yaml
+    shared by the pretraining and embedding jobs, before any job is submitted. The config is checked
+    as ``snakemake -n`` checks it: a config the workflow refuses is not priced."""
+    from .workflow_config import load
 
-    try:
-        config = yaml.safe_load(Path(configfile).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ScencodeError(f"not a readable config ({exc})", configfile) from exc
-    text = render(config, gpus=gpus)
+    text = render(load(configfile), gpus=gpus)
     print(text)
     return text

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from .atomic import atomic_path, write_json
+from .atomic import TERMINATED_EXIT, OutputFolder, atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
 from .devices import PRECISIONS, autocast, autocast_dtype, default_device
 from .errors import ScencodeError
@@ -37,7 +37,6 @@ from .shards import verify_corpus
 from .formats import load_checkpoint, load_vocab, read_gene_table
 
 log = logging.getLogger(__name__)
-PREEMPTED_EXIT = 143
 TABLE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
 LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "cells_per_s")
 
@@ -540,7 +539,7 @@ class Preempted(Exception):
     """The job was asked to stop (SIGTERM/SIGUSR1); last.pt holds the state to resume from."""
 
 
-def run(name: str, corpus: Path, vocab: Path, out: Path, params: dict | None = None, gene_table: Path | None = None,
+def run(name: str, corpus: Path, vocab: Path, out: OutputFolder, params: dict | None = None, gene_table: Path | None = None,
         threads: int | None = None) -> State:
     """Pretrain one encoding configuration into folder ``out`` (best.pt, last.pt, train_log.parquet,
     model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
@@ -562,6 +561,6 @@ def run(name: str, corpus: Path, vocab: Path, out: Path, params: dict | None = N
         state = Trainer(spec).fit()
     except Preempted as signum:
         log.warning("stopped by signal %s; last.pt saved, rerun to resume", signum)
-        sys.exit(PREEMPTED_EXIT)
+        sys.exit(TERMINATED_EXIT)
     log.info("%s: %d steps, best validation loss %.5f", name, state.step, state.best_val)
     return state

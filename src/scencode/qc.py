@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from .atomic import atomic_path, write_json
+from .atomic import OutputFile, atomic_path, write_json
 from .errors import ScencodeError
 from .reference import GeneTable, looks_like_ensembl, strip_version
 from .h5ad import ChunkedH5adWriter, choose_counts, count_problem, open_h5ad, read_frame
@@ -136,6 +136,8 @@ def run_qc(input_path: str | Path, output_h5ad: str | Path, report_json: str | P
         out_var = _output_var(mapping.out_ids[keep_genes], gene_table)
         report = _report(dataset_id, input_path, counts.key, metrics, keep_cells, keep_genes, mapping, params)
         report["cells"]["duplicate_names_renamed"] = renamed
+        _check_labels(out_obs, params, input_path)
+        _warn_large_losses(report)
         if renamed["count"]:
             log.warning("%s: %d kept cells repeat an earlier cell's name (e.g. %s); renamed with a '-dupN' "
                         "suffix (qc report: cells.duplicate_names_renamed)", dataset_id, renamed["count"],
@@ -148,6 +150,7 @@ def run_qc(input_path: str | Path, output_h5ad: str | Path, report_json: str | P
                     rows = keep_cells[start:start + block.shape[0]]
                     out = block[rows] @ select
                     out.sort_indices()  # sparse products leave column order arbitrary
+                    _check_written_counts(out, start, input_path)
                     writer.append(out)
                 writer.finish(out_obs, out_var, {"scencode_qc": {k: v for k, v in asdict(params).items()
                                                                  if v is not None}})
@@ -157,11 +160,44 @@ def run_qc(input_path: str | Path, output_h5ad: str | Path, report_json: str | P
     return report
 
 
+def _check_written_counts(out: sp.csr_matrix, start: int, path: Path) -> None:
+    """The range check on what is written: merging duplicate genes adds their counts."""
+    problem = count_problem(out)
+    if problem:
+        raise ScencodeError(f"after merging duplicate genes the QC'd matrix {problem} (kept cells from {start})",
+                            path)
+
+
 def _check_obs_keys(obs: pd.DataFrame, params: QCParams, path: Path) -> None:
     for role, key in (("label", params.label_key), ("batch", params.batch_key)):
         if key and key not in obs.columns:
             raise ScencodeError(f"{role} column {key!r} is missing from obs "
                                 f"(columns: {', '.join(map(str, obs.columns)) or 'none'})", path)
+
+
+def _check_labels(obs: pd.DataFrame, params: QCParams, path: Path) -> None:
+    """An evaluation dataset whose kept cells have no label at all cannot be scored: say so here,
+    not as a write error in the embedding step."""
+    if params.label_key and not obs[params.label_key].notna().any():
+        raise ScencodeError(f"label column {params.label_key!r} has no value in any of the {len(obs)} cells "
+                            "kept by QC: nothing to evaluate against", path)
+
+
+LARGE_LOSS = 0.25  # a larger share of genes or cells removed is worth a warning in the log, not only in qc.json
+
+
+def _warn_large_losses(report: dict) -> None:
+    genes, cells, name = report["genes"], report["cells"], report["dataset_id"]
+    dropped = genes["unmatched"] + genes["ambiguous"]
+    if dropped > LARGE_LOSS * genes["genes_in"]:
+        log.warning("%s: %d of %d genes dropped in mapping to Ensembl ids (%d unmatched, %d ambiguous symbols, "
+                    "e.g. %s); see the qc report", name, dropped, genes["genes_in"], genes["unmatched"],
+                    genes["ambiguous"], ", ".join(map(str, (genes["ambiguous_examples"] or genes["unmatched_examples"])[:3])))
+    if cells["removed"] > LARGE_LOSS * cells["in"]:
+        fails = cells["failing_each_filter"]
+        log.warning("%s: QC removed %d of %d cells (%d → %d; failing min_genes %d, min_counts %d, max_pct_mito %d)",
+                    name, cells["removed"], cells["in"], cells["in"], cells["out"], fails["min_genes"],
+                    fails["min_counts"], fails["max_pct_mito"])
 
 
 def _cell_metrics(counts, mapping: GeneMapping, mito: np.ndarray, params: QCParams, path: Path):
@@ -251,7 +287,7 @@ def _report(dataset_id, path, counts_key, metrics, keep_cells, keep_genes, mappi
     }
 
 
-def run(raw: Path, out: Path, report: Path, gene_table: Path, dataset: str, params: QCParams) -> dict:
+def run(raw: Path, out: OutputFile, report: OutputFile, gene_table: Path, dataset: str, params: QCParams) -> dict:
     """Filter cells and genes of the ``raw`` h5ad, harmonise gene ids, check raw counts: the QC'd h5ad
     at ``out`` and what was removed and why at ``report``."""
     summary = run_qc(raw, out, report, GeneTable.load(gene_table), params, dataset)

@@ -22,6 +22,7 @@ import pandas as pd
 from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, cache_graph_kernels, knn_graph, labeled, seeded_subsample
 from .errors import ScencodeError
 from .formats import RunIdentity, metric_table, read_embedding, write_table
+from .atomic import OutputFile
 
 log = logging.getLogger(__name__)
 GROUP = "scib_metrics"
@@ -128,7 +129,7 @@ def metric_names() -> list[str]:
     return names + list(AGGREGATES.values())
 
 
-def run(embeddings: list[Path], runs: list[dict], pre_integrated: Path, dataset: str, out: Path,
+def run(embeddings: list[Path], runs: list[dict], pre_integrated: Path, dataset: str, out: OutputFile,
         params: BenchmarkerParams, threads: int = 1) -> pd.DataFrame:
     """scib-metrics' own default set and aggregate on every embedding of one dataset; ``runs``: JSON
     list of each embedding's identity {run, gene_encoding, expression_encoding, seed}, in the order of

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control, wilcoxon
 
-from .atomic import atomic_path
+from .atomic import OutputFolder, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft") -> d
     return {name: len(table) for name, table in tables.items()}
 
 
-def run(metrics: list[Path], out_dir: Path, reference_expression: str = "soft") -> dict:
+def run(metrics: list[Path], out_dir: OutputFolder, reference_expression: str = "soft") -> dict:
     """metrics.csv, summary.csv and tests.csv in ``out_dir`` from per-(run, dataset) metric tables;
     ``reference_expression``: the expression encoding compared with each other one (declared in
     config, not picked from the results)."""

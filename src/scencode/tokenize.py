@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from .atomic import atomic_dir, write_json
+from .atomic import OutputFolder, atomic_dir, write_json
 from .errors import ScencodeError
-from .h5ad import count_matrix, open_h5ad, read_frame
+from .h5ad import MAX_COUNT, count_matrix, open_h5ad, read_frame
 from .formats import excluded_cells, load_vocab
 from .shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 
@@ -92,6 +92,9 @@ def block_to_lists(block: sp.csr_matrix, col_to_token: np.ndarray, sorted_map: b
         tokens, counts = tokens[order], counts[order]
     has_genes = per_cell > 0
     offsets = np.concatenate([[0], np.cumsum(per_cell[has_genes])]).astype(np.int32)
+    if counts.size and not counts.max() <= MAX_COUNT:  # NaN fails this too: int32 casts would wrap
+        raise ScencodeError(f"counts beyond {MAX_COUNT:,} or not finite (max {counts.max()}): "
+                            "not the raw counts QC writes")
     return offsets, tokens.astype(np.int32, copy=False), np.rint(counts).astype(np.int32), has_genes
 
 
@@ -193,7 +196,7 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
         sort_keys=True).encode()).hexdigest()
     schema = shard_schema(with_labels)
     per_dataset, nnz_parts, split_counts = {}, [], {}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, marker=MANIFEST) as tmp:
         writer = ShardWriter(tmp, schema, params, {"scencode_vocab_hash": digest, "corpus": corpus})
         background = BackgroundWriter(writer)
         try:
@@ -253,7 +256,10 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: Backgro
             stop = start + block.shape[0]
             rows = ~excluded[start:stop]
             block = block[rows] if not rows.all() else block
-            offsets, tokens, counts, keep = block_to_lists(block, col_to_token, sorted_map)
+            try:
+                offsets, tokens, counts, keep = block_to_lists(block, col_to_token, sorted_map)
+            except ScencodeError as exc:
+                raise ScencodeError(f"X (cells {start}–{stop}) has {exc}", d.path) from None
             genes_per_cell.append(np.diff(block.indptr)[keep])
             columns = {
                 "cell_id": pa.array(cell_ids.to_numpy()[start:stop][rows][keep], pa.string()),
@@ -306,7 +312,7 @@ def _label_columns(obs: pd.DataFrame, d: DatasetInput) -> dict:
     return {"label": label, "batch": batch}
 
 
-def run(corpus: str, datasets: list[dict], vocab: Path, out: Path, params: TokenizeParams, labels: bool = False,
+def run(corpus: str, datasets: list[dict], vocab: Path, out: OutputFolder, params: TokenizeParams, labels: bool = False,
         exclude: Path | None = None) -> dict:
     """A corpus of Parquet token shards from QC'd datasets (JSON list of {dataset_id, path, label_key,
     batch_key}); ``labels``: an evaluation corpus (label and batch columns); ``exclude``: the leakage

@@ -3,12 +3,17 @@
 # only the jobs that depend on it.
 import json
 
-from snakemake.utils import validate
-
+from scencode import workflow_config
+from scencode.errors import ScencodeError
 from scencode.plan import job_resources
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:  # the checks `scencode plan` runs too: no key twice in a config file, the schema, the DAG's needs
+    for configfile_path in workflow.configfiles:
+        workflow_config.read_yaml(configfile_path)
+    workflow_config.check(config)
+except ScencodeError as exc:
+    raise ValueError(str(exc)) from None
 
 RESOURCES = config["resources_dir"]
 RESULTS = config["results_dir"]
@@ -16,17 +21,9 @@ LOGS = config["logs_dir"]
 DATASETS = config["datasets"]
 TRAIN_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "train")
 EVAL_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "eval")
-TRAIN_CORPUS = "train"
+TRAIN_CORPUS = workflow_config.TRAIN_CORPUS
 ESM = config["esm"]
 ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
-
-if not TRAIN_DATASETS:
-    raise ValueError("config: 'datasets' has no dataset with role 'train'")
-if TRAIN_CORPUS in DATASETS:
-    raise ValueError(f"config: dataset name {TRAIN_CORPUS!r} is reserved for the training corpus")
-for name in EVAL_DATASETS:
-    if not DATASETS[name].get("label_key"):
-        raise ValueError(f"config: evaluation dataset {name!r} needs 'label_key'")
 
 
 wildcard_constraints:
@@ -113,45 +110,14 @@ PRETRAIN = config["pretrain"]
 TABLE_GENE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
 
 
-def configuration_name(entry, seed):
-    return f"{entry['gene']}-{entry['expression']}-s{seed}"
-
-
-def pretrain_configurations():
-    """name → (gene encoding, expression encoding, seed, per-configuration overrides)."""
-    runs = {}
-    for entry in PRETRAIN["configurations"]:
-        for seed in entry.get("seeds", PRETRAIN["seeds"]):
-            name = configuration_name(entry, seed)
-            if name in runs:
-                raise ValueError(f"pretrain.configurations lists {name} twice")
-            runs[name] = (entry, seed)
-    return runs
-
-
-CONFIGURATIONS = pretrain_configurations()
-
-
-def check_configurations():
-    """Encoding names, their options and the model's shape, checked when the DAG is built (not
-    after download, QC, ESM-2 and tokenize have run)."""
-    from scencode.errors import ScencodeError
-    from scencode.model import ModelConfig
-
-    for name in CONFIGURATIONS:
-        try:
-            ModelConfig(vocab_size=1, **pretrain_settings(name)["model"]).validate()
-        except (ScencodeError, TypeError) as exc:
-            raise ValueError(f"pretrain configuration {name}: {exc}") from None
+CONFIGURATIONS = workflow_config.configurations(config)  # run name → (entry, seed)
 
 
 def pretrain_settings(name):
     """The model, loader and train settings of one configuration: shared ones, then its overrides."""
     entry, seed = CONFIGURATIONS[name]
-    model = {**PRETRAIN["model"], **entry.get("model", {})}
-    model.update(gene_encoding=entry["gene"], expression_encoding=entry["expression"])
     return {
-        "model": model,
+        "model": workflow_config.model_settings(config, entry),
         "loader": {**PRETRAIN["loader"], **entry.get("loader", {}), "seed": seed},
         "train": {**PRETRAIN["train"], **entry.get("train", {})},
     }
@@ -262,5 +228,3 @@ def tokenize_exclusions(wildcards):
         return f"{RESULTS}/leakage.json"
     return []
 
-
-check_configurations()

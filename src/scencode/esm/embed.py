@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import OutputFile, atomic_path
 from ..devices import default_device
 from ..errors import ScencodeError
 from ..formats import write_gene_table
@@ -295,12 +295,12 @@ def _gene_means(isoforms: pd.DataFrame, parts_dir: Path) -> pd.DataFrame:
                          "embedding": list((sums / n[:, None]).astype(np.float32))})
 
 
-def tiny(out: Path, layers: int = 2, dim: int = 32, heads: int = 2, seed: int = 0) -> None:
+def tiny(out: OutputFile, layers: int = 2, dim: int = 32, heads: int = 2, seed: int = 0) -> None:
     """Save a randomly initialised tiny ESM-2 (fair-esm's class) at ``out``: the demo's and the tests' model."""
     save_tiny_esm2(out, layers=layers, dim=dim, heads=heads, seed=seed)
 
 
-def run(fasta: Path, out: Path, params: EmbedParams, model: str | None = None, weights: Path | None = None,
+def run(fasta: Path, out: OutputFile, params: EmbedParams, model: str | None = None, weights: Path | None = None,
         sha256: str | None = None, threads: int | None = None) -> pd.DataFrame:
     """ESM-2 gene embeddings of a peptide FASTA: a released ``model`` by name (fetched to the torch hub
     cache) or local ``weights`` (a fair-esm checkpoint), optionally pinned by ``sha256``."""

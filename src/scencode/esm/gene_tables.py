@@ -27,6 +27,7 @@ import torch
 from ..errors import ScencodeError
 from ..formats import write_gene_table
 from ..reference import ENSEMBL_GENE_RE, GeneTable, strip_version
+from ..atomic import OutputFile, write_json
 
 log = logging.getLogger(__name__)
 IMPORT_FORMATS = ("transcriptformer", "uce")
@@ -126,7 +127,7 @@ def coverage_report(embedded: pd.Index, vocab_candidates: pd.Index, gene_table: 
     }
 
 
-def import_run(format: str, input: Path, out: Path, gene_table: Path | None = None,
+def import_run(format: str, input: Path, out: OutputFile, gene_table: Path | None = None,
                expected_dim: int | None = None) -> dict:
     """Import a published gene/protein embedding table (``format``: transcriptformer | uce; UCE's symbols
     are mapped with the gene table folder)."""
@@ -136,9 +137,8 @@ def import_run(format: str, input: Path, out: Path, gene_table: Path | None = No
     return report
 
 
-def coverage(table: Path, qc: list[Path], gene_table: Path, out: Path, expected_dim: int | None = None) -> dict:
+def coverage(table: Path, qc: list[Path], gene_table: Path, out: OutputFile, expected_dim: int | None = None) -> dict:
     """Which genes of the QC'd datasets have a protein embedding in ``table`` (JSON report at ``out``)."""
-    from ..atomic import write_json
     from ..formats import dataset_genes, read_gene_table
 
     embedded, matrix, meta = read_gene_table(table)

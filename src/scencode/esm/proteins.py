@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..errors import ScencodeError
 from ..reference import ENSEMBL_GENE_RE
+from ..atomic import OutputFile, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,6 @@ def select_isoforms(proteins: pd.DataFrame, policy: str) -> pd.DataFrame:
 
 def demo_fasta(out: str | Path) -> None:
     """An Ensembl-style FASTA of the demo's shipped proteins (real human sequences, RefSeq ids)."""
-    from ..atomic import atomic_path
     from ..reference import packaged_file
 
     table = pd.read_csv(packaged_file("demo_proteins.csv.gz"))
@@ -118,7 +118,7 @@ def demo_fasta(out: str | Path) -> None:
             fh.write("".join(lines).encode())
 
 
-def run(source: dict, out: Path) -> pd.DataFrame:
+def run(source: dict, out: OutputFile) -> pd.DataFrame:
     """Fetch a peptide FASTA to ``out``: ``source`` (JSON) {"type": "demo"} | {"type": "url", "url",
     "sha256"} | {"type": "local", "path"}; the file must parse, or nothing is kept."""
     from ..fetch import download_url, link_local
