@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import REPO
-from workflow_helpers import planned_jobs, small_config, snakemake
+from workflow_helpers import edit_datasets, planned_jobs, small_config, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -32,10 +32,14 @@ def cluster():
     return result.stdout
 
 
-def tiny_config():
-    config = small_config(n_cells=200)
-    keep = {"sim_lung_1", "sim_kidney_1", "sim_lung_eval"}
-    config["datasets"] = {k: v for k, v in config["datasets"].items() if k in keep}
+def tiny_config(folder):
+    def three_datasets_of_200_cells(rows):
+        rows = [row for row in rows if row["dataset"] in {"sim_lung_1", "sim_kidney_1", "sim_lung_eval"}]
+        for row in rows:
+            row["n_cells"] = 200
+        return rows
+
+    config = edit_datasets(small_config(), folder, three_datasets_of_200_cells)
     config["pretrain"]["configurations"] = config["pretrain"]["configurations"][:2]
     return config
 
@@ -61,7 +65,7 @@ def node_sized_profile(tmp_path):
 
 
 def test_profile_submits_every_job_to_slurm_with_gpus_for_pretraining(cluster, tmp_path):
-    config = tiny_config()
+    config = tiny_config(tmp_path)
     models = [f"results/models/{e['gene']}-{e['expression']}-s0/model.json" for e in config["pretrain"]["configurations"]]
     result = snakemake(tmp_path, config, "--profile", str(REPO / "slurm"), "--workflow-profile",
                        str(node_sized_profile(tmp_path)), "--jobs", "4", "--slurm-status-command", "squeue",

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from conftest import REPO
-from workflow_helpers import DIVERGING_NAME, demo_config, planned_jobs, small_config, snakemake
+from workflow_helpers import (DIVERGING_NAME, datasets_of, demo_config, edit_datasets, planned_jobs, set_cell,
+                              small_config, snakemake)
 from scencode.shards import verify_corpus
 
 pytestmark = pytest.mark.workflow
@@ -30,7 +31,6 @@ def test_lint_is_clean():
     (lambda c: c["qc"].update(min_gene=5), "min_gene"),                        # unknown key
     (lambda c: c["qc"].update(min_genes="many"), "min_genes"),                 # wrong type
     (lambda c: c.pop("tokenize"), "tokenize"),                                 # missing required key
-    (lambda c: c["datasets"]["sim_lung_1"]["source"].update(nme="x"), "nme"),  # unknown source key
     (lambda c: c["vocab"].update(policy="everything"), "everything"),          # bad choice
 ])
 def test_malformed_config_stops_with_a_message_naming_the_key(tmp_path, edit, key):
@@ -55,7 +55,7 @@ def test_demo_gpu_config_layers_model_sizes_over_the_demo(tmp_path):
         assert {k: settings["model"][k] for k in overlay["model"]} == overlay["model"]
         assert settings["train"]["max_steps"] == overlay["train"]["max_steps"]
         assert settings["train"]["weight_decay"] == demo_config()["pretrain"]["train"]["weight_decay"]
-    assert planned_jobs(result)["download"] == len(demo_config()["datasets"])
+    assert planned_jobs(result)["download"] == len(datasets_of(demo_config()))
 
 
 def test_paper_config_plans_every_download_offline(tmp_path):
@@ -63,10 +63,16 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     result = snakemake(tmp_path, config, "-n", "--profile", str(REPO / "slurm"))
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    roles = [spec["role"] for spec in config["datasets"].values()]
+    datasets = datasets_of(config)  # the study's lists, now one row each in config/datasets/paper_*.tsv
+    roles = [spec["role"] for spec in datasets.values()]
     assert roles.count("train") == 101 and roles.count("eval") == 26
-    assert jobs["download"] == 127 and jobs["qc"] == 127 and jobs["tokenize"] == 27
-    sources = [spec["source"] for spec in config["datasets"].values()]
+    assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "train") == 10_010_855
+    assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "eval") == 548_977
+    # the same jobs as when the lists were inline in paper.yaml
+    assert jobs == {"download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
+                    "esm_coverage": 1, "leakage": 1, "vocab": 1, "evaluate": 286, "tokenize": 27, "pretrain": 9,
+                    "embed": 234, "reconstruction": 9, "scib_benchmarker": 26, "tables": 1, "figures": 1, "all": 1}
+    sources = [spec["source"] for spec in datasets.values()]
     assert all(s["type"] == "census" for s in sources)
     # the study's 8 configurations and the esm2_permuted control, each a pretrain job asking for a GPU
     assert jobs["pretrain"] == 9 and jobs["leakage"] == 1
@@ -130,7 +136,7 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     workdir, config = demo_run
     tables = workdir / "results" / "tables"
     metrics = pd.read_csv(tables / "metrics.csv")
-    evaluation = sorted(d for d, s in config["datasets"].items() if s["role"] == "eval")
+    evaluation = sorted(d for d, s in datasets_of(config).items() if s["role"] == "eval")
     models = [f"{e['gene']}-{e['expression']}-s0" for e in config["pretrain"]["configurations"]]
     configurations = models + ["baseline-pca-s0", "baseline-random-s0"]
     present = metrics[metrics.dataset != "*"].groupby("configuration").dataset.unique()
@@ -202,14 +208,14 @@ def test_report_holds_figures_and_summary(demo_run):
 
 def test_demo_workflow_writes_every_corpus_with_logs_and_benchmarks(demo_run):
     workdir, config = demo_run
-    evaluation = [d for d, s in config["datasets"].items() if s["role"] == "eval"]
+    evaluation = [d for d, s in datasets_of(config).items() if s["role"] == "eval"]
     for corpus in ["train", *evaluation]:
         manifest = verify_corpus(workdir / "results" / "tokens" / corpus)
         assert manifest["n_cells"] > 0
         assert (workdir / "logs" / "tokenize" / f"{corpus}.log").exists()
         assert (workdir / "logs" / "benchmarks" / "tokenize" / f"{corpus}.tsv").exists()
     train = json.loads((workdir / "results" / "tokens" / "train" / "manifest.json").read_text())
-    assert set(train["datasets"]) == {d for d, s in config["datasets"].items() if s["role"] == "train"}
+    assert set(train["datasets"]) == {d for d, s in datasets_of(config).items() if s["role"] == "train"}
     pbmc = json.loads((workdir / "results" / "tokens" / "pbmc68k" / "manifest.json").read_text())
     assert pbmc["kind"] == "evaluation" and pbmc["n_cells"] == 700
     liver = json.loads((workdir / "results" / "qc" / "sim_liver_1.json").read_text())
@@ -219,8 +225,7 @@ def test_demo_workflow_writes_every_corpus_with_logs_and_benchmarks(demo_run):
 def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     workdir, config = demo_run
     assert planned_jobs(snakemake(workdir, config, "-n")) == {}
-    changed = copy.deepcopy(config)
-    changed["datasets"]["pbmc68k"]["qc"]["min_genes"] = 60
+    changed = edit_datasets(config, workdir, set_cell("pbmc68k", "qc_min_genes", 60))
     jobs = planned_jobs(snakemake(workdir, changed, "-n"))
     # pbmc68k's QC, its corpus, and its embeddings and metrics; no training, no other dataset
     assert jobs["qc"] == 1 and jobs["tokenize"] == 1 and jobs["embed"] == 3 and jobs["baseline"] == 2
@@ -237,13 +242,20 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
 
 def test_failed_job_leaves_no_output(demo_run, tmp_path):
     workdir, config = demo_run
-    broken = copy.deepcopy(config)
-    broken["datasets"]["sim_lung_eval"]["label_key"] = "no_such_column"
+    broken = edit_datasets(config, tmp_path, set_cell("sim_lung_eval", "label_key", "no_such_column"))
     result = snakemake(workdir, broken, "--cores", "1", "results/tokens/sim_lung_eval", "--forcerun", "qc")
     assert result.returncode != 0
     log = (workdir / "logs" / "qc" / "sim_lung_eval.log").read_text()
     assert "label column 'no_such_column' is missing from obs" in log
     assert not (workdir / "results" / "qc" / "sim_lung_eval.h5ad").exists()
+
+
+def test_a_bad_sheet_row_stops_the_dry_run_naming_sheet_row_and_column(tmp_path):
+    config = edit_datasets(small_config(), tmp_path, set_cell("sim_kidney_1", "n_cells", "3k"))
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert f"{tmp_path / 'datasets.tsv'}: row 3, column n_cells: '3k' is not an integer" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -269,7 +281,7 @@ def test_config_values_and_paths_reach_commands_quoted(tmp_path):
     command substitution in a gene-table value, reaches the step as text and never runs."""
     config = small_config()
     config["results_dir"] = "res ults"
-    config["datasets"]["sim_lung_eval"]["label_key"] = "cell type"
+    config = edit_datasets(config, tmp_path, set_cell("sim_lung_eval", "label_key", "cell type"))
     config["gene_table"].update(gencode="$(touch PWNED)genes.csv", gencode_sha256="0" * 64)
     result = snakemake(tmp_path, config, "-n", "-p")
     assert result.returncode == 0, result.stderr
@@ -310,6 +322,7 @@ def test_paper_jobs_ask_for_what_their_work_needs(tmp_path):
 
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     result = snakemake(tmp_path, config, "-n", "-p", "--profile", str(REPO / "slurm"), "--cores", "64")
+    config = {**config, "datasets": datasets_of(config)}  # sizes from the sheets' rows
     assert result.returncode == 0, result.stderr
     jobs = _job_blocks(result.stdout)
     keys = {"download": "dataset", "qc": "dataset", "tokenize": "corpus", "embed": "dataset", "evaluate": "dataset"}

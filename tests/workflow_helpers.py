@@ -1,4 +1,4 @@
-"""Run the workflow in a scratch folder with a small version of the demo config."""
+"""Run the workflow in a scratch folder with the checked-in test config (.test/), or the demo's."""
 
 from __future__ import annotations
 
@@ -11,31 +11,47 @@ from pathlib import Path
 import yaml
 
 from conftest import REPO
+from scencode.workflow_config import read_datasets, sheet_paths
 
-# diverges at its first step, before any validation: no model, which the tables must report
-DIVERGING = {"gene": "learned", "expression": "continuous",
-             "train": {"lr": 1.0e30, "warmup_steps": 1, "on_nonfinite": "finish"}}
-DIVERGING_NAME = "learned-continuous-s0"
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"  # Snakemake's convention: the tests' small config
+DIVERGING_NAME = "learned-continuous-s0"  # the .test config's run that diverges at its first step
 
 
 def demo_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-def small_config(n_cells: int = 300) -> dict:
-    config = copy.deepcopy(demo_config())
-    for spec in config["datasets"].values():
-        if spec["source"]["type"] == "demo" and spec["source"]["name"] != "pbmc68k_reduced":
-            spec["source"]["n_cells"] = n_cells
-    config["tokenize"]["cells_per_shard"] = 200
-    pretrain = config["pretrain"]
-    # the reference expression encoding (soft), a frozen-table gene encoding with per-cell bins, and a
-    # run that diverges; every other encoding is covered by the registry-parametrised unit tests
-    pretrain["configurations"] = [{"gene": "learned", "expression": "soft"}, {"gene": "esm2", "expression": "hard"},
-                                  DIVERGING]
-    pretrain["train"].update(max_steps=4, val_every=2, checkpoint_every=2, log_every=2)
-    del config["datasets"]["sim_blood_eval"]  # one simulated and the real (pbmc68k) evaluation dataset
-    return config
+def small_config() -> dict:
+    """The checked-in test config (.test/config/config.yaml), fresh for each test to edit."""
+    return yaml.safe_load(TEST_CONFIG.read_text())
+
+
+def datasets_of(config: dict) -> dict[str, dict]:
+    """The config's datasets as the workflow reads them from its sheet(s)."""
+    return read_datasets(config)
+
+
+def edit_datasets(config: dict, folder: Path, edit) -> dict:
+    """A copy of ``config`` whose sheet is the original's rows after ``edit(rows)`` (rows: a list of
+    dicts of the sheet's cells, as text), written to ``folder``."""
+    rows = []
+    for path in sheet_paths(config):
+        lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+        header = lines[0].split("\t")
+        rows += [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    rows = edit(rows) or rows
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    sheet = Path(folder) / "datasets.tsv"
+    sheet.write_text("\n".join(["\t".join(columns), *("\t".join(str(row.get(c, "")) for c in columns)
+                                                      for row in rows)]) + "\n")
+    return {**copy.deepcopy(config), "datasets": str(sheet)}
+
+
+def set_cell(dataset: str, column: str, value):
+    """An ``edit`` for :func:`edit_datasets`: one cell of one dataset's row."""
+    def edit(rows):
+        next(row for row in rows if row["dataset"] == dataset)[column] = value
+    return edit
 
 
 def snakemake(workdir: Path | None, config: dict | None, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

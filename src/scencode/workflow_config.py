@@ -1,18 +1,27 @@
-"""The workflow's config, read and checked once for both its readers: the Snakefile (``snakemake
--n`` refuses a bad config before any job) and ``scencode plan`` (which prices only what the
-workflow would run). Checks: no key written twice in a YAML file (the second would silently replace
-the first: a dataset listed as train, then as eval), the JSON schema, and what the DAG needs.
+"""The workflow's config and its dataset sheets, read and checked once for both their readers: the
+Snakefile (``snakemake -n`` refuses a bad config before any job) and ``scencode plan`` (which prices
+only what the workflow would run). Checks: no key written twice in a YAML file (the second would
+silently replace the first), the JSON schemas (config and sheet rows), no dataset listed twice, and
+what the DAG needs.
+
+A dataset sheet (``config/datasets/*.tsv``) holds one row per dataset; the config names its sheets
+under ``datasets``. Relative sheet paths are found from the working directory, else from the
+repository (so ``snakemake --directory /scratch/run`` still finds ``config/datasets/demo.tsv``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
 from .errors import ScencodeError
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+REPOSITORY = Path(__file__).resolve().parents[2]
+SCHEMA = REPOSITORY / "workflow" / "schemas" / "config.schema.yaml"
+SHEET_SCHEMA = REPOSITORY / "workflow" / "schemas" / "datasets.schema.yaml"
+QC_PREFIX = "qc_"  # sheet columns that override one QC setting of their dataset
 TRAIN_CORPUS = "train"  # the training corpus's name; no dataset may take it
 
 
@@ -41,6 +50,111 @@ def read_yaml(path: str | Path) -> dict:
         raise ScencodeError(f"not a readable config ({exc})", path) from None
 
 
+def sheet_paths(config: dict) -> list[Path]:
+    """The config's dataset sheets, found from the working directory, else from the repository."""
+    names = config["datasets"] if isinstance(config["datasets"], list) else [config["datasets"]]
+    paths = []
+    for name in names:
+        path = Path(name)
+        if not path.is_absolute() and not path.exists() and (REPOSITORY / path).exists():
+            path = REPOSITORY / path
+        paths.append(path)
+    return paths
+
+
+def read_datasets(config: dict) -> dict[str, dict]:
+    """Dataset name → its settings ({role, source, label_key, batch_key, n_cells, tissue, qc, ...}),
+    from every sheet the config names; a dataset in two rows (of one sheet or two) is an error."""
+    datasets, where = {}, {}
+    for path in sheet_paths(config):
+        for row_number, name, spec in read_sheet(path):
+            if name in datasets:
+                raise ScencodeError(f"row {row_number}, column dataset: {name!r} is listed twice (first in "
+                                    f"{where[name]}); each dataset has one row", path)
+            datasets[name], where[name] = spec, f"{path}, row {row_number}"
+    return datasets
+
+
+def sheet_schema() -> dict:
+    """The sheet's row schema, with a ``qc_<key>`` column for each QC setting (rules from the config
+    schema's ``$defs/qc``: a bound is written once)."""
+    schema = yaml.safe_load(SHEET_SCHEMA.read_text())
+    for key, rule in yaml.safe_load(SCHEMA.read_text())["$defs"]["qc"]["properties"].items():
+        kinds = rule.get("type")
+        if isinstance(kinds, list):  # an empty cell is the absent value: null is not written
+            rule = {**rule, "type": next(k for k in kinds if k != "null")}
+        schema["properties"][QC_PREFIX + key] = rule
+    return schema
+
+
+def read_sheet(path: Path):
+    """(row number, dataset name, settings) of each row of one sheet, each row checked against the
+    sheet schema; errors name the sheet, the row and the column."""
+    import jsonschema
+    import polars as pl
+
+    schema = sheet_schema()
+    columns = schema["properties"]
+    try:
+        frame = pl.read_csv(path, separator="\t", comment_prefix="#", quote_char=None, infer_schema=False)
+    except FileNotFoundError:
+        raise ScencodeError("dataset sheet not found", path) from None
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ScencodeError(f"not a readable dataset sheet ({exc})", path) from None
+    unknown = [c for c in frame.columns if c not in columns]
+    if unknown:
+        raise ScencodeError(f"unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(columns)})", path)
+    validator = jsonschema.Draft202012Validator(schema)
+    for row_number, row in enumerate(frame.iter_rows(named=True), start=1):
+        values = {c: _cell(text.strip(), columns[c], path, row_number, c)
+                  for c, text in row.items() if text is not None and text.strip()}
+        error = jsonschema.exceptions.best_match(validator.iter_errors(values))
+        if error is not None:
+            column = f", column {error.path[0]}" if error.path else ""
+            raise ScencodeError(f"row {row_number} (dataset {values.get('dataset', '?')}){column}: {error.message}",
+                                path)
+        yield row_number, values["dataset"], _settings(values)
+
+
+def _cell(text: str, column: dict, path: Path, row: int, name: str):
+    kind = column.get("type")
+    try:
+        if kind == "integer":
+            return int(text)
+        if kind == "number":  # "100" stays an int, as YAML reads it
+            try:
+                return int(text)
+            except ValueError:
+                return float(text)
+        if kind == "object":
+            return json.loads(text)
+    except ValueError:
+        expected = {"integer": "an integer", "number": "a number", "object": "a JSON object"}[kind]
+        raise ScencodeError(f"row {row}, column {name}: {text!r} is not {expected}", path) from None
+    return text
+
+
+def _settings(row: dict) -> dict:
+    """A sheet row as the workflow's dataset settings."""
+    kind, location = row["source"], row.get("source_id")
+    source = {"type": kind}
+    if kind == "demo":
+        source.update(name=location, **({"n_cells": row["n_cells"]} if "n_cells" in row else {}))
+    elif kind == "local":
+        source["path"] = location
+    elif kind == "url":
+        source.update(url=location, sha256=row["sha256"])
+    else:
+        source.update({"dataset_id": location} if location else {"query": row["census_query"]})
+    spec = {key: row[key] for key in ("role", "description", "n_cells", "label_key", "batch_key", "tissue")
+            if key in row}
+    spec["source"] = source
+    qc = {key.removeprefix(QC_PREFIX): value for key, value in row.items() if key.startswith(QC_PREFIX)}
+    if qc:
+        spec["qc"] = qc
+    return spec
+
+
 def configurations(config: dict) -> dict[str, tuple[dict, int]]:
     """Run name → (configuration entry, seed), one per entry and seed."""
     pretrain = config["pretrain"]
@@ -61,8 +175,9 @@ def model_settings(config: dict, entry: dict) -> dict:
     return model
 
 
-def check(config: dict, schema: Path = SCHEMA) -> None:
-    """Schema (defaults filled in, as Snakemake's ``validate`` does), datasets, configurations."""
+def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
+    """Schema (defaults filled in, as Snakemake's ``validate`` does), dataset sheets, configurations;
+    returns the datasets (:func:`read_datasets`)."""
     from snakemake.utils import validate  # a dependency already; its errors name the failing key
 
     if not schema.exists():
@@ -72,7 +187,7 @@ def check(config: dict, schema: Path = SCHEMA) -> None:
         validate(config, schema=str(schema))
     except Exception as exc:  # snakemake's WorkflowError: the schema's message names key and value
         raise ScencodeError(f"config does not match its schema: {' '.join(str(exc).split())[:600]}") from None
-    datasets = config["datasets"]
+    datasets = read_datasets(config)
     if not any(spec["role"] == "train" for spec in datasets.values()):
         raise ScencodeError("config: 'datasets' has no dataset with role 'train'")
     if TRAIN_CORPUS in datasets:
@@ -81,6 +196,7 @@ def check(config: dict, schema: Path = SCHEMA) -> None:
         if spec["role"] == "eval" and not spec.get("label_key"):
             raise ScencodeError(f"config: evaluation dataset {name!r} needs 'label_key'")
     _check_models(config)
+    return datasets
 
 
 def _check_models(config: dict) -> None:
@@ -96,10 +212,10 @@ def _check_models(config: dict) -> None:
 
 
 def load(path: str | Path) -> dict:
-    """Read and check a config file as the workflow does."""
+    """Read and check a config file as the workflow does; its ``datasets`` are the sheets' rows."""
     config = read_yaml(path)
     try:
-        check(config)
+        datasets = check(config)
     except ScencodeError as exc:
-        raise ScencodeError(str(exc), path) from None
-    return config
+        raise exc if exc.path else ScencodeError(str(exc), path) from None
+    return {**config, "datasets": datasets}

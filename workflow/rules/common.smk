@@ -8,17 +8,16 @@ from scencode.errors import ScencodeError
 from scencode.plan import job_resources
 
 
-try:  # the checks `scencode plan` runs too: no key twice in a config file, the schema, the DAG's needs
+try:  # the checks `scencode plan` runs too: no key twice in a config file, the schemas, the DAG's needs
     for configfile_path in workflow.configfiles:
         workflow_config.read_yaml(configfile_path)
-    workflow_config.check(config)
+    DATASETS = workflow_config.check(config)  # the dataset sheets' rows: name → settings
 except ScencodeError as exc:
     raise ValueError(str(exc)) from None
 
 RESOURCES = config["resources_dir"]
 RESULTS = config["results_dir"]
 LOGS = config["logs_dir"]
-DATASETS = config["datasets"]
 TRAIN_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "train")
 EVAL_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "eval")
 TRAIN_CORPUS = workflow_config.TRAIN_CORPUS
@@ -32,10 +31,13 @@ wildcard_constraints:
     run="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
 
 
+SIZED_CONFIG = {**config, "datasets": DATASETS}  # plan reads the datasets' sizes from the sheets' rows
+
+
 def sized(stage, key=None):
     """gpu, threads, mem_mb and runtime of one job, computed from the run's size (scencode.plan;
     `scencode plan` prints the same figures). A site overrides them in the workflow profile."""
-    return job_resources(stage, config, key)
+    return job_resources(stage, SIZED_CONFIG, key)
 
 
 def as_json(value):
@@ -198,7 +200,7 @@ def all_targets():
 def comparison_caveat():
     """Why this run's numbers are not comparable with the study's (printed on paper_comparison)."""
     reasons = []
-    training = [d for d in config["datasets"].values() if d["role"] == "train"]
+    training = [DATASETS[d] for d in TRAIN_DATASETS]
     if any(d["source"]["type"] == "demo" for d in training):
         reasons.append("demo data (simulated cells)")
     model = PRETRAIN["model"]
