@@ -261,14 +261,17 @@ def test_a_checkpoint_of_another_vocabulary_is_named_with_the_vocabulary_it_expe
      "unknown gene encoding 'nope'"),
     (lambda c: c["pretrain"]["loader"].update(p_mask=1.5), "1.5"),
     (lambda c: c["pretrain"]["train"].update(max_steps=0), "max_steps"),
-    (lambda c: c["datasets"].update({"bad id!": {"role": "train", "source": {"type": "demo", "name": "x"}}}),
-     "bad id!"),
+    (lambda c: c.update(datasets=str(c["sheet"])), "row 8 (dataset bad id!), column dataset"),
 ])
 def test_plan_refuses_what_the_workflow_refuses(tmp_path, edit, message):
     from scencode.plan import run as plan
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    rows = (REPO / "config" / "datasets" / "demo.tsv").read_text()
+    (tmp_path / "bad.tsv").write_text(rows + "bad id!\ttrain\tdemo\tsim_lung_1\n")
+    config["sheet"] = tmp_path / "bad.tsv"  # for the case that points the config at it
     edit(config)
+    config.pop("sheet")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ScencodeError, match="c.yaml: ") as error:
         plan(tmp_path / "c.yaml")

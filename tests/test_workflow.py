@@ -68,8 +68,8 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert roles.count("train") == 101 and roles.count("eval") == 26
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "train") == 10_010_855
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "eval") == 548_977
-    # the same jobs as when the lists were inline in paper.yaml
-    assert jobs == {"download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
+    # the same jobs as when the lists were inline in paper.yaml, and the corpus statistics
+    assert jobs == {"corpus_stats": 1, "download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
                     "esm_coverage": 1, "leakage": 1, "vocab": 1, "evaluate": 286, "tokenize": 27, "pretrain": 9,
                     "embed": 234, "reconstruction": 9, "scib_benchmarker": 26, "tables": 1, "figures": 1, "all": 1}
     sources = [spec["source"] for spec in datasets.values()]

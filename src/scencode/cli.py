@@ -33,6 +33,8 @@ STEPS = {
     "vocab": ("vocab", "run", "build the shared gene vocabulary"),
     "tokenize": ("tokenize", "run", "write a corpus of Parquet token shards"),
     "check-shards": ("shards", "check", "verify a corpus against its manifest"),
+    "corpus-stats": ("corpus_stats", "run", "cells, genes per cell, tokens after the context cap and vocabulary "
+                                            "coverage of token corpora"),
     "proteins": ("esm.proteins", "run", "fetch a peptide FASTA (Ensembl pep.all, or the demo's)"),
     "esm-tiny": ("esm.embed", "tiny", "save a randomly initialised tiny ESM-2 (demo and tests)"),
     "esm-embed": ("esm.embed", "run", "ESM-2 gene embeddings from a peptide FASTA"),

@@ -21,13 +21,14 @@ LOGS = config["logs_dir"]
 TRAIN_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "train")
 EVAL_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "eval")
 TRAIN_CORPUS = workflow_config.TRAIN_CORPUS
+CORPORA = [TRAIN_CORPUS, *EVAL_DATASETS]  # every token corpus: the training datasets together, each evaluation one
 ESM = config["esm"]
 ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    corpus="|".join([TRAIN_CORPUS, *EVAL_DATASETS]),
+    corpus="|".join(CORPORA),
     run="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
 
 
@@ -188,7 +189,8 @@ def metric_tables():
 
 def all_targets():
     return [
-        *[corpus_dir(c) for c in [TRAIN_CORPUS, *EVAL_DATASETS]],
+        *[corpus_dir(c) for c in CORPORA],
+        f"{RESULTS}/tables/corpus_stats.csv",
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
         *expand(f"{RESULTS}/models/{{run}}/model.json", run=CONFIGURATIONS),
         f"{RESULTS}/tables/summary.csv",

@@ -1,0 +1,66 @@
+"""Corpus statistics: one lazy polars scan per corpus, checked against the shards read with pyarrow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from scencode.corpus_stats import read_stats, run, training_figures
+from scencode.errors import ScencodeError
+from scencode.formats import load_vocab
+
+
+def test_statistics_equal_what_the_shards_hold(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    stats = run([corpus], vocab, context=40, out=tmp_path / "stats.csv", figure=tmp_path / "stats.png")
+    table = pq.read_table(sorted(corpus.glob("part-*.parquet")), columns=["dataset_id", "split", "gene_ids"])
+    n_genes = pc.list_value_length(table["gene_ids"]).to_numpy()
+    datasets, splits = table["dataset_id"].to_numpy(), table["split"].to_numpy()
+    vocab_genes = len(load_vocab(vocab)[0]) - 2
+    assert len(stats) == len({(d, s) for d, s in zip(datasets, splits)}) == 6  # two datasets × three splits
+    for row in stats.iter_rows(named=True):
+        cells = (datasets == row["dataset_id"]) & (splits == row["split"])
+        genes = n_genes[cells]
+        assert row["corpus"] == "train" and row["cells"] == cells.sum()
+        assert row["genes_per_cell_mean"] == pytest.approx(genes.mean())
+        assert row["genes_per_cell_median"] == pytest.approx(np.quantile(genes, 0.5))
+        assert row["genes_per_cell_p95"] == pytest.approx(np.quantile(genes, 0.95))
+        assert (row["genes_per_cell_min"], row["genes_per_cell_max"]) == (genes.min(), genes.max())
+        assert row["tokens"] == np.minimum(genes, 40).sum() < genes.sum()  # the cap bites on these cells
+        seen = np.unique(np.concatenate(table["gene_ids"].filter(cells).to_pylist()))
+        assert row["genes_seen"] == len(seen) and row["vocab_coverage"] == pytest.approx(len(seen) / vocab_genes)
+    assert read_stats(tmp_path / "stats.csv").equals(stats)
+
+
+def test_the_plan_reads_the_training_splits_tokens_per_cell(demo_corpus, tmp_path):
+    corpus, vocab = demo_corpus
+    stats = run([corpus], vocab, context=40, out=tmp_path / "stats.csv", figure=tmp_path / "stats.png")
+    figures = training_figures(stats)
+    train = stats.filter(stats["split"] == "train")
+    assert figures["train_cells"] == train["cells"].sum()
+    assert figures["tokens_per_cell"] == pytest.approx(train["tokens"].sum() / train["cells"].sum())
+    assert sum(figures["cells_by_split"].values()) == stats["cells"].sum()
+
+
+def test_the_figure_shows_each_dataset_beside_the_context_cap(demo_corpus, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    corpus, vocab = demo_corpus
+    saved = []
+    monkeypatch.setattr(plt, "close", saved.append)  # keep the figure to read it back
+    run([corpus], vocab, context=40, out=tmp_path / "stats.csv", figure=tmp_path / "stats.png")
+    left, right = saved[0].axes
+    assert [t.get_text() for t in left.get_yticklabels()] == ["train · sim_blood_1", "train · sim_lung_1"]
+    assert left.get_xlabel() == "non-zero vocabulary genes per cell" and right.get_xlabel() == "vocabulary coverage"
+    assert [line.get_xdata()[0] for line in left.lines if line.get_linestyle() == "--"] == [40]
+    assert all(0 < bar.get_width() <= 1 for bar in right.patches) and len(right.patches) == 2
+    assert (tmp_path / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_corpus_without_a_manifest_is_named(tmp_path, demo_corpus):
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(ScencodeError, match="broken/manifest.json: corpus manifest not found"):
+        run([tmp_path / "broken"], demo_corpus[1], context=40, out=tmp_path / "s.csv", figure=tmp_path / "s.png")
+    assert not (tmp_path / "s.csv").exists()

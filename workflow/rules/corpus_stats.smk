@@ -1,0 +1,25 @@
+# What the token corpora hold (cells, genes per cell, tokens after the context cap, vocabulary
+# coverage), as a table and a figure; `scencode plan` prices training from the table.
+
+
+rule corpus_stats:
+    input:
+        corpora=[corpus_dir(c) for c in CORPORA],
+        vocab=rules.vocab.output[0],
+    output:
+        table=report(f"{RESULTS}/tables/corpus_stats.csv", caption="../report/corpus_stats.rst", category="Tables"),
+        figure=report(f"{RESULTS}/figures/corpus_stats.png", caption="../report/corpus_stats.rst", category="Figures"),
+    params:
+        context=PRETRAIN["loader"]["context"],
+    log:
+        f"{LOGS}/corpus_stats.log",
+    benchmark:
+        f"{LOGS}/benchmarks/corpus_stats.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "scencode corpus-stats --corpora {input.corpora:q} --vocab {input.vocab:q} --context {params.context}"
+        " --out {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"
