@@ -261,7 +261,7 @@ def test_a_checkpoint_of_another_vocabulary_is_named_with_the_vocabulary_it_expe
      "unknown gene encoding 'nope'"),
     (lambda c: c["pretrain"]["loader"].update(p_mask=1.5), "1.5"),
     (lambda c: c["pretrain"]["train"].update(max_steps=0), "max_steps"),
-    (lambda c: c.update(datasets=str(c["sheet"])), "row 8 (dataset bad id!), column dataset"),
+    (lambda c: c.update(datasets=str(c["sheet"])), "bad.tsv: row 8 (dataset bad id!), column dataset"),
 ])
 def test_plan_refuses_what_the_workflow_refuses(tmp_path, edit, message):
     from scencode.plan import run as plan
@@ -273,7 +273,7 @@ def test_plan_refuses_what_the_workflow_refuses(tmp_path, edit, message):
     edit(config)
     config.pop("sheet")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(ScencodeError, match="c.yaml: ") as error:
+    with pytest.raises(ScencodeError, match=f"^{tmp_path}/(c.yaml|bad.tsv): ") as error:
         plan(tmp_path / "c.yaml")
     assert message in str(error.value)
 
