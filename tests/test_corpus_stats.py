@@ -29,8 +29,9 @@ def test_statistics_equal_what_the_shards_hold(demo_corpus, tmp_path):
         assert row["genes_per_cell_p95"] == pytest.approx(np.quantile(genes, 0.95))
         assert (row["genes_per_cell_min"], row["genes_per_cell_max"]) == (genes.min(), genes.max())
         assert row["tokens"] == np.minimum(genes, 40).sum() < genes.sum()  # the cap bites on these cells
-        seen = np.unique(np.concatenate(table["gene_ids"].filter(cells).to_pylist()))
-        assert row["genes_seen"] == len(seen) and row["vocab_coverage"] == pytest.approx(len(seen) / vocab_genes)
+        seen = np.unique(np.concatenate(table["gene_ids"].filter(datasets == row["dataset_id"]).to_pylist()))
+        assert row["dataset_genes_seen"] == len(seen)
+        assert row["dataset_vocab_coverage"] == pytest.approx(len(seen) / vocab_genes)
     assert read_stats(tmp_path / "stats.csv").equals(stats)
 
 

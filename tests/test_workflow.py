@@ -58,6 +58,20 @@ def test_demo_gpu_config_layers_model_sizes_over_the_demo(tmp_path):
     assert planned_jobs(result)["download"] == len(datasets_of(demo_config()))
 
 
+def test_a_cpu_machine_asks_no_gpu_unless_told(tmp_path):
+    """use_gpus: auto asks CUDA (none here); the SLURM profile and `--config use_gpus=true` ask for GPUs."""
+    import torch
+
+    assert not torch.cuda.is_available()
+    local = snakemake(tmp_path, small_config(), "-n")
+    assert local.returncode == 0, local.stderr
+    jobs = _job_blocks(local.stdout)
+    assert {j["rule"] for j in jobs} >= {"pretrain", "embed"} and all(j["resources"].get("gpu", "0") == "0" for j in jobs)
+    told = _job_blocks(snakemake(tmp_path, small_config(), "-n", "--config", "use_gpus=true").stdout)
+    gpu_jobs = {j["rule"] for j in told if j["resources"].get("gpu") == "1"}
+    assert gpu_jobs == {"pretrain", "embed", "reconstruction"}  # the demo's tiny ESM-2 runs on a CPU
+
+
 def test_paper_config_plans_every_download_offline(tmp_path):
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     result = snakemake(tmp_path, config, "-n", "--profile", str(REPO / "slurm"))
@@ -302,7 +316,7 @@ def test_config_values_and_paths_reach_commands_quoted(tmp_path):
 def _job_blocks(stdout: str) -> list[dict]:
     """Each planned job of a dry run: rule, wildcards, resources, threads and --threads of its command."""
     jobs = []
-    for block in stdout.split("\n\n"):
+    for block in re.split(r"\n(?=(?:\[[^\]]*\]\n)?rule \w+:)", stdout):
         rule = re.search(r"^rule (\w+):", block, re.M)
         if not rule:
             continue

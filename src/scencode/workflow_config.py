@@ -155,6 +155,17 @@ def _settings(row: dict) -> dict:
     return spec
 
 
+def use_gpus(config: dict) -> bool:
+    """Whether GPU jobs ask for a GPU: ``use_gpus`` true or false, or auto (the default): whether
+    this machine has CUDA. The SLURM profile sets it to true: jobs run on the cluster's nodes."""
+    choice = config.get("use_gpus", "auto")
+    if choice == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return choice in (True, "true")
+
+
 def configurations(config: dict) -> dict[str, tuple[dict, int]]:
     """Run name → (configuration entry, seed), one per entry and seed."""
     pretrain = config["pretrain"]

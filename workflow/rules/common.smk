@@ -33,12 +33,24 @@ wildcard_constraints:
 
 
 SIZED_CONFIG = {**config, "datasets": DATASETS}  # plan reads the datasets' sizes from the sheets' rows
+USE_GPUS = workflow_config.use_gpus(config)  # 'use_gpus': auto (this machine has CUDA), true (slurm profile), false
+
+
+def _sized(stage, wildcards, key):
+    resources = job_resources(stage, SIZED_CONFIG, getattr(wildcards, key) if key else None)
+    return {**resources, "gpu": resources["gpu"] if USE_GPUS else 0}
 
 
 def sized(stage, key=None):
-    """gpu, threads, mem_mb and runtime of one job, computed from the run's size (scencode.plan;
-    `scencode plan` prints the same figures). A site overrides them in the workflow profile."""
-    return job_resources(stage, SIZED_CONFIG, key)
+    """gpu, mem_mb and runtime of a rule's jobs (``resources: **sized(stage, key)``), computed from the
+    run's size by scencode.plan (`scencode plan` prints the same figures); ``key``: the wildcard that
+    names the job's dataset or corpus. No GPU is asked where none is expected. A site overrides
+    them in the workflow profile."""
+    return {name: (lambda w, name=name: _sized(stage, w, key)[name]) for name in ("gpu", "mem_mb", "runtime")}
+
+
+def sized_threads(stage, key=None):
+    return lambda w: _sized(stage, w, key)["threads"]
 
 
 def as_json(value):

@@ -10,11 +10,9 @@ rule download:
         f"{LOGS}/download/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/download/{{dataset}}.tsv"
-    threads: lambda w: sized("download", w.dataset)["threads"]
+    threads: sized_threads("download", "dataset")
     resources:
-        gpu=lambda w: sized("download", w.dataset)["gpu"],
-        mem_mb=lambda w: sized("download", w.dataset)["mem_mb"],
-        runtime=lambda w: sized("download", w.dataset)["runtime"],
+        **sized("download", "dataset"),
     retries: 2
     conda:
         "../../envs/data.yaml"

@@ -16,11 +16,9 @@ rule embed:
         f"{LOGS}/embed/{{run}}/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/embed/{{run}}/{{dataset}}.tsv"
-    threads: lambda w: sized("embed", w.dataset)["threads"]
+    threads: sized_threads("embed", "dataset")
     resources:
-        gpu=lambda w: sized("embed", w.dataset)["gpu"],
-        mem_mb=lambda w: sized("embed", w.dataset)["mem_mb"],
-        runtime=lambda w: sized("embed", w.dataset)["runtime"],
+        **sized("embed", "dataset"),
     conda:
         "../../envs/train.yaml"
     shell:
@@ -43,11 +41,9 @@ rule reconstruction:
         f"{LOGS}/reconstruction/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/reconstruction/{{run}}.tsv"
-    threads: lambda w: sized("reconstruction", w.run)["threads"]
+    threads: sized_threads("reconstruction", "run")
     resources:
-        gpu=lambda w: sized("reconstruction", w.run)["gpu"],
-        mem_mb=lambda w: sized("reconstruction", w.run)["mem_mb"],
-        runtime=lambda w: sized("reconstruction", w.run)["runtime"],
+        **sized("reconstruction", "run"),
     conda:
         "../../envs/train.yaml"
     shell:

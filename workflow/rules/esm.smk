@@ -81,11 +81,9 @@ else:
             f"{LOGS}/esm/embeddings.log",
         benchmark:
             f"{LOGS}/benchmarks/esm/embeddings.tsv"
-        threads: sized("esm_embeddings")["threads"]
+        threads: sized_threads("esm_embeddings")
         resources:
-            gpu=sized("esm_embeddings")["gpu"],
-            mem_mb=sized("esm_embeddings")["mem_mb"],
-            runtime=sized("esm_embeddings")["runtime"],
+            **sized("esm_embeddings"),
         conda:
             "../../envs/esm.yaml"
         shell:

@@ -19,11 +19,9 @@ rule evaluate:
         f"{LOGS}/evaluate/{{run}}/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/evaluate/{{run}}/{{dataset}}.tsv"
-    threads: lambda w: sized("evaluate", w.dataset)["threads"]
+    threads: sized_threads("evaluate", "dataset")
     resources:
-        gpu=lambda w: sized("evaluate", w.dataset)["gpu"],
-        mem_mb=lambda w: sized("evaluate", w.dataset)["mem_mb"],
-        runtime=lambda w: sized("evaluate", w.dataset)["runtime"],
+        **sized("evaluate", "dataset"),
     conda:
         "../../envs/evaluate.yaml"
     shell:

@@ -20,11 +20,9 @@ rule pretrain:
         f"{LOGS}/pretrain/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/pretrain/{{run}}.tsv"
-    threads: lambda w: sized("pretrain", w.run)["threads"]
+    threads: sized_threads("pretrain", "run")
     resources:
-        gpu=lambda w: sized("pretrain", w.run)["gpu"],
-        mem_mb=lambda w: sized("pretrain", w.run)["mem_mb"],
-        runtime=lambda w: sized("pretrain", w.run)["runtime"],
+        **sized("pretrain", "run"),
     conda:
         "../../envs/train.yaml"
     shell:

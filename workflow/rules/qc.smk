@@ -11,11 +11,9 @@ rule qc:
         f"{LOGS}/qc/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/qc/{{dataset}}.tsv"
-    threads: lambda w: sized("qc", w.dataset)["threads"]
+    threads: sized_threads("qc", "dataset")
     resources:
-        gpu=lambda w: sized("qc", w.dataset)["gpu"],
-        mem_mb=lambda w: sized("qc", w.dataset)["mem_mb"],
-        runtime=lambda w: sized("qc", w.dataset)["runtime"],
+        **sized("qc", "dataset"),
     conda:
         "../../envs/data.yaml"
     shell:

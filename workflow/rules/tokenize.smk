@@ -18,11 +18,9 @@ rule tokenize:
         f"{LOGS}/tokenize/{{corpus}}.log",
     benchmark:
         f"{LOGS}/benchmarks/tokenize/{{corpus}}.tsv"
-    threads: lambda w: sized("tokenize", w.corpus)["threads"]
+    threads: sized_threads("tokenize", "corpus")
     resources:
-        gpu=lambda w: sized("tokenize", w.corpus)["gpu"],
-        mem_mb=lambda w: sized("tokenize", w.corpus)["mem_mb"],
-        runtime=lambda w: sized("tokenize", w.corpus)["runtime"],
+        **sized("tokenize", "corpus"),
     conda:
         "../../envs/data.yaml"
     shell:
