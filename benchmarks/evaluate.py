@@ -30,9 +30,16 @@ import pandas as pd
 import yaml
 
 from scencode.evaluate import EvalParams, evaluate_embedding
+from scencode.workflow_config import read_datasets
 
-TISSUES = Path(__file__).resolve().parents[1] / "config" / "paper" / "evaluation_tissues.csv"
 PAPER = Path(__file__).resolve().parents[1] / "config" / "paper.yaml"
+
+
+def paper_tissues() -> pd.DataFrame:
+    """The study's evaluation datasets and their sizes, from the paper config's dataset sheets."""
+    datasets = read_datasets(yaml.safe_load(PAPER.read_text()))
+    return pd.DataFrame([{"dataset": name, "n_cells": spec["n_cells"]} for name, spec in datasets.items()
+                         if spec["role"] == "eval"])
 
 
 def realistic(n: int, dim: int, seed: int = 0):
@@ -109,7 +116,7 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = np.array(sizes, float)
     (a, b), *_ = np.linalg.lstsq(np.stack([n, n ** 2], 1), np.array(seconds), rcond=None)
-    tissues = pd.read_csv(TISSUES)
+    tissues = paper_tissues()
     per_dataset = a * tissues.n_cells + b * tissues.n_cells ** 2
     models = paper_models(yaml.safe_load(PAPER.read_text()))
     total_s = models * float(per_dataset.sum())

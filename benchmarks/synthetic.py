@@ -15,9 +15,10 @@ BLOCK = 20_000
 
 
 def write_synthetic_h5ad(path: str | Path, n_cells: int, nnz: int, n_genes: int = 20_000, seed: int = 0,
-                         spread: float | None = None) -> None:
+                         spread: float | None = None, var_names: list[str] | None = None) -> None:
     """About ``nnz`` non-zero genes per cell drawn from a skewed gene popularity, geometric counts;
-    ``spread``: heavy-tailed (log-normal, this sigma) cell lengths as in droplet data, else normal ± 25%."""
+    ``spread``: heavy-tailed (log-normal, this sigma) cell lengths as in droplet data, else normal ± 25%;
+    ``var_names``: the genes' ids (default: Ensembl-like ids no gene table knows)."""
     rng = np.random.default_rng(seed)
     popularity = rng.gamma(0.5, 1.0, n_genes)
     popularity /= popularity.sum()
@@ -32,4 +33,4 @@ def write_synthetic_h5ad(path: str | Path, n_cells: int, nnz: int, n_genes: int 
         block.sum_duplicates()
         writer.append(block)
     writer.finish(pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
-                  pd.DataFrame(index=[f"ENSG{i:011d}" for i in range(n_genes)]))
+                  pd.DataFrame(index=var_names or [f"ENSG{i:011d}" for i in range(n_genes)]))

@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--phase", choices=["read_limit", "tokenize"])
     parser.add_argument("--input")
     parser.add_argument("--workdir")
+    parser.add_argument("--record", action="store_true", help="keep cells/s in benchmarks/measured.json (plan)")
     args = parser.parse_args()
 
     if args.phase:  # child process: one measurement
@@ -122,6 +123,11 @@ def main() -> None:
         "peak_rss_mb": tok["peak_rss_mb"],
         "read_limit_peak_rss_mb": limit["peak_rss_mb"],
     }
+    if args.record:
+        from record import record  # benchmarks/record.py
+
+        record("tokenize_cells_per_s", round(result["cells_per_s"]), "cells/s", "benchmarks/tokenize_throughput.py",
+               f"{args.cells:,} cells x {result['mean_nnz']:,.0f} genes")
     print(json.dumps(result))
 
 

@@ -26,18 +26,35 @@ class Rate:
     source: str  # "measured: …" or "assumed: …"
 
 
-THROUGHPUT = {
-    "train_real_tokens_per_gpu_s": Rate(857_000, "real tokens/s (forward + backward)",
-                                        "measured: benchmarks/gpu_check.py on one H200, d 512 × 12 layers, bf16, "
-                                        "packed batches, eager as scencode pretrain runs, 2026-11-26"),
+# What each throughput is assumed to be until a benchmark measures it: benchmarks/measured.json
+# (written by the benchmarks' --record) replaces these with measured figures, dated, with their commit.
+ASSUMED = {
+    "train_real_tokens_per_gpu_s": Rate(500_000, "real tokens/s (forward + backward)",
+                                        "assumed: d 512 x 12 layers, bf16, one recent GPU"),
     "esm_flop_per_gpu_s": Rate(1.0e14, "FLOP/s",
                                "assumed: 10% of an H100's dense bf16 peak (fp32 weights, ragged batches)"),
-    "qc_cells_per_s": Rate(2_000, "cells/s", "assumed: chunked h5ad read, filter, gzip write on one core"),
-    "tokenize_cells_per_s": Rate(10_000, "cells/s", "measured: benchmarks/tokenize_throughput.py, 100,000 cells × "
-                                 "1,736 genes, 2 cores, 2026-11-26"),
+    "qc_cells_per_s": Rate(2_000, "cells/s", "assumed: chunked h5ad read, filter, write on one core"),
+    "tokenize_cells_per_s": Rate(5_000, "cells/s", "assumed: 2 cores"),
     "download_bytes_per_s": Rate(50e6, "bytes/s", "assumed: 50 MB/s from CELLxGENE's S3"),
-    "evaluate_cells_per_s": Rate(300, "cells/s", "measured: README, 72k cells in ≈4 min on 2 cores"),
+    "evaluate_cells_per_s": Rate(300, "cells/s", "assumed: 2 cores"),
 }
+MEASURED = Path(__file__).resolve().parents[2] / "benchmarks" / "measured.json"
+
+
+def measured_throughputs(path: Path = MEASURED) -> dict[str, Rate]:
+    """The assumed throughputs, each replaced by the project's own measurement where one exists."""
+    import json
+
+    measured = json.loads(path.read_text()) if path.exists() else {}
+    rates = dict(ASSUMED)
+    for key, m in measured.items():
+        if key in rates:
+            rates[key] = Rate(m["value"], m["unit"], f"measured: {m['benchmark']}, {m['detail']}, {m['machine']}, "
+                                                     f"{m['date']}, commit {m['commit']}")
+    return rates
+
+
+THROUGHPUT = measured_throughputs()
 ASSUMED_CELLS = 50_000  # a dataset whose size config does not give (n_cells)
 ASSUMED_RESIDUES = 60e6  # Ensembl 114 peptides, every isoform (≈120,000 sequences)
 BYTES_PER_CELL_H5AD = 8_000  # ≈2,000 non-zero genes × (4 B value + 4 B index), before compression
@@ -76,9 +93,28 @@ def _cells(config: dict, role: str) -> dict[str, int]:
     return {d: dataset_cells(config, d) for d, s in config["datasets"].items() if s["role"] == role}
 
 
-def _tokens_per_cell(config: dict) -> int:
-    # K = min(context, non-zero genes); droplet cells hold ≈1,000–3,000 non-zero genes
-    return min(config["pretrain"]["loader"]["context"], 2_000)
+ASSUMED_GENES_PER_CELL = 2_000  # droplet cells hold ≈1,000–3,000 non-zero genes
+
+
+def _tokens_per_cell(config: dict) -> float:
+    """K = min(context, non-zero genes): the corpus's measured mean when its statistics exist."""
+    corpus = config.get("_corpus_stats")
+    if corpus:
+        return corpus["tokens_per_cell"]
+    return min(config["pretrain"]["loader"]["context"], ASSUMED_GENES_PER_CELL)
+
+
+def with_corpus_stats(config: dict, path: Path) -> dict:
+    """The config with the training corpus's measured figures (results/tables/corpus_stats.csv),
+    when the corpus has been tokenized and its context matches the config's."""
+    if not path.exists():
+        return config
+    from .corpus_stats import read_stats, training_figures
+
+    stats = read_stats(path)
+    if stats.is_empty() or int(stats["context"][0]) != config["pretrain"]["loader"]["context"]:
+        return config
+    return {**config, "_corpus_stats": {**training_figures(stats), "path": str(path)}}
 
 
 def block_params(n_layers: int, d_model: int, d_ff: int) -> float:
@@ -152,7 +188,8 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         return Job(stage, "table", 1, 8, mem, _runtime(minutes, floor=60), minutes)
     if stage == "pretrain":
         epochs = config["pretrain"]["train"].get("epochs") or 1
-        minutes = _train_seconds(config, sum(train.values()), epochs) / 60
+        cells = (config.get("_corpus_stats") or {}).get("train_cells") or sum(train.values())
+        minutes = _train_seconds(config, cells, epochs) / 60
         workers = config["pretrain"]["train"].get("num_workers", 0)
         mem = math.ceil(8000 + 2 * _loader_mem_mb(config, workers) + _model_params(config) * 16 / 2**20)
         return Job(stage, key or "configuration", 1, 8, mem, _runtime(minutes, floor=60), minutes)
@@ -230,8 +267,15 @@ def render(config: dict, gpus: int = 8) -> str:
             f"CPU-hours; critical path ≈ {total_wall:.1f} h on {gpus} GPUs (CPU jobs in parallel)",
             f"disk: resources/ ≈ {disk['resources']:.0f} GB, results/ ≈ {disk['results']:.0f} GB", "", "throughputs:"]
     out += [f"  {name}: {rate.value:g} {rate.unit} ({rate.source})" for name, rate in THROUGHPUT.items()]
-    out.append(f"  tokens per cell: min(context, 2,000) = {_tokens_per_cell(config)} (assumed: droplet cells hold "
-               "≈1,000–3,000 non-zero genes)")
+    corpus = config.get("_corpus_stats")
+    if corpus:
+        splits = ", ".join(f"{split} {cells:,}" for split, cells in corpus["cells_by_split"].items())
+        out.append(f"  tokens per cell: {corpus['tokens_per_cell']:,.1f} (measured: {corpus['path']}, the training "
+                   f"split after the context cap)")
+        out.append(f"  training cells: {corpus['train_cells']:,} (measured: same table; cells by split: {splits})")
+    else:
+        out.append(f"  tokens per cell: min(context, {ASSUMED_GENES_PER_CELL:,}) = {_tokens_per_cell(config):g} "
+                   "(assumed: droplet cells hold ≈1,000–3,000 non-zero genes; tokenize the corpus to measure it)")
     unsized = [d for d, s in config["datasets"].items() if not (s.get("n_cells") or s["source"].get("n_cells"))]
     if unsized:
         out.append(f"  {len(unsized)} dataset(s) without n_cells in config: assumed {ASSUMED_CELLS:,} cells each")
@@ -244,6 +288,8 @@ def run(configfile: Path = Path("config/config.yaml"), gpus: int = 8) -> str:
     as ``snakemake -n`` checks it: a config the workflow refuses is not priced."""
     from .workflow_config import load
 
-    text = render(load(configfile), gpus=gpus)
+    config = load(configfile)
+    config = with_corpus_stats(config, Path(config["results_dir"]) / "tables" / "corpus_stats.csv")
+    text = render(config, gpus=gpus)
     print(text)
     return text

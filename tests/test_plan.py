@@ -1,0 +1,50 @@
+"""`scencode plan`: priced from what the project measured, each figure labelled measured or assumed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+
+from conftest import REPO
+from scencode.corpus_stats import run as corpus_stats
+from scencode.plan import ASSUMED, measured_throughputs, run as plan
+
+
+def test_the_demo_plan_prices_training_from_the_measured_corpus(demo_corpus, tmp_path, monkeypatch):
+    corpus, vocab = demo_corpus
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    context = config["pretrain"]["loader"]["context"]
+    stats = corpus_stats([corpus], vocab, context, tmp_path / "results" / "tables" / "corpus_stats.csv",
+                         tmp_path / "corpus_stats.png")
+    monkeypatch.chdir(tmp_path)  # results_dir is relative, as the workflow runs it
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    before = plan(tmp_path / "c.yaml")
+    train = stats.filter(stats["split"] == "train")
+    tokens = train["tokens"].sum() / train["cells"].sum()
+    assert f"tokens per cell: {tokens:,.1f} (measured: results/tables/corpus_stats.csv" in before
+    assert f"training cells: {train['cells'].sum():,} (measured" in before
+    (tmp_path / "results" / "tables" / "corpus_stats.csv").unlink()
+    after = plan(tmp_path / "c.yaml")
+    assert f"tokens per cell: min(context, 2,000) = {context} (assumed" in after
+    assert before != after  # the pretrain estimate follows the measured tokens
+
+
+def test_every_throughput_says_measured_or_assumed(tmp_path):
+    text = plan(REPO / "config" / "paper.yaml")
+    lines = text.split("throughputs:\n", 1)[1].splitlines()
+    assert len(lines) >= len(ASSUMED) + 1
+    assert all(re.search(r"\((measured|assumed): ", line) for line in lines if line.startswith("  ") and ":" in line
+               and "dataset(s)" not in line)
+
+
+def test_a_recorded_measurement_replaces_the_assumption(tmp_path):
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"qc_cells_per_s": {"value": 7777, "unit": "cells/s", "benchmark": "b.py",
+                                                   "detail": "10 cells", "machine": "2 cores", "date": "2026-12-01",
+                                                   "commit": "abc1234"}}))
+    rates = measured_throughputs(path)
+    assert rates["qc_cells_per_s"].value == 7777
+    assert rates["qc_cells_per_s"].source == "measured: b.py, 10 cells, 2 cores, 2026-12-01, commit abc1234"
+    assert rates["download_bytes_per_s"] == ASSUMED["download_bytes_per_s"]
