@@ -4,7 +4,7 @@
 
 rule baseline:
     input:
-        qc=f"{RESULTS}/qc/{{dataset}}.h5ad",
+        qc=qc_h5ad(),
     output:
         f"{RESULTS}/baselines/baseline-{{kind}}-s{{seed}}/{{dataset}}.parquet",
     params:

@@ -84,7 +84,7 @@ def corpus_inputs(corpus):
     return [
         {
             "dataset_id": d,
-            "path": f"{RESULTS}/qc/{d}.h5ad",
+            "path": qc_h5ad(d),
             "label_key": DATASETS[d].get("label_key"),
             "batch_key": DATASETS[d].get("batch_key"),
         }
@@ -92,8 +92,25 @@ def corpus_inputs(corpus):
     ]
 
 
-def corpus_dir(corpus):
+# One function per file between stages: a wildcard pattern by default, a concrete path when named.
+def raw_h5ad(dataset="{dataset}"):
+    return f"{RESOURCES}/raw/{dataset}.h5ad"
+
+
+def qc_h5ad(dataset="{dataset}"):
+    return f"{RESULTS}/qc/{dataset}.h5ad"
+
+
+def corpus_dir(corpus="{corpus}"):
     return f"{RESULTS}/tokens/{corpus}"
+
+
+def model_status(run="{run}"):
+    return f"{RESULTS}/models/{run}/model.json"
+
+
+def train_log(run="{run}"):
+    return f"{RESULTS}/models/{run}/train_log.parquet"
 
 
 def esm_weights_input():
@@ -204,7 +221,7 @@ def all_targets():
         *[corpus_dir(c) for c in CORPORA],
         f"{RESULTS}/tables/corpus_stats.csv",
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
-        *expand(f"{RESULTS}/models/{{run}}/model.json", run=CONFIGURATIONS),
+        *[model_status(run) for run in CONFIGURATIONS],
         f"{RESULTS}/tables/summary.csv",
         f"{RESULTS}/figures/fig1_batch_vs_bio.png",
         f"{RESULTS}/leakage.json",
@@ -232,8 +249,8 @@ LEAKAGE = config.get("leakage", {"policy": "report"})
 
 def leakage_inputs():
     """What the leakage audit reads of each dataset (roles, QC and raw files, the config source)."""
-    return [{"name": d, "role": DATASETS[d]["role"], "qc": f"{RESULTS}/qc/{d}.h5ad",
-             "raw": f"{RESOURCES}/raw/{d}.h5ad", "source": DATASETS[d]["source"]}
+    return [{"name": d, "role": DATASETS[d]["role"], "qc": qc_h5ad(d), "raw": raw_h5ad(d),
+             "source": DATASETS[d]["source"]}
             for d in [*TRAIN_DATASETS, *EVAL_DATASETS]]
 
 

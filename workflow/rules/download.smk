@@ -3,7 +3,7 @@
 
 rule download:
     output:
-        f"{RESOURCES}/raw/{{dataset}}.h5ad",
+        raw_h5ad(),
     params:
         source=lambda w: as_json(dataset_source(w.dataset)),
     log:

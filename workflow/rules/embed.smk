@@ -4,8 +4,8 @@
 
 rule embed:
     input:
-        model=f"{RESULTS}/models/{{run}}/model.json",
-        corpus=f"{RESULTS}/tokens/{{dataset}}",
+        model=model_status(),
+        corpus=corpus_dir("{dataset}"),
     output:
         parquet=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.parquet",
         h5ad=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.h5ad",
@@ -29,8 +29,8 @@ rule embed:
 
 rule reconstruction:
     input:
-        model=f"{RESULTS}/models/{{run}}/model.json",
-        train_log=f"{RESULTS}/models/{{run}}/train_log.parquet",
+        model=model_status(),
+        train_log=train_log(),
         corpus=corpus_dir(TRAIN_CORPUS),
     output:
         f"{RESULTS}/metrics/{{run}}/reconstruction.parquet",

@@ -94,7 +94,7 @@ else:
 rule esm_coverage:
     input:
         table=ESM_TABLE,
-        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=TRAIN_DATASETS),
+        qc=[qc_h5ad(d) for d in TRAIN_DATASETS],
         genes=rules.gene_table.output.genes,
     output:
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",

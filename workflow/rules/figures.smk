@@ -9,7 +9,7 @@ rule figures:
     input:
         summary=rules.tables.output.summary,
         metrics=rules.tables.output.metrics,
-        train_logs=expand(f"{RESULTS}/models/{{run}}/train_log.parquet", run=CONFIGURATIONS),
+        train_logs=[train_log(run) for run in CONFIGURATIONS],
     output:
         png=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")

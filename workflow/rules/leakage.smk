@@ -5,8 +5,8 @@
 
 rule leakage:
     input:
-        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=[*TRAIN_DATASETS, *EVAL_DATASETS]),
-        raw=expand(f"{RESOURCES}/raw/{{dataset}}.h5ad", dataset=[*TRAIN_DATASETS, *EVAL_DATASETS]),
+        qc=[qc_h5ad(d) for d in [*TRAIN_DATASETS, *EVAL_DATASETS]],
+        raw=[raw_h5ad(d) for d in [*TRAIN_DATASETS, *EVAL_DATASETS]],
     output:
         audit=f"{RESULTS}/leakage.json",
         table=report(f"{RESULTS}/tables/leakage.csv", caption="../report/leakage.rst", category="Tables"),

@@ -11,8 +11,8 @@ rule pretrain:
         vocab=rules.vocab.output[0],
         gene_table=pretrain_gene_table,
     output:
-        status=f"{RESULTS}/models/{{run}}/model.json",
-        log=f"{RESULTS}/models/{{run}}/train_log.parquet",
+        status=model_status(),
+        log=train_log(),
     params:
         settings=lambda w: as_json(pretrain_settings(w.run)),
         table=lambda w, input: ["--gene-table", input.gene_table] if input.gene_table else [],

@@ -1,9 +1,9 @@
 rule qc:
     input:
-        raw=f"{RESOURCES}/raw/{{dataset}}.h5ad",
+        raw=raw_h5ad(),
         genes=rules.gene_table.output.genes,
     output:
-        h5ad=f"{RESULTS}/qc/{{dataset}}.h5ad",
+        h5ad=qc_h5ad(),
         report=f"{RESULTS}/qc/{{dataset}}.json",
     params:
         settings=lambda w: as_json(qc_settings(w.dataset)),

@@ -8,7 +8,7 @@ rule tokenize:
         qc=lambda w: [d["path"] for d in corpus_inputs(w.corpus)],
         leakage=tokenize_exclusions,
     output:
-        directory(f"{RESULTS}/tokens/{{corpus}}"),
+        directory(corpus_dir()),
     params:
         datasets=lambda w: as_json(corpus_inputs(w.corpus)),
         settings=as_json(config["tokenize"]),

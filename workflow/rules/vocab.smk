@@ -3,7 +3,7 @@
 
 rule vocab:
     input:
-        qc=expand(f"{RESULTS}/qc/{{dataset}}.h5ad", dataset=TRAIN_DATASETS),
+        qc=[qc_h5ad(d) for d in TRAIN_DATASETS],
         protein_genes=vocab_protein_genes(),
     output:
         f"{RESULTS}/vocab.parquet",
