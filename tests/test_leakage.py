@@ -93,4 +93,14 @@ def test_datasets_without_a_donor_column_are_compared_by_ids_only(tmp_path):
     a = ad.AnnData(np.ones((3, 2), np.float32))
     a.write_h5ad(tmp_path / "a.h5ad")
     identity = read_identity("a", "train", tmp_path / "a.h5ad", tmp_path / "missing_raw.h5ad", {"dataset_id": "x"})
-    assert identity.dataset_ids == {"x"} and identity.donors.empty
+    assert identity.dataset_ids == {"x"} and identity.donors.is_empty()
+
+
+def test_a_barcode_counts_as_the_same_cell_only_within_the_same_donor(tmp_path):
+    """10x barcodes repeat across runs: AAAA of donor TSP14 and AAAA of donor TSP15 are two cells."""
+    t = fake(tmp_path, "t", ["TSP14", "TSP15", "TSP14"], ["AAAA", "CCCC", "GGGG"], collection=TS_V1)
+    e = fake(tmp_path, "e", ["TSP15", "TSP14", "TSP14"], ["AAAA", "CCCC", "GGGG"], collection=TS_V2)
+    result = audit([read_identity("t", "train", t["qc"], t["raw"]), read_identity("e", "eval", e["qc"], e["raw"])])
+    pair = result["pairs"][0]
+    assert pair["shared_donors"] == ["TSP14", "TSP15"] and pair["train_cells_of_shared_donors"] == 3
+    assert pair["shared_barcodes_in_shared_donors"] == 1  # GGGG, TSP14 in both

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import polars as pl
 
 from .atomic import OutputFile, atomic_path, write_json
 from .errors import ScencodeError
@@ -42,7 +43,11 @@ class DatasetIdentity:
     role: str
     dataset_ids: set[str] = field(default_factory=set)
     collection_ids: set[str] = field(default_factory=set)
-    donors: pd.Series = field(default_factory=lambda: pd.Series(dtype=str))  # barcode → donor label
+    donors: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CELLS))  # barcode, donor
+    n_cells: int = 0
+
+
+CELLS = {"barcode": pl.String, "donor": pl.String}
 
 
 def read_identity(name: str, role: str, qc_path: str | Path, raw_path: str | Path | None = None,
@@ -64,10 +69,9 @@ def read_identity(name: str, role: str, qc_path: str | Path, raw_path: str | Pat
         ids.update(DATASET_VERSION_RE.findall(citation))
     column = next((c for c in DONOR_COLUMNS if c in obs.columns), None)
     # no donor column: no donor can be matched (dataset and collection ids still are)
-    donors = obs[column].astype(str) if column else pd.Series(dtype=str, index=pd.Index([], dtype=str))
-    if column:
-        donors.index = obs.index.astype(str)
-    return DatasetIdentity(name, role, ids, collections, donors)
+    donors = (pl.DataFrame({"barcode": obs.index.astype(str).to_numpy(), "donor": obs[column].astype(str).to_numpy()},
+                           schema=CELLS) if column else pl.DataFrame(schema=CELLS))
+    return DatasetIdentity(name, role, ids, collections, donors, len(obs))
 
 
 def read_citation(path: str | Path) -> str:
@@ -83,19 +87,26 @@ def read_citation(path: str | Path) -> str:
 
 def audit(datasets: list[DatasetIdentity], policy: str = "report") -> dict:
     """Every (training, evaluation) pair that shares something, and the training cells to leave
-    out under ``drop``. ``error`` raises when any pair shares data."""
+    out under ``drop``. ``error`` raises when any pair shares data. Donors, their cells and their
+    barcodes are matched by joins over every dataset's cells at once (polars), not pair by pair."""
     if policy not in POLICIES:
         raise ScencodeError(f"leakage.policy {policy!r}: choose one of {', '.join(POLICIES)}")
     train = [d for d in datasets if d.role == "train"]
     evaluation = [d for d in datasets if d.role == "eval"]
-    pairs, drop = [], {d.name: set() for d in train}
-    for t in train:
-        for e in evaluation:
-            pair = compare(t, e)
-            if pair["leaks"] or pair["generic_donor_labels_shared"]:
-                pairs.append(pair)
-            if pair["leaks"]:
-                drop[t.name] |= affected_cells(t, pair)
+    cells = pl.concat([d.donors.with_columns(dataset=pl.lit(d.name), role=pl.lit(d.role)) for d in datasets],
+                      how="vertical")
+    labels = _shared_labels(cells)
+    pairs = [compare(t, e, labels.get((t.name, e.name), set())) for t in train for e in evaluation]
+    shared_cells = _cells_of_shared_donors(cells, pairs)
+    drop = {d.name: set() for d in train}
+    for pair in pairs:
+        counts = shared_cells.get((pair["train"], pair["eval"]), {})
+        pair["shared_barcodes_in_shared_donors"] = counts.get("barcodes", 0)
+        pair["train_cells_of_shared_donors"] = counts.get("cells", 0)
+        if pair["leaks"]:
+            t = next(d for d in train if d.name == pair["train"])
+            drop[t.name] |= (set(t.donors["barcode"]) or {"*"}) if pair["shared_dataset_ids"] else counts.get("set", set())
+    pairs = [p for p in pairs if p["leaks"] or p["generic_donor_labels_shared"]]
     leaking = [p for p in pairs if p["leaks"]]
     if policy == "error" and leaking:
         raise ScencodeError("training and evaluation data overlap (leakage.policy: error): " + "; ".join(
@@ -108,27 +119,45 @@ def audit(datasets: list[DatasetIdentity], policy: str = "report") -> dict:
             "cells_dropped": int(sum(len(c) for c in dropped.values()))}
 
 
-def compare(t: DatasetIdentity, e: DatasetIdentity) -> dict:
+def _shared_labels(cells: pl.DataFrame) -> dict[tuple[str, str], set[str]]:
+    """(training, evaluation) dataset → the donor labels both hold: one join of the labels."""
+    labels = cells.select("dataset", "role", "donor").unique()
+    shared = (labels.filter(pl.col("role") == "train")
+              .join(labels.filter(pl.col("role") == "eval"), on="donor", suffix="_eval")
+              .group_by("dataset", "dataset_eval").agg(pl.col("donor")))
+    return {(t, e): set(donors) for t, e, donors in shared.iter_rows()}
+
+
+def _cells_of_shared_donors(cells: pl.DataFrame, pairs: list[dict]) -> dict[tuple[str, str], dict]:
+    """Per leaking pair: the training cells of its shared donors, and how many of them carry a
+    barcode that the evaluation dataset's cells of the same donor carry too."""
+    rows = [(p["train"], p["eval"], donor) for p in pairs for donor in p["shared_donors"]]
+    if not rows:
+        return {}
+    donors = pl.DataFrame(rows, schema={"dataset": pl.String, "dataset_eval": pl.String, "donor": pl.String},
+                          orient="row")
+    train_cells = cells.filter(pl.col("role") == "train").join(donors, on=["dataset", "donor"])
+    evaluation = cells.filter(pl.col("role") == "eval").select(dataset_eval="dataset", donor="donor",
+                                                               barcode="barcode", in_eval=pl.lit(True))
+    matched = (train_cells.join(evaluation.unique(), on=["dataset_eval", "donor", "barcode"], how="left")
+               .group_by("dataset", "dataset_eval")
+               .agg(cells=pl.len(), barcodes=pl.col("in_eval").sum(), set=pl.col("barcode")))
+    return {(t, e): {"cells": int(n), "barcodes": int(b or 0), "set": set(barcodes)}
+            for t, e, n, b, barcodes in matched.iter_rows()}
+
+
+def compare(t: DatasetIdentity, e: DatasetIdentity, labels: set[str]) -> dict:
+    """What a (training, evaluation) pair shares; ``labels``: the donor labels both hold."""
     shared_ids = sorted(t.dataset_ids & e.dataset_ids)
     shared_collections = sorted(t.collection_ids & e.collection_ids)
-    labels = set(t.donors.unique()) & set(e.donors.unique())
     generic = sorted(x for x in labels if GENERIC_DONOR.match(x))
     # generic labels ("1", "donor_2") name the same person only within one collection
     donors = sorted(labels - set(generic)) + (generic if shared_collections else [])
-    in_shared = t.donors[t.donors.isin(donors)]
-    barcodes = in_shared.index.intersection(e.donors[e.donors.isin(donors)].index)
     return {"train": t.name, "eval": e.name, "shared_dataset_ids": shared_ids,
             "shared_collection_ids": shared_collections, "shared_donors": donors,
             "generic_donor_labels_shared": [] if shared_collections else generic,
-            "shared_barcodes_in_shared_donors": int(len(barcodes)),
-            "train_cells_of_shared_donors": int(len(in_shared)),
+            "shared_barcodes_in_shared_donors": 0, "train_cells_of_shared_donors": 0,
             "leaks": bool(shared_ids or donors)}
-
-
-def affected_cells(t: DatasetIdentity, pair: dict) -> set[str]:
-    if pair["shared_dataset_ids"]:  # the same dataset: every cell
-        return set(t.donors.index) if len(t.donors) else {"*"}
-    return set(t.donors.index[t.donors.isin(pair["shared_donors"])])
 
 
 def describe(pair: dict) -> str:
