@@ -198,7 +198,7 @@ def synthetic_metrics(n_datasets=6):
 
 
 def test_summary_has_mean_and_sd_across_datasets():
-    summary = summary_table(synthetic_metrics()).set_index(["gene_encoding", "expression_encoding"])
+    summary = summary_table(synthetic_metrics()).to_pandas().set_index(["gene_encoding", "expression_encoding"])
     row = summary.loc["learned", "soft"]
     assert row.datasets == 6 and row.bio_score == pytest.approx(0.8, abs=0.03) and 0 < row.bio_score_sd < 0.05
     assert row.min_train_mse == pytest.approx(0.04) and np.isnan(row.min_train_mse_sd)
@@ -208,8 +208,8 @@ def test_summary_has_mean_and_sd_across_datasets():
 def test_seeds_are_averaged_per_dataset_and_their_spread_reported():
     one = synthetic_metrics()
     other = one.assign(seed=1, configuration=one.configuration.str.replace("-s0", "-s1"), value=one.value + 0.1)
-    summary = summary_table(pd.concat([one, other])).set_index(["gene_encoding", "expression_encoding"])
-    single = summary_table(one).set_index(["gene_encoding", "expression_encoding"])
+    summary = summary_table(pd.concat([one, other])).to_pandas().set_index(["gene_encoding", "expression_encoding"])
+    single = summary_table(one).to_pandas().set_index(["gene_encoding", "expression_encoding"])
     row = summary.loc["learned", "soft"]
     assert row.seeds == 2 and row.bio_score == pytest.approx(single.loc[("learned", "soft"), "bio_score"] + 0.05)
     assert row.bio_score_sd == pytest.approx(single.loc[("learned", "soft"), "bio_score_sd"])
@@ -217,13 +217,13 @@ def test_seeds_are_averaged_per_dataset_and_their_spread_reported():
 
 
 def test_paired_wilcoxon_tests_with_effect_sizes():
-    tests = paired_tests(synthetic_metrics())
+    tests = paired_tests(synthetic_metrics()).to_pandas()
     learned = tests[(tests.comparison == "learned vs esm2") & (tests.metric == "bio_score")]
     assert len(learned) == 2 and (learned.rank_biserial == 1.0).all() and (learned.p_value < 0.05).all()
     best = tests[tests.comparison == "reference (soft) vs other expression encoding"]
     assert set(best.a) == {"learned-soft", "esm2-soft"} and (best.mean_difference > 0).all()
     # the reference is declared, not picked from the results: declaring the worse one keeps it
-    declared = paired_tests(synthetic_metrics(), reference="hard")
+    declared = paired_tests(synthetic_metrics(), reference="hard").to_pandas()
     declared = declared[declared.comparison == "reference (hard) vs other expression encoding"]
     assert set(declared.a) == {"learned-hard", "esm2-hard"} and (declared.mean_difference < 0).all()
     # six datasets all in one direction: the exact test's floor, 2/2^6, and BH within each family
@@ -234,13 +234,13 @@ def test_paired_wilcoxon_tests_with_effect_sizes():
 def test_q_values_are_benjamini_hochberg_within_each_family():
     from scipy.stats import false_discovery_control
 
-    tests = paired_tests(synthetic_metrics(n_datasets=8))
+    tests = paired_tests(synthetic_metrics(n_datasets=8)).to_pandas()
     for _, family in tests.groupby(["comparison", "metric"]):
         assert family.q_value.to_numpy() == pytest.approx(false_discovery_control(family.p_value.to_numpy()))
 
 
 def test_too_few_datasets_say_no_difference_can_be_significant():
-    tests = paired_tests(synthetic_metrics(n_datasets=3))
+    tests = paired_tests(synthetic_metrics(n_datasets=3)).to_pandas()
     assert (tests.min_attainable_p == 0.25).all() and (tests.p_value >= 0.25).all()
 
 
@@ -252,10 +252,10 @@ def with_a_configuration_without_a_model(metrics):
 
 def test_a_configuration_without_a_model_is_summarised_with_the_reason():
     metrics = with_a_configuration_without_a_model(synthetic_metrics())
-    summary = summary_table(metrics).set_index(["gene_encoding", "expression_encoding"])
+    summary = summary_table(metrics).to_pandas().set_index(["gene_encoding", "expression_encoding"])
     assert np.isnan(summary.loc[("esm2", "log"), "bio_score"])
     assert summary.loc[("esm2", "log"), "note"].startswith("no model for esm2-log-s0 (*, ds0")
-    tests = paired_tests(metrics)
+    tests = paired_tests(metrics).to_pandas()
     best = tests[(tests.comparison == "reference (soft) vs other expression encoding") & tests.a.str.startswith("esm2")]
     assert set(best.a) == {"esm2-soft"} and set(best.b) == {"esm2-hard"}  # nothing to test without a model
 
@@ -263,7 +263,7 @@ def test_a_configuration_without_a_model_is_summarised_with_the_reason():
 def test_figures_are_drawn_from_the_tables(tmp_path):
     metrics = with_a_configuration_without_a_model(synthetic_metrics())
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
-    summary_table(metrics).to_csv(tmp_path / "summary.csv", index=False)
+    summary_table(metrics).to_pandas().to_csv(tmp_path / "summary.csv", index=False)
     log = pd.DataFrame({"step": [1, 2, 3], "epoch": 0, "lr": 1e-3, "train_loss": [1.0, 0.5, 0.3],
                         "val_loss": [np.nan, 0.6, np.nan], "grad_norm": 1.0, "tokens_per_s": 1.0, "cells_per_s": 1.0})
     (tmp_path / "learned-soft-s0").mkdir()

@@ -22,8 +22,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from scipy.stats import false_discovery_control, wilcoxon
+import polars as pl
+from scipy.stats import false_discovery_control, rankdata, wilcoxon
 
 from .atomic import OutputFolder, atomic_path
 
@@ -43,47 +43,63 @@ SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "
 TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
 
-def load_metrics(paths) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+KEYS = ["gene_encoding", "expression_encoding"]
 
 
-def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    keys = ["gene_encoding", "expression_encoding"]
-    for (gene, expr), part in metrics.groupby(keys, sort=True):
-        row = {"gene_encoding": gene, "expression_encoding": expr, "seeds": part.seed.nunique(),
-               "datasets": part[part.dataset != "*"].dataset.nunique()}
-        for name, (metric, group) in SUMMARY.items():
-            values = part[(part.metric == metric) & (part.group == group)]
-            # seeds first averaged per dataset, then mean ± SD across datasets
-            by_dataset = values.groupby("dataset").value
-            per_dataset = by_dataset.mean()
-            row[name] = per_dataset.mean() if per_dataset.notna().any() else np.nan
-            row[f"{name}_sd"] = per_dataset.std(ddof=1) if per_dataset.notna().sum() > 1 else np.nan
-            # training noise: SD across seeds within a dataset, averaged over datasets (NaN with one seed)
-            row[f"{name}_seed_sd"] = by_dataset.std(ddof=1).mean()
-        row["note"] = "; ".join(summary_notes(part))
-        rows.append(row)
-    return pd.DataFrame(rows)
+def load_metrics(paths) -> pl.DataFrame:
+    """Every metric table, stacked (tables without a column get nulls there)."""
+    return metric_frame(pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed"))
 
 
-def summary_notes(part: pd.DataFrame) -> list[str]:
-    """Why summary values are missing or rest on fewer datasets: the notes of NaN rows."""
-    wanted = pd.Series(False, index=part.index)
-    for metric, group in SUMMARY.values():
-        wanted |= (part.metric == metric) & (part.group == group)
-    missing = part[wanted & part.value.isna() & part.note.fillna("").ne("")]
-    return [f"{note} ({', '.join(sorted(rows.dataset.unique()))})" for note, rows in missing.groupby("note")]
+def metric_frame(metrics) -> pl.DataFrame:
+    """A long metric table (polars or pandas) with NaN values as missing, so that means skip them."""
+    frame = metrics if isinstance(metrics, pl.DataFrame) else pl.from_pandas(metrics)
+    return frame.with_columns(pl.col("value").fill_nan(None))
 
 
-def paired_tests(metrics: pd.DataFrame, reference: str = "soft") -> pd.DataFrame:
+def summary_table(metrics: pl.DataFrame) -> pl.DataFrame:
+    """One row per configuration: per summary metric, seeds averaged per dataset first, then mean,
+    SD across datasets and the SD across seeds within a dataset averaged over datasets."""
+    metrics = metric_frame(metrics)
+    wanted = pl.DataFrame({"name": list(SUMMARY), "metric": [m for m, _ in SUMMARY.values()],
+                           "group": [g for _, g in SUMMARY.values()]})
+    per_dataset = (metrics.join(wanted, on=["metric", "group"])
+                   .group_by(*KEYS, "name", "dataset")
+                   .agg(mean=pl.col("value").mean(), seed_sd=pl.col("value").std(ddof=1)))
+    per_name = per_dataset.group_by(*KEYS, "name").agg(
+        value=pl.col("mean").mean(),
+        sd=pl.when(pl.col("mean").count() > 1).then(pl.col("mean").std(ddof=1)),
+        seed_sd=pl.col("seed_sd").mean())
+    table = metrics.group_by(KEYS).agg(seeds=pl.col("seed").n_unique(),
+                                       datasets=pl.col("dataset").filter(pl.col("dataset") != "*").n_unique())
+    for name in SUMMARY:
+        table = table.join(per_name.filter(pl.col("name") == name).select(
+            *KEYS, pl.col("value").alias(name), pl.col("sd").alias(f"{name}_sd"),
+            pl.col("seed_sd").alias(f"{name}_seed_sd")), on=KEYS, how="left")
+    return table.join(summary_notes(metrics, wanted), on=KEYS, how="left").with_columns(
+        pl.col("note").fill_null("")).sort(KEYS)
+
+
+def summary_notes(metrics: pl.DataFrame, wanted: pl.DataFrame) -> pl.DataFrame:
+    """Why summary values are missing or rest on fewer datasets: per configuration, the notes of
+    its missing summary values, each with the datasets it applies to."""
+    notes = (metrics.join(wanted, on=["metric", "group"])
+             .filter(pl.col("value").is_null() & (pl.col("note").fill_null("") != ""))
+             .group_by(*KEYS, "note").agg(pl.col("dataset").unique().sort().str.join(", "))
+             .sort("note")
+             .group_by(*KEYS, maintain_order=True)
+             .agg(pl.format("{} ({})", "note", "dataset").str.join("; ").alias("note")))
+    return notes
+
+
+def paired_tests(metrics: pl.DataFrame, reference: str = "soft") -> pl.DataFrame:
     """Paired Wilcoxon tests across datasets, all declared before the results: learned vs esm2 per
     expression encoding, esm2 vs esm2_permuted (protein knowledge, frozen geometry held fixed) and
     the ``reference`` expression encoding vs each other one, per gene encoding."""
-    per = (metrics[metrics.metric.isin(TESTED) & metrics.group.isin(["study", "knn_k10"])]
-           .groupby(["gene_encoding", "expression_encoding", "dataset", "metric"]).value.mean().unstack("dataset"))
+    per = (metric_frame(metrics).filter(pl.col("metric").is_in(TESTED) & pl.col("group").is_in(["study", "knn_k10"]))
+           .group_by(*KEYS, "dataset", "metric").agg(pl.col("value").mean()))
     rows = []
-    expressions = sorted(per.index.get_level_values("expression_encoding").unique())
+    expressions = sorted(per["expression_encoding"].unique())
     for metric in TESTED:
         for expr in expressions:
             rows.append(_test(per, metric, ("learned", expr), ("esm2", expr), "learned vs esm2"))
@@ -93,51 +109,60 @@ def paired_tests(metrics: pd.DataFrame, reference: str = "soft") -> pd.DataFrame
                 if expr != reference:
                     rows.append(_test(per, metric, (gene, reference), (gene, expr),
                                       f"reference ({reference}) vs other expression encoding"))
-    return with_q_values(pd.DataFrame([r for r in rows if r is not None], columns=TEST_COLUMNS))
+    tests = pl.DataFrame([r for r in rows if r is not None], schema=TEST_SCHEMA, orient="row")
+    return with_q_values(tests)
 
 
-TEST_COLUMNS = ["comparison", "metric", "a", "b", "datasets", "mean_a", "mean_b", "mean_difference", "statistic",
-                "p_value", "min_attainable_p", "rank_biserial"]
+TEST_SCHEMA = {"comparison": pl.String, "metric": pl.String, "a": pl.String, "b": pl.String, "datasets": pl.Int64,
+               "mean_a": pl.Float64, "mean_b": pl.Float64, "mean_difference": pl.Float64, "statistic": pl.Float64,
+               "p_value": pl.Float64, "min_attainable_p": pl.Float64, "rank_biserial": pl.Float64}
 
 
-def with_q_values(tests: pd.DataFrame) -> pd.DataFrame:
+def with_q_values(tests: pl.DataFrame) -> pl.DataFrame:
     """Benjamini-Hochberg q-values within each family of tests (one comparison on one metric)."""
-    q = pd.Series(np.nan, index=tests.index)
-    for _, family in tests.groupby(["comparison", "metric"]):
-        tested = family.p_value.dropna()
-        if len(tested):
-            q[tested.index] = false_discovery_control(tested.to_numpy(), method="bh")
-    return tests.assign(q_value=q)
+    q = np.full(len(tests), np.nan)
+    indexed = tests.with_row_index("row").filter(pl.col("p_value").is_not_nan())
+    for _, family in indexed.group_by("comparison", "metric"):
+        q[family["row"].to_numpy()] = false_discovery_control(family["p_value"].to_numpy(), method="bh")
+    return tests.with_columns(q_value=pl.Series(q))
 
 
-def _test(per: pd.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -> dict | None:
-    if (*a, metric) not in per.index or (*b, metric) not in per.index:
+def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -> tuple | None:
+    def values(config: tuple) -> pl.DataFrame:
+        return per.filter((pl.col("gene_encoding") == config[0]) & (pl.col("expression_encoding") == config[1])
+                          & (pl.col("metric") == metric))
+
+    left, right = values(a), values(b)
+    if left.is_empty() or right.is_empty():
         return None
-    pair = pd.concat([per.loc[(*a, metric)], per.loc[(*b, metric)]], axis=1).dropna()
-    if pair.empty:  # a configuration without a model: nothing to test
+    pair = (left.select("dataset", a=pl.col("value")).join(right.select("dataset", b=pl.col("value")), on="dataset")
+            .drop_nulls().sort("dataset"))
+    if pair.is_empty():  # a configuration without a model: nothing to test
         return None
-    diff = pair.iloc[:, 0] - pair.iloc[:, 1]
-    row = {"comparison": comparison, "metric": metric, "a": "-".join(a), "b": "-".join(b), "datasets": len(pair),
-           "mean_a": pair.iloc[:, 0].mean(), "mean_b": pair.iloc[:, 1].mean(), "mean_difference": diff.mean(),
-           "statistic": np.nan, "p_value": np.nan, "rank_biserial": np.nan}
+    x, y = pair["a"].to_numpy(), pair["b"].to_numpy()
+    diff = x - y
     nonzero = diff[diff != 0]  # scipy drops zero differences (zero_method="wilcox")
-    # the exact two-sided test's floor: every non-zero difference with the same sign
-    row["min_attainable_p"] = min(1.0, 2.0 / 2 ** len(nonzero)) if len(nonzero) else np.nan
+    statistic = p_value = rank_biserial = np.nan
     if len(nonzero) >= 2:
-        result = wilcoxon(pair.iloc[:, 0], pair.iloc[:, 1])
-        ranks = nonzero.abs().rank()
-        row.update(statistic=float(result.statistic), p_value=float(result.pvalue),
-                   rank_biserial=float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum()))
-    return row
+        result = wilcoxon(x, y)
+        ranks = rankdata(np.abs(nonzero))
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+        rank_biserial = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
+    # the exact two-sided test's floor: every non-zero difference with the same sign
+    floor = min(1.0, 2.0 / 2 ** len(nonzero)) if len(nonzero) else np.nan
+    return (comparison, metric, "-".join(a), "-".join(b), len(pair), x.mean(), y.mean(), diff.mean(), statistic,
+            p_value, floor, rank_biserial)
 
 
 def write_tables(metric_paths, out_dir, reference_expression: str = "soft") -> dict:
     metrics = load_metrics(metric_paths)
     out_dir = Path(out_dir)
-    tables = {"metrics.csv": metrics, "summary.csv": summary_table(metrics), "tests.csv": paired_tests(metrics, reference_expression)}
+    tables = {"metrics.csv": metrics, "summary.csv": summary_table(metrics),
+              "tests.csv": paired_tests(metrics, reference_expression)}
     for name, table in tables.items():
         with atomic_path(out_dir / name, suffix=".csv") as tmp:
-            table.to_csv(tmp, index=False)
+            # pandas writes the CSV: floats as the shortest repr, missing values as empty cells
+            table.to_pandas().to_csv(tmp, index=False)
     return {name: len(table) for name, table in tables.items()}
 
 
