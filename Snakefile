@@ -31,8 +31,10 @@ include: "workflow/rules/embed.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/scib_benchmark.smk"
+include: "workflow/rules/gene_probes.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/provenance.smk"
 
 
 rule all:

@@ -40,14 +40,13 @@ import torch
 
 from scencode.atomic import write_json
 from scencode.data import pack
+from scencode.devices import peak_flops
 from scencode.model import Batch, CellTransformer, ModelConfig
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 from scencode.formats import SPECIAL_TOKENS, write_vocab
 
 STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
 SMOKE = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.1)
-# dense bf16 tensor-core peak, TFLOP/s (SXM parts; the H200 has the H100's compute)
-PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
 PAPER = dict(configurations=8, epochs=3, cells=10_000_000, tokens_per_cell=900)  # tokens: an assumption
 
 
@@ -185,16 +184,6 @@ def train_step(device, dims: dict, cells: int, batch_size: int, context: int, st
             out[f"{key}_mfu"] = model_flops(model, lengths) / seconds / peak if peak else None
             del model, optimizer, runner
     return out
-
-
-def peak_flops(device) -> tuple[str, float | None]:
-    if device.type != "cuda":
-        return "cpu (no peak defined)", None
-    name = torch.cuda.get_device_name(device)
-    for part, tflops in PEAK_BF16_TFLOPS.items():
-        if part in name:
-            return f"{name}: {tflops} TFLOP/s dense bf16", tflops * 1e12
-    return f"{name}: unknown peak", None
 
 
 def packed_vs_padded(device, dims: dict) -> dict:

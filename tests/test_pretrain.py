@@ -59,6 +59,21 @@ def test_training_writes_checkpoints_and_a_log(demo_corpus, tmp_path):
     assert status["status"] == "completed" and status["checkpoint"] == "best.pt" and status["steps"] == 12
 
 
+def test_model_json_says_what_training_cost(demo_corpus, tmp_path):
+    from scencode.embed import cost_rows
+
+    corpus, vocab = demo_corpus
+    Trainer(spec(corpus, vocab, tmp_path, max_steps=4)).fit()
+    cost = json.loads((tmp_path / "model.json").read_text())["cost"]
+    assert cost["wall_seconds"] > 0 and cost["devices"] == 1 and cost["device"].startswith("cpu")
+    assert cost["device_hours_unit"] == "CPU core-hours" and cost["mfu"] is None
+    assert 0 < cost["cells"] <= 4 * 2 * SMALL_LOADER["batch_size"] < cost["real_tokens"]  # 4 steps of 2 micro-batches
+    assert cost["tokens_per_s"] == pytest.approx(cost["real_tokens"] / cost["wall_seconds"])
+    rows = {r["metric"]: r for r in cost_rows(cost)}
+    assert rows["wall_hours"]["value"] == pytest.approx(cost["wall_seconds"] / 3600)
+    assert math.isnan(rows["mfu"]["value"]) and rows["mfu"]["note"] == "no MFU: cpu (no peak defined)"
+
+
 def run_cli(out, corpus, vocab, max_steps):
     params = {"model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "hard"},
               "loader": SMALL_LOADER, "train": {**SMALL_TRAIN, "max_steps": max_steps, "checkpoint_every": 1000}}
@@ -106,7 +121,7 @@ def test_a_checkpoint_of_another_model_version_restarts_training_and_is_refused_
                                                                                          tmp_path, caplog):
     """A checkpoint written before frozen tables were standardised has no centre/scale buffers: it
     must neither resume nor be evaluated with a map the model was not trained with."""
-    from scencode.embed import load_model
+    from scencode.model import load_model
 
     corpus, vocab = demo_corpus
     run = spec(corpus, vocab, tmp_path, name="esm2-log-s3", gene="esm2", expression="log", table=esm_table,

@@ -82,8 +82,8 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert roles.count("train") == 101 and roles.count("eval") == 26
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "train") == 10_010_855
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "eval") == 548_977
-    # the same jobs as when the lists were inline in paper.yaml, and the corpus statistics
-    assert jobs == {"corpus_stats": 1, "download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
+    # the same jobs as when the lists were inline in paper.yaml, with the corpus statistics and provenance
+    assert jobs == {"corpus_stats": 1, "provenance": 1, "download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
                     "esm_coverage": 1, "leakage": 1, "vocab": 1, "evaluate": 286, "tokenize": 27, "pretrain": 9,
                     "embed": 234, "reconstruction": 9, "scib_benchmarker": 26, "tables": 1, "figures": 1, "all": 1}
     sources = [spec["source"] for spec in datasets.values()]
@@ -176,8 +176,9 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     # the configuration without a model is in every table, as NaN with the reason
     diverged = metrics[metrics.configuration == DIVERGING_NAME]
     assert diverged.dataset.nunique() == len(evaluation) + 1  # + the reconstruction rows ("*")
-    no_model = diverged[diverged.metric != "min_train_mse"]
+    no_model = diverged[(diverged.metric != "min_train_mse") & (diverged.group != "cost")]
     assert no_model.value.isna().all() and no_model.note.str.contains("diverged at step").all()
+    assert diverged[diverged.metric == "wall_hours"].value.gt(0).all()  # a diverged run cost compute all the same
     # reconstruction: the study's minimum training loss is the training log's, test MSE on held-out cells
     recon = metrics[metrics.group == "reconstruction"].pivot_table(index=["configuration", "dataset"],
                                                                     columns="metric", values="value")
@@ -196,8 +197,19 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert np.isnan(row.bio_score) and "diverged" in row.note
     assert (workdir / "results" / "tables" / "tests.csv").exists()
     for name in ("fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
-                 "heatmap_per_dataset", "paper_comparison"):
+                 "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "corpus_stats"):
         assert (workdir / "results" / "figures" / f"{name}.png").stat().st_size > 5000
+    # what each result cost, beside its quality; the corpus it was trained on; what produced it
+    trained = models_only.drop(("learned", "continuous"))
+    assert trained.wall_hours.gt(0).all() and trained.device_hours.gt(0).all() and trained.mfu.isna().all()
+    assert trained.tokens_per_s.gt(0).all()
+    stats = pd.read_csv(tables / "corpus_stats.csv")
+    assert set(stats.corpus) == {"train", *evaluation} and stats.cells.sum() > 0
+    probes = pd.read_csv(tables / "gene_probes.csv")
+    assert {"reference-esm2_table", "reference-esm2_table_permuted", "reference-random_table"} <= set(probes.configuration)
+    assert set(probes.group) == {"gene_probe_family", "gene_probe_protein_length", "gene_probe_chromosome"}
+    provenance = json.loads((workdir / "results" / "provenance.json").read_text())
+    assert provenance["scencode"]["commit"] and provenance["versions"]["polars"]
     h5ad = workdir / "results" / "embeddings" / models[0] / "pbmc68k.h5ad"
     assert ad.read_h5ad(h5ad).obsm["X_scencode"].shape[0] == 700
 
@@ -215,7 +227,9 @@ def test_report_holds_figures_and_summary(demo_run):
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workdir / "report.html").read_text()
     for name in ("fig1_batch_vs_bio.png", "fig2_classification.png", "fig3_min_train_mse.png", "loss_curves.png",
-                 "heatmap_per_dataset.png", "paper_comparison.png", "summary.csv", "tests.csv"):
+                 "heatmap_per_dataset.png", "paper_comparison.png", "summary.csv", "tests.csv",
+                 "fig4_cost_vs_bio.png", "corpus_stats.png", "corpus_stats.csv", "provenance.json",
+                 "gene_probes.csv", "gene_probes.png"):
         assert name in html, name
     assert "Benjamini-Hochberg" in html  # the captions travel with the results
 

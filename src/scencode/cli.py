@@ -47,8 +47,11 @@ STEPS = {
     "evaluate": ("evaluate", "run", "scIB, classification and reconstruction metrics of one embedding"),
     "scib-benchmark": ("scib_benchmark", "run", "scib-metrics' own default set and aggregate, every embedding "
                                                 "of one dataset"),
+    "gene-probes": ("gene_probes", "run", "probe what each run's gene embeddings learned (HGNC families, "
+                                          "protein length, chromosome)"),
     "tables": ("tables", "run", "metrics.csv, summary.csv and tests.csv from metric tables"),
     "figures": ("figures", "run", "the study's figures from the tables"),
+    "provenance": ("provenance", "run", "what produced the results: versions, commit, config hash, hardware"),
     "plan": ("plan", "run", "what a configured run costs (GPU-/CPU-hours, memory, disk, wall time), "
                             "before any job is submitted"),
 }

@@ -30,3 +30,27 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+# dense bf16 tensor-core peak, TFLOP/s (SXM parts; the H200 has the H100's compute)
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device) -> tuple[str, float | None]:
+    """The device's dense bf16 peak (FLOP/s) and how it is named; None where none is defined (CPUs,
+    cards not in :data:`PEAK_BF16_TFLOPS`)."""
+    if device.type != "cuda":
+        return "cpu (no peak defined)", None
+    name = torch.cuda.get_device_name(device)
+    for part, tflops in PEAK_BF16_TFLOPS.items():
+        if part in name:
+            return f"{name}: {tflops} TFLOP/s dense bf16", tflops * 1e12
+    return f"{name}: unknown peak", None

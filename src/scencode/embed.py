@@ -21,30 +21,14 @@ import torch
 from .data import LoaderConfig, ShardBatches
 from .devices import autocast, autocast_dtype, default_device
 from .errors import ScencodeError
-from .formats import (RECONSTRUCTION_METRICS, RunIdentity, load_checkpoint, metric_table, model_checkpoint,
+from .formats import (RECONSTRUCTION_METRICS, RunIdentity, metric_table, model_checkpoint,
                       write_embedding_files, write_missing_embedding, write_table)
-from .model import Batch, CellTransformer, ModelConfig, masked_sse
+from .model import Batch, CellTransformer, load_model, masked_sse
 from .shards import verify_corpus
 from .atomic import OutputFile, write_json
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "batch")
-
-
-def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransformer, dict]:
-    ckpt = load_checkpoint(Path(checkpoint))
-    if "model_config" not in ckpt:
-        raise ScencodeError("not a scencode model checkpoint (no model_config)", checkpoint)
-    cfg = ModelConfig(**ckpt["model_config"])
-    table = ckpt["model"].get("genes.table")  # frozen gene tables travel in the state dict
-    model = CellTransformer(cfg, gene_table=table)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)
-        why = " ".join(str(exc).split())[:300]  # torch's message spans lines: keys missing, unexpected, misshapen
-        raise ScencodeError(f"checkpoint does not fit this version of the model ({why}); "
-                            "retrain it: snakemake --forcerun pretrain", checkpoint) from exc
-    return model.to(device).eval(), ckpt
 
 
 def verify_model_corpus(checkpoint: str | Path, ckpt: dict, corpus: str | Path) -> dict:
@@ -171,6 +155,22 @@ def run(model: Path, corpus: Path, run: str, dataset: str, out: OutputFile, reco
     return info
 
 
+COST_METRICS = {"wall_hours": ("wall_seconds", 1 / 3600), "device_hours": ("device_hours", 1),
+                "tokens_per_s": ("tokens_per_s", 1), "cells_per_s": ("cells_per_s", 1), "mfu": ("mfu", 1)}
+
+
+def cost_rows(cost: dict | None) -> list[dict]:
+    """What training cost (model.json's ``cost``), as metric rows of group ``cost``; the note names
+    the device and whether device_hours are GPU-hours or CPU core-hours."""
+    if not cost:
+        return [{"metric": m, "group": "cost", "value": float("nan"), "note": "no cost recorded in model.json"}
+                for m in COST_METRICS]
+    note = f"{cost['device']} x {cost['devices']}, device_hours in {cost['device_hours_unit']}"
+    return [{"metric": m, "group": "cost", "note": note if cost.get(key) is not None else f"no MFU: {cost['peak']}",
+             "value": float("nan") if cost.get(key) is None else cost[key] * scale}
+            for m, (key, scale) in COST_METRICS.items()]
+
+
 def reconstruction(model: Path, train_log: Path, corpus: Path, out: OutputFile, run: str, gene_encoding: str,
                    expression_encoding: str, seed: int, params: LoaderConfig) -> pd.DataFrame:
     """A model's reconstruction table (``out`` Parquet): minimum logged training masked MSE, the context
@@ -199,6 +199,7 @@ def reconstruction(model: Path, train_log: Path, corpus: Path, out: OutputFile, 
          "note": "1: the last validation was the best (more training would likely help)"},
         {"metric": "checkpoint_step", "group": "training", "value": status.get("checkpoint_step") or nan,
          "note": "step of the evaluated checkpoint (best validation, the last step included)"},
+        *cost_rows(status.get("cost")),
     ])
     if checkpoint is None:  # no usable model: how training ended says nothing about an evaluated one
         training = rows.group == "training"

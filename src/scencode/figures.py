@@ -183,6 +183,24 @@ def fig_paper_comparison(summary: pd.DataFrame, out_dir: Path, caveat: str = "")
     return save(fig, out_dir, "paper_comparison"), pd.DataFrame(rows)
 
 
+def fig_cost(summary: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path):
+    """Bio conservation against what training cost (device-hours, log axis), one point per
+    configuration; the axis says GPU-hours or CPU core-hours, as the runs recorded."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    shown = summary.dropna(subset=["device_hours", "bio_score"])
+    for row in shown.itertuples():
+        ax.errorbar(row.device_hours, row.bio_score, yerr=np.nan_to_num(row.bio_score_sd),
+                    fmt=GENE_MARKERS.get(row.gene_encoding, "o"), color=colour(row.expression_encoding),
+                    capsize=2, markersize=7, alpha=0.9)
+    notes = metrics[(metrics.metric == "device_hours") & metrics.value.notna()].note.dropna()
+    unit = "GPU-hours" if notes.str.contains("GPU-hours").any() else "CPU core-hours"
+    ax.set_xscale("log")
+    ax.set_xlabel(f"training cost ({unit}, mean over seeds)")
+    ax.set_ylabel("bio conservation score")
+    ax.legend(handles=legend_handles(shown), fontsize=7, frameon=False, loc="best")
+    return save(fig, out_dir, "fig4_cost_vs_bio")
+
+
 def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") -> list[Path]:
     out_dir = Path(out_dir)
     summary = pd.read_csv(summary_csv)
@@ -193,7 +211,8 @@ def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") ->
         status = json.loads(path.with_name("model.json").read_text())
         logs[status["configuration"]] = (status, pd.read_parquet(path))
     paths = [*fig_batch_vs_bio(summary, out_dir), *fig_classification(summary, out_dir),
-             *fig_min_train_mse(models, out_dir), *fig_loss_curves(logs, out_dir), *fig_heatmap(metrics, out_dir)]
+             *fig_min_train_mse(models, out_dir), *fig_loss_curves(logs, out_dir), *fig_heatmap(metrics, out_dir),
+             *fig_cost(models, metrics, out_dir)]
     comparison_paths, comparison = fig_paper_comparison(models, out_dir, caveat)
     with atomic_path(out_dir / "paper_comparison.csv", suffix=".csv") as tmp:
         comparison.to_csv(tmp, index=False)

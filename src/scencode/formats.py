@@ -129,6 +129,9 @@ def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:
     table = pa.table({"gene_id": pa.array(genes.gene_id.astype(str)),
                       "gene_symbol": pa.array(genes.get("gene_symbol", pd.Series([""] * len(genes))).astype(str)),
                       "n_isoforms": pa.array(genes.get("n_isoforms", pd.Series([1] * len(genes))).astype(np.int32)),
+                      # mean residues of the isoforms embedded (NaN: an imported table that does not say)
+                      "protein_length": pa.array(genes.get("protein_length", pd.Series([np.nan] * len(genes)))
+                                                 .astype(np.float32)),
                       "embedding": matrix_column(matrix)})
     meta = {**meta, "dim": matrix.shape[1], "n_genes": len(genes)}
     table = table.replace_schema_metadata({f"scencode_{k}".encode(): str(v).encode() for k, v in meta.items()})
@@ -144,6 +147,14 @@ def read_gene_table(path: str | Path) -> tuple[pd.Index, np.ndarray, dict]:
     matrix = column_matrix(table, "embedding")
     meta = {k.decode().removeprefix("scencode_"): v.decode() for k, v in (table.schema.metadata or {}).items()}
     return pd.Index(table.column("gene_id").to_pylist()), matrix.astype(np.float32), meta
+
+
+def read_protein_lengths(path: str | Path) -> pd.Series:
+    """Gene id → mean protein length of a gene-embedding table (NaN where the table does not say)."""
+    table = read_parquet(path, "gene embedding table")
+    if "protein_length" not in table.column_names:
+        return pd.Series(np.nan, index=pd.Index(table.column("gene_id").to_pylist()))
+    return pd.Series(table.column("protein_length").to_numpy(), index=pd.Index(table.column("gene_id").to_pylist()))
 
 
 def excluded_cells(audit_json: str | Path | None, dataset: str) -> np.ndarray:

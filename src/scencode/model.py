@@ -22,6 +22,7 @@ steps are spent on the data rather than on the offset. The gains are buffers: ch
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,12 @@ except ImportError:
 
 from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, check_options, lookup
 from .errors import ScencodeError
+
+
+def block_params(n_layers: int, d_model: int, d_ff: int) -> float:
+    """Weights of the encoder blocks (attention 4·d², feed-forward 2·d·d_ff): what a token's FLOPs
+    scale with (6 x this per trained token, the usual convention)."""
+    return n_layers * (4 * d_model ** 2 + 2 * d_model * d_ff)
 
 
 @dataclass
@@ -295,3 +302,22 @@ def masked_sse(pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Te
     step, so every masked token weighs the same whatever the batching."""
     target = batch.masked & batch.real
     return ((pred[target].float() - batch.xnorm[target].float()) ** 2).sum(), target.sum()
+
+
+def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransformer, dict]:
+    """A trained model from its checkpoint (weights read with ``weights_only``), in eval mode."""
+    from .formats import load_checkpoint
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    if "model_config" not in ckpt:
+        raise ScencodeError("not a scencode model checkpoint (no model_config)", checkpoint)
+    cfg = ModelConfig(**ckpt["model_config"])
+    table = ckpt["model"].get("genes.table")  # frozen gene tables travel in the state dict
+    model = CellTransformer(cfg, gene_table=table)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)
+        why = " ".join(str(exc).split())[:300]  # torch's message spans lines: keys missing, unexpected, misshapen
+        raise ScencodeError(f"checkpoint does not fit this version of the model ({why}); "
+                            "retrain it: snakemake --forcerun pretrain", checkpoint) from exc
+    return model.to(device).eval(), ckpt

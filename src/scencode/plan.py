@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ScencodeError
+from .model import block_params
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
 GPU_STAGES = ("esm_embeddings", "pretrain", "embed", "reconstruction")
@@ -115,11 +115,6 @@ def with_corpus_stats(config: dict, path: Path) -> dict:
     if stats.is_empty() or int(stats["context"][0]) != config["pretrain"]["loader"]["context"]:
         return config
     return {**config, "_corpus_stats": {**training_figures(stats), "path": str(path)}}
-
-
-def block_params(n_layers: int, d_model: int, d_ff: int) -> float:
-    """Weights of the encoder blocks (attention 4·d², feed-forward 2·d·d_ff): what a token's FLOPs scale with."""
-    return n_layers * (4 * d_model ** 2 + 2 * d_model * d_ff)
 
 
 def esm2_params(name: str) -> float:

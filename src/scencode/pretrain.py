@@ -30,9 +30,9 @@ import torch.distributed as dist
 
 from .atomic import TERMINATED_EXIT, OutputFolder, atomic_path, write_json
 from .data import LoaderConfig, ShardBatches
-from .devices import PRECISIONS, autocast, autocast_dtype, default_device
+from .devices import PRECISIONS, autocast, autocast_dtype, default_device, device_name, peak_flops
 from .errors import ScencodeError
-from .model import Batch, CellTransformer, ModelConfig
+from .model import Batch, CellTransformer, ModelConfig, block_params
 from .shards import verify_corpus
 from .formats import load_checkpoint, load_vocab, read_gene_table
 
@@ -135,6 +135,10 @@ class State:
     window_masked: int = 0
     window_tokens: int = 0
     window_cells: int = 0
+    # what the run cost, over every resume: seconds in the training loop, this rank's real tokens and cells
+    train_seconds: float = 0.0
+    tokens_seen: int = 0
+    cells_seen: int = 0
     log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})
 
 
@@ -319,12 +323,14 @@ class Trainer:
     def _epoch(self) -> None:
         cfg, st = self.spec.train, self.state
         self.model.train()
-        tick = time.perf_counter()
+        tick = clock = time.perf_counter()
         for micro_batches in self._steps(self._epoch_batches()):
             grad_norm = self._train_step(micro_batches)
             if grad_norm is None:  # diverged
                 return
             st.step += 1
+            now = time.perf_counter()
+            st.train_seconds, clock = st.train_seconds + now - clock, now  # validation and checkpoints included
             if st.step % cfg.log_every == 0 or st.step == self.total_steps:
                 elapsed = time.perf_counter() - tick
                 self._log(st.window_sse / max(1, st.window_masked), grad_norm, st.window_tokens / elapsed,
@@ -419,6 +425,8 @@ class Trainer:
             st.window_masked += int(n)
             st.window_tokens += int(batch.real.sum())
             st.window_cells += batch.n_cells
+            st.tokens_seen += int(batch.real.sum())
+            st.cells_seen += batch.n_cells
         st.batches_in_epoch += len(batches)
         return self._optimizer_step()
 
@@ -512,7 +520,24 @@ class Trainer:
                     "warnings": self.warnings, "calibration": st.calibration,
                     "ranks": {"world_size": self.world, "repeated_cells": repeated_cells},
                     "component_rms": {"start": st.rms_start, "end": self._component_rms()},
-                    "note": note}, self.out / "model.json")
+                    "cost": self._cost(), "note": note}, self.out / "model.json")
+
+    def _cost(self) -> dict:
+        """What training cost: wall time in the loop (all resumes), device, real tokens and cells
+        per second, GPU-hours (or CPU core-hours) and, on CUDA, MFU by the 6N convention (model FLOPs
+        of the real tokens: 6 x the blocks' weights per token, attention's quadratic term left out).
+        Totals are rank 0's figures x the ranks (their shares are balanced)."""
+        st, seconds = self.state, max(self.state.train_seconds, 1e-9)
+        tokens, cells = st.tokens_seen * self.world, st.cells_seen * self.world
+        cuda = self.device.type == "cuda"
+        peak_name, peak = peak_flops(self.device)
+        cfg = self.spec.model
+        flops = 6 * block_params(cfg.n_layers, cfg.d_model, cfg.d_ff) * tokens
+        return {"wall_seconds": st.train_seconds, "device": device_name(self.device), "devices": self.world,
+                "real_tokens": tokens, "cells": cells, "tokens_per_s": tokens / seconds, "cells_per_s": cells / seconds,
+                "device_hours": st.train_seconds / 3600 * (self.world if cuda else self.world * torch.get_num_threads()),
+                "device_hours_unit": "GPU-hours" if cuda else "CPU core-hours",
+                "mfu": flops / seconds / (peak * self.world) if cuda and peak else None, "peak": peak_name}
 
     def _total_repeated_cells(self) -> int:
         """Cells the ranks saw twice to even out their shares, over all epochs and ranks."""

@@ -39,7 +39,10 @@ SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "
            "eval_gene_mean_mse": ("gene_mean_mse", "reconstruction"),
            "final_val_loss": ("final_val_loss", "training"), "still_improving": ("still_improving", "training"),
            "checkpoint_step": ("checkpoint_step", "training"),
-           "scib_total": ("total", "scib_metrics")}
+           "scib_total": ("total", "scib_metrics"),
+           # what each result cost: training wall time, GPU-hours (CPU core-hours on a CPU), throughput, MFU
+           "wall_hours": ("wall_hours", "cost"), "device_hours": ("device_hours", "cost"),
+           "tokens_per_s": ("tokens_per_s", "cost"), "mfu": ("mfu", "cost")}
 TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
 

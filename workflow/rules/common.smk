@@ -225,6 +225,8 @@ def all_targets():
         f"{RESULTS}/tables/summary.csv",
         f"{RESULTS}/figures/fig1_batch_vs_bio.png",
         f"{RESULTS}/leakage.json",
+        f"{RESULTS}/provenance.json",
+        f"{RESULTS}/tables/gene_probes.csv",
     ]
 
 

@@ -291,7 +291,9 @@ def _gene_means(isoforms: pd.DataFrame, parts_dir: Path) -> pd.DataFrame:
     np.add.at(sums, codes, emb[iso.row.to_numpy().astype(int)])
     n = np.bincount(codes, minlength=len(genes))
     symbols = iso.groupby("gene_id").gene_symbol.first().reindex(genes)
+    lengths = np.bincount(codes, weights=iso.sequence.str.len().to_numpy(), minlength=len(genes)) / n
     return pd.DataFrame({"gene_id": genes, "gene_symbol": symbols.fillna("").to_numpy(), "n_isoforms": n,
+                         "protein_length": lengths.astype(np.float32),
                          "embedding": list((sums / n[:, None]).astype(np.float32))})
 
 

@@ -1,0 +1,196 @@
+"""What the gene encodings learned: linear and kNN probes of each vocabulary gene's effective
+embedding (the gene encoder's output: the learned table, or the MLP over the frozen ESM-2 table)
+on gene properties from HGNC, beside reference tables (the raw ESM-2 table, its rows permuted
+across genes, a random table).
+
+Properties: the HGNC gene group (families with at least ``min_members`` genes in the vocabulary;
+protein sequence should know them), protein length in tertiles (sequence should know it) and the
+chromosome (sequence should not: a control). Seeded, stratified k-fold; macro F1 of a kNN and a
+logistic-regression probe (scikit-learn), in the tidy long form of the cell metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .atomic import OutputFile, atomic_path
+from .errors import ScencodeError
+from .formats import (METRIC_COLUMNS, SPECIAL_TOKENS, load_vocab, model_checkpoint, read_gene_table,
+                      read_protein_lengths)
+from .reference import packaged_file
+
+log = logging.getLogger(__name__)
+HGNC_PROPERTIES = "hgnc_gene_properties_2024-10.tsv.gz"
+PROBES = ("knn", "logreg")
+CHROMOSOME = re.compile(r"^(\d{1,2}|X|Y)(?=[pq]|$| )")
+
+
+@dataclass
+class ProbeParams:
+    min_members: int = 10  # a family (or chromosome) needs this many vocabulary genes to be a class
+    folds: int = 5
+    knn_k: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.min_members < self.folds or self.folds < 2 or self.knn_k < 1:
+            raise ScencodeError(f"gene_probes: need folds ≥ 2, min_members ≥ folds and knn_k ≥ 1 ({self})")
+
+
+def gene_properties(genes: pd.Index, lengths: pd.Series | None = None) -> pd.DataFrame:
+    """Per gene id: family (the first HGNC gene group), chromosome (from the cytogenetic location)
+    and protein-length tertile (from ``lengths``); missing where unknown."""
+    hgnc = pd.read_csv(packaged_file(HGNC_PROPERTIES), sep="\t", dtype=str).drop_duplicates("ensembl_gene_id")
+    hgnc = hgnc.set_index("ensembl_gene_id").reindex(genes)
+    family = hgnc.gene_group.str.strip('"').str.split("|").str[0]
+    chromosome = hgnc.location.str.extract(CHROMOSOME, expand=False)
+    out = pd.DataFrame({"family": family, "chromosome": chromosome}, index=genes)
+    if lengths is not None and lengths.reindex(genes).notna().any():
+        known = lengths.reindex(genes)
+        out["protein_length"] = pd.qcut(known, 3, labels=["short", "middle", "long"]).astype(object)
+    return out
+
+
+def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict:
+    """Macro F1 of each probe predicting ``labels`` (classes with at least ``min_members`` genes;
+    others left out) from standardised ``embedding`` rows, out of fold; and what chance gives."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    counts = labels.value_counts()
+    keep = labels.isin(counts.index[counts >= params.min_members]).to_numpy()
+    y = labels.to_numpy()[keep]
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return {"genes": int(keep.sum()), "classes": len(classes), "scores": {}}
+    x = embedding[keep]
+    folds = StratifiedKFold(params.folds, shuffle=True, random_state=params.seed)
+    models = {"knn": KNeighborsClassifier(min(params.knn_k, len(y) // params.folds)),
+              "logreg": LogisticRegression(max_iter=2000, random_state=params.seed)}
+    scores = {name: float(f1_score(y, cross_val_predict(make_pipeline(StandardScaler(), model), x, y, cv=folds),
+                                   average="macro"))
+              for name, model in models.items()}
+    return {"genes": len(y), "classes": len(classes), "scores": scores}
+
+
+def probe_rows(name: str, identity: dict, embedding: np.ndarray, properties: pd.DataFrame,
+               params: ProbeParams) -> list[dict]:
+    rows = []
+    for prop in properties.columns:
+        known = properties[prop].notna().to_numpy()
+        result = probe(embedding[known], properties[prop][known], params)
+        note = (f"{result['genes']} genes, {result['classes']} classes (≥ {params.min_members} genes each), "
+                f"{params.folds}-fold")
+        for kind in PROBES:
+            value = result["scores"].get(kind, np.nan)
+            rows.append({**identity, "configuration": name, "dataset": "genes", "metric": f"{kind}_macro_f1",
+                         "group": f"gene_probe_{prop}", "value": value,
+                         "note": note if result["scores"] else f"fewer than two classes ({note})"})
+    return rows
+
+
+def model_gene_embeddings(checkpoint: Path) -> np.ndarray:
+    """Each vocabulary token's effective gene embedding: the gene encoder's output."""
+    import torch
+
+    from .model import load_model
+
+    model, _ = load_model(checkpoint, torch.device("cpu"))
+    with torch.no_grad():
+        return model.genes(torch.arange(model.cfg.vocab_size)).float().numpy()
+
+
+def reference_tables(genes: pd.Index, esm_table: Path | None, dim: int, seed: int) -> dict[str, np.ndarray]:
+    """The raw ESM-2 table (aligned to ``genes``; rows missing from it are zero), its rows permuted
+    across genes (same geometry, no protein knowledge), and a random Gaussian table."""
+    rng = np.random.default_rng(seed)
+    tables = {}
+    if esm_table is not None:
+        ids, matrix, _ = read_gene_table(esm_table)
+        row = pd.Series(np.arange(len(ids)), index=ids).reindex(genes)
+        aligned = np.zeros((len(genes), matrix.shape[1]), np.float32)
+        aligned[row.notna().to_numpy()] = matrix[row.dropna().astype(int).to_numpy()]
+        tables["esm2_table"] = aligned
+        tables["esm2_table_permuted"] = aligned[rng.permutation(len(genes))]
+    tables["random_table"] = rng.normal(size=(len(genes), dim)).astype(np.float32)
+    return tables
+
+
+def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: ProbeParams) -> pd.DataFrame:
+    """The probe table of every run ({run, gene_encoding, expression_encoding, seed, model}) and of
+    the reference tables."""
+    vocabulary, _ = load_vocab(vocab)
+    genes = pd.Index(vocabulary.gene_id[len(SPECIAL_TOKENS):])
+    lengths = read_protein_lengths(esm_table) if esm_table is not None else None
+    properties = gene_properties(genes, lengths)
+    rows, dim = [], 64
+    for run in runs:
+        identity = {"gene_encoding": run["gene_encoding"], "expression_encoding": run["expression_encoding"],
+                    "seed": run["seed"]}
+        checkpoint, missing = model_checkpoint(run["model"])
+        if checkpoint is None:  # no usable model: its rows say why
+            rows += _missing_rows(run["run"], identity, properties.columns, missing)
+            continue
+        embedding = model_gene_embeddings(checkpoint)[len(SPECIAL_TOKENS):]
+        dim = embedding.shape[1]
+        rows += probe_rows(run["run"], identity, embedding, properties, params)
+    for name, table in reference_tables(genes, esm_table, dim, params.seed).items():
+        identity = {"gene_encoding": name, "expression_encoding": "reference", "seed": params.seed}
+        rows += probe_rows(f"reference-{name}", identity, table, properties, params)
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
+
+
+def _missing_rows(name: str, identity: dict, props, why: str) -> list[dict]:
+    return [{**identity, "configuration": name, "dataset": "genes", "metric": f"{kind}_macro_f1",
+             "group": f"gene_probe_{prop}", "value": np.nan, "note": why} for prop in props for kind in PROBES]
+
+
+def draw(table: pd.DataFrame, path: Path) -> None:
+    """Logistic-regression macro F1 per property (panels) and encoding (bars), references hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = table[table.metric == "logreg_macro_f1"]
+    props = sorted(data.group.unique())
+    fig, axes = plt.subplots(1, len(props), figsize=(3.4 * len(props), 3.4), sharey=True, squeeze=False)
+    for ax, prop in zip(axes[0], props):
+        part = (data[data.group == prop].groupby(["gene_encoding", "expression_encoding"]).value.mean()
+                .reset_index())
+        labels = [f"{g} · {e}" for g, e in zip(part.gene_encoding, part.expression_encoding)]
+        bars = ax.bar(range(len(part)), part.value.fillna(0), color="tab:blue")
+        for bar, expr in zip(bars, part.expression_encoding):
+            if expr == "reference":
+                bar.set(color="0.7", hatch="//")
+        ax.set_xticks(range(len(part)), labels, rotation=70, ha="right", fontsize=7)
+        ax.set_title(prop.removeprefix("gene_probe_").replace("_", " "), fontsize=9)
+    axes[0][0].set_ylabel("macro F1 (logistic regression, out of fold)")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+
+
+def run(runs: list[dict], vocab: Path, out: OutputFile, figure: OutputFile, esm_table: Path | None = None,
+        params: ProbeParams | None = None) -> pd.DataFrame:
+    """Gene-property probes of every run's gene embeddings and of the reference tables: the long
+    table at ``out`` (CSV) and a figure at ``figure``. ``runs``: JSON list of {run, gene_encoding,
+    expression_encoding, seed, model (model.json or checkpoint)}."""
+    params = params or ProbeParams()
+    table = gene_probes(runs, vocab, esm_table, params)
+    with atomic_path(out, suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False)
+    draw(table, Path(figure))
+    log.info("gene probes: %d runs, %d rows", len(runs), len(table))
+    return table

@@ -1,0 +1,79 @@
+"""Gene probes: high on a table built to separate gene families, at chance on a random one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scencode.gene_probes import ProbeParams, gene_properties, probe
+
+PARAMS = ProbeParams(min_members=10, folds=5, knn_k=5, seed=0)
+
+
+def families(n_families=6, per_family=30, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = pd.Series(np.repeat([f"family{i}" for i in range(n_families)], per_family))
+    return labels, rng
+
+
+def test_probes_score_high_on_a_table_that_separates_the_families():
+    labels, rng = families()
+    centres = rng.normal(0, 3, (6, 16))
+    embedding = centres[labels.str[-1].astype(int)] + rng.normal(0, 1, (len(labels), 16))
+    result = probe(embedding, labels, PARAMS)
+    assert result["classes"] == 6 and result["genes"] == 180
+    assert result["scores"]["knn"] > 0.9 and result["scores"]["logreg"] > 0.9
+
+
+def test_probes_are_at_chance_on_a_random_table():
+    labels, rng = families()
+    scores = [probe(rng.normal(size=(len(labels), 16)), labels, ProbeParams(seed=s))["scores"] for s in range(3)]
+    chance = 1 / 6
+    for kind in ("knn", "logreg"):
+        assert abs(np.mean([s[kind] for s in scores]) - chance) < 0.08
+
+
+def test_small_classes_are_left_out_and_one_class_is_no_probe():
+    labels = pd.Series(["a"] * 20 + ["b"] * 20 + ["c"] * 3)
+    result = probe(np.random.default_rng(0).normal(size=(43, 4)), labels, PARAMS)
+    assert result["genes"] == 40 and result["classes"] == 2
+    assert probe(np.zeros((20, 4)), pd.Series(["a"] * 20), PARAMS)["scores"] == {}
+
+
+def test_properties_come_from_hgnc_and_the_protein_lengths():
+    genes = pd.Index(["ENSG00000141510", "ENSG00000000003", "ENSG00000198804", "ENSG99999999999"])  # TP53, TSPAN6, MT-CO1
+    lengths = pd.Series([393.0, 245.0, 513.0, np.nan], index=genes)
+    props = gene_properties(genes, lengths)
+    assert props.loc["ENSG00000141510", "chromosome"] == "17" and props.loc["ENSG00000000003", "chromosome"] == "X"
+    assert props.loc["ENSG00000000003", "family"] == "Tetraspanins"
+    assert pd.isna(props.loc["ENSG99999999999"]).all()
+    assert props.protein_length.tolist()[:3] == ["middle", "short", "long"]
+
+
+def test_the_workflows_models_are_probed_beside_the_references(demo_corpus, tmp_path):
+    from scencode.gene_probes import run
+    from scencode.pretrain import RunSpec, TrainConfig, Trainer
+    from scencode.data import LoaderConfig
+    from scencode.model import ModelConfig
+
+    corpus, vocab = demo_corpus
+    spec = RunSpec("learned-log-s0", corpus, vocab, tmp_path / "m",
+                   ModelConfig(0, "learned", "log", d_model=16, n_layers=1, n_heads=2, d_ff=32),
+                   LoaderConfig(batch_size=16, context=64, bucket_batches=2), TrainConfig(max_steps=2, val_every=2,
+                                                                                          log_every=1), None)
+    Trainer(spec).fit()
+    runs = [{"run": "learned-log-s0", "gene_encoding": "learned", "expression_encoding": "log", "seed": 0,
+             "model": str(tmp_path / "m" / "model.json")},
+            {"run": "esm2-log-s0", "gene_encoding": "esm2", "expression_encoding": "log", "seed": 0,
+             "model": str(tmp_path / "missing" / "model.json")}]
+    (tmp_path / "missing").mkdir()
+    (tmp_path / "missing" / "model.json").write_text('{"configuration": "esm2-log-s0", "checkpoint": null, '
+                                                     '"note": "training diverged"}')
+    table = run(runs, vocab, tmp_path / "probes.csv", tmp_path / "probes.png", params=ProbeParams(min_members=5))
+    assert set(table.configuration) == {"learned-log-s0", "esm2-log-s0", "reference-random_table"}
+    assert set(table.group) == {"gene_probe_family", "gene_probe_chromosome"}
+    learned = table[table.configuration == "learned-log-s0"]
+    assert learned.value.between(0, 1).all() and learned.note.str.contains("5-fold").all()
+    assert table[table.configuration == "esm2-log-s0"].value.isna().all()
+    assert (tmp_path / "probes.png").read_bytes()[:4] == b"\x89PNG"

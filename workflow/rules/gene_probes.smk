@@ -1,0 +1,27 @@
+# What the gene encodings learned: every trained run's gene embeddings, and reference tables (raw
+# ESM-2, permuted, random), probed on HGNC gene families, protein length and chromosome.
+
+
+rule gene_probes:
+    input:
+        models=[model_status(run) for run in CONFIGURATIONS],
+        vocab=rules.vocab.output[0],
+        esm_table=ESM_TABLE,
+    output:
+        table=report(f"{RESULTS}/tables/gene_probes.csv", caption="../report/gene_probes.rst", category="Tables"),
+        figure=report(f"{RESULTS}/figures/gene_probes.png", caption="../report/gene_probes.rst", category="Figures"),
+    params:
+        runs=as_json([{**run_identity(run), "run": run, "model": model_status(run)} for run in CONFIGURATIONS]),
+        settings=as_json(EVALUATE.get("gene_probes", {})),
+    log:
+        f"{LOGS}/gene_probes.log",
+    benchmark:
+        f"{LOGS}/benchmarks/gene_probes.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/evaluate.yaml"
+    shell:
+        "scencode gene-probes --runs {params.runs:q} --vocab {input.vocab:q} --esm-table {input.esm_table:q}"
+        " --params {params.settings:q} --out {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"
