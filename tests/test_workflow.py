@@ -82,10 +82,12 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert roles.count("train") == 101 and roles.count("eval") == 26
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "train") == 10_010_855
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "eval") == 548_977
-    # the same jobs as when the lists were inline in paper.yaml, with the corpus statistics and provenance
-    assert jobs == {"corpus_stats": 1, "provenance": 1, "download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
-                    "esm_coverage": 1, "leakage": 1, "vocab": 1, "evaluate": 286, "tokenize": 27, "pretrain": 9,
-                    "embed": 234, "reconstruction": 9, "scib_benchmarker": 26, "tables": 1, "figures": 1, "all": 1}
+    # the same jobs as when the lists were inline in paper.yaml, with the corpus statistics, provenance,
+    # gene probes, and each model embedded and scored on the training corpus's test split (in distribution)
+    assert jobs == {"download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
+                    "esm_coverage": 1, "leakage": 1, "vocab": 1, "evaluate": 286 + 9, "tokenize": 27, "pretrain": 9,
+                    "embed": 234 + 9, "reconstruction": 9, "scib_benchmarker": 26, "tables": 1, "figures": 1, "all": 1,
+                    "corpus_stats": 1, "provenance": 1, "gene_probes": 1}
     sources = [spec["source"] for spec in datasets.values()]
     assert all(s["type"] == "census" for s in sources)
     # the study's 8 configurations and the esm2_permuted control, each a pretrain job asking for a GPU
@@ -98,7 +100,7 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert vocab and "runtime=60" in vocab[0]  # the profile's default: the vocab rule sets no runtime
     # embedding 549k cells per configuration through the model is GPU work too
     embeds = [b for b in result.stdout.split("\n\n") if "rule embed:" in b]
-    assert len(embeds) == 9 * 26 and all("gpu=1" in b for b in embeds)
+    assert len(embeds) == 9 * (26 + 1) and all("gpu=1" in b for b in embeds)  # + the ID test split
     names = {line.split("run=")[1].strip() for b in blocks for line in b.splitlines() if "wildcards:" in line}
     study = {f"{g}-{e}-s777" for g in ("learned", "esm2") for e in ("hard", "soft", "log", "continuous")}
     assert names == study | {"esm2_permuted-soft-s777"}
@@ -112,10 +114,10 @@ def test_evaluation_options_reach_their_jobs(tmp_path):
     result = snakemake(tmp_path, config, "-n", "-p")
     assert result.returncode == 0, result.stderr
     commands = result.stdout
-    assert commands.count("scencode baseline --kind scvi") == 2 and "--scvi-epochs 7" in commands
+    assert commands.count("scencode baseline --kind scvi") == 3 and "--scvi-epochs 7" in commands
     embeds = [line for line in commands.splitlines() if "scencode embed " in line]
     assert embeds and all('"gene_sampling": "top_expressed"' in line and '"context": 128' in line for line in embeds)
-    assert commands.count("scencode scib-benchmark") == 2 and "baseline-scvi-s0/pbmc68k.parquet" in commands
+    assert commands.count("scencode scib-benchmark") == 3 and "baseline-scvi-s0/pbmc68k.parquet" in commands
     benchmarker = [line for line in commands.splitlines() if "scencode scib-benchmark" in line]
     assert all('"max_cells_scib": 5000' in line for line in benchmarker)
     evaluations = [line for line in commands.splitlines() if "scencode evaluate" in line]
@@ -154,7 +156,9 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     models = [f"{e['gene']}-{e['expression']}-s0" for e in config["pretrain"]["configurations"]]
     configurations = models + ["baseline-pca-s0", "baseline-random-s0"]
     present = metrics[metrics.dataset != "*"].groupby("configuration").dataset.unique()
-    assert all(sorted(present[c]) == evaluation for c in configurations)
+    # every run on every evaluation dataset; trained runs also on the training corpus's test split (ID)
+    assert all(sorted(present[c]) == sorted([*evaluation, "train_test"]) for c in models)
+    assert all(sorted(present[c]) == evaluation for c in configurations if c not in models)
     scores = metrics[metrics.metric.isin(["bio_score", "batch_score", "accuracy", "macro_f1", "asw_label", "nmi"])]
     assert scores.value.dropna().between(0, 1).all()
     # pbmc68k has one batch: its batch metrics are recorded as not applicable, with the reason
@@ -175,7 +179,7 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert np.allclose(lung.total, 0.6 * lung.bio_conservation + 0.4 * lung.batch_correction)
     # the configuration without a model is in every table, as NaN with the reason
     diverged = metrics[metrics.configuration == DIVERGING_NAME]
-    assert diverged.dataset.nunique() == len(evaluation) + 1  # + the reconstruction rows ("*")
+    assert diverged.dataset.nunique() == len(evaluation) + 2  # + the ID set and the reconstruction rows ("*")
     no_model = diverged[(diverged.metric != "min_train_mse") & (diverged.group != "cost")]
     assert no_model.value.isna().all() and no_model.note.str.contains("diverged at step").all()
     assert diverged[diverged.metric == "wall_hours"].value.gt(0).all()  # a diverged run cost compute all the same
@@ -197,7 +201,7 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert np.isnan(row.bio_score) and "diverged" in row.note
     assert (workdir / "results" / "tables" / "tests.csv").exists()
     for name in ("fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
-                 "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "corpus_stats"):
+                 "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "fig5_shift", "corpus_stats"):
         assert (workdir / "results" / "figures" / f"{name}.png").stat().st_size > 5000
     # what each result cost, beside its quality; the corpus it was trained on; what produced it
     trained = models_only.drop(("learned", "continuous"))
@@ -205,6 +209,11 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert trained.tokens_per_s.gt(0).all()
     stats = pd.read_csv(tables / "corpus_stats.csv")
     assert set(stats.corpus) == {"train", *evaluation} and stats.cells.sum() > 0
+    # in distribution, near (lung, blood: training tissues) and far (pancreas: none trained on it)
+    for level in ("id", "near", "far"):
+        assert trained[f"bio_score_{level}"].between(0, 1).all(), level
+    assert np.allclose(trained.bio_score_gap_far, trained.bio_score_id - trained.bio_score_far)
+    assert set(pd.read_csv(tables / "tests.csv").level) == {"evaluation", "id", "near", "far"}
     probes = pd.read_csv(tables / "gene_probes.csv")
     assert {"reference-esm2_table", "reference-esm2_table_permuted", "reference-random_table"} <= set(probes.configuration)
     assert set(probes.group) == {"gene_probe_family", "gene_probe_protein_length", "gene_probe_chromosome"}
@@ -229,7 +238,7 @@ def test_report_holds_figures_and_summary(demo_run):
     for name in ("fig1_batch_vs_bio.png", "fig2_classification.png", "fig3_min_train_mse.png", "loss_curves.png",
                  "heatmap_per_dataset.png", "paper_comparison.png", "summary.csv", "tests.csv",
                  "fig4_cost_vs_bio.png", "corpus_stats.png", "corpus_stats.csv", "provenance.json",
-                 "gene_probes.csv", "gene_probes.png"):
+                 "gene_probes.csv", "gene_probes.png", "fig5_shift.png"):
         assert name in html, name
     assert "Benjamini-Hochberg" in html  # the captions travel with the results
 
@@ -262,7 +271,9 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     changed["pretrain"]["configurations"][1]["train"] = {"lr": 0.01}  # esm2-hard only
     result = snakemake(workdir, changed, "-n")
     jobs = planned_jobs(result)
-    assert jobs["pretrain"] == 1 and jobs["reconstruction"] == 1 and jobs["embed"] == 2 and jobs["evaluate"] == 2
+    # its embeddings and metrics on the three evaluation datasets and the ID set, its gene probes
+    assert jobs["pretrain"] == 1 and jobs["reconstruction"] == 1 and jobs["embed"] == 4 and jobs["evaluate"] == 4
+    assert jobs["gene_probes"] == 1
     planned = {line.split("run=")[1].split(",")[0].strip() for line in result.stdout.splitlines()
                if "wildcards:" in line and "run=" in line}
     assert planned == {"esm2-hard-s0"}

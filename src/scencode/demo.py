@@ -48,6 +48,13 @@ TISSUE_TYPES = {
               "hepatic stellate cell"),
 }
 
+# A tissue no demo training dataset has, for the far level of distribution shift. Its cell types
+# stay out of TISSUE_TYPES, so that the other datasets' marker genes are what they were.
+UNSEEN_TISSUE_TYPES = {
+    "pancreas": ("pancreatic A cell", "type B pancreatic cell", "pancreatic ductal cell", "pancreatic acinar cell",
+                 "endothelial cell", "macrophage"),
+}
+
 DEMO_DATASETS: dict[str, DemoDataset] = {
     "sim_lung_1": DemoDataset("lung", 3000, TISSUE_TYPES["lung"], 3),
     "sim_blood_1": DemoDataset("blood", 2500, TISSUE_TYPES["blood"], 2),
@@ -55,6 +62,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
     "sim_liver_1": DemoDataset("liver", 3500, TISSUE_TYPES["liver"], 3, symbols_only=True),
     "sim_lung_eval": DemoDataset("lung", 1500, TISSUE_TYPES["lung"][:6], 2),
     "sim_blood_eval": DemoDataset("blood", 1500, TISSUE_TYPES["blood"], 3),
+    "sim_pancreas_eval": DemoDataset("pancreas", 1000, UNSEEN_TISSUE_TYPES["pancreas"], 2),
 }
 PBMC = "pbmc68k_reduced"
 

@@ -57,15 +57,17 @@ def _batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, 
 
 @torch.no_grad()
 def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfig, out_parquet: str | Path,
-                 out_h5ad: str | Path, run: str, dataset: str) -> dict:
-    """Embeds every cell and measures the reconstruction errors in the same pass (one model load,
-    one read of the shards). Returns the cell count, dimension and :func:`reconstruction` figures."""
+                 out_h5ad: str | Path, run: str, dataset: str, split: str | None = None) -> dict:
+    """Embeds every cell (of ``split``, if given: the training corpus's held-out test split is the
+    in-distribution evaluation set) and measures the reconstruction errors in the same pass (one
+    model load, one read of the shards). Returns the cell count, dimension and :func:`reconstruction`
+    figures."""
     device = default_device()
     model, ckpt = load_model(checkpoint, device)
     verify_model_corpus(checkpoint, ckpt, corpus)
     ids, labels, batches, chunks = [], [], [], []
     errors = ReconstructionErrors(model.cfg.vocab_size, device)
-    for batch in _batches(Path(corpus), None, loader, mask=True):
+    for batch in _batches(Path(corpus), split, loader, mask=True):
         on_device = batch.to(device)
         with _autocast(device):
             _, sse, _, emb = model(on_device, embeddings=True)  # one pass: the embedding and the loss as trained
@@ -79,6 +81,7 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
         raise ScencodeError(f"model {run} gives NaN or infinite embeddings on {dataset} "
                             f"({int((~np.isfinite(matrix)).any(1).sum())} cells)", checkpoint)
     obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
+    obs["label"] = obs.label.fillna("")  # cells of a dataset without labels: unlabeled, left out of the scores
     write_embedding_files(obs, matrix, out_parquet, out_h5ad, run, dataset)
     return {"cells": len(ids), "dim": int(matrix.shape[1]), **errors.result()}
 
@@ -136,11 +139,13 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
 
 
 def run(model: Path, corpus: Path, run: str, dataset: str, out: OutputFile, reconstruction: OutputFile,
-        params: LoaderConfig, h5ad: OutputFile | None = None, threads: int | None = None) -> dict:
+        params: LoaderConfig, h5ad: OutputFile | None = None, threads: int | None = None,
+        split: str | None = None) -> dict:
     """Cell embeddings of a model on an evaluation corpus (``out`` Parquet; ``h5ad`` the same for scanpy,
     needs anndata) and the context diagnostic on the same cells (``reconstruction`` JSON). ``model``:
     a run's model.json (no model: empty outputs that say why) or a checkpoint .pt; ``params``: the
-    loader settings (context, batch_size, gene sampling, …)."""
+    loader settings (context, batch_size, gene sampling, …); ``split``: only these cells of the corpus
+    (``test``: the training corpus's held-out cells, the in-distribution set)."""
     from .settings import torch_threads
 
     torch_threads(threads)
@@ -149,7 +154,7 @@ def run(model: Path, corpus: Path, run: str, dataset: str, out: OutputFile, reco
         write_missing_embedding(missing, out, h5ad, run, dataset)
         info = {"cells": 0, **{metric: None for metric in RECONSTRUCTION_METRICS}, "missing": missing}
     else:
-        info = embed_corpus(checkpoint, corpus, params, out, h5ad, run, dataset)
+        info = embed_corpus(checkpoint, corpus, params, out, h5ad, run, dataset, split)
         log.info("%s on %s: %d cells embedded", run, dataset, info["cells"])
     write_json(info, reconstruction)
     return info

@@ -201,6 +201,30 @@ def fig_cost(summary: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path):
     return save(fig, out_dir, "fig4_cost_vs_bio")
 
 
+SHIFT = {"id": "in distribution", "near": "near (seen tissue)", "far": "far (unseen tissue)"}
+
+
+def fig_shift(summary: pd.DataFrame, out_dir: Path, score: str = "bio_score"):
+    """Each configuration's score in distribution, near and far (mean over the level's datasets,
+    error bars: the seeds' SD where there are several, else the datasets' SD)."""
+    levels = [level for level in SHIFT if f"{score}_{level}" in summary.columns]
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(summary) * max(1, len(levels)) / 2), 3.6))
+    width = 0.8 / max(1, len(levels))
+    x = np.arange(len(summary))
+    for i, level in enumerate(levels):
+        spread = summary.get(f"{score}_{level}_seed_sd")
+        if spread is None or spread.isna().all():
+            spread = summary.get(f"{score}_{level}_sd")
+        ax.bar(x + (i - (len(levels) - 1) / 2) * width, summary[f"{score}_{level}"], width,
+               yerr=None if spread is None else np.nan_to_num(spread), capsize=2, label=SHIFT[level],
+               color=plt.get_cmap("Blues")(0.45 + 0.25 * i))
+    ax.set_xticks(x, [label(r) for r in summary.itertuples()], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(score.replace("_", " ") + " by distribution shift")
+    if levels:
+        ax.legend(fontsize=7, frameon=False)
+    return save(fig, out_dir, "fig5_shift")
+
+
 def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") -> list[Path]:
     out_dir = Path(out_dir)
     summary = pd.read_csv(summary_csv)
@@ -212,7 +236,7 @@ def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") ->
         logs[status["configuration"]] = (status, pd.read_parquet(path))
     paths = [*fig_batch_vs_bio(summary, out_dir), *fig_classification(summary, out_dir),
              *fig_min_train_mse(models, out_dir), *fig_loss_curves(logs, out_dir), *fig_heatmap(metrics, out_dir),
-             *fig_cost(models, metrics, out_dir)]
+             *fig_cost(models, metrics, out_dir), *fig_shift(models, out_dir)]
     comparison_paths, comparison = fig_paper_comparison(models, out_dir, caveat)
     with atomic_path(out_dir / "paper_comparison.csv", suffix=".csv") as tmp:
         comparison.to_csv(tmp, index=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .model import block_params
+from .workflow_config import ID_TEST
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
 GPU_STAGES = ("esm_embeddings", "pretrain", "embed", "reconstruction")
@@ -189,7 +190,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         mem = math.ceil(8000 + 2 * _loader_mem_mb(config, workers) + _model_params(config) * 16 / 2**20)
         return Job(stage, key or "configuration", 1, 8, mem, _runtime(minutes, floor=60), minutes)
     if stage == "embed":
-        n = evals.get(key, ASSUMED_CELLS)
+        n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)
         minutes = _train_seconds(config, n, 1, forward_only=True) / 60
         return Job(stage, key, 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)), _runtime(minutes), minutes)
     if stage == "reconstruction":
@@ -201,12 +202,20 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
     if stage == "evaluate":
         from .evaluate import EvalParams
         metrics = config["evaluate"].get("metrics", {})
-        n = min(evals.get(key, ASSUMED_CELLS), metrics.get("max_cells_scib", EvalParams.max_cells_scib))
+        n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)
+        n = min(n, metrics.get("max_cells_scib", EvalParams.max_cells_scib))
         minutes = n / THROUGHPUT["evaluate_cells_per_s"].value / 60
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
         mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)
         return Job(stage, key, 0, 1, mem, _runtime(minutes), minutes)
     raise ValueError(f"no resource model for stage {stage!r}")
+
+
+def _id_test_cells(config: dict, train: dict[str, int]) -> float:
+    """Cells of the training corpus's held-out test split (the in-distribution evaluation set)."""
+    from .tokenize import TokenizeParams
+
+    return sum(train.values()) * config["tokenize"].get("test_fraction", TokenizeParams.test_fraction)
 
 
 def plan_jobs(config: dict) -> list[Job]:
@@ -223,6 +232,8 @@ def plan_jobs(config: dict) -> list[Job]:
         jobs.append(_job("reconstruction", config, f"configuration {i + 1}"))
         jobs += [_job("embed", config, d) for d in evals]
     jobs += [_job("evaluate", config, d) for d in evals for _ in range(configs + baselines)]
+    if any(config["datasets"][d].get("label_key") for d in datasets if config["datasets"][d]["role"] == "train"):
+        jobs += [_job(stage, config, ID_TEST) for _ in range(configs) for stage in ("embed", "evaluate")]
     return jobs
 
 

@@ -157,22 +157,65 @@ def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
             p_value, floor, rank_biserial)
 
 
-def write_tables(metric_paths, out_dir, reference_expression: str = "soft") -> dict:
+SHIFT_LEVELS = ("id", "near", "far")  # in-distribution test split, seen tissue in new batches, unseen tissue
+SHIFT_SCORES = ("batch_score", "bio_score", "accuracy", "macro_f1")
+
+
+def by_level(metrics: pl.DataFrame, levels: dict[str, str]) -> dict[str, pl.DataFrame]:
+    """The metric rows of each shift level's datasets (the dataset-less rows, ``*``, in none)."""
+    level = pl.col("dataset").replace_strict(levels, default=None, return_dtype=pl.String)
+    tagged = metrics.with_columns(level=level)
+    return {name: tagged.filter(pl.col("level") == name).drop("level") for name in SHIFT_LEVELS}
+
+
+def shift_columns(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame:
+    """Per configuration and shift level: the main scores as ``<score>_<level>`` (mean over the
+    level's datasets, seeds averaged first), ``_sd`` (across datasets) and ``_seed_sd`` (across
+    seeds), and the gap to the in-distribution score (``<score>_gap_<level>`` = ID - level)."""
+    table = None
+    for name, rows in by_level(metrics, levels).items():
+        if rows.is_empty():
+            continue
+        part = summary_table(rows).select(*KEYS, *(pl.col(f"{score}{suffix}").alias(f"{score}_{name}{suffix}")
+                                                    for score in SHIFT_SCORES for suffix in ("", "_sd", "_seed_sd")))
+        table = part if table is None else table.join(part, on=KEYS, how="full", coalesce=True)
+    if table is None:
+        return pl.DataFrame(schema={k: pl.String for k in KEYS})
+    gaps = [(pl.col(f"{score}_id") - pl.col(f"{score}_{name}")).alias(f"{score}_gap_{name}")
+            for score in SHIFT_SCORES for name in ("near", "far")
+            if f"{score}_id" in table.columns and f"{score}_{name}" in table.columns]
+    return table.with_columns(gaps)
+
+
+def write_tables(metric_paths, out_dir, reference_expression: str = "soft", levels: dict | None = None) -> dict:
+    """``levels``: dataset → shift level (id, near, far). The study's summary and tests are over the
+    evaluation datasets (near and far); the shift columns and each level's tests sit beside them."""
     metrics = load_metrics(metric_paths)
-    out_dir = Path(out_dir)
-    tables = {"metrics.csv": metrics, "summary.csv": summary_table(metrics),
-              "tests.csv": paired_tests(metrics, reference_expression)}
+    levels = levels or {}
+    evaluation = metrics.filter(~pl.col("dataset").is_in([d for d, level in levels.items() if level == "id"]))
+    summary = summary_table(evaluation)
+    shift = shift_columns(metrics, levels)
+    if shift.width > len(KEYS):
+        summary = summary.join(shift, on=KEYS, how="left")
+    tests = paired_tests(evaluation, reference_expression).with_columns(level=pl.lit("evaluation"))
+    for name, rows in by_level(metrics, levels).items():
+        if not rows.is_empty():
+            tests = pl.concat([tests, paired_tests(rows, reference_expression).with_columns(level=pl.lit(name))])
+    tables = {"metrics.csv": metrics, "summary.csv": summary, "tests.csv": tests}
     for name, table in tables.items():
-        with atomic_path(out_dir / name, suffix=".csv") as tmp:
+        with atomic_path(Path(out_dir) / name, suffix=".csv") as tmp:
             # pandas writes the CSV: floats as the shortest repr, missing values as empty cells
             table.to_pandas().to_csv(tmp, index=False)
     return {name: len(table) for name, table in tables.items()}
 
 
-def run(metrics: list[Path], out_dir: OutputFolder, reference_expression: str = "soft") -> dict:
+def run(metrics: list[Path], out_dir: OutputFolder, reference_expression: str = "soft",
+        levels: dict | None = None) -> dict:
     """metrics.csv, summary.csv and tests.csv in ``out_dir`` from per-(run, dataset) metric tables;
     ``reference_expression``: the expression encoding compared with each other one (declared in
-    config, not picked from the results)."""
-    counts = write_tables(metrics, out_dir, reference_expression)
+    config, not picked from the results); ``levels``: JSON dataset → shift level (id: the training
+    corpus's held-out test split; near: a training tissue in new batches; far: a tissue no training
+    dataset has)."""
+    counts = write_tables(metrics, out_dir, reference_expression, levels)
     log.info("tables: %s", counts)
     return counts

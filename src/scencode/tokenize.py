@@ -187,11 +187,16 @@ class ShardWriter:
 
 
 def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str | Path,
-                    out_dir: str | Path, params: TokenizeParams, with_labels: bool = False) -> dict:
+                    out_dir: str | Path, params: TokenizeParams, with_labels: bool = False,
+                    kind: str | None = None) -> dict:
+    """``with_labels``: label and batch columns; ``kind``: evaluation (every dataset needs a label
+    column; the default with labels) or training (labels where a dataset names its label column,
+    so that the held-out test split can be scored in distribution)."""
+    kind = kind or ("evaluation" if with_labels else "training")
     vocab, digest = load_vocab(vocab_path)
     token_of_gene = pd.Series(vocab.token_id.to_numpy(), index=vocab.gene_id)
     config_hash = hashlib.sha256(json.dumps(
-        {"params": asdict(params), "with_labels": with_labels,
+        {"params": asdict(params), "with_labels": with_labels, "kind": kind,
          "datasets": [[d.dataset_id, d.label_key, d.batch_key] for d in datasets]},
         sort_keys=True).encode()).hexdigest()
     schema = shard_schema(with_labels)
@@ -201,7 +206,7 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
         background = BackgroundWriter(writer)
         try:
             for d in datasets:
-                stats, nnz = _tokenize_dataset(d, token_of_gene, background, writer.schema, params, with_labels)
+                stats, nnz = _tokenize_dataset(d, token_of_gene, background, writer.schema, params, with_labels, kind)
                 per_dataset[d.dataset_id] = stats
                 nnz_parts.append(nnz)
                 for name, n in stats.pop("splits").items():
@@ -215,7 +220,7 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
         manifest = {
             "format_version": FORMAT_VERSION,
             "corpus": corpus,
-            "kind": "evaluation" if with_labels else "training",
+            "kind": kind,
             "n_cells": int(nnz.size),
             "splits": split_counts,
             "datasets": per_dataset,
@@ -234,7 +239,7 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
 
 
 def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: BackgroundWriter, schema: pa.Schema,
-                      params: TokenizeParams, with_labels: bool):
+                      params: TokenizeParams, with_labels: bool, kind: str):
     with open_h5ad(d.path) as f:
         x = count_matrix(f, d.path, "X")
         obs = read_frame(f, "obs")
@@ -247,7 +252,7 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: Backgro
         sorted_map = bool(np.all(np.diff(mapped) > 0))
         cell_ids = pd.Series(d.dataset_id + ":" + obs.index.astype(str))
         split = assign_split(cell_ids, params)
-        labels = _label_columns(obs, d) if with_labels else {}
+        labels = _label_columns(obs, d, required=kind == "evaluation") if with_labels else {}
         excluded = np.ones(len(obs), bool) if "*" in d.exclude else obs.index.astype(str).isin(list(d.exclude))
         nnz, kept_splits, genes_per_cell = [], [], []
         n_cells = x.shape[0]
@@ -301,24 +306,29 @@ def vocab_overlap(d: DatasetInput, vocab_nnz: np.ndarray, all_nnz: np.ndarray) -
     return out
 
 
-def _label_columns(obs: pd.DataFrame, d: DatasetInput) -> dict:
-    if d.label_key is None or d.label_key not in obs.columns:
+def _label_columns(obs: pd.DataFrame, d: DatasetInput, required: bool = True) -> dict:
+    """label and batch per cell; a training dataset without a label column (``required`` False)
+    gets missing labels, so that its test cells are left out of the in-distribution scores."""
+    if (d.label_key is None and required) or (d.label_key is not None and d.label_key not in obs.columns):
         raise ScencodeError(f"label column {d.label_key!r} is missing from obs", d.path)
     if d.batch_key is not None and d.batch_key not in obs.columns:
         raise ScencodeError(f"batch column {d.batch_key!r} is missing from obs", d.path)
-    label = obs[d.label_key].astype(str).where(obs[d.label_key].notna(), None).to_numpy(object)
+    label = (np.full(len(obs), None, dtype=object) if d.label_key is None
+             else obs[d.label_key].astype(str).where(obs[d.label_key].notna(), None).to_numpy(object))
     batch = (np.full(len(obs), d.dataset_id, dtype=object) if d.batch_key is None
              else obs[d.batch_key].astype(str).to_numpy(object))
     return {"label": label, "batch": batch}
 
 
 def run(corpus: str, datasets: list[dict], vocab: Path, out: OutputFolder, params: TokenizeParams, labels: bool = False,
-        exclude: Path | None = None) -> dict:
+        exclude: Path | None = None, training: bool = False) -> dict:
     """A corpus of Parquet token shards from QC'd datasets (JSON list of {dataset_id, path, label_key,
-    batch_key}); ``labels``: an evaluation corpus (label and batch columns); ``exclude``: the leakage
-    audit whose listed training cells are left out (policy drop)."""
+    batch_key}); ``labels``: label and batch columns (an evaluation corpus, or with ``training`` the
+    training corpus, labelled where its datasets name a label column); ``exclude``: the leakage audit
+    whose listed training cells are left out (policy drop)."""
     inputs = [DatasetInput(d["dataset_id"], Path(d["path"]), d.get("label_key"), d.get("batch_key"),
                            tuple(excluded_cells(exclude, d["dataset_id"]))) for d in datasets]
-    manifest = tokenize_corpus(corpus, inputs, vocab, out, params, with_labels=labels)
+    manifest = tokenize_corpus(corpus, inputs, vocab, out, params, with_labels=labels,
+                               kind="training" if training else None)
     log.info("corpus %s: %d cells in %d shards", corpus, manifest["n_cells"], len(manifest["shards"]))
     return manifest

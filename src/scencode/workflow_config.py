@@ -23,6 +23,7 @@ SCHEMA = REPOSITORY / "workflow" / "schemas" / "config.schema.yaml"
 SHEET_SCHEMA = REPOSITORY / "workflow" / "schemas" / "datasets.schema.yaml"
 QC_PREFIX = "qc_"  # sheet columns that override one QC setting of their dataset
 TRAIN_CORPUS = "train"  # the training corpus's name; no dataset may take it
+ID_TEST = "train_test"  # the training corpus's held-out test split, scored in distribution; reserved too
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -155,6 +156,21 @@ def _settings(row: dict) -> dict:
     return spec
 
 
+def shift_levels(datasets: dict[str, dict]) -> dict[str, str]:
+    """Dataset → distribution-shift level: the training corpus's held-out test split is ``id``; an
+    evaluation dataset is ``near`` when a training dataset has its tissue (new batches, seen tissue)
+    and ``far`` when none has. ``unknown``: it has no tissue, or some training dataset has none (it
+    could hold the tissue, so far cannot be claimed)."""
+    training = [spec.get("tissue") for spec in datasets.values() if spec["role"] == "train"]
+    trained, untagged = set(training) - {None}, None in training
+    levels = {ID_TEST: "id"}
+    for name, spec in datasets.items():
+        if spec["role"] == "eval":
+            tissue = spec.get("tissue")
+            levels[name] = ("near" if tissue in trained else "unknown" if tissue is None or untagged else "far")
+    return levels
+
+
 def use_gpus(config: dict) -> bool:
     """Whether GPU jobs ask for a GPU: ``use_gpus`` true or false, or auto (the default): whether
     this machine has CUDA. The SLURM profile sets it to true: jobs run on the cluster's nodes."""
@@ -201,8 +217,10 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
     datasets = read_datasets(config)
     if not any(spec["role"] == "train" for spec in datasets.values()):
         raise ScencodeError("config: 'datasets' has no dataset with role 'train'")
-    if TRAIN_CORPUS in datasets:
-        raise ScencodeError(f"config: dataset name {TRAIN_CORPUS!r} is reserved for the training corpus")
+    for reserved in (TRAIN_CORPUS, ID_TEST):
+        if reserved in datasets:
+            raise ScencodeError(f"config: dataset name {reserved!r} is reserved (the training corpus and its "
+                                "held-out test split)")
     for name, spec in datasets.items():
         if spec["role"] == "eval" and not spec.get("label_key"):
             raise ScencodeError(f"config: evaluation dataset {name!r} needs 'label_key'")

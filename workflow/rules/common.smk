@@ -22,12 +22,18 @@ TRAIN_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "tr
 EVAL_DATASETS = sorted(d for d, spec in DATASETS.items() if spec["role"] == "eval")
 TRAIN_CORPUS = workflow_config.TRAIN_CORPUS
 CORPORA = [TRAIN_CORPUS, *EVAL_DATASETS]  # every token corpus: the training datasets together, each evaluation one
+# The training corpus keeps labels where its datasets name a label column; its held-out test split is
+# then scored like an evaluation dataset, in distribution (ID_TEST), beside the near and far shifts.
+ID_TEST = workflow_config.ID_TEST
+TRAIN_LABELED = any(DATASETS[d].get("label_key") for d in TRAIN_DATASETS)
+SCORED = [*EVAL_DATASETS, *([ID_TEST] if TRAIN_LABELED else [])]  # what every trained run is scored on
+SHIFT_LEVELS = {d: level for d, level in workflow_config.shift_levels(DATASETS).items() if d in SCORED}
 ESM = config["esm"]
 ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join([*DATASETS, ID_TEST]),
     corpus="|".join(CORPORA),
     run="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
 
@@ -78,6 +84,11 @@ def qc_settings(dataset):
 
 def corpus_datasets(corpus):
     return TRAIN_DATASETS if corpus == TRAIN_CORPUS else [corpus]
+
+
+def embedded_corpus(wildcards):
+    """The corpus a dataset's embedding is read from: its own, or the training corpus's test split."""
+    return corpus_dir(TRAIN_CORPUS if wildcards.dataset == ID_TEST else wildcards.dataset)
 
 
 def corpus_inputs(corpus):
@@ -210,6 +221,8 @@ def metric_tables():
     return [
         *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=RUNS,
                 dataset=EVAL_DATASETS),
+        *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=CONFIGURATIONS,
+                dataset=[d for d in SCORED if d not in EVAL_DATASETS]),
         *expand(f"{RESULTS}/metrics/{{run}}/reconstruction.parquet", run=CONFIGURATIONS),
         *(expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=EVAL_DATASETS)
           if SCIB_BENCHMARKER is not None else []),

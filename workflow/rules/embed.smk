@@ -5,13 +5,14 @@
 rule embed:
     input:
         model=model_status(),
-        corpus=corpus_dir("{dataset}"),
+        corpus=embedded_corpus,
     output:
         parquet=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.parquet",
         h5ad=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.h5ad",
         reconstruction=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.reconstruction.json",
     params:
         loader=lambda w: as_json(embed_loader(w.run)),
+        split=lambda w: ["--split", "test"] if w.dataset == ID_TEST else [],
     log:
         f"{LOGS}/embed/{{run}}/{{dataset}}.log",
     benchmark:
@@ -23,7 +24,7 @@ rule embed:
         "../../envs/train.yaml"
     shell:
         "scencode embed --model {input.model:q} --corpus {input.corpus:q} --run {wildcards.run:q}"
-        " --dataset {wildcards.dataset:q} --params {params.loader:q} --threads {threads}"
+        " --dataset {wildcards.dataset:q} {params.split:q} --params {params.loader:q} --threads {threads}"
         " --out {output.parquet:q} --h5ad {output.h5ad:q} --reconstruction {output.reconstruction:q} > {log:q} 2>&1"
 
 

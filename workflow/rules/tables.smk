@@ -10,6 +10,7 @@ rule tables:
         tests=report(f"{RESULTS}/tables/tests.csv", caption="../report/tests.rst", category="Tables"),
     params:
         reference=REFERENCE_EXPRESSION,
+        levels=as_json(SHIFT_LEVELS),
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -20,5 +21,5 @@ rule tables:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode tables --metrics {input:q} --reference-expression {params.reference:q}"
+        "scencode tables --metrics {input:q} --reference-expression {params.reference:q} --levels {params.levels:q}"
         " --out-dir \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"

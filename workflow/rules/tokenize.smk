@@ -12,7 +12,7 @@ rule tokenize:
     params:
         datasets=lambda w: as_json(corpus_inputs(w.corpus)),
         settings=as_json(config["tokenize"]),
-        labels=lambda w: [] if w.corpus == TRAIN_CORPUS else ["--labels"],
+        labels=lambda w: ["--labels"] if w.corpus != TRAIN_CORPUS else ["--labels", "--training"] if TRAIN_LABELED else [],
         exclude=lambda w, input: ["--exclude", input.leakage] if input.leakage and LEAKAGE["policy"] == "drop" else [],
     log:
         f"{LOGS}/tokenize/{{corpus}}.log",
