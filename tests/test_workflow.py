@@ -160,7 +160,7 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert all(sorted(present[c]) == sorted([*evaluation, "train_test"]) for c in models)
     assert all(sorted(present[c]) == evaluation for c in configurations if c not in models)
     scores = metrics[metrics.metric.isin(["bio_score", "batch_score", "accuracy", "macro_f1", "asw_label", "nmi"])]
-    assert scores.value.dropna().between(0, 1).all()
+    assert scores.value.dropna().between(0, 1 + 1e-6).all()  # a perfect clustering's NMI can be 1 + 1e-16
     # pbmc68k has one batch: its batch metrics are recorded as not applicable, with the reason
     pbmc_batch = metrics[(metrics.dataset == "pbmc68k") & (metrics.group == "batch")
                          & (metrics.configuration != DIVERGING_NAME)]
