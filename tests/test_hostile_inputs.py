@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import yaml
 
 from conftest import GENES, REPO, leftovers, make_counts, tiny_adata
+from scencode.atomic import HOST
 from scencode.errors import ScencodeError
 from scencode.formats import write_embedding_files, write_vocab
 from scencode.qc import QCParams, run_qc
@@ -341,15 +342,17 @@ def test_a_rerun_removes_the_temporaries_a_killed_writer_left(tmp_path, gene_tab
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     alive = str(os.getppid())  # another writer's temporaries, still running: left alone
-    stale_file = tmp_path / f".qc.h5ad.{dead}.k2j4.tmp.h5ad"
-    stale_dir = tmp_path / f".tokens.{dead}.x81f.tmp"
-    running = tmp_path / f".qc.h5ad.{alive}.abcd.tmp.h5ad"
+    stale_file = tmp_path / f".qc.h5ad.{HOST}-{dead}.k2j4.tmp.h5ad"
+    stale_dir = tmp_path / f".tokens.{HOST}-{dead}.x81f.tmp"
+    running = tmp_path / f".qc.h5ad.{HOST}-{alive}.abcd.tmp.h5ad"
+    elsewhere = tmp_path / f".qc.h5ad.othernode-{dead}.abcd.tmp.h5ad"  # another node's writer: unknown, kept
     stale_file.write_bytes(b"x" * 1000)
     (stale_dir / "part-00000.parquet").parent.mkdir()
     (stale_dir / "part-00000.parquet").write_bytes(b"x")
     running.write_bytes(b"x")
+    elsewhere.write_bytes(b"x")
     qc_and_tokenize(tiny_adata(), tmp_path, gene_table)
-    assert not stale_file.exists() and not stale_dir.exists() and running.exists()
+    assert not stale_file.exists() and not stale_dir.exists() and running.exists() and elsewhere.exists()
 
 
 # the property ----------------------------------------------------------------------------------

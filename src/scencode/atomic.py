@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,13 +77,17 @@ def _refuse_if_stopping() -> None:
         raise Terminated(_stop_signal)
 
 
+# the host is in the name too: on a shared filesystem, another node's writer is never taken for dead
+HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+
+
 def _temporary_prefix(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}."
+    return f".{target.name}.{HOST}-{os.getpid()}."
 
 
 def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Temporaries of ``target`` whose writer process no longer exists (killed by SIGKILL or OOM)."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\..*\.tmp(\.[^/]*)?")
+    """Temporaries of ``target`` left by a writer of this host that no longer exists (SIGKILL, OOM)."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.{HOST}-(\d+)\..*\.tmp(\.[^/]*)?")
     removed = []
     if not target.parent.is_dir():
         return removed
