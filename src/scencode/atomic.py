@@ -141,13 +141,25 @@ def _make_parent(target: Path) -> None:
 
 
 @contextlib.contextmanager
+def _creating(target: Path) -> Iterator[None]:
+    """The temporary beside ``target`` is the write test: its failure is named (the CLI checked
+    the same with :func:`check_writable` before any work; a library caller learns it here)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ScencodeError(f"cannot write in {target.parent} ({exc.strerror})", target) from None
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success."""
     target = Path(target)
-    check_writable(target)
+    if target.is_dir():
+        raise ScencodeError("output path is a folder, not a file", target)
     _make_parent(target)
     remove_stale_temporaries(target)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=f".tmp{suffix}", dir=target.parent)
+    with _creating(target):
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, FILE_MODE)
@@ -166,13 +178,15 @@ def atomic_dir(target: str | Path, marker: str) -> Iterator[Path]:
     the file (e.g. a manifest) that every earlier output of this kind holds: a folder that lacks it
     and is not empty is someone else's, and is refused before any work, never deleted."""
     target = Path(target)
-    check_writable(target, folder=True)
+    if target.exists() and not target.is_dir():
+        raise ScencodeError("output path is a file, not a folder", target)
     if target.is_dir() and not (target / marker).is_file() and any(target.iterdir()):
         raise ScencodeError(f"output folder holds other files and no {marker} of an earlier output; "
                             "refusing to replace it: choose a new or empty folder", target)
     _make_parent(target)
     remove_stale_temporaries(target)
-    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
+    with _creating(target):
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
     os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
