@@ -1,8 +1,9 @@
 """Metrics of one embedding of one evaluation dataset, as a tidy long table.
 
-* scIB (scib-metrics): batch score = mean(iLISI, graph connectivity, ASW-batch); bio score =
-  mean(ASW-label, cLISI, NMI, ARI, isolated-label F1, isolated-label ASW), the study's grouping.
-  scib-metrics values are not directly comparable with the `scib` package's, which the study used.
+* scIB, as the `scib` package (1.1.7, the study's library) defines the metrics: batch score =
+  mean(iLISI, graph connectivity, ASW-batch); bio score = mean(ASW-label, cLISI, NMI, ARI,
+  isolated-label F1, isolated-label ASW), the study's grouping. LISI is scib's graph LISI
+  (``graph_lisi``); ``tests/test_scib_golden.py`` checks every value against scib's on real data.
   scib-metrics' own default set and aggregate run separately, per dataset (``scib_benchmark``).
 * Classification (scikit-learn): kNN (Euclidean) with k = 10 (the study's), 5 and 15, and a
   logistic-regression probe, on a stratified, seeded 80/20 split after removing unlabeled cells
@@ -30,6 +31,9 @@ from .atomic import OutputFile
 log = logging.getLogger(__name__)
 BATCH_METRICS = ("ilisi", "graph_connectivity", "asw_batch")
 BIO_METRICS = ("asw_label", "clisi", "nmi", "ari", "isolated_label_f1", "isolated_label_asw")
+LISI_KINDS = ("graph", "knn")
+
+
 @dataclass
 class EvalParams:
     knn_k: tuple[int, ...] = (10, 5, 15)
@@ -37,6 +41,13 @@ class EvalParams:
     min_cells_per_type: int = 250
     max_cells_scib: int = MAX_CELLS_SCIB
     seed: int = SUBSAMPLE_SEED
+    # graph: scib's LISI (shortest paths over the 15-neighbour graph, scencode.graph_lisi), the study's;
+    # knn: scib-metrics' LISI over 90 exact Euclidean neighbours (faster to explain, not scib's values)
+    lisi: str = "graph"
+
+    def __post_init__(self):
+        if self.lisi not in LISI_KINDS:
+            raise ScencodeError(f"evaluate: lisi must be one of {', '.join(LISI_KINDS)}, not {self.lisi!r}")
 
 
 def evaluate_embedding(x: np.ndarray, labels: np.ndarray, batches: np.ndarray, params: EvalParams) -> pd.DataFrame:
@@ -54,8 +65,6 @@ def _row(metric, group, value, note=""):
 def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
     """The study's scIB metrics (group ``study``'s batch and bio scores), as the `scib` package
     defines them (see :func:`study_graph` and the README for what was measured against it)."""
-    import scib_metrics
-
     keep = labeled(labels)
     x, labels, batches = x[keep], np.asarray(labels)[keep].astype(str), np.asarray(batches)[keep].astype(str)
     pick, scored = seeded_subsample(np.arange(len(x)), params.max_cells_scib, params.seed)
@@ -67,12 +76,12 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
         return [_row(m, g, np.nan, note) for g, ms in (("batch", BATCH_METRICS), ("bio", BIO_METRICS)) for m in ms] + \
             [_row("batch_score", "study", np.nan, note), _row("bio_score", "study", np.nan, note)]
     graph = study_graph(x)  # one neighbour graph per embedding, shared by the metrics below
-    lisi_neighbors = knn_graph(x, min(LISI_NEIGHBORS, len(x) - 1))
+    ilisi, clisi = _lisi_functions(params.lisi, graph, x)
     isolated = isolated_labels(labels, batches)
     if n_batches < 2:
         rows += [_row(m, "batch", np.nan, "single batch: batch mixing is not defined") for m in BATCH_METRICS]
     else:
-        rows += [_row("ilisi", "batch", scib_metrics.ilisi_knn(lisi_neighbors, batches)),
+        rows += [_row("ilisi", "batch", ilisi(batches)),
                  _row("graph_connectivity", "batch", graph_connectivity(graph, labels)),
                  _row("asw_batch", "batch", *_with_reason(silhouette_batch(x, labels, batches),
                                                           "every cell type is in one batch"))]
@@ -84,7 +93,7 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
         label_asw = label_silhouettes(x, labels, isolated)
         no_isolated = "no isolated labels: every cell type is in every batch (scib: none, NaN)"
         rows += [_row("asw_label", "bio", label_asw["asw_label"]),
-                 _row("clisi", "bio", scib_metrics.clisi_knn(lisi_neighbors, labels)),
+                 _row("clisi", "bio", clisi(labels)),
                  _row("nmi", "bio", clusters["nmi"]), _row("ari", "bio", clusters["ari"]),
                  _row("isolated_label_f1", "bio", *_with_reason(isolated_label_f1(clusterings, labels, isolated),
                                                                 no_isolated)),
@@ -103,7 +112,7 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
 
 # ------------------------------------------------------------------ the study's metrics, as scib 1.1.7 defines them
 GRAPH_NEIGHBORS = 15  # scib: sc.pp.neighbors(adata, use_rep=embed) with scanpy's default
-LISI_NEIGHBORS = 90  # scib's LISI: perplexity 30, 3 × 30 neighbours
+LISI_NEIGHBORS = 90  # LISI: perplexity 30, 3 × 30 neighbours (scib's by graph distance; the knn option's Euclidean)
 RESOLUTIONS = tuple(round(0.2 * (i + 1), 1) for i in range(10))  # scib.cl.get_resolutions(n=10, max=2)
 
 
@@ -116,6 +125,19 @@ def study_graph(x: np.ndarray):
     adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(x)).astype(str)), obsm={"X_emb": x.astype(np.float32)})
     sc.pp.neighbors(adata, n_neighbors=min(GRAPH_NEIGHBORS, len(x) - 1), use_rep="X_emb", random_state=0)
     return adata
+
+
+def _lisi_functions(kind: str, graph, x: np.ndarray):
+    """iLISI and cLISI of the groups given: scib's graph LISI, or scib-metrics' kNN LISI."""
+    if kind == "graph":
+        from . import graph_lisi
+
+        connectivities = graph.obsp["connectivities"]
+        return (lambda b: graph_lisi.ilisi(connectivities, b)), (lambda c: graph_lisi.clisi(connectivities, c))
+    import scib_metrics
+
+    neighbours = knn_graph(x, min(LISI_NEIGHBORS, len(x) - 1))
+    return (lambda b: scib_metrics.ilisi_knn(neighbours, b)), (lambda c: scib_metrics.clisi_knn(neighbours, c))
 
 
 def graph_connectivity(graph, labels: np.ndarray) -> float:
