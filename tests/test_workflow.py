@@ -17,6 +17,7 @@ from conftest import REPO
 from workflow_helpers import (DIVERGING_NAME, datasets_of, demo_config, edit_datasets, planned_jobs, set_cell,
                               small_config, snakemake)
 from scencode.shards import verify_corpus
+from scencode.workflow_config import configurations
 
 pytestmark = pytest.mark.workflow
 
@@ -47,7 +48,7 @@ def test_demo_gpu_config_layers_model_sizes_over_the_demo(tmp_path):
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
     commands = [line for line in output.splitlines() if "scencode pretrain" in line]
-    assert len(commands) == len(demo_config()["pretrain"]["configurations"])
+    assert len(commands) == len(configurations(demo_config()))  # every configuration at every size
     overlay = yaml.safe_load((REPO / "config" / "demo_gpu.yaml").read_text())["pretrain"]
     for line in commands:
         settings = json.loads(shlex.split(line)[shlex.split(line).index("--params") + 1])
@@ -144,6 +145,14 @@ def test_demo_workflow_trains_every_configuration(demo_run):
         assert status["status"] == "completed" and torch.load(folder / "best.pt", weights_only=True)["model"]
         logged = pq.read_table(folder / "train_log.parquet").to_pandas()
         assert logged.step.max() == 4 and logged.val_loss.notna().any()
+    # the smaller training set (.test: half the training split) is each sized run's, recorded in model.json
+    sized = [name for name, (_, _, size) in configurations(config).items() if size is not None]
+    assert sized == ["learned-soft-f0p5-s0", "esm2-hard-f0p5-s0"]
+    full = json.loads((workdir / "results" / "models" / "learned-soft-s0" / "model.json").read_text())["train_cells"]
+    for name in sized:
+        half = json.loads((workdir / "results" / "models" / name / "model.json").read_text())["train_cells"]
+        assert full["requested"] == "all" and half["requested"] == 0.5
+        assert abs(half["cells"] - full["cells"] / 2) <= len(half["per_dataset"]) / 2
     coverage = json.loads((workdir / "results" / "esm" / "esm2_tiny_demo" / "coverage.json").read_text())
     assert coverage["embedded_genes"] == 1200 and coverage["dataset_genes_with_embedding"] > 1000
 
@@ -153,12 +162,12 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     tables = workdir / "results" / "tables"
     metrics = pd.read_csv(tables / "metrics.csv")
     evaluation = sorted(d for d, s in datasets_of(config).items() if s["role"] == "eval")
-    models = [f"{e['gene']}-{e['expression']}-s0" for e in config["pretrain"]["configurations"]]
-    configurations = models + ["baseline-pca-s0", "baseline-random-s0"]
+    models = list(configurations(config))  # every configuration at every training-set size
+    runs = models + ["baseline-pca-s0", "baseline-random-s0"]
     present = metrics[metrics.dataset != "*"].groupby("configuration").dataset.unique()
     # every run on every evaluation dataset; trained runs also on the training corpus's test split (ID)
     assert all(sorted(present[c]) == sorted([*evaluation, "train_test"]) for c in models)
-    assert all(sorted(present[c]) == evaluation for c in configurations if c not in models)
+    assert all(sorted(present[c]) == evaluation for c in runs if c not in models)
     scores = metrics[metrics.metric.isin(["bio_score", "batch_score", "accuracy", "macro_f1", "asw_label", "nmi"])]
     assert scores.value.dropna().between(0, 1 + 1e-6).all()  # a perfect clustering's NMI can be 1 + 1e-16
     # pbmc68k has one batch: its batch metrics are recorded as not applicable, with the reason
@@ -169,7 +178,7 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert bio["baseline-pca-s0"] > bio["baseline-random-s0"]
     # scib-metrics' own default set and aggregate, labelled, for every configuration and dataset
     scib = metrics[metrics.group == "scib_metrics"]
-    assert sorted(scib.configuration.unique()) == sorted(configurations)
+    assert sorted(scib.configuration.unique()) == sorted(runs)
     assert all(sorted(d) == evaluation for d in scib.groupby("configuration").dataset.unique())
     lung = scib[scib.dataset == "sim_lung_eval"].pivot_table(index="configuration", columns="metric", values="value")
     lung = lung.drop(DIVERGING_NAME, errors="ignore")
@@ -180,7 +189,8 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     # the configuration without a model is in every table, as NaN with the reason
     diverged = metrics[metrics.configuration == DIVERGING_NAME]
     assert diverged.dataset.nunique() == len(evaluation) + 2  # + the ID set and the reconstruction rows ("*")
-    no_model = diverged[(diverged.metric != "min_train_mse") & (diverged.group != "cost")]
+    # what it was set up with and what it cost stay (train_cells, cost rows); every score is NaN
+    no_model = diverged[~diverged.metric.isin(["min_train_mse", "train_cells"]) & (diverged.group != "cost")]
     assert no_model.value.isna().all() and no_model.note.str.contains("diverged at step").all()
     assert diverged[diverged.metric == "wall_hours"].value.gt(0).all()  # a diverged run cost compute all the same
     # reconstruction: the study's minimum training loss is the training log's, test MSE on held-out cells
@@ -196,12 +206,16 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
             "min_train_mse", "test_mse", "eval_mse", "bio_score_sd"} <= set(summary.columns)
     models_only = summary[summary.gene_encoding != "baseline"].set_index(["gene_encoding", "expression_encoding"])
     assert models_only.drop(("learned", "continuous")).eval_mse.gt(0).all()  # the diverged one has none
-    assert len(summary) == len(configurations)
-    row = summary.set_index(["gene_encoding", "expression_encoding"]).loc[("learned", "continuous")]
+    assert len(summary) == len(runs)  # one seed: a row per configuration and size, and per baseline
+    assert sorted(summary.train_cells.dropna().unique()) == sorted(
+        json.loads((workdir / "results" / "models" / name / "model.json").read_text())["train_cells"]["cells"]
+        for name in ("learned-soft-f0p5-s0", "learned-soft-s0"))
+    row = summary[(summary.gene_encoding == "learned") & (summary.expression_encoding == "continuous")].iloc[0]
     assert np.isnan(row.bio_score) and "diverged" in row.note
     assert (workdir / "results" / "tables" / "tests.csv").exists()
     for name in ("fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
-                 "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "fig5_shift", "corpus_stats"):
+                 "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "fig5_shift", "fig6_scaling",
+                 "corpus_stats"):
         assert (workdir / "results" / "figures" / f"{name}.png").stat().st_size > 5000
     # what each result cost, beside its quality; the corpus it was trained on; what produced it
     trained = models_only.drop(("learned", "continuous"))
@@ -213,7 +227,11 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     for level in ("id", "near", "far"):
         assert trained[f"bio_score_{level}"].between(0, 1).all(), level
     assert np.allclose(trained.bio_score_gap_far, trained.bio_score_id - trained.bio_score_far)
-    assert "level" in pd.read_csv(tables / "tests.csv").columns  # no pair to test among these three runs
+    assert {"level", "train_cells"} <= set(pd.read_csv(tables / "tests.csv").columns)
+    # does the ranking hold as data grow: two configurations at two sizes, τ with its bootstrap interval
+    stability = pd.read_csv(tables / "rank_stability.csv")
+    assert len(stability) and (stability.train_cells_a < stability.train_cells_b).all()
+    assert (stability.configurations == 2).all() and stability.kendall_tau.dropna().isin([-1.0, 1.0]).all()
     probes = pd.read_csv(tables / "gene_probes.csv")
     assert {"reference-esm2_table", "reference-esm2_table_permuted", "reference-random_table"} <= set(probes.configuration)
     assert set(probes.group) == {"gene_probe_family", "gene_probe_protein_length", "gene_probe_chromosome"}
@@ -238,7 +256,7 @@ def test_report_holds_figures_and_summary(demo_run):
     for name in ("fig1_batch_vs_bio.png", "fig2_classification.png", "fig3_min_train_mse.png", "loss_curves.png",
                  "heatmap_per_dataset.png", "paper_comparison.png", "summary.csv", "tests.csv",
                  "fig4_cost_vs_bio.png", "corpus_stats.png", "corpus_stats.csv", "provenance.json",
-                 "gene_probes.csv", "gene_probes.png", "fig5_shift.png"):
+                 "gene_probes.csv", "gene_probes.png", "fig5_shift.png", "fig6_scaling.png", "rank_stability.csv"):
         assert name in html, name
     assert "Benjamini-Hochberg" in html  # the captions travel with the results
 
@@ -264,19 +282,20 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     assert planned_jobs(snakemake(workdir, config, "-n")) == {}
     changed = edit_datasets(config, workdir, set_cell("pbmc68k", "qc_min_genes", 60))
     jobs = planned_jobs(snakemake(workdir, changed, "-n"))
-    # pbmc68k's QC, its corpus, and its embeddings and metrics; no training, no other dataset
-    assert jobs["qc"] == 1 and jobs["tokenize"] == 1 and jobs["embed"] == 3 and jobs["baseline"] == 2
-    assert jobs["evaluate"] == 5 and not {"download", "vocab", "pretrain", "reconstruction"} & set(jobs)
+    # pbmc68k's QC, its corpus, and its embeddings (5 trained runs) and metrics (+ 2 baselines);
+    # no training, no other dataset
+    assert jobs["qc"] == 1 and jobs["tokenize"] == 1 and jobs["embed"] == 5 and jobs["baseline"] == 2
+    assert jobs["evaluate"] == 7 and not {"download", "vocab", "pretrain", "reconstruction"} & set(jobs)
     changed = copy.deepcopy(config)
-    changed["pretrain"]["configurations"][1]["train"] = {"lr": 0.01}  # esm2-hard only
+    changed["pretrain"]["configurations"][1]["train"] = {"lr": 0.01}  # esm2-hard only, at both its sizes
     result = snakemake(workdir, changed, "-n")
     jobs = planned_jobs(result)
     # its embeddings and metrics on the three evaluation datasets and the ID set, its gene probes
-    assert jobs["pretrain"] == 1 and jobs["reconstruction"] == 1 and jobs["embed"] == 4 and jobs["evaluate"] == 4
+    assert jobs["pretrain"] == 2 and jobs["reconstruction"] == 2 and jobs["embed"] == 8 and jobs["evaluate"] == 8
     assert jobs["gene_probes"] == 1
     planned = {line.split("run=")[1].split(",")[0].strip() for line in result.stdout.splitlines()
                if "wildcards:" in line and "run=" in line}
-    assert planned == {"esm2-hard-s0"}
+    assert planned == {"esm2-hard-s0", "esm2-hard-f0p5-s0"}
 
 
 def test_failed_job_leaves_no_output(demo_run, tmp_path):

@@ -72,6 +72,79 @@ def cell_keys(cell_ids: pa.Array) -> np.ndarray:
     return pd.util.hash_pandas_object(pd.Series(cell_ids.to_numpy(zero_copy_only=False)), index=False).to_numpy()
 
 
+SUBSET_SALT = np.uint64(0x5CE7C0DE)  # one draw for every configuration and seed: size is all that changes
+
+
+@dataclass(frozen=True)
+class TrainSubset:
+    """The training cells of a smaller training set (``train.train_cells``): per dataset, the cells
+    of the ``train`` split whose keyed hash is at most that dataset's threshold. Sizes are drawn per
+    dataset in proportion to its training cells, and the cells kept are those with the smallest
+    hashes, so a smaller set is a subset of every larger one (nested) and every configuration and
+    seed trains on the same cells."""
+
+    requested: int | float
+    thresholds: dict[str, int]  # dataset → largest hash kept; datasets absent keep no cell
+    cells: dict[str, int]  # dataset → cells kept
+    available: dict[str, int]  # dataset → training cells in the corpus
+
+    @property
+    def n_cells(self) -> int:
+        return sum(self.cells.values())
+
+    def keep(self, dataset_ids: pa.ChunkedArray, cell_ids: pa.ChunkedArray) -> np.ndarray:
+        codes, names = pd.factorize(dataset_ids.to_numpy(zero_copy_only=False))
+        has = np.array([name in self.thresholds for name in names], bool)
+        bounds = np.array([self.thresholds.get(name, 0) for name in names], np.uint64)
+        return has[codes] & (subset_hashes(cell_ids) <= bounds[codes])
+
+    def describe(self) -> dict:
+        return {"requested": self.requested, "cells": self.n_cells, "per_dataset": self.cells,
+                "available": sum(self.available.values())}
+
+
+def subset_hashes(cell_ids: pa.Array) -> np.ndarray:
+    return splitmix(cell_keys(cell_ids) ^ SUBSET_SALT)
+
+
+def train_cell_count(requested: int | float, available: int, corpus_dir: Path) -> int:
+    """Cells a size setting asks for: a count (≥ 1) or a fraction of the training split (< 1)."""
+    if requested < 1:
+        if requested <= 0:
+            raise ScencodeError(f"train.train_cells {requested!r} must be a count ≥ 1 or a fraction in (0, 1)")
+        return max(1, round(requested * available))
+    if requested != int(requested):
+        raise ScencodeError(f"train.train_cells {requested!r}: a count of cells must be a whole number "
+                            "(or a fraction below 1)")
+    if requested > available:
+        raise ScencodeError(f"train.train_cells {int(requested)} exceeds the {available} cells of the training "
+                            "split; use a smaller size or 'all'", corpus_dir)
+    return int(requested)
+
+
+def draw_train_subset(corpus_dir: str | Path, requested: int | float) -> TrainSubset:
+    """The nested, proportional training subset of ``requested`` cells (see :class:`TrainSubset`).
+    Reads two columns of the training split (polars scan; a 10M-cell corpus in seconds)."""
+    import polars as pl
+
+    corpus_dir = Path(corpus_dir)
+    files = [str(corpus_dir / shard["file"]) for shard in read_manifest(corpus_dir)["shards"]]
+    cells = (pl.scan_parquet(files).filter(pl.col("split") == "train")
+             .select("dataset_id", "cell_id").collect())
+    available = dict(cells.group_by("dataset_id").len().iter_rows())
+    total = sum(available.values())
+    target = train_cell_count(requested, total, corpus_dir)
+    hashes = subset_hashes(cells["cell_id"].to_arrow())
+    datasets = cells["dataset_id"].to_numpy()
+    thresholds, kept = {}, {}
+    for dataset, n in sorted(available.items()):
+        share = int(np.rint(target * n / total))  # proportional; rounding keeps it monotone in target
+        kept[dataset] = share
+        if share:
+            thresholds[dataset] = int(np.partition(hashes[datasets == dataset], share - 1)[share - 1])
+    return TrainSubset(requested, thresholds, kept, available)
+
+
 def units(corpus_dir: Path) -> list[tuple[str, int]]:
     manifest = read_manifest(corpus_dir)
     out = []
@@ -174,8 +247,9 @@ class ShardBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, corpus_dir: str | Path, split: str | None, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
                  world_size: int = 1, skip_batches: int = 0, mask: bool = True, shuffle: bool = True,
-                 with_cell_ids: bool = False, columns: tuple[str, ...] = ()):
+                 with_cell_ids: bool = False, columns: tuple[str, ...] = (), subset: TrainSubset | None = None):
         cfg.validate()
+        self.subset = subset
         self.corpus_dir, self.split, self.cfg = Path(corpus_dir), split, cfg
         self.epoch, self.rank, self.world_size = epoch, rank, world_size
         self.skip_batches, self.mask, self.shuffle = skip_batches, mask, shuffle
@@ -198,11 +272,11 @@ class ShardBatches(torch.utils.data.IterableDataset):
     def batches_per_rank(self, n_workers: int) -> list[int]:
         """How many batches each rank's stream holds this epoch (all its DataLoader workers
         together), counted from the split column alone with the same pooling as :meth:`_batches`."""
+        columns = ["split", *(["dataset_id", "cell_id"] if self.subset else [])]
         in_split = {}
         for file, group in self.units:
-            split = open_shard(self.corpus_dir / file).read_row_group(group, columns=["split"]).column("split")
-            in_split[file, group] = split.length() if self.split is None else \
-                int(pa.compute.sum(pa.compute.equal(split, self.split)).as_py() or 0)
+            table = open_shard(self.corpus_dir / file).read_row_group(group, columns=columns)
+            in_split[file, group] = int(self._selected(table).sum())
         n_readers = self.world_size * n_workers
         per_reader = []
         for reader in range(n_readers):
@@ -239,18 +313,28 @@ class ShardBatches(torch.utils.data.IterableDataset):
         """Row groups with a mask of the cells in this split (rows are selected later, by index:
         filtering the Arrow table would copy every list)."""
         columns = ["cell_id", "gene_ids", "counts", "total_counts", "split", *self.columns]
+        if self.subset is not None and "dataset_id" not in columns:
+            columns.append("dataset_id")
         for file, group in my_units:
             path = self.corpus_dir / file
             try:
                 table = open_shard(path).read_row_group(group, columns=columns)
             except (pa.ArrowInvalid, OSError) as exc:
                 raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
-            if self.split is None:  # every cell (evaluation corpora)
-                in_split = np.ones(table.num_rows, bool)
-            else:
-                in_split = pa.compute.equal(table.column("split"), self.split).to_numpy(zero_copy_only=False)
+            in_split = self._selected(table)
             if in_split.any():
                 yield table, in_split
+
+    def _selected(self, table: pa.Table) -> np.ndarray:
+        """The rows of this split (every row for ``split=None``: evaluation corpora), within the
+        training subset when there is one."""
+        if self.split is None:
+            keep = np.ones(table.num_rows, bool)
+        else:
+            keep = pa.compute.equal(table.column("split"), self.split).to_numpy(zero_copy_only=False)
+        if self.subset is not None:
+            keep &= self.subset.keep(table.column("dataset_id"), table.column("cell_id"))
+        return keep
 
     def _bucket(self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator) -> Iterator[Batch]:
         cfg = self.cfg

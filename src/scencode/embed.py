@@ -206,9 +206,14 @@ def reconstruction(model: Path, train_log: Path, corpus: Path, out: OutputFile, 
          "note": "step of the evaluated checkpoint (best validation, the last step included)"},
         *cost_rows(status.get("cost")),
     ])
+    training_set = status.get("train_cells") or {}
+    size = pd.DataFrame([{"metric": "train_cells", "group": "training", "value": float(training_set.get("cells", nan)),
+                          "note": f"training cells (requested: {training_set.get('requested', 'unknown')})"}])
     if checkpoint is None:  # no usable model: how training ended says nothing about an evaluated one
         training = rows.group == "training"
         rows.loc[training, "value"], rows.loc[training, "note"] = nan, missing
+    # the training-set size stays: it is what the run was set up with, and tables key runs by it
+    rows = pd.concat([rows, size], ignore_index=True)
     table = metric_table(rows, RunIdentity(run, gene_encoding, expression_encoding, seed), "*")
     write_table(table, out)
     return table

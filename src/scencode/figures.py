@@ -225,9 +225,45 @@ def fig_shift(summary: pd.DataFrame, out_dir: Path, score: str = "bio_score"):
     return save(fig, out_dir, "fig5_shift")
 
 
+SCALING_SCORES = {"bio_score": "bio conservation score", "batch_score": "batch correction score",
+                  "accuracy": "kNN accuracy (k = 10)"}
+
+
+def fig_scaling(summary: pd.DataFrame, out_dir: Path):
+    """Each main score against the cells a configuration trained on (log axis), one line per
+    configuration (error bars: SD over datasets); baselines, which do not train, as dashed lines."""
+    models = summary[summary.gene_encoding != "baseline"].dropna(subset=["train_cells"])
+    baselines = summary[summary.gene_encoding == "baseline"]
+    fig, axes = plt.subplots(1, len(SCALING_SCORES), figsize=(3.6 * len(SCALING_SCORES), 3.4), squeeze=False)
+    for ax, (score, title) in zip(axes[0], SCALING_SCORES.items()):
+        for (gene, expression), runs in models.groupby(["gene_encoding", "expression_encoding"]):
+            runs = runs.sort_values("train_cells")
+            ax.errorbar(runs.train_cells, runs[score], yerr=np.nan_to_num(runs.get(f"{score}_sd", 0.0)),
+                        color=colour(expression), marker=GENE_MARKERS.get(gene, "o"),
+                        linestyle=GENE_LINESTYLES.get(gene, "-"), capsize=2, markersize=5,
+                        label=f"{gene} · {expression}")
+        for row in baselines.dropna(subset=[score]).itertuples():
+            ax.axhline(getattr(row, score), color=colour(row.expression_encoding), linestyle=":", linewidth=1,
+                       label=f"baseline · {row.expression_encoding}")
+        ax.set_xscale("log")
+        ax.set_xlabel("training cells")
+        ax.set_ylabel(title)
+    axes[0][-1].legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save(fig, out_dir, "fig6_scaling")
+
+
+def main_size(summary: pd.DataFrame) -> pd.DataFrame:
+    """The study's figures show each configuration at its largest training-set size (and the
+    baselines); fig6_scaling shows every size."""
+    trained = summary.gene_encoding != "baseline"
+    largest = summary[trained].groupby(["gene_encoding", "expression_encoding"]).train_cells.transform("max")
+    return summary[~trained | (summary.train_cells == largest.reindex(summary.index)) | summary.train_cells.isna()]
+
+
 def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") -> list[Path]:
     out_dir = Path(out_dir)
-    summary = pd.read_csv(summary_csv)
+    every_size = pd.read_csv(summary_csv)
+    summary = main_size(every_size)
     metrics = pd.read_csv(metrics_csv)
     models = summary[summary.gene_encoding != "baseline"]
     logs = {}
@@ -236,7 +272,7 @@ def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") ->
         logs[status["configuration"]] = (status, pd.read_parquet(path))
     paths = [*fig_batch_vs_bio(summary, out_dir), *fig_classification(summary, out_dir),
              *fig_min_train_mse(models, out_dir), *fig_loss_curves(logs, out_dir), *fig_heatmap(metrics, out_dir),
-             *fig_cost(models, metrics, out_dir), *fig_shift(models, out_dir)]
+             *fig_cost(models, metrics, out_dir), *fig_shift(models, out_dir), *fig_scaling(every_size, out_dir)]
     comparison_paths, comparison = fig_paper_comparison(models, out_dir, caveat)
     with atomic_path(out_dir / "paper_comparison.csv", suffix=".csv") as tmp:
         comparison.to_csv(tmp, index=False)

@@ -28,10 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:  # PyTorch's variable-length flash attention (torch ≥ 2.10)
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:
-    varlen_attn = None
+
+def _varlen_attention():
+    """PyTorch's variable-length flash attention (torch ≥ 2.10), or None. Imported on first use on
+    CUDA: the module pulls in torch._dynamo, 1.4 s of every CPU job's start-up."""
+    global _VARLEN
+    if _VARLEN is False:
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            varlen_attn = None
+        _VARLEN = varlen_attn
+    return _VARLEN
+
+
+_VARLEN = False  # not looked up yet
 
 from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, check_options, lookup
 from .errors import ScencodeError
@@ -142,10 +153,10 @@ class Packed:
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """qkv: (tokens, 3, heads, d_head) → (tokens, heads, d_head), each cell attending to itself."""
-        if qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16) and varlen_attn is not None:
+        if qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16) and _varlen_attention() is not None:
             cu = self.offsets.to(torch.int32)
             q, k, v = qkv.unbind(1)
-            return varlen_attn(q, k, v, cu, cu, self.max_len, self.max_len)
+            return _varlen_attention()(q, k, v, cu, cu, self.max_len, self.max_len)
         if self.nested:
             def jagged(x):
                 return torch.nested.nested_tensor_from_jagged(x.contiguous(), self.offsets,

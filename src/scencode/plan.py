@@ -184,7 +184,8 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         return Job(stage, "table", 1, 8, mem, _runtime(minutes, floor=60), minutes)
     if stage == "pretrain":
         epochs = config["pretrain"]["train"].get("epochs") or 1
-        cells = (config.get("_corpus_stats") or {}).get("train_cells") or sum(train.values())
+        cells = _run_train_cells(config, key, (config.get("_corpus_stats") or {}).get("train_cells")
+                                 or sum(train.values()))
         minutes = _train_seconds(config, cells, epochs) / 60
         workers = config["pretrain"]["train"].get("num_workers", 0)
         mem = math.ceil(8000 + 2 * _loader_mem_mb(config, workers) + _model_params(config) * 16 / 2**20)
@@ -211,6 +212,16 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
     raise ValueError(f"no resource model for stage {stage!r}")
 
 
+def _run_train_cells(config: dict, run: str | None, available: float) -> float:
+    """The cells a run trains on: its training-set size (``pretrain.train_cells``) of the split."""
+    from .workflow_config import configurations
+
+    size = configurations(config).get(run, (None, None, None))[2] if run else None
+    if size is None:
+        return available
+    return size * available if size < 1 else min(size, available)
+
+
 def _id_test_cells(config: dict, train: dict[str, int]) -> float:
     """Cells of the training corpus's held-out test split (the in-distribution evaluation set)."""
     from .tokenize import TokenizeParams
@@ -220,16 +231,19 @@ def _id_test_cells(config: dict, train: dict[str, int]) -> float:
 
 def plan_jobs(config: dict) -> list[Job]:
     """Every GPU- or data-heavy job of the run, with its resources and estimate."""
-    configs = len(config["pretrain"]["configurations"]) * len(config["pretrain"].get("seeds", [0]))
+    from .workflow_config import configurations
+
+    runs = list(configurations(config))
+    configs = len(runs)
     baselines = len(config["evaluate"].get("baselines", []))
     datasets = list(config["datasets"])
     evals = [d for d in datasets if config["datasets"][d]["role"] == "eval"]
     jobs = [_job("download", config, d) for d in datasets] + [_job("qc", config, d) for d in datasets]
     jobs += [_job("tokenize", config, c) for c in ["train", *evals]]
     jobs.append(_job("esm_embeddings", config, None))
-    for i in range(configs):
-        jobs.append(_job("pretrain", config, f"configuration {i + 1}"))
-        jobs.append(_job("reconstruction", config, f"configuration {i + 1}"))
+    for run in runs:
+        jobs.append(_job("pretrain", config, run))
+        jobs.append(_job("reconstruction", config, run))
         jobs += [_job("embed", config, d) for d in evals]
     jobs += [_job("evaluate", config, d) for d in evals for _ in range(configs + baselines)]
     if any(config["datasets"][d].get("label_key") for d in datasets if config["datasets"][d]["role"] == "train"):

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from .atomic import TERMINATED_EXIT, OutputFolder, atomic_path, write_json
-from .data import LoaderConfig, ShardBatches
+from .data import LoaderConfig, ShardBatches, draw_train_subset
 from .devices import PRECISIONS, autocast, autocast_dtype, default_device, device_name, peak_flops
 from .errors import ScencodeError
 from .model import Batch, CellTransformer, ModelConfig, block_params
@@ -63,6 +63,9 @@ class TrainConfig:
     # best.pt only if a validation before the divergence wrote one (evaluation then says why if not)
     on_nonfinite: str = "stop"
     calibration_batches: int = 8  # training batches the initial scales are measured on (model.calibrate)
+    # a smaller training set: a count of cells (≥ 1) or a fraction of the training split (< 1), drawn
+    # per dataset in proportion and nested (data.TrainSubset); None: the whole training split
+    train_cells: float | None = None
 
     def validate(self) -> None:
         """Refuse settings that cannot run, naming the key."""
@@ -74,6 +77,8 @@ class TrainConfig:
         for key in ("warmup_steps", "val_every", "num_workers", "weight_decay"):
             if getattr(self, key) < 0:
                 raise ScencodeError(f"train.{key} must be ≥ 0, got {getattr(self, key)!r}")
+        if self.train_cells is not None and self.train_cells <= 0:
+            raise ScencodeError(f"train.train_cells must be a count ≥ 1 or a fraction in (0, 1), got {self.train_cells!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ScencodeError(f"train.max_steps must be ≥ 1 or null, got {self.max_steps!r}")
         for key, allowed in (("precision", PRECISIONS), ("missing_genes", ("error", "zero")),
@@ -188,7 +193,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         vocab, self.vocab_hash = load_vocab(spec.vocab)
-        verify_corpus(spec.corpus, checksums=False, vocab_hash=self.vocab_hash)
+        manifest = verify_corpus(spec.corpus, checksums=False, vocab_hash=self.vocab_hash)
+        self.subset = draw_train_subset(spec.corpus, spec.train.train_cells) if spec.train.train_cells else None
+        self.training_set = self.subset.describe() if self.subset else {
+            "requested": "all", "cells": int(manifest["splits"].get("train", 0))}
         spec.model.vocab_size = len(vocab)
         torch.manual_seed(spec.loader.seed)
         self.model = build_model(spec, vocab).to(self.device)
@@ -217,7 +225,7 @@ class Trainer:
         self.out = Path(spec.out_dir)
 
     def _first_batches(self, n: int) -> list[Batch]:
-        data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=0)
+        data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=0, subset=self.subset)
         return [batch.to(self.device) for batch, _ in zip(data, range(n))]
 
     def _component_rms(self) -> dict[str, float]:
@@ -366,7 +374,8 @@ class Trainer:
         """Batches in each rank's share of an epoch (row groups are dealt to ranks, so shares differ
         by a few batches); counted once per epoch (the schedule and the epoch both ask for epoch 0)."""
         if epoch not in self._counted_shares:
-            data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world)
+            data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world,
+                                subset=self.subset)
             self._counted_shares[epoch] = data.batches_per_rank(max(1, self.spec.train.num_workers))
         return self._counted_shares[epoch]
 
@@ -388,7 +397,7 @@ class Trainer:
         while done < target:
             lap, skip = divmod(done, own)
             data = ShardBatches(spec.corpus, "train", spec.loader, epoch=st.epoch, rank=self.rank,
-                                world_size=self.world, skip_batches=skip)
+                                world_size=self.world, skip_batches=skip, subset=self.subset)
             loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.num_workers,
                                                  generator=torch.Generator().manual_seed(spec.loader.seed))
             for batch in loader:
@@ -512,6 +521,7 @@ class Trainer:
         write_json({"configuration": self.spec.name, "gene_encoding": model.gene_encoding,
                     "expression_encoding": model.expression_encoding, "seed": self.spec.loader.seed,
                     "status": status, "steps": st.step, "total_steps": self.total_steps,
+                    "train_cells": self.training_set,
                     "steps_per_epoch": self.steps_per_epoch,
                     "best_val_loss": finite(st.best_val), "checkpoint": best.name if best.exists() else None,
                     "checkpoint_step": st.best_step if best.exists() else None,

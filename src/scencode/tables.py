@@ -1,7 +1,8 @@
 """From per-(configuration, dataset) metric tables to the study's tables.
 
 * ``metrics.csv``: every row of every table (long form).
-* ``summary.csv``: one row per configuration (gene × expression encoding; seeds pooled): mean and
+* ``summary.csv``: one row per configuration (gene × expression encoding × training-set size
+  ``train_cells``; seeds pooled): mean and
   SD across datasets of batch and bio scores, kNN (k = 10) accuracy and macro F1, minimum training
   masked MSE, held-out test masked MSE, masked MSE on the evaluation datasets (``eval_mse``: how
   well pretraining transfers to unseen tissues), and scib-metrics' own aggregate (``scib_total``, when
@@ -12,8 +13,10 @@
   expression encoding, esm2 vs esm2_permuted, and the declared reference expression encoding
   (``evaluate.reference_expression``) vs each other one (per gene encoding), with the
   matched-pairs rank-biserial effect size, the mean difference, Benjamini-Hochberg q-values within
-  each family (comparison × metric) and the smallest p-value the exact test can reach with that
-  many datasets (2 / 2^n: with 3 datasets no difference can be significant at 0.05).
+  each family (comparison × metric × size) and the smallest p-value the exact test can reach with
+  that many datasets (2 / 2^n: with 3 datasets no difference can be significant at 0.05).
+* ``rank_stability.csv``: with several training-set sizes, Kendall's τ of the configurations'
+  ranking between every pair of sizes, with a bootstrap interval over evaluation datasets.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "
 TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
 
-KEYS = ["gene_encoding", "expression_encoding"]
+KEYS = ["gene_encoding", "expression_encoding", "train_cells"]  # train_cells: null for baselines (not trained)
 
 
 def load_metrics(paths) -> pl.DataFrame:
@@ -55,9 +58,21 @@ def load_metrics(paths) -> pl.DataFrame:
 
 
 def metric_frame(metrics) -> pl.DataFrame:
-    """A long metric table (polars or pandas) with NaN values as missing, so that means skip them."""
+    """A long metric table (polars or pandas) with NaN values as missing, so that means skip them,
+    and each row's training-set size (:func:`with_train_cells`)."""
     frame = metrics if isinstance(metrics, pl.DataFrame) else pl.from_pandas(metrics)
-    return frame.with_columns(pl.col("value").fill_nan(None))
+    return with_train_cells(frame.with_columns(pl.col("value").fill_nan(None)))
+
+
+def with_train_cells(metrics: pl.DataFrame) -> pl.DataFrame:
+    """``train_cells``: the cells each run trained on, from its reconstruction table's training row
+    (what pretraining drew, recorded in model.json), so that runs of one configuration at several
+    sizes stay apart and seeds of one size pool. Null for baselines, which are not trained."""
+    if "train_cells" in metrics.columns:
+        return metrics
+    sizes = (metrics.filter((pl.col("metric") == "train_cells") & (pl.col("group") == "training"))
+             .select("configuration", train_cells=pl.col("value").cast(pl.Int64)).unique("configuration"))
+    return metrics.join(sizes, on="configuration", how="left")
 
 
 def summary_table(metrics: pl.DataFrame) -> pl.DataFrame:
@@ -78,8 +93,8 @@ def summary_table(metrics: pl.DataFrame) -> pl.DataFrame:
     for name in SUMMARY:
         table = table.join(per_name.filter(pl.col("name") == name).select(
             *KEYS, pl.col("value").alias(name), pl.col("sd").alias(f"{name}_sd"),
-            pl.col("seed_sd").alias(f"{name}_seed_sd")), on=KEYS, how="left")
-    return table.join(summary_notes(metrics, wanted), on=KEYS, how="left").with_columns(
+            pl.col("seed_sd").alias(f"{name}_seed_sd")), on=KEYS, how="left", nulls_equal=True)
+    return table.join(summary_notes(metrics, wanted), on=KEYS, how="left", nulls_equal=True).with_columns(
         pl.col("note").fill_null("")).sort(KEYS)
 
 
@@ -103,29 +118,33 @@ def paired_tests(metrics: pl.DataFrame, reference: str = "soft") -> pl.DataFrame
            .group_by(*KEYS, "dataset", "metric").agg(pl.col("value").mean()))
     rows = []
     expressions = sorted(per["expression_encoding"].unique())
-    for metric in TESTED:
-        for expr in expressions:
-            rows.append(_test(per, metric, ("learned", expr), ("esm2", expr), "learned vs esm2"))
-            rows.append(_test(per, metric, ("esm2", expr), ("esm2_permuted", expr), "esm2 vs esm2_permuted"))
-        for gene in ("learned", "esm2"):
+    for size in per["train_cells"].unique().sort():  # configurations are compared at one size
+        at = per.filter(pl.col("train_cells").eq_missing(size))
+        for metric in TESTED:
             for expr in expressions:
-                if expr != reference:
-                    rows.append(_test(per, metric, (gene, reference), (gene, expr),
-                                      f"reference ({reference}) vs other expression encoding"))
+                rows.append(_test(at, metric, ("learned", expr), ("esm2", expr), "learned vs esm2"))
+                rows.append(_test(at, metric, ("esm2", expr), ("esm2_permuted", expr), "esm2 vs esm2_permuted"))
+            for gene in ("learned", "esm2"):
+                for expr in expressions:
+                    if expr != reference:
+                        rows.append(_test(at, metric, (gene, reference), (gene, expr),
+                                          f"reference ({reference}) vs other expression encoding"))
     tests = pl.DataFrame([r for r in rows if r is not None], schema=TEST_SCHEMA, orient="row")
     return with_q_values(tests)
 
 
-TEST_SCHEMA = {"comparison": pl.String, "metric": pl.String, "a": pl.String, "b": pl.String, "datasets": pl.Int64,
+TEST_SCHEMA = {"comparison": pl.String, "metric": pl.String, "train_cells": pl.Int64, "a": pl.String, "b": pl.String,
+               "datasets": pl.Int64,
                "mean_a": pl.Float64, "mean_b": pl.Float64, "mean_difference": pl.Float64, "statistic": pl.Float64,
                "p_value": pl.Float64, "min_attainable_p": pl.Float64, "rank_biserial": pl.Float64}
 
 
 def with_q_values(tests: pl.DataFrame) -> pl.DataFrame:
-    """Benjamini-Hochberg q-values within each family of tests (one comparison on one metric)."""
+    """Benjamini-Hochberg q-values within each family of tests (one comparison on one metric at one
+    training-set size)."""
     q = np.full(len(tests), np.nan)
     indexed = tests.with_row_index("row").filter(pl.col("p_value").is_not_nan())
-    for _, family in indexed.group_by("comparison", "metric"):
+    for _, family in indexed.group_by("comparison", "metric", "train_cells"):
         q[family["row"].to_numpy()] = false_discovery_control(family["p_value"].to_numpy(), method="bh")
     return tests.with_columns(q_value=pl.Series(q))
 
@@ -153,8 +172,8 @@ def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
         rank_biserial = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
     # the exact two-sided test's floor: every non-zero difference with the same sign
     floor = min(1.0, 2.0 / 2 ** len(nonzero)) if len(nonzero) else np.nan
-    return (comparison, metric, "-".join(a), "-".join(b), len(pair), x.mean(), y.mean(), diff.mean(), statistic,
-            p_value, floor, rank_biserial)
+    return (comparison, metric, left["train_cells"][0], "-".join(a), "-".join(b), len(pair), x.mean(), y.mean(),
+            diff.mean(), statistic, p_value, floor, rank_biserial)
 
 
 SHIFT_LEVELS = ("id", "near", "far")  # in-distribution test split, seen tissue in new batches, unseen tissue
@@ -178,13 +197,58 @@ def shift_columns(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame
             continue
         part = summary_table(rows).select(*KEYS, *(pl.col(f"{score}{suffix}").alias(f"{score}_{name}{suffix}")
                                                     for score in SHIFT_SCORES for suffix in ("", "_sd", "_seed_sd")))
-        table = part if table is None else table.join(part, on=KEYS, how="full", coalesce=True)
+        table = part if table is None else table.join(part, on=KEYS, how="full", coalesce=True, nulls_equal=True)
     if table is None:
-        return pl.DataFrame(schema={k: pl.String for k in KEYS})
+        return pl.DataFrame(schema={"gene_encoding": pl.String, "expression_encoding": pl.String, "train_cells": pl.Int64})
     gaps = [(pl.col(f"{score}_id") - pl.col(f"{score}_{name}")).alias(f"{score}_gap_{name}")
             for score in SHIFT_SCORES for name in ("near", "far")
             if f"{score}_id" in table.columns and f"{score}_{name}" in table.columns]
     return table.with_columns(gaps)
+
+
+RANKED_SCORES = ("bio_score", "batch_score", "accuracy", "macro_f1")
+BOOTSTRAP = 1000
+
+
+def rank_stability(metrics: pl.DataFrame, seed: int = 0, n_boot: int = BOOTSTRAP) -> pl.DataFrame:
+    """Does the ranking of configurations hold as training data grow? For every pair of training-set
+    sizes and each main score: Kendall's τ (scipy, τ-b) between the configurations' scores at the two
+    sizes (mean over the datasets both have, seeds averaged first), and a percentile bootstrap
+    interval (95 %) from resampling those datasets with replacement (seeded). Baselines are left out
+    (they do not train); a configuration enters a pair when it has a score at both sizes."""
+    from scipy.stats import kendalltau
+
+    per = (metric_frame(metrics)
+           .filter(pl.col("metric").is_in(RANKED_SCORES) & pl.col("group").is_in(["study", "knn_k10"])
+                   & pl.col("train_cells").is_not_null() & (pl.col("dataset") != "*"))
+           .group_by(*KEYS, "dataset", "metric").agg(pl.col("value").mean()).drop_nulls("value"))
+    sizes = sorted(per["train_cells"].unique())
+    rng = np.random.default_rng(seed)
+    rows = []
+    for score in RANKED_SCORES:
+        wide = (per.filter(pl.col("metric") == score)
+                .with_columns(configuration=pl.concat_str("gene_encoding", "expression_encoding", separator="-"))
+                .pivot(on="dataset", index=["configuration", "train_cells"], values="value"))
+        for i, small in enumerate(sizes):
+            for large in sizes[i + 1:]:
+                a, b = (wide.filter(pl.col("train_cells") == n).drop("train_cells") for n in (small, large))
+                both = a.join(b, on="configuration", suffix="__b")
+                datasets = [c for c in a.columns[1:] if f"{c}__b" in both.columns
+                            and both[c].is_not_null().all() and both[f"{c}__b"].is_not_null().all()]
+                if both.height < 2 or not datasets:
+                    continue
+                x = both.select(datasets).to_numpy()
+                y = both.select(f"{c}__b" for c in datasets).to_numpy()
+                tau = kendalltau(x.mean(1), y.mean(1)).statistic
+                draws = rng.integers(0, len(datasets), (n_boot, len(datasets)))
+                boot = np.array([kendalltau(x[:, d].mean(1), y[:, d].mean(1)).statistic for d in draws])
+                low, high = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
+                rows.append((score, small, large, both.height, len(datasets), float(tau), float(low), float(high),
+                             n_boot))
+    return pl.DataFrame(rows, orient="row", schema={
+        "score": pl.String, "train_cells_a": pl.Int64, "train_cells_b": pl.Int64, "configurations": pl.Int64,
+        "datasets": pl.Int64, "kendall_tau": pl.Float64, "tau_low": pl.Float64, "tau_high": pl.Float64,
+        "bootstrap": pl.Int64})
 
 
 def write_tables(metric_paths, out_dir, reference_expression: str = "soft", levels: dict | None = None) -> dict:
@@ -196,12 +260,13 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
     summary = summary_table(evaluation)
     shift = shift_columns(metrics, levels)
     if shift.width > len(KEYS):
-        summary = summary.join(shift, on=KEYS, how="left")
+        summary = summary.join(shift, on=KEYS, how="left", nulls_equal=True)
     tests = paired_tests(evaluation, reference_expression).with_columns(level=pl.lit("evaluation"))
     for name, rows in by_level(metrics, levels).items():
         if not rows.is_empty():
             tests = pl.concat([tests, paired_tests(rows, reference_expression).with_columns(level=pl.lit(name))])
-    tables = {"metrics.csv": metrics, "summary.csv": summary, "tests.csv": tests}
+    tables = {"metrics.csv": metrics, "summary.csv": summary, "tests.csv": tests,
+              "rank_stability.csv": rank_stability(evaluation)}
     for name, table in tables.items():
         with atomic_path(Path(out_dir) / name, suffix=".csv") as tmp:
             # pandas writes the CSV: floats as the shortest repr, missing values as empty cells
@@ -211,7 +276,7 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
 
 def run(metrics: list[Path], out_dir: OutputFolder, reference_expression: str = "soft",
         levels: dict | None = None) -> dict:
-    """metrics.csv, summary.csv and tests.csv in ``out_dir`` from per-(run, dataset) metric tables;
+    """metrics.csv, summary.csv, tests.csv and rank_stability.csv in ``out_dir`` from per-(run, dataset) metric tables;
     ``reference_expression``: the expression encoding compared with each other one (declared in
     config, not picked from the results); ``levels``: JSON dataset → shift level (id: the training
     corpus's held-out test split; near: a training tissue in new batches; far: a tissue no training

@@ -182,16 +182,29 @@ def use_gpus(config: dict) -> bool:
     return choice in (True, "true")
 
 
-def configurations(config: dict) -> dict[str, tuple[dict, int]]:
-    """Run name → (configuration entry, seed), one per entry and seed."""
+def size_tag(size: int | float | None) -> str:
+    """The run name's training-set size: none for the whole split, ``-n<count>`` or ``-f<fraction>``
+    (0.1 → ``-f0p1``: run names hold letters, digits and underscores)."""
+    if size is None:
+        return ""
+    if isinstance(size, int) or float(size).is_integer():
+        return f"-n{int(size)}"
+    return "-f" + repr(float(size)).replace(".", "p")
+
+
+def configurations(config: dict) -> dict[str, tuple[dict, int, int | float | None]]:
+    """Run name → (configuration entry, seed, training-set size), one per entry, size and seed;
+    size None: the whole training split (``pretrain.train_cells``, or the entry's own list)."""
     pretrain = config["pretrain"]
     runs = {}
     for entry in pretrain["configurations"]:
-        for seed in entry.get("seeds", pretrain["seeds"]):
-            name = f"{entry['gene']}-{entry['expression']}-s{seed}"
-            if name in runs:
-                raise ScencodeError(f"config: pretrain.configurations lists {name} twice")
-            runs[name] = (entry, seed)
+        for size in entry.get("train_cells", pretrain.get("train_cells", ["all"])):
+            size = None if size == "all" else size
+            for seed in entry.get("seeds", pretrain["seeds"]):
+                name = f"{entry['gene']}-{entry['expression']}{size_tag(size)}-s{seed}"
+                if name in runs:
+                    raise ScencodeError(f"config: pretrain.configurations lists {name} twice")
+                runs[name] = (entry, seed, size)
     return runs
 
 
@@ -233,7 +246,7 @@ def _check_models(config: dict) -> None:
     after download, QC, ESM-2 and tokenize have run)."""
     from .model import ModelConfig
 
-    for name, (entry, _) in configurations(config).items():
+    for name, (entry, _, _) in configurations(config).items():
         try:
             ModelConfig(vocab_size=1, **model_settings(config, entry)).validate()
         except (ScencodeError, TypeError) as exc:

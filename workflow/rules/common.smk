@@ -35,7 +35,7 @@ ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
 wildcard_constraints:
     dataset="|".join([*DATASETS, ID_TEST]),
     corpus="|".join(CORPORA),
-    run="[A-Za-z0-9_]+-[A-Za-z0-9_]+-s[0-9]+",
+    run="[A-Za-z0-9_]+-[A-Za-z0-9_]+(-[nf][0-9p]+)?-s[0-9]+",
 
 
 SIZED_CONFIG = {**config, "datasets": DATASETS}  # plan reads the datasets' sizes from the sheets' rows
@@ -153,21 +153,21 @@ PRETRAIN = config["pretrain"]
 TABLE_GENE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
 
 
-CONFIGURATIONS = workflow_config.configurations(config)  # run name → (entry, seed)
+CONFIGURATIONS = workflow_config.configurations(config)  # run name → (entry, seed, training-set size)
 
 
 def pretrain_settings(name):
     """The model, loader and train settings of one configuration: shared ones, then its overrides."""
-    entry, seed = CONFIGURATIONS[name]
+    entry, seed, size = CONFIGURATIONS[name]
     return {
         "model": workflow_config.model_settings(config, entry),
         "loader": {**PRETRAIN["loader"], **entry.get("loader", {}), "seed": seed},
-        "train": {**PRETRAIN["train"], **entry.get("train", {})},
+        "train": {**PRETRAIN["train"], **entry.get("train", {}), **({"train_cells": size} if size else {})},
     }
 
 
 def pretrain_gene_table(wildcards):
-    entry, _ = CONFIGURATIONS[wildcards.run]
+    entry, _, _ = CONFIGURATIONS[wildcards.run]
     return ESM_TABLE if entry["gene"] in TABLE_GENE_ENCODINGS else []
 
 
@@ -196,7 +196,7 @@ PCA_REFERENCE = f"baseline-pca-s{config['seed']}"
 def run_identity(run):
     """What a run is, passed to every job explicitly (nothing parses it back out of the name)."""
     if run in CONFIGURATIONS:
-        entry, seed = CONFIGURATIONS[run]
+        entry, seed, _ = CONFIGURATIONS[run]
         return {"gene_encoding": entry["gene"], "expression_encoding": entry["expression"], "seed": seed}
     kind, seed = BASELINES[run]
     return {"gene_encoding": "baseline", "expression_encoding": kind, "seed": seed}

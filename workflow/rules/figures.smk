@@ -2,7 +2,7 @@
 # nothing upstream. `snakemake --report results/report.html` collects them with their captions.
 
 FIGURES = ["fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
-           "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "fig5_shift"]
+           "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "fig5_shift", "fig6_scaling"]
 
 
 rule figures:

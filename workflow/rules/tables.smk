@@ -1,4 +1,4 @@
-# The study's tables from every metric table: metrics.csv (long), summary.csv, tests.csv.
+# The study's tables from every metric table: metrics.csv (long), summary.csv, tests.csv, rank_stability.csv.
 
 
 rule tables:
@@ -8,6 +8,8 @@ rule tables:
         metrics=f"{RESULTS}/tables/metrics.csv",
         summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         tests=report(f"{RESULTS}/tables/tests.csv", caption="../report/tests.rst", category="Tables"),
+        rank_stability=report(f"{RESULTS}/tables/rank_stability.csv", caption="../report/rank_stability.rst",
+                              category="Tables"),
     params:
         reference=REFERENCE_EXPRESSION,
         levels=as_json(SHIFT_LEVELS),
