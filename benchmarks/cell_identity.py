@@ -29,8 +29,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
 from scencode.data import LoaderConfig, ShardBatches
-from scencode.model import Batch, CellTransformer, ModelConfig, masked_sse
 from scencode.formats import load_vocab
+from scencode.model import Batch, CellTransformer, ModelConfig, masked_sse
 
 
 class Bilinear(torch.nn.Module):
@@ -66,8 +66,10 @@ def embed_transformer(model: CellTransformer, batch: Batch) -> torch.Tensor:
 
 def classify(embedding: np.ndarray, labels: np.ndarray) -> dict:
     a, b, ya, yb = train_test_split(embedding, labels, test_size=0.2, stratify=labels, random_state=0)
-    return {"knn_accuracy": float(KNeighborsClassifier(10).fit(a, ya).score(b, yb)),
-            "linear_probe_accuracy": float(LogisticRegression(max_iter=3000).fit(a, ya).score(b, yb))}
+    return {
+        "knn_accuracy": float(KNeighborsClassifier(10).fit(a, ya).score(b, yb)),
+        "linear_probe_accuracy": float(LogisticRegression(max_iter=3000).fit(a, ya).score(b, yb)),
+    }
 
 
 def reference_predictors(batches: list[dict]) -> dict:
@@ -76,8 +78,17 @@ def reference_predictors(batches: list[dict]) -> dict:
         valid = b.valid.numpy()
         for i in range(len(valid)):
             v = valid[i]
-            rows.append(pd.DataFrame({"cell": b.meta["cell_id"][i], "label": b.meta["label"][i], "gene": b.gene_ids[i][v].numpy(),
-                                      "x": b.xnorm[i][v].numpy(), "masked": b.masked[i][v].numpy()}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "cell": b.meta["cell_id"][i],
+                        "label": b.meta["label"][i],
+                        "gene": b.gene_ids[i][v].numpy(),
+                        "x": b.xnorm[i][v].numpy(),
+                        "masked": b.masked[i][v].numpy(),
+                    }
+                )
+            )
     d = pd.concat(rows, ignore_index=True)
     vis, msk = d[~d.masked], d[d.masked]
     gene = vis.groupby("gene").x.mean()
@@ -88,8 +99,9 @@ def reference_predictors(batches: list[dict]) -> dict:
 
     p_gene = msk.gene.map(gene).fillna(vis.x.mean())
     p_offset = p_gene + msk.cell.map(offset(vis.gene.map(gene))).fillna(0)
-    typed = lambda frame: pd.Series(by_type.reindex(pd.MultiIndex.from_arrays([frame.label, frame.gene])).to_numpy(),
-                                     index=frame.index)
+    typed = lambda frame: pd.Series(
+        by_type.reindex(pd.MultiIndex.from_arrays([frame.label, frame.gene])).to_numpy(), index=frame.index
+    )
     p_type = typed(msk).fillna(p_gene) + msk.cell.map(offset(typed(vis))).fillna(0)
     mse = lambda p: float(((p - msk.x) ** 2).mean())
     return {"gene_mean_mse": mse(p_gene), "gene_mean_offset_mse": mse(p_offset), "type_gene_offset_mse": mse(p_type)}
@@ -133,15 +145,34 @@ def main() -> None:
     # padded batches: the probe and the reference predictors read (cells, genes) arrays
     loader = LoaderConfig(batch_size=32, context=args.context, bucket_batches=20, layout="padded")
     eval_loader = LoaderConfig(batch_size=256, context=args.context, layout="padded")
-    evals = {name: list(ShardBatches(f"{args.results}/tokens/{name}", None, eval_loader, shuffle=False, mask=True,
-                                     with_cell_ids=True, columns=("label",))) for name in args.eval}
-    result = {"steps": args.steps, "lr": args.lr, "probe_lr": args.probe_lr, "context": args.context,
-              "reference": {name: reference_predictors(batches) for name, batches in evals.items()}}
+    evals = {
+        name: list(
+            ShardBatches(
+                f"{args.results}/tokens/{name}",
+                None,
+                eval_loader,
+                shuffle=False,
+                mask=True,
+                with_cell_ids=True,
+                columns=("label",),
+            )
+        )
+        for name in args.eval
+    }
+    result = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "probe_lr": args.probe_lr,
+        "context": args.context,
+        "reference": {name: reference_predictors(batches) for name, batches in evals.items()},
+    }
     transformer = CellTransformer(ModelConfig(vocab_size=len(vocab), **json.loads(args.model)))
     first = ShardBatches(corpus, "train", loader)
     transformer.calibrate([b for _, b in zip(range(8), first)])
-    for name, model, embed, lr in (("transformer", transformer, embed_transformer, args.lr),
-                                   ("bilinear", Bilinear(len(vocab)), lambda m, b: m.embed(b), args.probe_lr)):
+    for name, model, embed, lr in (
+        ("transformer", transformer, embed_transformer, args.lr),
+        ("bilinear", Bilinear(len(vocab)), lambda m, b: m.embed(b), args.probe_lr),
+    ):
         if args.only and name != args.only:
             continue
         start = time.perf_counter()
@@ -155,8 +186,11 @@ def main() -> None:
                 emb = np.concatenate([embed(model, b).numpy() for b in batches])
                 labels = np.concatenate([np.asarray(b.meta["label"]) for b in batches])
                 scores[dataset] = {"masked_mse": sse / n, **classify(emb, labels)}
-        result[name] = {"train_loss_last_50": float(np.mean(losses[-50:])), "seconds": time.perf_counter() - start,
-                        "eval": scores}
+        result[name] = {
+            "train_loss_last_50": float(np.mean(losses[-50:])),
+            "seconds": time.perf_counter() - start,
+            "eval": scores,
+        }
     print(json.dumps(result, indent=1))
 
 

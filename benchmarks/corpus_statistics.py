@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 
 from scencode.corpus_stats import corpus_stats
 from scencode.formats import load_vocab, write_vocab
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab
-from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 
 
 def best_of(repeats: int, work) -> float:
@@ -47,8 +47,13 @@ def numpy_stats(shards: list[Path], vocab_size: int, context: int) -> dict:
         n = lengths[codes == code]
         seen = np.zeros(vocab_size, bool)
         seen[values[token_codes == code]] = True
-        out[key] = (len(n), n.mean(), np.quantile(n, [0.05, 0.25, 0.5, 0.75, 0.95]), np.minimum(n, context).sum(),
-                    int(seen.sum()))
+        out[key] = (
+            len(n),
+            n.mean(),
+            np.quantile(n, [0.05, 0.25, 0.5, 0.75, 0.95]),
+            np.minimum(n, context).sum(),
+            int(seen.sum()),
+        )
     return out
 
 
@@ -63,8 +68,13 @@ def main() -> None:
         tmp = Path(tmp)
         write_synthetic_h5ad(tmp / "d.h5ad", args.cells, args.nnz, spread=0.5)
         write_vocab(build_vocab([tmp / "d.h5ad"]), tmp / "vocab.parquet")
-        tokenize_corpus("train", [DatasetInput("d", tmp / "d.h5ad")], tmp / "vocab.parquet", tmp / "train",
-                        TokenizeParams(val_fraction=0.01, test_fraction=0.01))
+        tokenize_corpus(
+            "train",
+            [DatasetInput("d", tmp / "d.h5ad")],
+            tmp / "vocab.parquet",
+            tmp / "train",
+            TokenizeParams(val_fraction=0.01, test_fraction=0.01),
+        )
         (tmp / "d.h5ad").unlink()
         vocab_size = len(load_vocab(tmp / "vocab.parquet")[0])
         shards = sorted((tmp / "train").glob("part-*.parquet"))
@@ -73,17 +83,26 @@ def main() -> None:
             "pyarrow_read_shards_s": best_of(args.repeats, lambda: pq.read_table(shards)),
             "pyarrow_read_columns_s": best_of(args.repeats, lambda: pq.read_table(shards, columns=columns)),
             "pyarrow_numpy_stats_s": best_of(args.repeats, lambda: numpy_stats(shards, vocab_size, args.context)),
-            "corpus_stats_s": best_of(args.repeats,
-                                      lambda: corpus_stats({"train": tmp / "train"}, vocab_size, args.context)),
+            "corpus_stats_s": best_of(
+                args.repeats, lambda: corpus_stats({"train": tmp / "train"}, vocab_size, args.context)
+            ),
         }
         size = sum(p.stat().st_size for p in shards)
     stats_s = timings["corpus_stats_s"]
-    print(json.dumps({"cells": args.cells, "nnz": args.nnz, "shard_bytes": size,
-                      **{k: round(v, 3) for k, v in timings.items()},
-                      "speedup_vs_reading_shards": round(timings["pyarrow_read_shards_s"] / stats_s, 3),
-                      "speedup_vs_reading_columns": round(timings["pyarrow_read_columns_s"] / stats_s, 3),
-                      "speedup_vs_pyarrow_numpy": round(timings["pyarrow_numpy_stats_s"] / stats_s, 3),
-                      "stats_cells_per_s": round(args.cells / stats_s)}))
+    print(
+        json.dumps(
+            {
+                "cells": args.cells,
+                "nnz": args.nnz,
+                "shard_bytes": size,
+                **{k: round(v, 3) for k, v in timings.items()},
+                "speedup_vs_reading_shards": round(timings["pyarrow_read_shards_s"] / stats_s, 3),
+                "speedup_vs_reading_columns": round(timings["pyarrow_read_columns_s"] / stats_s, 3),
+                "speedup_vs_pyarrow_numpy": round(timings["pyarrow_numpy_stats_s"] / stats_s, 3),
+                "stats_cells_per_s": round(args.cells / stats_s),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

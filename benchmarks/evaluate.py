@@ -16,11 +16,9 @@ Prints one JSON object on its last line.
 
 from __future__ import annotations
 
-import os
-
-
 import argparse
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -38,8 +36,9 @@ PAPER = Path(__file__).resolve().parents[1] / "config" / "paper.yaml"
 def paper_tissues() -> pd.DataFrame:
     """The study's evaluation datasets and their sizes, from the paper config's dataset sheets."""
     datasets = read_datasets(yaml.safe_load(PAPER.read_text()))
-    return pd.DataFrame([{"dataset": name, "n_cells": spec["n_cells"]} for name, spec in datasets.items()
-                         if spec["role"] == "eval"])
+    return pd.DataFrame(
+        [{"dataset": name, "n_cells": spec["n_cells"]} for name, spec in datasets.items() if spec["role"] == "eval"]
+    )
 
 
 def realistic(n: int, dim: int, seed: int = 0):
@@ -50,7 +49,7 @@ def realistic(n: int, dim: int, seed: int = 0):
     centres = rng.normal(size=(30, dim)) * 0.8
     shifts = rng.normal(size=(8, dim)) * 0.3
     x = centres[labels] + shifts[batches] + rng.normal(size=(n, dim))
-    return x.astype(np.float32), np.array([f"type{l}" for l in labels]), np.array([f"run{b}" for b in batches])
+    return x.astype(np.float32), np.array([f"type{label}" for label in labels]), np.array([f"run{b}" for b in batches])
 
 
 def timed(cells: int, dim: int) -> tuple[float, int]:
@@ -63,8 +62,7 @@ def timed(cells: int, dim: int) -> tuple[float, int]:
 def scib_benchmarker_seconds(cells: int, dim: int) -> float:
     import tempfile
 
-    from scencode.formats import write_embedding
-    from scencode.formats import RunIdentity
+    from scencode.formats import RunIdentity, write_embedding
     from scencode.scib_benchmark import benchmark_dataset
 
     x, labels, batches = realistic(cells, dim)
@@ -74,7 +72,9 @@ def scib_benchmarker_seconds(cells: int, dim: int) -> float:
         write_embedding(frame, x, paths["model"])
         write_embedding(frame, x[:, :50], paths["pca"])
         start = time.perf_counter()
-        benchmark_dataset({RunIdentity("model-x-s0", "model", "x", 0): paths["model"]}, paths["pca"], "bench", threads=os.cpu_count())
+        benchmark_dataset(
+            {RunIdentity("model-x-s0", "model", "x", 0): paths["model"]}, paths["pca"], "bench", threads=os.cpu_count()
+        )
         return time.perf_counter() - start
 
 
@@ -91,17 +91,25 @@ def scib_benchmarker_estimate(cells: int, dim: int, dataset_sizes: pd.Series) ->
     sizes = [cells // 10, cells // 5]
     seconds = [scib_benchmarker_seconds(n, dim) for n in sizes]
     n = np.array(sizes, float)
-    (c, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(n), n ** 2], 1), np.array(seconds), rcond=None)
+    (c, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(n), n**2], 1), np.array(seconds), rcond=None)
     paper = yaml.safe_load(PAPER.read_text())
     cap = paper["evaluate"].get("scib_benchmarker_max_cells")
     embeddings = paper_models(paper) + len(paper["evaluate"]["baselines"])
 
     def hours(sizes: pd.Series) -> dict:
         per_dataset = embeddings * (c + b * sizes.astype(float) ** 2)
-        return {"largest_dataset_hours": float(per_dataset.max()) / 3600, "total_hours": float(per_dataset.sum()) / 3600}
+        return {
+            "largest_dataset_hours": float(per_dataset.max()) / 3600,
+            "total_hours": float(per_dataset.sum()) / 3600,
+        }
 
-    return {"embeddings_per_dataset": embeddings, "seconds_by_cells": dict(zip(map(str, sizes), seconds)), "fit_seconds": {"constant": c, "per_cell_squared": b},
-            "study_uncapped": hours(dataset_sizes), "study_capped": {"max_cells": cap, **hours(dataset_sizes.clip(upper=cap))}}
+    return {
+        "embeddings_per_dataset": embeddings,
+        "seconds_by_cells": dict(zip(map(str, sizes), seconds)),
+        "fit_seconds": {"constant": c, "per_cell_squared": b},
+        "study_uncapped": hours(dataset_sizes),
+        "study_capped": {"max_cells": cap, **hours(dataset_sizes.clip(upper=cap))},
+    }
 
 
 def main() -> None:
@@ -115,19 +123,28 @@ def main() -> None:
     seconds = [t for t, _ in runs]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = np.array(sizes, float)
-    (a, b), *_ = np.linalg.lstsq(np.stack([n, n ** 2], 1), np.array(seconds), rcond=None)
+    (a, b), *_ = np.linalg.lstsq(np.stack([n, n**2], 1), np.array(seconds), rcond=None)
     tissues = paper_tissues()
-    per_dataset = a * tissues.n_cells + b * tissues.n_cells ** 2
+    per_dataset = a * tissues.n_cells + b * tissues.n_cells**2
     models = paper_models(yaml.safe_load(PAPER.read_text()))
     total_s = models * float(per_dataset.sum())
     result = {
-        "cells": args.cells, "dim": args.dim, "metrics": runs[-1][1], "seconds": seconds[-1],
-        "seconds_by_cells": dict(zip(map(str, sizes), seconds)), "peak_rss_mb": peak_mb, "cores": os.cpu_count(),
+        "cells": args.cells,
+        "dim": args.dim,
+        "metrics": runs[-1][1],
+        "seconds": seconds[-1],
+        "seconds_by_cells": dict(zip(map(str, sizes), seconds)),
+        "peak_rss_mb": peak_mb,
+        "cores": os.cpu_count(),
         "fit_seconds": {"per_cell": a, "per_cell_squared": b},
-        "study_estimate": {"configurations": models, "datasets": len(tissues), "cells": int(tissues.n_cells.sum()),
-                           "largest_dataset_seconds": float(per_dataset.max()),
-                           "hours_on_this_machine": total_s / 3600,
-                           "node_hours_16_cores": total_s / 3600 / (16 / max(1, os.cpu_count()))},
+        "study_estimate": {
+            "configurations": models,
+            "datasets": len(tissues),
+            "cells": int(tissues.n_cells.sum()),
+            "largest_dataset_seconds": float(per_dataset.max()),
+            "hours_on_this_machine": total_s / 3600,
+            "node_hours_16_cores": total_s / 3600 / (16 / max(1, os.cpu_count())),
+        },
     }
     if args.scib_benchmarker:
         result["scib_benchmarker"] = scib_benchmarker_estimate(args.cells, args.dim, tissues.n_cells)

@@ -76,13 +76,22 @@ def benchmarker(x, labels, batches) -> float:
     import pandas as pd
     from scib_metrics.benchmark import Benchmarker
 
-    adata = ad.AnnData(obs=pd.DataFrame({"label": labels, "batch": batches}, index=np.arange(len(x)).astype(str)),
-                       obsm={"X_emb": x, "X_pca": x})
+    adata = ad.AnnData(
+        obs=pd.DataFrame({"label": labels, "batch": batches}, index=np.arange(len(x)).astype(str)),
+        obsm={"X_emb": x, "X_pca": x},
+    )
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bench = Benchmarker(adata, batch_key="batch", label_key="label", embedding_obsm_keys=["X_emb"],
-                            pre_integrated_embedding_obsm_key="X_pca", n_jobs=1, progress_bar=False)
+        bench = Benchmarker(
+            adata,
+            batch_key="batch",
+            label_key="label",
+            embedding_obsm_keys=["X_emb"],
+            pre_integrated_embedding_obsm_key="X_pca",
+            n_jobs=1,
+            progress_bar=False,
+        )
         bench.benchmark()
     return time.perf_counter() - start
 
@@ -91,9 +100,13 @@ def compare(name: str, x, labels, batches, with_benchmarker: bool) -> dict:
     ours, ours_s = scencode_study(x, labels, batches)
     theirs, scib_s = scib_study(x, labels, batches)
     diff = {m: abs(ours[m] - theirs[m]) for m in AGREEMENT.STUDY if np.isfinite(ours[m]) and np.isfinite(theirs[m])}
-    out = {"cells": len(x), "seconds": {"scencode": ours_s, "scib": scib_s},
-           "speedup_vs_scib": scib_s / ours_s, "max_abs_difference": max(diff.values(), default=0.0),
-           "both_nan": sorted(m for m in AGREEMENT.STUDY if m not in diff)}
+    out = {
+        "cells": len(x),
+        "seconds": {"scencode": ours_s, "scib": scib_s},
+        "speedup_vs_scib": scib_s / ours_s,
+        "max_abs_difference": max(diff.values(), default=0.0),
+        "both_nan": sorted(m for m in AGREEMENT.STUDY if m not in diff),
+    }
     if with_benchmarker and len(np.unique(batches)) > 1:
         out["seconds"]["scib_metrics_benchmarker"] = bench_s = benchmarker(x, labels, batches)
         out["speedup_vs_benchmarker"] = bench_s / ours_s
@@ -120,16 +133,24 @@ def main(argv=None) -> dict:
             labels = adata.obs[label].astype(str).to_numpy()
             batches = adata.obs[batch].astype(str).to_numpy() if batch else np.full(adata.n_obs, name)
             for kind, x in AGREEMENT.embeddings(adata).items():
-                result["sets"][f"{name}/{kind}"] = compare(f"{name}/{kind}", x, labels, batches, not args.no_benchmarker)
+                result["sets"][f"{name}/{kind}"] = compare(
+                    f"{name}/{kind}", x, labels, batches, not args.no_benchmarker
+                )
     x, labels, batches = SYNTHETIC.realistic(args.cells, 30)
-    result["sets"][f"synthetic_{args.cells}"] = compare(f"synthetic_{args.cells}", x.astype(np.float32),
-                                                       labels.astype(str), batches.astype(str),
-                                                       not args.no_benchmarker)
+    result["sets"][f"synthetic_{args.cells}"] = compare(
+        f"synthetic_{args.cells}",
+        x.astype(np.float32),
+        labels.astype(str),
+        batches.astype(str),
+        not args.no_benchmarker,
+    )
     synthetic = result["sets"][f"synthetic_{args.cells}"]
     result["summary"] = {
-        "cells": args.cells, "speedup_vs_scib": synthetic["speedup_vs_scib"],
+        "cells": args.cells,
+        "speedup_vs_scib": synthetic["speedup_vs_scib"],
         "speedup_vs_benchmarker": synthetic.get("speedup_vs_benchmarker"),
-        "max_abs_difference_all_sets": max(s["max_abs_difference"] for s in result["sets"].values())}
+        "max_abs_difference_all_sets": max(s["max_abs_difference"] for s in result["sets"].values()),
+    }
     print(json.dumps(result))
     return result
 

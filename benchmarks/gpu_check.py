@@ -41,9 +41,9 @@ import torch
 from scencode.atomic import write_json
 from scencode.data import pack
 from scencode.devices import peak_flops
+from scencode.formats import SPECIAL_TOKENS, write_vocab
 from scencode.model import Batch, CellTransformer, ModelConfig
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
-from scencode.formats import SPECIAL_TOKENS, write_vocab
 
 STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
 SMOKE = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64, dropout=0.1)
@@ -52,36 +52,48 @@ PAPER = dict(configurations=8, epochs=3, cells=10_000_000, tokens_per_cell=900) 
 
 # ---------------------------------------------------------------- synthetic data in scencode's formats
 
+
 def cell_lengths(n: int, context: int, rng: np.random.Generator) -> np.ndarray:
     """Non-zero genes per cell, heavy-tailed as in CELLxGENE droplet data (median ≈ 0.6 × context)."""
     return np.clip(rng.lognormal(np.log(0.6 * context), 0.5, n), 20, 3 * context).astype(np.int64)
 
 
-def write_corpus(folder: Path, n_cells: int, vocab_size: int, context: int, seed: int,
-                 with_labels: bool = False) -> Path:
+def write_corpus(
+    folder: Path, n_cells: int, vocab_size: int, context: int, seed: int, with_labels: bool = False
+) -> Path:
     """A token corpus (shards + manifest) and its vocabulary, as ``scencode tokenize`` writes them;
     cell types shift a block of genes so that a model has something to learn."""
     rng = np.random.default_rng(seed)
     # one gene profile for every corpus (a training and an evaluation corpus come from one tissue)
     popularity = np.random.default_rng(12345).gamma(0.6, 1.0, vocab_size - 2)
-    vocab = pd.DataFrame({"token_id": np.arange(vocab_size),
-                          "gene_id": [*SPECIAL_TOKENS, *(f"ENSG{i:011d}" for i in range(vocab_size - 2))],
-                          "gene_symbol": "", "gene_type": ["special", "special", *["protein_coding"] * (vocab_size - 2)],
-                          "n_datasets": 1})
+    vocab = pd.DataFrame(
+        {
+            "token_id": np.arange(vocab_size),
+            "gene_id": [*SPECIAL_TOKENS, *(f"ENSG{i:011d}" for i in range(vocab_size - 2))],
+            "gene_symbol": "",
+            "gene_type": ["special", "special", *["protein_coding"] * (vocab_size - 2)],
+            "n_datasets": 1,
+        }
+    )
     digest = write_vocab(vocab, folder / "vocab.parquet")
     lengths = np.minimum(cell_lengths(n_cells, context, rng), vocab_size - 2)
     types = rng.integers(0, 4, n_cells)
     genes, counts = [], []
     for n, t in zip(lengths, types):
         p = popularity.copy()
-        p[t * 50:(t + 1) * 50] *= 20  # the type's program
+        p[t * 50 : (t + 1) * 50] *= 20  # the type's program
         chosen = np.sort(rng.choice(vocab_size - 2, n, replace=False, p=p / p.sum())) + 2
         genes.append(chosen.astype(np.int32))
         counts.append((1 + rng.poisson(2 * np.minimum(p[chosen - 2] / p.mean(), 10))).astype(np.int32))
     split = np.where(rng.random(n_cells) < 0.05, "val", np.where(rng.random(n_cells) < 0.05, "test", "train"))
-    columns = {"cell_id": [f"c{i}" for i in range(n_cells)], "dataset_id": ["synthetic"] * n_cells,
-               "gene_ids": genes, "counts": counts,
-               "total_counts": np.array([c.sum() * 1.2 for c in counts], np.float32), "split": split}
+    columns = {
+        "cell_id": [f"c{i}" for i in range(n_cells)],
+        "dataset_id": ["synthetic"] * n_cells,
+        "gene_ids": genes,
+        "counts": counts,
+        "total_counts": np.array([c.sum() * 1.2 for c in counts], np.float32),
+        "split": split,
+    }
     if with_labels:
         columns |= {"label": [f"type{t}" for t in types], "batch": [f"b{i % 2}" for i in range(n_cells)]}
     corpus = folder / ("eval" if with_labels else "train")
@@ -89,15 +101,32 @@ def write_corpus(folder: Path, n_cells: int, vocab_size: int, context: int, seed
     table = pa.table(columns, schema=shard_schema(with_labels))
     pq.write_table(table, corpus / shard_name(0), row_group_size=1024, compression="zstd", write_page_checksum=True)
     path = corpus / shard_name(0)
-    write_json({"format_version": FORMAT_VERSION, "corpus": corpus.name, "n_cells": n_cells,
-                "splits": {s: int((split == s).sum()) for s in ("train", "val", "test")},
-                "shards": [{"file": path.name, "n_cells": n_cells, "bytes": path.stat().st_size,
-                            "sha256": file_sha256(path), "footer_sha256": footer_sha256(path)}],
-                "vocab_hash": digest, "vocab_size": vocab_size, "columns": table.schema.names}, corpus / MANIFEST)
+    write_json(
+        {
+            "format_version": FORMAT_VERSION,
+            "corpus": corpus.name,
+            "n_cells": n_cells,
+            "splits": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+            "shards": [
+                {
+                    "file": path.name,
+                    "n_cells": n_cells,
+                    "bytes": path.stat().st_size,
+                    "sha256": file_sha256(path),
+                    "footer_sha256": footer_sha256(path),
+                }
+            ],
+            "vocab_hash": digest,
+            "vocab_size": vocab_size,
+            "columns": table.schema.names,
+        },
+        corpus / MANIFEST,
+    )
     return corpus
 
 
 # ---------------------------------------------------------------- train step throughput
+
 
 def model_flops(model: CellTransformer, lengths: np.ndarray) -> float:
     """Training FLOPs of cells of these lengths: 6 × (the model's matmul weights, counted from its
@@ -106,16 +135,20 @@ def model_flops(model: CellTransformer, lengths: np.ndarray) -> float:
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     cfg = model.cfg
     lengths = lengths.astype(np.float64)
-    return float(6 * matmul * lengths.sum() + 12 * cfg.n_layers * cfg.d_model * (lengths ** 2).sum())
+    return float(6 * matmul * lengths.sum() + 12 * cfg.n_layers * cfg.d_model * (lengths**2).sum())
 
 
 def batch_of(lengths: np.ndarray, width: int, vocab: int, device, rng) -> Batch:
     n = len(lengths)
     valid = torch.from_numpy(np.arange(width)[None, :] < lengths[:, None])
     counts = torch.from_numpy(rng.integers(1, 20, (n, width)).astype(np.float32)) * valid
-    batch = Batch(gene_ids=torch.from_numpy(rng.integers(2, vocab, (n, width))) * valid, counts=counts,
-                  xnorm=torch.log1p(counts / counts.sum(1, keepdim=True).clamp(min=1) * 1e4), valid=valid,
-                  masked=valid & torch.from_numpy(rng.random((n, width)) < 0.5))
+    batch = Batch(
+        gene_ids=torch.from_numpy(rng.integers(2, vocab, (n, width))) * valid,
+        counts=counts,
+        xnorm=torch.log1p(counts / counts.sum(1, keepdim=True).clamp(min=1) * 1e4),
+        valid=valid,
+        masked=valid & torch.from_numpy(rng.random((n, width)) < 0.5),
+    )
     return batch.to(device)
 
 
@@ -127,6 +160,7 @@ def packed(batch: Batch) -> Batch:
 
 def time_steps(model, optimizer, batches: list[Batch], amp, steps: int) -> float:
     """Seconds per pass over ``batches`` (one micro-batch each: forward, masked loss, backward, step)."""
+
     def one_pass():
         for batch in batches:
             with torch.autocast(batch.masked.device.type, dtype=amp, enabled=amp is not None):
@@ -154,16 +188,27 @@ def train_step(device, dims: dict, cells: int, batch_size: int, context: int, st
     vocab = 20_000
     cfg = ModelConfig(vocab, "learned", "continuous", **dims)
     lengths = np.minimum(cell_lengths(cells, context, rng), context)
-    batches = {"padded": [batch_of(lengths[i:i + batch_size], context, vocab, device, rng)
-                          for i in range(0, cells, batch_size)]}
+    batches = {
+        "padded": [
+            batch_of(lengths[i : i + batch_size], context, vocab, device, rng) for i in range(0, cells, batch_size)
+        ]
+    }
     by_length = np.sort(lengths)
-    batches["bucketed"] = [batch_of(by_length[i:i + batch_size], int(by_length[i:i + batch_size].max()), vocab,
-                                    device, rng) for i in range(0, cells, batch_size)]
+    batches["bucketed"] = [
+        batch_of(by_length[i : i + batch_size], int(by_length[i : i + batch_size].max()), vocab, device, rng)
+        for i in range(0, cells, batch_size)
+    ]
     batches["packed"] = [packed(b) for b in batches["padded"]]  # random batches: packing needs no bucketing
     amp = torch.bfloat16 if device.type == "cuda" else None
     peak_name, peak = peak_flops(device)
-    out = {"dims": dims, "cells": cells, "batch_size": batch_size, "context": context,
-           "precision": "bf16" if amp else "fp32", "peak": peak_name}
+    out = {
+        "dims": dims,
+        "cells": cells,
+        "batch_size": batch_size,
+        "context": context,
+        "precision": "bf16" if amp else "fp32",
+        "peak": peak_name,
+    }
     real_tokens = int(lengths.sum())
     for compiled in compile_modes:
         for layout, data in batches.items():
@@ -193,8 +238,12 @@ def packed_vs_padded(device, dims: dict) -> dict:
     model = CellTransformer(ModelConfig(20_000, "learned", "hard", **{**dims, "dropout": 0.0})).to(device)
     lengths = cell_lengths(16, 512, rng).clip(max=512)
     batch = batch_of(lengths, int(lengths.max()), 20_000, device, rng)
-    out = {"attention": {"fp32": "jagged nested tensors" if device.type == "cuda" else "padded view",
-                         "bf16": "varlen flash" if device.type == "cuda" else "padded view (no bf16 on CPU)"}}
+    out = {
+        "attention": {
+            "fp32": "jagged nested tensors" if device.type == "cuda" else "padded view",
+            "bf16": "varlen flash" if device.type == "cuda" else "padded view (no bf16 on CPU)",
+        }
+    }
     for name, amp in (("fp32", None), ("bf16", torch.bfloat16 if device.type == "cuda" else None)):
         losses, grads = [], []
         for layout in (batch, packed(batch)):
@@ -218,11 +267,16 @@ def bf16_vs_fp32(device, dims: dict) -> dict:
         fp32 = model.loss(batch).item()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             bf16 = model.loss(batch).item()
-    return {"fp32_loss": fp32, "bf16_loss": bf16, "relative_difference": abs(bf16 - fp32) / abs(fp32),
-            "bf16_autocast": device.type == "cuda"}
+    return {
+        "fp32_loss": fp32,
+        "bf16_loss": bf16,
+        "relative_difference": abs(bf16 - fp32) / abs(fp32),
+        "bf16_autocast": device.type == "cuda",
+    }
 
 
 # ---------------------------------------------------------------- the real CLI
+
 
 def scencode(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "scencode", *args], capture_output=True, text=True, timeout=timeout)
@@ -236,14 +290,33 @@ def pretrain_and_embed(work: Path, smoke: bool, steps: int) -> tuple[dict, dict]
     corpus = write_corpus(work / "data", 2_000 if smoke else 30_000, 2_000, context, seed=0)
     evaluation = write_corpus(work / "evaldata", 300 if smoke else 5_000, 2_000, context, seed=1, with_labels=True)
     dims = SMOKE if smoke else dict(d_model=256, n_layers=4, n_heads=4, d_ff=512, dropout=0.1)
-    settings = {"model": {**dims, "gene_encoding": "learned", "expression_encoding": "soft"},
-                "loader": {"batch_size": 16 if smoke else 128, "context": context, "bucket_batches": 8},
-                "train": {"lr": 1e-3, "grad_accum": 1, "max_steps": steps, "warmup_steps": 10,
-                          "val_every": max(1, steps // 4), "val_cells": 500, "checkpoint_every": max(1, steps // 2),
-                          "log_every": max(1, steps // 10), "num_workers": 2}}
+    settings = {
+        "model": {**dims, "gene_encoding": "learned", "expression_encoding": "soft"},
+        "loader": {"batch_size": 16 if smoke else 128, "context": context, "bucket_batches": 8},
+        "train": {
+            "lr": 1e-3,
+            "grad_accum": 1,
+            "max_steps": steps,
+            "warmup_steps": 10,
+            "val_every": max(1, steps // 4),
+            "val_cells": 500,
+            "checkpoint_every": max(1, steps // 2),
+            "log_every": max(1, steps // 10),
+            "num_workers": 2,
+        },
+    }
     out = work / "model"
-    args = ["pretrain", "--name", "learned-soft-s777", "--corpus", str(corpus), "--vocab",
-            str(work / "data" / "vocab.parquet"), "--out", str(out)]
+    args = [
+        "pretrain",
+        "--name",
+        "learned-soft-s777",
+        "--corpus",
+        str(corpus),
+        "--vocab",
+        str(work / "data" / "vocab.parquet"),
+        "--out",
+        str(out),
+    ]
     start = time.perf_counter()
     scencode(*args, "--params", json.dumps(settings))
     seconds = time.perf_counter() - start
@@ -254,21 +327,43 @@ def pretrain_and_embed(work: Path, smoke: bool, steps: int) -> tuple[dict, dict]
     # more steps change the run's identity only in max_steps, which resuming ignores
     resumed = scencode(*args, "--params", json.dumps(settings))
     status_after = json.loads((out / "model.json").read_text())
-    pretrain = {"steps": status["steps"], "seconds": seconds, "first_train_loss": float(train.train_loss.iloc[0]),
-                "last_train_loss": float(train.train_loss.iloc[-1]),
-                "val_losses": dict(zip(val.step.astype(str), val.val_loss)),
-                "loss_fell": bool(val.val_loss.iloc[-1] < val.val_loss.iloc[0]),
-                "best_val_loss": status["best_val_loss"], "checkpoint_step": status["checkpoint_step"],
-                "tokens_per_s": float(train.tokens_per_s.iloc[-1]),
-                "resumed": f"resumed learned-soft-s777 at step {steps}" in resumed.stderr,
-                "steps_after_resume": status_after["steps"]}
+    pretrain = {
+        "steps": status["steps"],
+        "seconds": seconds,
+        "first_train_loss": float(train.train_loss.iloc[0]),
+        "last_train_loss": float(train.train_loss.iloc[-1]),
+        "val_losses": dict(zip(val.step.astype(str), val.val_loss)),
+        "loss_fell": bool(val.val_loss.iloc[-1] < val.val_loss.iloc[0]),
+        "best_val_loss": status["best_val_loss"],
+        "checkpoint_step": status["checkpoint_step"],
+        "tokens_per_s": float(train.tokens_per_s.iloc[-1]),
+        "resumed": f"resumed learned-soft-s777 at step {steps}" in resumed.stderr,
+        "steps_after_resume": status_after["steps"],
+    }
     recon = work / "recon.json"
     start = time.perf_counter()
-    scencode("embed", "--model", str(out / "model.json"), "--corpus", str(evaluation), "--run",
-             "learned-soft-s777", "--dataset", "synthetic", "--params", json.dumps(settings["loader"]),
-             "--out", str(work / "embedding.parquet"), "--reconstruction", str(recon))
-    embed = {**json.loads(recon.read_text()), "seconds": time.perf_counter() - start,
-             "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    scencode(
+        "embed",
+        "--model",
+        str(out / "model.json"),
+        "--corpus",
+        str(evaluation),
+        "--run",
+        "learned-soft-s777",
+        "--dataset",
+        "synthetic",
+        "--params",
+        json.dumps(settings["loader"]),
+        "--out",
+        str(work / "embedding.parquet"),
+        "--reconstruction",
+        str(recon),
+    )
+    embed = {
+        **json.loads(recon.read_text()),
+        "seconds": time.perf_counter() - start,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     return pretrain, embed
 
 
@@ -279,18 +374,36 @@ def esm2(work: Path, smoke: bool) -> dict:
     with open(work / "proteins.fa", "w") as fh:
         for i in range(n):
             length = int(np.clip(rng.lognormal(np.log(400), 0.6), 30, 3000))
-            fh.write(f">ENSP{i:011d}.1 pep chromosome:GRCh38 gene:ENSG{i:011d}.1 transcript:ENST{i:011d}.1 "
-                     f"gene_biotype:protein_coding transcript_biotype:protein_coding gene_symbol:G{i}\n")
+            fh.write(
+                f">ENSP{i:011d}.1 pep chromosome:GRCh38 gene:ENSG{i:011d}.1 transcript:ENST{i:011d}.1 "
+                f"gene_biotype:protein_coding transcript_biotype:protein_coding gene_symbol:G{i}\n"
+            )
             fh.write("".join(rng.choice(amino, length)) + "\n")
     layers, dim, heads = (2, 32, 2) if smoke else (6, 320, 20)
-    scencode("esm-tiny", "--out", str(work / "tiny.pt"), "--layers", str(layers), "--dim", str(dim), "--heads", str(heads))
+    scencode(
+        "esm-tiny", "--out", str(work / "tiny.pt"), "--layers", str(layers), "--dim", str(dim), "--heads", str(heads)
+    )
     start = time.perf_counter()
-    scencode("esm-embed", "--fasta", str(work / "proteins.fa"), "--weights", str(work / "tiny.pt"),
-             "--out", str(work / "genes.parquet"), "--params", json.dumps({"device": "auto"}))
+    scencode(
+        "esm-embed",
+        "--fasta",
+        str(work / "proteins.fa"),
+        "--weights",
+        str(work / "tiny.pt"),
+        "--out",
+        str(work / "genes.parquet"),
+        "--params",
+        json.dumps({"device": "auto"}),
+    )
     table = pq.read_table(work / "genes.parquet")
-    return {"sequences": n, "genes": table.num_rows, "seconds": time.perf_counter() - start,
-            "dim": len(table.column("embedding")[0]), "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "model": f"fair-esm ESM2, {layers} layers, dim {dim}, random weights"}
+    return {
+        "sequences": n,
+        "genes": table.num_rows,
+        "seconds": time.perf_counter() - start,
+        "dim": len(table.column("embedding")[0]),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "model": f"fair-esm ESM2, {layers} layers, dim {dim}, random weights",
+    }
 
 
 def paper_estimate(train: dict) -> dict:
@@ -298,9 +411,13 @@ def paper_estimate(train: dict) -> dict:
     best = max(keys, key=lambda k: train[k])
     tokens = PAPER["configurations"] * PAPER["epochs"] * PAPER["cells"] * PAPER["tokens_per_cell"]
     hours = tokens / train[best] / 3600
-    return {**PAPER, "assumption": "tokens_per_cell = mean min(1024, non-zero genes) of CELLxGENE cells (assumed)",
-            "layout": best.removesuffix("_real_tokens_per_s"), "gpu_hours": hours,
-            "gpu_hours_per_configuration": hours / PAPER["configurations"]}
+    return {
+        **PAPER,
+        "assumption": "tokens_per_cell = mean min(1024, non-zero genes) of CELLxGENE cells (assumed)",
+        "layout": best.removesuffix("_real_tokens_per_s"),
+        "gpu_hours": hours,
+        "gpu_hours_per_configuration": hours / PAPER["configurations"],
+    }
 
 
 def attempt(result: dict, name: str, part, *args):
@@ -324,20 +441,32 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__}
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
     dims = SMOKE if args.smoke else STUDY
     timings = {}
 
     def save():
         if args.out:
             args.out.write_text(json.dumps({**result, "seconds": timings}, default=_plain))
+
     if "train_step" not in args.skip:
         start = time.perf_counter()
         compile_modes = (False,) if "compile" in args.skip else (False, True)
-        result["train_step"] = attempt(result, "train_step", train_step, device, dims, 64 if args.smoke else 512,
-                                       16 if args.smoke else 64, 64 if args.smoke else 1024, 1 if args.smoke else 3,
-                                       compile_modes)
+        result["train_step"] = attempt(
+            result,
+            "train_step",
+            train_step,
+            device,
+            dims,
+            64 if args.smoke else 512,
+            16 if args.smoke else 64,
+            64 if args.smoke else 1024,
+            1 if args.smoke else 3,
+            compile_modes,
+        )
         if result["train_step"]:
             result["paper_estimate"] = paper_estimate(result["train_step"])
         timings["train_step"] = time.perf_counter() - start
@@ -348,8 +477,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if "pretrain" not in args.skip:
             start = time.perf_counter()
-            result["pretrain"], result["embed"] = attempt(result, "pretrain", pretrain_and_embed, Path(tmp), args.smoke,
-                                                          args.pretrain_steps) or (None, None)
+            result["pretrain"], result["embed"] = attempt(
+                result, "pretrain", pretrain_and_embed, Path(tmp), args.smoke, args.pretrain_steps
+            ) or (None, None)
             timings["pretrain_and_embed"] = time.perf_counter() - start
             save()
         if "esm2" not in args.skip:

@@ -32,8 +32,22 @@ R = "results"
 EVALS = ("sim_blood_eval", "sim_lung_eval")
 
 # the demo's model and training (config/config.yaml); a variant overrides what it names
-BASE = dict(d_model=32, n_layers=2, n_heads=2, d_ff=64, dropout=0.0, gene="learned", expression="continuous",
-            lr=3e-3, wd=1e-5, p_mask=0.5, batch=32, context=256, readout="mlp", warmup=20)
+BASE = dict(
+    d_model=32,
+    n_layers=2,
+    n_heads=2,
+    d_ff=64,
+    dropout=0.0,
+    gene="learned",
+    expression="continuous",
+    lr=3e-3,
+    wd=1e-5,
+    p_mask=0.5,
+    batch=32,
+    context=256,
+    readout="mlp",
+    warmup=20,
+)
 
 
 def knn_accuracy(x: torch.Tensor, y: np.ndarray, k: int = 10, seed: int = 0) -> float:
@@ -65,25 +79,42 @@ def run(variant: dict) -> dict:
     table = None
     if v["gene"] != "learned":
         table = align_gene_table(f"{R}/esm/esm2_tiny_demo/gene_embeddings.parquet", vocab, "zero")
-    cfg = ModelConfig(vocab_size=len(vocab), gene_encoding=v["gene"], expression_encoding=v["expression"],
-                      d_model=v["d_model"], n_layers=v["n_layers"], n_heads=v["n_heads"], d_ff=v["d_ff"],
-                      dropout=v["dropout"], gene_options=v.get("gene_options", {}))
+    cfg = ModelConfig(
+        vocab_size=len(vocab),
+        gene_encoding=v["gene"],
+        expression_encoding=v["expression"],
+        d_model=v["d_model"],
+        n_layers=v["n_layers"],
+        n_heads=v["n_heads"],
+        d_ff=v["d_ff"],
+        dropout=v["dropout"],
+        gene_options=v.get("gene_options", {}),
+    )
     model = CellTransformer(cfg, gene_table=table)
     if v.get("token", "sum") != "sum":
         multiplicative_tokens(model)
     if v["readout"] != "mlp":
         add_readout(model, v["readout"], len(vocab))
-    loader = LoaderConfig(batch_size=v["batch"], context=v["context"], p_mask=v["p_mask"], bucket_batches=20,
-                          layout="packed")
+    loader = LoaderConfig(
+        batch_size=v["batch"], context=v["context"], p_mask=v["p_mask"], bucket_batches=20, layout="packed"
+    )
     model.calibrate([b for _, b in zip(range(8), ShardBatches(f"{R}/tokens/train", "train", loader))])
     model.to(device)
     eval_cfg = LoaderConfig(batch_size=256, context=v["context"], p_mask=v["p_mask"], layout="packed")
-    evals = {n: [b.to(device) for b in ShardBatches(f"{R}/tokens/{n}", None, eval_cfg, shuffle=False, mask=True,
-                                                    with_cell_ids=True, columns=("label",))] for n in EVALS}
+    evals = {
+        n: [
+            b.to(device)
+            for b in ShardBatches(
+                f"{R}/tokens/{n}", None, eval_cfg, shuffle=False, mask=True, with_cell_ids=True, columns=("label",)
+            )
+        ]
+        for n in EVALS
+    }
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": v["wd"]}, {"params": rest, "weight_decay": 0}],
-                            lr=v["lr"], betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": v["wd"]}, {"params": rest, "weight_decay": 0}], lr=v["lr"], betas=(0.9, 0.95)
+    )
     steps, report, losses, step, epoch, start = v["steps"], [], [], 0, 0, time.time()
     checkpoints = {c for c in v["checkpoints"] if c <= steps} | {steps}
     while step < steps:
@@ -102,8 +133,14 @@ def run(variant: dict) -> dict:
             losses.append(float(loss.detach()))
             step += 1
             if step in checkpoints:
-                report.append({"step": step, "train_loss": float(np.mean(losses[-50:])),
-                               "seconds": round(time.time() - start, 1), **evaluate(model, evals)})
+                report.append(
+                    {
+                        "step": step,
+                        "train_loss": float(np.mean(losses[-50:])),
+                        "seconds": round(time.time() - start, 1),
+                        **evaluate(model, evals),
+                    }
+                )
                 if v.get("partial"):  # a run cut short by a time limit keeps what it measured
                     with open(f"{v['partial']}/{v['name']}.json", "w") as f:
                         json.dump({"variant": v, "report": report}, f, indent=1)
@@ -132,12 +169,15 @@ def evaluate(model, evals: dict) -> dict:
                 w = keep.float().unsqueeze(-1)
                 store.append(cells.cell_means(h * w) / cells.cell_means(w).clamp(min=1e-6))
         y = np.concatenate(labels)
-        out[name] = {"mse": round(sse / n, 4), "knn": round(knn_accuracy(torch.cat(emb), y), 3),
-                     "knn_nothing_masked": round(knn_accuracy(torch.cat(unmasked), y), 3),
-                     # diagnostic: the mean final state of the masked positions only, encoded with the
-                     # training masks (the states the objective trains), and of the visible ones
-                     "knn_masked_states": round(knn_accuracy(torch.cat(masked_emb), y), 3),
-                     "knn_visible_states": round(knn_accuracy(torch.cat(visible_emb), y), 3)}
+        out[name] = {
+            "mse": round(sse / n, 4),
+            "knn": round(knn_accuracy(torch.cat(emb), y), 3),
+            "knn_nothing_masked": round(knn_accuracy(torch.cat(unmasked), y), 3),
+            # diagnostic: the mean final state of the masked positions only, encoded with the
+            # training masks (the states the objective trains), and of the visible ones
+            "knn_masked_states": round(knn_accuracy(torch.cat(masked_emb), y), 3),
+            "knn_visible_states": round(knn_accuracy(torch.cat(visible_emb), y), 3),
+        }
     return out
 
 
@@ -202,17 +242,22 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--variants", default=str(Path(__file__).with_name("identity_gpu_variants.json")),
-                    help="JSON list of variant dicts (overrides of BASE, with a name); default: the variants "
-                         "measured on the lent H200 (README, 'What the demo's models learn')")
+    ap.add_argument(
+        "--variants",
+        default=str(Path(__file__).with_name("identity_gpu_variants.json")),
+        help="JSON list of variant dicts (overrides of BASE, with a name); default: the variants "
+        "measured on the lent H200 (README, 'What the demo's models learn')",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoints", default="100,250,500,1000,2000,4000,8000", help="steps at which to evaluate")
     ap.add_argument("--partial", help="folder: each variant's report is written there at every checkpoint")
     args = ap.parse_args()
     variants = json.loads(Path(args.variants).read_text())
     checkpoints = [int(c) for c in args.checkpoints.split(",")]
-    variants = [{"steps": args.steps, "threads": args.threads, "checkpoints": checkpoints, "partial": args.partial, **v}
-                for v in variants]
+    variants = [
+        {"steps": args.steps, "threads": args.threads, "checkpoints": checkpoints, "partial": args.partial, **v}
+        for v in variants
+    ]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         results = []
         for r in pool.imap_unordered(run, variants):

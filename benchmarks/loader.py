@@ -8,8 +8,6 @@ One process, no DataLoader workers, after one warm-up epoch: the figure is per w
 
 from __future__ import annotations
 
-
-
 import argparse
 import json
 import tempfile
@@ -17,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
+from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 
 from scencode.data import LoaderConfig, ShardBatches
 from scencode.encodings import EXPRESSION_ENCODERS, log_bins, quantile_bins
-from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
-from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.formats import write_vocab
+from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab
 
 PREPROCESS = {
@@ -44,8 +42,13 @@ def main() -> None:
         tmp = Path(tmp)
         write_synthetic_h5ad(tmp / "cells.h5ad", args.cells, args.nnz)
         write_vocab(build_vocab([tmp / "cells.h5ad"]), tmp / "vocab.parquet")
-        tokenize_corpus("bench", [DatasetInput("bench", tmp / "cells.h5ad")], tmp / "vocab.parquet", tmp / "tokens",
-                        TokenizeParams(val_fraction=0, test_fraction=0, row_group_cells=2048))
+        tokenize_corpus(
+            "bench",
+            [DatasetInput("bench", tmp / "cells.h5ad")],
+            tmp / "vocab.parquet",
+            tmp / "tokens",
+            TokenizeParams(val_fraction=0, test_fraction=0, row_group_cells=2048),
+        )
         cfg = LoaderConfig(batch_size=args.batch_size, context=args.context)
         # one dataset object, as in a worker process: its buffers are warm after the first pass
         data = ShardBatches(tmp / "tokens", "train", cfg)
@@ -61,9 +64,18 @@ def main() -> None:
                 tokens += int(batch.real.sum())
             seconds = time.perf_counter() - start
             results[name] = {"cells_per_s": cells / seconds, "tokens_per_s": tokens / seconds}
-    print(json.dumps({"cells": args.cells, "mean_nnz": args.nnz, "context": args.context,
-                      "batch_size": args.batch_size, "per_encoding": results,
-                      "min_cells_per_s": min(r["cells_per_s"] for r in results.values())}))
+    print(
+        json.dumps(
+            {
+                "cells": args.cells,
+                "mean_nnz": args.nnz,
+                "context": args.context,
+                "batch_size": args.batch_size,
+                "per_encoding": results,
+                "min_cells_per_s": min(r["cells_per_s"] for r in results.values()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
+
 from scencode.genes import packaged_gene_table
 from scencode.qc import QCParams, run_qc
 from scencode.reference import GeneTable
-from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 
 
 def main() -> None:
@@ -33,13 +34,23 @@ def main() -> None:
         start = time.perf_counter()
         report = run_qc(tmp / "raw.h5ad", tmp / "qc.h5ad", tmp / "qc.json", table, QCParams(), "bench")
         seconds = time.perf_counter() - start
-    result = {"cells": args.cells, "nnz": args.nnz, "seconds": round(seconds, 2),
-              "cells_per_s": round(args.cells / seconds), "cells_kept": report["cells"]["out"]}
+    result = {
+        "cells": args.cells,
+        "nnz": args.nnz,
+        "seconds": round(seconds, 2),
+        "cells_per_s": round(args.cells / seconds),
+        "cells_kept": report["cells"]["out"],
+    }
     if args.record:
         from record import record  # benchmarks/record.py
 
-        record("qc_cells_per_s", result["cells_per_s"], "cells/s", "benchmarks/qc_throughput.py",
-               f"{args.cells:,} cells x {args.nnz:,} genes")
+        record(
+            "qc_cells_per_s",
+            result["cells_per_s"],
+            "cells/s",
+            "benchmarks/qc_throughput.py",
+            f"{args.cells:,} cells x {args.nnz:,} genes",
+        )
     print(json.dumps(result))
 
 

@@ -15,11 +15,21 @@ MEASURED = Path(__file__).resolve().parent / "measured.json"
 
 
 def record(key: str, value: float, unit: str, benchmark: str, detail: str) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=MEASURED.parent).stdout.strip() or "unknown"
-    entry = {"value": value, "unit": unit, "benchmark": benchmark, "detail": detail,
-             "date": datetime.date.today().isoformat(), "commit": commit,
-             "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=MEASURED.parent
+        ).stdout.strip()
+        or "unknown"
+    )
+    entry = {
+        "value": value,
+        "unit": unit,
+        "benchmark": benchmark,
+        "detail": detail,
+        "date": datetime.date.today().isoformat(),
+        "commit": commit,
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+    }
     measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
     measured[key] = entry
     tmp = MEASURED.with_suffix(".tmp")

@@ -23,22 +23,35 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
-from scencode.demo import pbmc68k_counts
 from scencode.baselines import pca_baseline
+from scencode.demo import pbmc68k_counts
 from scencode.evaluate import EvalParams, evaluate_embedding
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {  # name: (file under --data, label key, batch key, obs filter)
     "cellbench_3cl": ("cellbench/cellbench_3cl_celseq2_dropseq.h5ad", "cell_line", "batch", None),
-    "cellbench_5cl": ("cellbench/cellbench_5cl_celseq2_3plates.h5ad", "cell_line_demuxlet", "batch",
-                      ("demuxlet_cls", "SNG")),
+    "cellbench_5cl": (
+        "cellbench/cellbench_5cl_celseq2_3plates.h5ad",
+        "cell_line_demuxlet",
+        "batch",
+        ("demuxlet_cls", "SNG"),
+    ),
     "pancreas": ("cider_pancreas/cider_pancreas_350.h5ad", "Group", "Batch", None),
     # one cell type kept in the human batch only: an isolated label, as scib selects them
     "pancreas_isolated": ("cider_pancreas/cider_pancreas_350.h5ad", "Group", "Batch", "isolate"),
     "pbmc68k": (None, "bulk_labels", None, None),
 }
-STUDY = ("ilisi", "graph_connectivity", "asw_batch", "asw_label", "clisi", "nmi", "ari", "isolated_label_f1",
-         "isolated_label_asw")
+STUDY = (
+    "ilisi",
+    "graph_connectivity",
+    "asw_batch",
+    "asw_label",
+    "clisi",
+    "nmi",
+    "ari",
+    "isolated_label_f1",
+    "isolated_label_asw",
+)
 LISI = ("ilisi", "clisi")
 NOISE_SD = 1.5
 
@@ -73,24 +86,32 @@ def scib_values(x: np.ndarray, labels: np.ndarray, batches: np.ndarray) -> dict[
     import scanpy as sc
     import scib
 
-    adata = ad.AnnData(obs=pd.DataFrame({"label": labels, "batch": batches}, index=np.arange(len(x)).astype(str)),
-                       obsm={"X_emb": x})
+    adata = ad.AnnData(
+        obs=pd.DataFrame({"label": labels, "batch": batches}, index=np.arange(len(x)).astype(str)), obsm={"X_emb": x}
+    )
     adata.obs = adata.obs.astype("category")
     sc.pp.neighbors(adata, use_rep="X_emb")
-    out = {"asw_label": scib.me.silhouette(adata, "label", "X_emb"),
-           "clisi": _lisi(scib.me.clisi_graph, adata, label_key="label", type_="embed", use_rep="X_emb")}
-    scib.cl.cluster_optimal_resolution(adata, label_key="label", cluster_key="cluster", use_rep="X_emb",
-                                       metric=scib.me.nmi, force=True, verbose=False)
+    out = {
+        "asw_label": scib.me.silhouette(adata, "label", "X_emb"),
+        "clisi": _lisi(scib.me.clisi_graph, adata, label_key="label", type_="embed", use_rep="X_emb"),
+    }
+    scib.cl.cluster_optimal_resolution(
+        adata, label_key="label", cluster_key="cluster", use_rep="X_emb", metric=scib.me.nmi, force=True, verbose=False
+    )
     out |= {"nmi": scib.me.nmi(adata, "cluster", "label"), "ari": scib.me.ari(adata, "cluster", "label")}
     several = len(np.unique(batches)) > 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out |= {"isolated_label_f1": scib.me.isolated_labels_f1(adata, "label", "batch", "X_emb", verbose=False),
-                "isolated_label_asw": scib.me.isolated_labels_asw(adata, "label", "batch", "X_emb", verbose=False)}
+        out |= {
+            "isolated_label_f1": scib.me.isolated_labels_f1(adata, "label", "batch", "X_emb", verbose=False),
+            "isolated_label_asw": scib.me.isolated_labels_asw(adata, "label", "batch", "X_emb", verbose=False),
+        }
     if several:
-        out |= {"graph_connectivity": scib.me.graph_connectivity(adata, "label"),
-                "asw_batch": scib.me.silhouette_batch(adata, "batch", "label", "X_emb", verbose=False),
-                "ilisi": _lisi(scib.me.ilisi_graph, adata, batch_key="batch", type_="embed", use_rep="X_emb")}
+        out |= {
+            "graph_connectivity": scib.me.graph_connectivity(adata, "label"),
+            "asw_batch": scib.me.silhouette_batch(adata, "batch", "label", "X_emb", verbose=False),
+            "ilisi": _lisi(scib.me.ilisi_graph, adata, batch_key="batch", type_="embed", use_rep="X_emb"),
+        }
     else:
         out |= {"graph_connectivity": np.nan, "asw_batch": np.nan, "ilisi": np.nan}
     return {k: float(v) for k, v in out.items()}
@@ -129,9 +150,14 @@ def main(argv=None) -> dict:
             diff = {m: abs(a[m] - b[m]) for m in STUDY if np.isfinite(a[m]) and np.isfinite(b[m])}
             agree = {m: (np.isnan(a[m]) and np.isnan(b[m])) for m in STUDY if m not in diff}
             result["datasets"][f"{name}/{kind}"] = {
-                "cells": int(adata.n_obs), "scencode": a, "scib": b, "abs_difference": diff, "both_nan": agree,
+                "cells": int(adata.n_obs),
+                "scencode": a,
+                "scib": b,
+                "abs_difference": diff,
+                "both_nan": agree,
                 "max_abs_difference_without_lisi": max((d for m, d in diff.items() if m not in LISI), default=0.0),
-                "seconds": {"scencode": ours_s, "scib": scib_s}}
+                "seconds": {"scencode": ours_s, "scib": scib_s},
+            }
             golden["datasets"][f"{name}/{kind}"] = b
     if args.write_golden:
         args.write_golden.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,15 @@ from scencode.h5ad import ChunkedH5adWriter
 BLOCK = 20_000
 
 
-def write_synthetic_h5ad(path: str | Path, n_cells: int, nnz: int, n_genes: int = 20_000, seed: int = 0,
-                         spread: float | None = None, var_names: list[str] | None = None) -> None:
+def write_synthetic_h5ad(
+    path: str | Path,
+    n_cells: int,
+    nnz: int,
+    n_genes: int = 20_000,
+    seed: int = 0,
+    spread: float | None = None,
+    var_names: list[str] | None = None,
+) -> None:
     """About ``nnz`` non-zero genes per cell drawn from a skewed gene popularity, geometric counts;
     ``spread``: heavy-tailed (log-normal, this sigma) cell lengths as in droplet data, else normal ± 25%;
     ``var_names``: the genes' ids (default: Ensembl-like ids no gene table knows)."""
@@ -32,5 +39,7 @@ def write_synthetic_h5ad(path: str | Path, n_cells: int, nnz: int, n_genes: int 
         block = sp.csr_matrix((rng.geometric(0.4, cols.size).astype(np.float32), (rows, cols)), shape=(n, n_genes))
         block.sum_duplicates()
         writer.append(block)
-    writer.finish(pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
-                  pd.DataFrame(index=var_names or [f"ENSG{i:011d}" for i in range(n_genes)]))
+    writer.finish(
+        pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
+        pd.DataFrame(index=var_names or [f"ENSG{i:011d}" for i in range(n_genes)]),
+    )

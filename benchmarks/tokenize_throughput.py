@@ -12,14 +12,12 @@ Prints one JSON object on its last line.
 
 from __future__ import annotations
 
-import sys
-
 # this file's name shadows the standard library's `tokenize` module that numpy imports
-
 import argparse
 import json
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from scencode.h5ad import count_matrix, open_h5ad
 from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
-from scencode.tokenize import BackgroundWriter, DatasetInput, TokenizeParams, tokenize_corpus
+
 from scencode.formats import write_vocab
+from scencode.h5ad import count_matrix, open_h5ad
+from scencode.tokenize import BackgroundWriter, DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab
 
 BLOCK = TokenizeParams().chunk_cells
@@ -56,9 +54,14 @@ def read_limit(path: Path, out: Path) -> None:
         with open_h5ad(path) as f:
             for _, block in count_matrix(f, path, "X").blocks(BLOCK):
                 offsets = block.indptr.astype(np.int32)
-                background.write(pa.table({
-                    "gene_ids": pa.ListArray.from_arrays(offsets, block.indices.astype(np.int32)),
-                    "counts": pa.ListArray.from_arrays(offsets, block.data.astype(np.int32))}))
+                background.write(
+                    pa.table(
+                        {
+                            "gene_ids": pa.ListArray.from_arrays(offsets, block.indices.astype(np.int32)),
+                            "counts": pa.ListArray.from_arrays(offsets, block.data.astype(np.int32)),
+                        }
+                    )
+                )
     finally:
         background.close()
     parquet.writer.close()
@@ -76,13 +79,22 @@ def peak_rss_mb() -> float:
 def tokenize(path: Path, out: Path) -> None:
     vocab = out.parent / "vocab.parquet"
     write_vocab(build_vocab([path]), vocab)
-    tokenize_corpus("bench", [DatasetInput("bench", path)], vocab, out,
-                    TokenizeParams(cells_per_shard=100_000, row_group_cells=2048))
+    tokenize_corpus(
+        "bench",
+        [DatasetInput("bench", path)],
+        vocab,
+        out,
+        TokenizeParams(cells_per_shard=100_000, row_group_cells=2048),
+    )
 
 
 def run_phase(phase: str, path: Path, workdir: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", phase, "--input", str(path), "--workdir",
-                          str(workdir)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, "--input", str(path), "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -126,8 +138,13 @@ def main() -> None:
     if args.record:
         from record import record  # benchmarks/record.py
 
-        record("tokenize_cells_per_s", round(result["cells_per_s"]), "cells/s", "benchmarks/tokenize_throughput.py",
-               f"{args.cells:,} cells x {result['mean_nnz']:,.0f} genes")
+        record(
+            "tokenize_cells_per_s",
+            round(result["cells_per_s"]),
+            "cells/s",
+            "benchmarks/tokenize_throughput.py",
+            f"{args.cells:,} cells x {result['mean_nnz']:,.0f} genes",
+        )
     print(json.dumps(result))
 
 

@@ -43,8 +43,9 @@ class Baseline(nn.Module):
         d = STUDY["d_model"]
         self.genes = nn.Embedding(vocab, d)
         self.expression = nn.Sequential(nn.Linear(1, 512), nn.GELU(), nn.Linear(512, d))
-        layer = nn.TransformerEncoderLayer(d, STUDY["n_heads"], STUDY["d_ff"], STUDY["dropout"], activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, STUDY["n_heads"], STUDY["d_ff"], STUDY["dropout"], activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, STUDY["n_layers"], enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
 
@@ -93,23 +94,34 @@ def tokenized_cells(tmp: Path, args, vocab_size: int) -> Path:
         source = tmp / "cells.h5ad"
         write_synthetic_h5ad(source, args.cells, args.length // 2, n_genes=vocab_size - 2, spread=0.6)
     write_vocab(build_vocab([source]), tmp / "vocab.parquet")
-    tokenize_corpus("b", [DatasetInput("b", source)], tmp / "vocab.parquet", tmp / "tok",
-                    TokenizeParams(val_fraction=0, test_fraction=0, row_group_cells=4096))
+    tokenize_corpus(
+        "b",
+        [DatasetInput("b", source)],
+        tmp / "vocab.parquet",
+        tmp / "tok",
+        TokenizeParams(val_fraction=0, test_fraction=0, row_group_cells=4096),
+    )
     return tmp / "tok"
 
 
 def compare_layouts(tmp: Path, model, args, device, amp) -> dict:
     """Real tokens/s of padded, bucketed and packed batches over the same cells (one epoch each)."""
     corpus = tokenized_cells(tmp, args, model.cfg.vocab_size)
-    layouts = {"padded": dict(layout="padded", bucket_batches=1), "bucketed": dict(layout="padded"),
-               "packed": dict(layout="packed")}
+    layouts = {
+        "padded": dict(layout="padded", bucket_batches=1),
+        "bucketed": dict(layout="padded"),
+        "packed": dict(layout="packed"),
+    }
     out = {}
     for name, settings in layouts.items():
         cfg = LoaderConfig(**{"batch_size": args.batch * 4, "context": args.length, "bucket_batches": 50, **settings})
         batches = list(ShardBatches(corpus, "train", cfg))
         seconds, computed, real = timed_steps(model, [batches[0], *batches], device, amp)
-        out |= {f"{name}_real_tokens_per_s": real / seconds, f"{name}_real_token_fraction": real / computed,
-                f"{name}_batches": len(batches)}
+        out |= {
+            f"{name}_real_tokens_per_s": real / seconds,
+            f"{name}_real_token_fraction": real / computed,
+            f"{name}_batches": len(batches),
+        }
     out["cells"] = int(sum(b.n_cells for b in batches))
     return out
 
@@ -131,16 +143,26 @@ def main() -> None:
     base = Baseline(vocab).to(device)
 
     counts = torch.randint(1, 20, (args.batch, args.length)).float()
-    full = Batch(gene_ids=torch.randint(2, vocab, (args.batch, args.length)), counts=counts, xnorm=torch.log1p(counts),
-                 masked=torch.rand(args.batch, args.length) < 0.5,
-                 valid=torch.ones(args.batch, args.length, dtype=torch.bool))
+    full = Batch(
+        gene_ids=torch.randint(2, vocab, (args.batch, args.length)),
+        counts=counts,
+        xnorm=torch.log1p(counts),
+        masked=torch.rand(args.batch, args.length) < 0.5,
+        valid=torch.ones(args.batch, args.length, dtype=torch.bool),
+    )
     batches = [full] * (args.steps + 1)
     ours_s, tokens, _ = timed_steps(ours, batches, device, amp)
     base_s, base_tokens, _ = timed_steps(base, batches, device, amp)
 
-    result = {"device": str(device), "batch": args.batch, "length": args.length, "steps": args.steps,
-              "tokens_per_s": tokens / ours_s, "baseline_tokens_per_s": base_tokens / base_s,
-              "ratio": (tokens / ours_s) / (base_tokens / base_s)}
+    result = {
+        "device": str(device),
+        "batch": args.batch,
+        "length": args.length,
+        "steps": args.steps,
+        "tokens_per_s": tokens / ours_s,
+        "baseline_tokens_per_s": base_tokens / base_s,
+        "ratio": (tokens / ours_s) / (base_tokens / base_s),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         result |= compare_layouts(Path(tmp), ours, args, device, amp)
     if device.type == "cuda":

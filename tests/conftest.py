@@ -65,28 +65,35 @@ def leftovers(folder: Path) -> list[str]:
 def demo_corpus(tmp_path_factory, gene_table):
     """A small training corpus from two simulated demo datasets: (corpus dir, vocab path)."""
     from scencode.demo import make_demo_dataset
+    from scencode.formats import write_vocab
     from scencode.qc import QCParams, run_qc
     from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
-    from scencode.formats import write_vocab
     from scencode.vocab import build_vocab
 
     folder = tmp_path_factory.mktemp("corpus")
     inputs = []
     for name in ("sim_lung_1", "sim_blood_1"):
         make_demo_dataset(name, n_cells=300).write_h5ad(folder / f"{name}_raw.h5ad")
-        run_qc(folder / f"{name}_raw.h5ad", folder / f"{name}.h5ad", folder / f"{name}.json", gene_table,
-               QCParams(), name)
+        run_qc(
+            folder / f"{name}_raw.h5ad", folder / f"{name}.h5ad", folder / f"{name}.json", gene_table, QCParams(), name
+        )
         inputs.append(DatasetInput(name, folder / f"{name}.h5ad"))
     vocab = folder / "vocab.parquet"
     write_vocab(build_vocab([d.path for d in inputs]), vocab)
-    tokenize_corpus("train", inputs, vocab, folder / "train",
-                    TokenizeParams(val_fraction=0.1, test_fraction=0.05, cells_per_shard=150, row_group_cells=25))
+    tokenize_corpus(
+        "train",
+        inputs,
+        vocab,
+        folder / "train",
+        TokenizeParams(val_fraction=0.1, test_fraction=0.05, cells_per_shard=150, row_group_cells=25),
+    )
     return folder / "train", vocab
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """A local HTTP server's behaviours: ``routes`` (path → body), ``failures`` (path → how many
     503s first), and /truncated, /endless, /drip."""
+
     routes: dict = {}
     failures: dict = {}
     hits: dict = {}

@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_adata
+
 from scencode.cli import STEPS
 
 
@@ -14,8 +14,19 @@ def scencode(*args):
 
 def test_bad_input_exits_non_zero_with_the_file_and_problem(tmp_path):
     missing = tmp_path / "nope.h5ad"
-    result = scencode("qc", "--raw", str(missing), "--out", str(tmp_path / "o.h5ad"),
-                      "--report", str(tmp_path / "o.json"), "--gene-table", str(tmp_path), "--dataset", "d")
+    result = scencode(
+        "qc",
+        "--raw",
+        str(missing),
+        "--out",
+        str(tmp_path / "o.h5ad"),
+        "--report",
+        str(tmp_path / "o.json"),
+        "--gene-table",
+        str(tmp_path),
+        "--dataset",
+        "d",
+    )
     assert result.returncode == 1
     assert "gene table file genes.parquet is missing" in result.stderr
     assert "Traceback" not in result.stderr
@@ -24,9 +35,21 @@ def test_bad_input_exits_non_zero_with_the_file_and_problem(tmp_path):
 def test_unknown_setting_is_named(tmp_path, gene_table_dir):
     src = tmp_path / "d.h5ad"
     tiny_adata().write_h5ad(src)
-    result = scencode("qc", "--raw", str(src), "--out", str(tmp_path / "o.h5ad"), "--report",
-                      str(tmp_path / "o.json"), "--gene-table", str(gene_table_dir), "--dataset", "d",
-                      "--params", '{"min_gene": 3}')
+    result = scencode(
+        "qc",
+        "--raw",
+        str(src),
+        "--out",
+        str(tmp_path / "o.h5ad"),
+        "--report",
+        str(tmp_path / "o.json"),
+        "--gene-table",
+        str(gene_table_dir),
+        "--dataset",
+        "d",
+        "--params",
+        '{"min_gene": 3}',
+    )
     assert result.returncode == 1 and "unknown QCParams setting(s): min_gene" in result.stderr
     assert not (tmp_path / "o.h5ad").exists()
 

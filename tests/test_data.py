@@ -18,17 +18,21 @@ def corpus_cells(corpus, split="train"):
 def test_k_of_m_sampling_and_masking_fraction():
     lengths = np.array([10, 100, 64])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    genes = np.concatenate([np.sort(np.random.default_rng(i).choice(1000, n, replace=False)) for i, n in enumerate(lengths)])
+    genes = np.concatenate(
+        [np.sort(np.random.default_rng(i).choice(1000, n, replace=False)) for i, n in enumerate(lengths)]
+    )
     counts = np.arange(len(genes)) + 1
     keys = np.array([11, 22, 33], dtype=np.uint64)
     out = padded_sample(genes, counts, offsets[:-1], lengths, keys, epoch=0, cfg=CFG)
     assert out["gene_ids"].shape == (3, 64) and out["valid"].sum(1).tolist() == [10, 64, 64]
     for r in range(3):
         chosen = out["gene_ids"][r][out["valid"][r]]
-        own = genes[offsets[r]:offsets[r + 1]]
+        own = genes[offsets[r] : offsets[r + 1]]
         assert len(set(chosen)) == len(chosen) and set(chosen) <= set(own)
-        assert out["masked"][r].sum() == round(0.5 * min(lengths[r], 64)) and not out["masked"][r][~out["valid"][r]].any()
-        lookup = dict(zip(own.tolist(), counts[offsets[r]:offsets[r + 1]].tolist()))  # counts travel with genes
+        assert (
+            out["masked"][r].sum() == round(0.5 * min(lengths[r], 64)) and not out["masked"][r][~out["valid"][r]].any()
+        )
+        lookup = dict(zip(own.tolist(), counts[offsets[r] : offsets[r + 1]].tolist()))  # counts travel with genes
         assert all(lookup[g] == c for g, c in zip(chosen.tolist(), out["counts"][r][out["valid"][r]].tolist()))
     again = padded_sample(genes, counts, offsets[:-1], lengths, keys, epoch=0, cfg=CFG)
     assert all(np.array_equal(out[k], again[k]) for k in out)
@@ -36,7 +40,9 @@ def test_k_of_m_sampling_and_masking_fraction():
     assert not np.array_equal(out["gene_ids"][1], other_epoch["gene_ids"][1])
     # a cell's sample does not depend on the other cells of its batch
     alone = padded_sample(genes, counts, offsets[1:2], lengths[1:2], keys[1:2], epoch=0, cfg=CFG)
-    assert np.array_equal(alone["gene_ids"][0], out["gene_ids"][1]) and np.array_equal(alone["masked"][0], out["masked"][1])
+    assert np.array_equal(alone["gene_ids"][0], out["gene_ids"][1]) and np.array_equal(
+        alone["masked"][0], out["masked"][1]
+    )
 
 
 def test_top_expressed_sampling_keeps_the_highest_counts():
@@ -67,6 +73,7 @@ def test_batches_are_padded_with_normalised_values(demo_corpus):
 def test_length_bucketing_cuts_padding(demo_corpus):
     corpus, _ = demo_corpus
     cfg = LoaderConfig(batch_size=8, context=2048, bucket_batches=10, seed=1, layout="padded")
+
     def padding(shuffle_buckets):
         ds = ShardBatches(corpus, "train", cfg, shuffle=shuffle_buckets)
         real = total = 0
@@ -74,6 +81,7 @@ def test_length_bucketing_cuts_padding(demo_corpus):
             real += int(b.valid.sum())
             total += b.valid.numel()
         return 1 - real / total
+
     assert padding(True) < 0.5 * padding(False)
 
 
@@ -104,9 +112,11 @@ def test_two_workers_times_two_ranks_see_every_training_cell_once(demo_corpus):
 
 def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
     corpus, _ = demo_corpus
+
     def stream(skip=0, workers=0):
         ds = ShardBatches(corpus, "train", CFG, epoch=1, skip_batches=skip, with_cell_ids=True)
         return [b for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)]
+
     full = stream()
     assert [b.meta["cell_id"] for b in stream()] == [b.meta["cell_id"] for b in full]
     tail = stream(skip=5)
@@ -120,8 +130,9 @@ def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
     assert [b.meta["cell_id"] for b in epoch2][:1] != [full[0].meta["cell_id"]]
 
 
-@pytest.mark.parametrize("bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0), dict(gene_sampling="best"),
-                                 dict(layout="ragged")])
+@pytest.mark.parametrize(
+    "bad", [dict(context=0), dict(batch_size=0), dict(p_mask=1.0), dict(gene_sampling="best"), dict(layout="ragged")]
+)
 def test_invalid_loader_settings_are_refused(demo_corpus, bad):
     from scencode.errors import ScencodeError
 

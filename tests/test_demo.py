@@ -34,7 +34,9 @@ def test_simulation_has_cell_type_programs_batch_effects_and_damaged_cells():
     types = adata.obs.cell_type.to_numpy()
     centroids = {t: logn[types == t].mean(0) for t in np.unique(types)}
     own = np.mean([np.linalg.norm(logn[i] - centroids[types[i]]) for i in range(200)])
-    other = np.mean([np.linalg.norm(logn[i] - centroids[[t for t in centroids if t != types[i]][0]]) for i in range(200)])
+    other = np.mean(
+        [np.linalg.norm(logn[i] - centroids[[t for t in centroids if t != types[i]][0]]) for i in range(200)]
+    )
     assert own < other
     # batches differ in depth and in gene-wise expression
     batch = adata.obs.batch.to_numpy()

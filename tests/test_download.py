@@ -5,10 +5,10 @@ import types
 import anndata as ad
 import pandas as pd
 import pytest
-
 from conftest import leftovers, tiny_adata
-from scencode.errors import ScencodeError
+
 from scencode.download import fetch
+from scencode.errors import ScencodeError
 from scencode.fetch import download_url
 
 
@@ -84,11 +84,13 @@ def test_demo_source_writes_the_named_dataset(tmp_path):
 def fake_census(monkeypatch, tmp_path):
     """cellxgene_census replaced at its boundary: open_soma's datasets table and download_source_h5ad."""
     calls = []
-    datasets = pd.DataFrame({
-        "dataset_id": ["ds-bladder", "ds-blood", "ds-lung"],
-        "dataset_title": ["Tabula Sapiens - Bladder", "Tabula Sapiens - Blood", "Human lung atlas"],
-        "collection_name": ["Tabula Sapiens", "Tabula Sapiens", "Lung Cell Atlas"],
-    })
+    datasets = pd.DataFrame(
+        {
+            "dataset_id": ["ds-bladder", "ds-blood", "ds-lung"],
+            "dataset_title": ["Tabula Sapiens - Bladder", "Tabula Sapiens - Blood", "Human lung atlas"],
+            "collection_name": ["Tabula Sapiens", "Tabula Sapiens", "Lung Cell Atlas"],
+        }
+    )
 
     class _Read:
         def concat(self):

@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from scencode.encodings import (EXPRESSION_ENCODERS, GENE_ENCODERS, AutoDiscretisationExpression, SoftBinExpression,
-                                log_bins, lookup, quantile_bins)
+from scencode.encodings import (
+    EXPRESSION_ENCODERS,
+    GENE_ENCODERS,
+    AutoDiscretisationExpression,
+    SoftBinExpression,
+    log_bins,
+    lookup,
+    quantile_bins,
+)
 from scencode.errors import ScencodeError
 from scencode.model import Batch, CellTransformer, ModelConfig, Padded
 
@@ -58,7 +65,10 @@ def test_hard_bins_break_ties_deterministically():
 def test_hard_bins_ignore_padding():
     xnorm = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
     valid = torch.tensor([[True, True, True, False]])
-    assert quantile_bins(xnorm, Padded(valid), 4)[0, :3].tolist() == quantile_bins(xnorm[:, :3], Padded(valid[:, :3]), 4)[0].tolist()
+    assert (
+        quantile_bins(xnorm, Padded(valid), 4)[0, :3].tolist()
+        == quantile_bins(xnorm[:, :3], Padded(valid[:, :3]), 4)[0].tolist()
+    )
 
 
 def test_log_bins_are_floor_log2_of_counts_plus_one_clamped_at_ten():
@@ -146,7 +156,9 @@ def test_frozen_tables_are_read_standardised_with_one_map_for_esm2_and_its_permu
     esm2 = GENE_ENCODERS["esm2"](D, vocab_size=200, gene_table=table)
     read = (esm2.table[2:] - esm2.centre) / esm2.scale
     genes = read[torch.arange(198) != 48]
-    assert torch.allclose(genes.mean(0), torch.zeros(12), atol=1e-5) and torch.allclose(genes.std(0), torch.ones(12), atol=1e-4)
+    assert torch.allclose(genes.mean(0), torch.zeros(12), atol=1e-5) and torch.allclose(
+        genes.std(0), torch.ones(12), atol=1e-4
+    )
     cosine = torch.nn.functional.normalize(genes, dim=1) @ torch.nn.functional.normalize(genes, dim=1).T
     assert cosine[~torch.eye(len(genes), dtype=torch.bool)].mean().abs() < 0.05
     # the control permutes rows: the same statistics, hence the same fixed map
@@ -155,8 +167,11 @@ def test_frozen_tables_are_read_standardised_with_one_map_for_esm2_and_its_permu
     raw = GENE_ENCODERS["esm2"](D, vocab_size=200, gene_table=table, standardize=False)
     assert torch.equal(raw.centre, torch.zeros(12)) and torch.equal(raw.scale, torch.ones(12))
     # checkpoints carry the map the model was trained with
-    assert {"genes.centre", "genes.scale"} <= set(CellTransformer(
-        ModelConfig(200, gene_encoding="esm2", d_model=D, n_layers=1, n_heads=2, d_ff=8), gene_table=table).state_dict())
+    assert {"genes.centre", "genes.scale"} <= set(
+        CellTransformer(
+            ModelConfig(200, gene_encoding="esm2", d_model=D, n_layers=1, n_heads=2, d_ff=8), gene_table=table
+        ).state_dict()
+    )
 
 
 def realistic_batches(n=4, cells=16, length=120, vocab=VOCAB):
@@ -167,7 +182,7 @@ def realistic_batches(n=4, cells=16, length=120, vocab=VOCAB):
         means = torch.distributions.Gamma(0.6, 0.3).sample((cells, length))
         counts = torch.poisson(means, generator=g).clamp(min=1)
         valid = torch.ones(cells, length, dtype=torch.bool)
-        valid[: cells // 2, length // 2:] = False  # padding
+        valid[: cells // 2, length // 2 :] = False  # padding
         counts[~valid] = 0
         xnorm = torch.log1p(counts / (counts.sum(1, keepdim=True) * 3) * 1e4)
         masked = (torch.rand(cells, length, generator=g) < 0.5) & valid
@@ -183,8 +198,9 @@ def test_every_encoding_starts_at_unit_scale(gene, expression):
     have RMS 1 on real positions) and the head starts at the mean target."""
     torch.manual_seed(0)
     table = torch.randn(200, 12) * 0.1 + torch.randn(12)  # a shared direction, as ESM-2 tables have
-    model = CellTransformer(ModelConfig(200, gene, expression, d_model=D, n_layers=1, n_heads=2, d_ff=8),
-                            gene_table=table)
+    model = CellTransformer(
+        ModelConfig(200, gene, expression, d_model=D, n_layers=1, n_heads=2, d_ff=8), gene_table=table
+    )
     batches = realistic_batches(vocab=200)
     model.calibrate(batches)
     for b in realistic_batches(vocab=200)[:2]:
@@ -197,6 +213,7 @@ def test_every_encoding_starts_at_unit_scale(gene, expression):
 
 def packed(batch: Batch) -> Batch:
     from scencode.data import pack
+
     arrays = {k: getattr(batch, k).numpy() for k in ("gene_ids", "counts", "xnorm", "masked", "valid")}
     return Batch(**{k: torch.from_numpy(v) for k, v in pack(arrays).items()})
 
@@ -208,8 +225,9 @@ def test_packed_batches_give_the_padded_loss_gradients_and_embeddings(expression
     gradients, same cell embeddings, through the CPU's padded-view attention and through the jagged
     nested-tensor attention that CUDA uses."""
     torch.manual_seed(0)
-    model = CellTransformer(ModelConfig(VOCAB, "learned", expression, d_model=D, n_layers=2, n_heads=2, d_ff=8,
-                                        dropout=0.0))
+    model = CellTransformer(
+        ModelConfig(VOCAB, "learned", expression, d_model=D, n_layers=2, n_heads=2, d_ff=8, dropout=0.0)
+    )
     padded = realistic_batches(n=1)[0]
     flat = packed(padded)
     assert flat.gene_ids.shape == (int(padded.valid.sum()),) and flat.offsets[-1] == padded.valid.sum()

@@ -4,9 +4,9 @@ import re
 import tomllib
 
 import yaml
+from conftest import REPO
 from packaging.requirements import Requirement
 
-from conftest import REPO
 
 def pyproject_requirements() -> dict[str, Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -25,7 +25,9 @@ def env_packages(path):
             pip += dep["pip"]
         else:
             name, spec = re.match(r"^([A-Za-z0-9_.-]+)(.*)$", dep).groups()
-            conda[CONDA_TO_PYPI.get(name.lower(), name.lower())] = spec.replace("=", "==", 1) if spec.startswith("=") and not spec.startswith("==") else spec
+            conda[CONDA_TO_PYPI.get(name.lower(), name.lower())] = (
+                spec.replace("=", "==", 1) if spec.startswith("=") and not spec.startswith("==") else spec
+            )
     return conda, pip
 
 
@@ -45,8 +47,9 @@ def test_every_env_pins_what_pyproject_pins_and_installs_the_package():
             if name in ("python", "pip"):
                 continue
             assert name in required, f"{path.name}: {name} is not a dependency in pyproject.toml"
-            assert str(required[name].specifier) == str(Requirement(f"{name}{spec}").specifier), \
+            assert str(required[name].specifier) == str(Requirement(f"{name}{spec}").specifier), (
                 f"{path.name}: {name}{spec} differs from pyproject's {required[name]}"
+            )
 
 
 def test_rules_reference_existing_envs():

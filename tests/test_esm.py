@@ -5,14 +5,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import GENES
+
 from scencode.errors import ScencodeError
-from scencode.esm.embed import (MAX_RESIDUES, EmbedParams, ESMEmbedder, embed_genes, load_esm2,
-                                save_tiny_esm2, token_budget_batches, windows)
-from scencode.formats import read_gene_table
+from scencode.esm.embed import (
+    MAX_RESIDUES,
+    EmbedParams,
+    ESMEmbedder,
+    embed_genes,
+    load_esm2,
+    save_tiny_esm2,
+    token_budget_batches,
+    windows,
+)
 from scencode.esm.gene_tables import coverage_report, import_table
 from scencode.esm.proteins import read_peptide_fasta, select_isoforms
+from scencode.formats import read_gene_table
 
 RNG = np.random.default_rng(0)
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
@@ -23,8 +31,10 @@ def protein(n: int) -> str:
 
 
 def header(pid, gene, transcript, symbol, extra=""):
-    return (f">{pid} pep chromosome:GRCh38:1:1:100:1 gene:{gene} transcript:{transcript} "
-            f"gene_biotype:protein_coding transcript_biotype:protein_coding gene_symbol:{symbol} {extra}")
+    return (
+        f">{pid} pep chromosome:GRCh38:1:1:100:1 gene:{gene} transcript:{transcript} "
+        f"gene_biotype:protein_coding transcript_biotype:protein_coding gene_symbol:{symbol} {extra}"
+    )
 
 
 @pytest.fixture
@@ -67,14 +77,17 @@ def test_isoform_policies(fasta):
     assert canonical.loc[GENES["ALB"], "protein_id"] == "ENSP05.1"  # untagged: the longest
 
 
-@pytest.mark.parametrize("content, message", [
-    (">ENSP1 pep transcript:ENST1\nMKV\n", "no 'gene:' field"),
-    (">ENSP1 pep gene:ENSG00000141510\n>ENSP2 pep gene:ENSG00000141510\nMKV\n", "no sequence"),
-    (">ENSP1 pep gene:TP53\nMKV\n", "not an Ensembl gene id"),
-    ("MKVLA\n", "sequence before the first"),
-    (">ENSP1 pep gene:ENSG00000141510\nMKV1234\n", "not an amino-acid sequence"),
-    ("", "no FASTA record"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (">ENSP1 pep transcript:ENST1\nMKV\n", "no 'gene:' field"),
+        (">ENSP1 pep gene:ENSG00000141510\n>ENSP2 pep gene:ENSG00000141510\nMKV\n", "no sequence"),
+        (">ENSP1 pep gene:TP53\nMKV\n", "not an Ensembl gene id"),
+        ("MKVLA\n", "sequence before the first"),
+        (">ENSP1 pep gene:ENSG00000141510\nMKV1234\n", "not an amino-acid sequence"),
+        ("", "no FASTA record"),
+    ],
+)
 def test_malformed_fasta_is_rejected_with_line_and_file(tmp_path, content, message):
     path = tmp_path / "bad.fa"
     path.write_text(content)
@@ -99,7 +112,7 @@ def test_embedding_is_the_mean_over_residues_of_the_chosen_layer(tiny):
         _, _, tokens = alphabet.get_batch_converter()([(str(i), s) for i, s in enumerate(seqs)])
         with torch.no_grad():
             reps = model(tokens, repr_layers=[layer])["representations"][layer]
-        expected = np.stack([reps[i, 1:len(s) + 1].mean(0).numpy() for i, s in enumerate(seqs)])
+        expected = np.stack([reps[i, 1 : len(s) + 1].mean(0).numpy() for i, s in enumerate(seqs)])
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -112,13 +125,16 @@ def test_long_sequences_are_windowed_and_residues_averaged_once(tiny):
     got = embedder.embed([seq], progress=False)[0]
     total, count = np.zeros((2500, 16)), np.zeros(2500)
     for a, b in spans:
-        total[a:b] += embedder._forward([seq[a:b]])[0, 1:b - a + 1].numpy()
+        total[a:b] += embedder._forward([seq[a:b]])[0, 1 : b - a + 1].numpy()
         count[a:b] += 1
     np.testing.assert_allclose(got, (total / count[:, None]).mean(0), rtol=1e-4, atol=1e-5)
     truncated = ESMEmbedder(model, alphabet, EmbedParams(device="cpu", long_sequences="truncate"))
-    np.testing.assert_allclose(truncated.embed([seq], progress=False)[0],
-                               embedder._forward([seq[:MAX_RESIDUES]])[0, 1:MAX_RESIDUES + 1].numpy().mean(0),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        truncated.embed([seq], progress=False)[0],
+        embedder._forward([seq[:MAX_RESIDUES]])[0, 1 : MAX_RESIDUES + 1].numpy().mean(0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_token_budget_batches_cover_every_sequence_within_budget():
@@ -229,8 +245,9 @@ def test_pieces_of_another_model_are_discarded_not_mixed_in(fasta, tiny, tmp_pat
     model_b, _ = load_esm2(weights=tmp_path / "b.pt")
     isoforms = select_isoforms(read_peptide_fasta(fasta), "mean")
     params = EmbedParams(device="cpu", piece_sequences=2)
-    clean_b = embed_genes(isoforms, ESMEmbedder(model_b, alphabet, params), tmp_path / "clean.parquet",
-                          {"model": "b.pt"})
+    clean_b = embed_genes(
+        isoforms, ESMEmbedder(model_b, alphabet, params), tmp_path / "clean.parquet", {"model": "b.pt"}
+    )
     embedder_a = ESMEmbedder(model_a, alphabet, params)
     calls, real = [], embedder_a.embed
 
@@ -244,14 +261,14 @@ def test_pieces_of_another_model_are_discarded_not_mixed_in(fasta, tiny, tmp_pat
     with pytest.raises(Killed):
         embed_genes(isoforms, embedder_a, tmp_path / "out.parquet", {"model": "a.pt"})
     assert list((tmp_path / "out.parquet.parts").glob("part-*.parquet"))  # model A's piece is there
-    mixed = embed_genes(isoforms, ESMEmbedder(model_b, alphabet, params), tmp_path / "out.parquet",
-                        {"model": "b.pt"})
+    mixed = embed_genes(isoforms, ESMEmbedder(model_b, alphabet, params), tmp_path / "out.parquet", {"model": "b.pt"})
     assert "discarding 1 embedded pieces" in caplog.text
     np.testing.assert_array_equal(np.stack(mixed.embedding), np.stack(clean_b.embedding))
 
 
-@pytest.mark.parametrize("bad", [{"long_sequences": "chunk"}, {"window_overlap": 2000}, {"token_budget": 0},
-                                 {"device": "tpu"}])
+@pytest.mark.parametrize(
+    "bad", [{"long_sequences": "chunk"}, {"window_overlap": 2000}, {"token_budget": 0}, {"device": "tpu"}]
+)
 def test_invalid_embedding_settings_are_refused_naming_the_key(tiny, bad):
     model, alphabet = load_esm2(weights=tiny)
     with pytest.raises(ScencodeError, match=f"esm.embed.{next(iter(bad))}"):

@@ -6,14 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scencode.tables import paired_tests, summary_table
+from scencode.baselines import pca_baseline
 from scencode.demo import pbmc68k_counts
 from scencode.errors import ScencodeError
-from scencode.baselines import pca_baseline
-from scencode.evaluate import (EvalParams, evaluate_embedding, isolated_label_f1, isolated_labels, label_silhouettes,
-                               silhouette_batch)
-from scencode.formats import RunIdentity, metric_table, write_embedding
+from scencode.evaluate import (
+    EvalParams,
+    evaluate_embedding,
+    isolated_label_f1,
+    isolated_labels,
+    label_silhouettes,
+    silhouette_batch,
+)
 from scencode.figures import draw_all
+from scencode.formats import RunIdentity, metric_table, write_embedding
+from scencode.tables import paired_tests, summary_table
 
 PARAMS = EvalParams(min_cells_per_type=20)
 
@@ -23,7 +29,7 @@ def blobs(n_types=4, n_batches=2, n=400, seed=0, separation=6.0):
     labels = rng.integers(0, n_types, n)
     batches = rng.integers(0, n_batches, n)
     x = rng.normal(size=(n, 8)) + separation * np.eye(8)[labels % 8]
-    return x.astype(np.float32), np.array([f"type{l}" for l in labels]), np.array([f"b{b}" for b in batches])
+    return x.astype(np.float32), np.array([f"type{label}" for label in labels]), np.array([f"b{b}" for b in batches])
 
 
 def values(rows):
@@ -66,8 +72,7 @@ def test_single_cell_type_and_too_small_types_are_explained():
 def test_large_datasets_are_subsampled_for_scib_and_say_so():
     x, labels, batches = blobs(n=400)
     batches[labels == "type3"] = "b0"  # an isolated label: every metric is defined
-    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=20,
-                                                             max_cells_scib=200))
+    rows = evaluate_embedding(x, labels, batches, EvalParams(min_cells_per_type=20, max_cells_scib=200))
     scib = rows[rows.group.isin(["batch", "bio", "study"])]
     assert scib.value.notna().all() and (scib.note == "scored on 200 of 400 labeled cells (seeded subsample)").all()
     assert values(scib)["study", "bio_score"] > 0.7
@@ -96,8 +101,25 @@ def test_nonfinite_embedding_file_error_names_model_and_dataset(tmp_path):
     cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(50)], "label": labels, "batch": batches})
     write_embedding(cells, x, tmp_path / "e.parquet")
     (tmp_path / "r.json").write_text('{"masked_mse": null}')
-    result = subprocess.run([sys.executable, "-m", "scencode", "evaluate", "--embedding", str(tmp_path / "e.parquet"),
-                             "--reconstruction", str(tmp_path / "r.json"), *IDENTITY, "--dataset", "lung", "--out", str(tmp_path / "m.parquet")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scencode",
+            "evaluate",
+            "--embedding",
+            str(tmp_path / "e.parquet"),
+            "--reconstruction",
+            str(tmp_path / "r.json"),
+            *IDENTITY,
+            "--dataset",
+            "lung",
+            "--out",
+            str(tmp_path / "m.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "esm2-soft-s0 on lung" in result.stderr and "NaN or infinite" in result.stderr
     assert not (tmp_path / "m.parquet").exists()
 
@@ -110,8 +132,9 @@ def test_silhouettes_equal_scib_metrics():
     ours = label_silhouettes(x, labels, isolated_labels(labels, batches))
     assert ours["asw_label"] == pytest.approx(scib_metrics.silhouette_label(x, labels), abs=1e-5)
     assert ours["isolated_label_asw"] == pytest.approx(scib_metrics.isolated_labels(x, labels, batches), abs=1e-5)
-    assert silhouette_batch(x, labels, batches) == pytest.approx(scib_metrics.silhouette_batch(x, labels, batches),
-                                                                 abs=1e-5)
+    assert silhouette_batch(x, labels, batches) == pytest.approx(
+        scib_metrics.silhouette_batch(x, labels, batches), abs=1e-5
+    )
 
 
 def test_batch_asw_of_types_each_in_one_batch_is_explained():
@@ -158,14 +181,16 @@ def test_scvi_baseline_of_real_pbmc_counts_beats_a_random_embedding(tmp_path):
     adata = pbmc68k_counts()
     adata.obs["run"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
     adata.write_h5ad(tmp_path / "pbmc.h5ad")
-    cells, latent = baseline_embedding("scvi", tmp_path / "pbmc.h5ad", "pbmc", "bulk_labels", "run", seed=0,
-                                       scvi_epochs=30)
+    cells, latent = baseline_embedding(
+        "scvi", tmp_path / "pbmc.h5ad", "pbmc", "bulk_labels", "run", seed=0, scvi_epochs=30
+    )
     assert latent.shape == (adata.n_obs, 10) and np.isfinite(latent).all()
     assert cells.cell_id.iloc[0] == f"pbmc:{adata.obs_names[0]}"
     labels = cells.label.to_numpy()
     scvi = values(evaluate_embedding(latent, labels, cells.batch.to_numpy(), PARAMS))
-    noise = values(evaluate_embedding(np.random.default_rng(0).normal(size=latent.shape), labels,
-                                      cells.batch.to_numpy(), PARAMS))
+    noise = values(
+        evaluate_embedding(np.random.default_rng(0).normal(size=latent.shape), labels, cells.batch.to_numpy(), PARAMS)
+    )
     assert scvi["knn_k10", "accuracy"] > noise["knn_k10", "accuracy"] + 0.2
 
 
@@ -175,8 +200,13 @@ def test_scvi_baseline_without_scvi_tools_says_how_to_install(tmp_path, monkeypa
     from scencode.baselines import scvi_baseline
 
     real_import = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
-                        if name == "scvi" else real_import(name, *a, **k))
+    monkeypatch.setattr(
+        builtins,
+        "__import__",
+        lambda name, *a, **k: (
+            (_ for _ in ()).throw(ImportError(name)) if name == "scvi" else real_import(name, *a, **k)
+        ),
+    )
     with pytest.raises(ScencodeError, match=r"pip install 'scencode\[scvi\]'"):
         scvi_baseline(pbmc68k_counts(), None)
 
@@ -187,12 +217,23 @@ def synthetic_metrics(n_datasets=6):
     for gene, offset in (("learned", 0.1), ("esm2", 0.0)):
         for expr, level in (("soft", 0.7), ("hard", 0.4)):
             for d in range(n_datasets):
-                rows = pd.DataFrame({"metric": ["batch_score", "bio_score", "accuracy", "macro_f1"],
-                                     "group": ["study", "study", "knn_k10", "knn_k10"],
-                                     "value": level + offset + rng.normal(0, 0.02, 4), "note": ""})
+                rows = pd.DataFrame(
+                    {
+                        "metric": ["batch_score", "bio_score", "accuracy", "macro_f1"],
+                        "group": ["study", "study", "knn_k10", "knn_k10"],
+                        "value": level + offset + rng.normal(0, 0.02, 4),
+                        "note": "",
+                    }
+                )
                 frames.append(metric_table(rows, RunIdentity(f"{gene}-{expr}-s0", gene, expr, 0), f"ds{d}"))
-            recon = pd.DataFrame({"metric": ["min_train_mse", "test_mse"], "group": "reconstruction",
-                                  "value": [0.05 - offset / 10, 0.06], "note": ""})
+            recon = pd.DataFrame(
+                {
+                    "metric": ["min_train_mse", "test_mse"],
+                    "group": "reconstruction",
+                    "value": [0.05 - offset / 10, 0.06],
+                    "note": "",
+                }
+            )
             frames.append(metric_table(recon, RunIdentity(f"{gene}-{expr}-s0", gene, expr, 0), "*"))
     return pd.concat(frames, ignore_index=True)
 
@@ -227,7 +268,7 @@ def test_paired_wilcoxon_tests_with_effect_sizes():
     declared = declared[declared.comparison == "reference (hard) vs other expression encoding"]
     assert set(declared.a) == {"learned-hard", "esm2-hard"} and (declared.mean_difference < 0).all()
     # six datasets all in one direction: the exact test's floor, 2/2^6, and BH within each family
-    assert learned.p_value.to_numpy() == pytest.approx(2 / 2 ** 6) and (learned.min_attainable_p == 2 / 2 ** 6).all()
+    assert learned.p_value.to_numpy() == pytest.approx(2 / 2**6) and (learned.min_attainable_p == 2 / 2**6).all()
     assert (tests.q_value >= tests.p_value).all() and (tests.q_value <= 1).all()
 
 
@@ -246,7 +287,8 @@ def test_too_few_datasets_say_no_difference_can_be_significant():
 
 def with_a_configuration_without_a_model(metrics):
     gone = metrics[metrics.configuration == "esm2-hard-s0"].assign(
-        configuration="esm2-log-s0", expression_encoding="log", value=np.nan, note="no model for esm2-log-s0")
+        configuration="esm2-log-s0", expression_encoding="log", value=np.nan, note="no model for esm2-log-s0"
+    )
     return pd.concat([metrics, gone], ignore_index=True)
 
 
@@ -264,17 +306,38 @@ def test_figures_are_drawn_from_the_tables(tmp_path):
     metrics = with_a_configuration_without_a_model(synthetic_metrics())
     metrics.to_csv(tmp_path / "metrics.csv", index=False)
     summary_table(metrics).to_pandas().to_csv(tmp_path / "summary.csv", index=False)
-    log = pd.DataFrame({"step": [1, 2, 3], "epoch": 0, "lr": 1e-3, "train_loss": [1.0, 0.5, 0.3],
-                        "val_loss": [np.nan, 0.6, np.nan], "grad_norm": 1.0, "tokens_per_s": 1.0, "cells_per_s": 1.0})
+    log = pd.DataFrame(
+        {
+            "step": [1, 2, 3],
+            "epoch": 0,
+            "lr": 1e-3,
+            "train_loss": [1.0, 0.5, 0.3],
+            "val_loss": [np.nan, 0.6, np.nan],
+            "grad_norm": 1.0,
+            "tokens_per_s": 1.0,
+            "cells_per_s": 1.0,
+        }
+    )
     (tmp_path / "learned-soft-s0").mkdir()
     log.to_parquet(tmp_path / "learned-soft-s0" / "train_log.parquet")
     (tmp_path / "learned-soft-s0" / "model.json").write_text(
-        '{"configuration": "learned-soft-s0", "gene_encoding": "learned", "expression_encoding": "soft", "seed": 0}')
-    paths = draw_all(tmp_path / "summary.csv", tmp_path / "metrics.csv",
-                     [tmp_path / "learned-soft-s0" / "train_log.parquet"], tmp_path / "figures")
+        '{"configuration": "learned-soft-s0", "gene_encoding": "learned", "expression_encoding": "soft", "seed": 0}'
+    )
+    paths = draw_all(
+        tmp_path / "summary.csv",
+        tmp_path / "metrics.csv",
+        [tmp_path / "learned-soft-s0" / "train_log.parquet"],
+        tmp_path / "figures",
+    )
     names = {p.name for p in paths}
-    assert {"fig1_batch_vs_bio.png", "fig2_classification.pdf", "fig3_min_train_mse.png", "loss_curves.png",
-            "heatmap_per_dataset.png", "paper_comparison.png"} <= names
+    assert {
+        "fig1_batch_vs_bio.png",
+        "fig2_classification.pdf",
+        "fig3_min_train_mse.png",
+        "loss_curves.png",
+        "heatmap_per_dataset.png",
+        "paper_comparison.png",
+    } <= names
     assert all(p.stat().st_size > 5000 for p in paths)
     comparison = pd.read_csv(tmp_path / "figures" / "paper_comparison.csv")
     assert set(comparison.metric) == {"macro_f1", "accuracy", "batch_score", "bio_score", "min_train_mse"}
@@ -282,8 +345,16 @@ def test_figures_are_drawn_from_the_tables(tmp_path):
 
 def test_colours_of_unknown_encodings_agree_across_processes():
     code = "from scencode.figures import colour; print(colour('my_new_encoding'))"
-    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(seen) == 1
 
 
@@ -301,18 +372,43 @@ def test_a_deleted_checkpoint_gives_empty_outputs_and_nan_metrics_that_say_why(t
 
     model = tmp_path / "models" / "esm2-soft-s0"
     model.mkdir(parents=True)
-    (model / "model.json").write_text('{"configuration": "esm2-soft-s0", "status": "completed", '
-                                      '"checkpoint": "best.pt", "note": ""}')  # best.pt was deleted
+    (model / "model.json").write_text(
+        '{"configuration": "esm2-soft-s0", "status": "completed", "checkpoint": "best.pt", "note": ""}'
+    )  # best.pt was deleted
     out = tmp_path / "lung.parquet"
-    result = _scencode("embed", "--model", model / "model.json", "--corpus", tmp_path / "no_corpus_needed",
-                       "--run", "esm2-soft-s0", "--dataset", "lung", "--out", out,
-                       "--h5ad", tmp_path / "lung.h5ad", "--reconstruction", tmp_path / "lung.json")
+    result = _scencode(
+        "embed",
+        "--model",
+        model / "model.json",
+        "--corpus",
+        tmp_path / "no_corpus_needed",
+        "--run",
+        "esm2-soft-s0",
+        "--dataset",
+        "lung",
+        "--out",
+        out,
+        "--h5ad",
+        tmp_path / "lung.h5ad",
+        "--reconstruction",
+        tmp_path / "lung.json",
+    )
     assert result.returncode == 0, result.stderr
     cells, matrix, missing = read_embedding(out)
     assert len(cells) == 0 and "best.pt is missing" in missing
     assert "best.pt is missing" in ad.read_h5ad(tmp_path / "lung.h5ad").uns["scencode"]["missing"]
-    result = _scencode("evaluate", "--embedding", out, "--reconstruction", tmp_path / "lung.json",
-                       *IDENTITY, "--dataset", "lung", "--out", tmp_path / "m.parquet")
+    result = _scencode(
+        "evaluate",
+        "--embedding",
+        out,
+        "--reconstruction",
+        tmp_path / "lung.json",
+        *IDENTITY,
+        "--dataset",
+        "lung",
+        "--out",
+        tmp_path / "m.parquet",
+    )
     assert result.returncode == 0, result.stderr
     metrics = pd.read_parquet(tmp_path / "m.parquet")
     assert {"bio_score", "batch_score", "accuracy", "macro_f1", "masked_mse"} <= set(metrics.metric)
@@ -320,9 +416,23 @@ def test_a_deleted_checkpoint_gives_empty_outputs_and_nan_metrics_that_say_why(t
 
 
 def test_a_checkpoint_path_that_does_not_exist_is_an_error(tmp_path):
-    result = _scencode("embed", "--model", tmp_path / "best.pt", "--corpus", tmp_path, "--run",
-                       "esm2-soft-s0", "--dataset", "lung", "--out", tmp_path / "e.parquet", "--h5ad",
-                       tmp_path / "e.h5ad", "--reconstruction", tmp_path / "r.json")
+    result = _scencode(
+        "embed",
+        "--model",
+        tmp_path / "best.pt",
+        "--corpus",
+        tmp_path,
+        "--run",
+        "esm2-soft-s0",
+        "--dataset",
+        "lung",
+        "--out",
+        tmp_path / "e.parquet",
+        "--h5ad",
+        tmp_path / "e.h5ad",
+        "--reconstruction",
+        tmp_path / "r.json",
+    )
     assert result.returncode == 1 and "best.pt: model checkpoint not found" in result.stderr
     assert not (tmp_path / "e.parquet").exists()
 
@@ -335,9 +445,15 @@ def test_scib_benchmarker_labels_its_rows_and_says_why_values_are_missing(tmp_pa
     write_embedding(cells, x, tmp_path / "pca.parquet")
     write_embedding(cells.iloc[::-1], x[::-1], tmp_path / "model.parquet")  # other order: aligned by cell id
     write_embedding(cells.iloc[:0], np.zeros((0, 1), np.float32), tmp_path / "gone.parquet", missing="no model: x")
-    rows = benchmark_dataset({RunIdentity("learned-soft-s0", "learned", "soft", 0): tmp_path / "model.parquet",
-                              RunIdentity("esm2-soft-s0", "esm2", "soft", 0): tmp_path / "gone.parquet"},
-                             tmp_path / "pca.parquet", "lung", max_cells=100)
+    rows = benchmark_dataset(
+        {
+            RunIdentity("learned-soft-s0", "learned", "soft", 0): tmp_path / "model.parquet",
+            RunIdentity("esm2-soft-s0", "esm2", "soft", 0): tmp_path / "gone.parquet",
+        },
+        tmp_path / "pca.parquet",
+        "lung",
+        max_cells=100,
+    )
     assert set(rows.group) == {"scib_metrics"}
     assert rows.groupby("configuration").metric.apply(list).map(lambda m: m == metric_names()).all()
     gone = rows[rows.configuration == "esm2-soft-s0"]

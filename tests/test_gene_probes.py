@@ -41,7 +41,9 @@ def test_small_classes_are_left_out_and_one_class_is_no_probe():
 
 
 def test_properties_come_from_hgnc_and_the_protein_lengths():
-    genes = pd.Index(["ENSG00000141510", "ENSG00000000003", "ENSG00000198804", "ENSG99999999999"])  # TP53, TSPAN6, MT-CO1
+    genes = pd.Index(
+        ["ENSG00000141510", "ENSG00000000003", "ENSG00000198804", "ENSG99999999999"]
+    )  # TP53, TSPAN6, MT-CO1
     lengths = pd.Series([393.0, 245.0, 513.0, np.nan], index=genes)
     props = gene_properties(genes, lengths)
     assert props.loc["ENSG00000141510", "chromosome"] == "17" and props.loc["ENSG00000000003", "chromosome"] == "X"
@@ -51,24 +53,43 @@ def test_properties_come_from_hgnc_and_the_protein_lengths():
 
 
 def test_the_workflows_models_are_probed_beside_the_references(demo_corpus, tmp_path):
-    from scencode.gene_probes import run
-    from scencode.pretrain import RunSpec, TrainConfig, Trainer
     from scencode.data import LoaderConfig
+    from scencode.gene_probes import run
     from scencode.model import ModelConfig
+    from scencode.pretrain import RunSpec, TrainConfig, Trainer
 
     corpus, vocab = demo_corpus
-    spec = RunSpec("learned-log-s0", corpus, vocab, tmp_path / "m",
-                   ModelConfig(0, "learned", "log", d_model=16, n_layers=1, n_heads=2, d_ff=32),
-                   LoaderConfig(batch_size=16, context=64, bucket_batches=2), TrainConfig(max_steps=2, val_every=2,
-                                                                                          log_every=1), None)
+    spec = RunSpec(
+        "learned-log-s0",
+        corpus,
+        vocab,
+        tmp_path / "m",
+        ModelConfig(0, "learned", "log", d_model=16, n_layers=1, n_heads=2, d_ff=32),
+        LoaderConfig(batch_size=16, context=64, bucket_batches=2),
+        TrainConfig(max_steps=2, val_every=2, log_every=1),
+        None,
+    )
     Trainer(spec).fit()
-    runs = [{"run": "learned-log-s0", "gene_encoding": "learned", "expression_encoding": "log", "seed": 0,
-             "model": str(tmp_path / "m" / "model.json")},
-            {"run": "esm2-log-s0", "gene_encoding": "esm2", "expression_encoding": "log", "seed": 0,
-             "model": str(tmp_path / "missing" / "model.json")}]
+    runs = [
+        {
+            "run": "learned-log-s0",
+            "gene_encoding": "learned",
+            "expression_encoding": "log",
+            "seed": 0,
+            "model": str(tmp_path / "m" / "model.json"),
+        },
+        {
+            "run": "esm2-log-s0",
+            "gene_encoding": "esm2",
+            "expression_encoding": "log",
+            "seed": 0,
+            "model": str(tmp_path / "missing" / "model.json"),
+        },
+    ]
     (tmp_path / "missing").mkdir()
-    (tmp_path / "missing" / "model.json").write_text('{"configuration": "esm2-log-s0", "checkpoint": null, '
-                                                     '"note": "training diverged"}')
+    (tmp_path / "missing" / "model.json").write_text(
+        '{"configuration": "esm2-log-s0", "checkpoint": null, "note": "training diverged"}'
+    )
     table = run(runs, vocab, tmp_path / "probes.csv", tmp_path / "probes.png", params=ProbeParams(min_members=5))
     assert set(table.configuration) == {"learned-log-s0", "esm2-log-s0", "reference-random_table"}
     assert set(table.group) == {"gene_probe_family", "gene_probe_chromosome"}

@@ -17,7 +17,8 @@ def bare_node_path(folder: Path) -> Path:
     for name in BLOCKED:
         (folder / name).mkdir(parents=True)
         (folder / name / "__init__.py").write_text(
-            f"raise ModuleNotFoundError('No module named {name} (a bare GPU node)', name={name!r})\n")
+            f"raise ModuleNotFoundError('No module named {name} (a bare GPU node)', name={name!r})\n"
+        )
     return folder
 
 
@@ -25,9 +26,25 @@ def test_gpu_check_runs_every_part_without_the_workflow_stack(tmp_path):
     blocked = bare_node_path(tmp_path / "bare")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(ROOT / "src")])}
     out = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--smoke",
-                           "--skip", "compile", "--pretrain-steps", "12", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_check.py"),
+            "--device",
+            "cpu",
+            "--smoke",
+            "--skip",
+            "compile",
+            "--pretrain-steps",
+            "12",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == json.loads(out.read_text())
@@ -35,7 +52,12 @@ def test_gpu_check_runs_every_part_without_the_workflow_stack(tmp_path):
     step = result["train_step"]
     assert step["padded_real_tokens_per_s"] > 0 and step["bucketed_real_tokens_per_s"] > 0
     assert step["packed_real_tokens_per_s"] > 0
-    assert step["packed_real_token_fraction"] == 1.0 > step["bucketed_real_token_fraction"] > step["padded_real_token_fraction"]
+    assert (
+        step["packed_real_token_fraction"]
+        == 1.0
+        > step["bucketed_real_token_fraction"]
+        > step["padded_real_token_fraction"]
+    )
     assert result["paper_estimate"]["gpu_hours"] > 0 and "assumed" in result["paper_estimate"]["assumption"]
     assert result["bf16_vs_fp32"]["relative_difference"] == 0.0  # no autocast on the CPU
     same = result["packed_vs_padded"]

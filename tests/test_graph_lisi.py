@@ -25,7 +25,8 @@ def test_the_path_search_finds_the_k_nearest_cells_by_shortest_path(seed):
     k = 25
     sources = np.arange(graph.shape[0])
     neighbours, distances, found = graph_lisi._nearest_by_path(
-        graph.indptr.astype(np.int64), graph.indices.astype(np.int64), graph.data, sources, k)
+        graph.indptr.astype(np.int64), graph.indices.astype(np.int64), graph.data, sources, k
+    )
     exact = dijkstra(graph, directed=True)
     np.fill_diagonal(exact, np.inf)
     expected = np.sort(exact, axis=1)[:, :k]
@@ -55,8 +56,12 @@ def test_a_well_mixed_neighbourhood_scores_the_number_of_groups():
 
 
 def test_path_lengths_are_rounded_as_cpp_writes_them():
-    values = np.concatenate([np.random.default_rng(0).random(2000) * 10.0 ** np.arange(-3, 5).repeat(250),
-                             [1.0000005, 2.2500005, 0.1234565, 0.0]])
+    values = np.concatenate(
+        [
+            np.random.default_rng(0).random(2000) * 10.0 ** np.arange(-3, 5).repeat(250),
+            [1.0000005, 2.2500005, 0.1234565, 0.0],
+        ]
+    )
     expected = np.array([float(f"{v:g}") for v in values])
     np.testing.assert_array_equal(graph_lisi.six_significant_digits(values), expected)
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import leftovers
+
 from scencode.errors import ScencodeError
 from scencode.esm.embed import esm2_weights, load_esm2, save_tiny_esm2
 from scencode.fetch import download_url
@@ -33,10 +33,13 @@ def test_slow_drip_server_hits_the_overall_deadline(server, tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("url, message", [
-    ("ftp://example.org/x.h5ad", "only http and https"),
-    ("file:///etc/passwd", "only http and https"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("ftp://example.org/x.h5ad", "only http and https"),
+        ("file:///etc/passwd", "only http and https"),
+    ],
+)
 def test_only_http_urls_are_fetched(url, message, tmp_path):
     with pytest.raises(ScencodeError, match=message):
         download_url(url, tmp_path / "d.h5ad")
@@ -54,8 +57,10 @@ def test_url_source_that_is_not_hdf5_is_refused(server, tmp_path):
     body = b"<html>a login page</html>"
     handler.routes["/data.h5ad"] = body
     with pytest.raises(ScencodeError, match="not an h5ad"):
-        fetch({"type": "url", "url": f"{base}/data.h5ad", "sha256": hashlib.sha256(body).hexdigest()},
-              tmp_path / "raw.h5ad")
+        fetch(
+            {"type": "url", "url": f"{base}/data.h5ad", "sha256": hashlib.sha256(body).hexdigest()},
+            tmp_path / "raw.h5ad",
+        )
     assert not (tmp_path / "raw.h5ad").exists() and leftovers(tmp_path) == []
 
 
@@ -114,7 +119,8 @@ def test_killed_step_leaves_no_temporary_file(tmp_path):
         "    with atomic.atomic_path(out) as tmp:\n"
         "        tmp.write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n"
         "cli.step_function = lambda step: slow\n"
-        f"sys.exit(cli.main(['download', '--source', '{{}}', '--out', {str(out)!r}]))\n")
+        f"sys.exit(cli.main(['download', '--source', '{{}}', '--out', {str(out)!r}]))\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGTERM)

@@ -26,21 +26,26 @@ def fake(folder, name, donors, barcodes=None, collection=None, dataset_id=None):
     qc.write_h5ad(folder / f"{name}.h5ad")
     raw = qc.copy()
     if collection:
-        raw.uns["citation"] = ("Dataset Version: https://datasets.cellxgene.cziscience.com/"
-                               f"{uuid.uuid5(uuid.NAMESPACE_URL, name)}.h5ad curated and distributed by CZ CELLxGENE Discover "
-                               f"in Collection: https://cellxgene.cziscience.com/collections/{collection}")
+        raw.uns["citation"] = (
+            "Dataset Version: https://datasets.cellxgene.cziscience.com/"
+            f"{uuid.uuid5(uuid.NAMESPACE_URL, name)}.h5ad curated and distributed by CZ CELLxGENE Discover "
+            f"in Collection: https://cellxgene.cziscience.com/collections/{collection}"
+        )
     raw.write_h5ad(folder / f"{name}_raw.h5ad")
     return {"name": name, "qc": str(folder / f"{name}.h5ad"), "raw": str(folder / f"{name}_raw.h5ad")}
 
 
 def identities(tmp_path):
-    train_ts1 = fake(tmp_path, "ts1_lung", ["TSP1", "TSP1", "TSP2", "TSP14"], ["AAAC", "AAAG", "CCCT", "GGGA"],
-                     collection=TS_V1)
+    train_ts1 = fake(
+        tmp_path, "ts1_lung", ["TSP1", "TSP1", "TSP2", "TSP14"], ["AAAC", "AAAG", "CCCT", "GGGA"], collection=TS_V1
+    )
     train_other = fake(tmp_path, "other", ["1", "2", "2"], collection=OTHER)
-    eval_ts2 = fake(tmp_path, "ts2_lung", ["TSP14", "TSP14", "TSP30", "1"], ["GGGA", "TTTA", "CCCA", "ACGT"],
-                    collection=TS_V2)
-    return ([read_identity(d["name"], "train", d["qc"], d["raw"]) for d in (train_ts1, train_other)]
-            + [read_identity(eval_ts2["name"], "eval", eval_ts2["qc"], eval_ts2["raw"])])
+    eval_ts2 = fake(
+        tmp_path, "ts2_lung", ["TSP14", "TSP14", "TSP30", "1"], ["GGGA", "TTTA", "CCCA", "ACGT"], collection=TS_V2
+    )
+    return [read_identity(d["name"], "train", d["qc"], d["raw"]) for d in (train_ts1, train_other)] + [
+        read_identity(eval_ts2["name"], "eval", eval_ts2["qc"], eval_ts2["raw"])
+    ]
 
 
 def test_shared_donors_across_collections_are_found_and_generic_labels_are_not_counted(tmp_path):
@@ -59,9 +64,15 @@ def test_generic_donor_labels_count_within_one_collection_and_a_shared_dataset_d
     b = fake(tmp_path, "b", ["2", "3"], collection=TS_V1)
     c = fake(tmp_path, "c", ["x", "y"], dataset_id="ds-1")
     d = fake(tmp_path, "d", ["z"], dataset_id="ds-1")
-    result = audit([read_identity("a", "train", a["qc"], a["raw"]), read_identity("c", "train", c["qc"], c["raw"]),
-                    read_identity("b", "eval", b["qc"], b["raw"]), read_identity("d", "eval", d["qc"], d["raw"])],
-                   policy="drop")
+    result = audit(
+        [
+            read_identity("a", "train", a["qc"], a["raw"]),
+            read_identity("c", "train", c["qc"], c["raw"]),
+            read_identity("b", "eval", b["qc"], b["raw"]),
+            read_identity("d", "eval", d["qc"], d["raw"]),
+        ],
+        policy="drop",
+    )
     assert result["drop"] == {"a": ["a-1"], "c": ["c-0", "c-1"]} and result["cells_dropped"] == 3
 
 
@@ -78,8 +89,13 @@ def test_the_audit_is_written_and_drop_leaves_the_cells_out_of_training(tmp_path
     from scencode.formats import excluded_cells
 
     exclude = tuple(excluded_cells(tmp_path / "leakage.json", "sim_lung_1"))
-    manifest = tokenize_corpus("train", [DatasetInput("sim_lung_1", qc, exclude=exclude)], vocab, tmp_path / "train",
-                               TokenizeParams(cells_per_shard=1000, row_group_cells=50))
+    manifest = tokenize_corpus(
+        "train",
+        [DatasetInput("sim_lung_1", qc, exclude=exclude)],
+        vocab,
+        tmp_path / "train",
+        TokenizeParams(cells_per_shard=1000, row_group_cells=50),
+    )
     written = pq.read_table(next((tmp_path / "train").glob("part-*.parquet"))).column("cell_id").to_pylist()
     assert manifest["datasets"]["sim_lung_1"]["cells_excluded_leakage"] == 40
     assert not {f"sim_lung_1:{c}" for c in cells} & set(written)

@@ -6,18 +6,20 @@ import json
 import re
 
 import yaml
-
 from conftest import REPO
+
 from scencode.corpus_stats import run as corpus_stats
-from scencode.plan import ASSUMED, measured_throughputs, run as plan
+from scencode.plan import ASSUMED, measured_throughputs
+from scencode.plan import run as plan
 
 
 def test_the_demo_plan_prices_training_from_the_measured_corpus(demo_corpus, tmp_path, monkeypatch):
     corpus, vocab = demo_corpus
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     context = config["pretrain"]["loader"]["context"]
-    stats = corpus_stats([corpus], vocab, context, tmp_path / "results" / "tables" / "corpus_stats.csv",
-                         tmp_path / "corpus_stats.png")
+    stats = corpus_stats(
+        [corpus], vocab, context, tmp_path / "results" / "tables" / "corpus_stats.csv", tmp_path / "corpus_stats.png"
+    )
     monkeypatch.chdir(tmp_path)  # results_dir is relative, as the workflow runs it
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     before = plan(tmp_path / "c.yaml")
@@ -35,15 +37,30 @@ def test_every_throughput_says_measured_or_assumed(tmp_path):
     text = plan(REPO / "config" / "paper.yaml")
     lines = text.split("throughputs:\n", 1)[1].splitlines()
     assert len(lines) >= len(ASSUMED) + 1
-    assert all(re.search(r"\((measured|assumed): ", line) for line in lines if line.startswith("  ") and ":" in line
-               and "dataset(s)" not in line)
+    assert all(
+        re.search(r"\((measured|assumed): ", line)
+        for line in lines
+        if line.startswith("  ") and ":" in line and "dataset(s)" not in line
+    )
 
 
 def test_a_recorded_measurement_replaces_the_assumption(tmp_path):
     path = tmp_path / "measured.json"
-    path.write_text(json.dumps({"qc_cells_per_s": {"value": 7777, "unit": "cells/s", "benchmark": "b.py",
-                                                   "detail": "10 cells", "machine": "2 cores", "date": "2026-12-01",
-                                                   "commit": "abc1234"}}))
+    path.write_text(
+        json.dumps(
+            {
+                "qc_cells_per_s": {
+                    "value": 7777,
+                    "unit": "cells/s",
+                    "benchmark": "b.py",
+                    "detail": "10 cells",
+                    "machine": "2 cores",
+                    "date": "2026-12-01",
+                    "commit": "abc1234",
+                }
+            }
+        )
+    )
     rates = measured_throughputs(path)
     assert rates["qc_cells_per_s"].value == 7777
     assert rates["qc_cells_per_s"].source == "measured: b.py, 10 cells, 2 cores, 2026-12-01, commit abc1234"

@@ -19,15 +19,35 @@ from scencode.pretrain import RunSpec, TrainConfig, Trainer
 
 SMALL_MODEL = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
 SMALL_LOADER = dict(batch_size=16, context=64, bucket_batches=2, seed=3)
-SMALL_TRAIN = dict(grad_accum=2, max_steps=12, warmup_steps=2, val_every=4, val_cells=100, checkpoint_every=3,
-                   log_every=2, num_workers=0)
+SMALL_TRAIN = dict(
+    grad_accum=2,
+    max_steps=12,
+    warmup_steps=2,
+    val_every=4,
+    val_cells=100,
+    checkpoint_every=3,
+    log_every=2,
+    num_workers=0,
+)
 
 
 def spec(corpus, vocab, out, name="learned-soft-s3", gene="learned", expression="soft", table=None, **train):
-    return RunSpec(name, corpus, vocab, out,
-                   ModelConfig(0, gene, expression, **SMALL_MODEL,
-                               expression_options={"hidden": 16} if expression in ("soft", "continuous") else {}),
-                   LoaderConfig(**SMALL_LOADER), TrainConfig(**{**SMALL_TRAIN, **train}), table)
+    return RunSpec(
+        name,
+        corpus,
+        vocab,
+        out,
+        ModelConfig(
+            0,
+            gene,
+            expression,
+            **SMALL_MODEL,
+            expression_options={"hidden": 16} if expression in ("soft", "continuous") else {},
+        ),
+        LoaderConfig(**SMALL_LOADER),
+        TrainConfig(**{**SMALL_TRAIN, **train}),
+        table,
+    )
 
 
 def weights(path):
@@ -51,8 +71,16 @@ def test_training_writes_checkpoints_and_a_log(demo_corpus, tmp_path):
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["name"] == "learned-soft-s3" and "blocks.0.qkv.weight" in best["model"]
     logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
-    assert set(logged.columns) == {"step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s",
-                                   "cells_per_s"}
+    assert set(logged.columns) == {
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        "val_loss",
+        "grad_norm",
+        "tokens_per_s",
+        "cells_per_s",
+    }
     val = logged.val_loss.dropna()
     assert len(val) == 3 and val.iloc[-1] < val.iloc[0]
     status = json.loads((tmp_path / "model.json").read_text())
@@ -75,11 +103,33 @@ def test_model_json_says_what_training_cost(demo_corpus, tmp_path):
 
 
 def run_cli(out, corpus, vocab, max_steps):
-    params = {"model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "hard"},
-              "loader": SMALL_LOADER, "train": {**SMALL_TRAIN, "max_steps": max_steps, "checkpoint_every": 1000}}
-    return subprocess.Popen([sys.executable, "-m", "scencode", "pretrain", "--name", "learned-hard-s3", "--corpus",
-                             str(corpus), "--vocab", str(vocab), "--out", str(out), "--threads", "1",
-                             "--params", json.dumps(params)], stderr=subprocess.PIPE, text=True)
+    params = {
+        "model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "hard"},
+        "loader": SMALL_LOADER,
+        "train": {**SMALL_TRAIN, "max_steps": max_steps, "checkpoint_every": 1000},
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scencode",
+            "pretrain",
+            "--name",
+            "learned-hard-s3",
+            "--corpus",
+            str(corpus),
+            "--vocab",
+            str(vocab),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            "--params",
+            json.dumps(params),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killed_run_resumes_to_identical_weights(demo_corpus, tmp_path):
@@ -117,15 +167,25 @@ def test_changed_settings_start_over_and_keep_the_old_state(demo_corpus, tmp_pat
     assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt"))
 
 
-def test_a_checkpoint_of_another_model_version_restarts_training_and_is_refused_by_embed(demo_corpus, esm_table,
-                                                                                         tmp_path, caplog):
+def test_a_checkpoint_of_another_model_version_restarts_training_and_is_refused_by_embed(
+    demo_corpus, esm_table, tmp_path, caplog
+):
     """A checkpoint written before frozen tables were standardised has no centre/scale buffers: it
     must neither resume nor be evaluated with a map the model was not trained with."""
     from scencode.model import load_model
 
     corpus, vocab = demo_corpus
-    run = spec(corpus, vocab, tmp_path, name="esm2-log-s3", gene="esm2", expression="log", table=esm_table,
-               missing_genes="zero", max_steps=2)
+    run = spec(
+        corpus,
+        vocab,
+        tmp_path,
+        name="esm2-log-s3",
+        gene="esm2",
+        expression="log",
+        table=esm_table,
+        missing_genes="zero",
+        max_steps=2,
+    )
     Trainer(run).fit()
     for name in ("last.pt", "best.pt"):
         old = torch.load(tmp_path / name, weights_only=True)
@@ -133,8 +193,19 @@ def test_a_checkpoint_of_another_model_version_restarts_training_and_is_refused_
         torch.save(old, tmp_path / name)
     with pytest.raises(ScencodeError, match="does not fit this version of the model.*genes.centre.*forcerun pretrain"):
         load_model(tmp_path / "best.pt", torch.device("cpu"))
-    state = Trainer(spec(corpus, vocab, tmp_path, name="esm2-log-s3", gene="esm2", expression="log", table=esm_table,
-                         missing_genes="zero", max_steps=3)).fit()
+    state = Trainer(
+        spec(
+            corpus,
+            vocab,
+            tmp_path,
+            name="esm2-log-s3",
+            gene="esm2",
+            expression="log",
+            table=esm_table,
+            missing_genes="zero",
+            max_steps=3,
+        )
+    ).fit()
     assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt")) and "another version of the model" in caplog.text
 
 
@@ -178,8 +249,9 @@ def _explode_after(trainer, monkeypatch, micro_batches):
 
 
 @pytest.mark.parametrize("explode_after, has_best", [(2, False), (10, True)])
-def test_divergence_with_finish_ends_the_run_and_says_which_model_is_usable(demo_corpus, tmp_path, monkeypatch,
-                                                                             explode_after, has_best):
+def test_divergence_with_finish_ends_the_run_and_says_which_model_is_usable(
+    demo_corpus, tmp_path, monkeypatch, explode_after, has_best
+):
     corpus, vocab = demo_corpus
     (tmp_path / "best.pt").write_bytes(b"an earlier run's model")  # must not pass for this run's
     trainer = Trainer(spec(corpus, vocab, tmp_path, on_nonfinite="finish"))
@@ -190,7 +262,9 @@ def test_divergence_with_finish_ends_the_run_and_says_which_model_is_usable(demo
     assert (status["checkpoint"] == "best.pt") == has_best == (tmp_path / "best.pt").exists()
     assert list(tmp_path.glob("best.stale-*.pt"))
     if has_best:
-        assert weights(tmp_path / "best.pt") and torch.load(tmp_path / "best.pt", weights_only=True)["state"]["step"] == 4
+        assert (
+            weights(tmp_path / "best.pt") and torch.load(tmp_path / "best.pt", weights_only=True)["state"]["step"] == 4
+        )
     else:
         assert "no checkpoint" in status["note"]
 
@@ -213,33 +287,94 @@ def test_esm2_needs_a_table_covering_the_vocabulary(demo_corpus, esm_table, tmp_
     write_gene_table(ids.iloc[10:], partial, {})
     with pytest.raises(ScencodeError, match="10 of .* vocabulary genes have no embedding"):
         Trainer(spec(corpus, vocab, tmp_path / "b", name="esm2-soft-s3", gene="esm2", table=partial))
-    state = Trainer(spec(corpus, vocab, tmp_path / "c", name="esm2-soft-s3", gene="esm2", table=partial,
-                         missing_genes="zero", max_steps=2)).fit()
+    state = Trainer(
+        spec(
+            corpus,
+            vocab,
+            tmp_path / "c",
+            name="esm2-soft-s3",
+            gene="esm2",
+            table=partial,
+            missing_genes="zero",
+            max_steps=2,
+        )
+    ).fit()
     assert state.step == 2
-    trained = Trainer(spec(corpus, vocab, tmp_path / "d", name="random_frozen-log-s3", gene="random_frozen",
-                           expression="log", table=esm_table, max_steps=2))
+    trained = Trainer(
+        spec(
+            corpus,
+            vocab,
+            tmp_path / "d",
+            name="random_frozen-log-s3",
+            gene="random_frozen",
+            expression="log",
+            table=esm_table,
+            max_steps=2,
+        )
+    )
     assert trained.model.genes.table.shape[1] == 8
 
 
 def test_unknown_encoder_from_the_cli_lists_the_registered_ones(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
     params = {"model": {"gene_encoding": "learned", "expression_encoding": "quantum"}}
-    result = subprocess.run([sys.executable, "-m", "scencode", "pretrain", "--name", "x-y-s0", "--corpus", str(corpus),
-                             "--vocab", str(vocab), "--out", str(tmp_path), "--params", json.dumps(params)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scencode",
+            "pretrain",
+            "--name",
+            "x-y-s0",
+            "--corpus",
+            str(corpus),
+            "--vocab",
+            str(vocab),
+            "--out",
+            str(tmp_path),
+            "--params",
+            json.dumps(params),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "unknown expression encoding 'quantum'; registered:" in result.stderr
     assert not (tmp_path / "best.pt").exists()
 
 
 def test_two_processes_train_with_ddp(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
-    params = {"model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "log"},
-              "loader": SMALL_LOADER, "train": {**SMALL_TRAIN, "max_steps": 6}}
+    params = {
+        "model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "log"},
+        "loader": SMALL_LOADER,
+        "train": {**SMALL_TRAIN, "max_steps": 6},
+    }
     torchrun = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "scencode", "pretrain", "--name",
-                             "learned-log-s3", "--corpus", str(corpus), "--vocab", str(vocab), "--out", str(tmp_path),
-                             "--threads", "1", "--params", json.dumps(params)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "scencode",
+            "pretrain",
+            "--name",
+            "learned-log-s3",
+            "--corpus",
+            str(corpus),
+            "--vocab",
+            str(vocab),
+            "--out",
+            str(tmp_path),
+            "--threads",
+            "1",
+            "--params",
+            json.dumps(params),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(tmp_path / "best.pt", weights_only=True)["state"]["step"] <= 6
     assert pq.read_table(tmp_path / "train_log.parquet").to_pandas().step.max() == 6
@@ -265,8 +400,14 @@ def trained_and_eval_corpus(demo_corpus, tmp_path_factory, gene_table):
     Trainer(spec(corpus, vocab, folder / "model", max_steps=4)).fit()
     make_demo_dataset("sim_lung_eval", n_cells=120).write_h5ad(folder / "raw.h5ad")
     run_qc(folder / "raw.h5ad", folder / "qc.h5ad", folder / "qc.json", gene_table, QCParams(), "lung")
-    tokenize_corpus("lung", [DatasetInput("lung", folder / "qc.h5ad", "cell_type", "batch")], vocab, folder / "lung",
-                    TokenizeParams(cells_per_shard=50, row_group_cells=10), with_labels=True)
+    tokenize_corpus(
+        "lung",
+        [DatasetInput("lung", folder / "qc.h5ad", "cell_type", "batch")],
+        vocab,
+        folder / "lung",
+        TokenizeParams(cells_per_shard=50, row_group_cells=10),
+        with_labels=True,
+    )
     return folder / "model" / "best.pt", folder / "lung"
 
 
@@ -320,8 +461,12 @@ def _combined(a, b):
 
     width = max(a.valid.shape[1], b.valid.shape[1])
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731 (zeros = padding)
-    return Batch(**{k: torch.cat([pad(getattr(a, k)), pad(getattr(b, k))])
-                    for k in ("gene_ids", "counts", "xnorm", "masked", "valid")})
+    return Batch(
+        **{
+            k: torch.cat([pad(getattr(a, k)), pad(getattr(b, k))])
+            for k in ("gene_ids", "counts", "xnorm", "masked", "valid")
+        }
+    )
 
 
 def test_an_accumulated_step_has_the_gradient_of_the_combined_batch(demo_corpus, tmp_path, monkeypatch):
@@ -333,8 +478,13 @@ def test_an_accumulated_step_has_the_gradient_of_the_combined_batch(demo_corpus,
     monkeypatch.setattr(trainer.model, "train", lambda mode=True: trainer.model)
     short, long = _two_batches_of_different_lengths(corpus)
     grads = {}
-    monkeypatch.setattr(trainer, "_optimizer_step", lambda: grads.update(
-        {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}) or 0.0)
+    monkeypatch.setattr(
+        trainer,
+        "_optimizer_step",
+        lambda: (
+            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}) or 0.0
+        ),
+    )
     trainer._train_step([short, long])
     trainer.model.zero_grad(set_to_none=True)
     trainer.model.loss(_combined(short, long)).backward()
@@ -401,8 +551,17 @@ def test_settings_that_cannot_do_what_they_say_are_reported_with_numbers(demo_co
     assert any("val_every 20 > total steps 4" in w for w in status["warnings"])
 
 
-@pytest.mark.parametrize("key, value", [("precision", "fp8"), ("grad_accum", 0), ("lr", -1.0), ("max_steps", 0),
-                                        ("on_nonfinite", "ignore"), ("betas", (0.9, 1.5))])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("precision", "fp8"),
+        ("grad_accum", 0),
+        ("lr", -1.0),
+        ("max_steps", 0),
+        ("on_nonfinite", "ignore"),
+        ("betas", (0.9, 1.5)),
+    ],
+)
 def test_invalid_training_settings_are_refused_naming_the_key(key, value):
     with pytest.raises(ScencodeError, match=f"train.{key}"):
         TrainConfig(**{key: value}).validate()

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-
 from conftest import GENES, leftovers, make_counts, tiny_adata
+
 from scencode.errors import ScencodeError
 from scencode.qc import QCParams, run_qc
 
@@ -44,8 +44,15 @@ def test_symbols_are_mapped_and_duplicates_summed(tmp_path, gene_table):
     counts = make_counts(n_genes=4)
     adata = tiny_adata(counts, by_symbol=True)  # TP53 GAPDH ACTB CD3E
     # a second TP53 column under its id-less alias, and a name no table knows
-    adata = ad.concat([adata, ad.AnnData(sp.csr_matrix(counts[:, :2]), obs=adata.obs,
-                                         var=pd.DataFrame(index=["TP53_copy", "NOT-A-GENE"]))], axis=1)
+    adata = ad.concat(
+        [
+            adata,
+            ad.AnnData(
+                sp.csr_matrix(counts[:, :2]), obs=adata.obs, var=pd.DataFrame(index=["TP53_copy", "NOT-A-GENE"])
+            ),
+        ],
+        axis=1,
+    )
     adata.var_names = ["TP53", "GAPDH", "ACTB", "CD3E", "TP53", "NOT-A-GENE"]
     out, report = qc(tmp_path, adata, gene_table, **LOOSE)
     assert list(out.var_names) == sorted([GENES["TP53"], GENES["GAPDH"], GENES["ACTB"], GENES["CD3E"]])
@@ -81,10 +88,13 @@ def test_counts_layer_is_used_when_named(tmp_path, gene_table):
     assert report["counts_source"] == "layers/umis"
 
 
-@pytest.mark.parametrize("transform, message", [
-    (lambda x: np.log1p(x), "log-normalised"),
-    (lambda x: (x - x.mean(0)) / x.std(0), "scaled"),
-])
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        (lambda x: np.log1p(x), "log-normalised"),
+        (lambda x: (x - x.mean(0)) / x.std(0), "scaled"),
+    ],
+)
 def test_non_count_matrices_are_rejected_and_nothing_is_written(tmp_path, gene_table, transform, message):
     adata = tiny_adata()
     adata.X = sp.csr_matrix(transform(adata.X.toarray()))
@@ -96,10 +106,28 @@ def test_non_count_matrices_are_rejected_and_nothing_is_written(tmp_path, gene_t
 
 def test_blockwise_processing_gives_the_same_result(tmp_path, gene_table):
     adata = tiny_adata(make_counts(n_cells=101, mean=3.0))
-    a, _ = qc(tmp_path, adata, gene_table, name="big", min_genes=3, min_counts=10, min_cells_per_gene=5,
-              max_pct_mito=40, chunk_cells=1000)
-    b, _ = qc(tmp_path, adata, gene_table, name="small", min_genes=3, min_counts=10, min_cells_per_gene=5,
-              max_pct_mito=40, chunk_cells=7)
+    a, _ = qc(
+        tmp_path,
+        adata,
+        gene_table,
+        name="big",
+        min_genes=3,
+        min_counts=10,
+        min_cells_per_gene=5,
+        max_pct_mito=40,
+        chunk_cells=1000,
+    )
+    b, _ = qc(
+        tmp_path,
+        adata,
+        gene_table,
+        name="small",
+        min_genes=3,
+        min_counts=10,
+        min_cells_per_gene=5,
+        max_pct_mito=40,
+        chunk_cells=7,
+    )
     assert a.obs_names.tolist() == b.obs_names.tolist() and a.var_names.tolist() == b.var_names.tolist()
     assert (a.X != b.X).nnz == 0 and a.X.has_sorted_indices
 
@@ -136,8 +164,10 @@ def test_gene_names_matching_nothing_are_rejected(tmp_path, gene_table):
         qc(tmp_path, adata, gene_table)
 
 
-@pytest.mark.parametrize("bad, message", [(np.inf, "has non-finite values"), (np.nan, "has non-finite values"),
-                                          (3e9, "has counts beyond 16,777,216")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [(np.inf, "has non-finite values"), (np.nan, "has non-finite values"), (3e9, "has counts beyond 16,777,216")],
+)
 def test_non_finite_or_huge_counts_are_refused_naming_the_matrix_and_position(tmp_path, gene_table, bad, message):
     counts = make_counts()
     counts[7, 3] = bad
@@ -159,13 +189,16 @@ def test_repeated_cell_names_are_renamed_and_reported(tmp_path, gene_table):
     assert {f"{names[0]}-dup1", f"{names[0]}-dup2"} <= set(out.obs_names)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"chunk_cells": 0}, "qc.chunk_cells must be ≥ 1"),
-    ({"min_genes": "many"}, "min_genes='many': expected int"),
-    ({"max_pct_mito": 150}, "percentage"),
-    ({"counts": "layer/counts"}, "choose auto, X, raw or layers/<name>"),
-    ({"min_genes": True}, "expected int"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"chunk_cells": 0}, "qc.chunk_cells must be ≥ 1"),
+        ({"min_genes": "many"}, "min_genes='many': expected int"),
+        ({"max_pct_mito": 150}, "percentage"),
+        ({"counts": "layer/counts"}, "choose auto, X, raw or layers/<name>"),
+        ({"min_genes": True}, "expected int"),
+    ],
+)
 def test_settings_that_bypass_the_schema_are_named(params, message):
     from scencode.settings import parse
 

@@ -18,8 +18,11 @@ from scencode.workflow_config import configurations, size_tag
 
 def _cells(corpus, subset) -> set[str]:
     cfg = LoaderConfig(batch_size=16, context=32, seed=0)
-    return {cell for batch in ShardBatches(corpus, "train", cfg, subset=subset, with_cell_ids=True)
-            for cell in batch.meta["cell_id"]}
+    return {
+        cell
+        for batch in ShardBatches(corpus, "train", cfg, subset=subset, with_cell_ids=True)
+        for cell in batch.meta["cell_id"]
+    }
 
 
 def test_smaller_training_sets_are_nested_and_drawn_per_dataset_in_proportion(demo_corpus):
@@ -47,8 +50,9 @@ def test_the_loader_counts_a_subsets_batches_as_it_delivers_them(demo_corpus):
     cfg = LoaderConfig(batch_size=16, context=32, seed=3, bucket_batches=2)
     data = ShardBatches(corpus, "train", cfg, world_size=2, subset=subset)
     counted = data.batches_per_rank(1)
-    delivered = [sum(1 for _ in ShardBatches(corpus, "train", cfg, rank=r, world_size=2, subset=subset))
-                 for r in range(2)]
+    delivered = [
+        sum(1 for _ in ShardBatches(corpus, "train", cfg, rank=r, world_size=2, subset=subset)) for r in range(2)
+    ]
     assert counted == delivered
 
 
@@ -59,12 +63,25 @@ def test_a_size_the_corpus_cannot_give_is_refused(demo_corpus, size, message):
 
 
 def test_every_size_is_a_run_whose_name_carries_it():
-    config = {"pretrain": {"seeds": [0, 1], "train_cells": ["all", 1000],
-                           "configurations": [{"gene": "learned", "expression": "soft"},
-                                              {"gene": "esm2", "expression": "hard", "train_cells": [0.25]}]}}
+    config = {
+        "pretrain": {
+            "seeds": [0, 1],
+            "train_cells": ["all", 1000],
+            "configurations": [
+                {"gene": "learned", "expression": "soft"},
+                {"gene": "esm2", "expression": "hard", "train_cells": [0.25]},
+            ],
+        }
+    }
     runs = configurations(config)
-    assert sorted(runs) == ["esm2-hard-f0p25-s0", "esm2-hard-f0p25-s1", "learned-soft-n1000-s0",
-                            "learned-soft-n1000-s1", "learned-soft-s0", "learned-soft-s1"]
+    assert sorted(runs) == [
+        "esm2-hard-f0p25-s0",
+        "esm2-hard-f0p25-s1",
+        "learned-soft-n1000-s0",
+        "learned-soft-n1000-s1",
+        "learned-soft-s0",
+        "learned-soft-s1",
+    ]
     assert runs["learned-soft-n1000-s1"][1:] == (1, 1000) and runs["learned-soft-s0"][2] is None
     assert (size_tag(None), size_tag(2000), size_tag(0.1)) == ("", "-n2000", "-f0p1")
 
@@ -79,16 +96,27 @@ def _sized_metrics(scores: dict[int, dict[str, list[float]]]) -> pd.DataFrame:
             rows = pd.DataFrame({"metric": "bio_score", "group": "study", "value": values, "note": ""})
             for d, row in rows.iterrows():
                 frames.append(metric_table(row.to_frame().T, identity, f"ds{d}"))
-            frames.append(metric_table(pd.DataFrame({"metric": ["train_cells"], "group": "training",
-                                                     "value": [float(size)], "note": ""}), identity, "*"))
+            frames.append(
+                metric_table(
+                    pd.DataFrame({"metric": ["train_cells"], "group": "training", "value": [float(size)], "note": ""}),
+                    identity,
+                    "*",
+                )
+            )
     return pd.concat(frames, ignore_index=True).astype({"value": float})
 
 
 def test_kendall_tau_says_whether_the_ranking_holds_with_a_bootstrap_interval():
-    same = {"learned-soft": [0.9, 0.8, 0.85, 0.9], "learned-hard": [0.6, 0.5, 0.55, 0.6],
-            "esm2-soft": [0.3, 0.2, 0.25, 0.3]}
-    reversed_ = {"learned-soft": [0.1, 0.2, 0.1, 0.1], "learned-hard": [0.5, 0.5, 0.4, 0.5],
-                 "esm2-soft": [0.9, 0.9, 0.8, 0.9]}
+    same = {
+        "learned-soft": [0.9, 0.8, 0.85, 0.9],
+        "learned-hard": [0.6, 0.5, 0.55, 0.6],
+        "esm2-soft": [0.3, 0.2, 0.25, 0.3],
+    }
+    reversed_ = {
+        "learned-soft": [0.1, 0.2, 0.1, 0.1],
+        "learned-hard": [0.5, 0.5, 0.4, 0.5],
+        "esm2-soft": [0.9, 0.9, 0.8, 0.9],
+    }
     shifted = {k: [v + 0.05 for v in vals] for k, vals in same.items()}
     table = rank_stability(_sized_metrics({100: same, 1000: shifted, 10000: reversed_}), n_boot=200)
     bio = table.filter(pl.col("score") == "bio_score").to_pandas().set_index(["train_cells_a", "train_cells_b"])
@@ -96,15 +124,22 @@ def test_kendall_tau_says_whether_the_ranking_holds_with_a_bootstrap_interval():
     assert bio.loc[(100, 10000)].kendall_tau == pytest.approx(-1.0)
     assert bio.loc[(100, 10000)].tau_high == pytest.approx(-1.0)  # every dataset agrees: a tight interval
     assert (bio.configurations == 3).all() and (bio.datasets == 4).all()
-    mixed = {"learned-soft": [0.9, 0.1, 0.9, 0.1], "learned-hard": [0.5, 0.5, 0.5, 0.5],
-             "esm2-soft": [0.1, 0.9, 0.1, 0.9]}
+    mixed = {
+        "learned-soft": [0.9, 0.1, 0.9, 0.1],
+        "learned-hard": [0.5, 0.5, 0.5, 0.5],
+        "esm2-soft": [0.1, 0.9, 0.1, 0.9],
+    }
     wide = rank_stability(_sized_metrics({100: same, 1000: mixed}), n_boot=200).to_pandas().iloc[0]
     assert wide.tau_low < wide.kendall_tau < wide.tau_high or wide.tau_high - wide.tau_low >= 1
 
 
 def test_sizes_stay_apart_in_the_summary_and_the_tests(tmp_path):
-    metrics = _sized_metrics({100: {"learned-soft": [0.5, 0.6, 0.7], "esm2-soft": [0.4, 0.5, 0.6]},
-                              1000: {"learned-soft": [0.8, 0.9, 0.7], "esm2-soft": [0.6, 0.7, 0.6]}})
+    metrics = _sized_metrics(
+        {
+            100: {"learned-soft": [0.5, 0.6, 0.7], "esm2-soft": [0.4, 0.5, 0.6]},
+            1000: {"learned-soft": [0.8, 0.9, 0.7], "esm2-soft": [0.6, 0.7, 0.6]},
+        }
+    )
     summary = summary_table(metrics).to_pandas().set_index(["gene_encoding", "train_cells"])
     assert summary.loc[("learned", 100)].bio_score == pytest.approx(0.6)
     assert summary.loc[("learned", 1000)].bio_score == pytest.approx(0.8)
@@ -123,11 +158,16 @@ def test_the_scaling_figure_draws_one_line_per_configuration_on_a_log_axis(tmp_p
     matplotlib.use("Agg")
     from scencode import figures
 
-    summary = pd.DataFrame({"gene_encoding": ["learned", "learned", "esm2", "esm2", "baseline"],
-                            "expression_encoding": ["soft", "soft", "soft", "soft", "pca"],
-                            "train_cells": [100, 1000, 100, 1000, np.nan],
-                            "bio_score": [0.5, 0.7, 0.4, 0.6, 0.55], "batch_score": [0.3, 0.4, 0.3, 0.35, 0.2],
-                            "accuracy": [0.6, 0.8, 0.5, 0.7, 0.65]})
+    summary = pd.DataFrame(
+        {
+            "gene_encoding": ["learned", "learned", "esm2", "esm2", "baseline"],
+            "expression_encoding": ["soft", "soft", "soft", "soft", "pca"],
+            "train_cells": [100, 1000, 100, 1000, np.nan],
+            "bio_score": [0.5, 0.7, 0.4, 0.6, 0.55],
+            "batch_score": [0.3, 0.4, 0.3, 0.35, 0.2],
+            "accuracy": [0.6, 0.8, 0.5, 0.7, 0.65],
+        }
+    )
     captured = {}
     real_save = figures.save
     figures.save = lambda fig, out, name: captured.setdefault(name, fig) and []  # keep the figure to inspect
@@ -146,9 +186,10 @@ def test_the_scaling_figure_draws_one_line_per_configuration_on_a_log_axis(tmp_p
 
 
 def test_plan_prices_each_training_set_size_by_the_cells_it_trains_on():
+    from conftest import REPO
+
     from scencode.plan import plan_jobs
     from scencode.workflow_config import load
-    from conftest import REPO
 
     config = load(REPO / "config" / "paper.yaml")
     config["pretrain"]["train_cells"] = ["all", 1_000_000, 3_000_000]

@@ -14,7 +14,6 @@ import subprocess
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
 from workflow_helpers import edit_datasets, planned_jobs, small_config, snakemake
 
@@ -23,8 +22,9 @@ pytestmark = pytest.mark.workflow
 
 @pytest.fixture(scope="module")
 def cluster():
-    result = subprocess.run(["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"], capture_output=True, text=True, timeout=600
+    )
     if result.returncode != 0 or not shutil.which("sbatch"):
         if os.environ.get("SCENCODE_REQUIRE_SLURM") == "1":
             pytest.fail(f"local SLURM cluster did not start: {result.stderr[-2000:]}")
@@ -68,10 +68,25 @@ def node_sized_profile(tmp_path):
 
 def test_profile_submits_every_job_to_slurm_with_gpus_for_pretraining(cluster, tmp_path):
     config = tiny_config(tmp_path)
-    models = [f"results/models/{e['gene']}-{e['expression']}-s0/model.json" for e in config["pretrain"]["configurations"]]
-    result = snakemake(tmp_path, config, "--profile", str(REPO / "slurm"), "--workflow-profile",
-                       str(node_sized_profile(tmp_path)), "--jobs", "4", "--slurm-status-command", "squeue",
-                       "--slurm-init-seconds-before-status-checks", "2", *models, timeout=1500)
+    models = [
+        f"results/models/{e['gene']}-{e['expression']}-s0/model.json" for e in config["pretrain"]["configurations"]
+    ]
+    result = snakemake(
+        tmp_path,
+        config,
+        "--profile",
+        str(REPO / "slurm"),
+        "--workflow-profile",
+        str(node_sized_profile(tmp_path)),
+        "--jobs",
+        "4",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        *models,
+        timeout=1500,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     job_ids = re.findall(r"SLURM jobid (\d+)", output)

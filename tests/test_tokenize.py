@@ -5,13 +5,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
-
 from conftest import GENES, leftovers, make_counts, tiny_adata
+
 from scencode.errors import ScencodeError
+from scencode.formats import SPECIAL_TOKENS, load_vocab, write_vocab
 from scencode.qc import QCParams, run_qc
 from scencode.shards import iter_batches, verify_corpus
 from scencode.tokenize import DatasetInput, TokenizeParams, assign_split, tokenize_corpus
-from scencode.formats import SPECIAL_TOKENS, load_vocab, write_vocab
 from scencode.vocab import build_vocab
 
 LOOSE = QCParams(min_genes=1, min_counts=1, max_pct_mito=100, min_cells_per_gene=1)
@@ -33,7 +33,9 @@ def two_datasets(tmp_path, gene_table):
     rng = np.random.default_rng(0)
     a = rng.poisson(2.0, (300, len(GENES))).astype(np.float32)
     b = rng.poisson(1.0, (200, 5)).astype(np.float32)
-    pa_ = qc_file(tmp_path, gene_table, "a", a, cell_type=rng.choice(["T", "B"], 300), batch=rng.choice(["r1", "r2"], 300))
+    pa_ = qc_file(
+        tmp_path, gene_table, "a", a, cell_type=rng.choice(["T", "B"], 300), batch=rng.choice(["r1", "r2"], 300)
+    )
     pb_ = qc_file(tmp_path, gene_table, "b", b, genes=list(GENES.values())[:5])
     return pa_, pb_
 
@@ -72,8 +74,9 @@ def test_shards_reproduce_the_count_matrix(two_datasets, tmp_path):
     import anndata as ad
 
     a, b = two_datasets
-    manifest = make_corpus(tmp_path, [DatasetInput("a", a), DatasetInput("b", b)], cells_per_shard=128,
-                           row_group_cells=32, chunk_cells=50)
+    manifest = make_corpus(
+        tmp_path, [DatasetInput("a", a), DatasetInput("b", b)], cells_per_shard=128, row_group_cells=32, chunk_cells=50
+    )
     table = pd.concat([read_corpus(tmp_path / "tokens" / "train")])
     vocab, _ = load_vocab(tmp_path / "vocab.parquet")
     token = pd.Series(vocab.token_id.to_numpy(), index=vocab.gene_id)
@@ -129,8 +132,9 @@ def test_missing_label_column_fails_without_partial_corpus(two_datasets, tmp_pat
     a, b = two_datasets
     with pytest.raises(ScencodeError, match="label column 'cell_type' is missing"):
         # the first dataset is written before the second fails: nothing may remain
-        make_corpus(tmp_path, [DatasetInput("a", a, "cell_type"), DatasetInput("b", b, "cell_type")],
-                    name="bad", labels=True)
+        make_corpus(
+            tmp_path, [DatasetInput("a", a, "cell_type"), DatasetInput("b", b, "cell_type")], name="bad", labels=True
+        )
     assert not (tmp_path / "tokens" / "bad").exists() and leftovers(tmp_path / "tokens") == []
 
 
@@ -217,8 +221,10 @@ def test_block_to_lists_keeps_vocabulary_genes_with_counts_in_token_order(order)
     rows = [r for r in range(40) if any(stored[r, c] > 0 and col_to_token[c] >= 0 for c in range(12))]
     assert kept.tolist() == [r in rows for r in range(40)] and len(offsets) == len(rows) + 1
     for i, r in enumerate(rows):
-        expected = sorted((col_to_token[c], int(stored[r, c])) for c in range(12) if stored[r, c] > 0 and col_to_token[c] >= 0)
-        got = list(zip(tokens[offsets[i]:offsets[i + 1]].tolist(), counts[offsets[i]:offsets[i + 1]].tolist()))
+        expected = sorted(
+            (col_to_token[c], int(stored[r, c])) for c in range(12) if stored[r, c] > 0 and col_to_token[c] >= 0
+        )
+        got = list(zip(tokens[offsets[i] : offsets[i + 1]].tolist(), counts[offsets[i] : offsets[i + 1]].tolist()))
         assert got == expected
 
 

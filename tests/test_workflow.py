@@ -12,10 +12,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
-from workflow_helpers import (DIVERGING_NAME, datasets_of, demo_config, edit_datasets, planned_jobs, set_cell,
-                              small_config, snakemake)
+from workflow_helpers import (
+    DIVERGING_NAME,
+    datasets_of,
+    demo_config,
+    edit_datasets,
+    planned_jobs,
+    set_cell,
+    small_config,
+    snakemake,
+)
+
 from scencode.shards import verify_corpus
 from scencode.workflow_config import configurations
 
@@ -28,12 +36,15 @@ def test_lint_is_clean():
     assert "Congratulations" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda c: c["qc"].update(min_gene=5), "min_gene"),                        # unknown key
-    (lambda c: c["qc"].update(min_genes="many"), "min_genes"),                 # wrong type
-    (lambda c: c.pop("tokenize"), "tokenize"),                                 # missing required key
-    (lambda c: c["vocab"].update(policy="everything"), "everything"),          # bad choice
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda c: c["qc"].update(min_gene=5), "min_gene"),  # unknown key
+        (lambda c: c["qc"].update(min_genes="many"), "min_genes"),  # wrong type
+        (lambda c: c.pop("tokenize"), "tokenize"),  # missing required key
+        (lambda c: c["vocab"].update(policy="everything"), "everything"),  # bad choice
+    ],
+)
 def test_malformed_config_stops_with_a_message_naming_the_key(tmp_path, edit, key):
     config = demo_config()
     edit(config)
@@ -67,7 +78,9 @@ def test_a_cpu_machine_asks_no_gpu_unless_told(tmp_path):
     local = snakemake(tmp_path, small_config(), "-n")
     assert local.returncode == 0, local.stderr
     jobs = _job_blocks(local.stdout)
-    assert {j["rule"] for j in jobs} >= {"pretrain", "embed"} and all(j["resources"].get("gpu", "0") == "0" for j in jobs)
+    assert {j["rule"] for j in jobs} >= {"pretrain", "embed"} and all(
+        j["resources"].get("gpu", "0") == "0" for j in jobs
+    )
     told = _job_blocks(snakemake(tmp_path, small_config(), "-n", "--config", "use_gpus=true").stdout)
     gpu_jobs = {j["rule"] for j in told if j["resources"].get("gpu") == "1"}
     assert gpu_jobs == {"pretrain", "embed", "reconstruction"}  # the demo's tiny ESM-2 runs on a CPU
@@ -85,10 +98,29 @@ def test_paper_config_plans_every_download_offline(tmp_path):
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "eval") == 548_977
     # the same jobs as when the lists were inline in paper.yaml, with the corpus statistics, provenance,
     # gene probes, and each model embedded and scored on the training corpus's test split (in distribution)
-    assert jobs == {"download": 127, "gene_table": 1, "proteins": 1, "esm_embeddings": 1, "qc": 127, "baseline": 52,
-                    "esm_coverage": 1, "leakage": 1, "vocab": 1, "evaluate": 286 + 9, "tokenize": 27, "pretrain": 9,
-                    "embed": 234 + 9, "reconstruction": 9, "scib_benchmarker": 26, "tables": 1, "figures": 1, "all": 1,
-                    "corpus_stats": 1, "provenance": 1, "gene_probes": 1}
+    assert jobs == {
+        "download": 127,
+        "gene_table": 1,
+        "proteins": 1,
+        "esm_embeddings": 1,
+        "qc": 127,
+        "baseline": 52,
+        "esm_coverage": 1,
+        "leakage": 1,
+        "vocab": 1,
+        "evaluate": 286 + 9,
+        "tokenize": 27,
+        "pretrain": 9,
+        "embed": 234 + 9,
+        "reconstruction": 9,
+        "scib_benchmarker": 26,
+        "tables": 1,
+        "figures": 1,
+        "all": 1,
+        "corpus_stats": 1,
+        "provenance": 1,
+        "gene_probes": 1,
+    }
     sources = [spec["source"] for spec in datasets.values()]
     assert all(s["type"] == "census" for s in sources)
     # the study's 8 configurations and the esm2_permuted control, each a pretrain job asking for a GPU
@@ -109,9 +141,12 @@ def test_paper_config_plans_every_download_offline(tmp_path):
 
 def test_evaluation_options_reach_their_jobs(tmp_path):
     config = small_config()
-    config["evaluate"].update(baselines=["pca", "scvi"], scvi_epochs=7,
-                              embedding={"gene_sampling": "top_expressed", "context": 128},
-                              scib_benchmarker={"max_cells_scib": 5000})
+    config["evaluate"].update(
+        baselines=["pca", "scvi"],
+        scvi_epochs=7,
+        embedding={"gene_sampling": "top_expressed", "context": 128},
+        scib_benchmarker={"max_cells_scib": 5000},
+    )
     result = snakemake(tmp_path, config, "-n", "-p")
     assert result.returncode == 0, result.stderr
     commands = result.stdout
@@ -171,8 +206,9 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     scores = metrics[metrics.metric.isin(["bio_score", "batch_score", "accuracy", "macro_f1", "asw_label", "nmi"])]
     assert scores.value.dropna().between(0, 1 + 1e-6).all()  # a perfect clustering's NMI can be 1 + 1e-16
     # pbmc68k has one batch: its batch metrics are recorded as not applicable, with the reason
-    pbmc_batch = metrics[(metrics.dataset == "pbmc68k") & (metrics.group == "batch")
-                         & (metrics.configuration != DIVERGING_NAME)]
+    pbmc_batch = metrics[
+        (metrics.dataset == "pbmc68k") & (metrics.group == "batch") & (metrics.configuration != DIVERGING_NAME)
+    ]
     assert pbmc_batch.value.isna().all() and pbmc_batch.note.str.contains("single batch").all()
     bio = metrics[metrics.metric == "bio_score"].groupby("configuration").value.mean()
     assert bio["baseline-pca-s0"] > bio["baseline-random-s0"]
@@ -183,7 +219,10 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     lung = scib[scib.dataset == "sim_lung_eval"].pivot_table(index="configuration", columns="metric", values="value")
     lung = lung.drop(DIVERGING_NAME, errors="ignore")
     # scores in [0, 1] up to float rounding (a perfect clustering's NMI can come out as 1 + 1e-7)
-    assert lung.notna().all().all() and lung.drop(columns="nmi_ari_cluster_labels_kmeans_ari").stack().between(0, 1 + 1e-6).all()
+    assert (
+        lung.notna().all().all()
+        and lung.drop(columns="nmi_ari_cluster_labels_kmeans_ari").stack().between(0, 1 + 1e-6).all()
+    )
     assert lung.nmi_ari_cluster_labels_kmeans_ari.between(-0.5, 1).all()  # ARI is negative below chance
     assert np.allclose(lung.total, 0.6 * lung.bio_conservation + 0.4 * lung.batch_correction)
     # the configuration without a model is in every table, as NaN with the reason
@@ -194,28 +233,49 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert no_model.value.isna().all() and no_model.note.str.contains("diverged at step").all()
     assert diverged[diverged.metric == "wall_hours"].value.gt(0).all()  # a diverged run cost compute all the same
     # reconstruction: the study's minimum training loss is the training log's, test MSE on held-out cells
-    recon = metrics[metrics.group == "reconstruction"].pivot_table(index=["configuration", "dataset"],
-                                                                    columns="metric", values="value")
+    recon = metrics[metrics.group == "reconstruction"].pivot_table(
+        index=["configuration", "dataset"], columns="metric", values="value"
+    )
     for name in set(models) - {DIVERGING_NAME}:
         logged = pq.read_table(workdir / "results" / "models" / name / "train_log.parquet").to_pandas()
         assert recon.loc[(name, "*"), "min_train_mse"] == pytest.approx(logged.train_loss.min())
         assert recon.loc[(name, "*"), "test_mse"] > 0
         assert (recon.loc[name].masked_mse.dropna() > 0).sum() == len(evaluation) + 1  # and the ID set
     summary = pd.read_csv(tables / "summary.csv")
-    assert {"gene_encoding", "expression_encoding", "batch_score", "bio_score", "accuracy", "macro_f1",
-            "min_train_mse", "test_mse", "eval_mse", "bio_score_sd"} <= set(summary.columns)
+    assert {
+        "gene_encoding",
+        "expression_encoding",
+        "batch_score",
+        "bio_score",
+        "accuracy",
+        "macro_f1",
+        "min_train_mse",
+        "test_mse",
+        "eval_mse",
+        "bio_score_sd",
+    } <= set(summary.columns)
     models_only = summary[summary.gene_encoding != "baseline"].set_index(["gene_encoding", "expression_encoding"])
     assert models_only.drop(("learned", "continuous")).eval_mse.gt(0).all()  # the diverged one has none
     assert len(summary) == len(runs)  # one seed: a row per configuration and size, and per baseline
     assert sorted(summary.train_cells.dropna().unique()) == sorted(
         json.loads((workdir / "results" / "models" / name / "model.json").read_text())["train_cells"]["cells"]
-        for name in ("learned-soft-f0p5-s0", "learned-soft-s0"))
+        for name in ("learned-soft-f0p5-s0", "learned-soft-s0")
+    )
     row = summary[(summary.gene_encoding == "learned") & (summary.expression_encoding == "continuous")].iloc[0]
     assert np.isnan(row.bio_score) and "diverged" in row.note
     assert (workdir / "results" / "tables" / "tests.csv").exists()
-    for name in ("fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
-                 "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "fig5_shift", "fig6_scaling",
-                 "corpus_stats"):
+    for name in (
+        "fig1_batch_vs_bio",
+        "fig2_classification",
+        "fig3_min_train_mse",
+        "loss_curves",
+        "heatmap_per_dataset",
+        "paper_comparison",
+        "fig4_cost_vs_bio",
+        "fig5_shift",
+        "fig6_scaling",
+        "corpus_stats",
+    ):
         assert (workdir / "results" / "figures" / f"{name}.png").stat().st_size > 5000
     # what each result cost, beside its quality; the corpus it was trained on; what produced it
     trained = models_only.drop(("learned", "continuous"))
@@ -233,7 +293,9 @@ def test_demo_workflow_evaluates_every_configuration_on_every_dataset(demo_run):
     assert len(stability) and (stability.train_cells_a < stability.train_cells_b).all()
     assert (stability.configurations == 2).all() and stability.kendall_tau.dropna().isin([-1.0, 1.0]).all()
     probes = pd.read_csv(tables / "gene_probes.csv")
-    assert {"reference-esm2_table", "reference-esm2_table_permuted", "reference-random_table"} <= set(probes.configuration)
+    assert {"reference-esm2_table", "reference-esm2_table_permuted", "reference-random_table"} <= set(
+        probes.configuration
+    )
     assert set(probes.group) == {"gene_probe_family", "gene_probe_protein_length", "gene_probe_chromosome"}
     provenance = json.loads((workdir / "results" / "provenance.json").read_text())
     assert provenance["scencode"]["commit"] and provenance["versions"]["polars"]
@@ -253,10 +315,25 @@ def test_report_holds_figures_and_summary(demo_run):
     result = snakemake(workdir, config, "--report", str(workdir / "report.html"))
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workdir / "report.html").read_text()
-    for name in ("fig1_batch_vs_bio.png", "fig2_classification.png", "fig3_min_train_mse.png", "loss_curves.png",
-                 "heatmap_per_dataset.png", "paper_comparison.png", "summary.csv", "tests.csv",
-                 "fig4_cost_vs_bio.png", "corpus_stats.png", "corpus_stats.csv", "provenance.json",
-                 "gene_probes.csv", "gene_probes.png", "fig5_shift.png", "fig6_scaling.png", "rank_stability.csv"):
+    for name in (
+        "fig1_batch_vs_bio.png",
+        "fig2_classification.png",
+        "fig3_min_train_mse.png",
+        "loss_curves.png",
+        "heatmap_per_dataset.png",
+        "paper_comparison.png",
+        "summary.csv",
+        "tests.csv",
+        "fig4_cost_vs_bio.png",
+        "corpus_stats.png",
+        "corpus_stats.csv",
+        "provenance.json",
+        "gene_probes.csv",
+        "gene_probes.png",
+        "fig5_shift.png",
+        "fig6_scaling.png",
+        "rank_stability.csv",
+    ):
         assert name in html, name
     assert "Benjamini-Hochberg" in html  # the captions travel with the results
 
@@ -293,8 +370,11 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     # its embeddings and metrics on the three evaluation datasets and the ID set, its gene probes
     assert jobs["pretrain"] == 2 and jobs["reconstruction"] == 2 and jobs["embed"] == 8 and jobs["evaluate"] == 8
     assert jobs["gene_probes"] == 1
-    planned = {line.split("run=")[1].split(",")[0].strip() for line in result.stdout.splitlines()
-               if "wildcards:" in line and "run=" in line}
+    planned = {
+        line.split("run=")[1].split(",")[0].strip()
+        for line in result.stdout.splitlines()
+        if "wildcards:" in line and "run=" in line
+    }
     assert planned == {"esm2-hard-s0", "esm2-hard-f0p5-s0"}
 
 
@@ -312,21 +392,33 @@ def test_a_bad_sheet_row_stops_the_dry_run_naming_sheet_row_and_column(tmp_path)
     config = edit_datasets(small_config(), tmp_path, set_cell("sim_kidney_1", "n_cells", "3k"))
     result = snakemake(tmp_path, config, "-n")
     assert result.returncode != 0
-    assert f"{tmp_path / 'datasets.tsv'}: row 3, column n_cells: '3k' is not an integer" in result.stdout + result.stderr
+    assert (
+        f"{tmp_path / 'datasets.tsv'}: row 3, column n_cells: '3k' is not an integer" in result.stdout + result.stderr
+    )
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["pretrain"]["configurations"].append({"gene": "foo", "expression": "soft"}),
-     "unknown gene encoding 'foo'; registered: esm2, esm2_permuted, learned, random_frozen"),
-    (lambda c: c["pretrain"]["configurations"].append({"gene": "learned", "expression": "soft", "seeds": [5],
-                                                      "model": {"expression_options": {"n_bin": 10}}}),
-     "expression encoding 'soft' takes no option 'n_bin'; its options: hidden, n_bins"),
-    (lambda c: c["pretrain"]["model"].update(d_model=30, n_heads=4), "d_model 30 is not divisible by n_heads 4"),
-    (lambda c: c["qc"].update(counts="layer/counts"), "layer/counts"),
-    (lambda c: c["pretrain"]["configurations"].append(dict(c["pretrain"]["configurations"][0])),
-     "pretrain.configurations lists learned-soft-s0 twice"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["pretrain"]["configurations"].append({"gene": "foo", "expression": "soft"}),
+            "unknown gene encoding 'foo'; registered: esm2, esm2_permuted, learned, random_frozen",
+        ),
+        (
+            lambda c: c["pretrain"]["configurations"].append(
+                {"gene": "learned", "expression": "soft", "seeds": [5], "model": {"expression_options": {"n_bin": 10}}}
+            ),
+            "expression encoding 'soft' takes no option 'n_bin'; its options: hidden, n_bins",
+        ),
+        (lambda c: c["pretrain"]["model"].update(d_model=30, n_heads=4), "d_model 30 is not divisible by n_heads 4"),
+        (lambda c: c["qc"].update(counts="layer/counts"), "layer/counts"),
+        (
+            lambda c: c["pretrain"]["configurations"].append(dict(c["pretrain"]["configurations"][0])),
+            "pretrain.configurations lists learned-soft-s0 twice",
+        ),
+    ],
+)
 def test_configuration_errors_stop_the_dry_run_before_any_job(tmp_path, change, message):
     config = small_config()
     change(config)
@@ -343,8 +435,11 @@ def test_config_values_and_paths_reach_commands_quoted(tmp_path):
     config["gene_table"].update(gencode="$(touch PWNED)genes.csv", gencode_sha256="0" * 64)
     result = snakemake(tmp_path, config, "-n", "-p")
     assert result.returncode == 0, result.stderr
-    commands = [shlex.split(line.split("Shell command:", 1)[1]) for line in result.stdout.splitlines()
-                if "Shell command: scencode " in line]
+    commands = [
+        shlex.split(line.split("Shell command:", 1)[1])
+        for line in result.stdout.splitlines()
+        if "Shell command: scencode " in line
+    ]
     by_step = {}
     for words in commands:
         by_step.setdefault(words[1], []).append(words)
@@ -368,8 +463,15 @@ def _job_blocks(stdout: str) -> list[dict]:
         wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"wildcards: (.*)", block) or ["", ""])[1]))
         threads = re.search(r"^\s+threads: (\d+)", block, re.M)
         command = re.search(r"--threads (\d+)", block)
-        jobs.append({"rule": rule[1], "wildcards": wildcards, "resources": resources,
-                     "threads": int(threads[1]) if threads else 1, "command_threads": command and int(command[1])})
+        jobs.append(
+            {
+                "rule": rule[1],
+                "wildcards": wildcards,
+                "resources": resources,
+                "threads": int(threads[1]) if threads else 1,
+                "command_threads": command and int(command[1]),
+            }
+        )
     return jobs
 
 
@@ -404,9 +506,11 @@ def test_paper_jobs_ask_for_what_their_work_needs(tmp_path):
 
 
 def test_plan_prints_the_paper_run_cost():
+    import contextlib
+    import io
+
     from scencode.cli import main
 
-    import contextlib, io
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["plan", "--configfile", str(REPO / "config" / "paper.yaml"), "--gpus", "8"]) == 0

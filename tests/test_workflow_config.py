@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from scencode.errors import ScencodeError
 from scencode.workflow_config import QC_PREFIX, load, read_datasets, read_yaml, sheet_schema
 
@@ -20,34 +20,57 @@ def sheet(tmp_path, *rows, header=HEADER, name="datasets.tsv"):
 
 def test_rows_become_the_workflows_dataset_settings(tmp_path):
     url = "https://example.org/a.h5ad\t" + "a" * 64
-    path = sheet(tmp_path, "lung\ttrain\tdemo\tsim_lung_1\t\t\t300\tlung\t",
-                 "web\teval\turl\t" + url + "\tcell_type\t\tblood\t50",
-                 "cxg\ttrain\tcensus\t7d98cc44-b090\t\t\t2489\t\t")
+    path = sheet(
+        tmp_path,
+        "lung\ttrain\tdemo\tsim_lung_1\t\t\t300\tlung\t",
+        "web\teval\turl\t" + url + "\tcell_type\t\tblood\t50",
+        "cxg\ttrain\tcensus\t7d98cc44-b090\t\t\t2489\t\t",
+    )
     datasets = read_datasets({"datasets": str(path)})
-    assert datasets["lung"] == {"role": "train", "n_cells": 300, "tissue": "lung",
-                                "source": {"type": "demo", "name": "sim_lung_1", "n_cells": 300}}
-    assert datasets["web"] == {"role": "eval", "label_key": "cell_type", "tissue": "blood", "qc": {"min_genes": 50},
-                               "source": {"type": "url", "url": "https://example.org/a.h5ad", "sha256": "a" * 64}}
+    assert datasets["lung"] == {
+        "role": "train",
+        "n_cells": 300,
+        "tissue": "lung",
+        "source": {"type": "demo", "name": "sim_lung_1", "n_cells": 300},
+    }
+    assert datasets["web"] == {
+        "role": "eval",
+        "label_key": "cell_type",
+        "tissue": "blood",
+        "qc": {"min_genes": 50},
+        "source": {"type": "url", "url": "https://example.org/a.h5ad", "sha256": "a" * 64},
+    }
     assert datasets["cxg"]["source"] == {"type": "census", "dataset_id": "7d98cc44-b090"}
 
 
 def test_a_census_query_is_a_json_cell(tmp_path):
-    path = sheet(tmp_path, 'ts_eye\teval\tcensus\t{"dataset_title": "Eye"}\tcell_type',
-                 header="dataset\trole\tsource\tcensus_query\tlabel_key\n")
-    assert read_datasets({"datasets": str(path)})["ts_eye"]["source"] == {"type": "census",
-                                                                           "query": {"dataset_title": "Eye"}}
+    path = sheet(
+        tmp_path,
+        'ts_eye\teval\tcensus\t{"dataset_title": "Eye"}\tcell_type',
+        header="dataset\trole\tsource\tcensus_query\tlabel_key\n",
+    )
+    assert read_datasets({"datasets": str(path)})["ts_eye"]["source"] == {
+        "type": "census",
+        "query": {"dataset_title": "Eye"},
+    }
 
 
-@pytest.mark.parametrize("row, message", [
-    ("a\ttraining\tdemo\tx\t\t\t\t\t", "row 2 (dataset a), column role: 'training' is not one of ['train', 'eval']"),
-    ("a\ttrain\tdemo\tx\t\t\tmany\t\t", "row 2, column n_cells: 'many' is not an integer"),
-    ("a\ttrain\tdemo\tx\t\t\t0\t\t", "row 2 (dataset a), column n_cells: 0 is less than the minimum of 1"),
-    ("a\teval\tdemo\tx\t\t\t\t\t", "row 2 (dataset a): 'label_key' is a required property"),
-    ("a\ttrain\turl\thttps://x.org/a.h5ad\t\t\t\t\t", "row 2 (dataset a): 'sha256' is a required property"),
-    ("a\ttrain\tdemo\tx\t\t\t\t\t-5", "row 2 (dataset a), column qc_min_genes: -5 is less than the minimum of 0"),
-    ("a b\ttrain\tdemo\tx\t\t\t\t\t", "row 2 (dataset a b), column dataset: 'a b' does not match"),
-    ("sim\ttrain\tdemo\tx\t\t\t\t\t", "row 2, column dataset: 'sim' is listed twice (first in"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            "a\ttraining\tdemo\tx\t\t\t\t\t",
+            "row 2 (dataset a), column role: 'training' is not one of ['train', 'eval']",
+        ),
+        ("a\ttrain\tdemo\tx\t\t\tmany\t\t", "row 2, column n_cells: 'many' is not an integer"),
+        ("a\ttrain\tdemo\tx\t\t\t0\t\t", "row 2 (dataset a), column n_cells: 0 is less than the minimum of 1"),
+        ("a\teval\tdemo\tx\t\t\t\t\t", "row 2 (dataset a): 'label_key' is a required property"),
+        ("a\ttrain\turl\thttps://x.org/a.h5ad\t\t\t\t\t", "row 2 (dataset a): 'sha256' is a required property"),
+        ("a\ttrain\tdemo\tx\t\t\t\t\t-5", "row 2 (dataset a), column qc_min_genes: -5 is less than the minimum of 0"),
+        ("a b\ttrain\tdemo\tx\t\t\t\t\t", "row 2 (dataset a b), column dataset: 'a b' does not match"),
+        ("sim\ttrain\tdemo\tx\t\t\t\t\t", "row 2, column dataset: 'sim' is listed twice (first in"),
+    ],
+)
 def test_a_bad_row_names_the_sheet_the_row_and_the_column(tmp_path, row, message):
     path = sheet(tmp_path, "sim\ttrain\tdemo\tsim_lung_1\t\t\t\t\t", row)
     with pytest.raises(ScencodeError) as error:
@@ -58,8 +81,9 @@ def test_a_bad_row_names_the_sheet_the_row_and_the_column(tmp_path, row, message
 def test_a_dataset_in_two_sheets_is_refused(tmp_path):
     first = sheet(tmp_path, "sim\ttrain\tdemo\tsim_lung_1\t\t\t\t\t", name="a.tsv")
     second = sheet(tmp_path, "sim\teval\tdemo\tsim_lung_1\t\tcell_type\t\t\t", name="b.tsv")
-    with pytest.raises(ScencodeError, match=f"{second}: row 1, column dataset: 'sim' is listed twice "
-                                            f"\\(first in {first}, row 1\\)"):
+    with pytest.raises(
+        ScencodeError, match=f"{second}: row 1, column dataset: 'sim' is listed twice \\(first in {first}, row 1\\)"
+    ):
         read_datasets({"datasets": [str(first), str(second)]})
 
 
@@ -81,8 +105,9 @@ def test_qc_columns_take_their_rules_from_the_config_schema():
 def test_a_key_written_twice_in_a_config_file_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("seed: 0\nqc:\n  min_genes: 5\n  min_counts: 3\n  min_genes: 7\n")
-    with pytest.raises(ScencodeError, match=f"{path}: key 'min_genes' is written twice in one mapping "
-                                            "\\(lines 3 and 5\\)"):
+    with pytest.raises(
+        ScencodeError, match=f"{path}: key 'min_genes' is written twice in one mapping \\(lines 3 and 5\\)"
+    ):
         read_yaml(path)
 
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
+
 from scencode.workflow_config import read_datasets, sheet_paths
 
 TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"  # Snakemake's convention: the tests' small config
@@ -42,15 +42,18 @@ def edit_datasets(config: dict, folder: Path, edit) -> dict:
     rows = edit(rows) or rows
     columns = list(dict.fromkeys(key for row in rows for key in row))
     sheet = Path(folder) / "datasets.tsv"
-    sheet.write_text("\n".join(["\t".join(columns), *("\t".join(str(row.get(c, "")) for c in columns)
-                                                      for row in rows)]) + "\n")
+    sheet.write_text(
+        "\n".join(["\t".join(columns), *("\t".join(str(row.get(c, "")) for c in columns) for row in rows)]) + "\n"
+    )
     return {**copy.deepcopy(config), "datasets": str(sheet)}
 
 
 def set_cell(dataset: str, column: str, value):
     """An ``edit`` for :func:`edit_datasets`: one cell of one dataset's row."""
+
     def edit(rows):
         next(row for row in rows if row["dataset"] == dataset)[column] = value
+
     return edit
 
 

@@ -17,9 +17,10 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator
+from typing import Annotated
 
 from .errors import ScencodeError
 
@@ -181,8 +182,11 @@ def atomic_dir(target: str | Path, marker: str) -> Iterator[Path]:
     if target.exists() and not target.is_dir():
         raise ScencodeError("output path is a file, not a folder", target)
     if target.is_dir() and not (target / marker).is_file() and any(target.iterdir()):
-        raise ScencodeError(f"output folder holds other files and no {marker} of an earlier output; "
-                            "refusing to replace it: choose a new or empty folder", target)
+        raise ScencodeError(
+            f"output folder holds other files and no {marker} of an earlier output; "
+            "refusing to replace it: choose a new or empty folder",
+            target,
+        )
     _make_parent(target)
     remove_stale_temporaries(target)
     with _creating(target):

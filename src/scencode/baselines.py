@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import OutputFile
 from .errors import ScencodeError
 from .formats import write_embedding
-from .atomic import OutputFile
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ def pca_baseline(adata, n_hvg: int = 2000, n_comps: int = 50, seed: int = 0) -> 
     return adata.obsm["X_pca"]
 
 
-def scvi_baseline(adata, batch_key: str | None, seed: int = 0, n_hvg: int = 2000, n_latent: int = 10,
-                  max_epochs: int | None = None) -> np.ndarray:
+def scvi_baseline(
+    adata, batch_key: str | None, seed: int = 0, n_hvg: int = 2000, n_latent: int = 10, max_epochs: int | None = None
+) -> np.ndarray:
     """scVI's latent space (scvi-tools) from raw counts of the top highly variable genes, with the
     batch as covariate: the integration baseline the field compares against. ``max_epochs``
     None: scvi-tools' own default for the dataset size."""
@@ -55,8 +56,15 @@ def scvi_baseline(adata, batch_key: str | None, seed: int = 0, n_hvg: int = 2000
 BASELINES = ("pca", "random", "scvi")
 
 
-def baseline_embedding(kind: str, qc_path, dataset: str, label_key: str, batch_key: str | None,
-                       seed: int = 0, scvi_epochs: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def baseline_embedding(
+    kind: str,
+    qc_path,
+    dataset: str,
+    label_key: str,
+    batch_key: str | None,
+    seed: int = 0,
+    scvi_epochs: int | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Baselines through the same metrics: ``pca`` (log-normalised HVGs), ``scvi`` (scVI's latent
     space, optional extra) or ``random`` (Gaussian noise, the floor every embedding should beat)."""
     import anndata as ad
@@ -64,9 +72,13 @@ def baseline_embedding(kind: str, qc_path, dataset: str, label_key: str, batch_k
     if kind not in BASELINES:
         raise ScencodeError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
     adata = ad.read_h5ad(qc_path)
-    cells = pd.DataFrame({"cell_id": dataset + ":" + adata.obs_names.astype(str),
-                          "label": adata.obs[label_key].astype(str).to_numpy(),
-                          "batch": adata.obs[batch_key].astype(str).to_numpy() if batch_key else dataset})
+    cells = pd.DataFrame(
+        {
+            "cell_id": dataset + ":" + adata.obs_names.astype(str),
+            "label": adata.obs[label_key].astype(str).to_numpy(),
+            "batch": adata.obs[batch_key].astype(str).to_numpy() if batch_key else dataset,
+        }
+    )
     if kind == "pca":
         return cells, pca_baseline(adata, seed=seed).astype(np.float32)
     if kind == "scvi":
@@ -74,8 +86,16 @@ def baseline_embedding(kind: str, qc_path, dataset: str, label_key: str, batch_k
     return cells, np.random.default_rng(seed).normal(size=(adata.n_obs, 32)).astype(np.float32)
 
 
-def run(kind: str, qc: Path, dataset: str, label_key: str, out: OutputFile, batch_key: str | None = None, seed: int = 0,
-        scvi_epochs: int | None = None) -> None:
+def run(
+    kind: str,
+    qc: Path,
+    dataset: str,
+    label_key: str,
+    out: OutputFile,
+    batch_key: str | None = None,
+    seed: int = 0,
+    scvi_epochs: int | None = None,
+) -> None:
     """A baseline embedding (``kind``: pca | random | scvi) of one evaluation dataset, as an embedding
     table at ``out``."""
     cells, matrix = baseline_embedding(kind, qc, dataset, label_key, batch_key, seed, scvi_epochs=scvi_epochs)

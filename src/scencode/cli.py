@@ -33,8 +33,11 @@ STEPS = {
     "vocab": ("vocab", "run", "build the shared gene vocabulary"),
     "tokenize": ("tokenize", "run", "write a corpus of Parquet token shards"),
     "check-shards": ("shards", "check", "verify a corpus against its manifest"),
-    "corpus-stats": ("corpus_stats", "run", "cells, genes per cell, tokens after the context cap and vocabulary "
-                                            "coverage of token corpora"),
+    "corpus-stats": (
+        "corpus_stats",
+        "run",
+        "cells, genes per cell, tokens after the context cap and vocabulary coverage of token corpora",
+    ),
     "proteins": ("esm.proteins", "run", "fetch a peptide FASTA (Ensembl pep.all, or the demo's)"),
     "esm-tiny": ("esm.embed", "tiny", "save a randomly initialised tiny ESM-2 (demo and tests)"),
     "esm-embed": ("esm.embed", "run", "ESM-2 gene embeddings from a peptide FASTA"),
@@ -45,15 +48,24 @@ STEPS = {
     "reconstruction": ("embed", "reconstruction", "minimum training and held-out test masked MSE of a model"),
     "baseline": ("baselines", "run", "a baseline embedding (pca, scvi or random) of an evaluation dataset"),
     "evaluate": ("evaluate", "run", "scIB, classification and reconstruction metrics of one embedding"),
-    "scib-benchmark": ("scib_benchmark", "run", "scib-metrics' own default set and aggregate, every embedding "
-                                                "of one dataset"),
-    "gene-probes": ("gene_probes", "run", "probe what each run's gene embeddings learned (HGNC families, "
-                                          "protein length, chromosome)"),
+    "scib-benchmark": (
+        "scib_benchmark",
+        "run",
+        "scib-metrics' own default set and aggregate, every embedding of one dataset",
+    ),
+    "gene-probes": (
+        "gene_probes",
+        "run",
+        "probe what each run's gene embeddings learned (HGNC families, protein length, chromosome)",
+    ),
     "tables": ("tables", "run", "metrics.csv, summary.csv and tests.csv from metric tables"),
     "figures": ("figures", "run", "the study's figures from the tables"),
     "provenance": ("provenance", "run", "what produced the results: versions, commit, config hash, hardware"),
-    "plan": ("plan", "run", "what a configured run costs (GPU-/CPU-hours, memory, disk, wall time), "
-                            "before any job is submitted"),
+    "plan": (
+        "plan",
+        "run",
+        "what a configured run costs (GPU-/CPU-hours, memory, disk, wall time), before any job is submitted",
+    ),
 }
 
 
@@ -118,8 +130,15 @@ def build_parser(step: str | None = None) -> tuple[argparse.ArgumentParser, dict
 def check_outputs(function, args: dict) -> None:
     """Every output the step will write can be written: refused now, not after the computation."""
     for name, hint in typing.get_type_hints(function, include_extras=True).items():
-        marker = next((m for h in (hint, *typing.get_args(hint)) for m in getattr(h, "__metadata__", ())
-                       if isinstance(m, Output)), None)
+        marker = next(
+            (
+                m
+                for h in (hint, *typing.get_args(hint))
+                for m in getattr(h, "__metadata__", ())
+                if isinstance(m, Output)
+            ),
+            None,
+        )
         if marker is not None and args.get(name) is not None:
             check_writable(args[name], folder=marker.folder)
 

@@ -47,14 +47,29 @@ def _one_corpus(name: str, folder: Path, vocab_size: int, context: int) -> pl.Da
         tokens_per_cell_mean=n_genes.clip(upper_bound=context).mean(),
         tokens=n_genes.clip(upper_bound=context).sum(),
     )
-    coverage = pl.DataFrame({"dataset_id": list(seen), "dataset_genes_seen": [int(b.sum()) for b in seen.values()]},
-                            schema={"dataset_id": pl.String, "dataset_genes_seen": pl.Int64})
-    return (table.join(coverage, on="dataset_id", how="left")
-            .with_columns(corpus=pl.lit(name),
-                          dataset_vocab_coverage=pl.col("dataset_genes_seen") / (vocab_size - len(SPECIAL_TOKENS)))
-            .select(*KEYS, "cells", "genes_per_cell_mean", "genes_per_cell_min",
-                    *(f"genes_per_cell_{k}" for k in QUANTILES), "genes_per_cell_max", "tokens_per_cell_mean",
-                    "tokens", "dataset_genes_seen", "dataset_vocab_coverage"))
+    coverage = pl.DataFrame(
+        {"dataset_id": list(seen), "dataset_genes_seen": [int(b.sum()) for b in seen.values()]},
+        schema={"dataset_id": pl.String, "dataset_genes_seen": pl.Int64},
+    )
+    return (
+        table.join(coverage, on="dataset_id", how="left")
+        .with_columns(
+            corpus=pl.lit(name),
+            dataset_vocab_coverage=pl.col("dataset_genes_seen") / (vocab_size - len(SPECIAL_TOKENS)),
+        )
+        .select(
+            *KEYS,
+            "cells",
+            "genes_per_cell_mean",
+            "genes_per_cell_min",
+            *(f"genes_per_cell_{k}" for k in QUANTILES),
+            "genes_per_cell_max",
+            "tokens_per_cell_mean",
+            "tokens",
+            "dataset_genes_seen",
+            "dataset_vocab_coverage",
+        )
+    )
 
 
 def _scan(path: Path) -> pl.DataFrame:
@@ -73,7 +88,7 @@ def _count_shard(frame: pl.DataFrame, seen: dict, vocab_size: int) -> pl.DataFra
     row = 0
     for length, dataset in runs.struct.unnest().iter_rows():
         bitmap = seen.setdefault(dataset, np.zeros(vocab_size, bool))
-        bitmap[values[ends[row]:ends[row + length]]] = True
+        bitmap[values[ends[row] : ends[row + length]]] = True
         row += length
     return lengths
 
@@ -88,9 +103,17 @@ def training_figures(stats: pl.DataFrame, corpus: str = "train") -> dict:
     if train.is_empty():
         return {}
     cells = int(train["cells"].sum())
-    return {"train_cells": cells, "tokens_per_cell": float(train["tokens"].sum() / cells),
-            "cells_by_split": dict(stats.filter(pl.col("corpus") == corpus).group_by("split")
-                                   .agg(pl.col("cells").sum()).sort("split").iter_rows())}
+    return {
+        "train_cells": cells,
+        "tokens_per_cell": float(train["tokens"].sum() / cells),
+        "cells_by_split": dict(
+            stats.filter(pl.col("corpus") == corpus)
+            .group_by("split")
+            .agg(pl.col("cells").sum())
+            .sort("split")
+            .iter_rows()
+        ),
+    }
 
 
 def draw(stats: pl.DataFrame, path: Path) -> None:
@@ -101,11 +124,18 @@ def draw(stats: pl.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = (stats.group_by("corpus", "dataset_id")
-            .agg(*(((pl.col(f"genes_per_cell_{k}") * pl.col("cells")).sum() / pl.col("cells").sum()).alias(k)
-                   for k in QUANTILES),
-                 coverage=pl.col("dataset_vocab_coverage").max(), cells=pl.col("cells").sum())
-            .sort("corpus", "dataset_id"))
+    rows = (
+        stats.group_by("corpus", "dataset_id")
+        .agg(
+            *(
+                ((pl.col(f"genes_per_cell_{k}") * pl.col("cells")).sum() / pl.col("cells").sum()).alias(k)
+                for k in QUANTILES
+            ),
+            coverage=pl.col("dataset_vocab_coverage").max(),
+            cells=pl.col("cells").sum(),
+        )
+        .sort("corpus", "dataset_id")
+    )
     labels = [f"{c} · {d}" if c != d else d for c, d in zip(rows["corpus"], rows["dataset_id"])]
     height = 1.2 + 0.35 * len(labels)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, height), sharey=True, gridspec_kw={"width_ratios": [3, 1]})

@@ -18,9 +18,9 @@ has already used.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -99,8 +99,12 @@ class TrainSubset:
         return has[codes] & (subset_hashes(cell_ids) <= bounds[codes])
 
     def describe(self) -> dict:
-        return {"requested": self.requested, "cells": self.n_cells, "per_dataset": self.cells,
-                "available": sum(self.available.values())}
+        return {
+            "requested": self.requested,
+            "cells": self.n_cells,
+            "per_dataset": self.cells,
+            "available": sum(self.available.values()),
+        }
 
 
 def subset_hashes(cell_ids: pa.Array) -> np.ndarray:
@@ -114,11 +118,15 @@ def train_cell_count(requested: int | float, available: int, corpus_dir: Path) -
             raise ScencodeError(f"train.train_cells {requested!r} must be a count ≥ 1 or a fraction in (0, 1)")
         return max(1, round(requested * available))
     if requested != int(requested):
-        raise ScencodeError(f"train.train_cells {requested!r}: a count of cells must be a whole number "
-                            "(or a fraction below 1)")
+        raise ScencodeError(
+            f"train.train_cells {requested!r}: a count of cells must be a whole number (or a fraction below 1)"
+        )
     if requested > available:
-        raise ScencodeError(f"train.train_cells {int(requested)} exceeds the {available} cells of the training "
-                            "split; use a smaller size or 'all'", corpus_dir)
+        raise ScencodeError(
+            f"train.train_cells {int(requested)} exceeds the {available} cells of the training "
+            "split; use a smaller size or 'all'",
+            corpus_dir,
+        )
     return int(requested)
 
 
@@ -129,8 +137,7 @@ def draw_train_subset(corpus_dir: str | Path, requested: int | float) -> TrainSu
 
     corpus_dir = Path(corpus_dir)
     files = [str(corpus_dir / shard["file"]) for shard in read_manifest(corpus_dir)["shards"]]
-    cells = (pl.scan_parquet(files).filter(pl.col("split") == "train")
-             .select("dataset_id", "cell_id").collect())
+    cells = pl.scan_parquet(files).filter(pl.col("split") == "train").select("dataset_id", "cell_id").collect()
     available = dict(cells.group_by("dataset_id").len().iter_rows())
     total = sum(available.values())
     target = train_cell_count(requested, total, corpus_dir)
@@ -163,8 +170,16 @@ def reader_units(all_units: list, epoch: int, seed: int, reader: int, n_readers:
 _EMPTY = np.iinfo(np.uint64).max
 
 
-def padded_sample(gene_values: np.ndarray, count_values: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                  keys: np.ndarray, epoch: int, cfg: LoaderConfig, mask: bool = True) -> dict[str, np.ndarray]:
+def padded_sample(
+    gene_values: np.ndarray,
+    count_values: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    keys: np.ndarray,
+    epoch: int,
+    cfg: LoaderConfig,
+    mask: bool = True,
+) -> dict[str, np.ndarray]:
     """Cell i holds ``gene_values[starts[i]:starts[i] + lengths[i]]``. Per cell, K = min(context, M)
     of its M genes are chosen (at random, or the most expressed) and round(p_mask·K) masked, from hashes of
     (seed, epoch, cell, gene); the result is padded to (cells, max K). Vectorised over the batch:
@@ -180,14 +195,18 @@ def padded_sample(gene_values: np.ndarray, count_values: np.ndarray, starts: np.
     hashes = np.full((n, width), _EMPTY, np.uint64)
     hashes[row, col] = h
     if width > cfg.context:  # keep the K smallest keys of each cell (order is irrelevant: a bag)
-        index = np.argpartition(_choice_keys(h, count_values[starts[row] + col], row, col, (n, width), cfg),
-                                cfg.context - 1, axis=1)[:, :cfg.context]
+        index = np.argpartition(
+            _choice_keys(h, count_values[starts[row] + col], row, col, (n, width), cfg), cfg.context - 1, axis=1
+        )[:, : cfg.context]
         hashes = np.take_along_axis(hashes, index, axis=1)
     valid = index < lengths[:, None]
     flat = np.where(valid, starts[:, None] + index, 0)
-    out = {"gene_ids": np.where(valid, gene_values[flat], 0).astype(np.int64),
-           "counts": np.where(valid, count_values[flat], 0).astype(np.float32),
-           "valid": valid, "masked": np.zeros_like(valid)}
+    out = {
+        "gene_ids": np.where(valid, gene_values[flat], 0).astype(np.int64),
+        "counts": np.where(valid, count_values[flat], 0).astype(np.float32),
+        "valid": valid,
+        "masked": np.zeros_like(valid),
+    }
     if mask:
         out["masked"] = _mask_smallest(np.where(valid, splitmix(hashes), _EMPTY), valid.sum(1), cfg.p_mask)
     return out
@@ -245,9 +264,21 @@ class ShardBatches(torch.utils.data.IterableDataset):
     ``skip_batches`` resumes mid-epoch: the first batches of the rank's stream are read but not
     yielded (batches are dealt round-robin to workers, as DataLoader consumes them)."""
 
-    def __init__(self, corpus_dir: str | Path, split: str | None, cfg: LoaderConfig, epoch: int = 0, rank: int = 0,
-                 world_size: int = 1, skip_batches: int = 0, mask: bool = True, shuffle: bool = True,
-                 with_cell_ids: bool = False, columns: tuple[str, ...] = (), subset: TrainSubset | None = None):
+    def __init__(
+        self,
+        corpus_dir: str | Path,
+        split: str | None,
+        cfg: LoaderConfig,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        skip_batches: int = 0,
+        mask: bool = True,
+        shuffle: bool = True,
+        with_cell_ids: bool = False,
+        columns: tuple[str, ...] = (),
+        subset: TrainSubset | None = None,
+    ):
         cfg.validate()
         self.subset = subset
         self.corpus_dir, self.split, self.cfg = Path(corpus_dir), split, cfg
@@ -280,21 +311,27 @@ class ShardBatches(torch.utils.data.IterableDataset):
         n_readers = self.world_size * n_workers
         per_reader = []
         for reader in range(n_readers):
-            my_units = reader_units(self.units, self.epoch, self.cfg.seed, reader, n_readers) if self.shuffle else \
-                self.units[reader::n_readers]
+            my_units = (
+                reader_units(self.units, self.epoch, self.cfg.seed, reader, n_readers)
+                if self.shuffle
+                else self.units[reader::n_readers]
+            )
             batches, pooled = 0, 0
             for unit in my_units:
                 pooled += in_split[unit]
                 if pooled >= self.cfg.batch_size * self.cfg.bucket_batches:
                     batches, pooled = batches + -(-pooled // self.cfg.batch_size), 0
             per_reader.append(batches + -(-pooled // self.cfg.batch_size))
-        return [sum(per_reader[r * n_workers:(r + 1) * n_workers]) for r in range(self.world_size)]
+        return [sum(per_reader[r * n_workers : (r + 1) * n_workers]) for r in range(self.world_size)]
 
     def _batches(self, reader: int, n_readers: int) -> Iterator[Batch]:
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, self.epoch, 1 + reader])
-        my_units = reader_units(self.units, self.epoch, cfg.seed, reader, n_readers) if self.shuffle else \
-            self.units[reader::n_readers]
+        my_units = (
+            reader_units(self.units, self.epoch, cfg.seed, reader, n_readers)
+            if self.shuffle
+            else self.units[reader::n_readers]
+        )
         pool_cells = cfg.batch_size * cfg.bucket_batches
         tables: list[pa.Table] = []
         keep: list[np.ndarray] = []
@@ -344,12 +381,20 @@ class ShardBatches(torch.utils.data.IterableDataset):
             lengths = np.minimum(pool.lengths, cfg.context)
             pool_of = np.arange(pool.n) // (cfg.batch_size * cfg.bucket_batches)  # a row group may hold several
             order = order[np.lexsort((lengths[order], pool_of))]
-        batches = [order[k:k + cfg.batch_size] for k in range(0, pool.n, cfg.batch_size)]
+        batches = [order[k : k + cfg.batch_size] for k in range(0, pool.n, cfg.batch_size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for index in batches:
-            padded = padded_sample(pool.genes, pool.counts, pool.starts[index], pool.lengths[index],
-                                   pool.keys[index], self.epoch, cfg, self.mask)
+            padded = padded_sample(
+                pool.genes,
+                pool.counts,
+                pool.starts[index],
+                pool.lengths[index],
+                pool.keys[index],
+                self.epoch,
+                cfg,
+                self.mask,
+            )
             batch = to_batch(padded, pool.totals[index], cfg)
             batch.meta = {name: values[index].tolist() for name, values in pool.extra.items()}
             yield batch
@@ -362,7 +407,7 @@ def _flat_lists(column: pa.ChunkedArray, buffers: dict, name: str) -> tuple[np.n
     values, lengths = [], []
     for chunk in column.chunks:
         offsets = chunk.offsets.to_numpy()
-        values.append(chunk.values.to_numpy()[offsets[0]:offsets[-1]])
+        values.append(chunk.values.to_numpy()[offsets[0] : offsets[-1]])
         lengths.append(np.diff(offsets).astype(np.int64))
     total = sum(len(v) for v in values)
     buffer = buffers.get(name)
@@ -375,8 +420,9 @@ class _Pool:
     """A shuffle buffer's cells as flat numpy arrays (list offsets + values): batches are gathered
     from it with numpy indexing, not by copying Arrow tables."""
 
-    def __init__(self, table: pa.Table, in_split: np.ndarray, with_cell_ids: bool, columns: tuple[str, ...],
-                 buffers: dict):
+    def __init__(
+        self, table: pa.Table, in_split: np.ndarray, with_cell_ids: bool, columns: tuple[str, ...], buffers: dict
+    ):
         rows = np.flatnonzero(in_split)
         self.n = len(rows)
         self.genes, lengths = _flat_lists(table.column("gene_ids"), buffers, "genes")
@@ -388,4 +434,3 @@ class _Pool:
         if with_cell_ids:
             for name in ("cell_id", *columns):
                 self.extra[name] = table.column(name).to_numpy(zero_copy_only=False)[rows]
-

@@ -39,20 +39,39 @@ class DemoDataset:
 
 
 TISSUE_TYPES = {
-    "lung": ("alveolar type 2 cell", "alveolar macrophage", "endothelial cell", "fibroblast",
-             "T cell", "club cell", "ciliated cell"),
-    "blood": ("CD4-positive T cell", "CD8-positive T cell", "B cell", "natural killer cell",
-              "classical monocyte", "platelet", "plasmacytoid dendritic cell"),
+    "lung": (
+        "alveolar type 2 cell",
+        "alveolar macrophage",
+        "endothelial cell",
+        "fibroblast",
+        "T cell",
+        "club cell",
+        "ciliated cell",
+    ),
+    "blood": (
+        "CD4-positive T cell",
+        "CD8-positive T cell",
+        "B cell",
+        "natural killer cell",
+        "classical monocyte",
+        "platelet",
+        "plasmacytoid dendritic cell",
+    ),
     "kidney": ("proximal tubule cell", "podocyte", "endothelial cell", "T cell", "macrophage"),
-    "liver": ("hepatocyte", "cholangiocyte", "Kupffer cell", "endothelial cell", "T cell",
-              "hepatic stellate cell"),
+    "liver": ("hepatocyte", "cholangiocyte", "Kupffer cell", "endothelial cell", "T cell", "hepatic stellate cell"),
 }
 
 # A tissue no demo training dataset has, for the far level of distribution shift. Its cell types
 # stay out of TISSUE_TYPES, so that the other datasets' marker genes are what they were.
 UNSEEN_TISSUE_TYPES = {
-    "pancreas": ("pancreatic A cell", "type B pancreatic cell", "pancreatic ductal cell", "pancreatic acinar cell",
-                 "endothelial cell", "macrophage"),
+    "pancreas": (
+        "pancreatic A cell",
+        "type B pancreatic cell",
+        "pancreatic ductal cell",
+        "pancreatic acinar cell",
+        "endothelial cell",
+        "macrophage",
+    ),
 }
 
 DEMO_DATASETS: dict[str, DemoDataset] = {
@@ -105,7 +124,7 @@ def _program(n_genes: int, key: str, frac_up: float, frac_down: float, scale: fl
     genes = rng.permutation(n_genes)
     n_up, n_down = int(frac_up * n_genes), int(frac_down * n_genes)
     lfc[genes[:n_up]] = np.abs(rng.normal(scale, scale / 2, n_up))
-    lfc[genes[n_up:n_up + n_down]] = -np.abs(rng.normal(scale, scale / 2, n_down))
+    lfc[genes[n_up : n_up + n_down]] = -np.abs(rng.normal(scale, scale / 2, n_down))
     return lfc
 
 
@@ -114,8 +133,10 @@ def _marker_switch(base: np.ndarray, types: np.ndarray) -> np.ndarray:
     drawn among the better-expressed half of the genes) are off in every other type of any tissue
     and on (2–6× their base) in their own."""
     expressed = np.flatnonzero(base >= np.median(base))
-    markers = {t: _rng("markers", t).choice(expressed, MARKERS_PER_TYPE, replace=False)
-               for t in sorted({t for tissue in TISSUE_TYPES.values() for t in tissue} | set(types))}
+    markers = {
+        t: _rng("markers", t).choice(expressed, MARKERS_PER_TYPE, replace=False)
+        for t in sorted({t for tissue in TISSUE_TYPES.values() for t in tissue} | set(types))
+    }
     switch = np.zeros((len(types), len(base)))
     switch[:, np.unique(np.concatenate(list(markers.values())))] = MARKER_OFF
     for i, t in enumerate(types):
@@ -154,11 +175,14 @@ def simulate(spec: DemoDataset, name: str, seed: int, n_cells: int) -> ad.AnnDat
     mean = prob * library[:, None]
     counts = rng.poisson(rng.gamma(NB_THETA, mean / NB_THETA)).astype(np.float32)
 
-    obs = pd.DataFrame({
-        "cell_type": pd.Categorical(types[cell_type]),
-        "batch": pd.Categorical([f"{name}_run{b + 1}" for b in batch]),
-        "tissue": spec.tissue,
-    }, index=[f"{name}-{i:06d}" for i in range(n_cells)])
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(types[cell_type]),
+            "batch": pd.Categorical([f"{name}_run{b + 1}" for b in batch]),
+            "tissue": spec.tissue,
+        },
+        index=[f"{name}-{i:06d}" for i in range(n_cells)],
+    )
     var = pd.DataFrame({"feature_name": genes.gene_name.to_numpy()}, index=genes.gene_id.to_numpy())
     adata = ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
     if spec.symbols_only:

@@ -34,9 +34,15 @@ def fetch(source: dict, out: str | Path, seed: int = 0) -> None:
     elif kind == "local":
         link_local(source["path"], out)
     elif kind == "url":
-        download_url(source["url"], out, sha256=source.get("sha256"), retries=source.get("retries", 4),
-                     max_bytes=source.get("max_bytes", DEFAULT_MAX_BYTES),
-                     deadline_s=source.get("deadline_s", DEFAULT_DEADLINE_S), hdf5=True)
+        download_url(
+            source["url"],
+            out,
+            sha256=source.get("sha256"),
+            retries=source.get("retries", 4),
+            max_bytes=source.get("max_bytes", DEFAULT_MAX_BYTES),
+            deadline_s=source.get("deadline_s", DEFAULT_DEADLINE_S),
+            hdf5=True,
+        )
     else:
         census_download(source, out)
 
@@ -48,8 +54,9 @@ def census_download(source: dict, out: Path) -> None:
     try:
         import cellxgene_census
     except ImportError as exc:
-        raise ScencodeError("census sources need the 'cellxgene-census' package: "
-                            "pip install 'scencode[census]'") from exc
+        raise ScencodeError(
+            "census sources need the 'cellxgene-census' package: pip install 'scencode[census]'"
+        ) from exc
     version = source["census_version"]
     dataset_id = source.get("dataset_id") or resolve_census_query(cellxgene_census, version, source["query"])
     log.info("census %s: downloading source h5ad of dataset %s", version, dataset_id)
@@ -66,13 +73,17 @@ def resolve_census_query(cellxgene_census, version: str, query: dict) -> str:
     hits = table
     for column, pattern in query.items():
         if column not in table.columns:
-            raise ScencodeError(f"census query column {column!r} is not in the Census datasets table "
-                                f"(columns: {', '.join(table.columns)})")
+            raise ScencodeError(
+                f"census query column {column!r} is not in the Census datasets table "
+                f"(columns: {', '.join(table.columns)})"
+            )
         hits = hits[hits[column].astype(str).str.contains(pattern, case=False, regex=True)]
     if len(hits) != 1:
         found = "; ".join(f"{r.dataset_id} ({r.dataset_title})" for r in hits.head(10).itertuples())
-        raise ScencodeError(f"census query {query} matched {len(hits)} datasets in census {version}, "
-                            f"expected exactly 1{': ' + found if found else ''}")
+        raise ScencodeError(
+            f"census query {query} matched {len(hits)} datasets in census {version}, "
+            f"expected exactly 1{': ' + found if found else ''}"
+        )
     return hits.dataset_id.iloc[0]
 
 

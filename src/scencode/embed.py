@@ -18,14 +18,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .atomic import OutputFile, write_json
 from .data import LoaderConfig, ShardBatches
 from .devices import autocast, autocast_dtype, default_device
 from .errors import ScencodeError
-from .formats import (RECONSTRUCTION_METRICS, RunIdentity, metric_table, model_checkpoint,
-                      write_embedding_files, write_missing_embedding, write_table)
+from .formats import (
+    RECONSTRUCTION_METRICS,
+    RunIdentity,
+    metric_table,
+    model_checkpoint,
+    write_embedding_files,
+    write_missing_embedding,
+    write_table,
+)
 from .model import Batch, CellTransformer, load_model, masked_sse
 from .shards import verify_corpus
-from .atomic import OutputFile, write_json
 
 log = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "batch")
@@ -40,7 +47,9 @@ def verify_model_corpus(checkpoint: str | Path, ckpt: dict, corpus: str | Path) 
             f"this model was trained on the vocabulary with hash {ckpt['vocab_hash'][:12]}… "
             f"({ckpt['model_config']['vocab_size']} tokens), but corpus {corpus} was tokenized with "
             f"{manifest['vocab_hash'][:12]}… ({manifest['vocab_size']} tokens): embed a corpus tokenized with the "
-            "model's vocabulary, or retrain the model on this one (snakemake --forcerun pretrain)", checkpoint)
+            "model's vocabulary, or retrain the model on this one (snakemake --forcerun pretrain)",
+            checkpoint,
+        )
     return manifest
 
 
@@ -51,13 +60,20 @@ def _autocast(device: torch.device):
 
 
 def _batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, columns=LABEL_COLUMNS):
-    return ShardBatches(corpus, split, loader, epoch=0, shuffle=False, mask=mask, with_cell_ids=True,
-                        columns=columns)
+    return ShardBatches(corpus, split, loader, epoch=0, shuffle=False, mask=mask, with_cell_ids=True, columns=columns)
 
 
 @torch.no_grad()
-def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfig, out_parquet: str | Path,
-                 out_h5ad: str | Path, run: str, dataset: str, split: str | None = None) -> dict:
+def embed_corpus(
+    checkpoint: str | Path,
+    corpus: str | Path,
+    loader: LoaderConfig,
+    out_parquet: str | Path,
+    out_h5ad: str | Path,
+    run: str,
+    dataset: str,
+    split: str | None = None,
+) -> dict:
     """Embeds every cell (of ``split``, if given: the training corpus's held-out test split is the
     in-distribution evaluation set) and measures the reconstruction errors in the same pass (one
     model load, one read of the shards). Returns the cell count, dimension and :func:`reconstruction`
@@ -78,8 +94,11 @@ def embed_corpus(checkpoint: str | Path, corpus: str | Path, loader: LoaderConfi
         batches += batch.meta["batch"]
     matrix = np.concatenate(chunks)
     if not np.isfinite(matrix).all():
-        raise ScencodeError(f"model {run} gives NaN or infinite embeddings on {dataset} "
-                            f"({int((~np.isfinite(matrix)).any(1).sum())} cells)", checkpoint)
+        raise ScencodeError(
+            f"model {run} gives NaN or infinite embeddings on {dataset} "
+            f"({int((~np.isfinite(matrix)).any(1).sum())} cells)",
+            checkpoint,
+        )
     obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
     obs["label"] = obs.label.fillna("")  # cells of a dataset without labels: unlabeled, left out of the scores
     write_embedding_files(obs, matrix, out_parquet, out_h5ad, run, dataset)
@@ -113,17 +132,28 @@ class ReconstructionErrors:
 
     def result(self) -> dict:
         if not self.tokens:
-            return {"masked_mse": float("nan"), "masked_mse_no_context": float("nan"),
-                    "gene_mean_mse": float("nan"), "cells": self.cells, "masked_tokens": 0}
+            return {
+                "masked_mse": float("nan"),
+                "masked_mse_no_context": float("nan"),
+                "gene_mean_mse": float("nan"),
+                "cells": self.cells,
+                "masked_tokens": 0,
+            }
         n, total, squares = self.gene
-        gene_sse = (squares - total ** 2 / n.clamp(min=1)).sum()
-        return {"masked_mse": float(self.sse[0] / self.tokens), "masked_mse_no_context": float(self.sse[1] / self.tokens),
-                "gene_mean_mse": float(gene_sse / self.tokens), "cells": self.cells, "masked_tokens": self.tokens}
+        gene_sse = (squares - total**2 / n.clamp(min=1)).sum()
+        return {
+            "masked_mse": float(self.sse[0] / self.tokens),
+            "masked_mse_no_context": float(self.sse[1] / self.tokens),
+            "gene_mean_mse": float(gene_sse / self.tokens),
+            "cells": self.cells,
+            "masked_tokens": self.tokens,
+        }
 
 
 @torch.no_grad()
-def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, loader: LoaderConfig,
-               max_cells: int | None = None) -> dict:
+def masked_mse(
+    checkpoint: str | Path, corpus: str | Path, split: str | None, loader: LoaderConfig, max_cells: int | None = None
+) -> dict:
     """:class:`ReconstructionErrors` of a checkpoint on one split of a corpus (epoch-0 masks)."""
     device = default_device()
     model, ckpt = load_model(checkpoint, device)
@@ -138,9 +168,18 @@ def masked_mse(checkpoint: str | Path, corpus: str | Path, split: str | None, lo
     return errors.result()
 
 
-def run(model: Path, corpus: Path, run: str, dataset: str, out: OutputFile, reconstruction: OutputFile,
-        params: LoaderConfig, h5ad: OutputFile | None = None, threads: int | None = None,
-        split: str | None = None) -> dict:
+def run(
+    model: Path,
+    corpus: Path,
+    run: str,
+    dataset: str,
+    out: OutputFile,
+    reconstruction: OutputFile,
+    params: LoaderConfig,
+    h5ad: OutputFile | None = None,
+    threads: int | None = None,
+    split: str | None = None,
+) -> dict:
     """Cell embeddings of a model on an evaluation corpus (``out`` Parquet; ``h5ad`` the same for scanpy,
     needs anndata) and the context diagnostic on the same cells (``reconstruction`` JSON). ``model``:
     a run's model.json (no model: empty outputs that say why) or a checkpoint .pt; ``params``: the
@@ -160,24 +199,46 @@ def run(model: Path, corpus: Path, run: str, dataset: str, out: OutputFile, reco
     return info
 
 
-COST_METRICS = {"wall_hours": ("wall_seconds", 1 / 3600), "device_hours": ("device_hours", 1),
-                "tokens_per_s": ("tokens_per_s", 1), "cells_per_s": ("cells_per_s", 1), "mfu": ("mfu", 1)}
+COST_METRICS = {
+    "wall_hours": ("wall_seconds", 1 / 3600),
+    "device_hours": ("device_hours", 1),
+    "tokens_per_s": ("tokens_per_s", 1),
+    "cells_per_s": ("cells_per_s", 1),
+    "mfu": ("mfu", 1),
+}
 
 
 def cost_rows(cost: dict | None) -> list[dict]:
     """What training cost (model.json's ``cost``), as metric rows of group ``cost``; the note names
     the device and whether device_hours are GPU-hours or CPU core-hours."""
     if not cost:
-        return [{"metric": m, "group": "cost", "value": float("nan"), "note": "no cost recorded in model.json"}
-                for m in COST_METRICS]
+        return [
+            {"metric": m, "group": "cost", "value": float("nan"), "note": "no cost recorded in model.json"}
+            for m in COST_METRICS
+        ]
     note = f"{cost['device']} x {cost['devices']}, device_hours in {cost['device_hours_unit']}"
-    return [{"metric": m, "group": "cost", "note": note if cost.get(key) is not None else f"no MFU: {cost['peak']}",
-             "value": float("nan") if cost.get(key) is None else cost[key] * scale}
-            for m, (key, scale) in COST_METRICS.items()]
+    return [
+        {
+            "metric": m,
+            "group": "cost",
+            "note": note if cost.get(key) is not None else f"no MFU: {cost['peak']}",
+            "value": float("nan") if cost.get(key) is None else cost[key] * scale,
+        }
+        for m, (key, scale) in COST_METRICS.items()
+    ]
 
 
-def reconstruction(model: Path, train_log: Path, corpus: Path, out: OutputFile, run: str, gene_encoding: str,
-                   expression_encoding: str, seed: int, params: LoaderConfig) -> pd.DataFrame:
+def reconstruction(
+    model: Path,
+    train_log: Path,
+    corpus: Path,
+    out: OutputFile,
+    run: str,
+    gene_encoding: str,
+    expression_encoding: str,
+    seed: int,
+    params: LoaderConfig,
+) -> pd.DataFrame:
     """A model's reconstruction table (``out`` Parquet): minimum logged training masked MSE, the context
     diagnostic on the training corpus's held-out test split, and how training ended."""
     log_table = pd.read_parquet(train_log)
@@ -190,25 +251,59 @@ def reconstruction(model: Path, train_log: Path, corpus: Path, out: OutputFile, 
         test_note = f"held-out test split, {test['cells']} cells"
     status = json.loads(Path(model).read_text()) if Path(model).suffix == ".json" else {}
     min_train = log_table.train_loss.min()
-    rows = pd.DataFrame([
-        {"metric": "min_train_mse", "group": "reconstruction", "value": min_train,
-         "note": "minimum logged training masked MSE" if pd.notna(min_train) else
-         "no finite training loss was logged (see model.json)"},
-        {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"], "note": test_note},
-        *({"metric": f"test_{metric}", "group": "reconstruction", "value": test.get(metric, nan),
-           "note": test_note} for metric in RECONSTRUCTION_METRICS[1:]),
-        # how training ended: the report shows whether a configuration was still improving
-        {"metric": "final_val_loss", "group": "training", "value": status.get("final_val_loss") or nan,
-         "note": f"validation loss at the last step ({status.get('steps')})"},
-        {"metric": "still_improving", "group": "training", "value": float(bool(status.get("still_improving"))),
-         "note": "1: the last validation was the best (more training would likely help)"},
-        {"metric": "checkpoint_step", "group": "training", "value": status.get("checkpoint_step") or nan,
-         "note": "step of the evaluated checkpoint (best validation, the last step included)"},
-        *cost_rows(status.get("cost")),
-    ])
+    rows = pd.DataFrame(
+        [
+            {
+                "metric": "min_train_mse",
+                "group": "reconstruction",
+                "value": min_train,
+                "note": "minimum logged training masked MSE"
+                if pd.notna(min_train)
+                else "no finite training loss was logged (see model.json)",
+            },
+            {"metric": "test_mse", "group": "reconstruction", "value": test["masked_mse"], "note": test_note},
+            *(
+                {
+                    "metric": f"test_{metric}",
+                    "group": "reconstruction",
+                    "value": test.get(metric, nan),
+                    "note": test_note,
+                }
+                for metric in RECONSTRUCTION_METRICS[1:]
+            ),
+            # how training ended: the report shows whether a configuration was still improving
+            {
+                "metric": "final_val_loss",
+                "group": "training",
+                "value": status.get("final_val_loss") or nan,
+                "note": f"validation loss at the last step ({status.get('steps')})",
+            },
+            {
+                "metric": "still_improving",
+                "group": "training",
+                "value": float(bool(status.get("still_improving"))),
+                "note": "1: the last validation was the best (more training would likely help)",
+            },
+            {
+                "metric": "checkpoint_step",
+                "group": "training",
+                "value": status.get("checkpoint_step") or nan,
+                "note": "step of the evaluated checkpoint (best validation, the last step included)",
+            },
+            *cost_rows(status.get("cost")),
+        ]
+    )
     training_set = status.get("train_cells") or {}
-    size = pd.DataFrame([{"metric": "train_cells", "group": "training", "value": float(training_set.get("cells", nan)),
-                          "note": f"training cells (requested: {training_set.get('requested', 'unknown')})"}])
+    size = pd.DataFrame(
+        [
+            {
+                "metric": "train_cells",
+                "group": "training",
+                "value": float(training_set.get("cells", nan)),
+                "note": f"training cells (requested: {training_set.get('requested', 'unknown')})",
+            }
+        ]
+    )
     if checkpoint is None:  # no usable model: how training ended says nothing about an evaluated one
         training = rows.group == "training"
         rows.loc[training, "value"], rows.loc[training, "note"] = nan, missing

@@ -14,7 +14,7 @@ decorate it with ``@expression_encoder("name")`` (or ``@gene_encoder``), and nam
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -32,7 +32,9 @@ def _register(registry: dict, kind: str) -> Callable:
                 raise ValueError(f"{kind} encoder {name!r} is registered twice")
             registry[name] = cls
             return cls
+
         return add
+
     return decorator
 
 
@@ -56,11 +58,14 @@ def check_options(registry: dict, kind: str, name: str, options: dict) -> None:
     known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - BUILT_IN
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ScencodeError(f"{kind} encoding {name!r} takes no option {', '.join(map(repr, unknown))}; "
-                            f"its options: {', '.join(sorted(known)) or 'none'}")
+        raise ScencodeError(
+            f"{kind} encoding {name!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(sorted(known)) or 'none'}"
+        )
 
 
 # ---------------------------------------------------------------- gene encoders: forward(gene_ids)
+
 
 @gene_encoder("learned")
 class LearnedGenes(nn.Module):
@@ -104,8 +109,14 @@ class ESM2Genes(FrozenTableGenes):
     """Precomputed ESM-2 protein embeddings (frozen) → MLP. ``gene_table``: (vocab × d_esm) tensor
     aligned to the vocabulary (see ``train.align_gene_table``)."""
 
-    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, hidden: int | None = None,
-                 standardize: bool = True, **_):
+    def __init__(
+        self,
+        d_model: int,
+        gene_table: torch.Tensor | None = None,
+        hidden: int | None = None,
+        standardize: bool = True,
+        **_,
+    ):
         if gene_table is None:
             raise ScencodeError("gene encoding 'esm2' needs a gene embedding table (esm.name in config)")
         super().__init__(d_model, gene_table, hidden, standardize)
@@ -117,8 +128,15 @@ class PermutedESM2Genes(FrozenTableGenes):
     vectors, same geometry (the shared direction, the spread), no gene ↔ protein correspondence: what
     'esm2' gains over it is protein knowledge, not being frozen. Special tokens keep their rows."""
 
-    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0,
-                 hidden: int | None = None, standardize: bool = True, **_):
+    def __init__(
+        self,
+        d_model: int,
+        gene_table: torch.Tensor | None = None,
+        seed: int = 0,
+        hidden: int | None = None,
+        standardize: bool = True,
+        **_,
+    ):
         if gene_table is None:
             raise ScencodeError("gene encoding 'esm2_permuted' permutes the ESM-2 table; none given")
         order = torch.arange(len(gene_table))
@@ -131,8 +149,15 @@ class RandomFrozenGenes(FrozenTableGenes):
     """A weaker control: a frozen Gaussian table matching only the ESM-2 table's scalar mean and
     std (not its shared direction: its genes are ≈5× further apart). Prefer 'esm2_permuted'."""
 
-    def __init__(self, d_model: int, gene_table: torch.Tensor | None = None, seed: int = 0,
-                 hidden: int | None = None, standardize: bool = True, **_):
+    def __init__(
+        self,
+        d_model: int,
+        gene_table: torch.Tensor | None = None,
+        seed: int = 0,
+        hidden: int | None = None,
+        standardize: bool = True,
+        **_,
+    ):
         if gene_table is None:
             raise ScencodeError("gene encoding 'random_frozen' copies the shape of the ESM-2 table; none given")
         generator = torch.Generator().manual_seed(seed)
@@ -142,6 +167,7 @@ class RandomFrozenGenes(FrozenTableGenes):
 
 
 # ------------------------------------------- expression encoders: forward(counts, xnorm, cells)
+
 
 @expression_encoder("continuous")
 class ContinuousExpression(nn.Module):

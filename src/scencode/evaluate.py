@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import OutputFile
 from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, cache_graph_kernels, knn_graph, labeled, seeded_subsample
 from .errors import ScencodeError
 from .formats import RECONSTRUCTION_METRICS, RunIdentity, metric_table, read_embedding, write_table
-from .atomic import OutputFile
 
 log = logging.getLogger(__name__)
 BATCH_METRICS = ("ilisi", "graph_connectivity", "asw_batch")
@@ -73,18 +73,25 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
     rows = []
     if len(x) < 10:
         note = f"only {len(x)} labeled cells"
-        return [_row(m, g, np.nan, note) for g, ms in (("batch", BATCH_METRICS), ("bio", BIO_METRICS)) for m in ms] + \
-            [_row("batch_score", "study", np.nan, note), _row("bio_score", "study", np.nan, note)]
+        return [_row(m, g, np.nan, note) for g, ms in (("batch", BATCH_METRICS), ("bio", BIO_METRICS)) for m in ms] + [
+            _row("batch_score", "study", np.nan, note),
+            _row("bio_score", "study", np.nan, note),
+        ]
     graph = study_graph(x)  # one neighbour graph per embedding, shared by the metrics below
     ilisi, clisi = _lisi_functions(params.lisi, graph, x)
     isolated = isolated_labels(labels, batches)
     if n_batches < 2:
         rows += [_row(m, "batch", np.nan, "single batch: batch mixing is not defined") for m in BATCH_METRICS]
     else:
-        rows += [_row("ilisi", "batch", ilisi(batches)),
-                 _row("graph_connectivity", "batch", graph_connectivity(graph, labels)),
-                 _row("asw_batch", "batch", *_with_reason(silhouette_batch(x, labels, batches),
-                                                          "every cell type is in one batch"))]
+        rows += [
+            _row("ilisi", "batch", ilisi(batches)),
+            _row("graph_connectivity", "batch", graph_connectivity(graph, labels)),
+            _row(
+                "asw_batch",
+                "batch",
+                *_with_reason(silhouette_batch(x, labels, batches), "every cell type is in one batch"),
+            ),
+        ]
     if n_labels < 2:
         rows += [_row(m, "bio", np.nan, "single cell type: conservation is not defined") for m in BIO_METRICS]
     else:
@@ -92,12 +99,16 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
         clusters = nmi_ari_optimal_resolution(clusterings, labels)
         label_asw = label_silhouettes(x, labels, isolated)
         no_isolated = "no isolated labels: every cell type is in every batch (scib: none, NaN)"
-        rows += [_row("asw_label", "bio", label_asw["asw_label"]),
-                 _row("clisi", "bio", clisi(labels)),
-                 _row("nmi", "bio", clusters["nmi"]), _row("ari", "bio", clusters["ari"]),
-                 _row("isolated_label_f1", "bio", *_with_reason(isolated_label_f1(clusterings, labels, isolated),
-                                                                no_isolated)),
-                 _row("isolated_label_asw", "bio", *_with_reason(label_asw["isolated_label_asw"], no_isolated))]
+        rows += [
+            _row("asw_label", "bio", label_asw["asw_label"]),
+            _row("clisi", "bio", clisi(labels)),
+            _row("nmi", "bio", clusters["nmi"]),
+            _row("ari", "bio", clusters["ari"]),
+            _row(
+                "isolated_label_f1", "bio", *_with_reason(isolated_label_f1(clusterings, labels, isolated), no_isolated)
+            ),
+            _row("isolated_label_asw", "bio", *_with_reason(label_asw["isolated_label_asw"], no_isolated)),
+        ]
     by_group = {g: [r for r in rows if r[1] == g] for g in ("batch", "bio")}
     for group, name in (("batch", "batch_score"), ("bio", "bio_score")):
         values = np.array([r[2] for r in by_group[group]])
@@ -209,6 +220,7 @@ def _with_reason(value: float, reason: str) -> tuple[float, str]:
 # jax distances are elementwise and recompile per cell-type subset, 3-10x slower on CPU. Tests check
 # the values against scib-metrics'. ASW-label and isolated-label ASW share one silhouette pass.
 
+
 def label_silhouettes(x, labels, isolated: list[str]) -> dict:
     """ASW-label (rescaled to [0, 1]) and isolated-label ASW (scib: the mean rescaled silhouette of
     each isolated label's cells, averaged over the isolated labels; NaN when there are none)."""
@@ -216,8 +228,10 @@ def label_silhouettes(x, labels, isolated: list[str]) -> dict:
 
     rescaled = (silhouette_samples(x, labels) + 1) / 2
     per_label = pd.Series(rescaled).groupby(labels).mean()
-    return {"asw_label": float(rescaled.mean()),
-            "isolated_label_asw": float(per_label[isolated].mean()) if isolated else np.nan}
+    return {
+        "asw_label": float(rescaled.mean()),
+        "isolated_label_asw": float(per_label[isolated].mean()) if isolated else np.nan,
+    }
 
 
 def silhouette_batch(x, labels, batches) -> float:
@@ -250,26 +264,38 @@ def classification_rows(x, labels, params: EvalParams) -> list[tuple]:
     keep &= np.isin(labels, big)
     groups = [f"knn_k{k}" for k in params.knn_k] + ["logreg"]
     if len(big) < 2:
-        note = (f"{len(big)} cell type(s) with at least {params.min_cells_per_type} cells "
-                f"(of {len(sizes)}): classification is not defined")
+        note = (
+            f"{len(big)} cell type(s) with at least {params.min_cells_per_type} cells "
+            f"(of {len(sizes)}): classification is not defined"
+        )
         return [_row(m, g, np.nan, note) for g in groups for m in ("accuracy", "macro_f1")]
-    xtr, xte, ytr, yte = train_test_split(x[keep], labels[keep], test_size=params.test_fraction,
-                                          stratify=labels[keep], random_state=params.seed)
+    xtr, xte, ytr, yte = train_test_split(
+        x[keep], labels[keep], test_size=params.test_fraction, stratify=labels[keep], random_state=params.seed
+    )
     models = {f"knn_k{k}": KNeighborsClassifier(n_neighbors=k, metric="euclidean") for k in params.knn_k}
     models["logreg"] = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     rows = []
     for group, model in models.items():
         predicted = model.fit(xtr, ytr).predict(xte)
         note = f"{len(big)} cell types, {keep.sum()} cells"
-        rows += [_row("accuracy", group, accuracy_score(yte, predicted), note),
-                 _row("macro_f1", group, f1_score(yte, predicted, average="macro"), note)]
+        rows += [
+            _row("accuracy", group, accuracy_score(yte, predicted), note),
+            _row("macro_f1", group, f1_score(yte, predicted, average="macro"), note),
+        ]
     return rows
 
 
-
-
-def run(embedding: Path, out: OutputFile, run: str, gene_encoding: str, expression_encoding: str, seed: int, dataset: str,
-        params: EvalParams, reconstruction: Path | None = None) -> pd.DataFrame:
+def run(
+    embedding: Path,
+    out: OutputFile,
+    run: str,
+    gene_encoding: str,
+    expression_encoding: str,
+    seed: int,
+    dataset: str,
+    params: EvalParams,
+    reconstruction: Path | None = None,
+) -> pd.DataFrame:
     """The study's metrics (scIB batch and bio, kNN and logistic-regression classification) of one
     embedding table, as a tidy metric table at ``out``; a model's ``reconstruction`` JSON (its context
     diagnostic on this dataset) adds the reconstruction rows. An embedding without a model gives
@@ -281,10 +307,22 @@ def run(embedding: Path, out: OutputFile, run: str, gene_encoding: str, expressi
         raise ScencodeError(f"{run} on {dataset}: {exc}", embedding) from None
     if reconstruction is not None:  # models only: baselines reconstruct nothing
         recon = json.loads(Path(reconstruction).read_text())
-        rows = pd.concat([rows, pd.DataFrame([
-            {"metric": metric, "group": "reconstruction", "note": "evaluation dataset",
-             "value": recon[metric] if recon.get(metric) is not None else float("nan")}
-            for metric in RECONSTRUCTION_METRICS])])
+        rows = pd.concat(
+            [
+                rows,
+                pd.DataFrame(
+                    [
+                        {
+                            "metric": metric,
+                            "group": "reconstruction",
+                            "note": "evaluation dataset",
+                            "value": recon[metric] if recon.get(metric) is not None else float("nan"),
+                        }
+                        for metric in RECONSTRUCTION_METRICS
+                    ]
+                ),
+            ]
+        )
     if missing:  # no model: every metric is NaN, and the table says why
         rows = rows.assign(value=float("nan"), note=missing)
     table = metric_table(rows, RunIdentity(run, gene_encoding, expression_encoding, seed), dataset)

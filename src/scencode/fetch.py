@@ -47,9 +47,17 @@ DEFAULT_MAX_BYTES = 200 * 2**30  # the largest Census source h5ad is ~60 GB; a r
 DEFAULT_DEADLINE_S = 12 * 3600.0
 
 
-def download_url(url: str, out: str | Path, sha256: str | None = None, retries: int = 4,
-                 timeout: float = 60.0, backoff: float = 2.0, max_bytes: int = DEFAULT_MAX_BYTES,
-                 deadline_s: float = DEFAULT_DEADLINE_S, hdf5: bool = False) -> str:
+def download_url(
+    url: str,
+    out: str | Path,
+    sha256: str | None = None,
+    retries: int = 4,
+    timeout: float = 60.0,
+    backoff: float = 2.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    hdf5: bool = False,
+) -> str:
     """Stream ``url`` (http or https) to ``out``: retried on network errors and 5xx/429 (at most
     :data:`MAX_RETRIES` times, waits capped at :data:`MAX_BACKOFF_S`), refused past ``max_bytes``
     or ``deadline_s`` seconds (a slow-drip server never times out per read), size and sha256
@@ -58,8 +66,9 @@ def download_url(url: str, out: str | Path, sha256: str | None = None, retries: 
     out = Path(out)
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
-        raise ScencodeError(f"cannot download {url!r}: only http and https URLs are fetched "
-                            f"(use a 'local' source for files)", out)
+        raise ScencodeError(
+            f"cannot download {url!r}: only http and https URLs are fetched (use a 'local' source for files)", out
+        )
     if not 0 <= retries <= MAX_RETRIES:
         raise ScencodeError(f"retries {retries} for {url}: choose 0 to {MAX_RETRIES}", out)
     deadline = time.monotonic() + deadline_s
@@ -77,7 +86,8 @@ def download_url(url: str, out: str | Path, sha256: str | None = None, retries: 
             # an HTTP status that will not change, or a URLError that is not a network error
             # (unknown url type, bad host syntax): retrying cannot help
             permanent = (code is not None and code not in RETRYABLE_HTTP) or (
-                isinstance(exc, urllib.error.URLError) and code is None and not isinstance(exc.reason, OSError))
+                isinstance(exc, urllib.error.URLError) and code is None and not isinstance(exc.reason, OSError)
+            )
             wait = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_S)
             if permanent or attempt > retries or time.monotonic() + wait >= deadline:
                 raise ScencodeError(f"download of {url} failed after {attempt} attempt(s): {exc}", out) from exc
@@ -96,16 +106,22 @@ def _stream(url: str, target: Path, timeout: float, max_bytes: int, deadline: fl
         expected = response.headers.get("Content-Length")
         expected = int(expected) if expected is not None else None
         if expected is not None and expected > max_bytes:
-            raise ScencodeError(f"{url} announces {expected} bytes, over the limit of {max_bytes} "
-                                f"(raise max_bytes in the source if this is right)", target)
+            raise ScencodeError(
+                f"{url} announces {expected} bytes, over the limit of {max_bytes} "
+                f"(raise max_bytes in the source if this is right)",
+                target,
+            )
         received = 0
         with tqdm(total=expected, unit="B", unit_scale=True, desc=Path(url).name, mininterval=5) as bar:
             # read1: whatever has arrived (≤ 1 MiB), so the deadline is checked however slowly bytes come
             while chunk := response.read1(1 << 20):
                 received += len(chunk)
                 if received > max_bytes:
-                    raise ScencodeError(f"{url} sent more than {max_bytes} bytes; stopped "
-                                        f"(raise max_bytes in the source if this is right)", target)
+                    raise ScencodeError(
+                        f"{url} sent more than {max_bytes} bytes; stopped "
+                        f"(raise max_bytes in the source if this is right)",
+                        target,
+                    )
                 if time.monotonic() > deadline:
                     raise ScencodeError(f"download of {url} passed its deadline after {received} bytes", target)
                 fh.write(chunk)

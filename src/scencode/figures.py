@@ -22,13 +22,25 @@ from .reference import packaged_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-EXPRESSION_COLOURS = {"soft": "#1b9e77", "continuous": "#7570b3", "log": "#d95f02", "hard": "#e7298a",
-                      "autobin": "#66a61e", "pca": "#666666", "random": "#bbbbbb"}
+EXPRESSION_COLOURS = {
+    "soft": "#1b9e77",
+    "continuous": "#7570b3",
+    "log": "#d95f02",
+    "hard": "#e7298a",
+    "autobin": "#66a61e",
+    "pca": "#666666",
+    "random": "#bbbbbb",
+}
 GENE_MARKERS = {"learned": "o", "esm2": "s", "random_frozen": "^", "baseline": "X"}
 GENE_HATCHES = {"learned": "", "esm2": "//", "random_frozen": "..", "baseline": "xx"}
 GENE_LINESTYLES = {"learned": "-", "esm2": "--", "random_frozen": ":"}
-PAPER_METRICS = {"macro_f1": "macro_f1_mean", "accuracy": "accuracy", "batch_score": "batch_score",
-                 "bio_score": "bio_score", "min_train_mse": "min_train_mse"}
+PAPER_METRICS = {
+    "macro_f1": "macro_f1_mean",
+    "accuracy": "accuracy",
+    "batch_score": "batch_score",
+    "bio_score": "bio_score",
+    "min_train_mse": "min_train_mse",
+}
 plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 
 
@@ -57,39 +69,73 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
 def legend_handles(summary: pd.DataFrame):
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=colour(e), marker="o", linestyle="", label=e)
-               for e in sorted(summary.expression_encoding.unique())]
-    handles += [Line2D([], [], color="black", marker=GENE_MARKERS.get(g, "o"), linestyle="", markerfacecolor="none",
-                       label=g) for g in sorted(summary.gene_encoding.unique())]
+    handles = [
+        Line2D([], [], color=colour(e), marker="o", linestyle="", label=e)
+        for e in sorted(summary.expression_encoding.unique())
+    ]
+    handles += [
+        Line2D([], [], color="black", marker=GENE_MARKERS.get(g, "o"), linestyle="", markerfacecolor="none", label=g)
+        for g in sorted(summary.gene_encoding.unique())
+    ]
     return handles
 
 
 def fig_batch_vs_bio(summary: pd.DataFrame, out_dir: Path):
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     for row in summary.itertuples():
-        ax.errorbar(row.batch_score, row.bio_score, xerr=np.nan_to_num(row.batch_score_sd),
-                    yerr=np.nan_to_num(row.bio_score_sd), fmt=GENE_MARKERS.get(row.gene_encoding, "o"),
-                    color=colour(row.expression_encoding), capsize=2, markersize=7, alpha=0.9)
+        ax.errorbar(
+            row.batch_score,
+            row.bio_score,
+            xerr=np.nan_to_num(row.batch_score_sd),
+            yerr=np.nan_to_num(row.bio_score_sd),
+            fmt=GENE_MARKERS.get(row.gene_encoding, "o"),
+            color=colour(row.expression_encoding),
+            capsize=2,
+            markersize=7,
+            alpha=0.9,
+        )
     ax.set_xlabel("batch correction score (mean ± SD over datasets)")
     ax.set_ylabel("bio conservation score")
     ax.legend(handles=legend_handles(summary), fontsize=7, frameon=False, loc="best")
     absent = summary[summary.batch_score.isna() | summary.bio_score.isna()]
     if len(absent):
-        fig.text(0.01, -0.02, "not shown (see summary.csv's note): " + ", ".join(label(r) for r in absent.itertuples()),
-                 fontsize=6, va="top", wrap=True)
+        fig.text(
+            0.01,
+            -0.02,
+            "not shown (see summary.csv's note): " + ", ".join(label(r) for r in absent.itertuples()),
+            fontsize=6,
+            va="top",
+            wrap=True,
+        )
     return save(fig, out_dir, "fig1_batch_vs_bio")
 
 
 def _bars(ax, summary: pd.DataFrame, column: str):
     x = np.arange(len(summary))
-    ax.bar(x, summary[column], yerr=summary.get(f"{column}_sd"), capsize=2,
-           color=[colour(e) for e in summary.expression_encoding],
-           hatch=None, edgecolor="black", linewidth=0.5)
+    ax.bar(
+        x,
+        summary[column],
+        yerr=summary.get(f"{column}_sd"),
+        capsize=2,
+        color=[colour(e) for e in summary.expression_encoding],
+        hatch=None,
+        edgecolor="black",
+        linewidth=0.5,
+    )
     for patch, gene in zip(ax.patches, summary.gene_encoding):
         patch.set_hatch(GENE_HATCHES.get(gene, ""))
     for i in np.flatnonzero(summary[column].isna().to_numpy()):  # e.g. no model: summary.csv's note says why
-        ax.text(x[i], 0.03, "not available", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize=7, rotation=90, color="#555555")
+        ax.text(
+            x[i],
+            0.03,
+            "not available",
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            rotation=90,
+            color="#555555",
+        )
     ax.set_xticks(x, [label(r) for r in summary.itertuples()], rotation=60, ha="right", fontsize=7)
 
 
@@ -128,14 +174,17 @@ def fig_loss_curves(logs: dict[str, tuple[dict, pd.DataFrame]], out_dir: Path):
         ax.set_yscale("log")
         for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # 0.6, not 6×10⁻¹
             axis(matplotlib.ticker.FormatStrFormatter("%g"))
-    axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=6, frameon=False, loc="upper left",
-                   bbox_to_anchor=(1.02, 1))  # outside the axes: curves stay visible
+    axes[1].legend(
+        *axes[0].get_legend_handles_labels(), fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1)
+    )  # outside the axes: curves stay visible
     return save(fig, out_dir, "loss_curves")
 
 
 def fig_heatmap(metrics: pd.DataFrame, out_dir: Path):
-    keep = metrics[((metrics.group == "study") | ((metrics.group == "knn_k10") & (metrics.metric == "macro_f1")))
-                   & (metrics.dataset != "*")]
+    keep = metrics[
+        ((metrics.group == "study") | ((metrics.group == "knn_k10") & (metrics.metric == "macro_f1")))
+        & (metrics.dataset != "*")
+    ]
     # groupby keeps configurations whose values are all NaN (no model): they show as grey "n/a" rows
     table = keep.groupby(["configuration", "metric", "dataset"]).value.mean().unstack(["metric", "dataset"])
     table = table.sort_index(axis=1).dropna(axis=1, how="all")  # e.g. batch scores of a one-batch dataset
@@ -145,8 +194,15 @@ def fig_heatmap(metrics: pd.DataFrame, out_dir: Path):
     ax.set_xticks(range(table.shape[1]), [f"{m}\n{d}" for m, d in table.columns], rotation=60, ha="right", fontsize=6)
     ax.set_yticks(range(table.shape[0]), table.index, fontsize=7)
     for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
-        ax.text(j, i, f"{value:.2f}" if np.isfinite(value) else "n/a", ha="center", va="center", fontsize=5,
-                color="white" if np.isfinite(value) and value < 0.5 else "black")
+        ax.text(
+            j,
+            i,
+            f"{value:.2f}" if np.isfinite(value) else "n/a",
+            ha="center",
+            va="center",
+            fontsize=5,
+            color="white" if np.isfinite(value) and value < 0.5 else "black",
+        )
     fig.colorbar(image, ax=ax, fraction=0.03)
     return save(fig, out_dir, "heatmap_per_dataset")
 
@@ -169,12 +225,16 @@ def fig_paper_comparison(summary: pd.DataFrame, out_dir: Path, caveat: str = "")
         rho = spearmanr(pair[ours], pair[paper_column]).statistic if len(pair) > 2 else np.nan
         rows.append({"metric": ours, "configurations": len(pair), "spearman_rho": rho, "caveat": caveat})
         for row in pair.itertuples():
-            ax.scatter(getattr(row, paper_column), getattr(row, ours), color=colour(row.expression_encoding),
-                       marker=GENE_MARKERS.get(row.gene_encoding, "o"))
+            ax.scatter(
+                getattr(row, paper_column),
+                getattr(row, ours),
+                color=colour(row.expression_encoding),
+                marker=GENE_MARKERS.get(row.gene_encoding, "o"),
+            )
         ax.set_xlabel(f"study ({theirs})")
         ax.set_ylabel(f"this run ({ours})")
         ax.set_title(f"{ours}: ρ = {rho:.2f}" if np.isfinite(rho) else ours)
-    for spare in axes[len(PAPER_METRICS):]:  # the free panel holds the legend
+    for spare in axes[len(PAPER_METRICS) :]:  # the free panel holds the legend
         spare.axis("off")
         spare.legend(handles=legend_handles(merged), fontsize=7, frameon=False, loc="center")
     if caveat:
@@ -189,9 +249,16 @@ def fig_cost(summary: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path):
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     shown = summary.dropna(subset=["device_hours", "bio_score"])
     for row in shown.itertuples():
-        ax.errorbar(row.device_hours, row.bio_score, yerr=np.nan_to_num(row.bio_score_sd),
-                    fmt=GENE_MARKERS.get(row.gene_encoding, "o"), color=colour(row.expression_encoding),
-                    capsize=2, markersize=7, alpha=0.9)
+        ax.errorbar(
+            row.device_hours,
+            row.bio_score,
+            yerr=np.nan_to_num(row.bio_score_sd),
+            fmt=GENE_MARKERS.get(row.gene_encoding, "o"),
+            color=colour(row.expression_encoding),
+            capsize=2,
+            markersize=7,
+            alpha=0.9,
+        )
     notes = metrics[(metrics.metric == "device_hours") & metrics.value.notna()].note.dropna()
     unit = "GPU-hours" if notes.str.contains("GPU-hours").any() else "CPU core-hours"
     ax.set_xscale("log")
@@ -215,9 +282,15 @@ def fig_shift(summary: pd.DataFrame, out_dir: Path, score: str = "bio_score"):
         spread = summary.get(f"{score}_{level}_seed_sd")
         if spread is None or spread.isna().all():
             spread = summary.get(f"{score}_{level}_sd")
-        ax.bar(x + (i - (len(levels) - 1) / 2) * width, summary[f"{score}_{level}"], width,
-               yerr=None if spread is None else np.nan_to_num(spread), capsize=2, label=SHIFT[level],
-               color=plt.get_cmap("Blues")(0.45 + 0.25 * i))
+        ax.bar(
+            x + (i - (len(levels) - 1) / 2) * width,
+            summary[f"{score}_{level}"],
+            width,
+            yerr=None if spread is None else np.nan_to_num(spread),
+            capsize=2,
+            label=SHIFT[level],
+            color=plt.get_cmap("Blues")(0.45 + 0.25 * i),
+        )
     ax.set_xticks(x, [label(r) for r in summary.itertuples()], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(score.replace("_", " ") + " by distribution shift")
     if levels:
@@ -225,8 +298,11 @@ def fig_shift(summary: pd.DataFrame, out_dir: Path, score: str = "bio_score"):
     return save(fig, out_dir, "fig5_shift")
 
 
-SCALING_SCORES = {"bio_score": "bio conservation score", "batch_score": "batch correction score",
-                  "accuracy": "kNN accuracy (k = 10)"}
+SCALING_SCORES = {
+    "bio_score": "bio conservation score",
+    "batch_score": "batch correction score",
+    "accuracy": "kNN accuracy (k = 10)",
+}
 
 
 def fig_scaling(summary: pd.DataFrame, out_dir: Path):
@@ -238,13 +314,25 @@ def fig_scaling(summary: pd.DataFrame, out_dir: Path):
     for ax, (score, title) in zip(axes[0], SCALING_SCORES.items()):
         for (gene, expression), runs in models.groupby(["gene_encoding", "expression_encoding"]):
             runs = runs.sort_values("train_cells")
-            ax.errorbar(runs.train_cells, runs[score], yerr=np.nan_to_num(runs.get(f"{score}_sd", 0.0)),
-                        color=colour(expression), marker=GENE_MARKERS.get(gene, "o"),
-                        linestyle=GENE_LINESTYLES.get(gene, "-"), capsize=2, markersize=5,
-                        label=f"{gene} · {expression}")
+            ax.errorbar(
+                runs.train_cells,
+                runs[score],
+                yerr=np.nan_to_num(runs.get(f"{score}_sd", 0.0)),
+                color=colour(expression),
+                marker=GENE_MARKERS.get(gene, "o"),
+                linestyle=GENE_LINESTYLES.get(gene, "-"),
+                capsize=2,
+                markersize=5,
+                label=f"{gene} · {expression}",
+            )
         for row in baselines.dropna(subset=[score]).itertuples():
-            ax.axhline(getattr(row, score), color=colour(row.expression_encoding), linestyle=":", linewidth=1,
-                       label=f"baseline · {row.expression_encoding}")
+            ax.axhline(
+                getattr(row, score),
+                color=colour(row.expression_encoding),
+                linestyle=":",
+                linewidth=1,
+                label=f"baseline · {row.expression_encoding}",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("training cells")
         ax.set_ylabel(title)
@@ -270,16 +358,25 @@ def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") ->
     for path in map(Path, train_logs):  # the run's identity from its status file, beside the log
         status = json.loads(path.with_name("model.json").read_text())
         logs[status["configuration"]] = (status, pd.read_parquet(path))
-    paths = [*fig_batch_vs_bio(summary, out_dir), *fig_classification(summary, out_dir),
-             *fig_min_train_mse(models, out_dir), *fig_loss_curves(logs, out_dir), *fig_heatmap(metrics, out_dir),
-             *fig_cost(models, metrics, out_dir), *fig_shift(models, out_dir), *fig_scaling(every_size, out_dir)]
+    paths = [
+        *fig_batch_vs_bio(summary, out_dir),
+        *fig_classification(summary, out_dir),
+        *fig_min_train_mse(models, out_dir),
+        *fig_loss_curves(logs, out_dir),
+        *fig_heatmap(metrics, out_dir),
+        *fig_cost(models, metrics, out_dir),
+        *fig_shift(models, out_dir),
+        *fig_scaling(every_size, out_dir),
+    ]
     comparison_paths, comparison = fig_paper_comparison(models, out_dir, caveat)
     with atomic_path(out_dir / "paper_comparison.csv", suffix=".csv") as tmp:
         comparison.to_csv(tmp, index=False)
     return paths + comparison_paths
 
 
-def run(summary: Path, metrics: Path, out_dir: OutputFolder, train_logs: list[Path] = (), caveat: str = "") -> list[Path]:
+def run(
+    summary: Path, metrics: Path, out_dir: OutputFolder, train_logs: list[Path] = (), caveat: str = ""
+) -> list[Path]:
     """The study's figures (PNG and PDF in ``out_dir``) from the tables and the runs' training logs;
     ``caveat``: printed on the paper comparison (e.g. demo data, tiny models)."""
     paths = draw_all(summary, metrics, train_logs, out_dir, caveat=caveat)

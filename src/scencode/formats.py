@@ -36,14 +36,24 @@ log = logging.getLogger(__name__)
 MISSING_KEY = b"scencode.missing"
 # the context diagnostic of every model on every evaluation dataset (embed's ReconstructionErrors)
 RECONSTRUCTION_METRICS = ("masked_mse", "masked_mse_no_context", "gene_mean_mse")
-METRIC_COLUMNS = ["configuration", "gene_encoding", "expression_encoding", "seed", "dataset", "metric", "group",
-                  "value", "note"]
+METRIC_COLUMNS = [
+    "configuration",
+    "gene_encoding",
+    "expression_encoding",
+    "seed",
+    "dataset",
+    "metric",
+    "group",
+    "value",
+    "note",
+]
 
 
 @dataclass(frozen=True)
 class RunIdentity:
     """What a run is; the workflow passes it to each job (nothing is parsed out of ``run``).
     Baselines: gene encoding ``baseline``, expression encoding the baseline's kind."""
+
     run: str
     gene_encoding: str
     expression_encoding: str
@@ -52,8 +62,13 @@ class RunIdentity:
 
 def metric_table(rows: pd.DataFrame, identity: RunIdentity, dataset: str) -> pd.DataFrame:
     """Tidy metric rows (metric, group, value, note) with the run's identity and the dataset."""
-    out = rows.assign(configuration=identity.run, gene_encoding=identity.gene_encoding,
-                      expression_encoding=identity.expression_encoding, seed=identity.seed, dataset=dataset)
+    out = rows.assign(
+        configuration=identity.run,
+        gene_encoding=identity.gene_encoding,
+        expression_encoding=identity.expression_encoding,
+        seed=identity.seed,
+        dataset=dataset,
+    )
     if "note" not in out:
         out["note"] = ""
     return out[METRIC_COLUMNS].reset_index(drop=True)
@@ -74,8 +89,14 @@ def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray, str]:
 
 
 def _embedding_table(cells: pd.DataFrame, matrix: np.ndarray, missing: str = "") -> pa.Table:
-    table = pa.table({"cell_id": cells.cell_id.astype(str).to_numpy(), "label": cells.label.astype(str).to_numpy(),
-                      "batch": cells.batch.astype(str).to_numpy(), "embedding": matrix_column(matrix)})
+    table = pa.table(
+        {
+            "cell_id": cells.cell_id.astype(str).to_numpy(),
+            "label": cells.label.astype(str).to_numpy(),
+            "batch": cells.batch.astype(str).to_numpy(),
+            "embedding": matrix_column(matrix),
+        }
+    )
     if missing:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), MISSING_KEY: missing.encode()})
     return table
@@ -104,8 +125,9 @@ def model_checkpoint(model: str | Path) -> tuple[Path | None, str]:
         return None, f"no model for {name}: {status.get('note') or 'training wrote no checkpoint'}"
     checkpoint = model.parent / status["checkpoint"]
     if not checkpoint.exists():
-        return None, (f"no model for {name}: {checkpoint} is missing (model.json lists it); "
-                      f"retrain with --forcerun pretrain")
+        return None, (
+            f"no model for {name}: {checkpoint} is missing (model.json lists it); retrain with --forcerun pretrain"
+        )
     return checkpoint, ""
 
 
@@ -126,13 +148,18 @@ def load_checkpoint(path: Path) -> dict:
 
 def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:
     matrix = np.stack(genes.embedding.to_numpy()).astype(np.float32)
-    table = pa.table({"gene_id": pa.array(genes.gene_id.astype(str)),
-                      "gene_symbol": pa.array(genes.get("gene_symbol", pd.Series([""] * len(genes))).astype(str)),
-                      "n_isoforms": pa.array(genes.get("n_isoforms", pd.Series([1] * len(genes))).astype(np.int32)),
-                      # mean residues of the isoforms embedded (NaN: an imported table that does not say)
-                      "protein_length": pa.array(genes.get("protein_length", pd.Series([np.nan] * len(genes)))
-                                                 .astype(np.float32)),
-                      "embedding": matrix_column(matrix)})
+    table = pa.table(
+        {
+            "gene_id": pa.array(genes.gene_id.astype(str)),
+            "gene_symbol": pa.array(genes.get("gene_symbol", pd.Series([""] * len(genes))).astype(str)),
+            "n_isoforms": pa.array(genes.get("n_isoforms", pd.Series([1] * len(genes))).astype(np.int32)),
+            # mean residues of the isoforms embedded (NaN: an imported table that does not say)
+            "protein_length": pa.array(
+                genes.get("protein_length", pd.Series([np.nan] * len(genes))).astype(np.float32)
+            ),
+            "embedding": matrix_column(matrix),
+        }
+    )
     meta = {**meta, "dim": matrix.shape[1], "n_genes": len(genes)}
     table = table.replace_schema_metadata({f"scencode_{k}".encode(): str(v).encode() for k, v in meta.items()})
     with atomic_path(path, suffix=".parquet") as tmp:
@@ -178,8 +205,13 @@ def dataset_genes(qc_path: str | Path) -> pd.DataFrame:
 
     with open_h5ad(qc_path) as f:
         var = read_frame(f, "var")
-    return pd.DataFrame({"gene_id": var.index.astype(str), "gene_symbol": var.get("gene_symbol", ""),
-                         "gene_type": var.get("gene_type", "")})
+    return pd.DataFrame(
+        {
+            "gene_id": var.index.astype(str),
+            "gene_symbol": var.get("gene_symbol", ""),
+            "gene_type": var.get("gene_type", ""),
+        }
+    )
 
 
 def write_vocab(vocab: pd.DataFrame, path: str | Path) -> str:
@@ -197,13 +229,14 @@ def load_vocab(path: str | Path) -> tuple[pd.DataFrame, str]:
     vocab = table.to_pandas()
     digest = vocab_hash(vocab.gene_id)
     stored = (table.schema.metadata or {}).get(HASH_KEY, b"").decode()
-    if stored != digest or list(vocab.gene_id[:len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
+    if stored != digest or list(vocab.gene_id[: len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
         raise ScencodeError("vocabulary file is inconsistent (hash or special tokens differ)", path)
     return vocab, digest
 
 
-def write_embedding_files(obs: pd.DataFrame, matrix: np.ndarray, out_parquet, out_h5ad, run: str,
-                          dataset: str, missing: str = "") -> None:
+def write_embedding_files(
+    obs: pd.DataFrame, matrix: np.ndarray, out_parquet, out_h5ad, run: str, dataset: str, missing: str = ""
+) -> None:
     """Parquet and .h5ad of one embedding, both or neither (renamed into place only when both are
     written); ``missing`` (no model) writes empty ones that carry the reason."""
     with contextlib.ExitStack() as stack:

@@ -21,8 +21,7 @@ import pandas as pd
 
 from .atomic import OutputFile, atomic_path
 from .errors import ScencodeError
-from .formats import (METRIC_COLUMNS, SPECIAL_TOKENS, load_vocab, model_checkpoint, read_gene_table,
-                      read_protein_lengths)
+from .formats import METRIC_COLUMNS, SPECIAL_TOKENS, load_vocab, model_checkpoint, read_gene_table, read_protein_lengths
 from .reference import packaged_file
 
 log = logging.getLogger(__name__)
@@ -75,27 +74,43 @@ def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict
         return {"genes": int(keep.sum()), "classes": len(classes), "scores": {}}
     x = embedding[keep]
     folds = StratifiedKFold(params.folds, shuffle=True, random_state=params.seed)
-    models = {"knn": KNeighborsClassifier(min(params.knn_k, len(y) // params.folds)),
-              "logreg": LogisticRegression(max_iter=2000, random_state=params.seed)}
-    scores = {name: float(f1_score(y, cross_val_predict(make_pipeline(StandardScaler(), model), x, y, cv=folds),
-                                   average="macro"))
-              for name, model in models.items()}
+    models = {
+        "knn": KNeighborsClassifier(min(params.knn_k, len(y) // params.folds)),
+        "logreg": LogisticRegression(max_iter=2000, random_state=params.seed),
+    }
+    scores = {
+        name: float(
+            f1_score(y, cross_val_predict(make_pipeline(StandardScaler(), model), x, y, cv=folds), average="macro")
+        )
+        for name, model in models.items()
+    }
     return {"genes": len(y), "classes": len(classes), "scores": scores}
 
 
-def probe_rows(name: str, identity: dict, embedding: np.ndarray, properties: pd.DataFrame,
-               params: ProbeParams) -> list[dict]:
+def probe_rows(
+    name: str, identity: dict, embedding: np.ndarray, properties: pd.DataFrame, params: ProbeParams
+) -> list[dict]:
     rows = []
     for prop in properties.columns:
         known = properties[prop].notna().to_numpy()
         result = probe(embedding[known], properties[prop][known], params)
-        note = (f"{result['genes']} genes, {result['classes']} classes (≥ {params.min_members} genes each), "
-                f"{params.folds}-fold")
+        note = (
+            f"{result['genes']} genes, {result['classes']} classes (≥ {params.min_members} genes each), "
+            f"{params.folds}-fold"
+        )
         for kind in PROBES:
             value = result["scores"].get(kind, np.nan)
-            rows.append({**identity, "configuration": name, "dataset": "genes", "metric": f"{kind}_macro_f1",
-                         "group": f"gene_probe_{prop}", "value": value,
-                         "note": note if result["scores"] else f"fewer than two classes ({note})"})
+            rows.append(
+                {
+                    **identity,
+                    "configuration": name,
+                    "dataset": "genes",
+                    "metric": f"{kind}_macro_f1",
+                    "group": f"gene_probe_{prop}",
+                    "value": value,
+                    "note": note if result["scores"] else f"fewer than two classes ({note})",
+                }
+            )
     return rows
 
 
@@ -130,18 +145,21 @@ def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: P
     """The probe table of every run ({run, gene_encoding, expression_encoding, seed, model}) and of
     the reference tables."""
     vocabulary, _ = load_vocab(vocab)
-    genes = pd.Index(vocabulary.gene_id[len(SPECIAL_TOKENS):])
+    genes = pd.Index(vocabulary.gene_id[len(SPECIAL_TOKENS) :])
     lengths = read_protein_lengths(esm_table) if esm_table is not None else None
     properties = gene_properties(genes, lengths)
     rows, dim = [], 64
     for run in runs:
-        identity = {"gene_encoding": run["gene_encoding"], "expression_encoding": run["expression_encoding"],
-                    "seed": run["seed"]}
+        identity = {
+            "gene_encoding": run["gene_encoding"],
+            "expression_encoding": run["expression_encoding"],
+            "seed": run["seed"],
+        }
         checkpoint, missing = model_checkpoint(run["model"])
         if checkpoint is None:  # no usable model: its rows say why
             rows += _missing_rows(run["run"], identity, properties.columns, missing)
             continue
-        embedding = model_gene_embeddings(checkpoint)[len(SPECIAL_TOKENS):]
+        embedding = model_gene_embeddings(checkpoint)[len(SPECIAL_TOKENS) :]
         dim = embedding.shape[1]
         rows += probe_rows(run["run"], identity, embedding, properties, params)
     for name, table in reference_tables(genes, esm_table, dim, params.seed).items():
@@ -151,8 +169,19 @@ def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: P
 
 
 def _missing_rows(name: str, identity: dict, props, why: str) -> list[dict]:
-    return [{**identity, "configuration": name, "dataset": "genes", "metric": f"{kind}_macro_f1",
-             "group": f"gene_probe_{prop}", "value": np.nan, "note": why} for prop in props for kind in PROBES]
+    return [
+        {
+            **identity,
+            "configuration": name,
+            "dataset": "genes",
+            "metric": f"{kind}_macro_f1",
+            "group": f"gene_probe_{prop}",
+            "value": np.nan,
+            "note": why,
+        }
+        for prop in props
+        for kind in PROBES
+    ]
 
 
 def draw(table: pd.DataFrame, path: Path) -> None:
@@ -166,8 +195,7 @@ def draw(table: pd.DataFrame, path: Path) -> None:
     props = sorted(data.group.unique())
     fig, axes = plt.subplots(1, len(props), figsize=(3.4 * len(props), 3.4), sharey=True, squeeze=False)
     for ax, prop in zip(axes[0], props):
-        part = (data[data.group == prop].groupby(["gene_encoding", "expression_encoding"]).value.mean()
-                .reset_index())
+        part = data[data.group == prop].groupby(["gene_encoding", "expression_encoding"]).value.mean().reset_index()
         labels = [f"{g} · {e}" for g, e in zip(part.gene_encoding, part.expression_encoding)]
         bars = ax.bar(range(len(part)), part.value.fillna(0), color="tab:blue")
         for bar, expr in zip(bars, part.expression_encoding):
@@ -182,8 +210,14 @@ def draw(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def run(runs: list[dict], vocab: Path, out: OutputFile, figure: OutputFile, esm_table: Path | None = None,
-        params: ProbeParams | None = None) -> pd.DataFrame:
+def run(
+    runs: list[dict],
+    vocab: Path,
+    out: OutputFile,
+    figure: OutputFile,
+    esm_table: Path | None = None,
+    params: ProbeParams | None = None,
+) -> pd.DataFrame:
     """Gene-property probes of every run's gene embeddings and of the reference tables: the long
     table at ``out`` (CSV) and a figure at ``figure``. ``runs``: JSON list of {run, gene_encoding,
     expression_encoding, seed, model (model.json or checkpoint)}."""

@@ -16,35 +16,40 @@ import pyarrow.parquet as pq
 
 from .atomic import OutputFolder, atomic_path
 from .errors import ScencodeError
-from .reference import (PACKAGED_GENCODE, PACKAGED_HGNC, GeneTable, packaged_file,
-                        read_gencode)
+from .reference import PACKAGED_GENCODE, PACKAGED_HGNC, GeneTable, packaged_file, read_gencode
 
 log = logging.getLogger(__name__)
 
 SYMBOL_SOURCES = ["gencode", "hgnc_approved", "hgnc_previous", "hgnc_alias"]
+
+
 def read_hgnc_symbols(path: Path) -> pd.DataFrame:
     """HGNC complete set (or the packaged reduction of it) → long table (symbol, gene_id, source)."""
     try:
-        hgnc = pd.read_csv(path, sep="\t", dtype=str,
-                           usecols=["symbol", "alias_symbol", "prev_symbol", "ensembl_gene_id"])
+        hgnc = pd.read_csv(
+            path, sep="\t", dtype=str, usecols=["symbol", "alias_symbol", "prev_symbol", "ensembl_gene_id"]
+        )
     except Exception as exc:
         raise ScencodeError(f"cannot read the HGNC table ({exc})", path) from exc
     hgnc = hgnc[hgnc.ensembl_gene_id.notna()]
     parts = []
-    for column, source in [("symbol", "hgnc_approved"), ("prev_symbol", "hgnc_previous"),
-                           ("alias_symbol", "hgnc_alias")]:
+    for column, source in [
+        ("symbol", "hgnc_approved"),
+        ("prev_symbol", "hgnc_previous"),
+        ("alias_symbol", "hgnc_alias"),
+    ]:
         long = hgnc[[column, "ensembl_gene_id"]].dropna()
         long = long.assign(symbol=long[column].str.split("|")).explode("symbol")
-        parts.append(pd.DataFrame({"symbol": long.symbol.str.strip(), "gene_id": long.ensembl_gene_id,
-                                   "source": source}))
+        parts.append(
+            pd.DataFrame({"symbol": long.symbol.str.strip(), "gene_id": long.ensembl_gene_id, "source": source})
+        )
     return pd.concat(parts, ignore_index=True)
 
 
 def build_gene_table(gencode: Path, hgnc: Path | None, out_dir: Path) -> dict:
     """Write ``genes.parquet`` and ``symbols.parquet`` into ``out_dir``; return a summary."""
     genes = read_gencode(Path(gencode))
-    symbols = [pd.DataFrame({"symbol": genes.gene_name, "gene_id": genes.gene_id, "source": "gencode"})
-               .dropna()]
+    symbols = [pd.DataFrame({"symbol": genes.gene_name, "gene_id": genes.gene_id, "source": "gencode"}).dropna()]
     if hgnc is not None:
         symbols.append(read_hgnc_symbols(Path(hgnc)))
     symbols = pd.concat(symbols, ignore_index=True).drop_duplicates()
@@ -55,12 +60,20 @@ def build_gene_table(gencode: Path, hgnc: Path | None, out_dir: Path) -> dict:
     for frame, name in [(genes, "genes.parquet"), (symbols, "symbols.parquet")]:
         with atomic_path(out_dir / name) as tmp:
             pq.write_table(pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False), tmp)
-    return {"genes": len(genes), "symbols": int(symbols.symbol.nunique()),
-            "protein_coding": int((genes.gene_type == "protein_coding").sum())}
+    return {
+        "genes": len(genes),
+        "symbols": int(symbols.symbol.nunique()),
+        "protein_coding": int((genes.gene_type == "protein_coding").sum()),
+    }
 
 
-def run(out: OutputFolder, gencode: str | None = None, gencode_sha256: str | None = None, hgnc: str | None = None,
-        hgnc_sha256: str | None = None) -> dict:
+def run(
+    out: OutputFolder,
+    gencode: str | None = None,
+    gencode_sha256: str | None = None,
+    hgnc: str | None = None,
+    hgnc_sha256: str | None = None,
+) -> dict:
     """The gene table (genes.parquet, symbols.parquet in folder ``out``) from GENCODE and HGNC files,
     paths or pinned URLs; none given: the packaged GENCODE 48 and HGNC 2024-10 sets."""
     import tempfile
@@ -68,20 +81,24 @@ def run(out: OutputFolder, gencode: str | None = None, gencode_sha256: str | Non
     from .fetch import download_url
 
     with tempfile.TemporaryDirectory() as tmp:
+
         def resolve(location, packaged, sha256):
             if not location:
                 return packaged_file(packaged)
             if "://" in location:
                 if not sha256:
-                    raise ScencodeError(f"gene table URL {location} has no sha256: pin it (gencode_sha256 / "
-                                        f"hgnc_sha256) so a changed or tampered file is refused")
+                    raise ScencodeError(
+                        f"gene table URL {location} has no sha256: pin it (gencode_sha256 / "
+                        f"hgnc_sha256) so a changed or tampered file is refused"
+                    )
                 target = Path(tmp) / Path(location).name
                 download_url(location, target, sha256=sha256)
                 return target
             return Path(location)
 
-        summary = build_gene_table(resolve(gencode, PACKAGED_GENCODE, gencode_sha256),
-                                   resolve(hgnc, PACKAGED_HGNC, hgnc_sha256), Path(out))
+        summary = build_gene_table(
+            resolve(gencode, PACKAGED_GENCODE, gencode_sha256), resolve(hgnc, PACKAGED_HGNC, hgnc_sha256), Path(out)
+        )
     log.info("gene table: %s", summary)
     return summary
 

@@ -44,8 +44,7 @@ def clisi(connectivities: sp.csr_matrix, labels: np.ndarray) -> float:
     return (n_labels - np.nanmedian(lisi_per_cell(connectivities, labels))) / (n_labels - 1)
 
 
-def lisi_per_cell(connectivities: sp.csr_matrix, groups: np.ndarray,
-                  n_neighbors: int = NEIGHBORS) -> np.ndarray:
+def lisi_per_cell(connectivities: sp.csr_matrix, groups: np.ndarray, n_neighbors: int = NEIGHBORS) -> np.ndarray:
     """1 / Simpson index of ``groups`` over each connected cell's graph neighbourhood (scib's
     ``lisi_graph_py``); cells without an edge are left out, as scib's helper skips them."""
     graph = sp.csr_matrix(connectivities, copy=True)
@@ -79,6 +78,7 @@ def six_significant_digits(values: np.ndarray) -> np.ndarray:
 # Two binary heaps over the same entries, a min-heap (next cell to settle) and a max-heap (the
 # worst candidate, evicted when a shorter one arrives), in the layout of scib's helper: slot 0's
 # child is slot 1 and slot s's children are 2s and 2s + 1.
+
 
 @njit(cache=True)
 def _better(a, b, is_min):

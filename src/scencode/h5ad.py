@@ -7,9 +7,9 @@ cells is in memory at a time, whatever the file's size.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import anndata as ad
 import h5py
@@ -68,8 +68,9 @@ class CountMatrix:
                 part = part.astype(np.float32)
             block = sp.csr_matrix(part)
         except OSError as exc:
-            raise ScencodeError(f"cannot read {self.key} (cells {start}–{stop}): truncated or damaged "
-                                f"({exc})", self.path) from None
+            raise ScencodeError(
+                f"cannot read {self.key} (cells {start}–{stop}): truncated or damaged ({exc})", self.path
+            ) from None
         except (TypeError, ValueError) as exc:
             raise ScencodeError(f"{self.key} cannot be read as a count matrix ({exc})", self.path) from None
         block.sum_duplicates()
@@ -118,15 +119,18 @@ def count_problem(block: sp.csr_matrix) -> str | None:
         return f"has non-finite values ({_where(block, ~finite)}): not raw counts"
     too_large = data > MAX_COUNT  # exact in float32 too (2^24 is representable), unlike int32's limit
     if too_large.any():
-        return (f"has counts beyond {MAX_COUNT:,} ({_where(block, too_large)}): float32 storage cannot "
-                "hold larger integers exactly, and no single-cell count is that large")
+        return (
+            f"has counts beyond {MAX_COUNT:,} ({_where(block, too_large)}): float32 storage cannot "
+            "hold larger integers exactly, and no single-cell count is that large"
+        )
     if (data < 0).any():
         return f"has negative values (min {data.min():.3g}): a scaled matrix, not raw counts"
     fractional = np.abs(data - np.rint(data)) > 1e-6
     if fractional.any():
         example = data[fractional][0]
-        return (f"has non-integer values (e.g. {example:.4g}, max {data.max():.4g}): "
-                "looks log-normalised, not raw counts")
+        return (
+            f"has non-integer values (e.g. {example:.4g}, max {data.max():.4g}): looks log-normalised, not raw counts"
+        )
     return None
 
 
@@ -145,8 +149,12 @@ def choose_counts(f: h5py.File, path: Path, choice: str, probe_cells: int = 2000
         if problem is None:
             return matrix
         problems.append(f"{key} {problem}")
-    raise ScencodeError("no raw count matrix found: " + "; ".join(problems or ["no X"]) +
-                        ". Point 'counts' at the matrix that holds integer counts.", path)
+    raise ScencodeError(
+        "no raw count matrix found: "
+        + "; ".join(problems or ["no X"])
+        + ". Point 'counts' at the matrix that holds integer counts.",
+        path,
+    )
 
 
 STREAM_CHUNK = 2**18  # values per HDF5 chunk of a streamed matrix (1 MiB of float32)
@@ -158,15 +166,18 @@ class ChunkedH5adWriter:
     def __init__(self, path: Path, n_vars: int):
         self.path = Path(path)
         self.n_vars = n_vars
-        ad.AnnData(obs=pd.DataFrame(index=pd.Index([], dtype=str)),
-                   var=pd.DataFrame(index=pd.Index([str(i) for i in range(n_vars)]))).write_h5ad(self.path)
+        ad.AnnData(
+            obs=pd.DataFrame(index=pd.Index([], dtype=str)),
+            var=pd.DataFrame(index=pd.Index([str(i) for i in range(n_vars)])),
+        ).write_h5ad(self.path)
         self._file = h5py.File(self.path, "a")
         if "X" in self._file:
             del self._file["X"]
         # chunks sized for streaming: grown from an empty matrix, HDF5 would pick 1,024-value chunks
         # (1 for indptr), whose index then costs memory and time in proportion to the file's size
-        write_elem(self._file, "X", sp.csr_matrix((0, n_vars), dtype=np.float32),
-                   dataset_kwargs={"chunks": (STREAM_CHUNK,)})
+        write_elem(
+            self._file, "X", sp.csr_matrix((0, n_vars), dtype=np.float32), dataset_kwargs={"chunks": (STREAM_CHUNK,)}
+        )
         self._x = sparse_dataset(self._file["X"])
 
     def append(self, block: sp.csr_matrix) -> None:

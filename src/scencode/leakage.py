@@ -50,8 +50,9 @@ class DatasetIdentity:
 CELLS = {"barcode": pl.String, "donor": pl.String}
 
 
-def read_identity(name: str, role: str, qc_path: str | Path, raw_path: str | Path | None = None,
-                  source: dict | None = None) -> DatasetIdentity:
+def read_identity(
+    name: str, role: str, qc_path: str | Path, raw_path: str | Path | None = None, source: dict | None = None
+) -> DatasetIdentity:
     """What identifies a dataset's data: ids from config, obs and the CELLxGENE citation; donors."""
     from .h5ad import open_h5ad, read_frame
 
@@ -69,8 +70,13 @@ def read_identity(name: str, role: str, qc_path: str | Path, raw_path: str | Pat
         ids.update(DATASET_VERSION_RE.findall(citation))
     column = next((c for c in DONOR_COLUMNS if c in obs.columns), None)
     # no donor column: no donor can be matched (dataset and collection ids still are)
-    donors = (pl.DataFrame({"barcode": obs.index.astype(str).to_numpy(), "donor": obs[column].astype(str).to_numpy()},
-                           schema=CELLS) if column else pl.DataFrame(schema=CELLS))
+    donors = (
+        pl.DataFrame(
+            {"barcode": obs.index.astype(str).to_numpy(), "donor": obs[column].astype(str).to_numpy()}, schema=CELLS
+        )
+        if column
+        else pl.DataFrame(schema=CELLS)
+    )
     return DatasetIdentity(name, role, ids, collections, donors, len(obs))
 
 
@@ -93,8 +99,9 @@ def audit(datasets: list[DatasetIdentity], policy: str = "report") -> dict:
         raise ScencodeError(f"leakage.policy {policy!r}: choose one of {', '.join(POLICIES)}")
     train = [d for d in datasets if d.role == "train"]
     evaluation = [d for d in datasets if d.role == "eval"]
-    cells = pl.concat([d.donors.with_columns(dataset=pl.lit(d.name), role=pl.lit(d.role)) for d in datasets],
-                      how="vertical")
+    cells = pl.concat(
+        [d.donors.with_columns(dataset=pl.lit(d.name), role=pl.lit(d.role)) for d in datasets], how="vertical"
+    )
     labels = _shared_labels(cells)
     pairs = [compare(t, e, labels.get((t.name, e.name), set())) for t in train for e in evaluation]
     shared_cells = _cells_of_shared_donors(cells, pairs)
@@ -105,26 +112,38 @@ def audit(datasets: list[DatasetIdentity], policy: str = "report") -> dict:
         pair["train_cells_of_shared_donors"] = counts.get("cells", 0)
         if pair["leaks"]:
             t = next(d for d in train if d.name == pair["train"])
-            drop[t.name] |= (set(t.donors["barcode"]) or {"*"}) if pair["shared_dataset_ids"] else counts.get("set", set())
+            drop[t.name] |= (
+                (set(t.donors["barcode"]) or {"*"}) if pair["shared_dataset_ids"] else counts.get("set", set())
+            )
     pairs = [p for p in pairs if p["leaks"] or p["generic_donor_labels_shared"]]
     leaking = [p for p in pairs if p["leaks"]]
     if policy == "error" and leaking:
-        raise ScencodeError("training and evaluation data overlap (leakage.policy: error): " + "; ".join(
-            f"{p['train']} ↔ {p['eval']}: {describe(p)}" for p in leaking))
+        raise ScencodeError(
+            "training and evaluation data overlap (leakage.policy: error): "
+            + "; ".join(f"{p['train']} ↔ {p['eval']}: {describe(p)}" for p in leaking)
+        )
     for p in leaking:
         log.warning("leakage: %s ↔ %s: %s", p["train"], p["eval"], describe(p))
     dropped = {name: sorted(cells) for name, cells in drop.items() if cells} if policy == "drop" else {}
-    return {"policy": policy, "pairs_compared": len(train) * len(evaluation), "pairs": pairs,
-            "pairs_leaking": len(leaking), "drop": dropped,
-            "cells_dropped": int(sum(len(c) for c in dropped.values()))}
+    return {
+        "policy": policy,
+        "pairs_compared": len(train) * len(evaluation),
+        "pairs": pairs,
+        "pairs_leaking": len(leaking),
+        "drop": dropped,
+        "cells_dropped": int(sum(len(c) for c in dropped.values())),
+    }
 
 
 def _shared_labels(cells: pl.DataFrame) -> dict[tuple[str, str], set[str]]:
     """(training, evaluation) dataset → the donor labels both hold: one join of the labels."""
     labels = cells.select("dataset", "role", "donor").unique()
-    shared = (labels.filter(pl.col("role") == "train")
-              .join(labels.filter(pl.col("role") == "eval"), on="donor", suffix="_eval")
-              .group_by("dataset", "dataset_eval").agg(pl.col("donor")))
+    shared = (
+        labels.filter(pl.col("role") == "train")
+        .join(labels.filter(pl.col("role") == "eval"), on="donor", suffix="_eval")
+        .group_by("dataset", "dataset_eval")
+        .agg(pl.col("donor"))
+    )
     return {(t, e): set(donors) for t, e, donors in shared.iter_rows()}
 
 
@@ -134,16 +153,22 @@ def _cells_of_shared_donors(cells: pl.DataFrame, pairs: list[dict]) -> dict[tupl
     rows = [(p["train"], p["eval"], donor) for p in pairs for donor in p["shared_donors"]]
     if not rows:
         return {}
-    donors = pl.DataFrame(rows, schema={"dataset": pl.String, "dataset_eval": pl.String, "donor": pl.String},
-                          orient="row")
+    donors = pl.DataFrame(
+        rows, schema={"dataset": pl.String, "dataset_eval": pl.String, "donor": pl.String}, orient="row"
+    )
     train_cells = cells.filter(pl.col("role") == "train").join(donors, on=["dataset", "donor"])
-    evaluation = cells.filter(pl.col("role") == "eval").select(dataset_eval="dataset", donor="donor",
-                                                               barcode="barcode", in_eval=pl.lit(True))
-    matched = (train_cells.join(evaluation.unique(), on=["dataset_eval", "donor", "barcode"], how="left")
-               .group_by("dataset", "dataset_eval")
-               .agg(cells=pl.len(), barcodes=pl.col("in_eval").sum(), set=pl.col("barcode")))
-    return {(t, e): {"cells": int(n), "barcodes": int(b or 0), "set": set(barcodes)}
-            for t, e, n, b, barcodes in matched.iter_rows()}
+    evaluation = cells.filter(pl.col("role") == "eval").select(
+        dataset_eval="dataset", donor="donor", barcode="barcode", in_eval=pl.lit(True)
+    )
+    matched = (
+        train_cells.join(evaluation.unique(), on=["dataset_eval", "donor", "barcode"], how="left")
+        .group_by("dataset", "dataset_eval")
+        .agg(cells=pl.len(), barcodes=pl.col("in_eval").sum(), set=pl.col("barcode"))
+    )
+    return {
+        (t, e): {"cells": int(n), "barcodes": int(b or 0), "set": set(barcodes)}
+        for t, e, n, b, barcodes in matched.iter_rows()
+    }
 
 
 def compare(t: DatasetIdentity, e: DatasetIdentity, labels: set[str]) -> dict:
@@ -153,11 +178,17 @@ def compare(t: DatasetIdentity, e: DatasetIdentity, labels: set[str]) -> dict:
     generic = sorted(x for x in labels if GENERIC_DONOR.match(x))
     # generic labels ("1", "donor_2") name the same person only within one collection
     donors = sorted(labels - set(generic)) + (generic if shared_collections else [])
-    return {"train": t.name, "eval": e.name, "shared_dataset_ids": shared_ids,
-            "shared_collection_ids": shared_collections, "shared_donors": donors,
-            "generic_donor_labels_shared": [] if shared_collections else generic,
-            "shared_barcodes_in_shared_donors": 0, "train_cells_of_shared_donors": 0,
-            "leaks": bool(shared_ids or donors)}
+    return {
+        "train": t.name,
+        "eval": e.name,
+        "shared_dataset_ids": shared_ids,
+        "shared_collection_ids": shared_collections,
+        "shared_donors": donors,
+        "generic_donor_labels_shared": [] if shared_collections else generic,
+        "shared_barcodes_in_shared_donors": 0,
+        "train_cells_of_shared_donors": 0,
+        "leaks": bool(shared_ids or donors),
+    }
 
 
 def describe(pair: dict) -> str:
@@ -166,9 +197,11 @@ def describe(pair: dict) -> str:
         parts.append(f"same dataset ({', '.join(pair['shared_dataset_ids'])})")
     if pair["shared_donors"]:
         donors = pair["shared_donors"]
-        parts.append(f"{len(donors)} shared donors ({', '.join(donors[:5])}{', …' if len(donors) > 5 else ''}), "
-                     f"{pair['train_cells_of_shared_donors']} training cells, "
-                     f"{pair['shared_barcodes_in_shared_donors']} identical barcodes")
+        parts.append(
+            f"{len(donors)} shared donors ({', '.join(donors[:5])}{', …' if len(donors) > 5 else ''}), "
+            f"{pair['train_cells_of_shared_donors']} training cells, "
+            f"{pair['shared_barcodes_in_shared_donors']} identical barcodes"
+        )
     if pair["shared_collection_ids"]:
         parts.append(f"same collection ({', '.join(pair['shared_collection_ids'])})")
     return "; ".join(parts)
@@ -182,12 +215,23 @@ def run(datasets: list[dict], out: OutputFile, table: OutputFile, policy: str = 
         raise ScencodeError(f"leakage policy {policy!r}: choose one of {', '.join(POLICIES)}")
     identities = [read_identity(d["name"], d["role"], d["qc"], d.get("raw"), d.get("source")) for d in datasets]
     result = audit(identities, policy)
-    rows = [{"train": p["train"], "eval": p["eval"], "leaks": p["leaks"], "what": describe(p) or
-             f"only generic donor labels in common ({', '.join(p['generic_donor_labels_shared'][:5])}): not counted"}
-            for p in result["pairs"]]
+    rows = [
+        {
+            "train": p["train"],
+            "eval": p["eval"],
+            "leaks": p["leaks"],
+            "what": describe(p)
+            or f"only generic donor labels in common ({', '.join(p['generic_donor_labels_shared'][:5])}): not counted",
+        }
+        for p in result["pairs"]
+    ]
     with atomic_path(table, suffix=".csv") as tmp:
         pd.DataFrame(rows, columns=["train", "eval", "leaks", "what"]).to_csv(tmp, index=False)
     write_json(result, out)
-    log.info("leakage audit: %d of %d pairs share data; %d training cells dropped", result["pairs_leaking"],
-             result["pairs_compared"], result["cells_dropped"])
+    log.info(
+        "leakage audit: %d of %d pairs share data; %d training cells dropped",
+        result["pairs_leaking"],
+        result["pairs_compared"],
+        result["cells_dropped"],
+    )
     return result

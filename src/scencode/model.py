@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, check_options, lookup
+from .errors import ScencodeError
+
 
 def _varlen_attention():
     """PyTorch's variable-length flash attention (torch ≥ 2.10), or None. Imported on first use on
@@ -44,14 +47,11 @@ def _varlen_attention():
 
 _VARLEN = False  # not looked up yet
 
-from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, check_options, lookup
-from .errors import ScencodeError
-
 
 def block_params(n_layers: int, d_model: int, d_ff: int) -> float:
     """Weights of the encoder blocks (attention 4·d², feed-forward 2·d·d_ff): what a token's FLOPs
     scale with (6 x this per trained token, the usual convention)."""
-    return n_layers * (4 * d_model ** 2 + 2 * d_model * d_ff)
+    return n_layers * (4 * d_model**2 + 2 * d_model * d_ff)
 
 
 @dataclass
@@ -158,12 +158,17 @@ class Packed:
             q, k, v = qkv.unbind(1)
             return _varlen_attention()(q, k, v, cu, cu, self.max_len, self.max_len)
         if self.nested:
+
             def jagged(x):
-                return torch.nested.nested_tensor_from_jagged(x.contiguous(), self.offsets,
-                                                              max_seqlen=self.max_len).transpose(1, 2)
+                return torch.nested.nested_tensor_from_jagged(
+                    x.contiguous(), self.offsets, max_seqlen=self.max_len
+                ).transpose(1, 2)
+
             return F.scaled_dot_product_attention(*(jagged(x) for x in qkv.unbind(1))).transpose(1, 2).values()
         q, k, v = self.pad(qkv).permute(2, 0, 3, 1, 4)  # one gather for all three
-        return self.unpad(F.scaled_dot_product_attention(q, k, v, attn_mask=self.valid[:, None, None, :]).transpose(1, 2))
+        return self.unpad(
+            F.scaled_dot_product_attention(q, k, v, attn_mask=self.valid[:, None, None, :]).transpose(1, 2)
+        )
 
     def cell_means(self, h: torch.Tensor) -> torch.Tensor:
         sums = h.new_zeros((self.n_cells, h.shape[-1])).index_add_(0, self._cell_and_slot()[0], h)
@@ -175,6 +180,7 @@ class Batch:
     """One batch of cells, as the loader gives it and the model reads it. Packed (``offsets``: real
     tokens only, cell after cell) or padded (``valid``: (cells, longest) with a mask); ``meta`` holds
     what is not a tensor (cell ids, label and batch columns of evaluation corpora)."""
+
     gene_ids: torch.Tensor  # vocabulary index per position
     counts: torch.Tensor  # raw count
     xnorm: torch.Tensor  # x̃ = log1p(count / total × c_norm), the target
@@ -183,10 +189,17 @@ class Batch:
     valid: torch.Tensor | None = None  # padded: real (non-padding) positions
     meta: dict = field(default_factory=dict)
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return replace(self, gene_ids=move(self.gene_ids), counts=move(self.counts), xnorm=move(self.xnorm),
-                       masked=move(self.masked), offsets=move(self.offsets), valid=move(self.valid))
+        return replace(
+            self,
+            gene_ids=move(self.gene_ids),
+            counts=move(self.counts),
+            xnorm=move(self.xnorm),
+            masked=move(self.masked),
+            offsets=move(self.offsets),
+            valid=move(self.valid),
+        )
 
     @property
     def real(self) -> torch.Tensor:
@@ -227,9 +240,11 @@ class CellTransformer(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.genes = lookup(GENE_ENCODERS, "gene", cfg.gene_encoding)(
-            cfg.d_model, vocab_size=cfg.vocab_size, gene_table=gene_table, **cfg.gene_options)
+            cfg.d_model, vocab_size=cfg.vocab_size, gene_table=gene_table, **cfg.gene_options
+        )
         self.expression = lookup(EXPRESSION_ENCODERS, "expression", cfg.expression_encoding)(
-            cfg.d_model, **cfg.expression_options)
+            cfg.d_model, **cfg.expression_options
+        )
         self.mask_vector = nn.Parameter(torch.randn(cfg.d_model) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
@@ -244,16 +259,20 @@ class CellTransformer(nn.Module):
 
     def components(self, batch: Batch, cells: Padded | Packed) -> tuple[torch.Tensor, torch.Tensor]:
         """(gene, expression) embeddings of every position, after the calibrated gains."""
-        return (self.gene_gain * self.genes(batch.gene_ids),
-                self.expression_gain * self.expression(batch.counts, batch.xnorm, cells))
+        return (
+            self.gene_gain * self.genes(batch.gene_ids),
+            self.expression_gain * self.expression(batch.counts, batch.xnorm, cells),
+        )
 
     @torch.no_grad()
     def component_rms(self, batch: Batch) -> dict[str, float]:
         """RMS of the gene and expression embeddings over the batch's real positions."""
         genes, expr = self.components(batch, self.cells(batch))
         real = batch.real
-        return {"gene": float(genes[real].float().pow(2).mean().sqrt()),
-                "expression": float(expr[real].float().pow(2).mean().sqrt())}
+        return {
+            "gene": float(genes[real].float().pow(2).mean().sqrt()),
+            "expression": float(expr[real].float().pow(2).mean().sqrt()),
+        }
 
     @torch.no_grad()
     def calibrate(self, batches: list[Batch]) -> dict[str, float]:
@@ -269,8 +288,11 @@ class CellTransformer(nn.Module):
         target = torch.cat([b.xnorm[real] for b, real in zip(batches, reals)])
         self.head[-1].weight.zero_()
         self.head[-1].bias.fill_(float(target.mean()))
-        return {"gene_gain": float(self.gene_gain), "expression_gain": float(self.expression_gain),
-                "head_bias": float(target.mean())}
+        return {
+            "gene_gain": float(self.gene_gain),
+            "expression_gain": float(self.expression_gain),
+            "head_bias": float(target.mean()),
+        }
 
     def encode(self, batch: Batch, cells: Padded | Packed, masked: torch.Tensor | None = None) -> torch.Tensor:
         """Final-layer token states, (cells, L, d) padded or (tokens, d) packed; the expression of
@@ -329,6 +351,8 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)
         why = " ".join(str(exc).split())[:300]  # torch's message spans lines: keys missing, unexpected, misshapen
-        raise ScencodeError(f"checkpoint does not fit this version of the model ({why}); "
-                            "retrain it: snakemake --forcerun pretrain", checkpoint) from exc
+        raise ScencodeError(
+            f"checkpoint does not fit this version of the model ({why}); retrain it: snakemake --forcerun pretrain",
+            checkpoint,
+        ) from exc
     return model.to(device).eval(), ckpt

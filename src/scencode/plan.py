@@ -30,10 +30,12 @@ class Rate:
 # What each throughput is assumed to be until a benchmark measures it: benchmarks/measured.json
 # (written by the benchmarks' --record) replaces these with measured figures, dated, with their commit.
 ASSUMED = {
-    "train_real_tokens_per_gpu_s": Rate(500_000, "real tokens/s (forward + backward)",
-                                        "assumed: d 512 x 12 layers, bf16, one recent GPU"),
-    "esm_flop_per_gpu_s": Rate(1.0e14, "FLOP/s",
-                               "assumed: 10% of an H100's dense bf16 peak (fp32 weights, ragged batches)"),
+    "train_real_tokens_per_gpu_s": Rate(
+        500_000, "real tokens/s (forward + backward)", "assumed: d 512 x 12 layers, bf16, one recent GPU"
+    ),
+    "esm_flop_per_gpu_s": Rate(
+        1.0e14, "FLOP/s", "assumed: 10% of an H100's dense bf16 peak (fp32 weights, ragged batches)"
+    ),
     "qc_cells_per_s": Rate(2_000, "cells/s", "assumed: chunked h5ad read, filter, write on one core"),
     "tokenize_cells_per_s": Rate(5_000, "cells/s", "assumed: 2 cores"),
     "download_bytes_per_s": Rate(50e6, "bytes/s", "assumed: 50 MB/s from CELLxGENE's S3"),
@@ -50,8 +52,11 @@ def measured_throughputs(path: Path = MEASURED) -> dict[str, Rate]:
     rates = dict(ASSUMED)
     for key, m in measured.items():
         if key in rates:
-            rates[key] = Rate(m["value"], m["unit"], f"measured: {m['benchmark']}, {m['detail']}, {m['machine']}, "
-                                                     f"{m['date']}, commit {m['commit']}")
+            rates[key] = Rate(
+                m["value"],
+                m["unit"],
+                f"measured: {m['benchmark']}, {m['detail']}, {m['machine']}, {m['date']}, commit {m['commit']}",
+            )
     return rates
 
 
@@ -149,8 +154,13 @@ def _train_seconds(config: dict, cells: float, passes: float, forward_only: bool
 def job_resources(stage: str, config: dict, key: str | None = None) -> dict:
     """gpu, threads, mem_mb and runtime (minutes) of one job: ``key`` is its dataset or corpus."""
     job = _job(stage, config, key)
-    return {"gpu": job.gpu, "threads": job.threads, "mem_mb": job.mem_mb, "runtime": job.runtime_min,
-            "estimate_min": job.estimate_min}
+    return {
+        "gpu": job.gpu,
+        "threads": job.threads,
+        "mem_mb": job.mem_mb,
+        "runtime": job.runtime_min,
+        "estimate_min": job.estimate_min,
+    }
 
 
 def _job(stage: str, config: dict, key: str | None) -> Job:
@@ -160,6 +170,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         return Job(stage, key, 0, 1, 4000, _runtime(minutes), minutes)
     if stage == "qc":
         from .qc import QCParams  # the defaults are written once, in the stages' settings
+
         n = dataset_cells(config, key)
         chunk = config["qc"].get("chunk_cells", QCParams.chunk_cells)
         # streamed in chunks: one chunk's matrix (in, out, product) + per-cell metrics
@@ -168,6 +179,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         return Job(stage, key, 0, 1, math.ceil(mem), _runtime(minutes), minutes)
     if stage == "tokenize":
         from .tokenize import TokenizeParams
+
         n = sum(train.values()) if key == "train" else evals.get(key, ASSUMED_CELLS)
         chunk = config["tokenize"].get("chunk_cells", TokenizeParams.chunk_cells)
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 2 / 2**20
@@ -184,8 +196,9 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         return Job(stage, "table", 1, 8, mem, _runtime(minutes, floor=60), minutes)
     if stage == "pretrain":
         epochs = config["pretrain"]["train"].get("epochs") or 1
-        cells = _run_train_cells(config, key, (config.get("_corpus_stats") or {}).get("train_cells")
-                                 or sum(train.values()))
+        cells = _run_train_cells(
+            config, key, (config.get("_corpus_stats") or {}).get("train_cells") or sum(train.values())
+        )
         minutes = _train_seconds(config, cells, epochs) / 60
         workers = config["pretrain"]["train"].get("num_workers", 0)
         mem = math.ceil(8000 + 2 * _loader_mem_mb(config, workers) + _model_params(config) * 16 / 2**20)
@@ -196,12 +209,21 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         return Job(stage, key, 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)), _runtime(minutes), minutes)
     if stage == "reconstruction":
         from .tokenize import TokenizeParams
+
         fraction = config["tokenize"].get("test_fraction", TokenizeParams.test_fraction)
         minutes = _train_seconds(config, sum(train.values()) * fraction, 1, forward_only=True) / 60
-        return Job(stage, key or "configuration", 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)),
-                   _runtime(minutes), minutes)
+        return Job(
+            stage,
+            key or "configuration",
+            1,
+            4,
+            math.ceil(8000 + 2 * _loader_mem_mb(config, 0)),
+            _runtime(minutes),
+            minutes,
+        )
     if stage == "evaluate":
         from .evaluate import EvalParams
+
         metrics = config["evaluate"].get("metrics", {})
         n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)
         n = min(n, metrics.get("max_cells_scib", EvalParams.max_cells_scib))
@@ -260,9 +282,18 @@ def summarise(jobs: list[Job], gpus: int) -> list[dict]:
         gpu_h = sum(j.gpu_hours for j in these)
         longest = max(j.estimate_min for j in these) / 60
         wall = max(gpu_h / gpus, longest) if these[0].gpu else longest
-        rows.append({"stage": stage, "jobs": len(these), "gpu": bool(these[0].gpu), "gpu_hours": gpu_h,
-                     "cpu_hours": sum(j.cpu_hours for j in these), "peak_mem_gb": max(j.mem_mb for j in these) / 1024,
-                     "max_runtime_asked_h": max(j.runtime_min for j in these) / 60, "wall_hours": wall})
+        rows.append(
+            {
+                "stage": stage,
+                "jobs": len(these),
+                "gpu": bool(these[0].gpu),
+                "gpu_hours": gpu_h,
+                "cpu_hours": sum(j.cpu_hours for j in these),
+                "peak_mem_gb": max(j.mem_mb for j in these) / 1024,
+                "max_runtime_asked_h": max(j.runtime_min for j in these) / 60,
+                "wall_hours": wall,
+            }
+        )
     return rows
 
 
@@ -278,24 +309,35 @@ def render(config: dict, gpus: int = 8) -> str:
     rows = summarise(jobs, gpus)
     out = [f"{'stage':<16}{'jobs':>6}{'GPU-h':>9}{'CPU-h':>9}{'mem/job GB':>12}{'asked h':>9}{'wall h':>9}"]
     for r in rows:
-        out.append(f"{r['stage']:<16}{r['jobs']:>6}{r['gpu_hours']:>9.1f}{r['cpu_hours']:>9.1f}"
-                   f"{r['peak_mem_gb']:>12.1f}{r['max_runtime_asked_h']:>9.1f}{r['wall_hours']:>9.2f}")
+        out.append(
+            f"{r['stage']:<16}{r['jobs']:>6}{r['gpu_hours']:>9.1f}{r['cpu_hours']:>9.1f}"
+            f"{r['peak_mem_gb']:>12.1f}{r['max_runtime_asked_h']:>9.1f}{r['wall_hours']:>9.2f}"
+        )
     # stages run one after the other on the critical path: data → ESM-2 → pretrain → embed → evaluate
     total_wall = sum(r["wall_hours"] for r in rows)
     disk = disk_gb(config)
-    out += ["", f"total: {sum(r['gpu_hours'] for r in rows):.1f} GPU-hours, {sum(r['cpu_hours'] for r in rows):.1f} "
-            f"CPU-hours; critical path ≈ {total_wall:.1f} h on {gpus} GPUs (CPU jobs in parallel)",
-            f"disk: resources/ ≈ {disk['resources']:.0f} GB, results/ ≈ {disk['results']:.0f} GB", "", "throughputs:"]
+    out += [
+        "",
+        f"total: {sum(r['gpu_hours'] for r in rows):.1f} GPU-hours, {sum(r['cpu_hours'] for r in rows):.1f} "
+        f"CPU-hours; critical path ≈ {total_wall:.1f} h on {gpus} GPUs (CPU jobs in parallel)",
+        f"disk: resources/ ≈ {disk['resources']:.0f} GB, results/ ≈ {disk['results']:.0f} GB",
+        "",
+        "throughputs:",
+    ]
     out += [f"  {name}: {rate.value:g} {rate.unit} ({rate.source})" for name, rate in THROUGHPUT.items()]
     corpus = config.get("_corpus_stats")
     if corpus:
         splits = ", ".join(f"{split} {cells:,}" for split, cells in corpus["cells_by_split"].items())
-        out.append(f"  tokens per cell: {corpus['tokens_per_cell']:,.1f} (measured: {corpus['path']}, the training "
-                   f"split after the context cap)")
+        out.append(
+            f"  tokens per cell: {corpus['tokens_per_cell']:,.1f} (measured: {corpus['path']}, the training "
+            f"split after the context cap)"
+        )
         out.append(f"  training cells: {corpus['train_cells']:,} (measured: same table; cells by split: {splits})")
     else:
-        out.append(f"  tokens per cell: min(context, {ASSUMED_GENES_PER_CELL:,}) = {_tokens_per_cell(config):g} "
-                   "(assumed: droplet cells hold ≈1,000–3,000 non-zero genes; tokenize the corpus to measure it)")
+        out.append(
+            f"  tokens per cell: min(context, {ASSUMED_GENES_PER_CELL:,}) = {_tokens_per_cell(config):g} "
+            "(assumed: droplet cells hold ≈1,000–3,000 non-zero genes; tokenize the corpus to measure it)"
+        )
     unsized = [d for d, s in config["datasets"].items() if not (s.get("n_cells") or s["source"].get("n_cells"))]
     if unsized:
         out.append(f"  {len(unsized)} dataset(s) without n_cells in config: assumed {ASSUMED_CELLS:,} cells each")

@@ -32,9 +32,9 @@ from .atomic import TERMINATED_EXIT, OutputFolder, atomic_path, write_json
 from .data import LoaderConfig, ShardBatches, draw_train_subset
 from .devices import PRECISIONS, autocast, autocast_dtype, default_device, device_name, peak_flops
 from .errors import ScencodeError
+from .formats import load_checkpoint, load_vocab, read_gene_table
 from .model import Batch, CellTransformer, ModelConfig, block_params
 from .shards import verify_corpus
-from .formats import load_checkpoint, load_vocab, read_gene_table
 
 log = logging.getLogger(__name__)
 TABLE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
@@ -69,8 +69,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot run, naming the key."""
-        positive = ("lr", "grad_accum", "epochs", "grad_clip", "val_cells", "patience", "checkpoint_every",
-                    "log_every", "calibration_batches")
+        positive = (
+            "lr",
+            "grad_accum",
+            "epochs",
+            "grad_clip",
+            "val_cells",
+            "patience",
+            "checkpoint_every",
+            "log_every",
+            "calibration_batches",
+        )
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ScencodeError(f"train.{key} must be > 0, got {getattr(self, key)!r}")
@@ -78,11 +87,16 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ScencodeError(f"train.{key} must be ≥ 0, got {getattr(self, key)!r}")
         if self.train_cells is not None and self.train_cells <= 0:
-            raise ScencodeError(f"train.train_cells must be a count ≥ 1 or a fraction in (0, 1), got {self.train_cells!r}")
+            raise ScencodeError(
+                f"train.train_cells must be a count ≥ 1 or a fraction in (0, 1), got {self.train_cells!r}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ScencodeError(f"train.max_steps must be ≥ 1 or null, got {self.max_steps!r}")
-        for key, allowed in (("precision", PRECISIONS), ("missing_genes", ("error", "zero")),
-                             ("on_nonfinite", ("stop", "finish"))):
+        for key, allowed in (
+            ("precision", PRECISIONS),
+            ("missing_genes", ("error", "zero")),
+            ("on_nonfinite", ("stop", "finish")),
+        ):
             if getattr(self, key) not in allowed:
                 raise ScencodeError(f"train.{key} {getattr(self, key)!r}: choose one of {', '.join(allowed)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -92,14 +106,18 @@ class TrainConfig:
         """Settings that cannot do what they say for a run of ``total_steps`` optimiser steps."""
         out = []
         if self.warmup_steps >= total_steps:
-            out.append(f"warmup_steps {self.warmup_steps} ≥ total steps {total_steps}: the learning rate never "
-                       f"leaves warmup (it peaks at {self.lr * total_steps / max(1, self.warmup_steps):.3g}, "
-                       f"not lr {self.lr:g}) and never decays")
+            out.append(
+                f"warmup_steps {self.warmup_steps} ≥ total steps {total_steps}: the learning rate never "
+                f"leaves warmup (it peaks at {self.lr * total_steps / max(1, self.warmup_steps):.3g}, "
+                f"not lr {self.lr:g}) and never decays"
+            )
         if self.val_every > total_steps or not self.val_every:
             out.append(f"val_every {self.val_every} > total steps {total_steps}: only the final validation runs")
         elif self.patience * self.val_every >= total_steps:
-            out.append(f"patience {self.patience} validations × val_every {self.val_every} = "
-                       f"{self.patience * self.val_every} steps ≥ total steps {total_steps}: early stopping cannot fire")
+            out.append(
+                f"patience {self.patience} validations × val_every {self.val_every} = "
+                f"{self.patience * self.val_every} steps ≥ total steps {total_steps}: early stopping cannot fire"
+            )
         return out
 
 
@@ -116,9 +134,13 @@ class RunSpec:
 
     def identity(self, vocab_hash: str) -> str:
         """What a checkpoint must share with the run that resumes it."""
-        spec = {"name": self.name, "model": asdict(self.model), "loader": asdict(self.loader),
-                "train": {k: v for k, v in asdict(self.train).items() if k not in ("num_workers", "max_steps")},
-                "vocab_hash": vocab_hash}
+        spec = {
+            "name": self.name,
+            "model": asdict(self.model),
+            "loader": asdict(self.loader),
+            "train": {k: v for k, v in asdict(self.train).items() if k not in ("num_workers", "max_steps")},
+            "vocab_hash": vocab_hash,
+        }
         return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -155,9 +177,12 @@ def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> to
     found = row.reindex(genes)
     missing = genes[found.isna().to_numpy()]
     if len(missing) and missing_policy == "error":
-        raise ScencodeError(f"{len(missing)} of {len(genes)} vocabulary genes have no embedding "
-                            f"(e.g. {', '.join(missing[:5])}); use vocab.policy 'protein' or "
-                            "train.missing_genes 'zero'", path)
+        raise ScencodeError(
+            f"{len(missing)} of {len(genes)} vocabulary genes have no embedding "
+            f"(e.g. {', '.join(missing[:5])}); use vocab.policy 'protein' or "
+            "train.missing_genes 'zero'",
+            path,
+        )
     table = np.zeros((len(vocab), matrix.shape[1]), np.float32)
     hit = found.notna().to_numpy()
     table[genes.index[hit]] = matrix[found[hit].astype(int)]
@@ -195,8 +220,11 @@ class Trainer:
         vocab, self.vocab_hash = load_vocab(spec.vocab)
         manifest = verify_corpus(spec.corpus, checksums=False, vocab_hash=self.vocab_hash)
         self.subset = draw_train_subset(spec.corpus, spec.train.train_cells) if spec.train.train_cells else None
-        self.training_set = self.subset.describe() if self.subset else {
-            "requested": "all", "cells": int(manifest["splits"].get("train", 0))}
+        self.training_set = (
+            self.subset.describe()
+            if self.subset
+            else {"requested": "all", "cells": int(manifest["splits"].get("train", 0))}
+        )
         spec.model.vocab_size = len(vocab)
         torch.manual_seed(spec.loader.seed)
         self.model = build_model(spec, vocab).to(self.device)
@@ -216,7 +244,8 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(max(self._shares(0)) / cfg.grad_accum))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_lr(s, cfg, self.total_steps))
+            self.optimizer, lambda s: cosine_lr(s, cfg, self.total_steps)
+        )
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         self.warnings = cfg.schedule_warnings(self.total_steps)
         self.identity = spec.identity(self.vocab_hash)
@@ -236,11 +265,19 @@ class Trainer:
     def checkpoint(self, path: Path) -> None:
         if self.rank:
             return
-        payload = {"identity": self.identity, "name": self.spec.name, "model_config": asdict(self.spec.model),
-                   "vocab_hash": self.vocab_hash, "step": self.state.step, "model": self.model.state_dict(),
-                   "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                   "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(),
-                   "state": {k: v for k, v in asdict(self.state).items()}}
+        payload = {
+            "identity": self.identity,
+            "name": self.spec.name,
+            "model_config": asdict(self.spec.model),
+            "vocab_hash": self.vocab_hash,
+            "step": self.state.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "state": {k: v for k, v in asdict(self.state).items()},
+        }
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(payload, tmp)
 
@@ -258,8 +295,9 @@ class Trainer:
             log.warning("%s: %s; moved to %s, training starts over", self.spec.name, exc, corrupt.name)
             return False
         if ckpt.get("name") != self.spec.name:
-            raise ScencodeError(f"checkpoint belongs to configuration {ckpt.get('name')!r}, not "
-                                f"{self.spec.name!r}", path)
+            raise ScencodeError(
+                f"checkpoint belongs to configuration {ckpt.get('name')!r}, not {self.spec.name!r}", path
+            )
         if ckpt.get("identity") != self.identity:
             # same configuration, changed settings (the workflow reruns it): start over, keep the old state
             return self._start_over(path, ckpt, "settings changed since it was written")
@@ -341,8 +379,12 @@ class Trainer:
             st.train_seconds, clock = st.train_seconds + now - clock, now  # validation and checkpoints included
             if st.step % cfg.log_every == 0 or st.step == self.total_steps:
                 elapsed = time.perf_counter() - tick
-                self._log(st.window_sse / max(1, st.window_masked), grad_norm, st.window_tokens / elapsed,
-                          st.window_cells / elapsed)
+                self._log(
+                    st.window_sse / max(1, st.window_masked),
+                    grad_norm,
+                    st.window_tokens / elapsed,
+                    st.window_cells / elapsed,
+                )
                 st.window_sse, st.window_masked, st.window_tokens, st.window_cells = 0.0, 0, 0, 0
                 tick = time.perf_counter()
             if cfg.val_every and st.step % cfg.val_every == 0:
@@ -374,8 +416,9 @@ class Trainer:
         """Batches in each rank's share of an epoch (row groups are dealt to ranks, so shares differ
         by a few batches); counted once per epoch (the schedule and the epoch both ask for epoch 0)."""
         if epoch not in self._counted_shares:
-            data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world,
-                                subset=self.subset)
+            data = ShardBatches(
+                self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world, subset=self.subset
+            )
             self._counted_shares[epoch] = data.batches_per_rank(max(1, self.spec.train.num_workers))
         return self._counted_shares[epoch]
 
@@ -390,16 +433,31 @@ class Trainer:
         if target == 0:
             raise ScencodeError("no training cells in the corpus (split 'train' is empty)", spec.corpus)
         if own == 0:
-            raise ScencodeError(f"rank {self.rank} has no training cells in epoch {st.epoch}: the corpus has fewer "
-                                f"row groups than ranks × loader workers ({self.world} × {cfg.num_workers}); "
-                                "use fewer workers or smaller row groups (tokenize.row_group_cells)", spec.corpus)
+            raise ScencodeError(
+                f"rank {self.rank} has no training cells in epoch {st.epoch}: the corpus has fewer "
+                f"row groups than ranks × loader workers ({self.world} × {cfg.num_workers}); "
+                "use fewer workers or smaller row groups (tokenize.row_group_cells)",
+                spec.corpus,
+            )
         done = st.batches_in_epoch
         while done < target:
             lap, skip = divmod(done, own)
-            data = ShardBatches(spec.corpus, "train", spec.loader, epoch=st.epoch, rank=self.rank,
-                                world_size=self.world, skip_batches=skip, subset=self.subset)
-            loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=cfg.num_workers,
-                                                 generator=torch.Generator().manual_seed(spec.loader.seed))
+            data = ShardBatches(
+                spec.corpus,
+                "train",
+                spec.loader,
+                epoch=st.epoch,
+                rank=self.rank,
+                world_size=self.world,
+                skip_batches=skip,
+                subset=self.subset,
+            )
+            loader = torch.utils.data.DataLoader(
+                data,
+                batch_size=None,
+                num_workers=cfg.num_workers,
+                generator=torch.Generator().manual_seed(spec.loader.seed),
+            )
             for batch in loader:
                 if lap:
                     st.repeated_cells += batch.n_cells
@@ -408,8 +466,9 @@ class Trainer:
                 if done == target:
                     return
             if done % own:
-                raise ScencodeError(f"rank {self.rank} read {done % own} batches of epoch {st.epoch}, "
-                                    f"{own} were counted", spec.corpus)
+                raise ScencodeError(
+                    f"rank {self.rank} read {done % own} batches of epoch {st.epoch}, {own} were counted", spec.corpus
+                )
 
     def _train_step(self, micro_batches: list[Batch]) -> float | None:
         """One optimiser step. Its loss is the mean over every masked token of its micro-batches
@@ -423,7 +482,7 @@ class Trainer:
         scale = self.world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
         for i, batch in enumerate(batches):
             sync = self.world == 1 or i == len(batches) - 1
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with autocast(self.device, self.amp):
                     _, sse, n = self.ddp(batch)
                 if not torch.isfinite(sse):
@@ -450,20 +509,36 @@ class Trainer:
 
     def _log(self, train_loss, grad_norm, tokens_per_s, cells_per_s, val_loss=float("nan")) -> None:
         st = self.state
-        row = {"step": st.step, "epoch": st.epoch, "lr": self.scheduler.get_last_lr()[0], "train_loss": train_loss,
-               "val_loss": val_loss, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s, "cells_per_s": cells_per_s}
+        row = {
+            "step": st.step,
+            "epoch": st.epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "cells_per_s": cells_per_s,
+        }
         for key in LOG_COLUMNS:
             st.log[key].append(float(row[key]) if key not in ("step", "epoch") else int(row[key]))
         if self.rank == 0 and not math.isnan(train_loss):
-            log.info("%s step %d loss %.4f lr %.2e grad %.3f %.0f tokens/s", self.spec.name, st.step, train_loss,
-                     row["lr"], grad_norm, tokens_per_s)
+            log.info(
+                "%s step %d loss %.4f lr %.2e grad %.3f %.0f tokens/s",
+                self.spec.name,
+                st.step,
+                train_loss,
+                row["lr"],
+                grad_norm,
+                tokens_per_s,
+            )
 
     @torch.no_grad()
     def _validate(self) -> float:
         spec, st = self.spec, self.state
         self.model.eval()
-        data = ShardBatches(spec.corpus, "val", spec.loader, epoch=0, rank=self.rank, world_size=self.world,
-                            shuffle=False)
+        data = ShardBatches(
+            spec.corpus, "val", spec.loader, epoch=0, rank=self.rank, world_size=self.world, shuffle=False
+        )
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         seen = 0
         for batch in data:
@@ -494,8 +569,10 @@ class Trainer:
         st = self.state
         self._log(float(loss.detach()), math.nan, math.nan, math.nan)
         self.write_log()
-        message = (f"{self.spec.name}: training loss became {float(loss.detach())} at step {st.step} (epoch {st.epoch}); "
-                   f"the last good checkpoint is kept ({self.out / 'last.pt'})")
+        message = (
+            f"{self.spec.name}: training loss became {float(loss.detach())} at step {st.step} (epoch {st.epoch}); "
+            f"the last good checkpoint is kept ({self.out / 'last.pt'})"
+        )
         if self.spec.train.on_nonfinite == "stop":
             raise ScencodeError(message)
         self.diverged_at = st.step
@@ -508,29 +585,46 @@ class Trainer:
         if self.rank:
             return
         st, best, model = self.state, self.out / "best.pt", self.spec.model
-        status = "diverged" if self.diverged_at is not None else (
-            "early_stopped" if st.bad_evals >= self.spec.train.patience else "completed")
+        status = (
+            "diverged"
+            if self.diverged_at is not None
+            else ("early_stopped" if st.bad_evals >= self.spec.train.patience else "completed")
+        )
         if status != "diverged":
             note = ""
         elif best.exists():
-            note = (f"training diverged at step {self.diverged_at}; best.pt is the best validation "
-                    f"before that (loss {st.best_val:.4g})")
+            note = (
+                f"training diverged at step {self.diverged_at}; best.pt is the best validation "
+                f"before that (loss {st.best_val:.4g})"
+            )
         else:
             note = f"training diverged at step {self.diverged_at}, before any validation: no checkpoint"
         finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731
-        write_json({"configuration": self.spec.name, "gene_encoding": model.gene_encoding,
-                    "expression_encoding": model.expression_encoding, "seed": self.spec.loader.seed,
-                    "status": status, "steps": st.step, "total_steps": self.total_steps,
-                    "train_cells": self.training_set,
-                    "steps_per_epoch": self.steps_per_epoch,
-                    "best_val_loss": finite(st.best_val), "checkpoint": best.name if best.exists() else None,
-                    "checkpoint_step": st.best_step if best.exists() else None,
-                    "final_val_loss": finite(st.last_val) if st.last_val_step == st.step else None,
-                    "still_improving": st.best_step == st.step and st.step > 0,
-                    "warnings": self.warnings, "calibration": st.calibration,
-                    "ranks": {"world_size": self.world, "repeated_cells": repeated_cells},
-                    "component_rms": {"start": st.rms_start, "end": self._component_rms()},
-                    "cost": self._cost(), "note": note}, self.out / "model.json")
+        write_json(
+            {
+                "configuration": self.spec.name,
+                "gene_encoding": model.gene_encoding,
+                "expression_encoding": model.expression_encoding,
+                "seed": self.spec.loader.seed,
+                "status": status,
+                "steps": st.step,
+                "total_steps": self.total_steps,
+                "train_cells": self.training_set,
+                "steps_per_epoch": self.steps_per_epoch,
+                "best_val_loss": finite(st.best_val),
+                "checkpoint": best.name if best.exists() else None,
+                "checkpoint_step": st.best_step if best.exists() else None,
+                "final_val_loss": finite(st.last_val) if st.last_val_step == st.step else None,
+                "still_improving": st.best_step == st.step and st.step > 0,
+                "warnings": self.warnings,
+                "calibration": st.calibration,
+                "ranks": {"world_size": self.world, "repeated_cells": repeated_cells},
+                "component_rms": {"start": st.rms_start, "end": self._component_rms()},
+                "cost": self._cost(),
+                "note": note,
+            },
+            self.out / "model.json",
+        )
 
     def _cost(self) -> dict:
         """What training cost: wall time in the loop (all resumes), device, real tokens and cells
@@ -543,11 +637,19 @@ class Trainer:
         peak_name, peak = peak_flops(self.device)
         cfg = self.spec.model
         flops = 6 * block_params(cfg.n_layers, cfg.d_model, cfg.d_ff) * tokens
-        return {"wall_seconds": st.train_seconds, "device": device_name(self.device), "devices": self.world,
-                "real_tokens": tokens, "cells": cells, "tokens_per_s": tokens / seconds, "cells_per_s": cells / seconds,
-                "device_hours": st.train_seconds / 3600 * (self.world if cuda else self.world * torch.get_num_threads()),
-                "device_hours_unit": "GPU-hours" if cuda else "CPU core-hours",
-                "mfu": flops / seconds / (peak * self.world) if cuda and peak else None, "peak": peak_name}
+        return {
+            "wall_seconds": st.train_seconds,
+            "device": device_name(self.device),
+            "devices": self.world,
+            "real_tokens": tokens,
+            "cells": cells,
+            "tokens_per_s": tokens / seconds,
+            "cells_per_s": cells / seconds,
+            "device_hours": st.train_seconds / 3600 * (self.world if cuda else self.world * torch.get_num_threads()),
+            "device_hours_unit": "GPU-hours" if cuda else "CPU core-hours",
+            "mfu": flops / seconds / (peak * self.world) if cuda and peak else None,
+            "peak": peak_name,
+        }
 
     def _total_repeated_cells(self) -> int:
         """Cells the ranks saw twice to even out their shares, over all epochs and ranks."""
@@ -564,8 +666,9 @@ class Trainer:
         if self.rank:
             return
         table = pa.table({k: self.state.log[k] for k in LOG_COLUMNS})
-        table = table.replace_schema_metadata({b"configuration": self.spec.name.encode(),
-                                               b"steps_per_epoch": str(self.steps_per_epoch).encode()})
+        table = table.replace_schema_metadata(
+            {b"configuration": self.spec.name.encode(), b"steps_per_epoch": str(self.steps_per_epoch).encode()}
+        )
         with atomic_path(self.out / "train_log.parquet", suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
 
@@ -574,8 +677,15 @@ class Preempted(Exception):
     """The job was asked to stop (SIGTERM/SIGUSR1); last.pt holds the state to resume from."""
 
 
-def run(name: str, corpus: Path, vocab: Path, out: OutputFolder, params: dict | None = None, gene_table: Path | None = None,
-        threads: int | None = None) -> State:
+def run(
+    name: str,
+    corpus: Path,
+    vocab: Path,
+    out: OutputFolder,
+    params: dict | None = None,
+    gene_table: Path | None = None,
+    threads: int | None = None,
+) -> State:
     """Pretrain one encoding configuration into folder ``out`` (best.pt, last.pt, train_log.parquet,
     model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
     ``gene_table``: the gene-embedding table of the esm2 and random_frozen gene encodings."""
@@ -589,8 +699,16 @@ def run(name: str, corpus: Path, vocab: Path, out: OutputFolder, params: dict | 
         raise ScencodeError(f"unknown pretrain settings section(s): {', '.join(unknown)} (known: model, loader, train)")
     # the vocabulary's size is known once the Trainer reads it; the model validates itself then
     model = parse(ModelConfig, {"vocab_size": 0, **params.get("model", {})}, validate=False)
-    spec = RunSpec(name, Path(corpus), Path(vocab), Path(out), model, parse(LoaderConfig, params.get("loader")),
-                   parse(TrainConfig, params.get("train")), Path(gene_table) if gene_table else None)
+    spec = RunSpec(
+        name,
+        Path(corpus),
+        Path(vocab),
+        Path(out),
+        model,
+        parse(LoaderConfig, params.get("loader")),
+        parse(TrainConfig, params.get("train")),
+        Path(gene_table) if gene_table else None,
+    )
     torch_threads(threads)
     try:
         state = Trainer(spec).fit()

@@ -16,8 +16,23 @@ from pathlib import Path
 from .atomic import OutputFile, write_json
 
 log = logging.getLogger(__name__)
-PACKAGES = ("scencode", "torch", "numpy", "scipy", "pandas", "polars", "pyarrow", "anndata", "scanpy", "scib-metrics",
-            "scikit-learn", "leidenalg", "snakemake", "fair-esm", "cellxgene-census")
+PACKAGES = (
+    "scencode",
+    "torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "polars",
+    "pyarrow",
+    "anndata",
+    "scanpy",
+    "scib-metrics",
+    "scikit-learn",
+    "leidenalg",
+    "snakemake",
+    "fair-esm",
+    "cellxgene-census",
+)
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
@@ -34,6 +49,7 @@ def versions() -> dict[str, str | None]:
 
 def git_commit(folder: Path = REPOSITORY) -> dict:
     """The commit scencode runs from, and whether its tracked files differ from it."""
+
     def git(*args):
         result = subprocess.run(["git", *args], capture_output=True, text=True, cwd=folder)
         return result.stdout.strip() if result.returncode == 0 else None
@@ -54,16 +70,29 @@ def hardware() -> dict:
     import torch
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "memory_gb": round(memory / 2**30, 1) if memory else None, "gpus": gpus,
-            "python": platform.python_version(), "system": platform.platform()}
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(memory / 2**30, 1) if memory else None,
+        "gpus": gpus,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
 
 
 def provenance(config: dict, sheets: list[Path]) -> dict:
-    return {"scencode": {"version": versions()["scencode"], **git_commit()}, "versions": versions(),
-            "config_sha256": config_hash(config, sheets), "dataset_sheets": [str(s) for s in sheets],
-            "census_version": config.get("census_version"), "hardware": hardware()}
+    return {
+        "scencode": {"version": versions()["scencode"], **git_commit()},
+        "versions": versions(),
+        "config_sha256": config_hash(config, sheets),
+        "dataset_sheets": [str(s) for s in sheets],
+        "census_version": config.get("census_version"),
+        "hardware": hardware(),
+    }
 
 
 def run(config: dict, sheets: list[Path], out: OutputFile) -> dict:
@@ -71,6 +100,10 @@ def run(config: dict, sheets: list[Path], out: OutputFile) -> dict:
     ``sheets``: its dataset sheets, hashed with it)."""
     record = provenance(config, sheets)
     write_json(record, out)
-    log.info("provenance: scencode %s at %s, config %s", record["scencode"]["version"],
-             record["scencode"]["commit"], record["config_sha256"][:12])
+    log.info(
+        "provenance: scencode %s at %s, config %s",
+        record["scencode"]["version"],
+        record["scencode"]["commit"],
+        record["config_sha256"][:12],
+    )
     return record

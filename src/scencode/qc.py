@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from .atomic import OutputFile, atomic_path, write_json
 from .errors import ScencodeError
-from .reference import GeneTable, looks_like_ensembl, strip_version
 from .h5ad import ChunkedH5adWriter, choose_counts, count_problem, open_h5ad, read_frame
+from .reference import GeneTable, looks_like_ensembl, strip_version
 
 log = logging.getLogger(__name__)
 ENSEMBL_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl_gene_id", "feature_id")
@@ -74,12 +74,14 @@ def harmonise_genes(var: pd.DataFrame, table: GeneTable, params: QCParams, path:
         gene_id, status = table.map_symbols(symbols.astype(str).reset_index(drop=True))
     gene_id = pd.Series(gene_id.to_numpy(), dtype=object)
     if not (status == "matched").any():
-        raise ScencodeError(f"no gene matches the gene table (gene ids from {source}; "
-                            f"first names: {', '.join(map(str, var.index[:5]))})", path)
+        raise ScencodeError(
+            f"no gene matches the gene table (gene ids from {source}; "
+            f"first names: {', '.join(map(str, var.index[:5]))})",
+            path,
+        )
     matched = np.flatnonzero((status == "matched").to_numpy())
     out_ids, column = np.unique(gene_id.iloc[matched].to_numpy().astype(str), return_inverse=True)
-    aggregate = sp.csr_matrix((np.ones(len(matched), np.float32), (matched, column)),
-                              shape=(len(var), len(out_ids)))
+    aggregate = sp.csr_matrix((np.ones(len(matched), np.float32), (matched, column)), shape=(len(var), len(out_ids)))
     names = var.index.to_numpy()
     report = {
         "gene_id_source": source,
@@ -100,8 +102,9 @@ def _ensembl_ids(var: pd.DataFrame, params: QCParams) -> tuple[str, pd.Series | 
             raise ScencodeError(f"var has no column {params.gene_id_column!r} (gene_id_column)")
         column = var[params.gene_id_column].astype(str).reset_index(drop=True)
         if not looks_like_ensembl(column):
-            raise ScencodeError(f"var column {params.gene_id_column!r} does not hold Ensembl gene ids "
-                                f"(e.g. {column.iloc[0]!r})")
+            raise ScencodeError(
+                f"var column {params.gene_id_column!r} does not hold Ensembl gene ids (e.g. {column.iloc[0]!r})"
+            )
         return f"var column {params.gene_id_column}", column
     if looks_like_ensembl(var.index.to_series()):
         return "var names", var.index.to_series().reset_index(drop=True)
@@ -111,8 +114,14 @@ def _ensembl_ids(var: pd.DataFrame, params: QCParams) -> tuple[str, pd.Series | 
     return "", None
 
 
-def run_qc(input_path: str | Path, output_h5ad: str | Path, report_json: str | Path,
-           gene_table: GeneTable, params: QCParams, dataset_id: str) -> dict:
+def run_qc(
+    input_path: str | Path,
+    output_h5ad: str | Path,
+    report_json: str | Path,
+    gene_table: GeneTable,
+    params: QCParams,
+    dataset_id: str,
+) -> dict:
     input_path = Path(input_path)
     with open_h5ad(input_path) as f:
         counts = choose_counts(f, input_path, params.counts)
@@ -139,21 +148,30 @@ def run_qc(input_path: str | Path, output_h5ad: str | Path, report_json: str | P
         _check_labels(out_obs, params, input_path)
         _warn_large_losses(report)
         if renamed["count"]:
-            log.warning("%s: %d kept cells repeat an earlier cell's name (e.g. %s); renamed with a '-dupN' "
-                        "suffix (qc report: cells.duplicate_names_renamed)", dataset_id, renamed["count"],
-                        ", ".join(renamed["examples"]))
+            log.warning(
+                "%s: %d kept cells repeat an earlier cell's name (e.g. %s); renamed with a '-dupN' "
+                "suffix (qc report: cells.duplicate_names_renamed)",
+                dataset_id,
+                renamed["count"],
+                ", ".join(renamed["examples"]),
+            )
         with atomic_path(output_h5ad, suffix=".h5ad") as tmp:
             writer = ChunkedH5adWriter(tmp, int(keep_genes.sum()))
             try:
-                for start, block in tqdm(counts.blocks(params.chunk_cells), desc=f"qc write {dataset_id}",
-                                         total=-(-n_cells // params.chunk_cells), mininterval=5):
-                    rows = keep_cells[start:start + block.shape[0]]
+                for start, block in tqdm(
+                    counts.blocks(params.chunk_cells),
+                    desc=f"qc write {dataset_id}",
+                    total=-(-n_cells // params.chunk_cells),
+                    mininterval=5,
+                ):
+                    rows = keep_cells[start : start + block.shape[0]]
                     out = block[rows] @ select
                     out.sort_indices()  # sparse products leave column order arbitrary
                     _check_written_counts(out, start, input_path)
                     writer.append(out)
-                writer.finish(out_obs, out_var, {"scencode_qc": {k: v for k, v in asdict(params).items()
-                                                                 if v is not None}})
+                writer.finish(
+                    out_obs, out_var, {"scencode_qc": {k: v for k, v in asdict(params).items() if v is not None}}
+                )
             finally:
                 writer.close()
     write_json(report, report_json)
@@ -164,23 +182,27 @@ def _check_written_counts(out: sp.csr_matrix, start: int, path: Path) -> None:
     """The range check on what is written: merging duplicate genes adds their counts."""
     problem = count_problem(out)
     if problem:
-        raise ScencodeError(f"after merging duplicate genes the QC'd matrix {problem} (kept cells from {start})",
-                            path)
+        raise ScencodeError(f"after merging duplicate genes the QC'd matrix {problem} (kept cells from {start})", path)
 
 
 def _check_obs_keys(obs: pd.DataFrame, params: QCParams, path: Path) -> None:
     for role, key in (("label", params.label_key), ("batch", params.batch_key)):
         if key and key not in obs.columns:
-            raise ScencodeError(f"{role} column {key!r} is missing from obs "
-                                f"(columns: {', '.join(map(str, obs.columns)) or 'none'})", path)
+            raise ScencodeError(
+                f"{role} column {key!r} is missing from obs (columns: {', '.join(map(str, obs.columns)) or 'none'})",
+                path,
+            )
 
 
 def _check_labels(obs: pd.DataFrame, params: QCParams, path: Path) -> None:
     """An evaluation dataset whose kept cells have no label at all cannot be scored: say so here,
     not as a write error in the embedding step."""
     if params.label_key and not obs[params.label_key].notna().any():
-        raise ScencodeError(f"label column {params.label_key!r} has no value in any of the {len(obs)} cells "
-                            "kept by QC: nothing to evaluate against", path)
+        raise ScencodeError(
+            f"label column {params.label_key!r} has no value in any of the {len(obs)} cells "
+            "kept by QC: nothing to evaluate against",
+            path,
+        )
 
 
 LARGE_LOSS = 0.25  # a larger share of genes or cells removed is worth a warning in the log, not only in qc.json
@@ -190,14 +212,29 @@ def _warn_large_losses(report: dict) -> None:
     genes, cells, name = report["genes"], report["cells"], report["dataset_id"]
     dropped = genes["unmatched"] + genes["ambiguous"]
     if dropped > LARGE_LOSS * genes["genes_in"]:
-        log.warning("%s: %d of %d genes dropped in mapping to Ensembl ids (%d unmatched, %d ambiguous symbols, "
-                    "e.g. %s); see the qc report", name, dropped, genes["genes_in"], genes["unmatched"],
-                    genes["ambiguous"], ", ".join(map(str, (genes["ambiguous_examples"] or genes["unmatched_examples"])[:3])))
+        log.warning(
+            "%s: %d of %d genes dropped in mapping to Ensembl ids (%d unmatched, %d ambiguous symbols, "
+            "e.g. %s); see the qc report",
+            name,
+            dropped,
+            genes["genes_in"],
+            genes["unmatched"],
+            genes["ambiguous"],
+            ", ".join(map(str, (genes["ambiguous_examples"] or genes["unmatched_examples"])[:3])),
+        )
     if cells["removed"] > LARGE_LOSS * cells["in"]:
         fails = cells["failing_each_filter"]
-        log.warning("%s: QC removed %d of %d cells (%d → %d; failing min_genes %d, min_counts %d, max_pct_mito %d)",
-                    name, cells["removed"], cells["in"], cells["in"], cells["out"], fails["min_genes"],
-                    fails["min_counts"], fails["max_pct_mito"])
+        log.warning(
+            "%s: QC removed %d of %d cells (%d → %d; failing min_genes %d, min_counts %d, max_pct_mito %d)",
+            name,
+            cells["removed"],
+            cells["in"],
+            cells["in"],
+            cells["out"],
+            fails["min_genes"],
+            fails["min_counts"],
+            fails["max_pct_mito"],
+        )
 
 
 def _cell_metrics(counts, mapping: GeneMapping, mito: np.ndarray, params: QCParams, path: Path):
@@ -207,8 +244,9 @@ def _cell_metrics(counts, mapping: GeneMapping, mito: np.ndarray, params: QCPara
     mito_counts = np.zeros(n_cells)
     gene_cells = np.zeros(len(mapping.out_ids), dtype=np.int64)
     mito_select = mapping.aggregate[:, np.flatnonzero(mito)].tocsr()
-    for start, block in tqdm(counts.blocks(params.chunk_cells), desc="qc metrics",
-                             total=-(-n_cells // params.chunk_cells), mininterval=5):
+    for start, block in tqdm(
+        counts.blocks(params.chunk_cells), desc="qc metrics", total=-(-n_cells // params.chunk_cells), mininterval=5
+    ):
         problem = count_problem(block)
         if problem:
             raise ScencodeError(f"{counts.key} {problem} (cells {start}–{start + block.shape[0]})", path)
@@ -216,8 +254,14 @@ def _cell_metrics(counts, mapping: GeneMapping, mito: np.ndarray, params: QCPara
         total[start:stop] = np.asarray(block.sum(axis=1)).ravel()
         n_genes[start:stop] = np.diff(block.indptr) - _explicit_zeros_per_row(block)
         mito_counts[start:stop] = np.asarray((block @ mito_select).sum(axis=1)).ravel()
-        passing = _cell_filter({"n_genes": n_genes[start:stop], "total_counts": total[start:stop],
-                                "pct_mito": _pct(mito_counts[start:stop], total[start:stop])}, params)
+        passing = _cell_filter(
+            {
+                "n_genes": n_genes[start:stop],
+                "total_counts": total[start:stop],
+                "pct_mito": _pct(mito_counts[start:stop], total[start:stop]),
+            },
+            params,
+        )
         gene_cells += np.asarray(((block[passing] @ mapping.aggregate) > 0).sum(axis=0)).ravel()
     metrics = {"n_genes": n_genes, "total_counts": total, "pct_mito": _pct(mito_counts, total)}
     return metrics, gene_cells
@@ -236,14 +280,20 @@ def _pct(part: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 
 def _cell_filter(metrics: dict, params: QCParams) -> np.ndarray:
-    return ((metrics["n_genes"] >= params.min_genes) & (metrics["total_counts"] >= params.min_counts)
-            & (metrics["pct_mito"] <= params.max_pct_mito))
+    return (
+        (metrics["n_genes"] >= params.min_genes)
+        & (metrics["total_counts"] >= params.min_counts)
+        & (metrics["pct_mito"] <= params.max_pct_mito)
+    )
 
 
 def _check_not_empty(keep_cells, keep_genes, params: QCParams, path: Path) -> None:
     if not keep_cells.any():
-        raise ScencodeError(f"QC removed every one of {len(keep_cells)} cells (min_genes {params.min_genes}, "
-                            f"min_counts {params.min_counts}, max_pct_mito {params.max_pct_mito})", path)
+        raise ScencodeError(
+            f"QC removed every one of {len(keep_cells)} cells (min_genes {params.min_genes}, "
+            f"min_counts {params.min_counts}, max_pct_mito {params.max_pct_mito})",
+            path,
+        )
     if not keep_genes.any():
         raise ScencodeError(f"QC removed every gene (min_cells_per_gene {params.min_cells_per_gene})", path)
 
@@ -263,8 +313,10 @@ def _output_obs(obs: pd.DataFrame, metrics: dict, keep: np.ndarray) -> tuple[pd.
 
 def _output_var(ids: np.ndarray, table: GeneTable) -> pd.DataFrame:
     info = table.genes.set_index("gene_id").reindex(ids)
-    return pd.DataFrame({"gene_symbol": info.gene_name.fillna("").to_numpy(),
-                         "gene_type": info.gene_type.fillna("").to_numpy()}, index=pd.Index(ids, name=None))
+    return pd.DataFrame(
+        {"gene_symbol": info.gene_name.fillna("").to_numpy(), "gene_type": info.gene_type.fillna("").to_numpy()},
+        index=pd.Index(ids, name=None),
+    )
 
 
 def _report(dataset_id, path, counts_key, metrics, keep_cells, keep_genes, mapping, params) -> dict:
@@ -278,10 +330,18 @@ def _report(dataset_id, path, counts_key, metrics, keep_cells, keep_genes, mappi
         "input": str(path),
         "counts_source": counts_key,
         "params": asdict(params),
-        "cells": {"in": len(keep_cells), "out": int(keep_cells.sum()), "removed": int((~keep_cells).sum()),
-                  "failing_each_filter": fails},
-        "genes": {**mapping.report, "after_mapping": len(mapping.out_ids),
-                  "removed_min_cells": int((~keep_genes).sum()), "out": int(keep_genes.sum())},
+        "cells": {
+            "in": len(keep_cells),
+            "out": int(keep_cells.sum()),
+            "removed": int((~keep_cells).sum()),
+            "failing_each_filter": fails,
+        },
+        "genes": {
+            **mapping.report,
+            "after_mapping": len(mapping.out_ids),
+            "removed_min_cells": int((~keep_genes).sum()),
+            "out": int(keep_genes.sum()),
+        },
         "median_counts_kept": float(np.median(metrics["total_counts"][keep_cells])),
         "median_genes_kept": float(np.median(metrics["n_genes"][keep_cells])),
     }
@@ -291,6 +351,11 @@ def run(raw: Path, out: OutputFile, report: OutputFile, gene_table: Path, datase
     """Filter cells and genes of the ``raw`` h5ad, harmonise gene ids, check raw counts: the QC'd h5ad
     at ``out`` and what was removed and why at ``report``."""
     summary = run_qc(raw, out, report, GeneTable.load(gene_table), params, dataset)
-    log.info("qc %s: %d → %d cells, %d genes", dataset, summary["cells"]["in"], summary["cells"]["out"],
-             summary["genes"]["out"])
+    log.info(
+        "qc %s: %d → %d cells, %d genes",
+        dataset,
+        summary["cells"]["in"],
+        summary["cells"]["out"],
+        summary["genes"]["out"],
+    )
     return summary

@@ -14,7 +14,6 @@ import pandas as pd
 
 from .errors import ScencodeError
 
-
 PACKAGED_GENCODE = "genes_homo_sapiens_gencode48.csv.gz"
 
 
@@ -49,8 +48,11 @@ def read_gencode(path: Path) -> pd.DataFrame:
     except Exception as exc:  # pandas raises many types for unreadable files
         raise ScencodeError(f"cannot read the GENCODE gene table ({exc})", path) from exc
     if genes.empty or not genes.gene_id.str.match(ENSEMBL_GENE_RE).all():
-        raise ScencodeError("not a GENCODE gene table (columns gene_id, gene_name, gene_version, "
-                            "gene_length, gene_type; Ensembl gene ids in the first)", path)
+        raise ScencodeError(
+            "not a GENCODE gene table (columns gene_id, gene_name, gene_version, "
+            "gene_length, gene_type; Ensembl gene ids in the first)",
+            path,
+        )
     genes["gene_id"] = strip_version(genes.gene_id)
     # GENCODE names id-only genes by their id: they have no symbol
     genes["gene_name"] = genes.gene_name.where(genes.gene_name != genes.gene_id)
@@ -63,7 +65,7 @@ class GeneTable:
     symbols: pd.DataFrame  # symbol, gene_id, source, priority
 
     @classmethod
-    def load(cls, folder: str | Path) -> "GeneTable":
+    def load(cls, folder: str | Path) -> GeneTable:
         folder = Path(folder)
         for name in ("genes.parquet", "symbols.parquet"):
             if not (folder / name).exists():
@@ -81,8 +83,7 @@ class GeneTable:
         at_first = at_first[at_first.priority == at_first.first_priority]
         per_symbol = at_first.groupby("symbol").gene_id.agg(["nunique", "first"])
         hit = query.join(per_symbol, on="symbol")
-        status = np.where(hit["nunique"].isna(), "unmatched",
-                          np.where(hit["nunique"] == 1, "matched", "ambiguous"))
+        status = np.where(hit["nunique"].isna(), "unmatched", np.where(hit["nunique"] == 1, "matched", "ambiguous"))
         gene_id = hit["first"].where(status == "matched")
         return pd.Series(gene_id.to_numpy(), dtype=object), pd.Series(status)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import OutputFile
 from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, cache_graph_kernels, knn_graph, labeled, seeded_subsample
 from .errors import ScencodeError
 from .formats import RunIdentity, metric_table, read_embedding, write_table
-from .atomic import OutputFile
 
 log = logging.getLogger(__name__)
 GROUP = "scib_metrics"
@@ -33,6 +33,7 @@ AGGREGATES = {"Bio conservation": "bio_conservation", "Batch correction": "batch
 class BenchmarkerParams:
     """The Benchmarker is far slower than the study's metrics (JAX on the CPU), so it may score fewer
     cells; by default the same seeded subsample as the study's metrics."""
+
     max_cells_scib: int = MAX_CELLS_SCIB
     seed: int = SUBSAMPLE_SEED
 
@@ -57,14 +58,24 @@ def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
     for frame, _ in matrices.values():
         shared = shared.intersection(frame.index, sort=False)
     if len(shared) < len(cells):
-        log.warning("%d of %d cells are not in every embedding; scoring the %d shared", len(cells) - len(shared),
-                    len(cells), len(shared))
+        log.warning(
+            "%d of %d cells are not in every embedding; scoring the %d shared",
+            len(cells) - len(shared),
+            len(cells),
+            len(shared),
+        )
     aligned = {name: matrix[frame.loc[shared, "row"].to_numpy()] for name, (frame, matrix) in matrices.items()}
     return cells.loc[shared], aligned, aligned.pop("X_pre"), missing
 
 
-def benchmark_dataset(embeddings: dict[RunIdentity, Path], pre_integrated: Path, dataset: str,
-                      max_cells: int = MAX_CELLS_SCIB, seed: int = SUBSAMPLE_SEED, threads: int = 1) -> pd.DataFrame:
+def benchmark_dataset(
+    embeddings: dict[RunIdentity, Path],
+    pre_integrated: Path,
+    dataset: str,
+    max_cells: int = MAX_CELLS_SCIB,
+    seed: int = SUBSAMPLE_SEED,
+    threads: int = 1,
+) -> pd.DataFrame:
     """Tidy rows (group ``scib_metrics``) for every run in ``embeddings``."""
     identities = {identity.run: identity for identity in embeddings}
     embeddings = {identity.run: path for identity, path in embeddings.items()}
@@ -84,13 +95,24 @@ def benchmark_dataset(embeddings: dict[RunIdentity, Path], pre_integrated: Path,
     if matrices and (bio or batch):
         import anndata as ad
 
-        adata = ad.AnnData(obs=pd.DataFrame({"label": cells.label.astype(str).to_numpy(),
-                                             "batch": cells.batch.astype(str).to_numpy()},
-                                            index=cells.index.astype(str)),
-                           obsm={"X_pre": pre[pick], **{name: m[pick] for name, m in matrices.items()}})
-        bench = Benchmarker(adata, batch_key="batch", label_key="label", embedding_obsm_keys=list(matrices),
-                            bio_conservation_metrics=bio, batch_correction_metrics=batch,
-                            pre_integrated_embedding_obsm_key="X_pre", n_jobs=threads, progress_bar=False)
+        adata = ad.AnnData(
+            obs=pd.DataFrame(
+                {"label": cells.label.astype(str).to_numpy(), "batch": cells.batch.astype(str).to_numpy()},
+                index=cells.index.astype(str),
+            ),
+            obsm={"X_pre": pre[pick], **{name: m[pick] for name, m in matrices.items()}},
+        )
+        bench = Benchmarker(
+            adata,
+            batch_key="batch",
+            label_key="label",
+            embedding_obsm_keys=list(matrices),
+            bio_conservation_metrics=bio,
+            batch_correction_metrics=batch,
+            pre_integrated_embedding_obsm_key="X_pre",
+            n_jobs=threads,
+            progress_bar=False,
+        )
         bench.prepare(neighbor_computer=knn_graph)
         cache_graph_kernels()
         # the Benchmarker calls gc.collect() before each of its metrics (120 on a demo dataset), each
@@ -124,21 +146,35 @@ def metric_names() -> list[str]:
     for spec in (BioConservation(), BatchCorrection()):
         for field in fields(spec):
             if getattr(spec, field.name):
-                names += ([f"{field.name}_nmi", f"{field.name}_ari"] if field.name.startswith("nmi_ari")
-                          else [field.name])
+                names += (
+                    [f"{field.name}_nmi", f"{field.name}_ari"] if field.name.startswith("nmi_ari") else [field.name]
+                )
     return names + list(AGGREGATES.values())
 
 
-def run(embeddings: list[Path], runs: list[dict], pre_integrated: Path, dataset: str, out: OutputFile,
-        params: BenchmarkerParams, threads: int = 1) -> pd.DataFrame:
+def run(
+    embeddings: list[Path],
+    runs: list[dict],
+    pre_integrated: Path,
+    dataset: str,
+    out: OutputFile,
+    params: BenchmarkerParams,
+    threads: int = 1,
+) -> pd.DataFrame:
     """scib-metrics' own default set and aggregate on every embedding of one dataset; ``runs``: JSON
     list of each embedding's identity {run, gene_encoding, expression_encoding, seed}, in the order of
     ``embeddings``; ``pre_integrated``: the unintegrated reference (the PCA baseline)."""
     if len(runs) != len(embeddings):
         raise ScencodeError(f"{len(embeddings)} embeddings but {len(runs)} run identities")
     identities = [RunIdentity(**r) for r in runs]
-    rows = benchmark_dataset(dict(zip(identities, map(Path, embeddings))), Path(pre_integrated), dataset,
-                             max_cells=params.max_cells_scib, seed=params.seed, threads=threads)
+    rows = benchmark_dataset(
+        dict(zip(identities, map(Path, embeddings))),
+        Path(pre_integrated),
+        dataset,
+        max_cells=params.max_cells_scib,
+        seed=params.seed,
+        threads=threads,
+    )
     write_table(rows, out)
     log.info("scib-metrics default set on %s: %d embeddings", dataset, len(embeddings))
     return rows

@@ -18,8 +18,9 @@ def parse(cls, values: dict | str | None, validate: bool = True):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ScencodeError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)} "
-                            f"(known: {', '.join(sorted(known))})")
+        raise ScencodeError(
+            f"unknown {cls.__name__} setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
     check_types(cls, values)
     params = cls(**values)
     if validate and hasattr(params, "validate"):
@@ -34,7 +35,8 @@ def check_types(cls, values: dict) -> None:
         if not all(t in _TYPES for t in allowed):
             continue  # containers and classes: the step checks them
         ok = any(isinstance(value, _TYPES[t]) for t in allowed) and not (
-            isinstance(value, bool) and "bool" not in allowed)
+            isinstance(value, bool) and "bool" not in allowed
+        )
         if not ok:
             raise ScencodeError(f"{cls.__name__} setting {key}={value!r}: expected {annotations[key]}")
 

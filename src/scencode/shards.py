@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,9 +74,12 @@ def read_manifest(corpus_dir: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ScencodeError(f"corrupt manifest ({exc})", path) from exc
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ScencodeError(f"corpus format {manifest.get('format_version')!r}, this scencode reads format "
-                            f"{FORMAT_VERSION} (shards with page checksums): re-run tokenize "
-                            "(snakemake --forcerun tokenize)", path)
+        raise ScencodeError(
+            f"corpus format {manifest.get('format_version')!r}, this scencode reads format "
+            f"{FORMAT_VERSION} (shards with page checksums): re-run tokenize "
+            "(snakemake --forcerun tokenize)",
+            path,
+        )
     return manifest
 
 
@@ -85,8 +88,11 @@ def verify_corpus(corpus_dir: str | Path, checksums: bool = True, vocab_hash: st
     corpus_dir = Path(corpus_dir)
     manifest = read_manifest(corpus_dir)
     if vocab_hash is not None and manifest["vocab_hash"] != vocab_hash:
-        raise ScencodeError(f"shards were tokenized with another vocabulary (hash {manifest['vocab_hash'][:12]}…, "
-                            f"expected {vocab_hash[:12]}…); re-run tokenize", corpus_dir)
+        raise ScencodeError(
+            f"shards were tokenized with another vocabulary (hash {manifest['vocab_hash'][:12]}…, "
+            f"expected {vocab_hash[:12]}…); re-run tokenize",
+            corpus_dir,
+        )
     for shard in manifest["shards"]:
         path = corpus_dir / shard["file"]
         if not path.exists():
@@ -110,8 +116,9 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
         raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
 
 
-def iter_batches(corpus_dir: str | Path, columns: list[str] | None = None,
-                 batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+def iter_batches(
+    corpus_dir: str | Path, columns: list[str] | None = None, batch_size: int = 4096
+) -> Iterator[pa.RecordBatch]:
     """Stream record batches over all shards in order; errors name the shard."""
     corpus_dir = Path(corpus_dir)
     for shard in read_manifest(corpus_dir)["shards"]:

@@ -32,20 +32,28 @@ from .atomic import OutputFolder, atomic_path
 
 log = logging.getLogger(__name__)
 
-SUMMARY = {"batch_score": ("batch_score", "study"), "bio_score": ("bio_score", "study"),
-           "accuracy": ("accuracy", "knn_k10"), "macro_f1": ("macro_f1", "knn_k10"),
-           "min_train_mse": ("min_train_mse", "reconstruction"), "test_mse": ("test_mse", "reconstruction"),
-           "eval_mse": ("masked_mse", "reconstruction"),
-           # the context diagnostic on the evaluation datasets: a model near eval_gene_mean_mse learned
-           # little beyond each gene's mean; eval_mse_no_context is the model without expression context
-           "eval_mse_no_context": ("masked_mse_no_context", "reconstruction"),
-           "eval_gene_mean_mse": ("gene_mean_mse", "reconstruction"),
-           "final_val_loss": ("final_val_loss", "training"), "still_improving": ("still_improving", "training"),
-           "checkpoint_step": ("checkpoint_step", "training"),
-           "scib_total": ("total", "scib_metrics"),
-           # what each result cost: training wall time, GPU-hours (CPU core-hours on a CPU), throughput, MFU
-           "wall_hours": ("wall_hours", "cost"), "device_hours": ("device_hours", "cost"),
-           "tokens_per_s": ("tokens_per_s", "cost"), "mfu": ("mfu", "cost")}
+SUMMARY = {
+    "batch_score": ("batch_score", "study"),
+    "bio_score": ("bio_score", "study"),
+    "accuracy": ("accuracy", "knn_k10"),
+    "macro_f1": ("macro_f1", "knn_k10"),
+    "min_train_mse": ("min_train_mse", "reconstruction"),
+    "test_mse": ("test_mse", "reconstruction"),
+    "eval_mse": ("masked_mse", "reconstruction"),
+    # the context diagnostic on the evaluation datasets: a model near eval_gene_mean_mse learned
+    # little beyond each gene's mean; eval_mse_no_context is the model without expression context
+    "eval_mse_no_context": ("masked_mse_no_context", "reconstruction"),
+    "eval_gene_mean_mse": ("gene_mean_mse", "reconstruction"),
+    "final_val_loss": ("final_val_loss", "training"),
+    "still_improving": ("still_improving", "training"),
+    "checkpoint_step": ("checkpoint_step", "training"),
+    "scib_total": ("total", "scib_metrics"),
+    # what each result cost: training wall time, GPU-hours (CPU core-hours on a CPU), throughput, MFU
+    "wall_hours": ("wall_hours", "cost"),
+    "device_hours": ("device_hours", "cost"),
+    "tokens_per_s": ("tokens_per_s", "cost"),
+    "mfu": ("mfu", "cost"),
+}
 TESTED = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
 
@@ -70,8 +78,11 @@ def with_train_cells(metrics: pl.DataFrame) -> pl.DataFrame:
     sizes stay apart and seeds of one size pool. Null for baselines, which are not trained."""
     if "train_cells" in metrics.columns:
         return metrics
-    sizes = (metrics.filter((pl.col("metric") == "train_cells") & (pl.col("group") == "training"))
-             .select("configuration", train_cells=pl.col("value").cast(pl.Int64)).unique("configuration"))
+    sizes = (
+        metrics.filter((pl.col("metric") == "train_cells") & (pl.col("group") == "training"))
+        .select("configuration", train_cells=pl.col("value").cast(pl.Int64))
+        .unique("configuration")
+    )
     return metrics.join(sizes, on="configuration", how="left")
 
 
@@ -79,34 +90,53 @@ def summary_table(metrics: pl.DataFrame) -> pl.DataFrame:
     """One row per configuration: per summary metric, seeds averaged per dataset first, then mean,
     SD across datasets and the SD across seeds within a dataset averaged over datasets."""
     metrics = metric_frame(metrics)
-    wanted = pl.DataFrame({"name": list(SUMMARY), "metric": [m for m, _ in SUMMARY.values()],
-                           "group": [g for _, g in SUMMARY.values()]})
-    per_dataset = (metrics.join(wanted, on=["metric", "group"])
-                   .group_by(*KEYS, "name", "dataset")
-                   .agg(mean=pl.col("value").mean(), seed_sd=pl.col("value").std(ddof=1)))
+    wanted = pl.DataFrame(
+        {"name": list(SUMMARY), "metric": [m for m, _ in SUMMARY.values()], "group": [g for _, g in SUMMARY.values()]}
+    )
+    per_dataset = (
+        metrics.join(wanted, on=["metric", "group"])
+        .group_by(*KEYS, "name", "dataset")
+        .agg(mean=pl.col("value").mean(), seed_sd=pl.col("value").std(ddof=1))
+    )
     per_name = per_dataset.group_by(*KEYS, "name").agg(
         value=pl.col("mean").mean(),
         sd=pl.when(pl.col("mean").count() > 1).then(pl.col("mean").std(ddof=1)),
-        seed_sd=pl.col("seed_sd").mean())
-    table = metrics.group_by(KEYS).agg(seeds=pl.col("seed").n_unique(),
-                                       datasets=pl.col("dataset").filter(pl.col("dataset") != "*").n_unique())
+        seed_sd=pl.col("seed_sd").mean(),
+    )
+    table = metrics.group_by(KEYS).agg(
+        seeds=pl.col("seed").n_unique(), datasets=pl.col("dataset").filter(pl.col("dataset") != "*").n_unique()
+    )
     for name in SUMMARY:
-        table = table.join(per_name.filter(pl.col("name") == name).select(
-            *KEYS, pl.col("value").alias(name), pl.col("sd").alias(f"{name}_sd"),
-            pl.col("seed_sd").alias(f"{name}_seed_sd")), on=KEYS, how="left", nulls_equal=True)
-    return table.join(summary_notes(metrics, wanted), on=KEYS, how="left", nulls_equal=True).with_columns(
-        pl.col("note").fill_null("")).sort(KEYS)
+        table = table.join(
+            per_name.filter(pl.col("name") == name).select(
+                *KEYS,
+                pl.col("value").alias(name),
+                pl.col("sd").alias(f"{name}_sd"),
+                pl.col("seed_sd").alias(f"{name}_seed_sd"),
+            ),
+            on=KEYS,
+            how="left",
+            nulls_equal=True,
+        )
+    return (
+        table.join(summary_notes(metrics, wanted), on=KEYS, how="left", nulls_equal=True)
+        .with_columns(pl.col("note").fill_null(""))
+        .sort(KEYS)
+    )
 
 
 def summary_notes(metrics: pl.DataFrame, wanted: pl.DataFrame) -> pl.DataFrame:
     """Why summary values are missing or rest on fewer datasets: per configuration, the notes of
     its missing summary values, each with the datasets it applies to."""
-    notes = (metrics.join(wanted, on=["metric", "group"])
-             .filter(pl.col("value").is_null() & (pl.col("note").fill_null("") != ""))
-             .group_by(*KEYS, "note").agg(pl.col("dataset").unique().sort().str.join(", "))
-             .sort("note")
-             .group_by(*KEYS, maintain_order=True)
-             .agg(pl.format("{} ({})", "note", "dataset").str.join("; ").alias("note")))
+    notes = (
+        metrics.join(wanted, on=["metric", "group"])
+        .filter(pl.col("value").is_null() & (pl.col("note").fill_null("") != ""))
+        .group_by(*KEYS, "note")
+        .agg(pl.col("dataset").unique().sort().str.join(", "))
+        .sort("note")
+        .group_by(*KEYS, maintain_order=True)
+        .agg(pl.format("{} ({})", "note", "dataset").str.join("; ").alias("note"))
+    )
     return notes
 
 
@@ -114,8 +144,12 @@ def paired_tests(metrics: pl.DataFrame, reference: str = "soft") -> pl.DataFrame
     """Paired Wilcoxon tests across datasets, all declared before the results: learned vs esm2 per
     expression encoding, esm2 vs esm2_permuted (protein knowledge, frozen geometry held fixed) and
     the ``reference`` expression encoding vs each other one, per gene encoding."""
-    per = (metric_frame(metrics).filter(pl.col("metric").is_in(TESTED) & pl.col("group").is_in(["study", "knn_k10"]))
-           .group_by(*KEYS, "dataset", "metric").agg(pl.col("value").mean()))
+    per = (
+        metric_frame(metrics)
+        .filter(pl.col("metric").is_in(TESTED) & pl.col("group").is_in(["study", "knn_k10"]))
+        .group_by(*KEYS, "dataset", "metric")
+        .agg(pl.col("value").mean())
+    )
     rows = []
     expressions = sorted(per["expression_encoding"].unique())
     for size in per["train_cells"].unique().sort():  # configurations are compared at one size
@@ -127,16 +161,34 @@ def paired_tests(metrics: pl.DataFrame, reference: str = "soft") -> pl.DataFrame
             for gene in ("learned", "esm2"):
                 for expr in expressions:
                     if expr != reference:
-                        rows.append(_test(at, metric, (gene, reference), (gene, expr),
-                                          f"reference ({reference}) vs other expression encoding"))
+                        rows.append(
+                            _test(
+                                at,
+                                metric,
+                                (gene, reference),
+                                (gene, expr),
+                                f"reference ({reference}) vs other expression encoding",
+                            )
+                        )
     tests = pl.DataFrame([r for r in rows if r is not None], schema=TEST_SCHEMA, orient="row")
     return with_q_values(tests)
 
 
-TEST_SCHEMA = {"comparison": pl.String, "metric": pl.String, "train_cells": pl.Int64, "a": pl.String, "b": pl.String,
-               "datasets": pl.Int64,
-               "mean_a": pl.Float64, "mean_b": pl.Float64, "mean_difference": pl.Float64, "statistic": pl.Float64,
-               "p_value": pl.Float64, "min_attainable_p": pl.Float64, "rank_biserial": pl.Float64}
+TEST_SCHEMA = {
+    "comparison": pl.String,
+    "metric": pl.String,
+    "train_cells": pl.Int64,
+    "a": pl.String,
+    "b": pl.String,
+    "datasets": pl.Int64,
+    "mean_a": pl.Float64,
+    "mean_b": pl.Float64,
+    "mean_difference": pl.Float64,
+    "statistic": pl.Float64,
+    "p_value": pl.Float64,
+    "min_attainable_p": pl.Float64,
+    "rank_biserial": pl.Float64,
+}
 
 
 def with_q_values(tests: pl.DataFrame) -> pl.DataFrame:
@@ -151,14 +203,21 @@ def with_q_values(tests: pl.DataFrame) -> pl.DataFrame:
 
 def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -> tuple | None:
     def values(config: tuple) -> pl.DataFrame:
-        return per.filter((pl.col("gene_encoding") == config[0]) & (pl.col("expression_encoding") == config[1])
-                          & (pl.col("metric") == metric))
+        return per.filter(
+            (pl.col("gene_encoding") == config[0])
+            & (pl.col("expression_encoding") == config[1])
+            & (pl.col("metric") == metric)
+        )
 
     left, right = values(a), values(b)
     if left.is_empty() or right.is_empty():
         return None
-    pair = (left.select("dataset", a=pl.col("value")).join(right.select("dataset", b=pl.col("value")), on="dataset")
-            .drop_nulls().sort("dataset"))
+    pair = (
+        left.select("dataset", a=pl.col("value"))
+        .join(right.select("dataset", b=pl.col("value")), on="dataset")
+        .drop_nulls()
+        .sort("dataset")
+    )
     if pair.is_empty():  # a configuration without a model: nothing to test
         return None
     x, y = pair["a"].to_numpy(), pair["b"].to_numpy()
@@ -172,8 +231,21 @@ def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
         rank_biserial = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
     # the exact two-sided test's floor: every non-zero difference with the same sign
     floor = min(1.0, 2.0 / 2 ** len(nonzero)) if len(nonzero) else np.nan
-    return (comparison, metric, left["train_cells"][0], "-".join(a), "-".join(b), len(pair), x.mean(), y.mean(),
-            diff.mean(), statistic, p_value, floor, rank_biserial)
+    return (
+        comparison,
+        metric,
+        left["train_cells"][0],
+        "-".join(a),
+        "-".join(b),
+        len(pair),
+        x.mean(),
+        y.mean(),
+        diff.mean(),
+        statistic,
+        p_value,
+        floor,
+        rank_biserial,
+    )
 
 
 SHIFT_LEVELS = ("id", "near", "far")  # in-distribution test split, seen tissue in new batches, unseen tissue
@@ -195,14 +267,25 @@ def shift_columns(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame
     for name, rows in by_level(metrics, levels).items():
         if rows.is_empty():
             continue
-        part = summary_table(rows).select(*KEYS, *(pl.col(f"{score}{suffix}").alias(f"{score}_{name}{suffix}")
-                                                    for score in SHIFT_SCORES for suffix in ("", "_sd", "_seed_sd")))
+        part = summary_table(rows).select(
+            *KEYS,
+            *(
+                pl.col(f"{score}{suffix}").alias(f"{score}_{name}{suffix}")
+                for score in SHIFT_SCORES
+                for suffix in ("", "_sd", "_seed_sd")
+            ),
+        )
         table = part if table is None else table.join(part, on=KEYS, how="full", coalesce=True, nulls_equal=True)
     if table is None:
-        return pl.DataFrame(schema={"gene_encoding": pl.String, "expression_encoding": pl.String, "train_cells": pl.Int64})
-    gaps = [(pl.col(f"{score}_id") - pl.col(f"{score}_{name}")).alias(f"{score}_gap_{name}")
-            for score in SHIFT_SCORES for name in ("near", "far")
-            if f"{score}_id" in table.columns and f"{score}_{name}" in table.columns]
+        return pl.DataFrame(
+            schema={"gene_encoding": pl.String, "expression_encoding": pl.String, "train_cells": pl.Int64}
+        )
+    gaps = [
+        (pl.col(f"{score}_id") - pl.col(f"{score}_{name}")).alias(f"{score}_gap_{name}")
+        for score in SHIFT_SCORES
+        for name in ("near", "far")
+        if f"{score}_id" in table.columns and f"{score}_{name}" in table.columns
+    ]
     return table.with_columns(gaps)
 
 
@@ -218,23 +301,36 @@ def rank_stability(metrics: pl.DataFrame, seed: int = 0, n_boot: int = BOOTSTRAP
     (they do not train); a configuration enters a pair when it has a score at both sizes."""
     from scipy.stats import kendalltau
 
-    per = (metric_frame(metrics)
-           .filter(pl.col("metric").is_in(RANKED_SCORES) & pl.col("group").is_in(["study", "knn_k10"])
-                   & pl.col("train_cells").is_not_null() & (pl.col("dataset") != "*"))
-           .group_by(*KEYS, "dataset", "metric").agg(pl.col("value").mean()).drop_nulls("value"))
+    per = (
+        metric_frame(metrics)
+        .filter(
+            pl.col("metric").is_in(RANKED_SCORES)
+            & pl.col("group").is_in(["study", "knn_k10"])
+            & pl.col("train_cells").is_not_null()
+            & (pl.col("dataset") != "*")
+        )
+        .group_by(*KEYS, "dataset", "metric")
+        .agg(pl.col("value").mean())
+        .drop_nulls("value")
+    )
     sizes = sorted(per["train_cells"].unique())
     rng = np.random.default_rng(seed)
     rows = []
     for score in RANKED_SCORES:
-        wide = (per.filter(pl.col("metric") == score)
-                .with_columns(configuration=pl.concat_str("gene_encoding", "expression_encoding", separator="-"))
-                .pivot(on="dataset", index=["configuration", "train_cells"], values="value"))
+        wide = (
+            per.filter(pl.col("metric") == score)
+            .with_columns(configuration=pl.concat_str("gene_encoding", "expression_encoding", separator="-"))
+            .pivot(on="dataset", index=["configuration", "train_cells"], values="value")
+        )
         for i, small in enumerate(sizes):
-            for large in sizes[i + 1:]:
+            for large in sizes[i + 1 :]:
                 a, b = (wide.filter(pl.col("train_cells") == n).drop("train_cells") for n in (small, large))
                 both = a.join(b, on="configuration", suffix="__b")
-                datasets = [c for c in a.columns[1:] if f"{c}__b" in both.columns
-                            and both[c].is_not_null().all() and both[f"{c}__b"].is_not_null().all()]
+                datasets = [
+                    c
+                    for c in a.columns[1:]
+                    if f"{c}__b" in both.columns and both[c].is_not_null().all() and both[f"{c}__b"].is_not_null().all()
+                ]
                 if both.height < 2 or not datasets:
                     continue
                 x = both.select(datasets).to_numpy()
@@ -243,12 +339,24 @@ def rank_stability(metrics: pl.DataFrame, seed: int = 0, n_boot: int = BOOTSTRAP
                 draws = rng.integers(0, len(datasets), (n_boot, len(datasets)))
                 boot = np.array([kendalltau(x[:, d].mean(1), y[:, d].mean(1)).statistic for d in draws])
                 low, high = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
-                rows.append((score, small, large, both.height, len(datasets), float(tau), float(low), float(high),
-                             n_boot))
-    return pl.DataFrame(rows, orient="row", schema={
-        "score": pl.String, "train_cells_a": pl.Int64, "train_cells_b": pl.Int64, "configurations": pl.Int64,
-        "datasets": pl.Int64, "kendall_tau": pl.Float64, "tau_low": pl.Float64, "tau_high": pl.Float64,
-        "bootstrap": pl.Int64})
+                rows.append(
+                    (score, small, large, both.height, len(datasets), float(tau), float(low), float(high), n_boot)
+                )
+    return pl.DataFrame(
+        rows,
+        orient="row",
+        schema={
+            "score": pl.String,
+            "train_cells_a": pl.Int64,
+            "train_cells_b": pl.Int64,
+            "configurations": pl.Int64,
+            "datasets": pl.Int64,
+            "kendall_tau": pl.Float64,
+            "tau_low": pl.Float64,
+            "tau_high": pl.Float64,
+            "bootstrap": pl.Int64,
+        },
+    )
 
 
 def write_tables(metric_paths, out_dir, reference_expression: str = "soft", levels: dict | None = None) -> dict:
@@ -265,8 +373,12 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
     for name, rows in by_level(metrics, levels).items():
         if not rows.is_empty():
             tests = pl.concat([tests, paired_tests(rows, reference_expression).with_columns(level=pl.lit(name))])
-    tables = {"metrics.csv": metrics, "summary.csv": summary, "tests.csv": tests,
-              "rank_stability.csv": rank_stability(evaluation)}
+    tables = {
+        "metrics.csv": metrics,
+        "summary.csv": summary,
+        "tests.csv": tests,
+        "rank_stability.csv": rank_stability(evaluation),
+    }
     for name, table in tables.items():
         with atomic_path(Path(out_dir) / name, suffix=".csv") as tmp:
             # pandas writes the CSV: floats as the shortest repr, missing values as empty cells
@@ -274,8 +386,9 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
     return {name: len(table) for name, table in tables.items()}
 
 
-def run(metrics: list[Path], out_dir: OutputFolder, reference_expression: str = "soft",
-        levels: dict | None = None) -> dict:
+def run(
+    metrics: list[Path], out_dir: OutputFolder, reference_expression: str = "soft", levels: dict | None = None
+) -> dict:
     """metrics.csv, summary.csv, tests.csv and rank_stability.csv in ``out_dir`` from per-(run, dataset) metric tables;
     ``reference_expression``: the expression encoding compared with each other one (declared in
     config, not picked from the results); ``levels``: JSON dataset → shift level (id: the training

@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from .atomic import OutputFolder, atomic_dir, write_json
 from .errors import ScencodeError
-from .h5ad import MAX_COUNT, count_matrix, open_h5ad, read_frame
 from .formats import excluded_cells, load_vocab
+from .h5ad import MAX_COUNT, count_matrix, open_h5ad, read_frame
 from .shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,13 @@ class TokenizeParams:
     compression_level: int = 3
 
     def validate(self) -> None:
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            raise ScencodeError(f"tokenize.val_fraction {self.val_fraction} and test_fraction {self.test_fraction} "
-                                "must be in [0, 1) and leave cells for training")
+        if not (
+            0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
+        ):
+            raise ScencodeError(
+                f"tokenize.val_fraction {self.val_fraction} and test_fraction {self.test_fraction} "
+                "must be in [0, 1) and leave cells for training"
+            )
         for key in ("cells_per_shard", "row_group_cells", "chunk_cells"):
             if getattr(self, key) < 1:
                 raise ScencodeError(f"tokenize.{key} must be ≥ 1, got {getattr(self, key)}")
@@ -70,8 +73,9 @@ def assign_split(cell_ids: pd.Series, params: TokenizeParams) -> np.ndarray:
     key = hashlib.sha256(params.split_salt.encode()).hexdigest()[:16]
     h = pd.util.hash_pandas_object(cell_ids, index=False, hash_key=key).to_numpy()
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return np.where(u < params.test_fraction, "test",
-                    np.where(u < params.test_fraction + params.val_fraction, "val", "train"))
+    return np.where(
+        u < params.test_fraction, "test", np.where(u < params.test_fraction + params.val_fraction, "val", "train")
+    )
 
 
 def block_to_lists(block: sp.csr_matrix, col_to_token: np.ndarray, sorted_map: bool):
@@ -93,8 +97,9 @@ def block_to_lists(block: sp.csr_matrix, col_to_token: np.ndarray, sorted_map: b
     has_genes = per_cell > 0
     offsets = np.concatenate([[0], np.cumsum(per_cell[has_genes])]).astype(np.int32)
     if counts.size and not counts.max() <= MAX_COUNT:  # NaN fails this too: int32 casts would wrap
-        raise ScencodeError(f"counts beyond {MAX_COUNT:,} or not finite (max {counts.max()}): "
-                            "not the raw counts QC writes")
+        raise ScencodeError(
+            f"counts beyond {MAX_COUNT:,} or not finite (max {counts.max()}): not the raw counts QC writes"
+        )
     return offsets, tokens.astype(np.int32, copy=False), np.rint(counts).astype(np.int32), has_genes
 
 
@@ -103,7 +108,7 @@ class BackgroundWriter:
     and converting the next block overlaps with writing this one. One table waits at most: memory
     stays at about three blocks."""
 
-    def __init__(self, writer: "ShardWriter"):
+    def __init__(self, writer: ShardWriter):
         self.writer, self.error = writer, None
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -166,16 +171,22 @@ class ShardWriter:
     def _open(self) -> None:
         path = self.folder / shard_name(len(self.shards))
         # page checksums (CRC32): every reader verifies each page it decodes (shards.open_shard)
-        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd", write_page_checksum=True,
-                                        compression_level=self.params.compression_level)
+        self._writer = pq.ParquetWriter(
+            path,
+            self.schema,
+            compression="zstd",
+            write_page_checksum=True,
+            compression_level=self.params.compression_level,
+        )
         self.shards.append({"file": path.name})
         self._rows = 0
 
     def _close(self) -> None:
         self._writer.close()
         path = self.folder / self.shards[-1]["file"]
-        self.shards[-1].update(n_cells=self._rows, bytes=path.stat().st_size, sha256=file_sha256(path),
-                               footer_sha256=footer_sha256(path))
+        self.shards[-1].update(
+            n_cells=self._rows, bytes=path.stat().st_size, sha256=file_sha256(path), footer_sha256=footer_sha256(path)
+        )
         self._writer = None
 
     def finish(self) -> list[dict]:
@@ -186,19 +197,32 @@ class ShardWriter:
         return self.shards
 
 
-def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str | Path,
-                    out_dir: str | Path, params: TokenizeParams, with_labels: bool = False,
-                    kind: str | None = None) -> dict:
+def tokenize_corpus(
+    corpus: str,
+    datasets: list[DatasetInput],
+    vocab_path: str | Path,
+    out_dir: str | Path,
+    params: TokenizeParams,
+    with_labels: bool = False,
+    kind: str | None = None,
+) -> dict:
     """``with_labels``: label and batch columns; ``kind``: evaluation (every dataset needs a label
     column; the default with labels) or training (labels where a dataset names its label column,
     so that the held-out test split can be scored in distribution)."""
     kind = kind or ("evaluation" if with_labels else "training")
     vocab, digest = load_vocab(vocab_path)
     token_of_gene = pd.Series(vocab.token_id.to_numpy(), index=vocab.gene_id)
-    config_hash = hashlib.sha256(json.dumps(
-        {"params": asdict(params), "with_labels": with_labels, "kind": kind,
-         "datasets": [[d.dataset_id, d.label_key, d.batch_key] for d in datasets]},
-        sort_keys=True).encode()).hexdigest()
+    config_hash = hashlib.sha256(
+        json.dumps(
+            {
+                "params": asdict(params),
+                "with_labels": with_labels,
+                "kind": kind,
+                "datasets": [[d.dataset_id, d.label_key, d.batch_key] for d in datasets],
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     schema = shard_schema(with_labels)
     per_dataset, nnz_parts, split_counts = {}, [], {}
     with atomic_dir(out_dir, marker=MANIFEST) as tmp:
@@ -225,9 +249,15 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
             "splits": split_counts,
             "datasets": per_dataset,
             "shards": shards,
-            "nnz": {"mean": float(nnz.mean()), "median": float(np.median(nnz)), "min": int(nnz.min()),
-                    "max": int(nnz.max()), "p05": float(np.percentile(nnz, 5)),
-                    "p95": float(np.percentile(nnz, 95)), "total": int(nnz.sum())},
+            "nnz": {
+                "mean": float(nnz.mean()),
+                "median": float(np.median(nnz)),
+                "min": int(nnz.min()),
+                "max": int(nnz.max()),
+                "p05": float(np.percentile(nnz, 5)),
+                "p95": float(np.percentile(nnz, 95)),
+                "total": int(nnz.sum()),
+            },
             "vocab_hash": digest,
             "vocab_size": len(vocab),
             "config_hash": config_hash,
@@ -238,16 +268,24 @@ def tokenize_corpus(corpus: str, datasets: list[DatasetInput], vocab_path: str |
     return manifest
 
 
-def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: BackgroundWriter, schema: pa.Schema,
-                      params: TokenizeParams, with_labels: bool, kind: str):
+def _tokenize_dataset(
+    d: DatasetInput,
+    token_of_gene: pd.Series,
+    writer: BackgroundWriter,
+    schema: pa.Schema,
+    params: TokenizeParams,
+    with_labels: bool,
+    kind: str,
+):
     with open_h5ad(d.path) as f:
         x = count_matrix(f, d.path, "X")
         obs = read_frame(f, "obs")
         var_ids = read_frame(f, "var").index.astype(str)
         col_to_token = token_of_gene.reindex(var_ids).fillna(-1).to_numpy(np.int32)
         if not (col_to_token >= 0).any():
-            raise ScencodeError(f"none of its {len(var_ids)} gene ids is in the vocabulary "
-                                f"(e.g. {', '.join(var_ids[:3])})", d.path)
+            raise ScencodeError(
+                f"none of its {len(var_ids)} gene ids is in the vocabulary (e.g. {', '.join(var_ids[:3])})", d.path
+            )
         mapped = col_to_token[col_to_token >= 0]
         sorted_map = bool(np.all(np.diff(mapped) > 0))
         cell_ids = pd.Series(d.dataset_id + ":" + obs.index.astype(str))
@@ -256,8 +294,12 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: Backgro
         excluded = np.ones(len(obs), bool) if "*" in d.exclude else obs.index.astype(str).isin(list(d.exclude))
         nnz, kept_splits, genes_per_cell = [], [], []
         n_cells = x.shape[0]
-        for start, block in tqdm(x.blocks(params.chunk_cells), desc=f"tokenize {d.dataset_id}",
-                                 total=-(-n_cells // params.chunk_cells), mininterval=5):
+        for start, block in tqdm(
+            x.blocks(params.chunk_cells),
+            desc=f"tokenize {d.dataset_id}",
+            total=-(-n_cells // params.chunk_cells),
+            mininterval=5,
+        ):
             stop = start + block.shape[0]
             rows = ~excluded[start:stop]
             block = block[rows] if not rows.all() else block
@@ -281,11 +323,15 @@ def _tokenize_dataset(d: DatasetInput, token_of_gene: pd.Series, writer: Backgro
             kept_splits.append(split[start:stop][rows][keep])
     nnz = np.concatenate(nnz) if nnz else np.zeros(0, np.int64)
     splits = pd.Series(np.concatenate(kept_splits) if kept_splits else []).value_counts()
-    stats = {"cells_in": n_cells, "cells_written": int(nnz.size),
-             "cells_excluded_leakage": int(excluded.sum()),
-             "cells_without_vocab_genes": n_cells - int(excluded.sum()) - int(nnz.size),
-             "genes_in_vocab": int((col_to_token >= 0).sum()), "genes_not_in_vocab": int((col_to_token < 0).sum()),
-             "splits": {k: int(v) for k, v in splits.items()}}
+    stats = {
+        "cells_in": n_cells,
+        "cells_written": int(nnz.size),
+        "cells_excluded_leakage": int(excluded.sum()),
+        "cells_without_vocab_genes": n_cells - int(excluded.sum()) - int(nnz.size),
+        "genes_in_vocab": int((col_to_token >= 0).sum()),
+        "genes_not_in_vocab": int((col_to_token < 0).sum()),
+        "splits": {k: int(v) for k, v in splits.items()},
+    }
     stats.update(vocab_overlap(d, nnz, np.concatenate(genes_per_cell) if genes_per_cell else np.zeros(0)))
     return stats, nnz
 
@@ -300,8 +346,10 @@ def vocab_overlap(d: DatasetInput, vocab_nnz: np.ndarray, all_nnz: np.ndarray) -
     seen, total = float(vocab_nnz.mean()) if vocab_nnz.size else 0.0, float(all_nnz.mean()) if all_nnz.size else 0.0
     out = {"vocab_genes_per_cell": seen, "genes_per_cell": total, "vocab_overlap_warning": None}
     if vocab_nnz.size and (seen < MIN_VOCAB_GENES_PER_CELL or seen < MIN_VOCAB_FRACTION * total):
-        out["vocab_overlap_warning"] = (f"{d.dataset_id}: only {seen:.0f} of its {total:.0f} non-zero genes per cell "
-                                        f"are in the vocabulary; its embeddings describe little of each cell")
+        out["vocab_overlap_warning"] = (
+            f"{d.dataset_id}: only {seen:.0f} of its {total:.0f} non-zero genes per cell "
+            f"are in the vocabulary; its embeddings describe little of each cell"
+        )
         log.warning(out["vocab_overlap_warning"])
     return out
 
@@ -313,22 +361,45 @@ def _label_columns(obs: pd.DataFrame, d: DatasetInput, required: bool = True) ->
         raise ScencodeError(f"label column {d.label_key!r} is missing from obs", d.path)
     if d.batch_key is not None and d.batch_key not in obs.columns:
         raise ScencodeError(f"batch column {d.batch_key!r} is missing from obs", d.path)
-    label = (np.full(len(obs), None, dtype=object) if d.label_key is None
-             else obs[d.label_key].astype(str).where(obs[d.label_key].notna(), None).to_numpy(object))
-    batch = (np.full(len(obs), d.dataset_id, dtype=object) if d.batch_key is None
-             else obs[d.batch_key].astype(str).to_numpy(object))
+    label = (
+        np.full(len(obs), None, dtype=object)
+        if d.label_key is None
+        else obs[d.label_key].astype(str).where(obs[d.label_key].notna(), None).to_numpy(object)
+    )
+    batch = (
+        np.full(len(obs), d.dataset_id, dtype=object)
+        if d.batch_key is None
+        else obs[d.batch_key].astype(str).to_numpy(object)
+    )
     return {"label": label, "batch": batch}
 
 
-def run(corpus: str, datasets: list[dict], vocab: Path, out: OutputFolder, params: TokenizeParams, labels: bool = False,
-        exclude: Path | None = None, training: bool = False) -> dict:
+def run(
+    corpus: str,
+    datasets: list[dict],
+    vocab: Path,
+    out: OutputFolder,
+    params: TokenizeParams,
+    labels: bool = False,
+    exclude: Path | None = None,
+    training: bool = False,
+) -> dict:
     """A corpus of Parquet token shards from QC'd datasets (JSON list of {dataset_id, path, label_key,
     batch_key}); ``labels``: label and batch columns (an evaluation corpus, or with ``training`` the
     training corpus, labelled where its datasets name a label column); ``exclude``: the leakage audit
     whose listed training cells are left out (policy drop)."""
-    inputs = [DatasetInput(d["dataset_id"], Path(d["path"]), d.get("label_key"), d.get("batch_key"),
-                           tuple(excluded_cells(exclude, d["dataset_id"]))) for d in datasets]
-    manifest = tokenize_corpus(corpus, inputs, vocab, out, params, with_labels=labels,
-                               kind="training" if training else None)
+    inputs = [
+        DatasetInput(
+            d["dataset_id"],
+            Path(d["path"]),
+            d.get("label_key"),
+            d.get("batch_key"),
+            tuple(excluded_cells(exclude, d["dataset_id"])),
+        )
+        for d in datasets
+    ]
+    manifest = tokenize_corpus(
+        corpus, inputs, vocab, out, params, with_labels=labels, kind="training" if training else None
+    )
     log.info("corpus %s: %d cells in %d shards", corpus, manifest["n_cells"], len(manifest["shards"]))
     return manifest

@@ -9,7 +9,6 @@ is stored in the Parquet metadata and in every corpus manifest; loaders refuse a
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 
 import numpy as np
@@ -21,21 +20,27 @@ from .formats import SPECIAL_TOKENS, dataset_genes, write_vocab
 log = logging.getLogger(__name__)
 
 POLICIES = ("union", "intersection", "protein")
+
+
 def read_gene_list(path: str | Path) -> pd.Index:
     """Genes with a protein embedding: a Parquet/CSV/TSV table with a ``gene_id`` column."""
     path = Path(path)
     if not path.exists():
         raise ScencodeError("gene list not found", path)
-    reader = pd.read_parquet if path.suffix == ".parquet" else (
-        lambda p: pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ","))
+    reader = (
+        pd.read_parquet
+        if path.suffix == ".parquet"
+        else (lambda p: pd.read_csv(p, sep="\t" if p.suffix == ".tsv" else ","))
+    )
     table = reader(path)
     if "gene_id" not in table.columns:
         raise ScencodeError("gene list has no 'gene_id' column", path)
     return pd.Index(table.gene_id.astype(str))
 
 
-def build_vocab(qc_paths: list[str | Path], policy: str = "union",
-                protein_genes: str | Path | None = None) -> pd.DataFrame:
+def build_vocab(
+    qc_paths: list[str | Path], policy: str = "union", protein_genes: str | Path | None = None
+) -> pd.DataFrame:
     """Vocabulary from the training datasets' QC outputs.
 
     ``union``: genes seen in any dataset; ``intersection``: in every dataset; ``protein``: genes
@@ -59,8 +64,9 @@ def build_vocab(qc_paths: list[str | Path], policy: str = "union",
     if genes.empty:
         raise ScencodeError(f"the vocabulary is empty under policy {policy!r}")
     genes = genes.sort_index()
-    special = pd.DataFrame({"gene_id": list(SPECIAL_TOKENS), "gene_symbol": "", "gene_type": "special",
-                            "n_datasets": 0})
+    special = pd.DataFrame(
+        {"gene_id": list(SPECIAL_TOKENS), "gene_symbol": "", "gene_type": "special", "n_datasets": 0}
+    )
     vocab = pd.concat([special, genes.reset_index()], ignore_index=True)
     vocab.insert(0, "token_id", np.arange(len(vocab), dtype=np.int32))
     vocab["n_datasets"] = vocab.n_datasets.astype(np.int32)

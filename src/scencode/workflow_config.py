@@ -34,8 +34,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise ScencodeError(f"key {key!r} is written twice in one mapping (lines {seen[key] + 1} and "
-                                    f"{key_node.start_mark.line + 1}); the second would silently replace the first")
+                raise ScencodeError(
+                    f"key {key!r} is written twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); the second would silently replace the first"
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -70,8 +72,11 @@ def read_datasets(config: dict) -> dict[str, dict]:
     for path in sheet_paths(config):
         for row_number, name, spec in read_sheet(path):
             if name in datasets:
-                raise ScencodeError(f"row {row_number}, column dataset: {name!r} is listed twice (first in "
-                                    f"{where[name]}); each dataset has one row", path)
+                raise ScencodeError(
+                    f"row {row_number}, column dataset: {name!r} is listed twice (first in "
+                    f"{where[name]}); each dataset has one row",
+                    path,
+                )
             datasets[name], where[name] = spec, f"{path}, row {row_number}"
     return datasets
 
@@ -107,13 +112,17 @@ def read_sheet(path: Path):
         raise ScencodeError(f"unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(columns)})", path)
     validator = jsonschema.Draft202012Validator(schema)
     for row_number, row in enumerate(frame.iter_rows(named=True), start=1):
-        values = {c: _cell(text.strip(), columns[c], path, row_number, c)
-                  for c, text in row.items() if text is not None and text.strip()}
+        values = {
+            c: _cell(text.strip(), columns[c], path, row_number, c)
+            for c, text in row.items()
+            if text is not None and text.strip()
+        }
         error = jsonschema.exceptions.best_match(validator.iter_errors(values))
         if error is not None:
             column = f", column {error.path[0]}" if error.path else ""
-            raise ScencodeError(f"row {row_number} (dataset {values.get('dataset', '?')}){column}: {error.message}",
-                                path)
+            raise ScencodeError(
+                f"row {row_number} (dataset {values.get('dataset', '?')}){column}: {error.message}", path
+            )
         yield row_number, values["dataset"], _settings(values)
 
 
@@ -147,8 +156,9 @@ def _settings(row: dict) -> dict:
         source.update(url=location, sha256=row["sha256"])
     else:
         source.update({"dataset_id": location} if location else {"query": row["census_query"]})
-    spec = {key: row[key] for key in ("role", "description", "n_cells", "label_key", "batch_key", "tissue")
-            if key in row}
+    spec = {
+        key: row[key] for key in ("role", "description", "n_cells", "label_key", "batch_key", "tissue") if key in row
+    }
     spec["source"] = source
     qc = {key.removeprefix(QC_PREFIX): value for key, value in row.items() if key.startswith(QC_PREFIX)}
     if qc:
@@ -167,7 +177,7 @@ def shift_levels(datasets: dict[str, dict]) -> dict[str, str]:
     for name, spec in datasets.items():
         if spec["role"] == "eval":
             tissue = spec.get("tissue")
-            levels[name] = ("near" if tissue in trained else "unknown" if tissue is None or untagged else "far")
+            levels[name] = "near" if tissue in trained else "unknown" if tissue is None or untagged else "far"
     return levels
 
 
@@ -221,8 +231,9 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
     from snakemake.utils import validate  # a dependency already; its errors name the failing key
 
     if not schema.exists():
-        raise ScencodeError("config schema not found (scencode must be installed from its repository, "
-                            "pip install -e .)", schema)
+        raise ScencodeError(
+            "config schema not found (scencode must be installed from its repository, pip install -e .)", schema
+        )
     try:
         validate(config, schema=str(schema))
     except Exception as exc:  # snakemake's WorkflowError: the schema's message names key and value
@@ -232,8 +243,9 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
         raise ScencodeError("config: 'datasets' has no dataset with role 'train'")
     for reserved in (TRAIN_CORPUS, ID_TEST):
         if reserved in datasets:
-            raise ScencodeError(f"config: dataset name {reserved!r} is reserved (the training corpus and its "
-                                "held-out test split)")
+            raise ScencodeError(
+                f"config: dataset name {reserved!r} is reserved (the training corpus and its held-out test split)"
+            )
     for name, spec in datasets.items():
         if spec["role"] == "eval" and not spec.get("label_key"):
             raise ScencodeError(f"config: evaluation dataset {name!r} needs 'label_key'")

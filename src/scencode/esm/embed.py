@@ -74,8 +74,13 @@ def load_esm2(name: str | None = None, weights: str | Path | None = None, sha256
     return load_weights(esm2_weights(name, weights, sha256)[0])
 
 
-def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha256: str | None = None,
-                 cache_dir: str | Path | None = None, url: str = RELEASED_URL) -> tuple[Path, str]:
+def esm2_weights(
+    name: str | None = None,
+    weights: str | Path | None = None,
+    sha256: str | None = None,
+    cache_dir: str | Path | None = None,
+    url: str = RELEASED_URL,
+) -> tuple[Path, str]:
     """(weights file, its sha256), hashed once: a local file, or the released checkpoint ``name`` in
     the torch hub cache (``$TORCH_HOME/hub/checkpoints``, where fair-esm keeps it), downloaded there
     first if absent (streamed, size-checked, atomically renamed). A pinned ``sha256`` must match."""
@@ -86,8 +91,9 @@ def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha
         if not path.exists():
             raise ScencodeError("ESM-2 weights file not found", path)
     elif name not in ESM2_MODELS:
-        raise ScencodeError(f"unknown ESM-2 model {name!r}; known: {', '.join(ESM2_MODELS)} "
-                            "(or give a local weights file)")
+        raise ScencodeError(
+            f"unknown ESM-2 model {name!r}; known: {', '.join(ESM2_MODELS)} (or give a local weights file)"
+        )
     else:
         path = Path(cache_dir or Path(torch.hub.get_dir()) / "checkpoints") / f"{name}.pt"
         if not path.exists():
@@ -96,13 +102,18 @@ def esm2_weights(name: str | None = None, weights: str | Path | None = None, sha
             log.info("ESM-2 %s: downloading %s to %s", name, url.format(name=name), path)
             digest = download_url(url.format(name=name), path, sha256=sha256)  # refuses a pin mismatch
             if not sha256:
-                log.warning("ESM-2 %s is not pinned: its sha256 is %s (esm.model.sha256 in config refuses "
-                            "any other file)", name, digest)
+                log.warning(
+                    "ESM-2 %s is not pinned: its sha256 is %s (esm.model.sha256 in config refuses any other file)",
+                    name,
+                    digest,
+                )
             return path, digest
     digest = file_sha256(path)
     if sha256 and digest != sha256.lower():
-        raise ScencodeError(f"sha256 {digest} is not the pinned {sha256}: a different or tampered file; "
-                            "delete it to download again", path)
+        raise ScencodeError(
+            f"sha256 {digest} is not the pinned {sha256}: a different or tampered file; delete it to download again",
+            path,
+        )
     return path, digest
 
 
@@ -115,10 +126,15 @@ def load_weights(path: Path):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-checkpoints
         raise ScencodeError(f"not a readable torch checkpoint ({type(exc).__name__})", path) from exc
-    if not (isinstance(data, dict) and {"cfg", "model"} <= set(data)
-            and isinstance(data["cfg"], dict) and hasattr(data["cfg"].get("model"), "encoder_layers")):
-        raise ScencodeError("not an ESM-2 checkpoint (expected fair-esm's {'cfg': {'model': ...}, 'model': "
-                            "state_dict} layout)", path)
+    if not (
+        isinstance(data, dict)
+        and {"cfg", "model"} <= set(data)
+        and isinstance(data["cfg"], dict)
+        and hasattr(data["cfg"].get("model"), "encoder_layers")
+    ):
+        raise ScencodeError(
+            "not an ESM-2 checkpoint (expected fair-esm's {'cfg': {'model': ...}, 'model': state_dict} layout)", path
+        )
     try:
         with warnings.catch_warnings():  # contact-regression weights are irrelevant to embeddings
             warnings.filterwarnings("ignore", message="Regression weights not found")
@@ -135,10 +151,14 @@ def save_tiny_esm2(path: str | Path, layers: int = 2, dim: int = 32, heads: int 
     torch.manual_seed(seed)
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     model = esm.model.esm2.ESM2(num_layers=layers, embed_dim=dim, attention_heads=heads, alphabet=alphabet)
-    cfg = argparse.Namespace(encoder_layers=layers, encoder_embed_dim=dim, encoder_attention_heads=heads,
-                             token_dropout=True)
-    state = {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items()
-             if not k.startswith("contact_head.regression")}
+    cfg = argparse.Namespace(
+        encoder_layers=layers, encoder_embed_dim=dim, encoder_attention_heads=heads, token_dropout=True
+    )
+    state = {
+        f"encoder.sentence_encoder.{k}": v
+        for k, v in model.state_dict().items()
+        if not k.startswith("contact_head.regression")
+    }
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save({"cfg": {"model": cfg}, "model": state}, tmp)
 
@@ -214,7 +234,7 @@ class ESMEmbedder:
             reps = self._forward([pieces[j] for j in batch])
             w = torch.zeros(reps.shape[:2], dtype=torch.float32)
             for row, j in enumerate(batch):
-                w[row, 1:1 + len(pieces[j])] = torch.from_numpy(weights[j])
+                w[row, 1 : 1 + len(pieces[j])] = torch.from_numpy(weights[j])
             pooled = torch.einsum("bt,btd->bd", w, reps).numpy()
             np.add.at(out, owner[batch], pooled)
         return out.astype(np.float32)
@@ -225,7 +245,7 @@ class ESMEmbedder:
         tokens = torch.full((len(seqs), width), self.alphabet.padding_idx, dtype=torch.long)
         for row, seq in enumerate(seqs):
             tokens[row, 0] = self.alphabet.cls_idx
-            tokens[row, 1:len(seq) + 1] = torch.from_numpy(self._lut[np.frombuffer(seq.encode(), np.uint8)])
+            tokens[row, 1 : len(seq) + 1] = torch.from_numpy(self._lut[np.frombuffer(seq.encode(), np.uint8)])
             tokens[row, len(seq) + 1] = self.alphabet.eos_idx
         out = self.model(tokens.to(self.device), repr_layers=[self.layer])
         return out["representations"][self.layer].float().cpu()
@@ -236,8 +256,10 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
     the gene table. ``isoforms``: gene_id, gene_symbol, protein_id, sequence."""
     out_path = Path(out_path)
     parts_dir = out_path.with_name(out_path.name + ".parts")
-    _claim_parts(parts_dir, {**meta, "window_overlap": embedder.params.window_overlap, "dim": embedder.dim,
-                             "layer": embedder.layer})
+    _claim_parts(
+        parts_dir,
+        {**meta, "window_overlap": embedder.params.window_overlap, "dim": embedder.dim, "layer": embedder.layer},
+    )
     done = _finished_proteins(parts_dir)
     todo = isoforms[~isoforms.protein_id.isin(done)]
     todo = todo.iloc[np.argsort(-todo.sequence.str.len().to_numpy(), kind="stable")]
@@ -245,10 +267,9 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
         log.info("resuming: %d of %d sequences already embedded", len(done), len(isoforms))
     step = embedder.params.piece_sequences
     for k in tqdm(range(0, len(todo), step), desc="esm pieces", mininterval=5):
-        piece = todo.iloc[k:k + step]
+        piece = todo.iloc[k : k + step]
         emb = embedder.embed(piece.sequence.tolist(), progress=False)
-        table = pa.table({"protein_id": piece.protein_id.to_numpy(),
-                          "embedding": matrix_column(emb)})
+        table = pa.table({"protein_id": piece.protein_id.to_numpy(), "embedding": matrix_column(emb)})
         with atomic_path(parts_dir / f"part-{len(done) + k:07d}.parquet", suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
     genes = _gene_means(isoforms, parts_dir)
@@ -264,8 +285,13 @@ def _claim_parts(parts_dir: Path, produced_by: dict) -> None:
     stamp = parts_dir / "produced_by.json"
     if parts_dir.exists() and (not stamp.exists() or stamp.read_text() != identity):
         pieces = len(list(parts_dir.glob("part-*.parquet")))
-        log.warning("discarding %d embedded pieces in %s: they were made with other settings (%s), not %s",
-                    pieces, parts_dir, stamp.read_text() if stamp.exists() else "unknown", identity)
+        log.warning(
+            "discarding %d embedded pieces in %s: they were made with other settings (%s), not %s",
+            pieces,
+            parts_dir,
+            stamp.read_text() if stamp.exists() else "unknown",
+            identity,
+        )
         shutil.rmtree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.exists():
@@ -292,9 +318,15 @@ def _gene_means(isoforms: pd.DataFrame, parts_dir: Path) -> pd.DataFrame:
     n = np.bincount(codes, minlength=len(genes))
     symbols = iso.groupby("gene_id").gene_symbol.first().reindex(genes)
     lengths = np.bincount(codes, weights=iso.sequence.str.len().to_numpy(), minlength=len(genes)) / n
-    return pd.DataFrame({"gene_id": genes, "gene_symbol": symbols.fillna("").to_numpy(), "n_isoforms": n,
-                         "protein_length": lengths.astype(np.float32),
-                         "embedding": list((sums / n[:, None]).astype(np.float32))})
+    return pd.DataFrame(
+        {
+            "gene_id": genes,
+            "gene_symbol": symbols.fillna("").to_numpy(),
+            "n_isoforms": n,
+            "protein_length": lengths.astype(np.float32),
+            "embedding": list((sums / n[:, None]).astype(np.float32)),
+        }
+    )
 
 
 def tiny(out: OutputFile, layers: int = 2, dim: int = 32, heads: int = 2, seed: int = 0) -> None:
@@ -302,12 +334,19 @@ def tiny(out: OutputFile, layers: int = 2, dim: int = 32, heads: int = 2, seed: 
     save_tiny_esm2(out, layers=layers, dim=dim, heads=heads, seed=seed)
 
 
-def run(fasta: Path, out: OutputFile, params: EmbedParams, model: str | None = None, weights: Path | None = None,
-        sha256: str | None = None, threads: int | None = None) -> pd.DataFrame:
+def run(
+    fasta: Path,
+    out: OutputFile,
+    params: EmbedParams,
+    model: str | None = None,
+    weights: Path | None = None,
+    sha256: str | None = None,
+    threads: int | None = None,
+) -> pd.DataFrame:
     """ESM-2 gene embeddings of a peptide FASTA: a released ``model`` by name (fetched to the torch hub
     cache) or local ``weights`` (a fair-esm checkpoint), optionally pinned by ``sha256``."""
-    from .proteins import read_peptide_fasta, select_isoforms
     from ..settings import torch_threads
+    from .proteins import read_peptide_fasta, select_isoforms
 
     if (model is None) == (weights is None):
         raise ScencodeError("give exactly one of --model (a released ESM-2 name) and --weights (a local file)")
@@ -316,10 +355,16 @@ def run(fasta: Path, out: OutputFile, params: EmbedParams, model: str | None = N
     esm_model, alphabet = load_weights(weights_path)
     torch_threads(threads)
     embedder = ESMEmbedder(esm_model, alphabet, params)
-    meta = {"source": "esm2", "model": model or Path(weights).name, "layer": embedder.layer,
-            "isoforms": params.isoforms, "long_sequences": params.long_sequences, "fasta": Path(fasta).name,
-            # a local weights file by content: a changed file with the same name is another model
-            "weights_sha256": weights_sha256}
+    meta = {
+        "source": "esm2",
+        "model": model or Path(weights).name,
+        "layer": embedder.layer,
+        "isoforms": params.isoforms,
+        "long_sequences": params.long_sequences,
+        "fasta": Path(fasta).name,
+        # a local weights file by content: a changed file with the same name is another model
+        "weights_sha256": weights_sha256,
+    }
     genes = embed_genes(isoforms, embedder, out, meta)
     log.info("ESM-2 gene embeddings: %d genes, dim %d, layer %d", len(genes), embedder.dim, embedder.layer)
     return genes

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..atomic import OutputFile, write_json
 from ..errors import ScencodeError
 from ..formats import write_gene_table
 from ..reference import ENSEMBL_GENE_RE, GeneTable, strip_version
-from ..atomic import OutputFile, write_json
 
 log = logging.getLogger(__name__)
 IMPORT_FORMATS = ("transcriptformer", "uce")
@@ -35,8 +35,9 @@ _ID_KEYS = ("keys", "gene_ids", "ids")
 _MATRIX_KEYS = ("arrays", "embeddings", "embedding")
 
 
-def import_table(fmt: str, path: str | Path, out: str | Path, gene_table: GeneTable | None = None,
-                 expected_dim: int | None = None) -> dict:
+def import_table(
+    fmt: str, path: str | Path, out: str | Path, gene_table: GeneTable | None = None, expected_dim: int | None = None
+) -> dict:
     path = Path(path)
     if not path.exists():
         raise ScencodeError("embedding table to import not found", path)
@@ -99,8 +100,11 @@ def _read_uce(path: Path, gene_table: GeneTable) -> tuple[list[str], np.ndarray,
     if not keep.any():
         raise ScencodeError("no symbol maps to an Ensembl gene id", path)
     matrix = torch.stack(list(data.values())).float().numpy()[keep]
-    report = {"symbols": len(symbols), "unmatched": int((status == "unmatched").sum()),
-              "ambiguous": int((status == "ambiguous").sum())}
+    report = {
+        "symbols": len(symbols),
+        "unmatched": int((status == "unmatched").sum()),
+        "ambiguous": int((status == "ambiguous").sum()),
+    }
     return ids[keep].tolist(), matrix, report
 
 
@@ -110,25 +114,34 @@ def coverage_report(embedded: pd.Index, vocab_candidates: pd.Index, gene_table: 
     by_type = genes.groupby("gene_type").embedded.agg(["sum", "size"])
     covered = vocab_candidates.isin(embedded)
     if len(vocab_candidates) and not covered.any():
-        raise ScencodeError(f"no gene of the {len(vocab_candidates)} dataset genes has a protein embedding "
-                            "(do the FASTA's gene ids match the datasets'?)")
+        raise ScencodeError(
+            f"no gene of the {len(vocab_candidates)} dataset genes has a protein embedding "
+            "(do the FASTA's gene ids match the datasets'?)"
+        )
     missing = vocab_candidates[~covered]
     return {
         "embedded_genes": int(len(embedded)),
         "embedded_not_in_gene_table": int((~embedded.isin(genes.gene_id)).sum()),
-        "by_biotype": {t: {"with_embedding": int(r["sum"]), "without_embedding": int(r["size"] - r["sum"])}
-                       for t, r in by_type.iterrows() if r["sum"] > 0 or t == "protein_coding"},
+        "by_biotype": {
+            t: {"with_embedding": int(r["sum"]), "without_embedding": int(r["size"] - r["sum"])}
+            for t, r in by_type.iterrows()
+            if r["sum"] > 0 or t == "protein_coding"
+        },
         "dataset_genes": int(len(vocab_candidates)),
         "dataset_genes_with_embedding": int(covered.sum()),
         "dataset_genes_missing": int((~covered).sum()),
-        "dataset_genes_missing_by_biotype": genes.set_index("gene_id").gene_type.reindex(missing)
-        .fillna("unknown").value_counts().to_dict(),
+        "dataset_genes_missing_by_biotype": genes.set_index("gene_id")
+        .gene_type.reindex(missing)
+        .fillna("unknown")
+        .value_counts()
+        .to_dict(),
         "dataset_genes_missing_examples": missing[:20].tolist(),
     }
 
 
-def import_run(format: str, input: Path, out: OutputFile, gene_table: Path | None = None,
-               expected_dim: int | None = None) -> dict:
+def import_run(
+    format: str, input: Path, out: OutputFile, gene_table: Path | None = None, expected_dim: int | None = None
+) -> dict:
     """Import a published gene/protein embedding table (``format``: transcriptformer | uce; UCE's symbols
     are mapped with the gene table folder)."""
     table = GeneTable.load(gene_table) if gene_table else None
@@ -147,6 +160,9 @@ def coverage(table: Path, qc: list[Path], gene_table: Path, out: OutputFile, exp
     candidates = pd.Index(sorted(set().union(*(dataset_genes(p).gene_id for p in qc))))
     report = {"table": str(table), "model": meta, **coverage_report(embedded, candidates, GeneTable.load(gene_table))}
     write_json(report, out)
-    log.info("coverage: %d of %d dataset genes have an embedding", report["dataset_genes_with_embedding"],
-             report["dataset_genes"])
+    log.info(
+        "coverage: %d of %d dataset genes have an embedding",
+        report["dataset_genes_with_embedding"],
+        report["dataset_genes"],
+    )
     return report

@@ -12,18 +12,17 @@ isoform a release tags ``Ensembl_canonical``, else the longest).
 
 from __future__ import annotations
 
-import logging
-
 import gzip
+import logging
 import re
 import zlib
 from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import OutputFile, atomic_path
 from ..errors import ScencodeError
 from ..reference import ENSEMBL_GENE_RE
-from ..atomic import OutputFile, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ _AMINO = re.compile(r"^[A-Za-z*.-]+$")
 def _open_text(path: Path):
     with open(path, "rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt") if gzipped else open(path, "rt")
+    return gzip.open(path, "rt") if gzipped else open(path)
 
 
 def read_peptide_fasta(path: str | Path) -> pd.DataFrame:
@@ -110,9 +109,11 @@ def demo_fasta(out: str | Path) -> None:
     from ..reference import packaged_file
 
     table = pd.read_csv(packaged_file("demo_proteins.csv.gz"))
-    lines = [f">{r.refseq_protein_id} pep gene:{r.gene_id} gene_biotype:protein_coding "
-             f"transcript_biotype:protein_coding gene_symbol:{r.symbol}\n{r.sequence}\n"
-             for r in table.itertuples()]
+    lines = [
+        f">{r.refseq_protein_id} pep gene:{r.gene_id} gene_biotype:protein_coding "
+        f"transcript_biotype:protein_coding gene_symbol:{r.symbol}\n{r.sequence}\n"
+        for r in table.itertuples()
+    ]
     with atomic_path(out, suffix=".fa.gz") as tmp:
         with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
             fh.write("".join(lines).encode())
@@ -128,14 +129,20 @@ def run(source: dict, out: OutputFile) -> pd.DataFrame:
         demo_fasta(out)
     elif kind == "url":
         if "sha256" not in source:
-            raise ScencodeError(f"protein URL {source.get('url')} has no sha256: pin it in esm.proteins.sha256 "
-                                "(or write sha256: null to download it unpinned on purpose)")
+            raise ScencodeError(
+                f"protein URL {source.get('url')} has no sha256: pin it in esm.proteins.sha256 "
+                "(or write sha256: null to download it unpinned on purpose)"
+            )
         digest = download_url(source["url"], out, sha256=source["sha256"])
         if source["sha256"]:
             log.info("downloaded %s (sha256 %s, as pinned)", source["url"], digest)
         else:
-            log.warning("downloaded %s UNPINNED: its sha256 is %s; write it in esm.proteins.sha256 so that "
-                        "a changed file is refused next time", source["url"], digest)
+            log.warning(
+                "downloaded %s UNPINNED: its sha256 is %s; write it in esm.proteins.sha256 so that "
+                "a changed file is refused next time",
+                source["url"],
+                digest,
+            )
     elif kind == "local":
         link_local(source["path"], out, check_hdf5=False)
     else:

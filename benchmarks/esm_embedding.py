@@ -4,12 +4,10 @@ tail past 3,000; long sequences windowed in both). The model is ESM-2 8M's archi
 (6 layers, 320 dims) with random weights built from fair-esm's class: the speed is the
 architecture's, no weights are downloaded. Prints one JSON object on its last line.
 
-    python benchmarks/esm.py [--sequences 300] [--batch-size 8] [--token-budget 8192]
+    python benchmarks/esm_embedding.py [--sequences 300] [--batch-size 8] [--token-budget 8192]
 """
 
 from __future__ import annotations
-
-
 
 import argparse
 import json
@@ -33,7 +31,7 @@ def naive_embed(embedder: ESMEmbedder, seqs: list[str], batch_size: int) -> None
     """Fixed-size batches in input order, padded to each batch's longest window."""
     pieces = [s[a:b] for s in seqs for a, b in windows(len(s), "window", 256)]
     for k in range(0, len(pieces), batch_size):
-        embedder._forward(pieces[k:k + batch_size])
+        embedder._forward(pieces[k : k + batch_size])
 
 
 def main() -> None:
@@ -59,17 +57,24 @@ def main() -> None:
     naive_embed(embedder, seqs, args.batch_size)
     naive_s = time.perf_counter() - start
     residues = int(lengths.sum())
-    print(json.dumps({
-        "device": str(embedder.device),
-        "sequences": len(seqs),
-        "residues": residues,
-        "median_length": float(np.median(lengths)),
-        "max_length": int(lengths.max()),
-        "token_budget": {"residues_per_s": residues / budget_s, "sequences_per_s": len(seqs) / budget_s},
-        "naive_fixed_batches": {"batch_size": args.batch_size, "residues_per_s": residues / naive_s,
-                                "sequences_per_s": len(seqs) / naive_s},
-        "speedup": naive_s / budget_s,
-    }))
+    print(
+        json.dumps(
+            {
+                "device": str(embedder.device),
+                "sequences": len(seqs),
+                "residues": residues,
+                "median_length": float(np.median(lengths)),
+                "max_length": int(lengths.max()),
+                "token_budget": {"residues_per_s": residues / budget_s, "sequences_per_s": len(seqs) / budget_s},
+                "naive_fixed_batches": {
+                    "batch_size": args.batch_size,
+                    "residues_per_s": residues / naive_s,
+                    "sequences_per_s": len(seqs) / naive_s,
+                },
+                "speedup": naive_s / budget_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
