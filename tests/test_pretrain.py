@@ -15,7 +15,7 @@ from scencode.data import LoaderConfig
 from scencode.errors import ScencodeError
 from scencode.formats import load_vocab, write_gene_table, write_vocab
 from scencode.model import ModelConfig
-from scencode.pretrain import RunSpec, TrainConfig, Trainer
+from scencode.pretrain import RunSpec, TrainConfig, Trainer, parameter_groups
 
 SMALL_MODEL = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
 SMALL_LOADER = dict(batch_size=16, context=64, bucket_batches=2, seed=3)
@@ -565,3 +565,18 @@ def test_settings_that_cannot_do_what_they_say_are_reported_with_numbers(demo_co
 def test_invalid_training_settings_are_refused_naming_the_key(key, value):
     with pytest.raises(ScencodeError, match=f"train.{key}"):
         TrainConfig(**{key: value}).validate()
+
+
+def test_weight_decay_falls_on_weight_matrices_only():
+    from scencode.model import CellTransformer
+
+    model = CellTransformer(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_ff=32))
+    decayed, kept = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
+    assert decayed["params"] and all(p.dim() == 2 for p in decayed["params"])
+    kept_names = [names[id(p)] for p in kept["params"]]
+    assert kept_names and all(model.get_parameter(n).dim() == 1 for n in kept_names)
+    assert {"blocks.0.ln1.weight", "ln_f.weight", "blocks.0.qkv.bias", "mask_vector"} <= set(kept_names)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(decayed["params"]) + len(kept["params"]) == len(trainable)

@@ -200,6 +200,15 @@ def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:
     return CellTransformer(spec.model, gene_table=gene_table)
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's groups: weight decay on weight matrices and embedding tables only; norms' gains,
+    biases and other 1-D parameters are not decayed (as nanoGPT and most transformer recipes do:
+    shrinking a gain or a bias toward 0 is not a useful prior). Frozen parameters are left out."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+
+
 def cosine_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -236,8 +245,8 @@ class Trainer:
         self.state.calibration = self.model.calibrate(self.probe)
         self.state.rms_start = self._component_rms()
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=tuple(cfg.betas))
         # counted exactly: every rank runs the largest rank's share (see _epoch_batches); an epoch ends
         # with a partial step on its leftover micro-batches, so no gradient crosses into the next epoch
         self._counted_shares: dict[int, list[int]] = {}
@@ -301,10 +310,9 @@ class Trainer:
         if ckpt.get("identity") != self.identity:
             # same configuration, changed settings (the workflow reruns it): start over, keep the old state
             return self._start_over(path, ckpt, "settings changed since it was written")
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError:  # written by another version of the model: its state cannot resume this one
+        if not self._fits(ckpt):  # checked before loading: a failed load would leave half-loaded weights
             return self._start_over(path, ckpt, "it was written by another version of the model")
+        self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -312,6 +320,15 @@ class Trainer:
         self.state = State(**ckpt["state"])
         log.info("resumed %s at step %d (epoch %d)", self.spec.name, self.state.step, self.state.epoch)
         return True
+
+    def _fits(self, ckpt: dict) -> bool:
+        """The checkpoint's weights and optimiser groups have this model's names and shapes."""
+        ours = self.model.state_dict()
+        theirs = ckpt.get("model", {})
+        same_weights = ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
+        groups = ckpt.get("optimizer", {}).get("param_groups", [])
+        same_groups = [len(g["params"]) for g in groups] == [len(g["params"]) for g in self.optimizer.param_groups]
+        return same_weights and same_groups
 
     def _start_over(self, path: Path, ckpt: dict, why: str) -> bool:
         """Training starts from step 0; the state that cannot resume it is kept beside, not deleted."""
