@@ -44,7 +44,12 @@ USE_GPUS = workflow_config.use_gpus(config)  # 'use_gpus': auto (this machine ha
 
 def _sized(stage, wildcards, key):
     resources = job_resources(stage, SIZED_CONFIG, getattr(wildcards, key) if key else None)
-    return {**resources, "gpu": resources["gpu"] if USE_GPUS else 0}
+    if resources["gpu"] and not USE_GPUS:
+        # a GPU stage on CPUs (the demo): one core per job, so that jobs run side by side. The threads
+        # a GPU job gets feed its loader; on CPUs a job of the demo's tiny models gains little from a
+        # second thread (measured: 2 cores ran one job at a time and the demo took 25 min, not 12)
+        return {**resources, "gpu": 0, "threads": 1}
+    return resources
 
 
 def sized(stage, key=None):
@@ -213,8 +218,24 @@ def embedding_path(run, dataset):
     return f"{RESULTS}/{folder}/{run}/{dataset}.parquet"
 
 
+def largest_size_runs():
+    """Every run but the smaller training sets of a configuration: the study's comparison (and
+    scib-metrics' Benchmarker beside it) is at each configuration's largest training set; the smaller
+    ones answer the scaling question through the study's metrics."""
+    largest = {}
+    for name, (entry, seed, size) in CONFIGURATIONS.items():
+        key = (entry["gene"], entry["expression"], seed)
+        rank = float("inf") if size is None else size  # fractions < 1 < counts; 'all' is largest
+        if key not in largest or rank > largest[key][1]:
+            largest[key] = (name, rank)
+    return [*(name for name, _ in largest.values()), *BASELINES]
+
+
+BENCHMARKED_RUNS = largest_size_runs()
+
+
 def embeddings_of(wildcards):
-    return [embedding_path(run, wildcards.dataset) for run in RUNS]
+    return [embedding_path(run, wildcards.dataset) for run in BENCHMARKED_RUNS]
 
 
 def metric_tables():

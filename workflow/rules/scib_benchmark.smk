@@ -1,4 +1,5 @@
-# scib-metrics' own default set and aggregate (its Benchmarker), every embedding of a dataset in one job.
+# scib-metrics' own default set and aggregate (its Benchmarker), every embedding of a dataset in one job
+# (each configuration at its largest training set, and the baselines).
 
 
 rule scib_benchmarker:
@@ -9,7 +10,7 @@ rule scib_benchmarker:
         f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
     params:
         settings=as_json(SCIB_BENCHMARKER),
-        runs=as_json([{"run": run, **run_identity(run)} for run in RUNS]),
+        runs=as_json([{"run": run, **run_identity(run)} for run in BENCHMARKED_RUNS]),
     log:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
     benchmark:
