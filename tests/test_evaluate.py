@@ -464,3 +464,18 @@ def test_scib_benchmarker_labels_its_rows_and_says_why_values_are_missing(tmp_pa
     assert model.loc["silhouette_label", "note"] == "scored on 100 of 120 labeled cells (seeded subsample)"
     for metric in ("ilisi_knn", "kbet_per_label", "batch_correction", "total"):
         assert np.isnan(model.loc[metric, "value"]) and "single batch" in model.loc[metric, "note"]
+
+
+def test_large_datasets_get_scanpys_approximate_neighbours_in_a_form_scanpy_reads(monkeypatch):
+    """From 8,192 cells scanpy switches to pynndescent, whose csr_array output scanpy 1.11 cannot read
+    with scipy 1.17 (every large evaluation dataset failed); study_graph passes the same transformer
+    with a csr_matrix output. Checked at 600 cells by lowering the switch point."""
+    import scencode.evaluate as evaluate
+
+    x = np.random.default_rng(0).normal(size=(600, 10)).astype(np.float32)
+    exact = evaluate.study_graph(x).obsp["distances"]
+    monkeypatch.setattr(evaluate, "SCANPY_APPROXIMATE_FROM", 500)
+    approximate = evaluate.study_graph(x).obsp["distances"]
+    assert (np.diff(approximate.indptr) == 16).all()  # as scanpy keeps pynndescent's rows: 15 + the cell
+    same = sum(len(set(exact[i].indices) & (set(approximate[i].indices) - {i})) for i in range(600)) / (600 * 14)
+    assert same > 0.98  # pynndescent finds (almost) the exact neighbours on 600 cells

@@ -134,8 +134,50 @@ def study_graph(x: np.ndarray):
 
     cache_graph_kernels()
     adata = ad.AnnData(obs=pd.DataFrame(index=np.arange(len(x)).astype(str)), obsm={"X_emb": x.astype(np.float32)})
-    sc.pp.neighbors(adata, n_neighbors=min(GRAPH_NEIGHBORS, len(x) - 1), use_rep="X_emb", random_state=0)
+    k = min(GRAPH_NEIGHBORS, len(x) - 1)
+    transformer = scanpy_large_data_transformer(len(x), k) if len(x) >= SCANPY_APPROXIMATE_FROM else None
+    sc.pp.neighbors(adata, n_neighbors=k, use_rep="X_emb", random_state=0, transformer=transformer)
     return adata
+
+
+SCANPY_APPROXIMATE_FROM = 8192  # scanpy's default: exact neighbours below, pynndescent (UMAP's settings) from here
+
+
+class _CsrMatrixOutput:
+    """A kNN transformer whose output is a ``scipy.sparse.csr_matrix``: pynndescent 0.7 returns a
+    ``csr_array``, on which scanpy 1.11 calls ``getnnz``, gone from scipy's sparse arrays (1.17), so
+    every dataset of 8,192 cells or more failed. The neighbours are the same."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def fit_transform(self, x):
+        import scipy.sparse as sp
+
+        return sp.csr_matrix(self.inner.fit_transform(x))
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def scanpy_large_data_transformer(n_cells: int, n_neighbors: int):
+    """What ``sc.pp.neighbors`` builds by default for ``n_cells`` ≥ 8,192 (Euclidean, random_state 0):
+    PyNNDescentTransformer with UMAP's n_trees and n_iters (scanpy.neighbors._handle_transformer),
+    passed explicitly so that its output reaches scanpy in a form scanpy can read."""
+    import scanpy as sc
+    from pynndescent import PyNNDescentTransformer
+
+    return _CsrMatrixOutput(
+        PyNNDescentTransformer(
+            n_neighbors=n_neighbors,
+            metric="euclidean",
+            metric_kwds={},
+            random_state=0,
+            n_jobs=sc.settings.n_jobs,
+            n_trees=min(64, 5 + round(n_cells**0.5 / 20.0)),
+            n_iters=max(5, round(np.log2(n_cells))),
+        )
+    )
 
 
 def _lisi_functions(kind: str, graph, x: np.ndarray):
