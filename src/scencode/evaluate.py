@@ -64,7 +64,7 @@ def _row(metric, group, value, note=""):
 
 def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
     """The study's scIB metrics (group ``study``'s batch and bio scores), as the `scib` package
-    defines them (see :func:`study_graph` and the README for what was measured against it)."""
+    defines them (see :func:`study_graph`, and docs/methods.md for what was measured against scib)."""
     keep = labeled(labels)
     x, labels, batches = x[keep], np.asarray(labels)[keep].astype(str), np.asarray(batches)[keep].astype(str)
     pick, scored = seeded_subsample(np.arange(len(x)), params.max_cells_scib, params.seed)

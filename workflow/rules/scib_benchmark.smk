@@ -18,7 +18,7 @@ rule scib_benchmarker:
     threads: 4
     resources:
         mem_mb=32000,
-        runtime=1440,  # scib-metrics' JAX metrics on every embedding of a dataset; see README
+        runtime=1440,  # scib-metrics' JAX metrics on every embedding of a dataset; see docs/benchmarks.md
     conda:
         "../../envs/evaluate.yaml"
     shell:
