@@ -205,8 +205,10 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     biases and other 1-D parameters are not decayed (as nanoGPT and most transformer recipes do:
     shrinking a gain or a bias toward 0 is not a useful prior). Frozen parameters are left out."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 def cosine_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -245,8 +247,9 @@ class Trainer:
         self.state.calibration = self.model.calibrate(self.probe)
         self.state.rms_start = self._component_rms()
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=tuple(cfg.betas))
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
+        )
         # counted exactly: every rank runs the largest rank's share (see _epoch_batches); an epoch ends
         # with a partial step on its leftover micro-batches, so no gradient crosses into the next epoch
         self._counted_shares: dict[int, list[int]] = {}
