@@ -87,7 +87,6 @@ def test_a_cpu_machine_asks_no_gpu_unless_told(tmp_path):
     told = _job_blocks(snakemake(tmp_path, small_config(), "-n", "--config", "use_gpus=true").stdout)
     gpu_jobs = {j["rule"] for j in told if j["resources"].get("gpu") == "1"}
     assert gpu_jobs == gpu_stages  # the demo's tiny ESM-2 runs on a CPU
-    assert all(j["threads"] > 1 for j in told if j["rule"] in gpu_stages)  # a GPU job's loader threads
 
 
 def test_paper_config_plans_every_download_offline(tmp_path):
