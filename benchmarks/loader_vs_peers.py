@@ -13,7 +13,7 @@ masks: scencode's ``Batch``). Prints one JSON object on its last line: cells/s a
 * ``annloader``: anndata's ``AnnLoader`` over the backed h5ad (shuffled), the same conversion.
 
 The conversion of CSR rows into a batch (K of M sampling, masking, x̃) is scencode's own
-``padded_sample``/``to_batch`` for all three, so the figures differ by how cells reach memory.
+``sample_tokens``/``to_batch`` for all three, so the figures differ by how cells reach memory.
 Each loader runs in its own process (peak RSS is that process's); one thread each, no workers.
 """
 
@@ -73,13 +73,13 @@ class CsrToBatch:
         self.cfg, self.n = cfg, 0
 
     def __call__(self, rows):
-        from scencode.data import padded_sample, to_batch
+        from scencode.data import sample_tokens, to_batch
 
         rows = rows.tocsr()
         lengths = np.diff(rows.indptr).astype(np.int64)
         keys = np.arange(self.n, self.n + rows.shape[0], dtype=np.uint64)  # a stable per-cell key
         self.n += rows.shape[0]
-        padded = padded_sample(
+        sample = sample_tokens(
             self.col_to_token[rows.indices],
             rows.data.astype(np.int32),
             rows.indptr[:-1].astype(np.int64),
@@ -88,7 +88,7 @@ class CsrToBatch:
             0,
             self.cfg,
         )
-        return to_batch(padded, np.asarray(rows.sum(1)).ravel().astype(np.float32), self.cfg)
+        return to_batch(sample, np.asarray(rows.sum(1)).ravel().astype(np.float32), self.cfg)
 
 
 def batches(name: str, folder: Path, cfg):

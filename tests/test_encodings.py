@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,29 @@ def test_hard_bins_ignore_padding():
         quantile_bins(xnorm, Padded(valid), 4)[0, :3].tolist()
         == quantile_bins(xnorm[:, :3], Padded(valid[:, :3]), 4)[0].tolist()
     )
+
+
+def test_hard_bins_on_cpu_equal_torch_nanquantile_and_searchsorted():
+    """The CPU path (numpy's sort, bins counted from ranks) gives bit for bit the bins of the
+    definition: boundaries from torch.nanquantile, each value's bin from torch.searchsorted."""
+    from scencode.encodings import _padded_quantile_bins
+
+    def definition(xnorm, valid, n_bins):
+        nonzero = valid & (xnorm > 0)
+        values = torch.where(nonzero, xnorm, torch.full_like(xnorm, float("nan")))
+        q = torch.linspace(0, 1, n_bins - 1)
+        bounds = torch.nan_to_num(torch.nanquantile(values, q, dim=1).T.contiguous(), nan=float("inf"))
+        bins = torch.searchsorted(bounds, xnorm.contiguous(), right=True)
+        return torch.where(nonzero, bins.clamp(1, n_bins - 1), torch.zeros_like(bins))
+
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        cells, length = int(rng.integers(1, 200)), int(rng.integers(1, 300))
+        counts = rng.integers(0, int(rng.choice([2, 3, 30, 1000])), (cells, length))  # many ties, some empty cells
+        xnorm = torch.from_numpy(np.log1p(counts / rng.integers(200, 5000, (cells, 1)) * 1e4).astype(np.float32))
+        valid = torch.from_numpy(rng.random((cells, length)) < rng.random() + 0.2)
+        n_bins = int(rng.choice([3, 11, 51]))
+        assert torch.equal(_padded_quantile_bins(xnorm, valid, n_bins), definition(xnorm, valid, n_bins))
 
 
 def test_log_bins_are_floor_log2_of_counts_plus_one_clamped_at_ten():

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from numba import njit
 
 from .errors import ScencodeError
 from .model import Batch
@@ -170,7 +171,7 @@ def reader_units(all_units: list, epoch: int, seed: int, reader: int, n_readers:
 _EMPTY = np.iinfo(np.uint64).max
 
 
-def padded_sample(
+def sample_tokens(
     gene_values: np.ndarray,
     count_values: np.ndarray,
     starts: np.ndarray,
@@ -181,72 +182,136 @@ def padded_sample(
     mask: bool = True,
 ) -> dict[str, np.ndarray]:
     """Cell i holds ``gene_values[starts[i]:starts[i] + lengths[i]]``. Per cell, K = min(context, M)
-    of its M genes are chosen (at random, or the most expressed) and round(p_mask·K) masked, from hashes of
-    (seed, epoch, cell, gene); the result is padded to (cells, max K). Vectorised over the batch:
-    one argpartition to choose, one partition to mask (cells of other lengths: one sort)."""
-    n, width = len(lengths), int(lengths.max())
-    row = np.repeat(np.arange(n), lengths)
-    col = np.arange(len(row)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    genes = gene_values[starts[row] + col]
+    of its M genes are chosen (at random: the K smallest hashes of (seed, epoch, cell, gene); or the
+    K highest counts, ties broken by the hash) and round(p_mask·K) of them masked (the smallest
+    second hashes). Returns the chosen tokens packed, cell after cell in shard order (``gene_ids``,
+    ``counts``, ``masked``), and ``offsets`` (cells + 1). Compiled: one pass over each cell's genes
+    with a selection, no (cells × M) intermediate."""
+    kept = np.minimum(lengths, cfg.context).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    n_masked = np.rint(cfg.p_mask * kept).astype(np.int64) if mask else np.zeros(len(kept), np.int64)
     salt = splitmix(np.uint64(cfg.seed) * np.uint64(1_000_003) + np.uint64(epoch))
-    with np.errstate(over="ignore"):
-        h = splitmix(keys[row] ^ salt ^ (genes.astype(np.uint64) * _M2))
-    index = np.broadcast_to(np.arange(width), (n, width))
-    hashes = np.full((n, width), _EMPTY, np.uint64)
-    hashes[row, col] = h
-    if width > cfg.context:  # keep the K smallest keys of each cell (order is irrelevant: a bag)
-        index = np.argpartition(
-            _choice_keys(h, count_values[starts[row] + col], row, col, (n, width), cfg), cfg.context - 1, axis=1
-        )[:, : cfg.context]
-        hashes = np.take_along_axis(hashes, index, axis=1)
-    valid = index < lengths[:, None]
-    flat = np.where(valid, starts[:, None] + index, 0)
     out = {
-        "gene_ids": np.where(valid, gene_values[flat], 0).astype(np.int64),
-        "counts": np.where(valid, count_values[flat], 0).astype(np.float32),
-        "valid": valid,
-        "masked": np.zeros_like(valid),
+        "gene_ids": np.empty(offsets[-1], np.int64),
+        "counts": np.empty(offsets[-1], np.float32),
+        "masked": np.zeros(offsets[-1], bool),
+        "offsets": offsets,
     }
-    if mask:
-        out["masked"] = _mask_smallest(np.where(valid, splitmix(hashes), _EMPTY), valid.sum(1), cfg.p_mask)
+    _sample_cells(
+        gene_values,
+        count_values,
+        np.asarray(starts, np.int64),
+        np.asarray(lengths, np.int64),
+        np.asarray(keys, np.uint64),
+        salt,
+        cfg.gene_sampling == "top_expressed",
+        offsets,
+        n_masked,
+        out["gene_ids"],
+        out["counts"],
+        out["masked"],
+    )
     return out
 
 
-def _choice_keys(h, counts, row, col, shape, cfg: LoaderConfig) -> np.ndarray:
-    """Per (cell, position), smaller = chosen first; padding sorts last."""
-    if cfg.gene_sampling == "top_expressed":
-        keys = np.full(shape, np.inf)
-        # counts are integers: a tie-break below 0.5 from the hash never reorders different counts
-        keys[row, col] = -counts.astype(np.float64) + (h >> np.uint64(11)).astype(np.float64) * (0.5 / 2.0**53)
-        return keys
-    # choosing on the top 32 bits of the hash halves the cost of the partition
-    top = np.full(shape, np.iinfo(np.uint32).max, np.uint32)
-    top[row, col] = (h >> np.uint64(32)).astype(np.uint32)
-    return top
+@njit(cache=True)
+def _mix(x):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def _mask_smallest(second: np.ndarray, k: np.ndarray, p_mask: float) -> np.ndarray:
-    """True at the round(p_mask·k) smallest entries of each row (entries past k are _EMPTY)."""
-    n_masked = np.rint(p_mask * k).astype(np.int64)
-    threshold = np.zeros(len(k), np.uint64)
-    common = np.bincount(n_masked).argmax()
-    same = n_masked == common
-    if common > 0:  # most cells of a length bucket share one count: a single partition
-        threshold[same] = np.partition(second[same], common - 1, axis=1)[:, common - 1]
-    rest = np.flatnonzero(~same & (n_masked > 0))
-    if len(rest):
-        threshold[rest] = np.sort(second[rest], axis=1)[np.arange(len(rest)), n_masked[rest] - 1]
-    return (second <= threshold[:, None]) & (second != _EMPTY) & (n_masked > 0)[:, None]
+@njit(cache=True)
+def _sample_cells(
+    genes, counts, starts, lengths, keys, salt, top_expressed, offsets, n_masked, out_genes, out_counts, out_masked
+):
+    """Within a cell the hashes are distinct (distinct genes under a bijective mix), so the K-th
+    smallest key marks exactly K tokens and the n-th smallest second hash exactly n masks."""
+    m2 = np.uint64(0x94D049BB133111EB)
+    tie = 0.5 / 2.0**53  # counts are integers: a tie-break below 0.5 never reorders different counts
+    longest = lengths.max() if len(lengths) else 0
+    h, second = np.empty(longest, np.uint64), np.empty(longest, np.uint64)
+    key = np.empty(longest, np.float64)
+    histogram = np.zeros(1 << _BUCKET_BITS, np.int64)
+    for i in range(len(lengths)):
+        start, length, out = starts[i], lengths[i], offsets[i]
+        k = offsets[i + 1] - out
+        for j in range(length):
+            h[j] = _mix(keys[i] ^ salt ^ (np.uint64(genes[start + j]) * m2))
+        t = 0
+        if length > k and top_expressed:
+            for j in range(length):
+                key[j] = -np.float64(counts[start + j]) + np.float64(h[j] >> np.uint64(11)) * tie
+            bound = np.partition(key[:length], k - 1)[k - 1]
+            for j in range(length):
+                if key[j] <= bound:
+                    out_genes[out + t], out_counts[out + t], second[t] = genes[start + j], counts[start + j], _mix(h[j])
+                    t += 1
+        else:
+            cut = _kth_smallest(h[:length], k - 1, histogram) if length > k else np.uint64(_EMPTY)
+            for j in range(length):
+                if h[j] <= cut:
+                    out_genes[out + t], out_counts[out + t], second[t] = genes[start + j], counts[start + j], _mix(h[j])
+                    t += 1
+        if n_masked[i] > 0:
+            cut = _kth_smallest(second[:k], n_masked[i] - 1, histogram)
+            for t in range(k):
+                out_masked[out + t] = second[t] <= cut
 
 
-def to_batch(padded: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfig) -> Batch:
-    """Adds x̃ = log1p(count / total × c_norm) (padded positions stay 0), then lays the batch out as
-    ``cfg.layout`` says."""
-    xnorm = np.log1p(padded["counts"] / totals[:, None].astype(np.float32) * np.float32(cfg.c_norm))
-    arrays = {**padded, "xnorm": xnorm}
-    if cfg.layout == "packed":
-        arrays = pack(arrays)
+_BUCKET_BITS = 12
+
+
+@njit(cache=True)
+def _kth_smallest(values, k, histogram):
+    """The k-th smallest (0-based) of distinct, uniformly spread uint64 hashes: a histogram of
+    their top bits finds the bucket that holds it, a partition of that bucket (a handful of
+    values) the value; a few times faster than a quickselect over them all."""
+    shift = np.uint64(64 - _BUCKET_BITS)
+    histogram[:] = 0
+    for v in values:
+        histogram[v >> shift] += 1
+    below, bucket = 0, 0
+    while below + histogram[bucket] <= k:
+        below += histogram[bucket]
+        bucket += 1
+    members = np.empty(histogram[bucket], np.uint64)
+    m = 0
+    for v in values:
+        if v >> shift == bucket:
+            members[m] = v
+            m += 1
+    return np.partition(members, k - below)[k - below]
+
+
+def to_batch(sample: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfig) -> Batch:
+    """Adds x̃ = log1p(count / total × c_norm), then lays the batch out as ``cfg.layout`` says."""
+    offsets = sample["offsets"]
+    kept = np.diff(offsets)
+    arrays = {name: sample[name] for name in ("gene_ids", "counts", "masked")}
+    arrays["xnorm"] = np.log1p(arrays["counts"] / np.repeat(totals.astype(np.float32), kept) * np.float32(cfg.c_norm))
+    if cfg.layout == "padded":
+        arrays = unpack(arrays, offsets)
+    else:
+        arrays["offsets"] = offsets
     return Batch(**{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def _padded(values: np.ndarray, row: np.ndarray, position: np.ndarray, shape, fill) -> np.ndarray:
+    out = np.full(shape, fill, values.dtype)
+    out[row, position] = values
+    return out
+
+
+def unpack(packed: dict[str, np.ndarray], offsets: np.ndarray) -> dict[str, np.ndarray]:
+    """Packed tokens → (cells, longest) arrays (padding: 0 / False) and ``valid``."""
+    kept = np.diff(offsets)
+    row = np.repeat(np.arange(len(kept)), kept)
+    position = np.arange(len(row)) - offsets[row]
+    shape = (len(kept), int(kept.max(initial=0)))
+    out = {name: _padded(values, row, position, shape, 0) for name, values in packed.items()}
+    out["valid"] = _padded(np.ones(len(row), bool), row, position, shape, False)
+    return out
 
 
 def pack(padded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -385,7 +450,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for index in batches:
-            padded = padded_sample(
+            sample = sample_tokens(
                 pool.genes,
                 pool.counts,
                 pool.starts[index],
@@ -395,7 +460,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 cfg,
                 self.mask,
             )
-            batch = to_batch(padded, pool.totals[index], cfg)
+            batch = to_batch(sample, pool.totals[index], cfg)
             batch.meta = {name: values[index].tolist() for name, values in pool.extra.items()}
             yield batch
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -190,12 +191,42 @@ def quantile_bins(xnorm: torch.Tensor, cells, n_bins: int) -> torch.Tensor:
 
 def _padded_quantile_bins(xnorm: torch.Tensor, valid: torch.Tensor, n_bins: int) -> torch.Tensor:
     nonzero = valid & (xnorm > 0)
-    values = torch.where(nonzero, xnorm, torch.full_like(xnorm, float("nan")))
+    values = torch.where(nonzero, xnorm.float(), torch.full_like(xnorm, float("nan"), dtype=torch.float32))
     q = torch.linspace(0, 1, n_bins - 1, device=xnorm.device, dtype=torch.float32)
-    bounds = torch.nanquantile(values.float(), q, dim=1).T.contiguous()  # (B, n_bins-1)
-    bounds = torch.nan_to_num(bounds, nan=float("inf"))  # cells with no non-zero value
-    bins = torch.searchsorted(bounds, xnorm.float().contiguous(), right=True)
+    if values.device.type == "cpu":
+        bins = _bins_by_rank(values, nonzero.sum(1, keepdim=True), q)
+    else:
+        bounds = torch.nanquantile(values, q, dim=1).T.contiguous()  # (B, n_bins-1)
+        bounds = torch.nan_to_num(bounds, nan=float("inf"))  # cells with no non-zero value
+        bins = torch.searchsorted(bounds, xnorm.float().contiguous(), right=True)
     return torch.where(nonzero, bins.clamp(1, n_bins - 1), torch.zeros_like(bins))
+
+
+def _bins_by_rank(values: torch.Tensor, n_values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The same bins on CPU, where torch's sort is several times slower than numpy's: rows sorted
+    once by numpy (+inf for NaN, which numpy's vectorised sort does not take), torch.nanquantile's
+    own interpolation on the sorted rows, and each value's bin counted from its rank (the
+    boundaries ≤ a value are those with fewer values below them than its rank) instead of a search
+    per value."""
+    values = torch.nan_to_num(values, nan=float("inf"))
+    order = torch.from_numpy(np.argsort(values.numpy(), axis=1))
+    ranked = values.gather(1, order)
+    bounds = torch.nan_to_num(_nanquantile_of_sorted(ranked, n_values, q), nan=float("inf"))
+    below = torch.searchsorted(ranked, bounds)
+    steps = torch.zeros(ranked.shape[0], ranked.shape[1] + 1, dtype=torch.long)
+    steps.scatter_add_(1, below, torch.ones_like(below))
+    return torch.empty_like(order).scatter_(1, order, steps.cumsum(1)[:, :-1])
+
+
+def _nanquantile_of_sorted(ranked: torch.Tensor, n_values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """torch.nanquantile(…, dim=1).T of rows already sorted (``n_values`` per row, then +inf),
+    step for step as ATen's quantile_compute does it, so that the values are bit-identical (tested)."""
+    ranks = q * (n_values - 1)
+    ranks.masked_fill_(ranks < 0, 0)
+    below = ranks.to(torch.long)
+    weights = ranks - below
+    above = ranks.ceil_().to(torch.long)
+    return ranked.gather(-1, below).lerp_(ranked.gather(-1, above), weights)
 
 
 @expression_encoder("hard")

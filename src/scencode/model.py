@@ -127,10 +127,11 @@ class Packed:
         """Each token's cell, its position in the cell, and its place in the flattened
         (cells × longest) padded view."""
         if self._index is None:
-            lengths = self.offsets.diff()
-            cell = torch.repeat_interleave(torch.arange(self.n_cells, device=self.offsets.device), lengths)
-            position = torch.arange(len(cell), device=cell.device) - self.offsets[:-1][cell]
-            self._index = cell, position, cell * self.max_len + position
+            lengths, device = self.offsets.diff(), self.offsets.device
+            cell = torch.repeat_interleave(lengths)
+            first_slot = torch.arange(self.n_cells, device=device) * self.max_len - self.offsets[:-1]
+            slot = torch.arange(len(cell), device=device) + first_slot[cell]
+            self._index = cell, slot - cell * self.max_len, slot
         return self._index
 
     @property
@@ -148,7 +149,9 @@ class Packed:
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """(cells, longest, …) → (tokens, …); one gather, whatever the view's strides."""
-        cell, position, _ = self._cell_and_slot()
+        cell, position, slot = self._cell_and_slot()
+        if x.is_contiguous():  # a flat gather is several times faster on CPU
+            return x.flatten(0, 1).index_select(0, slot)
         return x[cell, position]
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
