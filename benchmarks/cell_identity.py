@@ -28,8 +28,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
-from scencode.data import LoaderConfig, ShardBatches
 from scencode.formats import load_vocab
+from scencode.loader import LoaderConfig, ShardBatches
 from scencode.model import Batch, CellTransformer, ModelConfig, masked_sse
 
 
@@ -61,7 +61,7 @@ class Bilinear(torch.nn.Module):
 
 
 def embed_transformer(model: CellTransformer, batch: Batch) -> torch.Tensor:
-    return model.cell_embeddings(batch)
+    return model(batch, embeddings=True)[3]
 
 
 def classify(embedding: np.ndarray, labels: np.ndarray) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scencode.esm.embed import EmbedParams, ESMEmbedder, load_esm2, save_tiny_esm2, windows
+from scencode.esm.embed import EmbedParams, ESMEmbedder, load_weights, save_tiny_esm2, windows
 
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 
@@ -47,7 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "esm2_t6_8M_random.pt"
         save_tiny_esm2(weights, layers=6, dim=320, heads=20)
-        model, alphabet = load_esm2(weights=weights)
+        model, alphabet = load_weights(weights)
     embedder = ESMEmbedder(model, alphabet, EmbedParams(token_budget=args.token_budget, device=args.device))
     embedder.embed(seqs[:4], progress=False)  # warm-up
     start = time.perf_counter()

@@ -10,7 +10,7 @@ Sets: the five real settings of ``tests/test_scib_golden.py`` (PCA and PCA + noi
 pancreas and pbmc68k_reduced) and a synthetic embedding of ``--cells`` cells (30 long-tailed cell
 types, 8 batches, 30 dimensions; ``benchmarks/evaluate.py``'s generator). Each tool gets a fresh
 AnnData and builds its own neighbour graph, as a user would call it; scencode's time is its study
-metrics alone (``evaluate.scib_metrics_rows``), as scib's is. scib's graph LISI runs its compiled
+metrics alone (``evaluate.scib_rows``), as scib's is. scib's graph LISI runs its compiled
 helper (rebuilt from the wheel's knn_graph.cpp with g++ when the wheel's does not load).
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scencode.evaluate import EvalParams, scib_metrics_rows
+from scencode.evaluate import EvalParams, scib_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def ensure_scib_lisi_helper() -> str:
 
 def scencode_study(x, labels, batches) -> tuple[dict, float]:
     start = time.perf_counter()
-    rows = scib_metrics_rows(x, labels, batches, EvalParams(min_cells_per_type=1, max_cells_scib=10**9))
+    rows = scib_rows(x, labels, batches, EvalParams(min_cells_per_type=1, max_cells_scib=10**9))
     seconds = time.perf_counter() - start
     return {m: v for m, g, v, _ in rows if g in ("batch", "bio")}, seconds
 

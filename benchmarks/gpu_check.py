@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 import torch
 
 from scencode.atomic import write_json
-from scencode.data import pack
 from scencode.devices import peak_flops
 from scencode.formats import SPECIAL_TOKENS, write_vocab
+from scencode.loader import pack
 from scencode.model import Batch, CellTransformer, ModelConfig
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 
@@ -249,7 +249,7 @@ def packed_vs_padded(device, dims: dict) -> dict:
         for layout in (batch, packed(batch)):
             model.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = model.loss(layout)
+                loss = _mean_mse(model, layout)
             loss.backward()
             losses.append(float(loss.detach()))
             grads.append(torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None]))
@@ -264,9 +264,9 @@ def bf16_vs_fp32(device, dims: dict) -> dict:
     model = CellTransformer(ModelConfig(20_000, "learned", "soft", **{**dims, "dropout": 0.0})).to(device).eval()
     batch = batch_of(cell_lengths(16, 512, rng).clip(max=512), 512, 20_000, device, rng)
     with torch.no_grad():
-        fp32 = model.loss(batch).item()
+        fp32 = _mean_mse(model, batch).item()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            bf16 = model.loss(batch).item()
+            bf16 = _mean_mse(model, batch).item()
     return {
         "fp32_loss": fp32,
         "bf16_loss": bf16,
@@ -498,3 +498,9 @@ def _plain(value):
 
 if __name__ == "__main__":
     main()
+
+
+def _mean_mse(model, batch):
+    """The training objective of one batch (masked squared error, averaged)."""
+    _, sse, n = model(batch)
+    return sse / n.clamp(min=1)

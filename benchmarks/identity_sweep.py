@@ -65,9 +65,9 @@ def knn_accuracy(x: torch.Tensor, y: np.ndarray, k: int = 10, seed: int = 0) -> 
 
 
 def run(variant: dict) -> dict:
-    from scencode.data import LoaderConfig, ShardBatches
     from scencode.devices import default_device
     from scencode.formats import load_vocab
+    from scencode.loader import LoaderConfig, ShardBatches
     from scencode.model import CellTransformer, ModelConfig
     from scencode.pretrain import align_gene_table
 
@@ -160,8 +160,8 @@ def evaluate(model, evals: dict) -> dict:
         for b in batches:
             s, k = model(b)[1:]
             sse, n = sse + float(s), n + int(k)
-            emb.append(model.cell_embeddings(b))  # as trained: the batch's seeded masks
-            unmasked.append(model.cell_embeddings(replace(b, masked=torch.zeros_like(b.masked))))
+            emb.append(model(b, embeddings=True)[3])  # as trained: the batch's seeded masks
+            unmasked.append(model(replace(b, masked=torch.zeros_like(b.masked)), embeddings=True)[3])
             labels.append(np.asarray(b.meta["label"]))
             cells = model.cells(b)
             h = model.encode(b, cells, b.masked).float()

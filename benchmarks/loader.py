@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 
-from scencode.data import LoaderConfig, ShardBatches
 from scencode.encodings import EXPRESSION_ENCODERS, log_bins, quantile_bins
 from scencode.formats import write_vocab
+from scencode.loader import LoaderConfig, ShardBatches
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab
 

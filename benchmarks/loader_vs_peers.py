@@ -73,7 +73,7 @@ class CsrToBatch:
         self.cfg, self.n = cfg, 0
 
     def __call__(self, rows):
-        from scencode.data import sample_tokens, to_batch
+        from scencode.loader import sample_tokens, to_batch
 
         rows = rows.tocsr()
         lengths = np.diff(rows.indptr).astype(np.int64)
@@ -93,7 +93,7 @@ class CsrToBatch:
 
 def batches(name: str, folder: Path, cfg):
     if name == "scencode":
-        from scencode.data import ShardBatches
+        from scencode.loader import ShardBatches
 
         yield from ShardBatches(folder / "tokens", "train", cfg)
         return
@@ -125,7 +125,7 @@ def batches(name: str, folder: Path, cfg):
 def measure(name: str, folder: Path, batch_size: int, context: int, max_batches: int) -> dict:
     import torch
 
-    from scencode.data import LoaderConfig
+    from scencode.loader import LoaderConfig
 
     torch.set_num_threads(1)
     cfg = LoaderConfig(batch_size=batch_size, context=context, seed=0)

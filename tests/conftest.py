@@ -6,28 +6,10 @@ import threading
 import time
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from scencode.genes import packaged_gene_table
 from scencode.reference import GeneTable
-
-REPO = Path(__file__).resolve().parents[1]
-
-# Real Ensembl ids / symbols used across tests (GENCODE 48)
-GENES = {
-    "TP53": "ENSG00000141510",
-    "GAPDH": "ENSG00000111640",
-    "ACTB": "ENSG00000075624",
-    "CD3E": "ENSG00000198851",
-    "MS4A1": "ENSG00000156738",
-    "MT-CO1": "ENSG00000198804",
-    "MT-ND1": "ENSG00000198888",
-    "ALB": "ENSG00000163631",
-}
 
 
 @pytest.fixture(scope="session")
@@ -42,52 +24,81 @@ def gene_table(gene_table_dir) -> GeneTable:
     return GeneTable.load(gene_table_dir)
 
 
-def make_counts(n_cells: int = 60, n_genes: int = len(GENES), seed: int = 0, mean: float = 40.0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.poisson(mean, (n_cells, n_genes)).astype(np.float32)
-
-
-def tiny_adata(counts: np.ndarray | None = None, by_symbol: bool = False, **obs_columns) -> ad.AnnData:
-    counts = make_counts() if counts is None else counts
-    symbols = list(GENES)[: counts.shape[1]]
-    ids = [GENES[s] for s in symbols]
-    obs = pd.DataFrame(obs_columns, index=[f"cell{i}" for i in range(counts.shape[0])])
-    var = pd.DataFrame(index=symbols if by_symbol else ids)
-    return ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Temporary files an interrupted atomic write would leave behind."""
-    return [p.name for p in Path(folder).rglob("*") if ".tmp" in p.name]
-
-
-@pytest.fixture(scope="session")
-def demo_corpus(tmp_path_factory, gene_table):
-    """A small training corpus from two simulated demo datasets: (corpus dir, vocab path)."""
+def qc_and_tokenize(folder: Path, names, gene_table, vocab: Path | None, corpus: str, labelled: bool, **params):
+    """Simulated demo datasets through QC into one tokenized corpus (building the vocabulary from
+    them when ``vocab`` does not exist yet): the corpus folder."""
     from scencode.demo import make_demo_dataset
     from scencode.formats import write_vocab
     from scencode.qc import QCParams, run_qc
     from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
     from scencode.vocab import build_vocab
 
-    folder = tmp_path_factory.mktemp("corpus")
     inputs = []
-    for name in ("sim_lung_1", "sim_blood_1"):
-        make_demo_dataset(name, n_cells=300).write_h5ad(folder / f"{name}_raw.h5ad")
+    for name, n_cells in names.items():
+        make_demo_dataset(name, n_cells=n_cells).write_h5ad(folder / f"{name}_raw.h5ad")
         run_qc(
             folder / f"{name}_raw.h5ad", folder / f"{name}.h5ad", folder / f"{name}.json", gene_table, QCParams(), name
         )
-        inputs.append(DatasetInput(name, folder / f"{name}.h5ad"))
+        labels = ("cell_type", "batch") if labelled else ()
+        inputs.append(DatasetInput(name, folder / f"{name}.h5ad", *labels))
+    if not vocab.exists():
+        write_vocab(build_vocab([d.path for d in inputs]), vocab)
+    tokenize_corpus(corpus, inputs, vocab, folder / corpus, TokenizeParams(**params), with_labels=labelled)
+    return folder / corpus
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory, gene_table):
+    """A small training corpus from two simulated demo datasets: (corpus dir, vocab path)."""
+    folder = tmp_path_factory.mktemp("corpus")
     vocab = folder / "vocab.parquet"
-    write_vocab(build_vocab([d.path for d in inputs]), vocab)
-    tokenize_corpus(
-        "train",
-        inputs,
+    corpus = qc_and_tokenize(
+        folder,
+        {"sim_lung_1": 300, "sim_blood_1": 300},
+        gene_table,
         vocab,
-        folder / "train",
-        TokenizeParams(val_fraction=0.1, test_fraction=0.05, cells_per_shard=150, row_group_cells=25),
+        "train",
+        labelled=False,
+        val_fraction=0.1,
+        test_fraction=0.05,
+        cells_per_shard=150,
+        row_group_cells=25,
     )
-    return folder / "train", vocab
+    return corpus, vocab
+
+
+@pytest.fixture(scope="session")
+def labelled_corpus(tmp_path_factory, gene_table, demo_corpus):
+    """An evaluation corpus (cell types, batches) on the demo corpus's vocabulary."""
+    folder = tmp_path_factory.mktemp("labelled")
+    return qc_and_tokenize(
+        folder,
+        {"sim_lung_eval": 120},
+        gene_table,
+        demo_corpus[1],
+        "lung",
+        labelled=True,
+        cells_per_shard=50,
+        row_group_cells=10,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, demo_corpus) -> Path:
+    """A small model (learned genes, soft bins) trained four steps on the demo corpus: its model.json."""
+    from scencode.loader import LoaderConfig
+    from scencode.model import ModelConfig
+    from scencode.pretrain import RunSpec, TrainConfig, fit, setup
+
+    corpus, vocab = demo_corpus
+    out = tmp_path_factory.mktemp("model")
+    model = ModelConfig(
+        0, "learned", "soft", d_model=16, n_layers=2, n_heads=2, d_ff=32, expression_options={"hidden": 16}
+    )
+    train = TrainConfig(grad_accum=2, max_steps=4, warmup_steps=2, val_every=4, val_cells=100, num_workers=0)
+    loader = LoaderConfig(batch_size=16, context=64, bucket_batches=2, seed=3)
+    fit(setup(RunSpec("learned-soft-s3", corpus, vocab, out, model, loader, train)))
+    return out / "model.json"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_adata
+from helpers import tiny_adata
 
 from scencode.cli import STEPS
 

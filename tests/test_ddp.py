@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 RANK_SCRIPT = """
 import json, sys
 from pathlib import Path
-from scencode.data import LoaderConfig
+from scencode.loader import LoaderConfig
 from scencode.model import ModelConfig
-from scencode.pretrain import RunSpec, TrainConfig, Trainer
+from scencode.pretrain import RunSpec, TrainConfig, fit, setup
 
 corpus, vocab, out = map(Path, sys.argv[1:4])
 spec = RunSpec("learned-continuous-s3", corpus, vocab, out,
@@ -22,19 +22,29 @@ spec = RunSpec("learned-continuous-s3", corpus, vocab, out,
                LoaderConfig(batch_size=16, context=64, bucket_batches=2, seed=3),
                TrainConfig(grad_accum=3, epochs=2, warmup_steps=1, val_every=0, val_cells=50, checkpoint_every=1000,
                            log_every=5, num_workers=0))
-trainer = Trainer(spec)
+run = setup(spec)
 seen = {}
-stream = trainer._epoch_batches
-def counted():
-    for batch in stream():
-        epoch = seen.setdefault(str(trainer.state.epoch), {"batches": 0, "cells": 0})
-        epoch["batches"] += 1
-        epoch["cells"] += batch.n_cells
-        yield batch
-trainer._epoch_batches = counted
-trainer.fit()
-(out / f"rank{trainer.rank}.json").write_text(json.dumps({"seen": seen, "repeated": trainer.state.repeated_cells,
-                                                          "shares": trainer._shares(0)}))
+
+
+class Counted:
+    \"\"\"The run's schedule, counting what each epoch delivers to this rank.\"\"\"
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def batches(self, state):
+        for batch in self.schedule.batches(state):
+            epoch = seen.setdefault(str(state.epoch), {"batches": 0, "cells": 0})
+            epoch["batches"] += 1
+            epoch["cells"] += batch.n_cells
+            yield batch
+
+
+shares = run.schedule.shares(0)
+run.schedule = Counted(run.schedule)
+state = fit(run)
+(out / f"rank{run.ranks.rank}.json").write_text(json.dumps({"seen": seen, "repeated": state.repeated_cells,
+                                                            "shares": shares}))
 """
 
 

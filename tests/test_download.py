@@ -5,7 +5,7 @@ import types
 import anndata as ad
 import pandas as pd
 import pytest
-from conftest import leftovers, tiny_adata
+from helpers import leftovers, tiny_adata
 
 from scencode.download import fetch
 from scencode.errors import ScencodeError

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import cell_embeddings, mean_masked_mse
 
 from scencode.encodings import (
     EXPRESSION_ENCODERS,
@@ -146,13 +147,13 @@ def test_masked_loss_and_pooled_embeddings_ignore_padding():
     model = CellTransformer(ModelConfig(VOCAB, d_model=D, n_layers=2, n_heads=2, d_ff=8, dropout=0.0)).eval()
     ids, counts, xnorm, valid = batch()
     masked = torch.zeros_like(valid)
-    emb = model.cell_embeddings(Batch(ids, counts, xnorm, masked, valid=valid))
+    emb = cell_embeddings(model, Batch(ids, counts, xnorm, masked, valid=valid))
     # the first cell's padded tail changes nothing
     ids2, counts2, xnorm2 = ids.clone(), counts.clone(), xnorm.clone()
     ids2[0, 5:], counts2[0, 5:], xnorm2[0, 5:] = 7, 3.0, 1.5
-    assert torch.allclose(model.cell_embeddings(Batch(ids2, counts2, xnorm2, masked, valid=valid)), emb, atol=1e-5)
+    assert torch.allclose(cell_embeddings(model, Batch(ids2, counts2, xnorm2, masked, valid=valid)), emb, atol=1e-5)
     masked[:, :3] = True
-    loss = model.loss(Batch(ids, counts, xnorm, masked, valid=valid))
+    loss = mean_masked_mse(model, Batch(ids, counts, xnorm, masked, valid=valid))
     pred, sse, n = model(Batch(ids, counts, xnorm, masked, valid=valid))
     assert torch.isclose(loss, ((pred[:, :3] - xnorm[:, :3]) ** 2).mean(), atol=1e-6)
     assert n == 3 * len(ids) and torch.isclose(sse / n, loss)
@@ -236,7 +237,7 @@ def test_every_encoding_starts_at_unit_scale(gene, expression):
 
 
 def packed(batch: Batch) -> Batch:
-    from scencode.data import pack
+    from scencode.loader import pack
 
     arrays = {k: getattr(batch, k).numpy() for k in ("gene_ids", "counts", "xnorm", "masked", "valid")}
     return Batch(**{k: torch.from_numpy(v) for k, v in pack(arrays).items()})
@@ -259,14 +260,14 @@ def test_packed_batches_give_the_padded_loss_gradients_and_embeddings(expression
     for batch, cells in ((padded, None), (flat, nested)):
         model.zero_grad()
         model.nested_attention = cells
-        loss = model.loss(batch)
+        loss = mean_masked_mse(model, batch)
         if cells is not None:
-            emb = model.cell_embeddings(batch)
+            emb = cell_embeddings(model, batch)
         loss.backward()
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(losses[0], losses[1], rtol=1e-5)
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
-    assert torch.allclose(model.cell_embeddings(padded), emb, atol=1e-5)
+    assert torch.allclose(cell_embeddings(model, padded), emb, atol=1e-5)
     assert torch.allclose(model.eval()(padded)[0][padded.valid], model(flat)[0], atol=1e-5)
     assert flat.offsets is not None and flat.valid is None

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import GENES
+from helpers import GENES
 
 from scencode.errors import ScencodeError
 from scencode.esm.embed import (
@@ -13,7 +13,8 @@ from scencode.esm.embed import (
     EmbedParams,
     ESMEmbedder,
     embed_genes,
-    load_esm2,
+    esm2_weights,
+    load_weights,
     save_tiny_esm2,
     token_budget_batches,
     windows,
@@ -105,7 +106,7 @@ def test_truncated_gzip_fasta_is_rejected(fasta, tmp_path):
 
 
 def test_embedding_is_the_mean_over_residues_of_the_chosen_layer(tiny):
-    model, alphabet = load_esm2(weights=tiny)
+    model, alphabet = load_weights(tiny)
     seqs = [protein(12), protein(31), protein(5)]
     for layer in (1, 2):
         got = ESMEmbedder(model, alphabet, EmbedParams(layer=layer, device="cpu")).embed(seqs, progress=False)
@@ -117,7 +118,7 @@ def test_embedding_is_the_mean_over_residues_of_the_chosen_layer(tiny):
 
 
 def test_long_sequences_are_windowed_and_residues_averaged_once(tiny):
-    model, alphabet = load_esm2(weights=tiny)
+    model, alphabet = load_weights(tiny)
     seq = protein(2500)
     spans = windows(len(seq), "window", 256)
     assert spans[0][0] == 0 and spans[-1][1] == 2500 and all(b - a == MAX_RESIDUES for a, b in spans)
@@ -149,7 +150,7 @@ class Killed(Exception):
 
 
 def test_killed_embedding_job_resumes_where_it_stopped(fasta, tiny, tmp_path, monkeypatch):
-    model, alphabet = load_esm2(weights=tiny)
+    model, alphabet = load_weights(tiny)
     isoforms = select_isoforms(read_peptide_fasta(fasta), "mean")
     params = EmbedParams(device="cpu", piece_sequences=2)
     full = embed_genes(isoforms, ESMEmbedder(model, alphabet, params), tmp_path / "full.parquet", {})
@@ -181,15 +182,15 @@ def test_killed_embedding_job_resumes_where_it_stopped(fasta, tiny, tmp_path, mo
 
 def test_bad_model_inputs(tmp_path):
     with pytest.raises(ScencodeError, match="unknown ESM-2 model 'esm3_big'"):
-        load_esm2("esm3_big")
+        esm2_weights("esm3_big")
     not_esm = tmp_path / "other.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, not_esm)
     with pytest.raises(ScencodeError, match="other.pt: not an ESM-2 checkpoint"):
-        load_esm2(weights=not_esm)
+        load_weights(not_esm)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00" * 100)
     with pytest.raises(ScencodeError, match="garbage.pt: not a readable torch checkpoint"):
-        load_esm2(weights=garbage)
+        load_weights(garbage)
 
 
 def test_import_transcriptformer_layouts(tmp_path):
@@ -241,8 +242,8 @@ def test_coverage_reports_missing_genes_and_rejects_no_overlap(gene_table):
 def test_pieces_of_another_model_are_discarded_not_mixed_in(fasta, tiny, tmp_path, monkeypatch, caplog):
     """Killed with model A, rerun with model B: every gene comes from B (and the log says why)."""
     save_tiny_esm2(tmp_path / "b.pt", layers=2, dim=16, heads=2, seed=1)
-    model_a, alphabet = load_esm2(weights=tiny)
-    model_b, _ = load_esm2(weights=tmp_path / "b.pt")
+    model_a, alphabet = load_weights(tiny)
+    model_b, _ = load_weights(tmp_path / "b.pt")
     isoforms = select_isoforms(read_peptide_fasta(fasta), "mean")
     params = EmbedParams(device="cpu", piece_sequences=2)
     clean_b = embed_genes(
@@ -270,6 +271,6 @@ def test_pieces_of_another_model_are_discarded_not_mixed_in(fasta, tiny, tmp_pat
     "bad", [{"long_sequences": "chunk"}, {"window_overlap": 2000}, {"token_budget": 0}, {"device": "tpu"}]
 )
 def test_invalid_embedding_settings_are_refused_naming_the_key(tiny, bad):
-    model, alphabet = load_esm2(weights=tiny)
+    model, alphabet = load_weights(tiny)
     with pytest.raises(ScencodeError, match=f"esm.embed.{next(iter(bad))}"):
         ESMEmbedder(model, alphabet, EmbedParams(**bad))

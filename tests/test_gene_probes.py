@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from helpers import write_status
 
 from scencode.gene_probes import ProbeParams, gene_properties, probe
 
@@ -53,10 +54,10 @@ def test_properties_come_from_hgnc_and_the_protein_lengths():
 
 
 def test_the_workflows_models_are_probed_beside_the_references(demo_corpus, tmp_path):
-    from scencode.data import LoaderConfig
     from scencode.gene_probes import run
+    from scencode.loader import LoaderConfig
     from scencode.model import ModelConfig
-    from scencode.pretrain import RunSpec, TrainConfig, Trainer
+    from scencode.pretrain import RunSpec, TrainConfig, fit, setup
 
     corpus, vocab = demo_corpus
     spec = RunSpec(
@@ -69,7 +70,7 @@ def test_the_workflows_models_are_probed_beside_the_references(demo_corpus, tmp_
         TrainConfig(max_steps=2, val_every=2, log_every=1),
         None,
     )
-    Trainer(spec).fit()
+    fit(setup(spec))
     runs = [
         {
             "run": "learned-log-s0",
@@ -86,10 +87,7 @@ def test_the_workflows_models_are_probed_beside_the_references(demo_corpus, tmp_
             "model": str(tmp_path / "missing" / "model.json"),
         },
     ]
-    (tmp_path / "missing").mkdir()
-    (tmp_path / "missing" / "model.json").write_text(
-        '{"configuration": "esm2-log-s0", "checkpoint": null, "note": "training diverged"}'
-    )
+    write_status(tmp_path / "missing", "esm2-log-s0", status="diverged", checkpoint=None, note="training diverged")
     table = run(runs, vocab, tmp_path / "probes.csv", tmp_path / "probes.png", params=ProbeParams(min_members=5))
     assert set(table.configuration) == {"learned-log-s0", "esm2-log-s0", "reference-random_table"}
     assert set(table.group) == {"gene_probe_family", "gene_probe_chromosome"}

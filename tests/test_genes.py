@@ -1,5 +1,5 @@
 import pandas as pd
-from conftest import GENES
+from helpers import GENES
 
 
 def test_symbols_map_through_gencode_names(gene_table):

@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
-from conftest import leftovers
+from helpers import leftovers
 
 from scencode.errors import ScencodeError
-from scencode.esm.embed import esm2_weights, load_esm2, save_tiny_esm2
+from scencode.esm.embed import esm2_weights, load_weights, save_tiny_esm2
 from scencode.fetch import download_url
 
 
@@ -82,7 +82,7 @@ def test_released_esm2_is_fetched_pinned_and_loaded_weights_only(server, tmp_pat
     assert not (cache / "esm2_t6_8M_UR50D.pt").exists()
     path, digest = esm2_weights("esm2_t6_8M_UR50D", sha256=hashlib.sha256(body).hexdigest(), cache_dir=cache, url=url)
     assert path.read_bytes() == body and digest == hashlib.sha256(body).hexdigest()
-    model, _ = load_esm2(weights=path, sha256=hashlib.sha256(body).hexdigest())
+    model, _ = load_weights(esm2_weights(weights=path, sha256=hashlib.sha256(body).hexdigest())[0])
     assert model.num_layers == 1
 
 
@@ -95,11 +95,11 @@ def test_planted_pickle_in_the_hub_cache_does_not_run(tmp_path, monkeypatch):
     planted.parent.mkdir(parents=True)
     torch.save({"cfg": payload, "model": {}}, planted)
     with pytest.raises(ScencodeError, match="not a readable torch checkpoint"):
-        load_esm2("esm2_t6_8M_UR50D")
+        load_weights(esm2_weights("esm2_t6_8M_UR50D")[0])
     assert not marker.exists()
     # pinned: the planted file is refused by content before it is even opened
     with pytest.raises(ScencodeError, match="pinned"):
-        load_esm2("esm2_t6_8M_UR50D", sha256="0" * 64)
+        load_weights(esm2_weights("esm2_t6_8M_UR50D", sha256="0" * 64)[0])
     assert not marker.exists()
 
 

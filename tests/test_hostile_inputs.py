@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import yaml
-from conftest import GENES, REPO, leftovers, make_counts, tiny_adata
+from helpers import GENES, REPO, leftovers, make_counts, tiny_adata
 
 from scencode.atomic import HOST
 from scencode.errors import ScencodeError
@@ -296,8 +296,8 @@ def test_a_large_loss_of_genes_is_a_warning_with_the_numbers(tmp_path, gene_tabl
 def test_a_checkpoint_of_another_vocabulary_is_named_with_the_vocabulary_it_expects(demo_corpus, tmp_path):
     import torch
 
-    from scencode.data import LoaderConfig
     from scencode.embed import embed_corpus
+    from scencode.loader import LoaderConfig
     from scencode.model import CellTransformer, ModelConfig
 
     corpus, _ = demo_corpus

@@ -6,7 +6,7 @@ import json
 import re
 
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from scencode.corpus_stats import run as corpus_stats
 from scencode.plan import ASSUMED, measured_throughputs

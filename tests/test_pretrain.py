@@ -10,12 +10,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import mean_masked_mse
 
-from scencode.data import LoaderConfig
 from scencode.errors import ScencodeError
 from scencode.formats import load_vocab, write_gene_table, write_vocab
+from scencode.loader import LoaderConfig
 from scencode.model import ModelConfig
-from scencode.pretrain import RunSpec, TrainConfig, Trainer, parameter_groups
+from scencode.pretrain import RunSpec, TrainConfig, fit, parameter_groups, setup
 
 SMALL_MODEL = dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
 SMALL_LOADER = dict(batch_size=16, context=64, bucket_batches=2, seed=3)
@@ -66,7 +67,7 @@ def esm_table(demo_corpus, tmp_path):
 
 def test_training_writes_checkpoints_and_a_log(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
-    state = Trainer(spec(corpus, vocab, tmp_path)).fit()
+    state = fit(setup(spec(corpus, vocab, tmp_path)))
     assert state.step == 12 and math.isfinite(state.best_val)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["name"] == "learned-soft-s3" and "blocks.0.qkv.weight" in best["model"]
@@ -91,7 +92,7 @@ def test_model_json_says_what_training_cost(demo_corpus, tmp_path):
     from scencode.embed import cost_rows
 
     corpus, vocab = demo_corpus
-    Trainer(spec(corpus, vocab, tmp_path, max_steps=4)).fit()
+    fit(setup(spec(corpus, vocab, tmp_path, max_steps=4)))
     cost = json.loads((tmp_path / "model.json").read_text())["cost"]
     assert cost["wall_seconds"] > 0 and cost["devices"] == 1 and cost["device"].startswith("cpu")
     assert cost["device_hours_unit"] == "CPU core-hours" and cost["mfu"] is None
@@ -155,15 +156,15 @@ def test_killed_run_resumes_to_identical_weights(demo_corpus, tmp_path):
 
 def test_checkpoint_of_another_configuration_is_refused(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
-    Trainer(spec(corpus, vocab, tmp_path, max_steps=2)).fit()
+    fit(setup(spec(corpus, vocab, tmp_path, max_steps=2)))
     with pytest.raises(ScencodeError, match="belongs to configuration 'learned-soft-s3', not 'learned-log-s3'"):
-        Trainer(spec(corpus, vocab, tmp_path, name="learned-log-s3", expression="log")).fit()
+        fit(setup(spec(corpus, vocab, tmp_path, name="learned-log-s3", expression="log")))
 
 
 def test_changed_settings_start_over_and_keep_the_old_state(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
-    Trainer(spec(corpus, vocab, tmp_path, max_steps=2)).fit()
-    state = Trainer(spec(corpus, vocab, tmp_path, max_steps=3, lr=1e-2)).fit()
+    fit(setup(spec(corpus, vocab, tmp_path, max_steps=2)))
+    state = fit(setup(spec(corpus, vocab, tmp_path, max_steps=3, lr=1e-2)))
     assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt"))
 
 
@@ -186,26 +187,28 @@ def test_a_checkpoint_of_another_model_version_restarts_training_and_is_refused_
         missing_genes="zero",
         max_steps=2,
     )
-    Trainer(run).fit()
+    fit(setup(run))
     for name in ("last.pt", "best.pt"):
         old = torch.load(tmp_path / name, weights_only=True)
         del old["model"]["genes.centre"], old["model"]["genes.scale"]
         torch.save(old, tmp_path / name)
     with pytest.raises(ScencodeError, match="does not fit this version of the model.*genes.centre.*forcerun pretrain"):
         load_model(tmp_path / "best.pt", torch.device("cpu"))
-    state = Trainer(
-        spec(
-            corpus,
-            vocab,
-            tmp_path,
-            name="esm2-log-s3",
-            gene="esm2",
-            expression="log",
-            table=esm_table,
-            missing_genes="zero",
-            max_steps=3,
+    state = fit(
+        setup(
+            spec(
+                corpus,
+                vocab,
+                tmp_path,
+                name="esm2-log-s3",
+                gene="esm2",
+                expression="log",
+                table=esm_table,
+                missing_genes="zero",
+                max_steps=3,
+            )
         )
-    ).fit()
+    )
     assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt")) and "another version of the model" in caplog.text
 
 
@@ -214,7 +217,7 @@ def test_corrupted_checkpoint_is_set_aside_and_training_starts_over(demo_corpus,
     starts from step 0 instead."""
     corpus, vocab = demo_corpus
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
-    state = Trainer(spec(corpus, vocab, tmp_path, max_steps=2)).fit()
+    state = fit(setup(spec(corpus, vocab, tmp_path, max_steps=2)))
     assert state.step == 2
     corrupt = list(tmp_path.glob("last.corrupt-*.pt"))
     assert len(corrupt) == 1 and corrupt[0].read_bytes().startswith(b"PK\x03\x04 not really")
@@ -223,29 +226,29 @@ def test_corrupted_checkpoint_is_set_aside_and_training_starts_over(demo_corpus,
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(demo_corpus, tmp_path, monkeypatch):
     corpus, vocab = demo_corpus
-    trainer = Trainer(spec(corpus, vocab, tmp_path, max_steps=10))
-    _explode_after(trainer, monkeypatch, 14)  # micro-batch 15 = step 7
+    run = setup(spec(corpus, vocab, tmp_path, max_steps=10))
+    _explode_after(run, monkeypatch, 14)  # micro-batch 15 = step 7
     with pytest.raises(ScencodeError, match="loss became nan at step 7"):
-        trainer.fit()
+        fit(run)
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["state"]["step"] == 6  # the checkpoint of step 6, untouched
     logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
     assert math.isnan(logged.train_loss.iloc[-1])  # the divergence is recorded
 
 
-def _explode_after(trainer, monkeypatch, micro_batches):
+def _explode_after(run, monkeypatch, micro_batches):
     """Training forward passes after the first ``micro_batches`` give NaN (validation is untouched)."""
-    real, calls = trainer.model.forward, []
+    real, calls = run.model.forward, []
 
     def explodes(batch):
         out = real(batch)
-        if not trainer.model.training:
+        if not run.model.training:
             return out
         calls.append(1)
         pred, sse, n = out
         return (pred * float("nan"), sse * float("nan"), n) if len(calls) > micro_batches else out
 
-    monkeypatch.setattr(trainer.model, "forward", explodes)
+    monkeypatch.setattr(run.model, "forward", explodes)
 
 
 @pytest.mark.parametrize("explode_after, has_best", [(2, False), (10, True)])
@@ -254,9 +257,9 @@ def test_divergence_with_finish_ends_the_run_and_says_which_model_is_usable(
 ):
     corpus, vocab = demo_corpus
     (tmp_path / "best.pt").write_bytes(b"an earlier run's model")  # must not pass for this run's
-    trainer = Trainer(spec(corpus, vocab, tmp_path, on_nonfinite="finish"))
-    _explode_after(trainer, monkeypatch, explode_after)  # micro-batch 3 = step 1; 11 = step 5 (after val at 4)
-    trainer.fit()
+    run = setup(spec(corpus, vocab, tmp_path, on_nonfinite="finish"))
+    _explode_after(run, monkeypatch, explode_after)  # micro-batch 3 = step 1; 11 = step 5 (after val at 4)
+    fit(run)
     status = json.loads((tmp_path / "model.json").read_text())
     assert status["status"] == "diverged" and f"diverged at step {explode_after // 2}" in status["note"]
     assert (status["checkpoint"] == "best.pt") == has_best == (tmp_path / "best.pt").exists()
@@ -275,32 +278,34 @@ def test_shards_of_another_vocabulary_are_refused(demo_corpus, tmp_path):
     other = tmp_path / "other_vocab.parquet"
     write_vocab(table.iloc[:-1], other)
     with pytest.raises(ScencodeError, match="another vocabulary"):
-        Trainer(spec(corpus, other, tmp_path / "run"))
+        setup(spec(corpus, other, tmp_path / "run"))
 
 
 def test_esm2_needs_a_table_covering_the_vocabulary(demo_corpus, esm_table, tmp_path):
     corpus, vocab = demo_corpus
     with pytest.raises(ScencodeError, match="needs a gene embedding table"):
-        Trainer(spec(corpus, vocab, tmp_path / "a", name="esm2-soft-s3", gene="esm2"))
+        setup(spec(corpus, vocab, tmp_path / "a", name="esm2-soft-s3", gene="esm2"))
     ids = pq.read_table(esm_table).to_pandas()
     partial = tmp_path / "partial.parquet"
     write_gene_table(ids.iloc[10:], partial, {})
     with pytest.raises(ScencodeError, match="10 of .* vocabulary genes have no embedding"):
-        Trainer(spec(corpus, vocab, tmp_path / "b", name="esm2-soft-s3", gene="esm2", table=partial))
-    state = Trainer(
-        spec(
-            corpus,
-            vocab,
-            tmp_path / "c",
-            name="esm2-soft-s3",
-            gene="esm2",
-            table=partial,
-            missing_genes="zero",
-            max_steps=2,
+        setup(spec(corpus, vocab, tmp_path / "b", name="esm2-soft-s3", gene="esm2", table=partial))
+    state = fit(
+        setup(
+            spec(
+                corpus,
+                vocab,
+                tmp_path / "c",
+                name="esm2-soft-s3",
+                gene="esm2",
+                table=partial,
+                missing_genes="zero",
+                max_steps=2,
+            )
         )
-    ).fit()
+    )
     assert state.step == 2
-    trained = Trainer(
+    trained = setup(
         spec(
             corpus,
             vocab,
@@ -382,71 +387,14 @@ def test_two_processes_train_with_ddp(demo_corpus, tmp_path):
 
 def test_a_learning_rate_far_too_high_diverges_without_a_checkpoint(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
-    Trainer(spec(corpus, vocab, tmp_path, lr=1e30, warmup_steps=1, on_nonfinite="finish")).fit()
+    fit(setup(spec(corpus, vocab, tmp_path, lr=1e30, warmup_steps=1, on_nonfinite="finish")))
     status = json.loads((tmp_path / "model.json").read_text())
     assert status["status"] == "diverged" and status["checkpoint"] is None and status["steps"] < 4
     assert not (tmp_path / "best.pt").exists()
 
 
-@pytest.fixture(scope="module")
-def trained_and_eval_corpus(demo_corpus, tmp_path_factory, gene_table):
-    """A tiny trained model and an evaluation corpus (labels, batches) on the same vocabulary."""
-    from scencode.demo import make_demo_dataset
-    from scencode.qc import QCParams, run_qc
-    from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
-
-    corpus, vocab = demo_corpus
-    folder = tmp_path_factory.mktemp("embed")
-    Trainer(spec(corpus, vocab, folder / "model", max_steps=4)).fit()
-    make_demo_dataset("sim_lung_eval", n_cells=120).write_h5ad(folder / "raw.h5ad")
-    run_qc(folder / "raw.h5ad", folder / "qc.h5ad", folder / "qc.json", gene_table, QCParams(), "lung")
-    tokenize_corpus(
-        "lung",
-        [DatasetInput("lung", folder / "qc.h5ad", "cell_type", "batch")],
-        vocab,
-        folder / "lung",
-        TokenizeParams(cells_per_shard=50, row_group_cells=10),
-        with_labels=True,
-    )
-    return folder / "model" / "best.pt", folder / "lung"
-
-
-def test_embeddings_are_deterministic_and_sample_genes_by_the_seed(trained_and_eval_corpus, tmp_path):
-    import anndata as ad
-
-    from scencode.embed import embed_corpus
-    from scencode.formats import read_embedding
-
-    checkpoint, corpus = trained_and_eval_corpus
-
-    def embed(name, **loader):
-        cfg = LoaderConfig(**{**SMALL_LOADER, "context": 16, **loader})  # K = 16 < M: sampling matters
-        embed_corpus(checkpoint, corpus, cfg, tmp_path / f"{name}.parquet", tmp_path / f"{name}.h5ad", "m", "lung")
-        cells, matrix, missing = read_embedding(tmp_path / f"{name}.parquet")
-        return cells, matrix
-
-    cells, first = embed("a")
-    _, again = embed("b")
-    _, other_seed = embed("c", seed=4)
-    manifest = json.loads((corpus / "manifest.json").read_text())
-    assert len(cells) == manifest["n_cells"] > 100 and cells.cell_id.is_unique and cells.label.notna().all()
-    assert np.array_equal(first, again)  # bit-identical: the same genes, the same model
-    assert not np.allclose(first, other_seed, atol=1e-3)  # the seed picks which K genes
-    _, top = embed("d", gene_sampling="top_expressed")
-    _, top_again = embed("e", gene_sampling="top_expressed")
-
-    def cells_changed(x, y):
-        return int((~np.isclose(x, y, atol=1e-5).all(1)).sum())
-
-    # the seed picks which K genes and which values are hidden (cells are embedded as trained)
-    assert cells_changed(first, other_seed) == len(cells)
-    assert np.array_equal(top, top_again) and cells_changed(top, first) > 0
-    h5ad = ad.read_h5ad(tmp_path / "a.h5ad")
-    assert list(h5ad.obs_names) == list(cells.cell_id) and np.array_equal(h5ad.obsm["X_scencode"], first)
-
-
 def _two_batches_of_different_lengths(corpus):
-    from scencode.data import ShardBatches
+    from scencode.loader import ShardBatches
 
     cfg = LoaderConfig(**{**SMALL_LOADER, "batch_size": 8, "context": 4096, "layout": "padded"})
     batches = list(ShardBatches(corpus, "train", cfg))
@@ -469,61 +417,66 @@ def _combined(a, b):
     )
 
 
-def test_an_accumulated_step_has_the_gradient_of_the_combined_batch(demo_corpus, tmp_path, monkeypatch):
+def test_an_accumulated_step_has_the_gradient_of_the_combined_batch(demo_corpus, tmp_path):
     """One objective whatever the batching: every masked token weighs the same."""
+    from scencode.pretrain import accumulate_gradients
+
     corpus, vocab = demo_corpus
-    trainer = Trainer(spec(corpus, vocab, tmp_path, grad_accum=2))
-    trainer.model.cfg.dropout = 0.0
-    trainer.model.eval()  # no dropout: the two computations see the same network
-    monkeypatch.setattr(trainer.model, "train", lambda mode=True: trainer.model)
+    run = setup(spec(corpus, vocab, tmp_path, grad_accum=2))
+    model = run.model
+    for module in model.modules():  # no dropout: the two computations see the same network
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     short, long = _two_batches_of_different_lengths(corpus)
-    grads = {}
-    monkeypatch.setattr(
-        trainer,
-        "_optimizer_step",
-        lambda: (
-            grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}) or 0.0
-        ),
-    )
-    trainer._train_step([short, long])
-    trainer.model.zero_grad(set_to_none=True)
-    trainer.model.loss(_combined(short, long)).backward()
-    for name, p in trainer.model.named_parameters():
+    assert accumulate_gradients(run, [short, long])
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    mean_masked_mse(model, _combined(short, long)).backward()
+    for name, p in model.named_parameters():
         if p.grad is not None:
             assert torch.allclose(grads[name], p.grad, atol=1e-5, rtol=1e-4), name
     # the old weighting (mean of per-micro-batch means) differs: the test can tell them apart
-    trainer.model.zero_grad(set_to_none=True)
-    ((trainer.model.loss(short) + trainer.model.loss(long)) / 2).backward()
-    assert not torch.allclose(grads["head.2.bias"], trainer.model.head[2].bias.grad, atol=1e-5)
+    model.zero_grad(set_to_none=True)
+    ((mean_masked_mse(model, short) + mean_masked_mse(model, long)) / 2).backward()
+    assert not torch.allclose(grads["head.2.bias"], model.head[2].bias.grad, atol=1e-5)
 
 
 def test_no_gradient_crosses_an_epoch_boundary(demo_corpus, tmp_path, monkeypatch):
-    from scencode.data import ShardBatches
+    from scencode import pretrain
+    from scencode.loader import ShardBatches
 
     corpus, vocab = demo_corpus
     n_batches = sum(1 for _ in ShardBatches(corpus, "train", LoaderConfig(**SMALL_LOADER)))
     accum = next(k for k in range(3, 12) if n_batches % k)  # an epoch that ends mid-step
-    trainer = Trainer(spec(corpus, vocab, tmp_path, grad_accum=accum, max_steps=None, epochs=2, val_every=1000))
-    steps, real = [], trainer._train_step
+    run = setup(spec(corpus, vocab, tmp_path, grad_accum=accum, max_steps=None, epochs=2, val_every=1000))
+    steps, real = [], pretrain.train_step
 
-    def checked(micro_batches):
-        assert all(p.grad is None for p in trainer.model.parameters())  # nothing left from before
-        steps.append((trainer.state.epoch, len(micro_batches)))
-        return real(micro_batches)
+    def checked(run, micro_batches):
+        assert all(p.grad is None for p in run.model.parameters())  # nothing left from before
+        steps.append((run.state.epoch, len(micro_batches)))
+        return real(run, micro_batches)
 
-    monkeypatch.setattr(trainer, "_train_step", checked)
-    trainer.fit()
+    monkeypatch.setattr(pretrain, "train_step", checked)
+    state = fit(run)
     per_epoch = {e: [n for ep, n in steps if ep == e] for e in (0, 1)}
     assert all(per_epoch.values())
     for sizes in per_epoch.values():  # full steps, then one partial step with the leftovers
         assert all(n == accum for n in sizes[:-1]) and sum(sizes) == n_batches
     assert per_epoch[0][-1] == n_batches % accum  # the partial step: the leftovers, not carried over
-    assert trainer.state.step == len(steps)
+    assert state.step == len(steps)
+
+
+def test_optimizer_steps_group_micro_batches_and_end_with_the_leftovers():
+    from scencode.pretrain import optimizer_steps
+
+    assert [len(g) for g in optimizer_steps(range(7), 3)] == [3, 3, 1]
+    assert [len(g) for g in optimizer_steps(range(6), 3)] == [3, 3]
+    assert list(optimizer_steps([], 3)) == []
 
 
 def test_the_evaluated_checkpoint_is_the_best_validation_including_the_last_step(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
-    Trainer(spec(corpus, vocab, tmp_path, max_steps=10, val_every=4, lr=3e-3)).fit()
+    fit(setup(spec(corpus, vocab, tmp_path, max_steps=10, val_every=4, lr=3e-3)))
     logged = pq.read_table(tmp_path / "train_log.parquet").to_pandas()
     val = logged.dropna(subset=["val_loss"])
     assert val.step.tolist() == [4, 8, 10]  # the final step is always validated
@@ -545,7 +498,7 @@ def test_settings_that_cannot_do_what_they_say_are_reported_with_numbers(demo_co
     assert any("early stopping cannot fire" in w for w in warnings)
     assert TrainConfig(warmup_steps=10, val_every=50, patience=2).schedule_warnings(1000) == []
     corpus, vocab = demo_corpus
-    Trainer(spec(corpus, vocab, tmp_path, max_steps=4, warmup_steps=10, val_every=20)).fit()
+    fit(setup(spec(corpus, vocab, tmp_path, max_steps=4, warmup_steps=10, val_every=20)))
     status = json.loads((tmp_path / "model.json").read_text())
     assert any("warmup_steps 10 ≥ total steps 4" in w for w in status["warnings"])
     assert any("val_every 20 > total steps 4" in w for w in status["warnings"])

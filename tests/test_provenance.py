@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import REPO
+from helpers import REPO
 
 from scencode.provenance import config_hash, run
 

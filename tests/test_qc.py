@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
-from conftest import GENES, leftovers, make_counts, tiny_adata
+from helpers import GENES, leftovers, make_counts, tiny_adata
 
 from scencode.errors import ScencodeError
 from scencode.qc import QCParams, run_qc

@@ -8,9 +8,9 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from scencode.data import LoaderConfig, ShardBatches, draw_train_subset
 from scencode.errors import ScencodeError
 from scencode.formats import RunIdentity, metric_table
+from scencode.loader import LoaderConfig, ShardBatches, draw_train_subset
 from scencode.shards import read_manifest
 from scencode.tables import rank_stability, summary_table, write_tables
 from scencode.workflow_config import configurations, size_tag
@@ -186,7 +186,7 @@ def test_the_scaling_figure_draws_one_line_per_configuration_on_a_log_axis(tmp_p
 
 
 def test_plan_prices_each_training_set_size_by_the_cells_it_trains_on():
-    from conftest import REPO
+    from helpers import REPO
 
     from scencode.plan import plan_jobs
     from scencode.workflow_config import load

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO
 from workflow_helpers import edit_datasets, planned_jobs, small_config, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -50,7 +50,7 @@ def node_sized_profile(tmp_path):
     """The project's workflow profile with memory, CPUs and runtime shrunk to the 2-CPU test node,
     as a site would override the rules' computed requests (scencode.plan); the GPU requests
     (pretrain, embed, reconstruction) stay as the rules compute them."""
-    from scencode.plan import GPU_STAGES
+    from helpers import GPU_RULES as GPU_STAGES
 
     profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     shrink = {"mem_mb": 1500, "cpus_per_task": 1, "runtime": 20}

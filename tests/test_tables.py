@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
-from test_evaluate import synthetic_metrics
+from helpers import synthetic_metrics, with_a_configuration_without_a_model
 
-from scencode.tables import write_tables
+from scencode.tables import paired_tests, summary_table, write_tables
 from scencode.workflow_config import shift_levels
 
 LEVELS = {"ds0": "id", "ds1": "near", "ds2": "near", "ds3": "far", "ds4": "far", "ds5": "far"}
@@ -46,3 +47,60 @@ def test_each_level_is_summarised_and_tested_beside_the_evaluation_datasets(tmp_
     far = tests[(tests.level == "far") & (tests.comparison == "learned vs esm2") & (tests.metric == "bio_score")]
     assert (far.datasets == 3).all() and (far.min_attainable_p == 0.25).all()
     assert (tests[tests.level == "id"].datasets == 1).all()  # one in-distribution set: described, not tested
+
+
+def test_summary_has_mean_and_sd_across_datasets():
+    summary = summary_table(synthetic_metrics()).to_pandas().set_index(["gene_encoding", "expression_encoding"])
+    row = summary.loc["learned", "soft"]
+    assert row.datasets == 6 and row.bio_score == pytest.approx(0.8, abs=0.03) and 0 < row.bio_score_sd < 0.05
+    assert row.min_train_mse == pytest.approx(0.04) and np.isnan(row.min_train_mse_sd)
+    assert np.isnan(row.bio_score_seed_sd)  # one seed
+
+
+def test_seeds_are_averaged_per_dataset_and_their_spread_reported():
+    one = synthetic_metrics()
+    other = one.assign(seed=1, configuration=one.configuration.str.replace("-s0", "-s1"), value=one.value + 0.1)
+    summary = summary_table(pd.concat([one, other])).to_pandas().set_index(["gene_encoding", "expression_encoding"])
+    single = summary_table(one).to_pandas().set_index(["gene_encoding", "expression_encoding"])
+    row = summary.loc["learned", "soft"]
+    assert row.seeds == 2 and row.bio_score == pytest.approx(single.loc[("learned", "soft"), "bio_score"] + 0.05)
+    assert row.bio_score_sd == pytest.approx(single.loc[("learned", "soft"), "bio_score_sd"])
+    assert row.bio_score_seed_sd == pytest.approx(0.1 / np.sqrt(2))
+
+
+def test_paired_wilcoxon_tests_with_effect_sizes():
+    tests = paired_tests(synthetic_metrics()).to_pandas()
+    learned = tests[(tests.comparison == "learned vs esm2") & (tests.metric == "bio_score")]
+    assert len(learned) == 2 and (learned.rank_biserial == 1.0).all() and (learned.p_value < 0.05).all()
+    best = tests[tests.comparison == "reference (soft) vs other expression encoding"]
+    assert set(best.a) == {"learned-soft", "esm2-soft"} and (best.mean_difference > 0).all()
+    # the reference is declared, not picked from the results: declaring the worse one keeps it
+    declared = paired_tests(synthetic_metrics(), reference="hard").to_pandas()
+    declared = declared[declared.comparison == "reference (hard) vs other expression encoding"]
+    assert set(declared.a) == {"learned-hard", "esm2-hard"} and (declared.mean_difference < 0).all()
+    # six datasets all in one direction: the exact test's floor, 2/2^6, and BH within each family
+    assert learned.p_value.to_numpy() == pytest.approx(2 / 2**6) and (learned.min_attainable_p == 2 / 2**6).all()
+    assert (tests.q_value >= tests.p_value).all() and (tests.q_value <= 1).all()
+
+
+def test_q_values_are_benjamini_hochberg_within_each_family():
+    from scipy.stats import false_discovery_control
+
+    tests = paired_tests(synthetic_metrics(n_datasets=8)).to_pandas()
+    for _, family in tests.groupby(["comparison", "metric"]):
+        assert family.q_value.to_numpy() == pytest.approx(false_discovery_control(family.p_value.to_numpy()))
+
+
+def test_too_few_datasets_say_no_difference_can_be_significant():
+    tests = paired_tests(synthetic_metrics(n_datasets=3)).to_pandas()
+    assert (tests.min_attainable_p == 0.25).all() and (tests.p_value >= 0.25).all()
+
+
+def test_a_configuration_without_a_model_is_summarised_with_the_reason():
+    metrics = with_a_configuration_without_a_model(synthetic_metrics())
+    summary = summary_table(metrics).to_pandas().set_index(["gene_encoding", "expression_encoding"])
+    assert np.isnan(summary.loc[("esm2", "log"), "bio_score"])
+    assert summary.loc[("esm2", "log"), "note"].startswith("no model for esm2-log-s0 (*, ds0")
+    tests = paired_tests(metrics).to_pandas()
+    best = tests[(tests.comparison == "reference (soft) vs other expression encoding") & tests.a.str.startswith("esm2")]
+    assert set(best.a) == {"esm2-soft"} and set(best.b) == {"esm2-hard"}  # nothing to test without a model

@@ -5,7 +5,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
-from conftest import GENES, leftovers, make_counts, tiny_adata
+from helpers import GENES, leftovers, make_counts, tiny_adata
 
 from scencode.errors import ScencodeError
 from scencode.formats import SPECIAL_TOKENS, load_vocab, write_vocab
@@ -177,7 +177,7 @@ def test_a_dataset_that_shares_few_genes_with_the_vocabulary_is_flagged(caplog):
 def test_a_same_size_byte_change_anywhere_in_a_shard_fails_the_read_naming_it(two_datasets, tmp_path):
     """Training and embedding read shards without re-hashing them: page checksums catch a changed
     byte as the page is decoded (without them, 15 of 40 such flips read back silently)."""
-    from scencode.data import LoaderConfig, ShardBatches
+    from scencode.loader import LoaderConfig, ShardBatches
 
     a, _ = two_datasets
     make_corpus(tmp_path, [DatasetInput("a", a)], cells_per_shard=1000)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO
 from workflow_helpers import (
     DIVERGING_NAME,
     datasets_of,
@@ -482,7 +482,9 @@ def _job_blocks(stdout: str) -> list[dict]:
 def test_paper_jobs_ask_for_what_their_work_needs(tmp_path):
     """Offline dry run of the paper through the SLURM profile: GPU-heavy jobs carry a GPU, no job asks
     for less runtime or memory than its own estimate, rule threads are the command's threads."""
-    from scencode.plan import GPU_STAGES, job_resources
+    from helpers import GPU_RULES as GPU_STAGES
+
+    from scencode.plan import job_resources
 
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     result = snakemake(tmp_path, config, "-n", "-p", "--profile", str(REPO / "slurm"), "--cores", "64")

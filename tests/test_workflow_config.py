@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from scencode.errors import ScencodeError
 from scencode.workflow_config import QC_PREFIX, load, read_datasets, read_yaml, sheet_schema

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from scencode.workflow_config import read_datasets, sheet_paths
 

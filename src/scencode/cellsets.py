@@ -62,3 +62,8 @@ def cache_graph_kernels() -> None:
                     kernel.enable_caching()
                 except RuntimeError as error:  # numba: no writable cache locator
                     log.debug("numba kernel %s.%s not cached: %s", name, kernel.__name__, error)
+
+
+# why a metric is not defined on a dataset: the study's metrics and the Benchmarker say it alike
+SINGLE_BATCH = "single batch: batch mixing is not defined"
+SINGLE_CELL_TYPE = "single cell type: conservation is not defined"

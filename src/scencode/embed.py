@@ -9,7 +9,6 @@ Written as Parquet (cell_id, label, batch, embedding) and as an .h5ad with the e
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,6 @@ import pandas as pd
 import torch
 
 from .atomic import OutputFile, write_json
-from .data import LoaderConfig, ShardBatches
 from .devices import autocast, autocast_dtype, default_device
 from .errors import ScencodeError
 from .formats import (
@@ -27,10 +25,13 @@ from .formats import (
     RunIdentity,
     metric_table,
     model_checkpoint,
+    read_run_status,
+    read_train_log,
     write_embedding_files,
     write_missing_embedding,
     write_table,
 )
+from .loader import LoaderConfig, ShardBatches
 from .model import Batch, CellTransformer, load_model, masked_sse
 from .shards import verify_corpus
 
@@ -241,7 +242,7 @@ def reconstruction(
 ) -> pd.DataFrame:
     """A model's reconstruction table (``out`` Parquet): minimum logged training masked MSE, the context
     diagnostic on the training corpus's held-out test split, and how training ended."""
-    log_table = pd.read_parquet(train_log)
+    log_table = read_train_log(train_log)
     checkpoint, missing = model_checkpoint(model)
     nan = float("nan")
     if checkpoint is None:
@@ -249,7 +250,8 @@ def reconstruction(
     else:
         test = masked_mse(checkpoint, corpus, "test", params)
         test_note = f"held-out test split, {test['cells']} cells"
-    status = json.loads(Path(model).read_text()) if Path(model).suffix == ".json" else {}
+    # a checkpoint given directly has no status: how training ended is then unknown (NaN)
+    status = read_run_status(model) if Path(model).suffix == ".json" else None
     min_train = log_table.train_loss.min()
     rows = pd.DataFrame(
         [
@@ -275,25 +277,25 @@ def reconstruction(
             {
                 "metric": "final_val_loss",
                 "group": "training",
-                "value": status.get("final_val_loss") or nan,
-                "note": f"validation loss at the last step ({status.get('steps')})",
+                "value": (status and status.final_val_loss) or nan,
+                "note": f"validation loss at the last step ({status and status.steps})",
             },
             {
                 "metric": "still_improving",
                 "group": "training",
-                "value": float(bool(status.get("still_improving"))),
+                "value": float(bool(status and status.still_improving)),
                 "note": "1: the last validation was the best (more training would likely help)",
             },
             {
                 "metric": "checkpoint_step",
                 "group": "training",
-                "value": status.get("checkpoint_step") or nan,
+                "value": (status and status.checkpoint_step) or nan,
                 "note": "step of the evaluated checkpoint (best validation, the last step included)",
             },
-            *cost_rows(status.get("cost")),
+            *cost_rows(status and status.cost),
         ]
     )
-    training_set = status.get("train_cells") or {}
+    training_set = (status and status.train_cells) or {}
     size = pd.DataFrame(
         [
             {

@@ -9,6 +9,8 @@ bins) takes ``cells.pad(x)`` (cells, longest) with ``cells.valid``, and returns 
 Add an encoding: write a class with ``__init__(self, d_model, <options as keyword arguments>, **_)``
 (an option the signature does not name is refused when the workflow's DAG is built) and ``forward`` as below,
 decorate it with ``@expression_encoder("name")`` (or ``@gene_encoder``), and name it in the config.
+A gene encoder that reads the gene-embedding table sets ``needs_gene_table = True`` and takes it as
+``gene_table`` (the workflow then passes the table to its pretraining job).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import torch
 from torch import nn
 
 from .errors import ScencodeError
+from .formats import SPECIAL_TOKENS
+
+N_SPECIAL = len(SPECIAL_TOKENS)  # the vocabulary's first rows: <pad>, <cls>
 
 GENE_ENCODERS: dict[str, type[nn.Module]] = {}
 EXPRESSION_ENCODERS: dict[str, type[nn.Module]] = {}
@@ -52,6 +57,12 @@ def lookup(registry: dict, kind: str, name: str) -> type[nn.Module]:
 BUILT_IN = {"self", "d_model", "vocab_size", "gene_table"}  # passed by the model, not options
 
 
+def needs_gene_table(name: str) -> bool:
+    """Whether a gene encoding reads a gene-embedding table (its class says: ``needs_gene_table``);
+    the workflow, pretraining and the tests ask here."""
+    return getattr(lookup(GENE_ENCODERS, "gene", name), "needs_gene_table", False)
+
+
 def check_options(registry: dict, kind: str, name: str, options: dict) -> None:
     """Options an encoder does not take are refused (a typo would otherwise be silently ignored)."""
     cls = lookup(registry, kind, name)
@@ -72,6 +83,8 @@ def check_options(registry: dict, kind: str, name: str, options: dict) -> None:
 class LearnedGenes(nn.Module):
     """An embedding table trained with the model."""
 
+    needs_gene_table = False
+
     def __init__(self, d_model: int, vocab_size: int, **_):
         super().__init__()
         self.table = nn.Embedding(vocab_size, d_model, padding_idx=0)
@@ -89,11 +102,15 @@ class FrozenTableGenes(nn.Module):
     apart; the first linear layer could absorb the affine map, so the function class is unchanged,
     only the starting point is fair (``standardize: false`` reads the raw table)."""
 
+    needs_gene_table = True
+
     def __init__(self, d_model: int, table: torch.Tensor, hidden: int | None = None, standardize: bool = True):
         super().__init__()
         table = table.float()
         self.register_buffer("table", table, persistent=True)
-        genes = table[2:][table[2:].abs().sum(1) > 0]  # not the special tokens nor missing genes' zero rows
+        genes = table[N_SPECIAL:][
+            table[N_SPECIAL:].abs().sum(1) > 0
+        ]  # not the special tokens nor missing genes' zero rows
         centre = genes.mean(0) if standardize and len(genes) > 1 else torch.zeros(table.shape[1])
         scale = genes.std(0).clamp(min=1e-6) if standardize and len(genes) > 1 else torch.ones(table.shape[1])
         self.register_buffer("centre", centre, persistent=True)  # checkpoints carry the map the model trained with
@@ -141,7 +158,9 @@ class PermutedESM2Genes(FrozenTableGenes):
         if gene_table is None:
             raise ScencodeError("gene encoding 'esm2_permuted' permutes the ESM-2 table; none given")
         order = torch.arange(len(gene_table))
-        order[2:] = 2 + torch.randperm(len(gene_table) - 2, generator=torch.Generator().manual_seed(seed))
+        order[N_SPECIAL:] = N_SPECIAL + torch.randperm(
+            len(gene_table) - N_SPECIAL, generator=torch.Generator().manual_seed(seed)
+        )
         super().__init__(d_model, gene_table[order], hidden, standardize)
 
 
@@ -162,7 +181,10 @@ class RandomFrozenGenes(FrozenTableGenes):
         if gene_table is None:
             raise ScencodeError("gene encoding 'random_frozen' copies the shape of the ESM-2 table; none given")
         generator = torch.Generator().manual_seed(seed)
-        random = torch.randn(gene_table.shape, generator=generator) * gene_table[2:].std() + gene_table[2:].mean()
+        random = (
+            torch.randn(gene_table.shape, generator=generator) * gene_table[N_SPECIAL:].std()
+            + gene_table[N_SPECIAL:].mean()
+        )
         random[0] = 0
         super().__init__(d_model, random, hidden, standardize)
 

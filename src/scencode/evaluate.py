@@ -24,7 +24,16 @@ import numpy as np
 import pandas as pd
 
 from .atomic import OutputFile
-from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, cache_graph_kernels, knn_graph, labeled, seeded_subsample
+from .cellsets import (
+    MAX_CELLS_SCIB,
+    SINGLE_BATCH,
+    SINGLE_CELL_TYPE,
+    SUBSAMPLE_SEED,
+    cache_graph_kernels,
+    knn_graph,
+    labeled,
+    seeded_subsample,
+)
 from .errors import ScencodeError
 from .formats import RECONSTRUCTION_METRICS, RunIdentity, metric_table, read_embedding, write_table
 
@@ -46,15 +55,26 @@ class EvalParams:
     lisi: str = "graph"
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
         if self.lisi not in LISI_KINDS:
             raise ScencodeError(f"evaluate: lisi must be one of {', '.join(LISI_KINDS)}, not {self.lisi!r}")
+        if not 0 < self.test_fraction < 1:
+            raise ScencodeError(f"evaluate.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not self.knn_k or min(self.knn_k) < 1:
+            raise ScencodeError(f"evaluate.knn_k must list neighbour counts ≥ 1, got {self.knn_k}")
+        if self.min_cells_per_type < 1:
+            raise ScencodeError(f"evaluate.min_cells_per_type must be ≥ 1, got {self.min_cells_per_type}")
+        if self.max_cells_scib < 10:
+            raise ScencodeError(f"evaluate.max_cells_scib must be ≥ 10, got {self.max_cells_scib}")
 
 
 def evaluate_embedding(x: np.ndarray, labels: np.ndarray, batches: np.ndarray, params: EvalParams) -> pd.DataFrame:
     """Rows (metric, group, value, note) for one embedding."""
     if not np.isfinite(x).all():
         raise ScencodeError("embedding contains NaN or infinite values")
-    rows = scib_metrics_rows(x, labels, batches, params) + classification_rows(x, labels, params)
+    rows = scib_rows(x, labels, batches, params) + classification_rows(x, labels, params)
     return pd.DataFrame(rows, columns=["metric", "group", "value", "note"])
 
 
@@ -62,7 +82,7 @@ def _row(metric, group, value, note=""):
     return (metric, group, float(value), note)
 
 
-def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
+def scib_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
     """The study's scIB metrics (group ``study``'s batch and bio scores), as the `scib` package
     defines them (see :func:`study_graph`, and docs/methods.md for what was measured against scib)."""
     keep = labeled(labels)
@@ -81,7 +101,7 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
     ilisi, clisi = _lisi_functions(params.lisi, graph, x)
     isolated = isolated_labels(labels, batches)
     if n_batches < 2:
-        rows += [_row(m, "batch", np.nan, "single batch: batch mixing is not defined") for m in BATCH_METRICS]
+        rows += [_row(m, "batch", np.nan, SINGLE_BATCH) for m in BATCH_METRICS]
     else:
         rows += [
             _row("ilisi", "batch", ilisi(batches)),
@@ -93,7 +113,7 @@ def scib_metrics_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
             ),
         ]
     if n_labels < 2:
-        rows += [_row(m, "bio", np.nan, "single cell type: conservation is not defined") for m in BIO_METRICS]
+        rows += [_row(m, "bio", np.nan, SINGLE_CELL_TYPE) for m in BIO_METRICS]
     else:
         clusterings = leiden_clusterings(graph, params.seed)
         clusters = nmi_ari_optimal_resolution(clusterings, labels)

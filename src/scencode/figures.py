@@ -3,7 +3,6 @@ encoding and one marker/hatch per gene encoding, the same in every figure."""
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from pathlib import Path
@@ -18,6 +17,8 @@ import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from .atomic import OutputFolder, atomic_path  # noqa: E402
+from .errors import ScencodeError  # noqa: E402
+from .formats import RunStatus, read_run_status, read_train_log  # noqa: E402
 from .reference import packaged_file  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
         paths.append(out_dir / f"{name}.{ext}")
     plt.close(fig)
     return paths
+
+
+def explain_if_empty(ax, why: str) -> None:
+    """A panel with nothing to draw says why instead of showing empty axes."""
+    if not (ax.lines or ax.collections or ax.patches or ax.images):
+        ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=8, color="grey", wrap=True)
 
 
 def legend_handles(summary: pd.DataFrame):
@@ -157,11 +164,11 @@ def fig_min_train_mse(summary: pd.DataFrame, out_dir: Path):
     return save(fig, out_dir, "fig3_min_train_mse")
 
 
-def fig_loss_curves(logs: dict[str, tuple[dict, pd.DataFrame]], out_dir: Path):
+def fig_loss_curves(logs: dict[str, tuple[RunStatus, pd.DataFrame]], out_dir: Path):
     """``logs``: run name → (its model.json status, its training log)."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
     for name, (status, history) in sorted(logs.items()):
-        gene, expression = status["gene_encoding"], status["expression_encoding"]
+        gene, expression = status.gene_encoding, status.expression_encoding
         style = dict(color=colour(expression), linestyle=GENE_LINESTYLES.get(gene, "-."), linewidth=1.2)
         train = history.dropna(subset=["train_loss"])
         val = history.dropna(subset=["val_loss"])
@@ -265,6 +272,7 @@ def fig_cost(summary: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path):
     ax.set_xlabel(f"training cost ({unit}, mean over seeds)")
     ax.set_ylabel("bio conservation score")
     ax.legend(handles=legend_handles(shown), fontsize=7, frameon=False, loc="best")
+    explain_if_empty(ax, "no training cost with a bio score in the tables\n(model.json's cost, per configuration)")
     return save(fig, out_dir, "fig4_cost_vs_bio")
 
 
@@ -295,6 +303,7 @@ def fig_shift(summary: pd.DataFrame, out_dir: Path, score: str = "bio_score"):
     ax.set_ylabel(score.replace("_", " ") + " by distribution shift")
     if levels:
         ax.legend(fontsize=7, frameon=False)
+    explain_if_empty(ax, "no evaluation dataset has a shift level\n(the dataset sheet's tissue column)")
     return save(fig, out_dir, "fig5_shift")
 
 
@@ -336,6 +345,7 @@ def fig_scaling(summary: pd.DataFrame, out_dir: Path):
         ax.set_xscale("log")
         ax.set_xlabel("training cells")
         ax.set_ylabel(title)
+        explain_if_empty(ax, "no training-set size in the tables\n(model.json's train_cells)")
     axes[0][-1].legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save(fig, out_dir, "fig6_scaling")
 
@@ -348,16 +358,17 @@ def main_size(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[~trained | (summary.train_cells == largest.reindex(summary.index)) | summary.train_cells.isna()]
 
 
-def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") -> list[Path]:
+def draw_all(summary_csv, metrics_csv, runs: dict, out_dir, caveat: str = "") -> list[Path]:
+    """``runs``: each run's model.json → its train_log.parquet."""
     out_dir = Path(out_dir)
     every_size = pd.read_csv(summary_csv)
     summary = main_size(every_size)
     metrics = pd.read_csv(metrics_csv)
     models = summary[summary.gene_encoding != "baseline"]
     logs = {}
-    for path in map(Path, train_logs):  # the run's identity from its status file, beside the log
-        status = json.loads(path.with_name("model.json").read_text())
-        logs[status["configuration"]] = (status, pd.read_parquet(path))
+    for model, train_log in runs.items():  # the run's identity from its status file
+        status = read_run_status(model)
+        logs[status.configuration] = (status, read_train_log(train_log))
     paths = [
         *fig_batch_vs_bio(summary, out_dir),
         *fig_classification(summary, out_dir),
@@ -375,10 +386,18 @@ def draw_all(summary_csv, metrics_csv, train_logs, out_dir, caveat: str = "") ->
 
 
 def run(
-    summary: Path, metrics: Path, out_dir: OutputFolder, train_logs: list[Path] = (), caveat: str = ""
+    summary: Path,
+    metrics: Path,
+    out_dir: OutputFolder,
+    train_logs: list[Path] = (),
+    models: list[Path] = (),
+    caveat: str = "",
 ) -> list[Path]:
-    """The study's figures (PNG and PDF in ``out_dir``) from the tables and the runs' training logs;
-    ``caveat``: printed on the paper comparison (e.g. demo data, tiny models)."""
-    paths = draw_all(summary, metrics, train_logs, out_dir, caveat=caveat)
+    """The study's figures (PNG and PDF in ``out_dir``) from the tables and the runs' training logs
+    with their status files (``models``: each log's model.json, in the same order); ``caveat``:
+    printed on the paper comparison (e.g. demo data, tiny models)."""
+    if len(models) != len(train_logs):
+        raise ScencodeError(f"{len(train_logs)} training logs but {len(models)} model.json files: one per run")
+    paths = draw_all(summary, metrics, dict(zip(models, train_logs)), out_dir, caveat=caveat)
     log.info("figures: %s", ", ".join(p.name for p in paths))
     return paths

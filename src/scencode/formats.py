@@ -1,12 +1,12 @@
 """The files that pass between stages, read and written in one place. Stages import this module and
-the shared modules (model, encodings, data, shards, h5ad, reference, cellsets and the small
+the shared modules (model, encodings, loader, shards, h5ad, reference, cellsets and the small
 utilities), never each other.
 
 - gene vocabulary (``vocab.parquet``): token order and its hash;
 - gene-embedding table (``gene_embeddings.parquet``): one row per gene, its metadata in the schema;
 - leakage audit (``leakage.json``): the training cells left out under the ``drop`` policy;
-- checkpoint (``best.pt``/``last.pt``) and run status (``model.json``, whose checkpoint may be missing,
-  with the reason);
+- checkpoint (``best.pt``/``last.pt``), run status (``model.json``: ``RunStatus``, whose checkpoint
+  may be missing, with the reason) and training log (``train_log.parquet``);
 - embedding table (``{run}/{dataset}.parquet``): cell_id, label, batch, embedding, and, when there is
   no model, why (schema metadata);
 - metric table (``metrics/{run}/{dataset}.parquet``): tidy rows with the run's identity.
@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_json
 from .errors import ScencodeError
 from .parquet_io import column_matrix, matrix_column, read_parquet
 
@@ -107,6 +107,56 @@ def write_embedding(cells: pd.DataFrame, matrix: np.ndarray, path, missing: str 
         pq.write_table(_embedding_table(cells, matrix, missing), tmp)
 
 
+@dataclass
+class RunStatus:
+    """``model.json``: how a pretraining run ended, which checkpoint evaluation uses and from which
+    step (``checkpoint`` None: no usable model, ``note`` says why; the evaluation tables carry it),
+    what the settings could not do, the training set, the components' scales and what it cost."""
+
+    configuration: str
+    gene_encoding: str
+    expression_encoding: str
+    seed: int
+    status: str  # completed | early_stopped | diverged
+    steps: int
+    total_steps: int
+    train_cells: dict  # requested ("all", a count or a fraction), cells drawn, per dataset
+    steps_per_epoch: int
+    best_val_loss: float | None
+    checkpoint: str | None
+    checkpoint_step: int | None
+    final_val_loss: float | None
+    still_improving: bool
+    warnings: list[str]
+    calibration: dict
+    ranks: dict  # world_size, repeated_cells
+    component_rms: dict  # start, end: gene / expression embedding RMS
+    cost: dict
+    note: str = ""
+
+
+def write_run_status(status: RunStatus, path: str | Path) -> None:
+    write_json(asdict(status), path)
+
+
+def read_run_status(path: str | Path) -> RunStatus:
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ScencodeError(f"not a readable model status file ({exc})", path) from exc
+    expected = {f.name for f in fields(RunStatus) if f.default is MISSING}
+    missing = sorted(expected - set(values)) if isinstance(values, dict) else ["all"]
+    if missing:
+        raise ScencodeError(
+            f"model status file lacks {', '.join(missing)} (written by another version of scencode?); "
+            "rerun pretraining with --forcerun pretrain",
+            path,
+        )
+    known = {f.name for f in fields(RunStatus)}
+    return RunStatus(**{k: v for k, v in values.items() if k in known})
+
+
 def model_checkpoint(model: str | Path) -> tuple[Path | None, str]:
     """The checkpoint to evaluate, or None and why. ``model`` is a run's ``model.json`` (the
     workflow: a run may end without a usable model, which evaluation reports rather than fails on)
@@ -116,19 +166,45 @@ def model_checkpoint(model: str | Path) -> tuple[Path | None, str]:
         if not model.exists():
             raise ScencodeError("model checkpoint not found", model)
         return model, ""
-    try:
-        status = json.loads(model.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ScencodeError(f"not a readable model status file ({exc})", model) from exc
-    name = status.get("configuration", model.parent.name)
-    if not status.get("checkpoint"):
-        return None, f"no model for {name}: {status.get('note') or 'training wrote no checkpoint'}"
-    checkpoint = model.parent / status["checkpoint"]
+    status = read_run_status(model)
+    name = status.configuration
+    if not status.checkpoint:
+        return None, f"no model for {name}: {status.note or 'training wrote no checkpoint'}"
+    checkpoint = model.parent / status.checkpoint
     if not checkpoint.exists():
         return None, (
             f"no model for {name}: {checkpoint} is missing (model.json lists it); retrain with --forcerun pretrain"
         )
     return checkpoint, ""
+
+
+# train_log.parquet: one row per logged step or validation (NaN where a row has no such value)
+LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "cells_per_s")
+
+
+def write_train_log(rows: dict[str, list], path: str | Path, configuration: str, steps_per_epoch: int) -> None:
+    table = pa.table(
+        {k: pa.array(rows[k], pa.int64() if k in ("step", "epoch") else pa.float64()) for k in LOG_COLUMNS}
+    )
+    table = table.replace_schema_metadata(
+        {b"configuration": configuration.encode(), b"steps_per_epoch": str(steps_per_epoch).encode()}
+    )
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_train_log(path: str | Path) -> pd.DataFrame:
+    return read_parquet(path, "training log").to_pandas()
+
+
+def write_checkpoint(path: Path, **payload) -> None:
+    """``best.pt``/``last.pt``: identity, name, model_config, vocab_hash, step, model, optimizer,
+    scheduler, scaler, rng, state (pretrain's CheckpointStore writes them; embed reads model_config and
+    model)."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
 
 
 def write_missing_embedding(reason: str, out_parquet, out_h5ad, run: str, dataset: str) -> None:

@@ -311,25 +311,16 @@ class CellTransformer(nn.Module):
     def forward(self, batch: Batch, embeddings: bool = False) -> tuple[torch.Tensor, ...]:
         """(predicted x̃ at every position, sum of squared errors over the masked real positions, their
         number): the objective, defined once for training, validation, DDP and evaluation. With
-        ``embeddings``, also each cell's embedding from the same pass (:meth:`cell_embeddings`)."""
+        ``embeddings``, also each cell's embedding from the same pass: the mean of its final-layer
+        token states, the cell encoded as in training, its masked positions (the loader's seeded masks,
+        p_mask as trained) hidden. The model never saw a cell with nothing masked; encoded that way
+        its states lose what it learned (issue #11: kNN at chance where the as-trained embedding
+        reaches 0.84)."""
         cells = self.cells(batch)
         h = self.encode(batch, cells, batch.masked)
         pred = self.head(h).squeeze(-1)
         out = (pred, *masked_sse(pred, batch))
         return (*out, cells.cell_means(h.float())) if embeddings else out
-
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """Mean squared error of x̃ over the batch's masked real positions."""
-        _, sse, n = self(batch)
-        return sse / n.clamp(min=1)
-
-    @torch.no_grad()
-    def cell_embeddings(self, batch: Batch) -> torch.Tensor:
-        """Mean of final-layer token outputs over each cell's real positions (cells, d), the cell
-        encoded as in training: the batch's masked positions (the loader's seeded masks, p_mask as
-        trained) hidden. The model never saw a cell with nothing masked; encoded that way its states
-        lose what it learned (issue #11: kNN at chance where the as-trained embedding reaches 0.84)."""
-        return self(batch, embeddings=True)[3]
 
 
 def masked_sse(pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,6 @@ from .model import block_params
 from .workflow_config import ID_TEST
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
-GPU_STAGES = ("esm_embeddings", "pretrain", "embed", "reconstruction")
 
 
 @dataclass(frozen=True)

@@ -18,27 +18,34 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
-from .atomic import TERMINATED_EXIT, OutputFolder, atomic_path, write_json
-from .data import LoaderConfig, ShardBatches, draw_train_subset
+from .atomic import TERMINATED_EXIT, OutputFolder
 from .devices import PRECISIONS, autocast, autocast_dtype, default_device, device_name, peak_flops
+from .encodings import needs_gene_table
 from .errors import ScencodeError
-from .formats import load_checkpoint, load_vocab, read_gene_table
+from .formats import (
+    LOG_COLUMNS,
+    RunStatus,
+    load_checkpoint,
+    load_vocab,
+    read_gene_table,
+    write_checkpoint,
+    write_run_status,
+    write_train_log,
+)
+from .loader import LoaderConfig, ShardBatches, TrainSubset, draw_train_subset
 from .model import Batch, CellTransformer, ModelConfig, block_params
 from .shards import verify_corpus
 
 log = logging.getLogger(__name__)
-TABLE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
-LOG_COLUMNS = ("step", "epoch", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "cells_per_s")
 
 
 @dataclass
@@ -130,7 +137,7 @@ class RunSpec:
     model: ModelConfig
     loader: LoaderConfig
     train: TrainConfig
-    gene_table: Path | None = None
+    gene_embeddings: Path | None = None  # the gene-embedding table (ESM-2 …) of encodings that read one
 
     def identity(self, vocab_hash: str) -> str:
         """What a checkpoint must share with the run that resumes it."""
@@ -166,7 +173,7 @@ class State:
     train_seconds: float = 0.0
     tokens_seen: int = 0
     cells_seen: int = 0
-    log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})
+    log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})  # train_log.parquet's rows
 
 
 def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> torch.Tensor:
@@ -193,10 +200,10 @@ def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> to
 
 def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:
     gene_table = None
-    if spec.model.gene_encoding in TABLE_ENCODINGS:
-        if spec.gene_table is None:
+    if needs_gene_table(spec.model.gene_encoding):
+        if spec.gene_embeddings is None:
             raise ScencodeError(f"gene encoding {spec.model.gene_encoding!r} needs a gene embedding table")
-        gene_table = align_gene_table(spec.gene_table, vocab, spec.train.missing_genes)
+        gene_table = align_gene_table(spec.gene_embeddings, vocab, spec.train.missing_genes)
     return CellTransformer(spec.model, gene_table=gene_table)
 
 
@@ -218,85 +225,102 @@ def cosine_lr(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class Trainer:
-    def __init__(self, spec: RunSpec):
-        spec.train.validate()
-        self.spec = spec
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        self.device = default_device(int(os.environ.get("LOCAL_RANK", 0)))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        vocab, self.vocab_hash = load_vocab(spec.vocab)
-        manifest = verify_corpus(spec.corpus, checksums=False, vocab_hash=self.vocab_hash)
-        self.subset = draw_train_subset(spec.corpus, spec.train.train_cells) if spec.train.train_cells else None
-        self.training_set = (
-            self.subset.describe()
-            if self.subset
-            else {"requested": "all", "cells": int(manifest["splits"].get("train", 0))}
-        )
-        spec.model.vocab_size = len(vocab)
-        torch.manual_seed(spec.loader.seed)
-        self.model = build_model(spec, vocab).to(self.device)
-        cfg = spec.train
-        self.amp = autocast_dtype(cfg.precision, self.device)
-        self.state = State()
-        # the same first training batches on every rank: calibration gives every rank the same gains
-        self.probe = self._first_batches(cfg.calibration_batches)
-        self.state.calibration = self.model.calibrate(self.probe)
-        self.state.rms_start = self._component_rms()
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
-        )
-        # counted exactly: every rank runs the largest rank's share (see _epoch_batches); an epoch ends
-        # with a partial step on its leftover micro-batches, so no gradient crosses into the next epoch
-        self._counted_shares: dict[int, list[int]] = {}
-        self.steps_per_epoch = max(1, math.ceil(max(self._shares(0)) / cfg.grad_accum))
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_lr(s, cfg, self.total_steps)
-        )
-        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
-        self.warnings = cfg.schedule_warnings(self.total_steps)
-        self.identity = spec.identity(self.vocab_hash)
-        self.stop_signal = None
-        self.diverged_at: int | None = None
-        self.out = Path(spec.out_dir)
+# ---------------------------------------------------------------- the pieces the loop uses
 
-    def _first_batches(self, n: int) -> list[Batch]:
-        data = ShardBatches(self.spec.corpus, "train", self.spec.loader, epoch=0, subset=self.subset)
-        return [batch.to(self.device) for batch, _ in zip(data, range(n))]
 
-    def _component_rms(self) -> dict[str, float]:
-        rms = [self.model.component_rms(b) for b in self.probe]
-        return {k: float(np.mean([r[k] for r in rms])) for k in rms[0]} if rms else {}
+@dataclass
+class Ranks:
+    """This process's place among the training processes (torchrun sets RANK and WORLD_SIZE)."""
 
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, path: Path) -> None:
-        if self.rank:
+    rank: int
+    world: int
+    device: torch.device
+
+    @classmethod
+    def join(cls) -> Ranks:
+        """Joins the process group when there are several ranks."""
+        ranks = cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), torch.device("cpu"))
+        ranks.device = default_device(int(os.environ.get("LOCAL_RANK", 0)))
+        if ranks.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if ranks.device.type == "cuda" else "gloo")
+        if ranks.device.type == "cuda":
+            torch.cuda.set_device(ranks.device)
+        return ranks
+
+    @property
+    def writes(self) -> bool:
+        """Rank 0 writes the run's files."""
+        return self.rank == 0
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def leave(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+@dataclass
+class Optimisation:
+    """The model and what updates it: one object to step, checkpoint and resume."""
+
+    model: CellTransformer
+    step_model: torch.nn.Module  # what the training step runs: DDP-wrapped on several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def fits(self, ckpt: dict) -> bool:
+        """The checkpoint's weights and optimiser groups have this model's names and shapes."""
+        ours, theirs = self.model.state_dict(), ckpt.get("model", {})
+        same_weights = ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
+        groups = ckpt.get("optimizer", {}).get("param_groups", [])
+        same_groups = [len(g["params"]) for g in groups] == [len(g["params"]) for g in self.optimizer.param_groups]
+        return same_weights and same_groups
+
+
+class CheckpointStore:
+    """``best.pt`` and ``last.pt`` of one run: save, resume, and set aside what cannot be resumed
+    (kept beside under a new name, never deleted)."""
+
+    def __init__(self, folder: Path, spec: RunSpec, vocab_hash: str, writes: bool):
+        self.folder, self.name, self.writes = folder, spec.name, writes
+        self.identity, self.vocab_hash = spec.identity(vocab_hash), vocab_hash
+        self.model_config = asdict(spec.model)
+
+    def save(self, file: str, optim: Optimisation, state: State) -> None:
+        if not self.writes:
             return
-        payload = {
-            "identity": self.identity,
-            "name": self.spec.name,
-            "model_config": asdict(self.spec.model),
-            "vocab_hash": self.vocab_hash,
-            "step": self.state.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "state": {k: v for k, v in asdict(self.state).items()},
-        }
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(payload, tmp)
+        write_checkpoint(
+            self.folder / file,
+            identity=self.identity,
+            name=self.name,
+            model_config=self.model_config,
+            vocab_hash=self.vocab_hash,
+            step=state.step,
+            model=optim.model.state_dict(),
+            optimizer=optim.optimizer.state_dict(),
+            scheduler=optim.scheduler.state_dict(),
+            scaler=optim.scaler.state_dict(),
+            rng=torch.get_rng_state(),
+            state=asdict(state),
+        )
 
-    def resume(self) -> bool:
-        path = self.out / "last.pt"
+    def has(self, file: str) -> bool:
+        return (self.folder / file).exists()
+
+    def resume(self, optim: Optimisation) -> State | None:
+        """The state ``last.pt`` holds, loaded into ``optim``; None: train from the start."""
+        path = self.folder / "last.pt"
         if not path.exists():
-            return False
+            return None
         try:
             ckpt = load_checkpoint(path)
         except ScencodeError as exc:
@@ -304,397 +328,492 @@ class Trainer:
             # retry would fail the same way; keep the file for inspection and train from the start
             corrupt = path.with_name(f"last.corrupt-{int(path.stat().st_mtime)}.pt")
             os.replace(path, corrupt)
-            log.warning("%s: %s; moved to %s, training starts over", self.spec.name, exc, corrupt.name)
-            return False
-        if ckpt.get("name") != self.spec.name:
-            raise ScencodeError(
-                f"checkpoint belongs to configuration {ckpt.get('name')!r}, not {self.spec.name!r}", path
-            )
+            log.warning("%s: %s; moved to %s, training starts over", self.name, exc, corrupt.name)
+            return None
+        if ckpt.get("name") != self.name:
+            raise ScencodeError(f"checkpoint belongs to configuration {ckpt.get('name')!r}, not {self.name!r}", path)
         if ckpt.get("identity") != self.identity:
             # same configuration, changed settings (the workflow reruns it): start over, keep the old state
             return self._start_over(path, ckpt, "settings changed since it was written")
-        if not self._fits(ckpt):  # checked before loading: a failed load would leave half-loaded weights
+        if not optim.fits(ckpt):  # checked before loading: a failed load would leave half-loaded weights
             return self._start_over(path, ckpt, "it was written by another version of the model")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        optim.model.load_state_dict(ckpt["model"])
+        optim.optimizer.load_state_dict(ckpt["optimizer"])
+        optim.scheduler.load_state_dict(ckpt["scheduler"])
+        optim.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"])
-        self.state = State(**ckpt["state"])
-        log.info("resumed %s at step %d (epoch %d)", self.spec.name, self.state.step, self.state.epoch)
-        return True
+        state = State(**ckpt["state"])
+        log.info("resumed %s at step %d (epoch %d)", self.name, state.step, state.epoch)
+        return state
 
-    def _fits(self, ckpt: dict) -> bool:
-        """The checkpoint's weights and optimiser groups have this model's names and shapes."""
-        ours = self.model.state_dict()
-        theirs = ckpt.get("model", {})
-        same_weights = ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
-        groups = ckpt.get("optimizer", {}).get("param_groups", [])
-        same_groups = [len(g["params"]) for g in groups] == [len(g["params"]) for g in self.optimizer.param_groups]
-        return same_weights and same_groups
-
-    def _start_over(self, path: Path, ckpt: dict, why: str) -> bool:
-        """Training starts from step 0; the state that cannot resume it is kept beside, not deleted."""
+    def _start_over(self, path: Path, ckpt: dict, why: str) -> None:
         stale = path.with_name(f"last.stale-{str(ckpt.get('identity'))[:12]}.pt")
         os.replace(path, stale)
-        log.warning("%s: %s: %s; starting over (old state in %s)", self.spec.name, path.name, why, stale.name)
-        return False
+        log.warning("%s: %s: %s; starting over (old state in %s)", self.name, path.name, why, stale.name)
 
-    def _set_aside_old_best(self) -> None:
+    def set_aside_old_best(self) -> None:
         """A best.pt without a last.pt to resume belongs to an earlier run; starting over, it must
         not pass for this run's model (a run diverging before its first validation has none)."""
-        best = self.out / "best.pt"
-        if best.exists() and not self.rank:
+        best = self.folder / "best.pt"
+        if best.exists() and self.writes:
             stale = best.with_name(f"best.stale-{int(best.stat().st_mtime)}.pt")
             os.replace(best, stale)
-            log.warning("%s: starting over; the earlier run's best.pt is kept as %s", self.spec.name, stale.name)
+            log.warning("%s: starting over; the earlier run's best.pt is kept as %s", self.name, stale.name)
 
-    # ------------------------------------------------------------------ loop
-    def fit(self) -> State:
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not self.resume():
-            self._set_aside_old_best()
-        for warning in self.warnings:
-            log.warning("%s: %s", self.spec.name, warning)
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
-        st = self.state
-        while not self._done():
-            self._epoch()
-            if self.diverged_at is None and not self._done():
-                st.epoch, st.batches_in_epoch = st.epoch + 1, 0
-        if self.diverged_at is None:
-            if st.last_val_step != st.step:  # the evaluated model is chosen including the final step
-                self._validate()
-            if not (self.out / "best.pt").exists():  # no validation cells: the final model is the best
-                st.best_step = st.step
-                self.checkpoint(self.out / "best.pt")
-            self.checkpoint(self.out / "last.pt")
-        self.write_log()
-        repeated = self._total_repeated_cells()  # a collective: every rank, before rank 0 writes
-        self.write_status(repeated)
-        if self.world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
-        return st
 
-    def _done(self) -> bool:
-        """The one stop condition: steps or epochs used up, early stopping, or divergence."""
-        st, cfg = self.state, self.spec.train
-        # max_steps set: steps count; else epochs (total_steps, for the schedule, is then exact for
-        # epoch 0 and may differ by a step in later epochs, whose pools fall differently)
-        used_up = st.step >= cfg.max_steps if cfg.max_steps else st.epoch >= cfg.epochs
-        return self.diverged_at is not None or used_up or st.bad_evals >= cfg.patience
+class RankSchedule:
+    """Which training micro-batches each rank runs. Row groups are dealt to ranks, so their shares
+    differ by a few batches; every rank runs as many as the largest share (none waits in an
+    all-reduce for one that has finished, and no cell is left out): a shorter share goes round
+    again from its start, and the cells it sees twice are counted (``State.repeated_cells``)."""
 
-    def _epoch(self) -> None:
-        cfg, st = self.spec.train, self.state
-        self.model.train()
-        tick = clock = time.perf_counter()
-        for micro_batches in self._steps(self._epoch_batches()):
-            grad_norm = self._train_step(micro_batches)
-            if grad_norm is None:  # diverged
-                return
-            st.step += 1
-            now = time.perf_counter()
-            st.train_seconds, clock = st.train_seconds + now - clock, now  # validation and checkpoints included
-            if st.step % cfg.log_every == 0 or st.step == self.total_steps:
-                elapsed = time.perf_counter() - tick
-                self._log(
-                    st.window_sse / max(1, st.window_masked),
-                    grad_norm,
-                    st.window_tokens / elapsed,
-                    st.window_cells / elapsed,
-                )
-                st.window_sse, st.window_masked, st.window_tokens, st.window_cells = 0.0, 0, 0, 0
-                tick = time.perf_counter()
-            if cfg.val_every and st.step % cfg.val_every == 0:
-                self._validate()
-                self.model.train()
-            if st.step % cfg.checkpoint_every == 0:
-                self.checkpoint(self.out / "last.pt")
-                self.write_log()
-            if self.stop_signal is not None:
-                self.checkpoint(self.out / "last.pt")
-                self.write_log()
-                raise Preempted(self.stop_signal)
-            if self._done():
-                return
+    def __init__(self, spec: RunSpec, ranks: Ranks, subset: TrainSubset | None):
+        self.corpus, self.loader, self.subset = spec.corpus, spec.loader, subset
+        self.rank, self.world = ranks.rank, ranks.world
+        self.workers = spec.train.num_workers
+        self._shares: dict[int, list[int]] = {}
 
-    def _steps(self, batches):
-        """Micro-batches grouped by optimiser step; an epoch's last group may be shorter (a partial
-        step, so that no gradient carries into the next epoch)."""
-        group = []
-        for batch in batches:
-            group.append(batch)
-            if len(group) == self.spec.train.grad_accum:
-                yield group
-                group = []
-        if group:
-            yield group
-
-    def _shares(self, epoch: int) -> list[int]:
-        """Batches in each rank's share of an epoch (row groups are dealt to ranks, so shares differ
-        by a few batches); counted once per epoch (the schedule and the epoch both ask for epoch 0)."""
-        if epoch not in self._counted_shares:
+    def shares(self, epoch: int) -> list[int]:
+        """Batches in each rank's share of an epoch, counted once per epoch."""
+        if epoch not in self._shares:
             data = ShardBatches(
-                self.spec.corpus, "train", self.spec.loader, epoch=epoch, world_size=self.world, subset=self.subset
+                self.corpus, "train", self.loader, epoch=epoch, world_size=self.world, subset=self.subset
             )
-            self._counted_shares[epoch] = data.batches_per_rank(max(1, self.spec.train.num_workers))
-        return self._counted_shares[epoch]
+            self._shares[epoch] = data.batches_per_rank(max(1, self.workers))
+        return self._shares[epoch]
 
-    def _epoch_batches(self):
-        """This rank's micro-batches for the rest of the epoch. Every rank runs as many as the largest
-        share (so none waits in an all-reduce for one that has finished, and no cell is left out):
-        a shorter share goes round again from its start, and the cells it sees twice are counted
-        (``State.repeated_cells``, reported in model.json)."""
-        spec, cfg, st = self.spec, self.spec.train, self.state
-        shares = self._shares(st.epoch)
+    def steps_per_epoch(self, grad_accum: int) -> int:
+        """Exact for epoch 0 (later epochs' pools may fall a step differently); an epoch ends with
+        a partial step on its leftover micro-batches, so no gradient crosses into the next."""
+        return max(1, math.ceil(max(self.shares(0)) / grad_accum))
+
+    def batches(self, state: State) -> Iterator[Batch]:
+        """This rank's micro-batches for the rest of ``state.epoch``, from ``state.batches_in_epoch``."""
+        shares = self.shares(state.epoch)
         own, target = shares[self.rank], max(shares)
         if target == 0:
-            raise ScencodeError("no training cells in the corpus (split 'train' is empty)", spec.corpus)
+            raise ScencodeError("no training cells in the corpus (split 'train' is empty)", self.corpus)
         if own == 0:
             raise ScencodeError(
-                f"rank {self.rank} has no training cells in epoch {st.epoch}: the corpus has fewer "
-                f"row groups than ranks × loader workers ({self.world} × {cfg.num_workers}); "
+                f"rank {self.rank} has no training cells in epoch {state.epoch}: the corpus has fewer "
+                f"row groups than ranks × loader workers ({self.world} × {self.workers}); "
                 "use fewer workers or smaller row groups (tokenize.row_group_cells)",
-                spec.corpus,
+                self.corpus,
             )
-        done = st.batches_in_epoch
+        done = state.batches_in_epoch
         while done < target:
             lap, skip = divmod(done, own)
-            data = ShardBatches(
-                spec.corpus,
-                "train",
-                spec.loader,
-                epoch=st.epoch,
-                rank=self.rank,
-                world_size=self.world,
-                skip_batches=skip,
-                subset=self.subset,
-            )
-            loader = torch.utils.data.DataLoader(
-                data,
-                batch_size=None,
-                num_workers=cfg.num_workers,
-                generator=torch.Generator().manual_seed(spec.loader.seed),
-            )
-            for batch in loader:
+            for batch in self._loader(state.epoch, skip):
                 if lap:
-                    st.repeated_cells += batch.n_cells
+                    state.repeated_cells += batch.n_cells
                 yield batch
                 done += 1
                 if done == target:
                     return
             if done % own:
                 raise ScencodeError(
-                    f"rank {self.rank} read {done % own} batches of epoch {st.epoch}, {own} were counted", spec.corpus
+                    f"rank {self.rank} read {done % own} batches of epoch {state.epoch}, {own} were counted",
+                    self.corpus,
                 )
 
-    def _train_step(self, micro_batches: list[Batch]) -> float | None:
-        """One optimiser step. Its loss is the mean over every masked token of its micro-batches
-        (and ranks): each micro-batch's squared-error sum is divided by the step's token count, so
-        a token of a short cell weighs as much as one of a long cell whatever the bucketing."""
-        st = self.state
-        batches = [b.to(self.device) for b in micro_batches]
-        n_masked = sum((b.masked & b.real).sum() for b in batches).double()
-        if self.world > 1:
-            dist.all_reduce(n_masked)
-        scale = self.world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
-        for i, batch in enumerate(batches):
-            sync = self.world == 1 or i == len(batches) - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                with autocast(self.device, self.amp):
-                    _, sse, n = self.ddp(batch)
-                if not torch.isfinite(sse):
-                    self._diverged(sse / n.clamp(min=1))
-                    return None
-                self.scaler.scale(sse * scale).backward()
-            st.window_sse += float(sse.detach())
-            st.window_masked += int(n)
-            st.window_tokens += int(batch.real.sum())
-            st.window_cells += batch.n_cells
-            st.tokens_seen += int(batch.real.sum())
-            st.cells_seen += batch.n_cells
-        st.batches_in_epoch += len(batches)
-        return self._optimizer_step()
-
-    def _optimizer_step(self) -> float:
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return float(grad_norm)
-
-    def _log(self, train_loss, grad_norm, tokens_per_s, cells_per_s, val_loss=float("nan")) -> None:
-        st = self.state
-        row = {
-            "step": st.step,
-            "epoch": st.epoch,
-            "lr": self.scheduler.get_last_lr()[0],
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tokens_per_s,
-            "cells_per_s": cells_per_s,
-        }
-        for key in LOG_COLUMNS:
-            st.log[key].append(float(row[key]) if key not in ("step", "epoch") else int(row[key]))
-        if self.rank == 0 and not math.isnan(train_loss):
-            log.info(
-                "%s step %d loss %.4f lr %.2e grad %.3f %.0f tokens/s",
-                self.spec.name,
-                st.step,
-                train_loss,
-                row["lr"],
-                grad_norm,
-                tokens_per_s,
-            )
-
-    @torch.no_grad()
-    def _validate(self) -> float:
-        spec, st = self.spec, self.state
-        self.model.eval()
+    def _loader(self, epoch: int, skip: int) -> torch.utils.data.DataLoader:
         data = ShardBatches(
-            spec.corpus, "val", spec.loader, epoch=0, rank=self.rank, world_size=self.world, shuffle=False
+            self.corpus,
+            "train",
+            self.loader,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world,
+            skip_batches=skip,
+            subset=self.subset,
         )
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        seen = 0
-        for batch in data:
-            if seen >= spec.train.val_cells // self.world:
-                break
-            batch = batch.to(self.device)
-            with autocast(self.device, self.amp):
-                _, sse, n = self.model(batch)
-            total += torch.stack([sse.double(), n.double()])
-            seen += batch.n_cells
-        if self.world > 1:
-            dist.all_reduce(total)
-        st.last_val_step = st.step
-        if total[1] == 0:
-            return math.nan
-        val = st.last_val = float(total[0] / total[1])
-        self._log(math.nan, math.nan, math.nan, math.nan, val_loss=val)
-        if val < st.best_val:
-            st.best_val, st.best_step, st.bad_evals = val, st.step, 0
-            self.checkpoint(self.out / "best.pt")
-        else:
-            st.bad_evals += 1
-        if self.rank == 0:
-            log.info("%s step %d validation loss %.5f (best %.5f)", spec.name, st.step, val, st.best_val)
-        return val
-
-    def _diverged(self, loss: torch.Tensor) -> None:
-        st = self.state
-        self._log(float(loss.detach()), math.nan, math.nan, math.nan)
-        self.write_log()
-        message = (
-            f"{self.spec.name}: training loss became {float(loss.detach())} at step {st.step} (epoch {st.epoch}); "
-            f"the last good checkpoint is kept ({self.out / 'last.pt'})"
-        )
-        if self.spec.train.on_nonfinite == "stop":
-            raise ScencodeError(message)
-        self.diverged_at = st.step
-        log.error("%s; ending the run as diverged (on_nonfinite: finish)", message)
-
-    def write_status(self, repeated_cells: int = 0) -> None:
-        """model.json: how the run ended, which checkpoint evaluation should use and from which step
-        (None: no usable model, with the reason; the evaluation tables carry it), what the settings
-        could not do, and the components' scales at the start and end."""
-        if self.rank:
-            return
-        st, best, model = self.state, self.out / "best.pt", self.spec.model
-        status = (
-            "diverged"
-            if self.diverged_at is not None
-            else ("early_stopped" if st.bad_evals >= self.spec.train.patience else "completed")
-        )
-        if status != "diverged":
-            note = ""
-        elif best.exists():
-            note = (
-                f"training diverged at step {self.diverged_at}; best.pt is the best validation "
-                f"before that (loss {st.best_val:.4g})"
-            )
-        else:
-            note = f"training diverged at step {self.diverged_at}, before any validation: no checkpoint"
-        finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731
-        write_json(
-            {
-                "configuration": self.spec.name,
-                "gene_encoding": model.gene_encoding,
-                "expression_encoding": model.expression_encoding,
-                "seed": self.spec.loader.seed,
-                "status": status,
-                "steps": st.step,
-                "total_steps": self.total_steps,
-                "train_cells": self.training_set,
-                "steps_per_epoch": self.steps_per_epoch,
-                "best_val_loss": finite(st.best_val),
-                "checkpoint": best.name if best.exists() else None,
-                "checkpoint_step": st.best_step if best.exists() else None,
-                "final_val_loss": finite(st.last_val) if st.last_val_step == st.step else None,
-                "still_improving": st.best_step == st.step and st.step > 0,
-                "warnings": self.warnings,
-                "calibration": st.calibration,
-                "ranks": {"world_size": self.world, "repeated_cells": repeated_cells},
-                "component_rms": {"start": st.rms_start, "end": self._component_rms()},
-                "cost": self._cost(),
-                "note": note,
-            },
-            self.out / "model.json",
+        return torch.utils.data.DataLoader(
+            data,
+            batch_size=None,
+            num_workers=self.workers,
+            generator=torch.Generator().manual_seed(self.loader.seed),
         )
 
-    def _cost(self) -> dict:
-        """What training cost: wall time in the loop (all resumes), device, real tokens and cells
-        per second, GPU-hours (or CPU core-hours) and, on CUDA, MFU by the 6N convention (model FLOPs
-        of the real tokens: 6 x the blocks' weights per token, attention's quadratic term left out).
-        Totals are rank 0's figures x the ranks (their shares are balanced)."""
-        st, seconds = self.state, max(self.state.train_seconds, 1e-9)
-        tokens, cells = st.tokens_seen * self.world, st.cells_seen * self.world
-        cuda = self.device.type == "cuda"
-        peak_name, peak = peak_flops(self.device)
-        cfg = self.spec.model
-        flops = 6 * block_params(cfg.n_layers, cfg.d_model, cfg.d_ff) * tokens
-        return {
-            "wall_seconds": st.train_seconds,
-            "device": device_name(self.device),
-            "devices": self.world,
-            "real_tokens": tokens,
-            "cells": cells,
-            "tokens_per_s": tokens / seconds,
-            "cells_per_s": cells / seconds,
-            "device_hours": st.train_seconds / 3600 * (self.world if cuda else self.world * torch.get_num_threads()),
-            "device_hours_unit": "GPU-hours" if cuda else "CPU core-hours",
-            "mfu": flops / seconds / (peak * self.world) if cuda and peak else None,
-            "peak": peak_name,
-        }
 
-    def _total_repeated_cells(self) -> int:
-        """Cells the ranks saw twice to even out their shares, over all epochs and ranks."""
-        total = torch.tensor([self.state.repeated_cells], dtype=torch.int64, device=self.device)
-        if self.world > 1:
-            dist.all_reduce(total)
-        return int(total.item())
+def optimizer_steps(batches: Iterable[Batch], grad_accum: int) -> Iterator[list[Batch]]:
+    """Micro-batches grouped by optimiser step; the last group may be shorter (a partial step)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == grad_accum:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1 (SLURM preemption) asks the loop to checkpoint and stop at the next step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def listen(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        return self
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_signal = signum
+        self.signum = signum
         log.warning("signal %d: checkpointing at the next optimiser step", signum)
-
-    def write_log(self) -> None:
-        if self.rank:
-            return
-        table = pa.table({k: self.state.log[k] for k in LOG_COLUMNS})
-        table = table.replace_schema_metadata(
-            {b"configuration": self.spec.name.encode(), b"steps_per_epoch": str(self.steps_per_epoch).encode()}
-        )
-        with atomic_path(self.out / "train_log.parquet", suffix=".parquet") as tmp:
-            pq.write_table(table, tmp)
 
 
 class Preempted(Exception):
     """The job was asked to stop (SIGTERM/SIGUSR1); last.pt holds the state to resume from."""
+
+
+# ---------------------------------------------------------------- one run: set up, then the loop
+
+
+@dataclass
+class Run:
+    """Everything one pretraining run holds; ``setup`` builds it, ``fit`` trains it."""
+
+    spec: RunSpec
+    ranks: Ranks
+    optim: Optimisation
+    schedule: RankSchedule
+    store: CheckpointStore
+    state: State
+    amp: torch.dtype | None
+    probe: list[Batch]  # the first training batches: calibration and the components' scales
+    training_set: dict  # model.json's train_cells
+    steps_per_epoch: int
+    total_steps: int
+    warnings: list[str]
+    stop: StopRequest = field(default_factory=StopRequest)
+    diverged_at: int | None = None
+
+    @property
+    def model(self) -> CellTransformer:
+        return self.optim.model
+
+    @property
+    def out(self) -> Path:
+        return Path(self.spec.out_dir)
+
+
+def setup(spec: RunSpec) -> Run:
+    """The run's model (calibrated on the first training batches), optimiser, schedule and stores."""
+    cfg = spec.train
+    cfg.validate()
+    ranks = Ranks.join()
+    vocab, vocab_hash = load_vocab(spec.vocab)
+    manifest = verify_corpus(spec.corpus, checksums=False, vocab_hash=vocab_hash)
+    subset = draw_train_subset(spec.corpus, cfg.train_cells) if cfg.train_cells else None
+    training_set = (
+        subset.describe() if subset else {"requested": "all", "cells": int(manifest["splits"].get("train", 0))}
+    )
+    spec = replace(spec, model=replace(spec.model, vocab_size=len(vocab)))  # the caller's spec is left as it was
+    torch.manual_seed(spec.loader.seed)
+    model = build_model(spec, vocab).to(ranks.device)
+    # the same first training batches on every rank: calibration gives every rank the same gains
+    first = ShardBatches(spec.corpus, "train", spec.loader, epoch=0, subset=subset)
+    probe = [batch.to(ranks.device) for batch, _ in zip(first, range(cfg.calibration_batches))]
+    state = State(calibration=model.calibrate(probe))
+    state.rms_start = component_rms(model, probe)
+    step_model = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    schedule = RankSchedule(spec, ranks, subset)
+    steps_per_epoch = schedule.steps_per_epoch(cfg.grad_accum)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, cfg, total_steps))
+    amp = autocast_dtype(cfg.precision, ranks.device)
+    optim = Optimisation(model, step_model, optimizer, scheduler, torch.amp.GradScaler(enabled=amp == torch.float16))
+    return Run(
+        spec=spec,
+        ranks=ranks,
+        optim=optim,
+        schedule=schedule,
+        store=CheckpointStore(Path(spec.out_dir), spec, vocab_hash, ranks.writes),
+        state=state,
+        amp=amp,
+        probe=probe,
+        training_set=training_set,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warnings=cfg.schedule_warnings(total_steps),
+    )
+
+
+def fit(run: Run) -> State:
+    """The training loop: resume, then step, log, validate, checkpoint and stop, epoch after epoch."""
+    cfg = run.spec.train
+    run.out.mkdir(parents=True, exist_ok=True)
+    resumed = run.store.resume(run.optim)
+    if resumed is None:
+        run.store.set_aside_old_best()
+    st = run.state = resumed or run.state
+    for warning in run.warnings:
+        log.warning("%s: %s", run.spec.name, warning)
+    run.stop.listen()
+    while not finished(run):
+        run.model.train()
+        window = clock = time.perf_counter()
+        for micro_batches in optimizer_steps(run.schedule.batches(st), cfg.grad_accum):
+            grad_norm = train_step(run, micro_batches)
+            if grad_norm is None:  # diverged (on_nonfinite: finish)
+                break
+            st.step += 1
+            now = time.perf_counter()
+            st.train_seconds, clock = st.train_seconds + now - clock, now  # validation and checkpoints included
+            if st.step % cfg.log_every == 0 or st.step == run.total_steps:
+                log_training(run, grad_norm, seconds=now - window)
+                window = time.perf_counter()
+            if cfg.val_every and st.step % cfg.val_every == 0:
+                validate(run)
+                run.model.train()
+            if st.step % cfg.checkpoint_every == 0 or run.stop.signum is not None:
+                run.store.save("last.pt", run.optim, st)
+                write_log(run)
+            if run.stop.signum is not None:
+                raise Preempted(run.stop.signum)
+            if finished(run):
+                break
+        if run.diverged_at is None and not finished(run):
+            st.epoch, st.batches_in_epoch = st.epoch + 1, 0
+    return finish(run)
+
+
+def finished(run: Run) -> bool:
+    """The one stop condition: steps or epochs used up, early stopping, or divergence."""
+    st, cfg = run.state, run.spec.train
+    # max_steps set: steps count; else epochs (total_steps, for the schedule, is then exact for
+    # epoch 0 and may differ by a step in later epochs, whose pools fall differently)
+    used_up = st.step >= cfg.max_steps if cfg.max_steps else st.epoch >= cfg.epochs
+    return run.diverged_at is not None or used_up or st.bad_evals >= cfg.patience
+
+
+def finish(run: Run) -> State:
+    """The model evaluation uses (the best validation, the final step included), the log, model.json."""
+    st = run.state
+    if run.diverged_at is None:
+        if st.last_val_step != st.step:
+            validate(run)
+        if not run.store.has("best.pt"):  # no validation cells: the final model is the best
+            st.best_step = st.step
+            run.store.save("best.pt", run.optim, st)
+        run.store.save("last.pt", run.optim, st)
+    write_log(run)
+    repeated = int(run.ranks.sum(torch.tensor([st.repeated_cells], device=run.ranks.device)).item())  # every rank
+    if run.ranks.writes:
+        write_run_status(run_status(run, repeated), run.out / "model.json")
+    run.ranks.leave()
+    return st
+
+
+def train_step(run: Run, micro_batches: list[Batch]) -> float | None:
+    """One optimiser step: its gradient norm, or None if the loss became non-finite."""
+    if not accumulate_gradients(run, micro_batches):
+        return None
+    return optimizer_step(run.optim, run.spec.train.grad_clip)
+
+
+def accumulate_gradients(run: Run, micro_batches: list[Batch]) -> bool:
+    """Backward passes of one step. Its loss is the mean over every masked token of its
+    micro-batches (and ranks): each micro-batch's squared-error sum is divided by the step's token
+    count, so a token of a short cell weighs as much as one of a long cell whatever the bucketing.
+    False: the loss became non-finite (``diverged`` has dealt with it)."""
+    st, world = run.state, run.ranks.world
+    batches = [b.to(run.ranks.device) for b in micro_batches]
+    n_masked = run.ranks.sum(sum((b.masked & b.real).sum() for b in batches).double())
+    scale = world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
+    for i, batch in enumerate(batches):
+        sync = world == 1 or i == len(batches) - 1
+        with contextlib.nullcontext() if sync else run.optim.step_model.no_sync():
+            with autocast(run.ranks.device, run.amp):
+                _, sse, n = run.optim.step_model(batch)
+            if not torch.isfinite(sse):
+                diverged(run, sse / n.clamp(min=1))
+                return False
+            run.optim.scaler.scale(sse * scale).backward()
+        tokens = int(batch.real.sum())
+        st.window_sse, st.window_masked = st.window_sse + float(sse.detach()), st.window_masked + int(n)
+        st.window_tokens, st.window_cells = st.window_tokens + tokens, st.window_cells + batch.n_cells
+        st.tokens_seen, st.cells_seen = st.tokens_seen + tokens, st.cells_seen + batch.n_cells
+    st.batches_in_epoch += len(batches)
+    return True
+
+
+def optimizer_step(optim: Optimisation, grad_clip: float) -> float:
+    optim.scaler.unscale_(optim.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(optim.model.parameters(), grad_clip)
+    optim.scaler.step(optim.optimizer)
+    optim.scaler.update()
+    optim.optimizer.zero_grad(set_to_none=True)
+    optim.scheduler.step()
+    return float(grad_norm)
+
+
+@torch.no_grad()
+def validate(run: Run) -> float:
+    """Masked MSE on (up to ``val_cells`` of) the validation split; a new best writes best.pt."""
+    spec, st, ranks = run.spec, run.state, run.ranks
+    run.model.eval()
+    data = ShardBatches(
+        spec.corpus, "val", spec.loader, epoch=0, rank=ranks.rank, world_size=ranks.world, shuffle=False
+    )
+    total = torch.zeros(2, dtype=torch.float64, device=ranks.device)
+    seen = 0
+    for batch in data:
+        if seen >= spec.train.val_cells // ranks.world:
+            break
+        batch = batch.to(ranks.device)
+        with autocast(ranks.device, run.amp):
+            _, sse, n = run.model(batch)
+        total += torch.stack([sse.double(), n.double()])
+        seen += batch.n_cells
+    ranks.sum(total)
+    st.last_val_step = st.step
+    if total[1] == 0:
+        return math.nan
+    val = st.last_val = float(total[0] / total[1])
+    log_row(run, val_loss=val)
+    if val < st.best_val:
+        st.best_val, st.best_step, st.bad_evals = val, st.step, 0
+        run.store.save("best.pt", run.optim, st)
+    else:
+        st.bad_evals += 1
+    if ranks.writes:
+        log.info("%s step %d validation loss %.5f (best %.5f)", spec.name, st.step, val, st.best_val)
+    return val
+
+
+def diverged(run: Run, loss: torch.Tensor) -> None:
+    """A non-finite training loss: the job fails (``on_nonfinite: stop``; last.pt keeps the last
+    good state) or the run ends as diverged (``finish``)."""
+    st, value = run.state, float(loss.detach())
+    log_row(run, train_loss=value)
+    write_log(run)
+    message = (
+        f"{run.spec.name}: training loss became {value} at step {st.step} (epoch {st.epoch}); "
+        f"the last good checkpoint is kept ({run.out / 'last.pt'})"
+    )
+    if run.spec.train.on_nonfinite == "stop":
+        raise ScencodeError(message)
+    run.diverged_at = st.step
+    log.error("%s; ending the run as diverged (on_nonfinite: finish)", message)
+
+
+# ---------------------------------------------------------------- what the run reports
+
+
+def log_training(run: Run, grad_norm: float, seconds: float) -> None:
+    """A training row: the mean masked MSE and throughput since the last row."""
+    st = run.state
+    log_row(
+        run,
+        train_loss=st.window_sse / max(1, st.window_masked),
+        grad_norm=grad_norm,
+        tokens_per_s=st.window_tokens / seconds,
+        cells_per_s=st.window_cells / seconds,
+    )
+    st.window_sse, st.window_masked, st.window_tokens, st.window_cells = 0.0, 0, 0, 0
+    if run.ranks.writes:
+        log.info(
+            "%s step %d loss %.4f lr %.2e grad %.3f %.0f tokens/s",
+            run.spec.name,
+            st.step,
+            st.log["train_loss"][-1],
+            run.optim.lr,
+            grad_norm,
+            st.log["tokens_per_s"][-1],
+        )
+
+
+def log_row(run: Run, **values: float) -> None:
+    """One row of train_log.parquet (NaN for what this row does not measure)."""
+    st = run.state
+    row = {"step": st.step, "epoch": st.epoch, "lr": run.optim.lr, **values}
+    for key in LOG_COLUMNS:
+        st.log[key].append(int(row[key]) if key in ("step", "epoch") else float(row.get(key, math.nan)))
+
+
+def write_log(run: Run) -> None:
+    if run.ranks.writes:
+        write_train_log(run.state.log, run.out / "train_log.parquet", run.spec.name, run.steps_per_epoch)
+
+
+def component_rms(model: CellTransformer, probe: list[Batch]) -> dict[str, float]:
+    rms = [model.component_rms(b) for b in probe]
+    return {k: float(np.mean([r[k] for r in rms])) for k in rms[0]} if rms else {}
+
+
+def run_status(run: Run, repeated_cells: int) -> RunStatus:
+    """model.json: how the run ended, which checkpoint evaluation should use and from which step
+    (None: no usable model, with the reason), what the settings could not do, the components'
+    scales at the start and end, and what it cost."""
+    st, spec = run.state, run.spec
+    has_best = run.store.has("best.pt")
+    status = (
+        "diverged"
+        if run.diverged_at is not None
+        else ("early_stopped" if st.bad_evals >= spec.train.patience else "completed")
+    )
+    if status != "diverged":
+        note = ""
+    elif has_best:
+        note = (
+            f"training diverged at step {run.diverged_at}; best.pt is the best validation "
+            f"before that (loss {st.best_val:.4g})"
+        )
+    else:
+        note = f"training diverged at step {run.diverged_at}, before any validation: no checkpoint"
+    finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731
+    return RunStatus(
+        configuration=spec.name,
+        gene_encoding=spec.model.gene_encoding,
+        expression_encoding=spec.model.expression_encoding,
+        seed=spec.loader.seed,
+        status=status,
+        steps=st.step,
+        total_steps=run.total_steps,
+        train_cells=run.training_set,
+        steps_per_epoch=run.steps_per_epoch,
+        best_val_loss=finite(st.best_val),
+        checkpoint="best.pt" if has_best else None,
+        checkpoint_step=st.best_step if has_best else None,
+        final_val_loss=finite(st.last_val) if st.last_val_step == st.step else None,
+        still_improving=st.best_step == st.step and st.step > 0,
+        warnings=run.warnings,
+        calibration=st.calibration,
+        ranks={"world_size": run.ranks.world, "repeated_cells": repeated_cells},
+        component_rms={"start": st.rms_start, "end": component_rms(run.model, run.probe)},
+        cost=training_cost(run),
+        note=note,
+    )
+
+
+def training_cost(run: Run) -> dict:
+    """What training cost: wall time in the loop (all resumes), device, real tokens and cells
+    per second, GPU-hours (or CPU core-hours) and, on CUDA, MFU by the 6N convention (model FLOPs
+    of the real tokens: 6 x the blocks' weights per token, attention's quadratic term left out).
+    Totals are rank 0's figures x the ranks (their shares are balanced)."""
+    st, world, device = run.state, run.ranks.world, run.ranks.device
+    seconds = max(st.train_seconds, 1e-9)
+    tokens, cells = st.tokens_seen * world, st.cells_seen * world
+    cuda = device.type == "cuda"
+    peak_name, peak = peak_flops(device)
+    cfg = run.spec.model
+    flops = 6 * block_params(cfg.n_layers, cfg.d_model, cfg.d_ff) * tokens
+    return {
+        "wall_seconds": st.train_seconds,
+        "device": device_name(device),
+        "devices": world,
+        "real_tokens": tokens,
+        "cells": cells,
+        "tokens_per_s": tokens / seconds,
+        "cells_per_s": cells / seconds,
+        "device_hours": st.train_seconds / 3600 * (world if cuda else world * torch.get_num_threads()),
+        "device_hours_unit": "GPU-hours" if cuda else "CPU core-hours",
+        "mfu": flops / seconds / (peak * world) if cuda and peak else None,
+        "peak": peak_name,
+    }
 
 
 def run(
@@ -703,12 +822,12 @@ def run(
     vocab: Path,
     out: OutputFolder,
     params: dict | None = None,
-    gene_table: Path | None = None,
+    gene_embeddings: Path | None = None,
     threads: int | None = None,
 ) -> State:
     """Pretrain one encoding configuration into folder ``out`` (best.pt, last.pt, train_log.parquet,
     model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
-    ``gene_table``: the gene-embedding table of the esm2 and random_frozen gene encodings."""
+    ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one."""
     import sys
 
     from .settings import parse, torch_threads
@@ -717,7 +836,7 @@ def run(
     unknown = sorted(set(params) - {"model", "loader", "train"})
     if unknown:
         raise ScencodeError(f"unknown pretrain settings section(s): {', '.join(unknown)} (known: model, loader, train)")
-    # the vocabulary's size is known once the Trainer reads it; the model validates itself then
+    # the vocabulary's size is known once setup reads it; the model validates itself then
     model = parse(ModelConfig, {"vocab_size": 0, **params.get("model", {})}, validate=False)
     spec = RunSpec(
         name,
@@ -727,11 +846,11 @@ def run(
         model,
         parse(LoaderConfig, params.get("loader")),
         parse(TrainConfig, params.get("train")),
-        Path(gene_table) if gene_table else None,
+        Path(gene_embeddings) if gene_embeddings else None,
     )
     torch_threads(threads)
     try:
-        state = Trainer(spec).fit()
+        state = fit(setup(spec))
     except Preempted as signum:
         log.warning("stopped by signal %s; last.pt saved, rerun to resume", signum)
         sys.exit(TERMINATED_EXIT)

@@ -20,7 +20,16 @@ import numpy as np
 import pandas as pd
 
 from .atomic import OutputFile
-from .cellsets import MAX_CELLS_SCIB, SUBSAMPLE_SEED, cache_graph_kernels, knn_graph, labeled, seeded_subsample
+from .cellsets import (
+    MAX_CELLS_SCIB,
+    SINGLE_BATCH,
+    SINGLE_CELL_TYPE,
+    SUBSAMPLE_SEED,
+    cache_graph_kernels,
+    knn_graph,
+    labeled,
+    seeded_subsample,
+)
 from .errors import ScencodeError
 from .formats import RunIdentity, metric_table, read_embedding, write_table
 
@@ -38,8 +47,8 @@ class BenchmarkerParams:
     seed: int = SUBSAMPLE_SEED
 
     def validate(self) -> None:
-        if self.max_cells_scib < 2:
-            raise ScencodeError(f"scib_benchmarker max_cells_scib must be ≥ 2, got {self.max_cells_scib}")
+        if self.max_cells_scib < 10:
+            raise ScencodeError(f"scib_benchmarker max_cells_scib must be ≥ 10, got {self.max_cells_scib}")
 
 
 def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
@@ -88,9 +97,9 @@ def benchmark_dataset(
     bio, batch = BioConservation(), BatchCorrection()
     reason = {}
     if n_batches < 2:
-        batch, reason = None, {"batch": "single batch: batch correction is not defined"}
+        batch, reason = None, {"batch": SINGLE_BATCH}
     if n_labels < 2:
-        bio, batch, reason = None, None, {"bio": "single cell type: conservation is not defined"}
+        bio, batch, reason = None, None, {"bio": SINGLE_CELL_TYPE}
     results = pd.DataFrame()
     if matrices and (bio or batch):
         import anndata as ad

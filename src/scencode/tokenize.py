@@ -44,12 +44,10 @@ class TokenizeParams:
     compression_level: int = 3
 
     def validate(self) -> None:
-        if not (
-            0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1
-        ):
+        if not (0 <= self.val_fraction <= 0.5 and 0 <= self.test_fraction <= 0.5):
             raise ScencodeError(
                 f"tokenize.val_fraction {self.val_fraction} and test_fraction {self.test_fraction} "
-                "must be in [0, 1) and leave cells for training"
+                "must each be in [0, 0.5], so that most cells are left for training"
             )
         for key in ("cells_per_shard", "row_group_cells", "chunk_cells"):
             if getattr(self, key) < 1:

@@ -4,6 +4,7 @@
 import json
 
 from scencode import workflow_config
+from scencode.encodings import needs_gene_table
 from scencode.errors import ScencodeError
 from scencode.plan import job_resources
 
@@ -155,7 +156,6 @@ def vocab_protein_genes():
 
 
 PRETRAIN = config["pretrain"]
-TABLE_GENE_ENCODINGS = ("esm2", "esm2_permuted", "random_frozen")
 
 
 CONFIGURATIONS = workflow_config.configurations(config)  # run name → (entry, seed, training-set size)
@@ -171,9 +171,9 @@ def pretrain_settings(name):
     }
 
 
-def pretrain_gene_table(wildcards):
+def pretrain_gene_embeddings(wildcards):
     entry, _, _ = CONFIGURATIONS[wildcards.run]
-    return ESM_TABLE if entry["gene"] in TABLE_GENE_ENCODINGS else []
+    return ESM_TABLE if needs_gene_table(entry["gene"]) else []
 
 
 EVALUATE = config["evaluate"]

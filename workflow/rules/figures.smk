@@ -10,6 +10,7 @@ rule figures:
         summary=rules.tables.output.summary,
         metrics=rules.tables.output.metrics,
         train_logs=[train_log(run) for run in CONFIGURATIONS],
+        models=[model_status(run) for run in CONFIGURATIONS],
     output:
         png=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
@@ -30,5 +31,5 @@ rule figures:
         "../../envs/evaluate.yaml"
     shell:
         "scencode figures --summary {input.summary:q} --metrics {input.metrics:q}"
-        " --train-logs {input.train_logs:q} --caveat {params.caveat:q} --out-dir \"$(dirname {output.comparison:q})\""
+        " --train-logs {input.train_logs:q} --models {input.models:q} --caveat {params.caveat:q} --out-dir \"$(dirname {output.comparison:q})\""
         " > {log:q} 2>&1"

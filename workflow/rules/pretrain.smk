@@ -9,13 +9,13 @@ rule pretrain:
     input:
         corpus=corpus_dir(TRAIN_CORPUS),
         vocab=rules.vocab.output[0],
-        gene_table=pretrain_gene_table,
+        gene_embeddings=pretrain_gene_embeddings,
     output:
         status=model_status(),
         log=train_log(),
     params:
         settings=lambda w: as_json(pretrain_settings(w.run)),
-        table=lambda w, input: ["--gene-table", input.gene_table] if input.gene_table else [],
+        table=lambda w, input: ["--gene-embeddings", input.gene_embeddings] if input.gene_embeddings else [],
     log:
         f"{LOGS}/pretrain/{{run}}.log",
     benchmark:

@@ -67,13 +67,6 @@ class EmbedParams:
 RELEASED_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"  # fair-esm's own hub address
 
 
-def load_esm2(name: str | None = None, weights: str | Path | None = None, sha256: str | None = None):
-    """An ESM-2 model and alphabet, from a local fair-esm checkpoint or by released name. Either way
-    the file is read with ``weights_only=True`` (fair-esm's hub loader unpickles in full: a file
-    planted in a shared torch hub cache would run its code) and checked against ``sha256`` if given."""
-    return load_weights(esm2_weights(name, weights, sha256)[0])
-
-
 def esm2_weights(
     name: str | None = None,
     weights: str | Path | None = None,

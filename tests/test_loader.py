@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from scencode.data import LoaderConfig, ShardBatches, sample_tokens
+from scencode.loader import LoaderConfig, ShardBatches, sample_tokens
 
 CFG = LoaderConfig(batch_size=16, context=64, p_mask=0.5, bucket_batches=3, seed=5)
 
@@ -50,7 +50,7 @@ def test_k_of_m_sampling_and_masking_fraction():
 
 
 def hashes(genes, key, epoch, cfg):
-    from scencode.data import splitmix
+    from scencode.loader import splitmix
 
     salt = splitmix(np.uint64(cfg.seed) * np.uint64(1_000_003) + np.uint64(epoch))
     with np.errstate(over="ignore"):
@@ -61,7 +61,7 @@ def hashes(genes, key, epoch, cfg):
 def test_the_compiled_sampler_keeps_the_smallest_hashes_and_masks_the_smallest_second_hashes(context):
     """Against a plain sort per cell: the K genes with the smallest (seed, epoch, cell, gene) hash,
     and among them the round(p·K) with the smallest re-mixed hash masked."""
-    from scencode.data import splitmix
+    from scencode.loader import splitmix
 
     rng = np.random.default_rng(context)
     lengths = rng.integers(1, 200, 40)

@@ -51,8 +51,11 @@ class LoaderConfig:
     layout: str = "packed"  # packed: real tokens only (offsets) | padded: (cells, longest) + valid
 
     def validate(self) -> None:
-        if self.context < 1 or self.batch_size < 1:
-            raise ScencodeError(f"context ({self.context}) and batch_size ({self.batch_size}) must be ≥ 1")
+        for key in ("context", "batch_size", "bucket_batches"):
+            if getattr(self, key) < 1:
+                raise ScencodeError(f"loader.{key} must be ≥ 1, got {getattr(self, key)}")
+        if not self.c_norm > 0:
+            raise ScencodeError(f"loader.c_norm must be > 0, got {self.c_norm}")
         if self.gene_sampling not in GENE_SAMPLING:
             raise ScencodeError(f"gene_sampling {self.gene_sampling!r}: choose one of {', '.join(GENE_SAMPLING)}")
         if self.layout not in LAYOUTS:

@@ -1,0 +1,75 @@
+"""Every benchmark command docs/benchmarks.md documents runs as documented, at its smallest sizes, and
+prints its JSON last (its figures are never asserted: wall time is not a test). Benchmarks that compare
+with a package scencode does not install (scib, scDataset) run where it is installed."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+
+# script → (smallest arguments, keys its last line holds, a package it needs beyond scencode's own)
+SMOKE = {
+    "corpus_statistics.py": (
+        ["--cells", "2000", "--nnz", "40", "--context", "32", "--repeats", "1"],
+        {"stats_cells_per_s", "speedup_vs_reading_shards"},
+        None,
+    ),
+    "esm_embedding.py": (["--sequences", "6", "--batch-size", "2", "--token-budget", "512"], {"speedup"}, None),
+    "evaluate.py": (["--cells", "400", "--dim", "8"], {"seconds", "peak_rss_mb", "study_estimate"}, None),
+    "loader.py": (
+        ["--cells", "600", "--nnz", "80", "--batch-size", "64", "--context", "32"],
+        {"per_encoding", "min_cells_per_s"},
+        None,
+    ),
+    "loader_vs_peers.py": (
+        ["--cells", "600", "--nnz", "40", "--batch-size", "64", "--context", "32", "--peers", "scencode", "annloader"],
+        {"loaders"},
+        None,
+    ),
+    "qc_throughput.py": (["--cells", "500", "--nnz", "300"], {"cells_per_s", "cells_kept"}, None),
+    "tokenize_throughput.py": (["--cells", "500", "--nnz", "60"], {"cells_per_s", "ratio_to_read_limit"}, None),
+    "train_step.py": (
+        ["--batch", "1", "--length", "16", "--steps", "2", "--cells", "16"],
+        {"tokens_per_s", "ratio"},
+        None,
+    ),
+    "evaluate_vs_scib.py": (
+        ["--cells", "300", "--benchmarker", "none", "--no-real"],
+        {"sets", "summary"},
+        "scib",
+    ),
+}
+# documented, but not smoke-run here: GPU work (gpu_check has its own --smoke test) and runs that
+# need a finished demo or hours of training
+NOT_SMOKED = {"gpu_check.py", "cell_identity.py", "identity_sweep.py", "scib_agreement.py"}
+
+
+def test_every_documented_benchmark_is_smoke_run_or_says_why_not():
+    documented = set(re.findall(r"benchmarks/(\w+\.py)", (REPO / "docs" / "benchmarks.md").read_text()))
+    documented -= {"synthetic.py", "record.py"}  # helpers, not benchmarks
+    assert documented == set(SMOKE) | NOT_SMOKED
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_a_benchmark_prints_its_json_last(script, tmp_path):
+    args, keys, needs = SMOKE[script]
+    if needs and importlib.util.find_spec(needs) is None:
+        pytest.skip(f"{script} compares with {needs}, which is not installed")
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert keys <= set(last), f"{script}: {sorted(last)}"
