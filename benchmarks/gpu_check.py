@@ -53,6 +53,12 @@ PAPER = dict(configurations=8, epochs=3, cells=10_000_000, tokens_per_cell=900) 
 # ---------------------------------------------------------------- synthetic data in scencode's formats
 
 
+def _mean_mse(model, batch):
+    """The training objective of one batch (masked squared error, averaged)."""
+    _, sse, n = model(batch)
+    return sse / n.clamp(min=1)
+
+
 def cell_lengths(n: int, context: int, rng: np.random.Generator) -> np.ndarray:
     """Non-zero genes per cell, heavy-tailed as in CELLxGENE droplet data (median ≈ 0.6 × context)."""
     return np.clip(rng.lognormal(np.log(0.6 * context), 0.5, n), 20, 3 * context).astype(np.int64)
@@ -498,9 +504,3 @@ def _plain(value):
 
 if __name__ == "__main__":
     main()
-
-
-def _mean_mse(model, batch):
-    """The training objective of one batch (masked squared error, averaged)."""
-    _, sse, n = model(batch)
-    return sse / n.clamp(min=1)
