@@ -442,30 +442,24 @@ class ShardBatches(torch.utils.data.IterableDataset):
         return keep
 
     def _bucket(self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator) -> Iterator[Batch]:
-        cfg = self.cfg
         pool = _Pool(table, in_split, self.with_cell_ids, self.columns, self._buffers)
-        order = rng.permutation(pool.n) if self.shuffle else np.arange(pool.n)
-        if self.shuffle:  # similar lengths together within each bucket pool, then batches in random order
-            lengths = np.minimum(pool.lengths, cfg.context)
-            pool_of = np.arange(pool.n) // (cfg.batch_size * cfg.bucket_batches)  # a row group may hold several
-            order = order[np.lexsort((lengths[order], pool_of))]
-        batches = [order[k : k + cfg.batch_size] for k in range(0, pool.n, cfg.batch_size)]
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        for index in batches:
-            sample = sample_tokens(
-                pool.genes,
-                pool.counts,
-                pool.starts[index],
-                pool.lengths[index],
-                pool.keys[index],
-                self.epoch,
-                cfg,
-                self.mask,
-            )
-            batch = to_batch(sample, pool.totals[index], cfg)
-            batch.meta = {name: values[index].tolist() for name, values in pool.extra.items()}
-            yield batch
+        for index in batch_order(pool.lengths, self.cfg, self.shuffle, rng):
+            yield pool.batch(index, self.epoch, self.cfg, self.mask)
+
+
+def batch_order(lengths: np.ndarray, cfg: LoaderConfig, shuffle: bool, rng: np.random.Generator) -> list[np.ndarray]:
+    """A pool's cells cut into batches; shuffled: similar lengths together within each bucket pool
+    (less padding, shorter attention), then the batches in random order."""
+    n = len(lengths)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    if shuffle:
+        lengths = np.minimum(lengths, cfg.context)
+        pool_of = np.arange(n) // (cfg.batch_size * cfg.bucket_batches)  # a row group may hold several
+        order = order[np.lexsort((lengths[order], pool_of))]
+    batches = [order[k : k + cfg.batch_size] for k in range(0, n, cfg.batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
 
 
 def _flat_lists(column: pa.ChunkedArray, buffers: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -502,3 +496,12 @@ class _Pool:
         if with_cell_ids:
             for name in ("cell_id", *columns):
                 self.extra[name] = table.column(name).to_numpy(zero_copy_only=False)[rows]
+
+    def batch(self, index: np.ndarray, epoch: int, cfg: LoaderConfig, mask: bool) -> Batch:
+        """The pool's cells ``index`` as one training-ready batch."""
+        sample = sample_tokens(
+            self.genes, self.counts, self.starts[index], self.lengths[index], self.keys[index], epoch, cfg, mask
+        )
+        batch = to_batch(sample, self.totals[index], cfg)
+        batch.meta = {name: values[index].tolist() for name, values in self.extra.items()}
+        return batch

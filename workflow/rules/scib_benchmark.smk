@@ -15,7 +15,11 @@ rule scib_benchmarker:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/scib_benchmarker/{{dataset}}.tsv"
-    threads: 4
+    # JAX runs on its own thread pool and n_jobs only reaches pynndescent, which scencode replaces by
+    # exact kNN: on a cluster 4 CPUs feed JAX; on a CPU machine (the demo) each job takes one core,
+    # so that the last datasets' Benchmarkers run side by side (each used about one core: 2.2 of the
+    # demo's 14.7 min were Benchmarker jobs running one at a time with 2 threads)
+    threads: 4 if USE_GPUS else 1
     resources:
         mem_mb=32000,
         runtime=1440,  # scib-metrics' JAX metrics on every embedding of a dataset; see docs/benchmarks.md
