@@ -176,39 +176,20 @@ def test_a_checkpoint_of_another_model_version_restarts_training_and_is_refused_
     from scencode.model import load_model
 
     corpus, vocab = demo_corpus
-    run = spec(
-        corpus,
-        vocab,
-        tmp_path,
-        name="esm2-log-s3",
-        gene="esm2",
-        expression="log",
-        table=esm_table,
-        missing_genes="zero",
-        max_steps=2,
-    )
-    fit(setup(run))
+
+    def esm2_run(steps):
+        return spec(
+            corpus, vocab, tmp_path, "esm2-log-s3", "esm2", "log", esm_table, missing_genes="zero", max_steps=steps
+        )
+
+    fit(setup(esm2_run(2)))
     for name in ("last.pt", "best.pt"):
         old = torch.load(tmp_path / name, weights_only=True)
         del old["model"]["genes.centre"], old["model"]["genes.scale"]
         torch.save(old, tmp_path / name)
     with pytest.raises(ScencodeError, match="does not fit this version of the model.*genes.centre.*forcerun pretrain"):
         load_model(tmp_path / "best.pt", torch.device("cpu"))
-    state = fit(
-        setup(
-            spec(
-                corpus,
-                vocab,
-                tmp_path,
-                name="esm2-log-s3",
-                gene="esm2",
-                expression="log",
-                table=esm_table,
-                missing_genes="zero",
-                max_steps=3,
-            )
-        )
-    )
+    state = fit(setup(esm2_run(3)))
     assert state.step == 3 and list(tmp_path.glob("last.stale-*.pt")) and "another version of the model" in caplog.text
 
 
