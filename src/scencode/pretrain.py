@@ -6,6 +6,9 @@ accumulation, grad-norm clipping, mixed precision on CUDA (bf16, else fp16 with 
 validation every N steps, early stopping, ``best.pt`` by validation loss, ``last.pt`` every N steps
 and on SIGTERM/SIGUSR1 (SLURM preemption), automatic resume from ``last.pt``. Several GPUs: launch
 with torchrun; DDP is used when WORLD_SIZE > 1.
+
+Read ``setup`` (what a run holds) and ``fit`` (the loop) first; the pieces they use (ranks, the
+checkpoint store, the rank schedule, the stop request) come before them, what the run reports after.
 """
 
 from __future__ import annotations
