@@ -61,12 +61,18 @@ def test_check_shards_reports_a_missing_manifest(tmp_path):
 
 @pytest.mark.parametrize("step", list(STEPS))
 def test_every_step_has_help(step):
-    """Every step's flags come from its function's signature: the parser builds for all of them."""
-    from scencode.cli import add_arguments, step_function
+    """A step's help says what it does (its function's docstring) and lists its flags (its signature)."""
+    import inspect
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, step_function(step))
-    assert any(a.required for a in parser._actions) or step in ("gene-table", "plan")
+    from scencode.cli import build_parser, step_function
+
+    parser, _ = build_parser(step)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = subparsers.choices[step].format_help()
+    doc = inspect.getdoc(step_function(step))
+    assert doc and doc.splitlines()[0] in text
+    required = [a for a in subparsers.choices[step]._actions if a.required]
+    assert all(a.option_strings[0] in text for a in required) and (required or step in ("gene-table", "plan"))
 
 
 def test_help_lists_every_step():

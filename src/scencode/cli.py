@@ -122,8 +122,11 @@ def build_parser(step: str | None = None) -> tuple[argparse.ArgumentParser, dict
     settings = {}
     for name, (_, _, help_text) in STEPS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == step:
-            settings = add_arguments(p, step_function(name))
+        if name == step:  # its flags from the function's signature, what it does from its docstring
+            function = step_function(name)
+            p.description = f"{help_text}\n\n{inspect.getdoc(function) or ''}"
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            settings = add_arguments(p, function)
     return parser, settings
 
 
