@@ -104,3 +104,11 @@ def test_a_configuration_without_a_model_is_summarised_with_the_reason():
     tests = paired_tests(metrics).to_pandas()
     best = tests[(tests.comparison == "reference (soft) vs other expression encoding") & tests.a.str.startswith("esm2")]
     assert set(best.a) == {"esm2-soft"} and set(best.b) == {"esm2-hard"}  # nothing to test without a model
+
+
+def test_the_summary_does_not_depend_on_the_order_of_the_metric_rows():
+    """Bit for bit: the sums run in one canonical order whatever order the files were read in."""
+    metrics = synthetic_metrics()
+    one = summary_table(metrics).to_pandas()
+    shuffled = summary_table(metrics.sample(frac=1, random_state=3)).to_pandas()
+    pd.testing.assert_frame_equal(one, shuffled, check_exact=True)

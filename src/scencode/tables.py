@@ -67,9 +67,12 @@ def load_metrics(paths) -> pl.DataFrame:
 
 def metric_frame(metrics) -> pl.DataFrame:
     """A long metric table (polars or pandas) with NaN values as missing, so that means skip them,
-    and each row's training-set size (:func:`with_train_cells`)."""
+    and each row's training-set size (:func:`with_train_cells`), in one canonical row order: the
+    aggregations below keep it (``maintain_order``), so their sums run in the same order every time
+    and the tables are the same to the last bit (a join's or group_by's own order is not fixed)."""
     frame = metrics if isinstance(metrics, pl.DataFrame) else pl.from_pandas(metrics)
-    return with_train_cells(frame.with_columns(pl.col("value").fill_nan(None)))
+    frame = with_train_cells(frame.with_columns(pl.col("value").fill_nan(None)))
+    return frame.sort("configuration", "dataset", "group", "metric")
 
 
 def with_train_cells(metrics: pl.DataFrame) -> pl.DataFrame:
@@ -94,11 +97,11 @@ def summary_table(metrics: pl.DataFrame) -> pl.DataFrame:
         {"name": list(SUMMARY), "metric": [m for m, _ in SUMMARY.values()], "group": [g for _, g in SUMMARY.values()]}
     )
     per_dataset = (
-        metrics.join(wanted, on=["metric", "group"])
-        .group_by(*KEYS, "name", "dataset")
+        metrics.join(wanted, on=["metric", "group"], maintain_order="left")
+        .group_by(*KEYS, "name", "dataset", maintain_order=True)
         .agg(mean=pl.col("value").mean(), seed_sd=pl.col("value").std(ddof=1))
     )
-    per_name = per_dataset.group_by(*KEYS, "name").agg(
+    per_name = per_dataset.group_by(*KEYS, "name", maintain_order=True).agg(
         value=pl.col("mean").mean(),
         sd=pl.when(pl.col("mean").count() > 1).then(pl.col("mean").std(ddof=1)),
         seed_sd=pl.col("seed_sd").mean(),
@@ -147,7 +150,7 @@ def paired_tests(metrics: pl.DataFrame, reference: str = "soft") -> pl.DataFrame
     per = (
         metric_frame(metrics)
         .filter(pl.col("metric").is_in(TESTED) & pl.col("group").is_in(["study", "knn_k10"]))
-        .group_by(*KEYS, "dataset", "metric")
+        .group_by(*KEYS, "dataset", "metric", maintain_order=True)
         .agg(pl.col("value").mean())
     )
     rows = []
@@ -309,7 +312,7 @@ def rank_stability(metrics: pl.DataFrame, seed: int = 0, n_boot: int = BOOTSTRAP
             & pl.col("train_cells").is_not_null()
             & (pl.col("dataset") != "*")
         )
-        .group_by(*KEYS, "dataset", "metric")
+        .group_by(*KEYS, "dataset", "metric", maintain_order=True)
         .agg(pl.col("value").mean())
         .drop_nulls("value")
     )
