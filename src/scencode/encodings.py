@@ -93,6 +93,16 @@ class LearnedGenes(nn.Module):
         return self.table(gene_ids)
 
 
+def _given(table: torch.Tensor | None, encoding: str) -> torch.Tensor:
+    """The gene-embedding table an encoder reads (the one place that says it is missing)."""
+    if table is None:
+        raise ScencodeError(
+            f"gene encoding {encoding!r} needs a gene embedding table (config: esm.name; "
+            "scencode pretrain --gene-embeddings)"
+        )
+    return table
+
+
 class FrozenTableGenes(nn.Module):
     """A frozen (vocab × d_table) table through a trainable MLP to d_model.
 
@@ -135,8 +145,7 @@ class ESM2Genes(FrozenTableGenes):
         standardize: bool = True,
         **_,
     ):
-        if gene_table is None:
-            raise ScencodeError("gene encoding 'esm2' needs a gene embedding table (esm.name in config)")
+        gene_table = _given(gene_table, "esm2")
         super().__init__(d_model, gene_table, hidden, standardize)
 
 
@@ -155,8 +164,7 @@ class PermutedESM2Genes(FrozenTableGenes):
         standardize: bool = True,
         **_,
     ):
-        if gene_table is None:
-            raise ScencodeError("gene encoding 'esm2_permuted' permutes the ESM-2 table; none given")
+        gene_table = _given(gene_table, "esm2_permuted")
         order = torch.arange(len(gene_table))
         order[N_SPECIAL:] = N_SPECIAL + torch.randperm(
             len(gene_table) - N_SPECIAL, generator=torch.Generator().manual_seed(seed)
@@ -178,8 +186,7 @@ class RandomFrozenGenes(FrozenTableGenes):
         standardize: bool = True,
         **_,
     ):
-        if gene_table is None:
-            raise ScencodeError("gene encoding 'random_frozen' copies the shape of the ESM-2 table; none given")
+        gene_table = _given(gene_table, "random_frozen")
         generator = torch.Generator().manual_seed(seed)
         random = (
             torch.randn(gene_table.shape, generator=generator) * gene_table[N_SPECIAL:].std()

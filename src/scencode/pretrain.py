@@ -202,10 +202,10 @@ def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> to
 
 
 def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:
+    """The model of ``spec``; a gene encoding that reads a table gets it aligned to the vocabulary
+    (without one, the encoder says what is missing)."""
     gene_table = None
-    if needs_gene_table(spec.model.gene_encoding):
-        if spec.gene_embeddings is None:
-            raise ScencodeError(f"gene encoding {spec.model.gene_encoding!r} needs a gene embedding table")
+    if needs_gene_table(spec.model.gene_encoding) and spec.gene_embeddings is not None:
         gene_table = align_gene_table(spec.gene_embeddings, vocab, spec.train.missing_genes)
     return CellTransformer(spec.model, gene_table=gene_table)
 
