@@ -64,12 +64,13 @@ class LoaderConfig:
             raise ScencodeError(f"p_mask {self.p_mask} must be in (0, 1)")
 
 
-def splitmix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser: a fast, well-mixed uint64 hash (vectorised)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+@njit(cache=True)
+def splitmix(x):
+    """SplitMix64 finaliser: a fast, well-mixed uint64 hash of a uint64 or an array of them (compiled:
+    the sampler calls it per gene; uint64 products wrap, as the hash wants)."""
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
 
 
 def cell_keys(cell_ids: pa.Array) -> np.ndarray:
@@ -171,9 +172,6 @@ def reader_units(all_units: list, epoch: int, seed: int, reader: int, n_readers:
     return [all_units[i] for i in order[reader::n_readers]]
 
 
-_EMPTY = np.iinfo(np.uint64).max
-
-
 def sample_tokens(
     gene_values: np.ndarray,
     count_values: np.ndarray,
@@ -193,7 +191,7 @@ def sample_tokens(
     kept = np.minimum(lengths, cfg.context).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
     n_masked = np.rint(cfg.p_mask * kept).astype(np.int64) if mask else np.zeros(len(kept), np.int64)
-    salt = splitmix(np.uint64(cfg.seed) * np.uint64(1_000_003) + np.uint64(epoch))
+    salt = np.uint64(splitmix(np.uint64(cfg.seed) * np.uint64(1_000_003) + np.uint64(epoch)))  # numba returns an int
     out = {
         "gene_ids": np.empty(offsets[-1], np.int64),
         "counts": np.empty(offsets[-1], np.float32),
@@ -218,19 +216,11 @@ def sample_tokens(
 
 
 @njit(cache=True)
-def _mix(x):
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@njit(cache=True)
 def _sample_cells(
     genes, counts, starts, lengths, keys, salt, top_expressed, offsets, n_masked, out_genes, out_counts, out_masked
 ):
     """Within a cell the hashes are distinct (distinct genes under a bijective mix), so the K-th
     smallest key marks exactly K tokens and the n-th smallest second hash exactly n masks."""
-    m2 = np.uint64(0x94D049BB133111EB)
     tie = 0.5 / 2.0**53  # counts are integers: a tie-break below 0.5 never reorders different counts
     longest = lengths.max() if len(lengths) else 0
     h, second = np.empty(longest, np.uint64), np.empty(longest, np.uint64)
@@ -240,22 +230,20 @@ def _sample_cells(
         start, length, out = starts[i], lengths[i], offsets[i]
         k = offsets[i + 1] - out
         for j in range(length):
-            h[j] = _mix(keys[i] ^ salt ^ (np.uint64(genes[start + j]) * m2))
-        t = 0
-        if length > k and top_expressed:
+            h[j] = splitmix(keys[i] ^ salt ^ (np.uint64(genes[start + j]) * _M2))
+        if length <= k:
+            take = np.ones(length, np.bool_)
+        elif top_expressed:
             for j in range(length):
                 key[j] = -np.float64(counts[start + j]) + np.float64(h[j] >> np.uint64(11)) * tie
-            bound = np.partition(key[:length], k - 1)[k - 1]
-            for j in range(length):
-                if key[j] <= bound:
-                    out_genes[out + t], out_counts[out + t], second[t] = genes[start + j], counts[start + j], _mix(h[j])
-                    t += 1
+            take = key[:length] <= np.partition(key[:length], k - 1)[k - 1]
         else:
-            cut = _kth_smallest(h[:length], k - 1, histogram) if length > k else np.uint64(_EMPTY)
-            for j in range(length):
-                if h[j] <= cut:
-                    out_genes[out + t], out_counts[out + t], second[t] = genes[start + j], counts[start + j], _mix(h[j])
-                    t += 1
+            take = h[:length] <= _kth_smallest(h[:length], k - 1, histogram)
+        t = 0
+        for j in range(length):
+            if take[j]:
+                out_genes[out + t], out_counts[out + t], second[t] = genes[start + j], counts[start + j], splitmix(h[j])
+                t += 1
         if n_masked[i] > 0:
             cut = _kth_smallest(second[:k], n_masked[i] - 1, histogram)
             for t in range(k):

@@ -242,8 +242,11 @@ class Ranks:
     @classmethod
     def join(cls) -> Ranks:
         """Joins the process group when there are several ranks."""
-        ranks = cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), torch.device("cpu"))
-        ranks.device = default_device(int(os.environ.get("LOCAL_RANK", 0)))
+        ranks = cls(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            default_device(int(os.environ.get("LOCAL_RANK", 0))),
+        )
         if ranks.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if ranks.device.type == "cuda" else "gloo")
         if ranks.device.type == "cuda":
