@@ -2,14 +2,25 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from scencode.genes import packaged_gene_table
 from scencode.reference import GeneTable
+
+# The suite runs on two pytest-xdist workers (pyproject.toml), one module per worker at a time.
+LONGEST_FIRST = ("test_workflow.py", "test_slurm.py")  # minutes each: started first, on both workers
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # two workers on two cores: more intra-op threads would only contend
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
