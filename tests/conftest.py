@@ -80,7 +80,8 @@ def demo_corpus(tmp_path_factory, gene_table):
 
 @pytest.fixture(scope="session")
 def labelled_corpus(tmp_path_factory, gene_table, demo_corpus):
-    """An evaluation corpus (cell types, batches) on the demo corpus's vocabulary."""
+    """An evaluation corpus (cell types, batches) on the demo corpus's vocabulary, with a held-out
+    test split as a labelled training corpus has (embedding an evaluation corpus reads every cell)."""
     folder = tmp_path_factory.mktemp("labelled")
     return qc_and_tokenize(
         folder,
@@ -89,6 +90,7 @@ def labelled_corpus(tmp_path_factory, gene_table, demo_corpus):
         demo_corpus[1],
         "lung",
         labelled=True,
+        test_fraction=0.25,
         cells_per_shard=50,
         row_group_cells=10,
     )

@@ -89,7 +89,7 @@ def test_training_writes_checkpoints_and_a_log(demo_corpus, tmp_path):
 
 
 def test_model_json_says_what_training_cost(demo_corpus, tmp_path):
-    from scencode.embed import cost_rows
+    from scencode.reconstruction import cost_rows
 
     corpus, vocab = demo_corpus
     fit(setup(spec(corpus, vocab, tmp_path, max_steps=4)))

@@ -161,6 +161,9 @@ def test_evaluation_options_reach_their_jobs(tmp_path):
     assert all('"max_cells_scib": 5000' in line for line in benchmarker)
     evaluations = [line for line in commands.splitlines() if "scencode evaluate" in line]
     assert evaluations and not any("5000" in line for line in evaluations)  # the study's metrics: max_cells_scib
+    # embedded otherwise than trained: the reconstruction step measures the held-out split itself
+    reconstructions = [line for line in commands.splitlines() if "scencode reconstruction" in line]
+    assert reconstructions and not any("--test-errors" in line for line in reconstructions)
 
 
 @pytest.fixture(scope="module")
@@ -453,6 +456,10 @@ def test_config_values_and_paths_reach_commands_quoted(tmp_path):
     assert gene_table[gene_table.index("--gencode") + 1] == "$(touch PWNED)genes.csv"
     qc = by_step["qc"][0]
     assert qc[qc.index("--out") + 1].startswith("res ults/qc/")
+    # embedded as trained (the default): the held-out split's diagnostic is the embed step's, read
+    for words in by_step["reconstruction"]:
+        run = words[words.index("--run") + 1]
+        assert words[words.index("--test-errors") + 1] == f"res ults/embeddings/{run}/train_test.reconstruction.json"
     assert not (tmp_path / "PWNED").exists()
 
 

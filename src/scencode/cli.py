@@ -45,7 +45,7 @@ STEPS = {
     "esm-coverage": ("esm.gene_tables", "coverage", "which dataset genes have a protein embedding"),
     "pretrain": ("pretrain", "run", "pretrain one encoding configuration (resumes from last.pt)"),
     "embed": ("embed", "run", "cell embeddings of a model on an evaluation corpus, with the context diagnostic"),
-    "reconstruction": ("embed", "reconstruction", "minimum training and held-out test masked MSE of a model"),
+    "reconstruction": ("reconstruction", "run", "minimum training and held-out test masked MSE of a model"),
     "baseline": ("baselines", "run", "a baseline embedding (pca, scvi or random) of an evaluation dataset"),
     "evaluate": ("evaluate", "run", "scIB, classification and reconstruction metrics of one embedding"),
     "scib-benchmark": (

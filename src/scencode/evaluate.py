@@ -15,7 +15,6 @@ is recorded as NaN with the reason in ``note``, not raised.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,14 @@ from .cellsets import (
     seeded_subsample,
 )
 from .errors import ScencodeError
-from .formats import RECONSTRUCTION_METRICS, RunIdentity, metric_table, read_embedding, write_table
+from .formats import (
+    RECONSTRUCTION_METRICS,
+    RunIdentity,
+    metric_table,
+    read_embedding,
+    read_reconstruction_errors,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 BATCH_METRICS = ("ilisi", "graph_connectivity", "asw_batch")
@@ -368,7 +374,7 @@ def run(
     except ScencodeError as exc:
         raise ScencodeError(f"{run} on {dataset}: {exc}", embedding) from None
     if reconstruction is not None:  # models only: baselines reconstruct nothing
-        recon = json.loads(Path(reconstruction).read_text())
+        recon = read_reconstruction_errors(reconstruction)
         rows = pd.concat(
             [
                 rows,
@@ -378,7 +384,7 @@ def run(
                             "metric": metric,
                             "group": "reconstruction",
                             "note": "evaluation dataset",
-                            "value": recon[metric] if recon.get(metric) is not None else float("nan"),
+                            "value": recon[metric],
                         }
                         for metric in RECONSTRUCTION_METRICS
                     ]

@@ -88,6 +88,25 @@ def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray, str]:
     return table.drop(["embedding"]).to_pandas(), matrix, missing
 
 
+def write_reconstruction_errors(errors: dict, path) -> None:
+    """A model's context diagnostic on one corpus (embed's ``--reconstruction`` JSON): the
+    :data:`RECONSTRUCTION_METRICS`, the cells and the masked tokens they were measured on."""
+    write_json(errors, path)
+
+
+def read_reconstruction_errors(path) -> dict:
+    """The diagnostic :func:`write_reconstruction_errors` wrote; a file without its keys is refused,
+    naming them. A metric measured on no token is NaN (null in the file)."""
+    try:
+        errors = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ScencodeError(f"reconstruction errors unreadable ({exc}): rerun the embed step", path) from None
+    lacking = [key for key in (*RECONSTRUCTION_METRICS, "cells") if key not in errors]
+    if lacking:
+        raise ScencodeError(f"reconstruction errors lack {', '.join(lacking)}: rerun the embed step", path)
+    return {**errors, **{m: float("nan") if errors[m] is None else float(errors[m]) for m in RECONSTRUCTION_METRICS}}
+
+
 def _embedding_table(cells: pd.DataFrame, matrix: np.ndarray, missing: str = "") -> pa.Table:
     table = pa.table(
         {

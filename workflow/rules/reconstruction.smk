@@ -1,0 +1,38 @@
+# Each trained model's reconstruction table: minimum training loss, the context diagnostic on the
+# training corpus's held-out test split, how training ended and what it cost.
+from scencode.loader import LoaderConfig
+
+
+def measured_test_errors(wildcards):
+    """The embed step's diagnostic on the held-out test split, where it read the split as training
+    did (no embedding overrides): the same numbers, so it is read rather than measured again."""
+    as_trained = LoaderConfig(**embed_loader(wildcards.run)) == LoaderConfig(**pretrain_settings(wildcards.run)["loader"])
+    if ID_TEST in SCORED and as_trained:
+        return f"{RESULTS}/embeddings/{wildcards.run}/{ID_TEST}.reconstruction.json"
+    return []
+
+
+rule reconstruction:
+    input:
+        model=model_status(),
+        train_log=train_log(),
+        corpus=corpus_dir(TRAIN_CORPUS),
+        test_errors=measured_test_errors,
+    output:
+        f"{RESULTS}/metrics/{{run}}/reconstruction.parquet",
+    params:
+        loader=lambda w: as_json(pretrain_settings(w.run)["loader"]),
+        identity=identity_args,
+        test_errors=lambda w, input: ["--test-errors", input.test_errors] if input.test_errors else [],
+    log:
+        f"{LOGS}/reconstruction/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/reconstruction/{{run}}.tsv"
+    threads: sized_threads("reconstruction", "run")
+    resources:
+        **sized("reconstruction", "run"),
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "scencode reconstruction --model {input.model:q} --train-log {input.train_log:q} --corpus {input.corpus:q}"
+        " {params.identity:q} {params.test_errors:q} --params {params.loader:q} --out {output:q} > {log:q} 2>&1"
