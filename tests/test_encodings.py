@@ -108,6 +108,23 @@ def test_soft_weights_sum_to_one(cls):
     assert torch.allclose(w.sum(-1), torch.ones(5, 9)) and (w >= 0).all()
 
 
+@pytest.mark.parametrize("cls", [SoftBinExpression, AutoDiscretisationExpression])
+def test_soft_weights_computed_once_per_distinct_value_equal_those_of_every_token(cls):
+    torch.manual_seed(0)
+    encoder = cls(D)
+    xnorm = torch.log1p(torch.randint(0, 30, (64, 40)).float() * 1.7)  # repeated values, as counts give
+    per_token = encoder._weights(xnorm)
+    once = encoder.weights(xnorm)
+    assert torch.equal(once, per_token)  # each row is the MLP of the same value
+    grads = []
+    for w in (per_token, once):
+        encoder.zero_grad()
+        (w * torch.linspace(-1, 1, w.shape[-1])).sum().backward(retain_graph=True)
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
+    # the same sums over repeated values, in another order: float32 rounding of the largest entries only
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
+
+
 @pytest.mark.parametrize("name", ["esm2", "esm2_permuted", "random_frozen"])
 def test_frozen_tables_stay_frozen(name):
     encoder = GENE_ENCODERS[name](D, vocab_size=VOCAB, gene_table=TABLE)

@@ -287,6 +287,18 @@ class LogBinExpression(nn.Module):
         return self.table(log_bins(counts, self.max_bin))
 
 
+def per_distinct_value(f: Callable[[torch.Tensor], torch.Tensor], xnorm: torch.Tensor) -> torch.Tensor:
+    """``f`` of every value, computed once per distinct value on the CPU: a batch's x̃ repeat (a
+    cell's small counts give few values), so the per-token MLPs of the soft and auto-binned
+    encodings run on a few hundred rows instead of thousands (measured in docs/benchmarks.md). Each
+    row is ``f`` of the same value either way; the gradient sums over repeats in another order.
+    On GPUs (and under torch.compile) every token: ``unique`` would wait for the device."""
+    if xnorm.is_cuda or torch.compiler.is_compiling():
+        return f(xnorm)
+    values, index = torch.unique(xnorm, return_inverse=True)
+    return f(values)[index]
+
+
 @expression_encoder("soft")
 class SoftBinExpression(nn.Module):
     """α = softmax(W2 · LeakyReLU(W1 · x̃)) over 20 bins; embedding Σ_k α_k T_k."""
@@ -298,6 +310,9 @@ class SoftBinExpression(nn.Module):
         self.bins = nn.Parameter(torch.randn(n_bins, d_model) * 0.02)
 
     def weights(self, xnorm: torch.Tensor) -> torch.Tensor:
+        return per_distinct_value(self._weights, xnorm)
+
+    def _weights(self, xnorm: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.w2(nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))), dim=-1)
 
     def forward(self, counts, xnorm, cells):
@@ -317,6 +332,9 @@ class AutoDiscretisationExpression(nn.Module):
         self.bins = nn.Parameter(torch.randn(n_bins, d_model) * 0.02)
 
     def weights(self, xnorm: torch.Tensor) -> torch.Tensor:
+        return per_distinct_value(self._weights, xnorm)
+
+    def _weights(self, xnorm: torch.Tensor) -> torch.Tensor:
         v = nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))
         return torch.softmax(self.w2(v) + self.alpha * v, dim=-1)
 
