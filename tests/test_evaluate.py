@@ -13,7 +13,9 @@ from scencode.evaluate import (
     isolated_label_f1,
     isolated_labels,
     label_silhouettes,
+    leiden_clusterings,
     silhouette_batch,
+    study_graph,
 )
 from scencode.formats import write_embedding
 
@@ -21,6 +23,15 @@ PARAMS = EvalParams(min_cells_per_type=20)
 
 
 IDENTITY = ("--run", "esm2-soft-s0", "--gene-encoding", "esm2", "--expression-encoding", "soft", "--seed", "0")
+
+
+def test_leiden_resolutions_side_by_side_give_the_partitions_of_one_after_the_other():
+    x, _, _ = blobs()
+    graph = study_graph(x + np.random.default_rng(2).normal(scale=1.5, size=x.shape))  # blobs that touch
+    one_by_one, side_by_side = leiden_clusterings(graph, 0), leiden_clusterings(graph, 0, threads=3)
+    assert list(side_by_side) == list(one_by_one)  # scib's resolutions, in order
+    assert all(np.array_equal(side_by_side[r], one_by_one[r]) for r in one_by_one)
+    assert len({len(set(c)) for c in one_by_one.values()}) > 1  # the resolutions cut the graph differently
 
 
 def test_separated_cell_types_score_high_and_noise_low():

@@ -76,11 +76,13 @@ class EvalParams:
             raise ScencodeError(f"evaluate.max_cells_scib must be ≥ 10, got {self.max_cells_scib}")
 
 
-def evaluate_embedding(x: np.ndarray, labels: np.ndarray, batches: np.ndarray, params: EvalParams) -> pd.DataFrame:
+def evaluate_embedding(
+    x: np.ndarray, labels: np.ndarray, batches: np.ndarray, params: EvalParams, threads: int = 1
+) -> pd.DataFrame:
     """Rows (metric, group, value, note) for one embedding."""
     if not np.isfinite(x).all():
         raise ScencodeError("embedding contains NaN or infinite values")
-    rows = scib_rows(x, labels, batches, params) + classification_rows(x, labels, params)
+    rows = scib_rows(x, labels, batches, params, threads) + classification_rows(x, labels, params)
     return pd.DataFrame(rows, columns=["metric", "group", "value", "note"])
 
 
@@ -88,9 +90,10 @@ def _row(metric, group, value, note=""):
     return (metric, group, float(value), note)
 
 
-def scib_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
+def scib_rows(x, labels, batches, params: EvalParams, threads: int = 1) -> list[tuple]:
     """The study's scIB metrics (group ``study``'s batch and bio scores), as the `scib` package
-    defines them (see :func:`study_graph`, and docs/methods.md for what was measured against scib)."""
+    defines them (see :func:`study_graph`, and docs/methods.md for what was measured against scib);
+    ``threads``: Leiden's resolutions side by side."""
     keep = labeled(labels)
     x, labels, batches = x[keep], np.asarray(labels)[keep].astype(str), np.asarray(batches)[keep].astype(str)
     pick, scored = seeded_subsample(np.arange(len(x)), params.max_cells_scib, params.seed)
@@ -121,7 +124,7 @@ def scib_rows(x, labels, batches, params: EvalParams) -> list[tuple]:
     if n_labels < 2:
         rows += [_row(m, "bio", np.nan, SINGLE_CELL_TYPE) for m in BIO_METRICS]
     else:
-        clusterings = leiden_clusterings(graph, params.seed)
+        clusterings = leiden_clusterings(graph, params.seed, threads)
         clusters = nmi_ari_optimal_resolution(clusterings, labels)
         label_asw = label_silhouettes(x, labels, isolated)
         no_isolated = "no isolated labels: every cell type is in every batch (scib: none, NaN)"
@@ -233,15 +236,41 @@ def graph_connectivity(graph, labels: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def leiden_clusterings(graph, seed: int) -> dict[float, np.ndarray]:
-    """Leiden (scanpy, leidenalg, as scib calls it) on the shared graph at scib's resolutions."""
+def leiden_clusterings(graph, seed: int, threads: int = 1) -> dict[float, np.ndarray]:
+    """Leiden (scanpy, leidenalg, as scib calls it) on the shared graph at scib's resolutions. With
+    ``threads`` > 1 the resolutions run side by side in forked processes, each the same call on the
+    same graph and seed, so the same partitions (leidenalg is single-threaded; Leiden is most of the
+    evaluation time on large datasets)."""
+    workers = min(threads, len(RESOLUTIONS))
+    if workers <= 1:
+        return {resolution: _leiden(graph, resolution, seed) for resolution in RESOLUTIONS}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forked: the workers share the graph as it is in memory, nothing is pickled but the labels back
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_share_graph, initargs=(graph,)) as pool:
+        labels = pool.map(_leiden_of_shared_graph, RESOLUTIONS, [seed] * len(RESOLUTIONS))
+        return dict(zip(RESOLUTIONS, labels))
+
+
+def _leiden(graph, resolution: float, seed: int) -> np.ndarray:
     import scanpy as sc
 
-    out = {}
-    for resolution in RESOLUTIONS:
-        sc.tl.leiden(graph, resolution=resolution, key_added="cluster", random_state=seed, flavor="leidenalg")
-        out[resolution] = graph.obs["cluster"].to_numpy().astype(str)
-    return out
+    sc.tl.leiden(graph, resolution=resolution, key_added="cluster", random_state=seed, flavor="leidenalg")
+    return graph.obs["cluster"].to_numpy().astype(str)
+
+
+_SHARED_GRAPH = None  # a Leiden worker's graph
+
+
+def _share_graph(graph) -> None:
+    global _SHARED_GRAPH
+    _SHARED_GRAPH = graph
+
+
+def _leiden_of_shared_graph(resolution: float, seed: int) -> np.ndarray:
+    return _leiden(_SHARED_GRAPH, resolution, seed)
 
 
 def nmi_ari_optimal_resolution(clusterings: dict[float, np.ndarray], labels: np.ndarray) -> dict:
@@ -363,14 +392,15 @@ def run(
     dataset: str,
     params: EvalParams,
     reconstruction: Path | None = None,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """The study's metrics (scIB batch and bio, kNN and logistic-regression classification) of one
     embedding table, as a tidy metric table at ``out``; a model's ``reconstruction`` JSON (its context
     diagnostic on this dataset) adds the reconstruction rows. An embedding without a model gives
-    every metric as NaN with the reason."""
+    every metric as NaN with the reason. ``threads``: Leiden's resolutions run side by side."""
     cells, matrix, missing = read_embedding(embedding)
     try:
-        rows = evaluate_embedding(matrix, cells.label.to_numpy(), cells.batch.to_numpy(), params)
+        rows = evaluate_embedding(matrix, cells.label.to_numpy(), cells.batch.to_numpy(), params, threads)
     except ScencodeError as exc:
         raise ScencodeError(f"{run} on {dataset}: {exc}", embedding) from None
     if reconstruction is not None:  # models only: baselines reconstruct nothing

@@ -27,4 +27,4 @@ rule evaluate:
     shell:
         "scencode evaluate --embedding {input.embedding:q} {params.reconstruction:q}"
         " {params.identity:q} --dataset {wildcards.dataset:q} --params {params.settings:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
