@@ -35,11 +35,15 @@ SECTIONS = {
 }
 
 
+# keys of a section that the workflow reads itself and does not pass to the step
+WORKFLOW_KEYS = {"properties/evaluate/properties/scib_benchmarker": {"datasets"}}  # which jobs exist
+
+
 def section(path: str) -> dict:
     node = SCHEMA
     for key in path.split("/"):
         node = node[key]
-    return node
+    return {**node, "properties": {k: v for k, v in node["properties"].items() if k not in WORKFLOW_KEYS.get(path, ())}}
 
 
 # bounds across fields (d_model divisible by n_heads, min_members ≥ folds) are the dataclass's alone;

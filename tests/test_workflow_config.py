@@ -122,3 +122,17 @@ def test_sheets_are_found_from_the_repository_when_not_in_the_working_directory(
     assert "pbmc68k" in read_datasets({"datasets": "config/datasets/demo.tsv"})
     with pytest.raises(ScencodeError, match="nowhere.tsv: dataset sheet not found"):
         read_datasets({"datasets": "nowhere.tsv"})
+
+
+def test_the_benchmarker_runs_only_on_evaluation_datasets(tmp_path):
+    config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
+    config["datasets"] = str(REPO / ".test/config/datasets.tsv")
+    config["evaluate"]["scib_benchmarker"]["datasets"] = ["sim_lung_eval", "sim_lung_1", "nowhere"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(
+        ScencodeError,
+        match="evaluate.scib_benchmarker.datasets names 'sim_lung_1', 'nowhere', not an evaluation dataset; "
+        "the evaluation datasets: pbmc68k, sim_lung_eval, sim_pancreas_eval",
+    ):
+        load(path)

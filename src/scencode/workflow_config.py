@@ -249,6 +249,14 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
     for name, spec in datasets.items():
         if spec["role"] == "eval" and not spec.get("label_key"):
             raise ScencodeError(f"config: evaluation dataset {name!r} needs 'label_key'")
+    evaluation = sorted(name for name, spec in datasets.items() if spec["role"] == "eval")
+    benchmarked = (config["evaluate"].get("scib_benchmarker") or {}).get("datasets") or []
+    unknown = [name for name in benchmarked if name not in evaluation]
+    if unknown:
+        raise ScencodeError(
+            f"config: evaluate.scib_benchmarker.datasets names {', '.join(map(repr, unknown))}, not an evaluation "
+            f"dataset; the evaluation datasets: {', '.join(evaluation)}"
+        )
     _check_models(config)
     return datasets
 

@@ -179,7 +179,10 @@ def pretrain_gene_embeddings(wildcards):
 EVALUATE = config["evaluate"]
 # each section is one settings dataclass, passed to its step unchanged (missing keys: its defaults)
 EVAL_METRICS = EVALUATE.get("metrics", {})  # scencode.evaluate.EvalParams
-SCIB_BENCHMARKER = EVALUATE.get("scib_benchmarker", {})  # scencode.scib_benchmark.BenchmarkerParams; None: skip
+SCIB_BENCHMARKER = EVALUATE.get("scib_benchmarker", {})  # None: skip
+# the evaluation datasets the Benchmarker runs on (its own key); the rest is BenchmarkerParams
+BENCHMARKER_DATASETS = [] if SCIB_BENCHMARKER is None else SCIB_BENCHMARKER.get("datasets") or EVAL_DATASETS
+BENCHMARKER_SETTINGS = {k: v for k, v in (SCIB_BENCHMARKER or {}).items() if k != "datasets"}
 REFERENCE_EXPRESSION = EVALUATE.get("reference_expression", "soft")
 
 
@@ -245,8 +248,7 @@ def metric_tables():
         *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=CONFIGURATIONS,
                 dataset=[d for d in SCORED if d not in EVAL_DATASETS]),
         *expand(f"{RESULTS}/metrics/{{run}}/reconstruction.parquet", run=CONFIGURATIONS),
-        *(expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=EVAL_DATASETS)
-          if SCIB_BENCHMARKER is not None else []),
+        *expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=BENCHMARKER_DATASETS),
     ]
 
 

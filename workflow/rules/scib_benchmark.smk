@@ -1,5 +1,5 @@
 # scib-metrics' own default set and aggregate (its Benchmarker), every embedding of a dataset in one job
-# (each configuration at its largest training set, and the baselines).
+# (each configuration at its largest training set, and the baselines), on evaluate.scib_benchmarker.datasets.
 
 
 rule scib_benchmarker:
@@ -9,7 +9,7 @@ rule scib_benchmarker:
     output:
         f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
     params:
-        settings=as_json(SCIB_BENCHMARKER),
+        settings=as_json(BENCHMARKER_SETTINGS),
         runs=as_json([{"run": run, **run_identity(run)} for run in BENCHMARKED_RUNS]),
     log:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
