@@ -95,6 +95,11 @@ def dataset_cells(config: dict, name: str) -> int:
     return int(spec.get("n_cells") or spec["source"].get("n_cells") or ASSUMED_CELLS)
 
 
+def _size_stated(config: dict, name: str) -> bool:
+    spec = config["datasets"][name]
+    return bool(spec.get("n_cells") or spec["source"].get("n_cells"))
+
+
 def _cells(config: dict, role: str) -> dict[str, int]:
     return {d: dataset_cells(config, d) for d, s in config["datasets"].items() if s["role"] == role}
 
@@ -231,8 +236,10 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
         mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)
         # Leiden's ten resolutions side by side from scanpy's approximate-neighbour size on, where
-        # they are most of the job; on smaller datasets the workers' start would cost more than it saves
-        threads = LEIDEN_THREADS if n >= 8192 else 1
+        # they are most of the job; on smaller datasets, or where the sheet states no size (the demo),
+        # one thread: jobs then run side by side instead
+        stated = all(_size_stated(config, d) for d in (train if key == ID_TEST else [key]))
+        threads = LEIDEN_THREADS if stated and n >= 8192 else 1
         return Job(stage, key, 0, threads, mem, _runtime(minutes), minutes)
     raise ValueError(f"no resource model for stage {stage!r}")
 
