@@ -34,7 +34,7 @@ from .parquet_io import column_matrix, matrix_column, read_parquet
 log = logging.getLogger(__name__)
 
 MISSING_KEY = b"scencode.missing"
-# the context diagnostic of every model on every evaluation dataset (embed's ReconstructionErrors)
+# the context diagnostic of every model on every evaluation dataset (diagnostic.ReconstructionErrors)
 RECONSTRUCTION_METRICS = ("masked_mse", "masked_mse_no_context", "gene_mean_mse")
 METRIC_COLUMNS = [
     "configuration",

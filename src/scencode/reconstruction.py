@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import OutputFile
+from .diagnostic import masked_mse
 from .formats import (
     RECONSTRUCTION_METRICS,
     RunIdentity,
@@ -24,13 +25,6 @@ from .formats import (
     write_table,
 )
 from .loader import LoaderConfig
-
-
-def _measure(checkpoint: Path, corpus: Path, params: LoaderConfig) -> dict:
-    from .embed import masked_mse  # the model: only when the diagnostic is measured here
-
-    return masked_mse(checkpoint, corpus, "test", params)
-
 
 COST_METRICS = {
     "wall_hours": ("wall_seconds", 1 / 3600),
@@ -83,7 +77,9 @@ def run(
     if checkpoint is None:
         test, test_note = {metric: nan for metric in RECONSTRUCTION_METRICS}, missing
     else:
-        test = read_reconstruction_errors(test_errors) if test_errors else _measure(checkpoint, corpus, params)
+        test = (
+            read_reconstruction_errors(test_errors) if test_errors else masked_mse(checkpoint, corpus, "test", params)
+        )
         test_note = f"held-out test split, {test['cells']} cells"
     # a checkpoint given directly has no status: how training ended is then unknown (NaN)
     status = read_run_status(model) if Path(model).suffix == ".json" else None
