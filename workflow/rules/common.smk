@@ -5,6 +5,7 @@ import json
 
 from scencode import workflow_config
 from scencode.encodings import needs_gene_table
+from scencode.loader import LoaderConfig
 from scencode.errors import ScencodeError
 from scencode.plan import job_resources
 
@@ -191,6 +192,15 @@ def embed_loader(name):
     (evaluate.embedding: gene sampling, and context if set)."""
     overrides = {k: v for k, v in EVALUATE.get("embedding", {}).items() if v is not None}
     return {**pretrain_settings(name)["loader"], **overrides}
+
+
+def measured_test_errors(wildcards):
+    """The embed step's diagnostic on the held-out test split, where it read the split as training
+    did (no embedding overrides): the same numbers, so it is read rather than measured again."""
+    as_trained = LoaderConfig(**embed_loader(wildcards.run)) == LoaderConfig(**pretrain_settings(wildcards.run)["loader"])
+    if ID_TEST in SCORED and as_trained:
+        return f"{RESULTS}/embeddings/{wildcards.run}/{ID_TEST}.reconstruction.json"
+    return []
 
 
 # Baselines are runs too (their metrics sit beside the models'), but their embeddings come from the

@@ -1,15 +1,5 @@
 # Each trained model's reconstruction table: minimum training loss, the context diagnostic on the
 # training corpus's held-out test split, how training ended and what it cost.
-from scencode.loader import LoaderConfig
-
-
-def measured_test_errors(wildcards):
-    """The embed step's diagnostic on the held-out test split, where it read the split as training
-    did (no embedding overrides): the same numbers, so it is read rather than measured again."""
-    as_trained = LoaderConfig(**embed_loader(wildcards.run)) == LoaderConfig(**pretrain_settings(wildcards.run)["loader"])
-    if ID_TEST in SCORED and as_trained:
-        return f"{RESULTS}/embeddings/{wildcards.run}/{ID_TEST}.reconstruction.json"
-    return []
 
 
 rule reconstruction:
