@@ -197,7 +197,8 @@ def embed_loader(name):
 def measured_test_errors(wildcards):
     """The embed step's diagnostic on the held-out test split, where it read the split as training
     did (no embedding overrides): the same numbers, so it is read rather than measured again."""
-    as_trained = LoaderConfig(**embed_loader(wildcards.run)) == LoaderConfig(**pretrain_settings(wildcards.run)["loader"])
+    trained_with = LoaderConfig(**pretrain_settings(wildcards.run)["loader"])
+    as_trained = LoaderConfig(**embed_loader(wildcards.run)) == trained_with
     if ID_TEST in SCORED and as_trained:
         return f"{RESULTS}/embeddings/{wildcards.run}/{ID_TEST}.reconstruction.json"
     return []
