@@ -65,3 +65,18 @@ def test_a_recorded_measurement_replaces_the_assumption(tmp_path):
     assert rates["qc_cells_per_s"].value == 7777
     assert rates["qc_cells_per_s"].source == "measured: b.py, 10 cells, 2 cores, 2026-12-01, commit abc1234"
     assert rates["download_bytes_per_s"] == ASSUMED["download_bytes_per_s"]
+
+
+def test_evaluate_jobs_take_leiden_threads_only_on_datasets_stated_to_be_large():
+    from scencode import workflow_config
+    from scencode.evaluate import SCANPY_APPROXIMATE_FROM
+    from scencode.plan import LEIDEN_THREADS, job_resources, stated_cells
+
+    paper = workflow_config.load(REPO / "config" / "paper.yaml")
+    for name, spec in paper["datasets"].items():
+        if spec["role"] == "eval":
+            large = stated_cells(paper, name) >= SCANPY_APPROXIMATE_FROM
+            assert job_resources("evaluate", paper, name)["threads"] == (LEIDEN_THREADS if large else 1)
+    # the demo's sheet states no sizes: costed at an assumed size, its jobs must still run side by side
+    demo = workflow_config.load(REPO / "config" / "config.yaml")
+    assert all(job_resources("evaluate", demo, name)["threads"] == 1 for name in [*demo["datasets"], "train_test"])

@@ -90,14 +90,15 @@ def _runtime(estimate_min: float, floor: int = 30) -> int:
     return max(floor, math.ceil(estimate_min * SAFETY + 10))
 
 
+def stated_cells(config: dict, name: str) -> int | None:
+    """The dataset's size as its sheet row (or source) states it; None where it does not."""
+    spec = config["datasets"][name]
+    stated = spec.get("n_cells") or spec["source"].get("n_cells")
+    return int(stated) if stated else None
+
+
 def dataset_cells(config: dict, name: str) -> int:
-    spec = config["datasets"][name]
-    return int(spec.get("n_cells") or spec["source"].get("n_cells") or ASSUMED_CELLS)
-
-
-def _size_stated(config: dict, name: str) -> bool:
-    spec = config["datasets"][name]
-    return bool(spec.get("n_cells") or spec["source"].get("n_cells"))
+    return stated_cells(config, name) or ASSUMED_CELLS
 
 
 def _cells(config: dict, role: str) -> dict[str, int]:
@@ -227,7 +228,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
             minutes,
         )
     if stage == "evaluate":
-        from .evaluate import EvalParams
+        from .evaluate import SCANPY_APPROXIMATE_FROM, EvalParams
 
         metrics = config["evaluate"].get("metrics", {})
         n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)
@@ -238,8 +239,8 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         # Leiden's ten resolutions side by side from scanpy's approximate-neighbour size on, where
         # they are most of the job; on smaller datasets, or where the sheet states no size (the demo),
         # one thread: jobs then run side by side instead
-        stated = all(_size_stated(config, d) for d in (train if key == ID_TEST else [key]))
-        threads = LEIDEN_THREADS if stated and n >= 8192 else 1
+        stated = all(stated_cells(config, d) for d in (train if key == ID_TEST else [key]))
+        threads = LEIDEN_THREADS if stated and n >= SCANPY_APPROXIMATE_FROM else 1
         return Job(stage, key, 0, threads, mem, _runtime(minutes), minutes)
     raise ValueError(f"no resource model for stage {stage!r}")
 
