@@ -10,7 +10,7 @@ from helpers import GENES, leftovers, make_counts, tiny_adata
 from scencode.errors import ScencodeError
 from scencode.formats import SPECIAL_TOKENS, load_vocab, write_vocab
 from scencode.qc import QCParams, run_qc
-from scencode.shards import iter_batches, verify_corpus
+from scencode.shards import shard_tables, verify_corpus
 from scencode.tokenize import DatasetInput, TokenizeParams, assign_split, tokenize_corpus
 from scencode.vocab import build_vocab
 
@@ -156,7 +156,7 @@ def test_truncated_or_altered_shards_are_caught_and_named(two_datasets, tmp_path
     with pytest.raises(ScencodeError, match="part-00001.parquet: shard is truncated or altered"):
         verify_corpus(folder)
     with pytest.raises(ScencodeError, match="part-00001.parquet: corrupt or truncated shard"):
-        for _ in iter_batches(folder):
+        for _ in shard_tables(folder):
             pass
     shard.write_bytes(data)
     with pytest.raises(ScencodeError, match="another vocabulary"):

@@ -114,7 +114,7 @@ def _alive(pid: int) -> bool:
 def check_writable(target: str | Path, folder: bool = False) -> None:
     """Refuse, before any work, an output that cannot be written: a path that is a folder (for a
     file), a file (for a folder), a parent that is a file, or a parent where nothing can be created."""
-    target = Path(target)
+    target = followed(target)
     if not folder and target.is_dir():
         raise ScencodeError("output path is a folder, not a file", target)
     if folder and target.exists() and not target.is_dir():
@@ -153,8 +153,9 @@ def _creating(target: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` on success."""
-    target = Path(target)
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success (a symlinked
+    ``target`` is followed: the link stays, the file it points to is replaced)."""
+    target = followed(target)
     if target.is_dir():
         raise ScencodeError("output path is a folder, not a file", target)
     _make_parent(target)
@@ -173,20 +174,89 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | Path, marker: str) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; it replaces ``target`` on success. ``marker`` is
-    the file (e.g. a manifest) that every earlier output of this kind holds: a folder that lacks it
-    and is not empty is someone else's, and is refused before any work, never deleted."""
+OWNED = ".scencode-output.json"  # in every folder scencode replaces: what it wrote there
+
+
+def followed(target: str | Path) -> Path:
+    """The path a write goes to: a symlinked output is followed (the link stays where the user put
+    it and the output goes where it points), a path that begins with ``-`` is refused (a shell or a
+    tool would read it as an option)."""
     target = Path(target)
+    if str(target).startswith("-"):
+        raise ScencodeError("a path may not begin with '-' (it reads as an option); write ./" + str(target), target)
+    return target.resolve() if target.is_symlink() else target
+
+
+def ownership(folder: Path, kind: str) -> dict:
+    """What :func:`atomic_dir` records in a folder it wrote: its kind and every file, with size and
+    sha256 (so that a later run replaces the folder only when nobody added anything to it)."""
+    from .shards import file_sha256
+
+    files = {
+        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != OWNED
+    }
+    return {"scencode_output": kind, "files": files}
+
+
+def check_replaceable(folder: Path, kind: str) -> None:
+    """Refuse, naming what was found, to replace a folder that is not scencode's own output of this
+    kind: one whose record is missing, unreadable or of another kind, or that holds anything the
+    record does not list (a user's file, a folder, a link). An empty folder is free."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    record_path = folder / OWNED
+    try:
+        record = json.loads(record_path.read_text())
+        listed = set(record["files"]) if record.get("scencode_output") == kind else None
+    except FileNotFoundError:
+        raise ScencodeError(
+            f"output folder is not empty and was not written by scencode {kind} (no {OWNED}); refusing to "
+            "replace it: choose a new or empty folder",
+            folder,
+        ) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ScencodeError(f"output folder's {OWNED} is unreadable ({exc}); refusing to replace it", folder) from None
+    if listed is None:
+        raise ScencodeError(
+            f"output folder holds the output of scencode {record.get('scencode_output')!r}, not {kind!r}; "
+            "refusing to replace it",
+            folder,
+        )
+    foreign = sorted(
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.name != OWNED
+        and (path.is_symlink() or not path.is_file() or str(path.relative_to(folder)) not in listed)
+        and not (path.is_dir() and not path.is_symlink() and _only_listed(path, folder, listed))
+    )
+    if foreign:
+        raise ScencodeError(
+            f"output folder holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} scencode {kind} did not "
+            f"write ({', '.join(foreign[:5])}{', …' if len(foreign) > 5 else ''}); refusing to replace it: "
+            "move them out or choose another folder",
+            folder,
+        )
+
+
+def _only_listed(path: Path, root: Path, listed: set[str]) -> bool:
+    # a sub-folder of a listed file (e.g. ``sub/part.parquet``) is scencode's too
+    prefix = str(path.relative_to(root)) + "/"
+    return any(name.startswith(prefix) for name in listed)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, kind: str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; it replaces ``target`` on success, with a record
+    of the files written (:data:`OWNED`). An existing ``target`` is replaced only when it is
+    scencode's own earlier output of this ``kind`` and nothing was added to it
+    (:func:`check_replaceable`): refused before any work otherwise, never deleted. A symlinked
+    ``target`` is followed."""
+    target = followed(target)
     if target.exists() and not target.is_dir():
         raise ScencodeError("output path is a file, not a folder", target)
-    if target.is_dir() and not (target / marker).is_file() and any(target.iterdir()):
-        raise ScencodeError(
-            f"output folder holds other files and no {marker} of an earlier output; "
-            "refusing to replace it: choose a new or empty folder",
-            target,
-        )
+    check_replaceable(target, kind)
     _make_parent(target)
     remove_stale_temporaries(target)
     with _creating(target):
@@ -195,7 +265,9 @@ def atomic_dir(target: str | Path, marker: str) -> Iterator[Path]:
     try:
         yield tmp
         _refuse_if_stopping()
+        (tmp / OWNED).write_text(json.dumps(ownership(tmp, kind), indent=1, sort_keys=True) + "\n")
         if target.exists():
+            check_replaceable(target, kind)  # again: a user may have added a file while this step ran
             old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
             os.replace(target, old / "old")  # moved aside first: the new folder appears in one rename
             os.replace(tmp, target)

@@ -17,7 +17,7 @@ import polars as pl
 
 from .atomic import OutputFile, atomic_path
 from .formats import SPECIAL_TOKENS, load_vocab
-from .shards import verify_corpus
+from .shards import read_shard, verify_corpus
 
 log = logging.getLogger(__name__)
 QUANTILES = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95}
@@ -33,9 +33,8 @@ def corpus_stats(corpora: dict[str, Path], vocab_size: int, context: int) -> pl.
 def _one_corpus(name: str, folder: Path, vocab_size: int, context: int) -> pl.DataFrame:
     manifest = verify_corpus(folder, checksums=False)
     seen: dict[str, np.ndarray] = {}
-    paths = [folder / shard["file"] for shard in manifest["shards"]]
     with ThreadPoolExecutor(max_workers=1) as reader:  # the next shard is read while this one is counted
-        frames = reader.map(_scan, paths)
+        frames = reader.map(lambda shard: _scan(folder, shard), manifest["shards"])
         lengths = pl.concat([_count_shard(frame, seen, vocab_size) for frame in frames])
     n_genes = pl.col("n_genes")
     table = lengths.group_by("dataset_id", "split").agg(
@@ -72,8 +71,8 @@ def _one_corpus(name: str, folder: Path, vocab_size: int, context: int) -> pl.Da
     )
 
 
-def _scan(path: Path) -> pl.DataFrame:
-    return pl.scan_parquet(path).select("dataset_id", "split", "gene_ids").collect()
+def _scan(folder: Path, shard: dict) -> pl.DataFrame:
+    return pl.from_arrow(read_shard(folder, shard, ["dataset_id", "split", "gene_ids"]))
 
 
 def _count_shard(frame: pl.DataFrame, seen: dict, vocab_size: int) -> pl.DataFrame:

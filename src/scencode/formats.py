@@ -74,6 +74,32 @@ def metric_table(rows: pd.DataFrame, identity: RunIdentity, dataset: str) -> pd.
     return out[METRIC_COLUMNS].reset_index(drop=True)
 
 
+def read_metric_table(path) -> pa.Table:
+    """A metric table as :func:`metric_table` writes it, checked: the columns, at least one row,
+    numeric values, and a note on every missing (null or NaN) value, so that nothing downstream
+    averages over a value that is not there without saying why."""
+    table = read_parquet(path, "metric table")
+    missing = [c for c in METRIC_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ScencodeError(f"not a metric table: no column(s) {', '.join(missing)}", path)
+    if table.num_rows == 0:
+        raise ScencodeError("metric table holds no rows", path)
+    kind = table.schema.field("value").type
+    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_null(kind)):
+        raise ScencodeError(f"metric table's values are {kind}, not numbers", path)
+    frame = table.select(["dataset", "metric", "value", "note"]).to_pandas()
+    value = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    unexplained = frame[value.isna() & (frame["note"].fillna("").str.strip() == "")]
+    if len(unexplained):
+        first = unexplained.iloc[0]
+        raise ScencodeError(
+            f"{len(unexplained)} missing value(s) with no note saying why (first: {first['metric']} on "
+            f"{first['dataset']}); a missing metric must carry its reason",
+            path,
+        )
+    return table
+
+
 def write_table(table: pd.DataFrame, path) -> None:
     with atomic_path(path, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)

@@ -30,7 +30,7 @@ from numba import njit
 
 from .errors import ScencodeError
 from .model import Batch
-from .shards import check_footer, open_shard, read_manifest
+from .shards import check_footer, open_shard, read_manifest, read_shard, shard_tables
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 GENE_SAMPLING = ("random", "top_expressed")
@@ -141,8 +141,10 @@ def draw_train_subset(corpus_dir: str | Path, requested: int | float) -> TrainSu
     import polars as pl
 
     corpus_dir = Path(corpus_dir)
-    files = [str(corpus_dir / shard["file"]) for shard in read_manifest(corpus_dir)["shards"]]
-    cells = pl.scan_parquet(files).filter(pl.col("split") == "train").select("dataset_id", "cell_id").collect()
+    cells = pl.concat(
+        pl.from_arrow(table).filter(pl.col("split") == "train").drop("split")
+        for table in shard_tables(corpus_dir, ["dataset_id", "cell_id", "split"])
+    )
     available = dict(cells.group_by("dataset_id").len().iter_rows())
     total = sum(available.values())
     target = train_cell_count(requested, total, corpus_dir)
@@ -342,6 +344,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         self.skip_batches, self.mask, self.shuffle = skip_batches, mask, shuffle
         self.with_cell_ids, self.columns = with_cell_ids, columns
         self.units = units(self.corpus_dir)
+        self.shards = {shard["file"]: shard for shard in read_manifest(self.corpus_dir)["shards"]}
         self._buffers: dict[str, np.ndarray] = {}
 
     def __iter__(self) -> Iterator[Batch]:
@@ -362,7 +365,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         columns = ["split", *(["dataset_id", "cell_id"] if self.subset else [])]
         in_split = {}
         for file, group in self.units:
-            table = open_shard(self.corpus_dir / file).read_row_group(group, columns=columns)
+            table = read_shard(self.corpus_dir, self.shards[file], columns, row_group=group)
             in_split[file, group] = int(self._selected(table).sum())
         n_readers = self.world_size * n_workers
         per_reader = []
@@ -409,11 +412,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         if self.subset is not None and "dataset_id" not in columns:
             columns.append("dataset_id")
         for file, group in my_units:
-            path = self.corpus_dir / file
-            try:
-                table = open_shard(path).read_row_group(group, columns=columns)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
+            table = read_shard(self.corpus_dir, self.shards[file], columns, row_group=group)
             in_split = self._selected(table)
             if in_split.any():
                 yield table, in_split

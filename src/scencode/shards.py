@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ScencodeError
@@ -116,17 +117,43 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
         raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
 
 
-def iter_batches(
-    corpus_dir: str | Path, columns: list[str] | None = None, batch_size: int = 4096
-) -> Iterator[pa.RecordBatch]:
-    """Stream record batches over all shards in order; errors name the shard."""
-    corpus_dir = Path(corpus_dir)
-    for shard in read_manifest(corpus_dir)["shards"]:
-        path = corpus_dir / shard["file"]
-        try:
-            yield from open_shard(path).iter_batches(batch_size=batch_size, columns=columns)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ScencodeError(f"corrupt or truncated shard ({exc})", path) from exc
+def read_shard(
+    corpus_dir: str | Path, shard: dict, columns: list[str] | None = None, row_group: int | None = None
+) -> pa.Table:
+    """One shard (or one of its row groups) as the manifest lists it: the footer checked against the
+    manifest, every page against its CRC32 as it is decoded; any failure names the shard. Every step
+    that reads shards reads them here."""
+    path = Path(corpus_dir) / shard["file"]
+    if not path.is_file():
+        raise ScencodeError("shard listed in the manifest is missing", path)
+    check_footer(path, shard)
+    try:
+        parquet = open_shard(path)
+        table = parquet.read(columns=columns) if row_group is None else parquet.read_row_group(row_group, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise ScencodeError(f"corrupt or truncated shard ({' '.join(str(exc).split())[:300]})", path) from None
+    _check_splits(table, path)
+    return table
+
+
+SPLITS = ("train", "val", "test")  # what tokenize writes in ``split``
+
+
+def _check_splits(table: pa.Table, path: Path) -> None:
+    # a changed byte that keeps a page's checksum valid still cannot invent a split
+    if "split" in table.column_names:
+        unknown = set(pc.unique(table.column("split")).to_pylist()) - set(SPLITS)
+        if unknown:
+            raise ScencodeError(f"corrupt shard: split value(s) {sorted(map(str, unknown))} (known: {SPLITS})", path)
+
+
+def shard_tables(
+    corpus_dir: str | Path, columns: list[str] | None = None, manifest: dict | None = None
+) -> Iterator[pa.Table]:
+    """Every shard of a corpus in order, each read by :func:`read_shard`."""
+    manifest = manifest or read_manifest(corpus_dir)
+    for shard in manifest["shards"]:
+        yield read_shard(corpus_dir, shard, columns)
 
 
 def check(corpus: Path) -> dict:

@@ -29,6 +29,8 @@ import polars as pl
 from scipy.stats import false_discovery_control, rankdata, wilcoxon
 
 from .atomic import OutputFolder, atomic_path
+from .errors import ScencodeError
+from .formats import read_metric_table
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,12 @@ KEYS = ["gene_encoding", "expression_encoding", "train_cells"]  # train_cells: n
 
 
 def load_metrics(paths) -> pl.DataFrame:
-    """Every metric table, stacked (tables without a column get nulls there)."""
-    return metric_frame(pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed"))
+    """Every metric table, checked (:func:`formats.read_metric_table`) and stacked (tables without a
+    column get nulls there)."""
+    if not paths:
+        raise ScencodeError("tables: no metric table given")
+    tables = [pl.from_arrow(read_metric_table(p)).with_columns(pl.col("value").cast(pl.Float64)) for p in paths]
+    return metric_frame(pl.concat(tables, how="diagonal_relaxed"))
 
 
 def metric_frame(metrics) -> pl.DataFrame:
@@ -105,6 +111,7 @@ def summary_table(metrics: pl.DataFrame) -> pl.DataFrame:
         value=pl.col("mean").mean(),
         sd=pl.when(pl.col("mean").count() > 1).then(pl.col("mean").std(ddof=1)),
         seed_sd=pl.col("seed_sd").mean(),
+        n=pl.col("mean").count(),  # the datasets (or runs, for a run-level value) this value averages
     )
     table = metrics.group_by(KEYS).agg(
         seeds=pl.col("seed").n_unique(), datasets=pl.col("dataset").filter(pl.col("dataset") != "*").n_unique()
@@ -116,6 +123,7 @@ def summary_table(metrics: pl.DataFrame) -> pl.DataFrame:
                 pl.col("value").alias(name),
                 pl.col("sd").alias(f"{name}_sd"),
                 pl.col("seed_sd").alias(f"{name}_seed_sd"),
+                pl.col("n").alias(f"{name}_n"),
             ),
             on=KEYS,
             how="left",

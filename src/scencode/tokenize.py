@@ -223,7 +223,7 @@ def tokenize_corpus(
     ).hexdigest()
     schema = shard_schema(with_labels)
     per_dataset, nnz_parts, split_counts = {}, [], {}
-    with atomic_dir(out_dir, marker=MANIFEST) as tmp:
+    with atomic_dir(out_dir, kind="tokenize") as tmp:
         writer = ShardWriter(tmp, schema, params, {"scencode_vocab_hash": digest, "corpus": corpus})
         background = BackgroundWriter(writer)
         try:

@@ -107,6 +107,7 @@ def read_sheet(path: Path):
         raise ScencodeError("dataset sheet not found", path) from None
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise ScencodeError(f"not a readable dataset sheet ({exc})", path) from None
+    _check_line_shape(path)
     unknown = [c for c in frame.columns if c not in columns]
     if unknown:
         raise ScencodeError(f"unknown column(s) {', '.join(map(repr, unknown))} (known: {', '.join(columns)})", path)
@@ -124,6 +125,24 @@ def read_sheet(path: Path):
                 f"row {row_number} (dataset {values.get('dataset', '?')}){column}: {error.message}", path
             )
         yield row_number, values["dataset"], _settings(values)
+
+
+def _check_line_shape(path: Path) -> None:
+    """Every row has the header's number of cells: a line break inside a cell splits its row in two,
+    which the reader would otherwise take for two rows with empty cells."""
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1) if not line.startswith("#")]
+    lines = [(n, line) for n, line in lines if line.strip()]
+    if not lines:
+        return
+    width = lines[0][1].count("\t") + 1
+    for n, line in lines[1:]:
+        cells = line.count("\t") + 1
+        if cells != width:
+            raise ScencodeError(
+                f"line {n} has {cells} tab-separated cells, the header {width}: a cell holding a line break "
+                "(or a missing or extra tab) splits a row",
+                path,
+            )
 
 
 def _cell(text: str, column: dict, path: Path, row: int, name: str):
@@ -209,6 +228,11 @@ def configurations(config: dict) -> dict[str, tuple[dict, int, int | float | Non
     runs = {}
     for entry in pretrain["configurations"]:
         for size in entry.get("train_cells", pretrain.get("train_cells", ["all"])):
+            if isinstance(size, float) and size.is_integer():  # 1.0: one cell, or the whole split?
+                raise ScencodeError(
+                    f"config: pretrain train_cells {size!r} is ambiguous: write {int(size)} for a count of cells, "
+                    "'all' for the whole training split, or a fraction below 1"
+                )
             size = None if size == "all" else size
             for seed in entry.get("seeds", pretrain["seeds"]):
                 name = f"{entry['gene']}-{entry['expression']}{size_tag(size)}-s{seed}"
@@ -223,6 +247,17 @@ def model_settings(config: dict, entry: dict) -> dict:
     model = {**config["pretrain"]["model"], **entry.get("model", {})}
     model.update(gene_encoding=entry["gene"], expression_encoding=entry["expression"])
     return model
+
+
+def run_settings(config: dict, entry: dict, seed: int, size: int | float | None) -> dict[str, dict]:
+    """The model, loader and train settings of one run: the shared ones, then its configuration's
+    overrides, its seed and its training-set size. The workflow passes these to the trainer."""
+    pretrain = config["pretrain"]
+    return {
+        "model": model_settings(config, entry),
+        "loader": {**pretrain["loader"], **entry.get("loader", {}), "seed": seed},
+        "train": {**pretrain["train"], **entry.get("train", {}), **({"train_cells": size} if size else {})},
+    }
 
 
 def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
@@ -257,18 +292,37 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
             f"config: evaluate.scib_benchmarker.datasets names {', '.join(map(repr, unknown))}, not an evaluation "
             f"dataset; the evaluation datasets: {', '.join(evaluation)}"
         )
+    _check_reference_expression(config)
     _check_models(config)
     return datasets
 
 
-def _check_models(config: dict) -> None:
-    """Encoding names, their options and the model's shape, checked when the DAG is built (not
-    after download, QC, ESM-2 and tokenize have run)."""
-    from .model import ModelConfig
+def _check_reference_expression(config: dict) -> None:
+    """The declared reference of the 'reference vs other' tests is a configured expression encoding:
+    another name would silently drop those tests from tests.csv (and change every q-value)."""
+    reference = config["evaluate"].get("reference_expression", "soft")
+    configured = sorted({entry["expression"] for entry in config["pretrain"]["configurations"]})
+    if reference not in configured:
+        raise ScencodeError(
+            f"config: evaluate.reference_expression {reference!r} is not an expression encoding of "
+            f"pretrain.configurations ({', '.join(configured)})"
+        )
 
-    for name, (entry, _, _) in configurations(config).items():
+
+def _check_models(config: dict) -> None:
+    """Encoding names, their options, the model's shape and every training and loader setting of
+    every run, checked when the DAG is built (not after download, QC, ESM-2 and tokenize have run)."""
+    from .loader import LoaderConfig
+    from .model import ModelConfig
+    from .pretrain import TrainConfig
+    from .settings import parse
+
+    for name, (entry, seed, size) in configurations(config).items():
+        settings = run_settings(config, entry, seed, size)
         try:
-            ModelConfig(vocab_size=1, **model_settings(config, entry)).validate()
+            ModelConfig(vocab_size=1, **settings["model"]).validate()
+            parse(TrainConfig, settings["train"])
+            parse(LoaderConfig, settings["loader"])
         except (ScencodeError, TypeError) as exc:
             raise ScencodeError(f"config: pretrain configuration {name}: {exc}") from None
 

@@ -164,12 +164,7 @@ CONFIGURATIONS = workflow_config.configurations(config)  # run name → (entry, 
 
 def pretrain_settings(name):
     """The model, loader and train settings of one configuration: shared ones, then its overrides."""
-    entry, seed, size = CONFIGURATIONS[name]
-    return {
-        "model": workflow_config.model_settings(config, entry),
-        "loader": {**PRETRAIN["loader"], **entry.get("loader", {}), "seed": seed},
-        "train": {**PRETRAIN["train"], **entry.get("train", {}), **({"train_cells": size} if size else {})},
-    }
+    return workflow_config.run_settings(config, *CONFIGURATIONS[name])
 
 
 def pretrain_gene_embeddings(wildcards):

@@ -64,7 +64,7 @@ if ESM["model"]["type"] == "import":
             "../../envs/esm.yaml"
         shell:
             "scencode esm-import --format {params.fmt:q} --input {input.table:q} {params.dim:q}"
-            " --gene-table \"$(dirname {input.genes:q})\" --out {output:q} > {log:q} 2>&1"
+            " --gene-table \"$(dirname -- {input.genes:q})\" --out {output:q} > {log:q} 2>&1"
 
 else:
 
@@ -111,4 +111,4 @@ rule esm_coverage:
         "../../envs/esm.yaml"
     shell:
         "scencode esm-coverage --table {input.table:q} --qc {input.qc:q} {params.dim:q}"
-        " --gene-table \"$(dirname {input.genes:q})\" --out {output:q} > {log:q} 2>&1"
+        " --gene-table \"$(dirname -- {input.genes:q})\" --out {output:q} > {log:q} 2>&1"

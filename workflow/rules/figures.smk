@@ -31,5 +31,5 @@ rule figures:
         "../../envs/evaluate.yaml"
     shell:
         "scencode figures --summary {input.summary:q} --metrics {input.metrics:q}"
-        " --train-logs {input.train_logs:q} --models {input.models:q} --caveat {params.caveat:q} --out-dir \"$(dirname {output.comparison:q})\""
+        " --train-logs {input.train_logs:q} --models {input.models:q} --caveat {params.caveat:q} --out-dir \"$(dirname -- {output.comparison:q})\""
         " > {log:q} 2>&1"

@@ -22,4 +22,4 @@ rule gene_table:
     conda:
         "../../envs/data.yaml"
     shell:
-        "scencode gene-table {params.sources:q} --out \"$(dirname {output.genes:q})\" > {log:q} 2>&1"
+        "scencode gene-table {params.sources:q} --out \"$(dirname -- {output.genes:q})\" > {log:q} 2>&1"

@@ -28,4 +28,4 @@ rule pretrain:
     shell:
         "scencode pretrain --name {wildcards.run:q} --corpus {input.corpus:q} --vocab {input.vocab:q}"
         " {params.table:q} --threads {threads} --params {params.settings:q}"
-        " --out \"$(dirname {output.status:q})\" > {log:q} 2>&1"
+        " --out \"$(dirname -- {output.status:q})\" > {log:q} 2>&1"

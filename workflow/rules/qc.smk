@@ -18,5 +18,5 @@ rule qc:
         "../../envs/data.yaml"
     shell:
         "scencode qc --raw {input.raw:q} --out {output.h5ad:q} --report {output.report:q}"
-        " --gene-table \"$(dirname {input.genes:q})\" --dataset {wildcards.dataset:q}"
+        " --gene-table \"$(dirname -- {input.genes:q})\" --dataset {wildcards.dataset:q}"
         " --params {params.settings:q} > {log:q} 2>&1"

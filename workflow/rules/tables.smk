@@ -24,4 +24,4 @@ rule tables:
         "../../envs/evaluate.yaml"
     shell:
         "scencode tables --metrics {input:q} --reference-expression {params.reference:q} --levels {params.levels:q}"
-        " --out-dir \"$(dirname {output.metrics:q})\" > {log:q} 2>&1"
+        " --out-dir \"$(dirname -- {output.metrics:q})\" > {log:q} 2>&1"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +248,7 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
     """Embed every selected isoform (resumable through ``<out>.parts/``), average per gene, write
     the gene table. ``isoforms``: gene_id, gene_symbol, protein_id, sequence."""
     out_path = Path(out_path)
-    parts_dir = out_path.with_name(out_path.name + ".parts")
+    parts_dir = parts_folder(out_path)
     _claim_parts(
         parts_dir,
         {**meta, "window_overlap": embedder.params.window_overlap, "dim": embedder.dim, "layer": embedder.layer},
@@ -267,15 +267,28 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
             pq.write_table(table, tmp)
     genes = _gene_means(isoforms, parts_dir)
     write_gene_table(genes, out_path, meta)
-    shutil.rmtree(parts_dir)
+    _remove_parts(parts_dir)
     return genes
+
+
+PARTS_STAMP = "produced_by.json"
+# what an embedding run writes in ``<out>.parts/``: its stamp, its pieces and their temporaries
+PARTS_ENTRY = re.compile(r"(produced_by\.json|part-\d{7}\.parquet)|\.(produced_by\.json|part-\d{7}\.parquet)\..*\.tmp(\.\w+)?")
+
+
+def parts_folder(out_path: str | Path) -> Path:
+    """Where the finished pieces of an embedding run wait until the gene table is written."""
+    return Path(out_path).with_name(Path(out_path).name + ".parts")
 
 
 def _claim_parts(parts_dir: Path, produced_by: dict) -> None:
     """Resumable pieces are tied to what produced them (model and its weights, layer, isoform
-    policy, windows): pieces of another setting are discarded, never mixed into this table."""
+    policy, windows): pieces of another setting are discarded, never mixed into this table. Only a
+    folder that holds nothing but an embedding run's own files is ever discarded."""
     identity = json.dumps(produced_by, sort_keys=True, default=str)
-    stamp = parts_dir / "produced_by.json"
+    stamp = parts_dir / PARTS_STAMP
+    if parts_dir.exists() or parts_dir.is_symlink():
+        _check_parts_are_ours(parts_dir)
     if parts_dir.exists() and (not stamp.exists() or stamp.read_text() != identity):
         pieces = len(list(parts_dir.glob("part-*.parquet")))
         log.warning(
@@ -285,11 +298,37 @@ def _claim_parts(parts_dir: Path, produced_by: dict) -> None:
             stamp.read_text() if stamp.exists() else "unknown",
             identity,
         )
-        shutil.rmtree(parts_dir)
+        _remove_parts(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     if not stamp.exists():
         with atomic_path(stamp, suffix=".json") as tmp:
             Path(tmp).write_text(identity)
+
+
+def _check_parts_are_ours(parts_dir: Path) -> None:
+    """Refuse a ``.parts`` folder that holds anything an embedding run does not write (a user's
+    file or folder, a link), or one that is a link or a file itself: it is not ours to delete."""
+    if parts_dir.is_symlink() or not parts_dir.is_dir():
+        raise ScencodeError(
+            "the resumable pieces' path is a link or a file, not a folder written by esm-embed; move it away", parts_dir
+        )
+    entries = list(parts_dir.iterdir())
+    foreign = sorted(e.name for e in entries if e.is_symlink() or not e.is_file() or not PARTS_ENTRY.fullmatch(e.name))
+    if entries and not (parts_dir / PARTS_STAMP).is_file():
+        foreign = foreign or ["(no produced_by.json)"]
+    if foreign:
+        raise ScencodeError(
+            f"the resumable pieces' folder holds entries esm-embed did not write ({', '.join(foreign[:5])}); "
+            "refusing to delete it: move them out or choose another --out",
+            parts_dir,
+        )
+
+
+def _remove_parts(parts_dir: Path) -> None:
+    _check_parts_are_ours(parts_dir)  # again, just before: nothing else has appeared since
+    for entry in parts_dir.iterdir():
+        entry.unlink()
+    parts_dir.rmdir()
 
 
 def _finished_proteins(parts_dir: Path) -> set[str]:
@@ -343,6 +382,9 @@ def run(
 
     if (model is None) == (weights is None):
         raise ScencodeError("give exactly one of --model (a released ESM-2 name) and --weights (a local file)")
+    parts_dir = parts_folder(out)
+    if parts_dir.exists() or parts_dir.is_symlink():  # refused before the model is loaded, not after
+        _check_parts_are_ours(parts_dir)
     isoforms = select_isoforms(read_peptide_fasta(fasta), params.isoforms)
     weights_path, weights_sha256 = esm2_weights(model, weights, sha256)
     esm_model, alphabet = load_weights(weights_path)
