@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import yaml
 from helpers import GENES, REPO, leftovers, make_counts, tiny_adata
 
-from scencode.atomic import HOST
+from scencode.atomic import HOST, OWNED
 from scencode.errors import ScencodeError
 from scencode.formats import write_embedding_files, write_vocab
 from scencode.qc import QCParams, run_qc
@@ -108,7 +108,7 @@ def test_tokenize_refuses_a_folder_that_holds_other_files_and_deletes_nothing(de
         target,
     )
     line = one_error_line(result, "tokenize")
-    assert str(target) in line and "holds other files" in line
+    assert str(target) in line and "not written by scencode tokenize" in line
     assert (target / "thesis.tex").read_text() == "precious" and (target / "sub").is_dir()
     assert leftovers(tmp_path) == []
 
@@ -117,9 +117,9 @@ def test_tokenize_replaces_its_own_earlier_corpus_and_fills_an_empty_folder(demo
     _, vocab = demo_corpus
     inputs = [DatasetInput("a", demo_corpus[0].parent / "sim_lung_1.h5ad")]
     (tmp_path / "empty").mkdir()
-    for _ in range(2):  # the second run replaces the first's corpus (it holds a manifest)
+    for _ in range(2):  # the second run replaces the first's corpus (its record lists every file)
         manifest = tokenize_corpus("c", inputs, vocab, tmp_path / "empty", TokenizeParams())
-    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["manifest.json", "part-00000.parquet"]
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == [OWNED, "manifest.json", "part-00000.parquet"]
     assert manifest["n_cells"] == pq.read_metadata(tmp_path / "empty" / "part-00000.parquet").num_rows
 
 

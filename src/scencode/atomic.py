@@ -202,13 +202,16 @@ def ownership(folder: Path, kind: str) -> dict:
 
 def check_replaceable(folder: Path, kind: str) -> None:
     """Refuse, naming what was found, to replace a folder that is not scencode's own output of this
-    kind: one whose record is missing, unreadable or of another kind, or that holds anything the
-    record does not list (a user's file, a folder, a link). An empty folder is free."""
+    kind: one whose record is missing, unreadable or of another kind, that holds anything the record
+    does not list (a user's file, a folder, a link), or a listed file whose size or sha256 is not
+    the recorded one (so a hand-written record claims nothing). An empty folder is free."""
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     record_path = folder / OWNED
     try:
         record = json.loads(record_path.read_text())
+        if not isinstance(record["files"], dict):
+            raise TypeError("'files' is not a mapping")
         listed = set(record["files"]) if record.get("scencode_output") == kind else None
     except FileNotFoundError:
         raise ScencodeError(
@@ -238,6 +241,23 @@ def check_replaceable(folder: Path, kind: str) -> None:
             "move them out or choose another folder",
             folder,
         )
+    changed = sorted(name for name in listed if (folder / name).is_file() and not _as_recorded(folder / name, record["files"][name]))
+    if changed:
+        raise ScencodeError(
+            f"output folder holds {len(changed)} file(s) changed since scencode {kind} wrote them "
+            f"({', '.join(changed[:5])}{', …' if len(changed) > 5 else ''}); refusing to replace it: "
+            "remove the folder yourself if nothing in it is yours",
+            folder,
+        )
+
+
+def _as_recorded(path: Path, entry) -> bool:
+    from .shards import file_sha256
+
+    try:
+        return path.stat().st_size == entry["bytes"] and file_sha256(path) == entry["sha256"]
+    except (TypeError, KeyError):
+        return False
 
 
 def _only_listed(path: Path, root: Path, listed: set[str]) -> bool:

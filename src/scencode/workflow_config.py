@@ -122,27 +122,38 @@ def read_sheet(path: Path):
         if error is not None:
             column = f", column {error.path[0]}" if error.path else ""
             raise ScencodeError(
-                f"row {row_number} (dataset {values.get('dataset', '?')}){column}: {error.message}", path
+                f"row {row_number} (dataset {values.get('dataset', '?')}){column}: {error.message}"
+                f"{_short_row_hint(path, row_number)}",
+                path,
             )
         yield row_number, values["dataset"], _settings(values)
 
 
+def _line_widths(path: Path) -> tuple[int, list[tuple[int, int]]]:
+    """The header's number of tab-separated cells, and (line number, cells) of each data row."""
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1)]
+    lines = [(n, line.count("\t") + 1) for n, line in lines if line.strip() and not line.startswith("#")]
+    return (lines[0][1], lines[1:]) if lines else (0, [])
+
+
 def _check_line_shape(path: Path) -> None:
-    """Every row has the header's number of cells: a line break inside a cell splits its row in two,
-    which the reader would otherwise take for two rows with empty cells."""
-    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1) if not line.startswith("#")]
-    lines = [(n, line) for n, line in lines if line.strip()]
-    if not lines:
-        return
-    width = lines[0][1].count("\t") + 1
-    for n, line in lines[1:]:
-        cells = line.count("\t") + 1
-        if cells != width:
-            raise ScencodeError(
-                f"line {n} has {cells} tab-separated cells, the header {width}: a cell holding a line break "
-                "(or a missing or extra tab) splits a row",
-                path,
-            )
+    """No row has more cells than the header (the reader would drop them without a word)."""
+    width, rows = _line_widths(path)
+    for n, cells in rows:
+        if cells > width:
+            raise ScencodeError(f"line {n} has {cells} tab-separated cells, the header {width}", path)
+
+
+def _short_row_hint(path: Path, row_number: int) -> str:
+    """Why a row may be wrong that the schema cannot see: it has fewer cells than the header, as
+    each half of a row split by a line break inside a cell has."""
+    width, rows = _line_widths(path)
+    if row_number <= len(rows) and rows[row_number - 1][1] < width:
+        n, cells = rows[row_number - 1]
+        return (
+            f" (line {n} has {cells} of the header's {width} cells: does a cell above or here hold a line break?)"
+        )
+    return ""
 
 
 def _cell(text: str, column: dict, path: Path, row: int, name: str):

@@ -272,6 +272,7 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
 
 
 PARTS_STAMP = "produced_by.json"
+PARTS_KIND = "esm-embed pieces"
 # what an embedding run writes in ``<out>.parts/``: its stamp, its pieces and their temporaries
 PARTS_ENTRY = re.compile(r"(produced_by\.json|part-\d{7}\.parquet)|\.(produced_by\.json|part-\d{7}\.parquet)\..*\.tmp(\.\w+)?")
 
@@ -285,7 +286,7 @@ def _claim_parts(parts_dir: Path, produced_by: dict) -> None:
     """Resumable pieces are tied to what produced them (model and its weights, layer, isoform
     policy, windows): pieces of another setting are discarded, never mixed into this table. Only a
     folder that holds nothing but an embedding run's own files is ever discarded."""
-    identity = json.dumps(produced_by, sort_keys=True, default=str)
+    identity = json.dumps({"scencode_output": PARTS_KIND, "produced_by": produced_by}, sort_keys=True, default=str)
     stamp = parts_dir / PARTS_STAMP
     if parts_dir.exists() or parts_dir.is_symlink():
         _check_parts_are_ours(parts_dir)
@@ -314,14 +315,21 @@ def _check_parts_are_ours(parts_dir: Path) -> None:
         )
     entries = list(parts_dir.iterdir())
     foreign = sorted(e.name for e in entries if e.is_symlink() or not e.is_file() or not PARTS_ENTRY.fullmatch(e.name))
-    if entries and not (parts_dir / PARTS_STAMP).is_file():
-        foreign = foreign or ["(no produced_by.json)"]
+    if entries and not _is_stamp(parts_dir / PARTS_STAMP):
+        foreign = foreign or [f"{PARTS_STAMP} not written by esm-embed"]
     if foreign:
         raise ScencodeError(
             f"the resumable pieces' folder holds entries esm-embed did not write ({', '.join(foreign[:5])}); "
             "refusing to delete it: move them out or choose another --out",
             parts_dir,
         )
+
+
+def _is_stamp(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("scencode_output") == PARTS_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _remove_parts(parts_dir: Path) -> None:
