@@ -67,11 +67,11 @@ def baseline_embedding(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Baselines through the same metrics: ``pca`` (log-normalised HVGs), ``scvi`` (scVI's latent
     space, optional extra) or ``random`` (Gaussian noise, the floor every embedding should beat)."""
-    import anndata as ad
+    from .h5ad import read_qc_h5ad
 
     if kind not in BASELINES:
         raise ScencodeError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
-    adata = ad.read_h5ad(qc_path)
+    adata = read_qc_h5ad(qc_path, (label_key, batch_key))
     cells = pd.DataFrame(
         {
             "cell_id": dataset + ":" + adata.obs_names.astype(str),

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from .atomic import OutputFile, atomic_path
+from .errors import ScencodeError
 from .formats import SPECIAL_TOKENS, load_vocab
 from .shards import read_shard, verify_corpus
 
@@ -24,14 +25,19 @@ QUANTILES = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95}
 KEYS = ["corpus", "dataset_id", "split"]
 
 
-def corpus_stats(corpora: dict[str, Path], vocab_size: int, context: int) -> pl.DataFrame:
-    """One row per (corpus, dataset, split). ``context``: the loader's cap on genes per cell."""
-    tables = [_one_corpus(name, Path(folder), vocab_size, context) for name, folder in corpora.items()]
+def corpus_stats(
+    corpora: dict[str, Path], vocab_size: int, context: int, vocab_hash: str | None = None
+) -> pl.DataFrame:
+    """One row per (corpus, dataset, split). ``context``: the loader's cap on genes per cell;
+    ``vocab_hash``: the vocabulary every corpus must have been tokenized with."""
+    if context < 1:
+        raise ScencodeError(f"--context must be at least 1 gene per cell, got {context}")
+    tables = [_one_corpus(name, Path(folder), vocab_size, context, vocab_hash) for name, folder in corpora.items()]
     return pl.concat(tables).with_columns(context=pl.lit(context)).sort(KEYS)
 
 
-def _one_corpus(name: str, folder: Path, vocab_size: int, context: int) -> pl.DataFrame:
-    manifest = verify_corpus(folder, checksums=False)
+def _one_corpus(name: str, folder: Path, vocab_size: int, context: int, vocab_hash: str | None) -> pl.DataFrame:
+    manifest = verify_corpus(folder, checksums=False, vocab_hash=vocab_hash)
     seen: dict[str, np.ndarray] = {}
     with ThreadPoolExecutor(max_workers=1) as reader:  # the next shard is read while this one is counted
         frames = reader.map(lambda shard: _scan(folder, shard), manifest["shards"])
@@ -156,8 +162,8 @@ def draw(stats: pl.DataFrame, path: Path) -> None:
 def run(corpora: list[Path], vocab: Path, context: int, out: OutputFile, figure: OutputFile) -> pl.DataFrame:
     """Statistics of token corpora (their folders; the name is the folder's) as a table at ``out``
     and a figure at ``figure``; ``context``: the training loader's cap on genes per cell."""
-    vocabulary, _ = load_vocab(vocab)
-    stats = corpus_stats({Path(c).name: Path(c) for c in corpora}, len(vocabulary), context)
+    vocabulary, digest = load_vocab(vocab)
+    stats = corpus_stats({Path(c).name: Path(c) for c in corpora}, len(vocabulary), context, digest)
     with atomic_path(out, suffix=".csv") as tmp:
         stats.write_csv(tmp)
     draw(stats, Path(figure))

@@ -18,7 +18,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from .atomic import OutputFolder, atomic_path  # noqa: E402
 from .errors import ScencodeError  # noqa: E402
-from .formats import RunStatus, read_run_status, read_train_log  # noqa: E402
+from .formats import RunStatus, read_metrics_csv, read_run_status, read_summary, read_train_log  # noqa: E402
 from .reference import packaged_file  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -361,9 +361,9 @@ def main_size(summary: pd.DataFrame) -> pd.DataFrame:
 def draw_all(summary_csv, metrics_csv, runs: dict, out_dir, caveat: str = "") -> list[Path]:
     """``runs``: each run's model.json → its train_log.parquet."""
     out_dir = Path(out_dir)
-    every_size = pd.read_csv(summary_csv)
+    every_size = read_summary(summary_csv)
     summary = main_size(every_size)
-    metrics = pd.read_csv(metrics_csv)
+    metrics = read_metrics_csv(metrics_csv)
     models = summary[summary.gene_encoding != "baseline"]
     logs = {}
     for model, train_log in runs.items():  # the run's identity from its status file

@@ -78,10 +78,7 @@ def read_metric_table(path) -> pa.Table:
     """A metric table as :func:`metric_table` writes it, checked: the columns, at least one row,
     numeric values, and a note on every missing (null or NaN) value, so that nothing downstream
     averages over a value that is not there without saying why."""
-    table = read_parquet(path, "metric table")
-    missing = [c for c in METRIC_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ScencodeError(f"not a metric table: no column(s) {', '.join(missing)}", path)
+    table = read_parquet(path, "metric table", tuple(METRIC_COLUMNS))
     if table.num_rows == 0:
         raise ScencodeError("metric table holds no rows", path)
     kind = table.schema.field("value").type
@@ -100,6 +97,37 @@ def read_metric_table(path) -> pa.Table:
     return table
 
 
+def read_csv_table(path, what: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV table scencode wrote, holding ``columns``: a missing, empty or other file is one error
+    naming the file and ``what`` it should be."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScencodeError(f"{what} not found" if not path.exists() else f"is a folder, not a {what}", path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScencodeError(f"not a readable {what} ({' '.join(str(exc).split())[:200]})", path) from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ScencodeError(f"not a {what}: no column(s) {', '.join(missing)}", path)
+    if table.empty:
+        raise ScencodeError(f"{what} holds no rows", path)
+    return table
+
+
+SUMMARY_COLUMNS = ("gene_encoding", "expression_encoding", "train_cells", "batch_score", "bio_score")
+
+
+def read_summary(path) -> pd.DataFrame:
+    """``summary.csv`` as ``scencode tables`` writes it."""
+    return read_csv_table(path, "summary table (summary.csv)", SUMMARY_COLUMNS)
+
+
+def read_metrics_csv(path) -> pd.DataFrame:
+    """``metrics.csv`` (every metric value, long) as ``scencode tables`` writes it."""
+    return read_csv_table(path, "metrics table (metrics.csv)", tuple(METRIC_COLUMNS))
+
+
 def write_table(table: pd.DataFrame, path) -> None:
     with atomic_path(path, suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
@@ -108,7 +136,7 @@ def write_table(table: pd.DataFrame, path) -> None:
 def read_embedding(path) -> tuple[pd.DataFrame, np.ndarray, str]:
     """(cells: cell_id, label, batch; matrix; why there is no embedding, or "") from an embedding
     Parquet file."""
-    table = read_parquet(path, "embedding file")
+    table = read_parquet(path, "embedding file", ("cell_id", "label", "batch", "embedding"))
     matrix = column_matrix(table, "embedding")
     missing = (table.schema.metadata or {}).get(MISSING_KEY, b"").decode()
     return table.drop(["embedding"]).to_pandas(), matrix, missing
@@ -239,7 +267,7 @@ def write_train_log(rows: dict[str, list], path: str | Path, configuration: str,
 
 
 def read_train_log(path: str | Path) -> pd.DataFrame:
-    return read_parquet(path, "training log").to_pandas()
+    return read_parquet(path, "training log", ("step", "train_loss", "val_loss")).to_pandas()
 
 
 def write_checkpoint(path: Path, **payload) -> None:
@@ -322,9 +350,9 @@ def vocab_hash(tokens) -> str:
 
 def dataset_genes(qc_path: str | Path) -> pd.DataFrame:
     """The genes (id, symbol, type) of a QC'd .h5ad."""
-    from .h5ad import open_h5ad, read_frame  # anndata/h5py: not needed to load a vocabulary (GPU nodes)
+    from .h5ad import open_qc_h5ad, read_frame  # anndata/h5py: not needed to load a vocabulary (GPU nodes)
 
-    with open_h5ad(qc_path) as f:
+    with open_qc_h5ad(qc_path) as f:
         var = read_frame(f, "var")
     return pd.DataFrame(
         {
@@ -346,7 +374,7 @@ def write_vocab(vocab: pd.DataFrame, path: str | Path) -> str:
 
 def load_vocab(path: str | Path) -> tuple[pd.DataFrame, str]:
     path = Path(path)
-    table = read_parquet(path, "vocabulary")
+    table = read_parquet(path, "vocabulary", ("token_id", "gene_id"))
     vocab = table.to_pandas()
     digest = vocab_hash(vocab.gene_id)
     stored = (table.schema.metadata or {}).get(HASH_KEY, b"").decode()

@@ -28,6 +28,8 @@ def open_h5ad(path: str | Path) -> Iterator[h5py.File]:
     path = Path(path)
     if not path.exists():
         raise ScencodeError("file not found", path)
+    if path.is_dir():
+        raise ScencodeError("is a folder, not an h5ad file", path)
     if not h5py.is_hdf5(path):
         raise ScencodeError("not an h5ad file (it is not HDF5; was the download complete?)", path)
     try:
@@ -38,6 +40,33 @@ def open_h5ad(path: str | Path) -> Iterator[h5py.File]:
         if "obs" not in f or "var" not in f:
             raise ScencodeError("not an h5ad file (HDF5 without 'obs' and 'var' groups)", path)
         yield f
+
+
+QC_RECORD = "uns/scencode_qc"  # what scencode qc writes into every file it outputs: its settings
+
+
+@contextlib.contextmanager
+def open_qc_h5ad(path: str | Path) -> Iterator[h5py.File]:
+    """An h5ad that ``scencode qc`` wrote (raw integer counts, Ensembl ids, unique cell names):
+    the steps after QC read only these, so a raw download given by mistake is refused, not read
+    with its NaNs, negative and fractional values silently dropped or rounded."""
+    with open_h5ad(path) as f:
+        if QC_RECORD not in f:
+            raise ScencodeError(f"not an output of scencode qc (no {QC_RECORD}): run scencode qc on it first", path)
+        yield f
+
+
+def read_qc_h5ad(path: str | Path, obs_columns: tuple[str | None, ...] = ()) -> ad.AnnData:
+    """A whole QC'd h5ad in memory (:func:`open_qc_h5ad`), with the obs columns a step needs."""
+    with open_qc_h5ad(path) as f:
+        obs = read_frame(f, "obs")
+    missing = [c for c in obs_columns if c and c not in obs.columns]
+    if missing:
+        raise ScencodeError(
+            f"obs column(s) {', '.join(map(repr, missing))} missing (columns: {', '.join(map(str, obs.columns)) or 'none'})",
+            path,
+        )
+    return ad.read_h5ad(path)
 
 
 def read_frame(f: h5py.File, key: str) -> pd.DataFrame:

@@ -12,15 +12,22 @@ import pyarrow.parquet as pq
 from .errors import ScencodeError
 
 
-def read_parquet(path: str | Path, what: str) -> pa.Table:
-    """The table at ``path``; a missing or unreadable file is an error naming ``what`` it should be."""
+def read_parquet(path: str | Path, what: str, columns: tuple[str, ...] = ()) -> pa.Table:
+    """The table at ``path``, holding ``columns``; a missing, unreadable or other file is an error
+    naming ``what`` it should be."""
     path = Path(path)
     if not path.exists():
         raise ScencodeError(f"{what} not found", path)
+    if path.is_dir():  # pyarrow would read a folder as a (possibly empty) dataset
+        raise ScencodeError(f"is a folder, not a {what}", path)
     try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ScencodeError(f"not a readable {what} ({exc})", path) from exc
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ScencodeError(f"not a readable {what} ({' '.join(str(exc).split())[:200]})", path) from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ScencodeError(f"not a {what}: no column(s) {', '.join(missing)}", path)
+    return table
 
 
 def matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:

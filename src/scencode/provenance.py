@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .atomic import OutputFile, write_json
+from .errors import ScencodeError
 
 log = logging.getLogger(__name__)
 PACKAGES = (
@@ -98,6 +99,14 @@ def provenance(config: dict, sheets: list[Path]) -> dict:
 def run(config: dict, sheets: list[Path], out: OutputFile) -> dict:
     """``results/provenance.json``: what produced this run (``config``: the workflow's config as JSON;
     ``sheets``: its dataset sheets, hashed with it)."""
+    from .workflow_config import read_sheet
+
+    if not isinstance(config, dict):
+        raise ScencodeError(f"--config must be the workflow's config as a JSON object, not {type(config).__name__}")
+    for sheet in sheets:
+        if Path(sheet).is_dir():
+            raise ScencodeError("is a folder, not a dataset sheet", sheet)
+        list(read_sheet(Path(sheet)))  # a sheet the workflow would refuse is named here too
     record = provenance(config, sheets)
     write_json(record, out)
     log.info(

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .atomic import OutputFolder, atomic_dir, write_json
 from .errors import ScencodeError
 from .formats import excluded_cells, load_vocab
-from .h5ad import MAX_COUNT, count_matrix, open_h5ad, read_frame
+from .h5ad import MAX_COUNT, count_matrix, open_qc_h5ad, read_frame
 from .shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def _tokenize_dataset(
     with_labels: bool,
     kind: str,
 ):
-    with open_h5ad(d.path) as f:
+    with open_qc_h5ad(d.path) as f:
         x = count_matrix(f, d.path, "X")
         obs = read_frame(f, "obs")
         var_ids = read_frame(f, "var").index.astype(str)
