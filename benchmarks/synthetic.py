@@ -42,4 +42,5 @@ def write_synthetic_h5ad(
     writer.finish(
         pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
         pd.DataFrame(index=var_names or [f"ENSG{i:011d}" for i in range(n_genes)]),
+        {"scencode_qc": {"synthetic": "raw integer counts, as QC writes them"}},  # tokenize reads QC outputs only
     )

@@ -27,6 +27,7 @@ def test_scvi_baseline_of_real_pbmc_counts_beats_a_random_embedding(tmp_path):
 
     adata = pbmc68k_counts()
     adata.obs["run"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")
+    adata.uns["scencode_qc"] = {"counts": "X"}  # stands in for a QC output (the counts are raw integers)
     adata.write_h5ad(tmp_path / "pbmc.h5ad")
     cells, latent = baseline_embedding(
         "scvi", tmp_path / "pbmc.h5ad", "pbmc", "bulk_labels", "run", seed=0, scvi_epochs=30

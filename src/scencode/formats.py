@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -292,7 +293,15 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
-        raise ScencodeError(f"corrupted checkpoint ({type(exc).__name__}: {str(exc)[:120]})", path) from exc
+        text = " ".join(str(exc).split())
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:  # a pickle that asks for code: name what it asked for, which the message says late
+            raise ScencodeError(
+                f"checkpoint refused: it asks to load {refused.group(1)}, which a scencode checkpoint never holds "
+                "(read with weights_only)",
+                path,
+            ) from None
+        raise ScencodeError(f"corrupted checkpoint ({type(exc).__name__}: {text[:300]})", path) from None
 
 
 def write_gene_table(genes: pd.DataFrame, path: str | Path, meta: dict) -> None:

@@ -114,37 +114,59 @@ def probe_rows(
     return rows
 
 
-def model_gene_embeddings(checkpoint: Path) -> np.ndarray:
-    """Each vocabulary token's effective gene embedding: the gene encoder's output."""
+def model_gene_embeddings(checkpoint: Path, vocab_hash: str, vocab: Path) -> np.ndarray:
+    """Each vocabulary token's effective gene embedding: the gene encoder's output (of a model
+    trained on ``vocab``: another vocabulary's rows would be other genes)."""
     import torch
 
     from .model import load_model
 
-    model, _ = load_model(checkpoint, torch.device("cpu"))
+    model, ckpt = load_model(checkpoint, torch.device("cpu"))
+    if ckpt.get("vocab_hash") != vocab_hash:
+        raise ScencodeError(
+            f"the model was trained on another vocabulary ({str(ckpt.get('vocab_hash'))[:12]}…) than {vocab} "
+            f"({vocab_hash[:12]}…): its gene rows are other genes",
+            checkpoint,
+        )
     with torch.no_grad():
         return model.genes(torch.arange(model.cfg.vocab_size)).float().numpy()
 
 
-def reference_tables(genes: pd.Index, esm_table: Path | None, dim: int, seed: int) -> dict[str, np.ndarray]:
-    """The raw ESM-2 table (aligned to ``genes``; rows missing from it are zero), its rows permuted
-    across genes (same geometry, no protein knowledge), and a random Gaussian table."""
+def reference_tables(
+    genes: pd.Index, esm_table: Path | None, dim: int, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name → (table aligned to ``genes``, the genes it has a row for): the raw ESM-2 table, its rows
+    permuted across those genes (same geometry, no protein knowledge), and a random Gaussian table.
+    A gene the ESM-2 table lacks is left out of its probes, not given a row of zeros."""
     rng = np.random.default_rng(seed)
     tables = {}
     if esm_table is not None:
         ids, matrix, _ = read_gene_table(esm_table)
         row = pd.Series(np.arange(len(ids)), index=ids).reindex(genes)
+        covered = row.notna().to_numpy()
+        if not covered.any():
+            raise ScencodeError("the ESM-2 table holds none of the vocabulary's genes", esm_table)
         aligned = np.zeros((len(genes), matrix.shape[1]), np.float32)
-        aligned[row.notna().to_numpy()] = matrix[row.dropna().astype(int).to_numpy()]
-        tables["esm2_table"] = aligned
-        tables["esm2_table_permuted"] = aligned[rng.permutation(len(genes))]
-    tables["random_table"] = rng.normal(size=(len(genes), dim)).astype(np.float32)
+        aligned[covered] = matrix[row.dropna().astype(int).to_numpy()]
+        permuted = aligned.copy()
+        permuted[covered] = aligned[covered][rng.permutation(int(covered.sum()))]
+        tables["esm2_table"] = (aligned, covered)
+        tables["esm2_table_permuted"] = (permuted, covered)
+    tables["random_table"] = (rng.normal(size=(len(genes), dim)).astype(np.float32), np.ones(len(genes), bool))
     return tables
+
+
+RUN_KEYS = ("run", "gene_encoding", "expression_encoding", "seed", "model")
 
 
 def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: ProbeParams) -> pd.DataFrame:
     """The probe table of every run ({run, gene_encoding, expression_encoding, seed, model}) and of
     the reference tables."""
-    vocabulary, _ = load_vocab(vocab)
+    vocabulary, digest = load_vocab(vocab)
+    for i, run in enumerate(runs):
+        missing = [key for key in RUN_KEYS if key not in run] if isinstance(run, dict) else list(RUN_KEYS)
+        if missing:
+            raise ScencodeError(f"--runs entry {i} lacks {', '.join(missing)} (each needs {', '.join(RUN_KEYS)})")
     genes = pd.Index(vocabulary.gene_id[len(SPECIAL_TOKENS) :])
     lengths = read_protein_lengths(esm_table) if esm_table is not None else None
     properties = gene_properties(genes, lengths)
@@ -159,12 +181,12 @@ def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: P
         if checkpoint is None:  # no usable model: its rows say why
             rows += _missing_rows(run["run"], identity, properties.columns, missing)
             continue
-        embedding = model_gene_embeddings(checkpoint)[len(SPECIAL_TOKENS) :]
+        embedding = model_gene_embeddings(checkpoint, digest, vocab)[len(SPECIAL_TOKENS) :]
         dim = embedding.shape[1]
         rows += probe_rows(run["run"], identity, embedding, properties, params)
-    for name, table in reference_tables(genes, esm_table, dim, params.seed).items():
+    for name, (table, covered) in reference_tables(genes, esm_table, dim, params.seed).items():
         identity = {"gene_encoding": name, "expression_encoding": "reference", "seed": params.seed}
-        rows += probe_rows(f"reference-{name}", identity, table, properties, params)
+        rows += probe_rows(f"reference-{name}", identity, table[covered], properties[covered], params)
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 

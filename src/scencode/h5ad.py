@@ -70,7 +70,12 @@ def read_qc_h5ad(path: str | Path, obs_columns: tuple[str | None, ...] = ()) -> 
 
 
 def read_frame(f: h5py.File, key: str) -> pd.DataFrame:
-    return read_elem(f[key])
+    """``obs`` or ``var`` of an open h5ad; one that anndata cannot read as a data frame (e.g. a 2-D
+    column) is an error naming the file."""
+    try:
+        return read_elem(f[key])
+    except Exception as exc:  # anndata raises many kinds here; each means the same to a user
+        raise ScencodeError(f"{key} is not a readable data frame ({' '.join(str(exc).split())[:200]})", f.filename) from None
 
 
 @dataclass

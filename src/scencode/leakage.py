@@ -207,12 +207,25 @@ def describe(pair: dict) -> str:
     return "; ".join(parts)
 
 
+def _check_entries(datasets: list[dict]) -> None:
+    """Each entry names a dataset, its role and its QC'd file; there is at least one."""
+    for i, d in enumerate(datasets):
+        missing = [k for k in ("name", "role", "qc") if k not in d] if isinstance(d, dict) else ["name", "role", "qc"]
+        if missing:
+            raise ScencodeError(f"--datasets entry {i} lacks {', '.join(missing)} (each needs name, role, qc)")
+        if d["role"] not in ("train", "eval"):
+            raise ScencodeError(f"--datasets entry {i} ({d['name']}): role {d['role']!r}, not train or eval")
+    if not datasets:
+        raise ScencodeError("--datasets is empty: the audit compares training with evaluation datasets")
+
+
 def run(datasets: list[dict], out: OutputFile, table: OutputFile, policy: str = "report") -> dict:
     """Audit training vs evaluation datasets for shared data. ``datasets``: JSON list of {name, role,
     qc, raw, source}; ``out``: the audit (JSON); ``table``: one row per pair (CSV, for the report);
     ``policy``: report | drop | error."""
     if policy not in POLICIES:
         raise ScencodeError(f"leakage policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    _check_entries(datasets)
     identities = [read_identity(d["name"], d["role"], d["qc"], d.get("raw"), d.get("source")) for d in datasets]
     result = audit(identities, policy)
     rows = [

@@ -146,6 +146,7 @@ def run_qc(
         report = _report(dataset_id, input_path, counts.key, metrics, keep_cells, keep_genes, mapping, params)
         report["cells"]["duplicate_names_renamed"] = renamed
         _check_labels(out_obs, params, input_path)
+        _check_batches(out_obs, params, input_path)
         _warn_large_losses(report)
         if renamed["count"]:
             log.warning(
@@ -190,6 +191,18 @@ def _check_obs_keys(obs: pd.DataFrame, params: QCParams, path: Path) -> None:
         if key and key not in obs.columns:
             raise ScencodeError(
                 f"{role} column {key!r} is missing from obs (columns: {', '.join(map(str, obs.columns)) or 'none'})",
+                path,
+            )
+
+
+def _check_batches(obs: pd.DataFrame, params: QCParams, path: Path) -> None:
+    """A cell without a batch would become a batch called 'nan' that the batch metrics then mix."""
+    if params.batch_key:
+        missing = int(obs[params.batch_key].isna().sum())
+        if missing:
+            raise ScencodeError(
+                f"batch column {params.batch_key!r} has no value for {missing} of the {len(obs)} cells kept by QC "
+                "(they would form a fake batch 'nan'): fill them in or drop those cells",
                 path,
             )
 
@@ -305,10 +318,25 @@ def _output_obs(obs: pd.DataFrame, metrics: dict, keep: np.ndarray) -> tuple[pd.
         out[name] = values[keep].astype(np.float32 if name != "n_genes" else np.int32)
     out.index = pd.Index(out.index.astype(str))
     dup = out.index.duplicated()
+    examples = sorted(set(out.index[dup]))[:5]
     if dup.any():
-        # cell ids must be unique downstream; keep the first, suffix the rest
-        out.index = out.index.where(~dup, out.index + "-dup" + pd.Series(np.cumsum(dup)).astype(str).to_numpy())
-    return out, {"count": int(dup.sum()), "examples": sorted(set(out.index[dup].str.rsplit("-dup", n=1).str[0]))[:5]}
+        out.index = unique_names(out.index, dup)
+    return out, {"count": int(dup.sum()), "examples": examples}
+
+
+def unique_names(names: pd.Index, repeated: np.ndarray) -> pd.Index:
+    """Cell ids must be unique downstream: the first of a name keeps it, each repeat gets the
+    first ``-dupN`` suffix no cell has (``A, A, A-dup1`` → ``A, A-dup2, A-dup1``). A loop over the
+    repeats only, which are few."""
+    taken = set(names)
+    out = names.to_numpy(object).copy()
+    for i in np.flatnonzero(repeated):
+        k = 1
+        while f"{out[i]}-dup{k}" in taken:
+            k += 1
+        out[i] = f"{out[i]}-dup{k}"
+        taken.add(out[i])
+    return pd.Index(out, dtype=str)
 
 
 def _output_var(ids: np.ndarray, table: GeneTable) -> pd.DataFrame:

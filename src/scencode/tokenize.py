@@ -287,6 +287,12 @@ def _tokenize_dataset(
         mapped = col_to_token[col_to_token >= 0]
         sorted_map = bool(np.all(np.diff(mapped) > 0))
         cell_ids = pd.Series(d.dataset_id + ":" + obs.index.astype(str))
+        if cell_ids.duplicated().any():
+            raise ScencodeError(
+                f"cell names repeat (e.g. {cell_ids[cell_ids.duplicated()].iloc[0].split(':', 1)[1]!r}); "
+                "scencode qc makes them unique: run it again on the raw file",
+                d.path,
+            )
         split = assign_split(cell_ids, params)
         labels = _label_columns(obs, d, required=kind == "evaluation") if with_labels else {}
         excluded = np.ones(len(obs), bool) if "*" in d.exclude else obs.index.astype(str).isin(list(d.exclude))
@@ -364,6 +370,12 @@ def _label_columns(obs: pd.DataFrame, d: DatasetInput, required: bool = True) ->
         if d.label_key is None
         else obs[d.label_key].astype(str).where(obs[d.label_key].notna(), None).to_numpy(object)
     )
+    if d.batch_key is not None and obs[d.batch_key].isna().any():
+        raise ScencodeError(
+            f"batch column {d.batch_key!r} has no value for {int(obs[d.batch_key].isna().sum())} cells "
+            "(they would form a fake batch 'nan')",
+            d.path,
+        )
     batch = (
         np.full(len(obs), d.dataset_id, dtype=object)
         if d.batch_key is None
