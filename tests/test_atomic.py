@@ -133,7 +133,9 @@ def _random_folder(rng: random.Random, folder: Path, outside: Path, kind: str) -
     lists (those are scencode's: as if it had written them)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(rng.randint(0, 3)):
-        name = rng.choice([f"user{i}.txt", "manifest.json", "part-00000.parquet", f"sub{i}/deep.txt", "produced_by.json"])
+        name = rng.choice(
+            [f"user{i}.txt", "manifest.json", "part-00000.parquet", f"sub{i}/deep.txt", "produced_by.json"]
+        )
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(f"user data {i}")
     record = rng.choice(["none", "valid", "empty", "other-kind", "fewer"])

@@ -1,12 +1,14 @@
-"""The hostile-input probe's cases (issue 24), each reproduced as it was found: silently wrong or
-destructive inputs are refused with one line naming the file and the problem, nothing is written
-and nothing is deleted; the other cases fail in a way a user can act on."""
+"""The hostile-input probes' cases (issues 24 and 31), each reproduced as it was found: silently
+wrong or destructive inputs are refused with one line naming the file and the problem, nothing is
+written and nothing is deleted; the other cases fail in a way a user can act on. Issue 31's cases 1,
+2 and 4 (folders and links) are in test_atomic.py; its every-step matrix in test_step_errors.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -486,3 +488,361 @@ def test_hostile_count_matrices_are_refused_or_stored_exactly(tmp_path, gene_tab
         outcomes["stored"] += 1
     print(outcomes)
     assert outcomes["refused"] >= 5 and outcomes["stored"] >= 5, outcomes
+
+
+# issue 31 ---------------------------------------------------------------------------------------
+
+
+def step_error(capsys, step: str, *args) -> str:
+    """Run a step in this process; it fails with one ``scencode <step>: error:`` line, returned."""
+    from scencode.cli import main
+
+    code = main([step, *map(str, args)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"scencode {step}: error:")]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def demo_config(tmp_path: Path, edit) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    edit(config)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "c.yaml"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(results_dir="-x"), "does not match '^[^-]'"),  # case 3
+        (lambda c: c.update(results_dir=""), "does not match '^[^-]'"),
+        (lambda c: c["evaluate"].update(reference_expression="nosuch"), "reference_expression 'nosuch'"),  # case 6
+        (lambda c: c["pretrain"]["train"].update(betas=[0.9, 1.5]), "1.5"),  # case 13
+        (lambda c: c["pretrain"].update(train_cells=[1.0]), "train_cells 1.0 is ambiguous"),  # case 14
+    ],
+)
+def test_the_dry_run_and_plan_refuse_what_a_step_would_refuse(tmp_path, edit, message):
+    from scencode.plan import run as plan
+
+    with pytest.raises(ScencodeError, match=f"^{tmp_path}/c.yaml: ") as error:
+        plan(demo_config(tmp_path, edit))
+    assert message in str(error.value)
+
+
+def test_a_results_dir_that_reads_as_an_option_fails_snakemakes_dry_run(tmp_path):
+    """Case 3 through Snakemake itself: refused when the DAG is built, nothing written anywhere."""
+    config = demo_config(tmp_path, lambda c: c.update(results_dir="-x"))
+    result = dry_run(tmp_path, config)
+    assert result.returncode != 0 and "results_dir" in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def sheet_with(tmp_path: Path, row: str) -> Path:
+    rows = (REPO / "config" / "datasets" / "demo.tsv").read_text()
+    (tmp_path / "bad.tsv").write_text(rows + row)
+    return demo_config(tmp_path, lambda c: c.update(datasets=str(tmp_path / "bad.tsv")))
+
+
+def test_a_300_character_dataset_id_is_refused_before_any_job(tmp_path):
+    """Case 13: the file names built from it would pass 255 characters."""
+    from scencode.plan import run as plan
+
+    with pytest.raises(ScencodeError, match="is too long"):
+        plan(sheet_with(tmp_path, "d" * 300 + "\ttrain\tdemo\tsim_lung_1\n"))
+
+
+def test_a_sheet_cell_holding_a_line_break_is_named_as_such(tmp_path):
+    """Case 13: the error says the row was split, not only that a label_key is missing."""
+    from scencode.plan import run as plan
+
+    with pytest.raises(ScencodeError, match="line break") as error:
+        plan(sheet_with(tmp_path, "extra\teval\tdemo\tsim_lung_eval\tcell_\ntype\n"))
+    assert "bad.tsv" in str(error.value)
+
+
+def test_corpus_stats_catches_a_flipped_bit_in_a_dictionary_page(demo_corpus, tmp_path, capsys):
+    """Case 5: one bit of the ``split`` column's dictionary page; corpus-stats reads through the
+    one shard reader, which checks every page's CRC."""
+    import shutil
+
+    corpus = tmp_path / "train"
+    shutil.copytree(demo_corpus[0], corpus)
+    shard = corpus / "part-00000.parquet"
+    meta = pq.read_metadata(shard)
+    column = meta.row_group(0).column(meta.schema.names.index("split"))
+    data = bytearray(shard.read_bytes())
+    data[column.data_page_offset - 1] ^= 0x04  # the dictionary page's last byte: a value, not the header
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    line = step_error(
+        capsys,
+        "corpus-stats",
+        "--corpora",
+        corpus,
+        "--vocab",
+        demo_corpus[1],
+        "--context",
+        64,
+        "--out",
+        out / "s.csv",
+        "--figure",
+        out / "s.png",
+    )
+    assert str(shard) in line and "corrupt" in line and not out.exists()
+
+
+@pytest.mark.parametrize("context", [0, -5])
+def test_corpus_stats_refuses_a_context_below_one_gene(demo_corpus, tmp_path, capsys, context):
+    """Case 14 (and 12): --context 0 gave 0 tokens, -5 a traceback."""
+    line = step_error(
+        capsys,
+        "corpus-stats",
+        "--corpora",
+        demo_corpus[0],
+        "--vocab",
+        demo_corpus[1],
+        "--context",
+        context,
+        "--out",
+        tmp_path / "s.csv",
+        "--figure",
+        tmp_path / "s.png",
+    )
+    assert "--context must be at least 1" in line and list(tmp_path.iterdir()) == []
+
+
+def metric_rows(**changes) -> pd.DataFrame:
+    from helpers import synthetic_metrics
+
+    return synthetic_metrics(3).assign(**changes)
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        (
+            lambda: metric_rows().assign(value=lambda m: m.value.where(m.index != 0, np.nan)),
+            "1 missing value(s) with no note",
+        ),
+        (lambda: metric_rows().drop(columns="value"), "no column(s) value"),
+        (lambda: metric_rows().iloc[:0], "holds no rows"),
+        (lambda: metric_rows().assign(value="0.5"), "not numbers"),
+    ],
+)
+def test_tables_refuse_a_metric_that_is_not_there_without_a_reason(tmp_path, capsys, table, message):
+    """Case 7 (and 12): a NaN with no note, no value column, no rows, string values."""
+    table().to_parquet(tmp_path / "m.parquet")
+    line = step_error(capsys, "tables", "--metrics", tmp_path / "m.parquet", "--out-dir", tmp_path / "tables")
+    assert "m.parquet" in line and message in line and not (tmp_path / "tables").exists()
+
+
+def test_summary_counts_say_how_many_datasets_each_value_averages(tmp_path):
+    """Case 7: with a value missing (and its note), the summary's count for that value is 2, not 3."""
+    from scencode.tables import write_tables
+
+    metrics = metric_rows()
+    gone = (metrics.configuration == "learned-soft-s0") & (metrics.metric == "bio_score") & (metrics.dataset == "ds0")
+    metrics.loc[gone, ["value", "note"]] = [np.nan, "one batch"]
+    metrics.to_parquet(tmp_path / "m.parquet")
+    write_tables([tmp_path / "m.parquet"], tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index(["gene_encoding", "expression_encoding"])
+    assert summary.loc[("learned", "soft"), "datasets"] == 3
+    assert (
+        summary.loc[("learned", "soft"), "bio_score_n"] == 2 and summary.loc[("learned", "soft"), "batch_score_n"] == 3
+    )
+    kept = metrics[~gone & (metrics.configuration == "learned-soft-s0") & (metrics.metric == "bio_score")]
+    assert summary.loc[("learned", "soft"), "bio_score"] == pytest.approx(kept.value.mean())
+    assert "one batch (ds0)" in summary.loc[("learned", "soft"), "note"]
+
+
+def test_gene_probes_use_only_the_genes_the_esm2_table_has(demo_corpus, tmp_path):
+    """Case 8: a table holding 10 of the vocabulary's genes is probed on those 10, never on zero rows."""
+    from scencode.formats import load_vocab, write_gene_table
+    from scencode.gene_probes import ProbeParams, gene_probes
+
+    vocab, _ = load_vocab(demo_corpus[1])
+    genes = vocab.gene_id[2:12].to_numpy()
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"gene_id": genes, "gene_symbol": "", "embedding": list(rng.normal(size=(10, 8)))})
+    write_gene_table(table, tmp_path / "esm.parquet", {})
+    probes = gene_probes([], demo_corpus[1], tmp_path / "esm.parquet", ProbeParams(min_members=2))
+
+    def genes_probed(table: str) -> list[int]:
+        notes = probes[probes.gene_encoding == table].note
+        return [int(re.search(r"(\d+) genes", note).group(1)) for note in notes]
+
+    assert genes_probed("esm2_table") and max(genes_probed("esm2_table")) <= 10
+    assert max(genes_probed("random_table")) > 10  # the random table has every gene
+
+
+def test_gene_probes_refuse_a_run_entry_without_its_keys(demo_corpus, tmp_path, capsys):
+    """Case 12."""
+    line = step_error(
+        capsys,
+        "gene-probes",
+        "--runs",
+        json.dumps([{"run": "r"}]),
+        "--vocab",
+        demo_corpus[1],
+        "--out",
+        tmp_path / "g.csv",
+        "--figure",
+        tmp_path / "g.png",
+    )
+    assert "--runs entry 0 lacks gene_encoding, expression_encoding, seed, model" in line
+
+
+def test_gene_probes_refuse_a_model_of_another_vocabulary(tiny_model, demo_corpus, tmp_path, capsys):
+    """Case 12: the model's rows would be other genes."""
+    other = tmp_path / "vocab.parquet"
+    write_vocab(build_vocab([demo_corpus[0].parent / "sim_lung_1.h5ad"]).iloc[:-3], other)
+    runs = [
+        {
+            "run": "learned-soft-s3",
+            "gene_encoding": "learned",
+            "expression_encoding": "soft",
+            "seed": 3,
+            "model": str(tiny_model),
+        }
+    ]
+    line = step_error(
+        capsys,
+        "gene-probes",
+        "--runs",
+        json.dumps(runs),
+        "--vocab",
+        other,
+        "--out",
+        tmp_path / "g.csv",
+        "--figure",
+        tmp_path / "g.png",
+    )
+    assert "another vocabulary" in line and not (tmp_path / "g.csv").exists()
+
+
+def test_tokenize_refuses_a_raw_h5ad(demo_corpus, tmp_path, capsys):
+    """Case 9: NaN and -1 entries, 2.5, NaN totals: a file QC never saw is refused, not read."""
+    counts = make_counts(20)
+    counts[0, 0], counts[1, 1], counts[2, 2] = np.nan, -1, 2.5
+    tiny_adata(counts).write_h5ad(tmp_path / "raw.h5ad")
+    line = step_error(
+        capsys,
+        "tokenize",
+        "--corpus",
+        "c",
+        "--datasets",
+        json.dumps([{"dataset_id": "a", "path": str(tmp_path / "raw.h5ad")}]),
+        "--vocab",
+        demo_corpus[1],
+        "--out",
+        tmp_path / "tokens",
+    )
+    assert "raw.h5ad: not an output of scencode qc" in line and not (tmp_path / "tokens").exists()
+
+
+def test_repeated_cell_names_become_unique_whatever_names_exist(tmp_path, gene_table):
+    """Case 10: ``A, A, A-dup1`` gave a second ``A-dup1``."""
+    adata = tiny_adata(make_counts(3))
+    adata.obs_names = ["A", "A", "A-dup1"]
+    adata.write_h5ad(tmp_path / "raw.h5ad")
+    run_qc(tmp_path / "raw.h5ad", tmp_path / "qc.h5ad", tmp_path / "qc.json", gene_table, KEEP_ALL, "d")
+    names = list(ad.read_h5ad(tmp_path / "qc.h5ad").obs_names)
+    assert len(set(names)) == 3 and names[0] == "A" and names[2] == "A-dup1"
+
+
+def test_tokenize_refuses_repeated_cell_ids(demo_corpus, tmp_path):
+    """Case 10: a QC'd file whose names repeat (an older QC, or edited) is refused, not written twice."""
+    import h5py
+
+    qc = tmp_path / "qc.h5ad"
+    adata = ad.read_h5ad(demo_corpus[0].parent / "sim_lung_1.h5ad")
+    adata.obs_names = ["same"] * adata.n_obs
+    adata.write_h5ad(qc)
+    with h5py.File(qc, "r") as f:
+        assert "uns/scencode_qc" in f
+    with pytest.raises(ScencodeError, match="qc.h5ad: cell names repeat"):
+        tokenize_corpus("c", [DatasetInput("a", qc)], demo_corpus[1], tmp_path / "t", TokenizeParams())
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_batch_column_with_missing_values_is_refused_at_qc(tmp_path, gene_table):
+    """Case 11: NaN batches became a batch called "nan" that the batch metrics mixed."""
+    adata = tiny_adata(make_counts(6), run=["a", "b", None, "a", "b", "a"])
+    adata.write_h5ad(tmp_path / "raw.h5ad")
+    params = QCParams(**{**asdict(KEEP_ALL), "batch_key": "run"})
+    with pytest.raises(ScencodeError, match="raw.h5ad: batch column 'run' has no value for 1 of the 6 cells"):
+        run_qc(tmp_path / "raw.h5ad", tmp_path / "qc.h5ad", tmp_path / "qc.json", gene_table, params, "d")
+    assert not (tmp_path / "qc.h5ad").exists()
+
+
+def test_an_obs_column_anndata_cannot_read_is_named(tmp_path, gene_table_dir, capsys):
+    """Case 12: a 2-D obs column at qc gave a traceback."""
+    import h5py
+
+    tiny_adata(make_counts(6)).write_h5ad(tmp_path / "raw.h5ad")
+    with h5py.File(tmp_path / "raw.h5ad", "a") as f:
+        f["obs"].create_dataset("twod", data=np.ones((6, 2)))
+        f["obs"].attrs["column-order"] = np.array(["twod"], dtype=object).astype(h5py.string_dtype())
+    line = step_error(
+        capsys,
+        "qc",
+        "--raw",
+        tmp_path / "raw.h5ad",
+        "--out",
+        tmp_path / "q.h5ad",
+        "--report",
+        tmp_path / "q.json",
+        "--gene-table",
+        gene_table_dir,
+        "--dataset",
+        "d",
+    )
+    assert "raw.h5ad" in line and "obs" in line and not (tmp_path / "q.h5ad").exists()
+
+
+@pytest.mark.parametrize(
+    "datasets, message",
+    [("[]", "--datasets is empty"), ('[{"name": "a", "qc": "x.h5ad"}]', "entry 0 lacks role")],
+)
+def test_leakage_refuses_entries_it_cannot_audit(tmp_path, capsys, datasets, message):
+    """Case 12."""
+    line = step_error(
+        capsys, "leakage", "--datasets", datasets, "--out", tmp_path / "l.json", "--table", tmp_path / "l.csv"
+    )
+    assert message in line and list(tmp_path.iterdir()) == []
+
+
+def test_provenance_refuses_a_config_that_is_not_an_object(tmp_path, capsys):
+    """Case 12: --config '[1,2]'."""
+    line = step_error(
+        capsys,
+        "provenance",
+        "--config",
+        "[1, 2]",
+        "--sheets",
+        REPO / "config/datasets/demo.tsv",
+        "--out",
+        tmp_path / "p.json",
+    )
+    assert "JSON object" in line and list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_checkpoint_names_the_global_it_asked_for(tmp_path):
+    """Case 12: the refusal was cut at 120 characters, before torch's message names the global."""
+
+    from scencode.formats import load_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    import torch
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ScencodeError, match=r"evil.pt: checkpoint refused: it asks to load \S*system"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"x": Evil()}, tmp_path / "evil4.pt", pickle_protocol=4)  # another protocol, another wording
+    with pytest.raises(
+        ScencodeError, match=r"evil4.pt: checkpoint refused by the weights-only reader \(Unsupported operand"
+    ):
+        load_checkpoint(tmp_path / "evil4.pt")

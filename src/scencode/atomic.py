@@ -241,7 +241,9 @@ def check_replaceable(folder: Path, kind: str) -> None:
             "move them out or choose another folder",
             folder,
         )
-    changed = sorted(name for name in listed if (folder / name).is_file() and not _as_recorded(folder / name, record["files"][name]))
+    changed = sorted(
+        name for name in listed if (folder / name).is_file() and not _as_recorded(folder / name, record["files"][name])
+    )
     if changed:
         raise ScencodeError(
             f"output folder holds {len(changed)} file(s) changed since scencode {kind} wrote them "

@@ -83,7 +83,9 @@ def read_metric_table(path) -> pa.Table:
     if table.num_rows == 0:
         raise ScencodeError("metric table holds no rows", path)
     kind = table.schema.field("value").type
-    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_null(kind)):
+    if not (
+        pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_null(kind)
+    ):
         raise ScencodeError(f"metric table's values are {kind}, not numbers", path)
     frame = table.select(["dataset", "metric", "value", "note"]).to_pandas()
     value = pd.to_numeric(frame["value"], errors="coerce").astype(float)
@@ -294,13 +296,18 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged files
         text = " ".join(str(exc).split())
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        refused = re.search(r"unsupported (?:global:? )?GLOBAL (\S+)", text, re.IGNORECASE)  # torch's wordings
         if refused:  # a pickle that asks for code: name what it asked for, which the message says late
             raise ScencodeError(
                 f"checkpoint refused: it asks to load {refused.group(1)}, which a scencode checkpoint never holds "
                 "(read with weights_only)",
                 path,
             ) from None
+        if text.startswith("Weights only load failed"):  # the reason follows torch's advice, and is what matters
+            reason = re.sub(
+                r"^.*(?:WeightsUnpickler error: |trusted source\. )|\s*Check the documentation.*$", "", text
+            )
+            raise ScencodeError(f"checkpoint refused by the weights-only reader ({reason[:200]})", path) from None
         raise ScencodeError(f"corrupted checkpoint ({type(exc).__name__}: {text[:300]})", path) from None
 
 

@@ -67,7 +67,8 @@ def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict
     from sklearn.preprocessing import StandardScaler
 
     counts = labels.value_counts()
-    keep = labels.isin(counts.index[counts >= params.min_members]).to_numpy()
+    # a class needs a member in every fold (fewer genes, e.g. a partial ESM-2 table: left out)
+    keep = labels.isin(counts.index[counts >= max(params.min_members, params.folds)]).to_numpy()
     y = labels.to_numpy()[keep]
     classes = np.unique(y)
     if len(classes) < 2:

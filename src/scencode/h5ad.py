@@ -75,7 +75,9 @@ def read_frame(f: h5py.File, key: str) -> pd.DataFrame:
     try:
         return read_elem(f[key])
     except Exception as exc:  # anndata raises many kinds here; each means the same to a user
-        raise ScencodeError(f"{key} is not a readable data frame ({' '.join(str(exc).split())[:200]})", f.filename) from None
+        raise ScencodeError(
+            f"{key} is not a readable data frame ({' '.join(str(exc).split())[:200]})", f.filename
+        ) from None
 
 
 @dataclass

@@ -129,7 +129,9 @@ def read_shard(
     check_footer(path, shard)
     try:
         parquet = open_shard(path)
-        table = parquet.read(columns=columns) if row_group is None else parquet.read_row_group(row_group, columns=columns)
+        table = (
+            parquet.read(columns=columns) if row_group is None else parquet.read_row_group(row_group, columns=columns)
+        )
     except (pa.ArrowException, OSError) as exc:
         raise ScencodeError(f"corrupt or truncated shard ({' '.join(str(exc).split())[:300]})", path) from None
     _check_splits(table, path)

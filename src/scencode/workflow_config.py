@@ -150,9 +150,7 @@ def _short_row_hint(path: Path, row_number: int) -> str:
     width, rows = _line_widths(path)
     if row_number <= len(rows) and rows[row_number - 1][1] < width:
         n, cells = rows[row_number - 1]
-        return (
-            f" (line {n} has {cells} of the header's {width} cells: does a cell above or here hold a line break?)"
-        )
+        return f" (line {n} has {cells} of the header's {width} cells: does a cell above or here hold a line break?)"
     return ""
 
 

@@ -274,7 +274,9 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
 PARTS_STAMP = "produced_by.json"
 PARTS_KIND = "esm-embed pieces"
 # what an embedding run writes in ``<out>.parts/``: its stamp, its pieces and their temporaries
-PARTS_ENTRY = re.compile(r"(produced_by\.json|part-\d{7}\.parquet)|\.(produced_by\.json|part-\d{7}\.parquet)\..*\.tmp(\.\w+)?")
+PARTS_ENTRY = re.compile(
+    r"(produced_by\.json|part-\d{7}\.parquet)|\.(produced_by\.json|part-\d{7}\.parquet)\..*\.tmp(\.\w+)?"
+)
 
 
 def parts_folder(out_path: str | Path) -> Path:
