@@ -40,6 +40,7 @@ SMOKE = {
         {"tokens_per_s", "ratio"},
         None,
     ),
+    "scib_sensitivity.py": (["--datasets", "pancreas"], {"scencode_max", "datasets", "scale"}, None),
     "evaluate_vs_scib.py": (
         ["--cells", "300", "--benchmarker", "none", "--no-real"],
         {"sets", "summary"},
