@@ -40,6 +40,16 @@ SMOKE = {
         {"tokens_per_s", "ratio"},
         None,
     ),
+    "census_shaped.py": (
+        ["--out", "data", "--limit", "1", "--train-scale", "0.0005", "--eval-scale", "0.002"],
+        {"datasets", "cells", "features", "sheets"},
+        None,
+    ),
+    "rehearsal.py": (
+        ["--limit", "1", "--train-scale", "0.0005", "--eval-scale", "0.002", "--workdir", "run"],
+        {"stages", "jobs", "cells"},
+        None,
+    ),
     "scib_sensitivity.py": (["--datasets", "pancreas"], {"scencode_max", "datasets", "scale"}, None),
     "evaluate_vs_scib.py": (
         ["--cells", "300", "--benchmarker", "none", "--no-real"],
@@ -67,7 +77,7 @@ def smoke_run(script: str, folder) -> subprocess.CompletedProcess | None:
         [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         cwd=folder,
         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )
@@ -92,3 +102,14 @@ def test_a_benchmark_prints_its_json_last(script, smoke_runs):
     assert result.returncode == 0, result.stderr[-3000:]
     last = json.loads(result.stdout.strip().splitlines()[-1])
     assert SMOKE[script][1] <= set(last), f"{script}: {sorted(last)}"
+
+
+def test_the_rehearsals_jobs_stay_within_what_they_asked(smoke_runs):
+    """The paper's run on Census-shaped data at its smallest size: every stage ran, and no job used
+    more wall time or memory than its rule asked of the cluster."""
+    result = smoke_runs["rehearsal.py"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    stages = json.loads(result.stdout.strip().splitlines()[-1])["stages"]
+    assert {"qc", "tokenize", "pretrain", "embed", "evaluate", "tables", "figures"} <= set(stages)
+    for stage, figures in stages.items():
+        assert figures["max_runtime_ratio"] <= 1 and figures["max_memory_ratio"] <= 1, (stage, figures)

@@ -204,3 +204,13 @@ def test_settings_that_bypass_the_schema_are_named(params, message):
 
     with pytest.raises(ScencodeError, match=message):
         parse(QCParams, params)
+
+
+def test_the_report_records_the_kept_cells_tissues(tmp_path, gene_table):
+    """The shift levels come from the data (tissue_general, as the Census has it), counted over the
+    cells QC keeps."""
+    tissues = ["lung"] * 40 + ["blood"] * 19 + [None]
+    keep_all = {"min_genes": 0, "min_counts": 0, "min_cells_per_gene": 0, "max_pct_mito": 100}
+    _, report = qc(tmp_path, tiny_adata(tissue_general=tissues), gene_table, **keep_all)
+    assert report["tissues"] == {"blood": 19, "lung": 40}
+    assert qc(tmp_path, tiny_adata(), gene_table, name="none", **keep_all)[1]["tissues"] == {}

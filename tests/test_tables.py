@@ -26,6 +26,60 @@ def test_levels_come_from_the_sheets_tissues():
     assert shift_levels(datasets) == {"train_test": "id", "c": "near", "d": "unknown", "e": "unknown"}
 
 
+def test_levels_come_from_the_tissues_qc_found_when_the_sheet_has_none():
+    """Issue 37, item 7: the paper's training rows leave ``tissue`` empty; the data's tissue_general
+    decides, a tissue counting once the training data hold ``min_cells`` of its cells."""
+    datasets = {
+        "a": {"role": "train"},
+        "b": {"role": "train"},
+        "near": {"role": "eval"},
+        "far": {"role": "eval"},
+        "sparse": {"role": "eval"},
+        "named": {"role": "eval", "tissue": "kidney"},  # the sheet overrides the data
+    }
+    measured = {
+        "a": {"lung": 900, "blood": 40},
+        "b": {"blood": 30, "kidney": 600},
+        "near": {"lung": 70, "blood": 5},
+        "far": {"pancreas": 80},
+        "sparse": {"blood": 50},  # 70 training cells of blood: below min_cells
+        "named": {"pancreas": 10},
+    }
+    assert shift_levels(datasets, measured, min_cells=500) == {
+        "train_test": "id",
+        "near": "near",
+        "far": "far",
+        "sparse": "far",
+        "named": "near",
+    }
+    assert shift_levels(datasets, measured, min_cells=50)["sparse"] == "near"
+    del measured["b"]  # a training dataset with no tissue at all: far cannot be claimed
+    assert shift_levels(datasets, measured, min_cells=500)["far"] == "unknown"
+
+
+def test_the_tables_step_decides_the_levels_from_the_qc_reports(tmp_path):
+    import json
+
+    from scencode.tables import run
+
+    metrics = synthetic_metrics(3)
+    metrics.to_parquet(tmp_path / "m.parquet")
+    reports = []
+    for name, tissues in {"t": {"lung": 1000}, "ds0": {"lung": 50}, "ds1": {"liver": 60}, "ds2": {}}.items():
+        reports.append(tmp_path / f"{name}.json")
+        reports[-1].write_text(json.dumps({"dataset_id": name, "tissues": tissues}))
+    shift = {
+        "datasets": {"t": {"role": "train"}, **{f"ds{i}": {"role": "eval"} for i in range(3)}},
+        "scored": ["ds0", "ds1", "ds2"],
+        "min_cells": 500,
+    }
+    run([tmp_path / "m.parquet"], tmp_path / "out", shift=shift, qc_reports=reports)
+    levels = pd.read_csv(tmp_path / "out" / "shift_levels.csv").set_index("dataset").level.to_dict()
+    assert levels == {"ds0": "near", "ds1": "far", "ds2": "unknown"}
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert {"bio_score_near", "bio_score_far"} <= set(summary.columns)
+
+
 def test_each_level_is_summarised_and_tested_beside_the_evaluation_datasets(tmp_path):
     metrics = synthetic_metrics(6)
     metrics.to_parquet(tmp_path / "m.parquet")

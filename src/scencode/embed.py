@@ -62,8 +62,12 @@ def embed_corpus(
         ids += batch.meta["cell_id"]
         labels += batch.meta["label"]
         batches += batch.meta["batch"]
+    if not chunks and split:  # a small corpus's held-out split may hold no cell (test_fraction × cells < 1)
+        reason = f"no cells in the training corpus's {split} split"
+        write_missing_embedding(reason, out_parquet, out_h5ad, run, dataset)
+        return {"cells": 0, **{metric: None for metric in RECONSTRUCTION_METRICS}, "missing": reason}
     if not chunks:
-        raise ScencodeError(f"no cells to embed{f' in its {split} split' if split else ''}", corpus)
+        raise ScencodeError("no cells to embed", corpus)
     matrix = np.concatenate(chunks)
     if not np.isfinite(matrix).all():
         raise ScencodeError(

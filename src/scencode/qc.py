@@ -145,6 +145,7 @@ def run_qc(
         out_var = _output_var(mapping.out_ids[keep_genes], gene_table)
         report = _report(dataset_id, input_path, counts.key, metrics, keep_cells, keep_genes, mapping, params)
         report["cells"]["duplicate_names_renamed"] = renamed
+        report["tissues"] = kept_tissues(out_obs)
         _check_labels(out_obs, params, input_path)
         _check_batches(out_obs, params, input_path)
         _warn_large_losses(report)
@@ -193,6 +194,19 @@ def _check_obs_keys(obs: pd.DataFrame, params: QCParams, path: Path) -> None:
                 f"{role} column {key!r} is missing from obs (columns: {', '.join(map(str, obs.columns)) or 'none'})",
                 path,
             )
+
+
+TISSUE_COLUMNS = ("tissue_general", "tissue")  # the Census's coarse tissue first, then its fine one
+
+
+def kept_tissues(obs: pd.DataFrame) -> dict[str, int]:
+    """Cells per tissue among the kept cells (the first of :data:`TISSUE_COLUMNS` obs has; none: {}),
+    so that the shift levels come from what was trained on, not from a hand-filled sheet column."""
+    column = next((c for c in TISSUE_COLUMNS if c in obs.columns), None)
+    if column is None:
+        return {}
+    counts = obs[column].dropna().astype(str).value_counts()
+    return {tissue: int(n) for tissue, n in sorted(counts.items())}
 
 
 def _check_batches(obs: pd.DataFrame, params: QCParams, path: Path) -> None:

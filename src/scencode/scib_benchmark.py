@@ -51,6 +51,9 @@ class BenchmarkerParams:
             raise ScencodeError(f"scib_benchmarker max_cells_scib must be ≥ 10, got {self.max_cells_scib}")
 
 
+BENCHMARKER_NEIGHBORS = 90  # the neighbours Benchmarker.prepare asks for (its LISI's); fewer cells fail in scikit-learn
+
+
 def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
     """(cells, {name: matrix}, pre-integrated matrix, {name: why missing}) on the cells every
     available embedding shares."""
@@ -100,6 +103,11 @@ def benchmark_dataset(
         batch, reason = None, {"batch": SINGLE_BATCH}
     if n_labels < 2:
         bio, batch, reason = None, None, {"bio": SINGLE_CELL_TYPE}
+    if len(cells) <= BENCHMARKER_NEIGHBORS:
+        bio, batch = None, None
+        reason = {
+            "size": f"{len(cells)} labelled cells: the Benchmarker needs {BENCHMARKER_NEIGHBORS} neighbours per cell"
+        }
     results = pd.DataFrame()
     if matrices and (bio or batch):
         import anndata as ad

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from scipy.stats import false_discovery_control, rankdata, wilcoxon
 from .atomic import OutputFolder, atomic_path
 from .errors import ScencodeError
 from .formats import read_metric_table
+from .workflow_config import TISSUE_MIN_CELLS, shift_levels
 
 log = logging.getLogger(__name__)
 
@@ -397,14 +399,49 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
     return {name: len(table) for name, table in tables.items()}
 
 
+def measured_tissues(qc_reports) -> dict[str, dict[str, int]]:
+    """Dataset → cells per tissue kept by QC (its report's ``tissues``)."""
+    out = {}
+    for path in qc_reports:
+        try:
+            report = json.loads(Path(path).read_text())
+            out[report["dataset_id"]] = dict(report.get("tissues", {}))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ScencodeError(f"not a readable QC report ({exc})", path) from None
+    return out
+
+
+def levels_from_data(shift: dict, qc_reports) -> dict[str, str]:
+    """``shift``: {datasets: name → {role, tissue}, min_cells, scored: the datasets scored}; the
+    levels of the scored datasets, from the sheet's tissues and the tissues QC found in the data."""
+    try:
+        datasets, scored = shift["datasets"], set(shift["scored"])
+        min_cells = int(shift.get("min_cells", TISSUE_MIN_CELLS))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ScencodeError(f"--shift needs datasets, scored and min_cells ({exc})") from None
+    levels = shift_levels(datasets, measured_tissues(qc_reports), min_cells)
+    return {d: level for d, level in levels.items() if d in scored}
+
+
 def run(
-    metrics: list[Path], out_dir: OutputFolder, reference_expression: str = "soft", levels: dict | None = None
+    metrics: list[Path],
+    out_dir: OutputFolder,
+    reference_expression: str = "soft",
+    levels: dict | None = None,
+    shift: dict | None = None,
+    qc_reports: list[Path] = (),
 ) -> dict:
     """metrics.csv, summary.csv, tests.csv and rank_stability.csv in ``out_dir`` from per-(run, dataset) metric tables;
     ``reference_expression``: the expression encoding compared with each other one (declared in
     config, not picked from the results); ``levels``: JSON dataset → shift level (id: the training
     corpus's held-out test split; near: a training tissue in new batches; far: a tissue no training
-    dataset has)."""
+    dataset has); ``shift`` with ``qc_reports`` instead: the levels decided from the data
+    (:func:`levels_from_data`), written to ``shift_levels.csv``."""
+    if shift is not None:
+        levels = levels_from_data(shift, qc_reports)
+        with atomic_path(Path(out_dir) / "shift_levels.csv", suffix=".csv") as tmp:
+            pl.DataFrame({"dataset": list(levels), "level": list(levels.values())}).sort("dataset").write_csv(tmp)
+        log.info("shift levels: %s", levels)
     counts = write_tables(metrics, out_dir, reference_expression, levels)
     log.info("tables: %s", counts)
     return counts

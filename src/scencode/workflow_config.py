@@ -194,19 +194,44 @@ def _settings(row: dict) -> dict:
     return spec
 
 
-def shift_levels(datasets: dict[str, dict]) -> dict[str, str]:
+TISSUE_MIN_CELLS = 500  # default evaluate.shift_min_cells
+
+
+def shift_levels(
+    datasets: dict[str, dict], measured: dict[str, dict[str, int]] | None = None, min_cells: int = TISSUE_MIN_CELLS
+) -> dict[str, str]:
     """Dataset → distribution-shift level: the training corpus's held-out test split is ``id``; an
-    evaluation dataset is ``near`` when a training dataset has its tissue (new batches, seen tissue)
-    and ``far`` when none has. ``unknown``: it has no tissue, or some training dataset has none (it
-    could hold the tissue, so far cannot be claimed)."""
-    training = [spec.get("tissue") for spec in datasets.values() if spec["role"] == "train"]
-    trained, untagged = set(training) - {None}, None in training
+    evaluation dataset is ``near`` when the training data hold its tissue (new batches, seen tissue)
+    and ``far`` when they do not. ``unknown``: it has no tissue, or some training dataset has none
+    (it could hold the tissue, so far cannot be claimed).
+
+    A dataset's tissues are its sheet's ``tissue`` where filled in, else ``measured`` (dataset →
+    cells per tissue, as QC recorded them from the data's ``tissue_general``): a training tissue
+    counts when the training datasets hold at least ``min_cells`` of its cells; an evaluation
+    dataset's tissue is the one most of its cells have."""
+    measured = measured or {}
+    trained, untagged, pooled = set(), False, {}
+    for name, spec in datasets.items():
+        if spec["role"] != "train":
+            continue
+        if spec.get("tissue"):
+            trained.add(spec["tissue"])
+        elif measured.get(name):
+            for tissue, cells in measured[name].items():
+                pooled[tissue] = pooled.get(tissue, 0) + cells
+        else:
+            untagged = True
+    trained |= {tissue for tissue, cells in pooled.items() if cells >= min_cells}
     levels = {ID_TEST: "id"}
     for name, spec in datasets.items():
         if spec["role"] == "eval":
-            tissue = spec.get("tissue")
+            tissue = spec.get("tissue") or _main_tissue(measured.get(name, {}))
             levels[name] = "near" if tissue in trained else "unknown" if tissue is None or untagged else "far"
     return levels
+
+
+def _main_tissue(cells_per_tissue: dict[str, int]) -> str | None:
+    return max(sorted(cells_per_tissue), key=cells_per_tissue.get) if cells_per_tissue else None
 
 
 def use_gpus(config: dict) -> bool:

@@ -29,7 +29,13 @@ CORPORA = [TRAIN_CORPUS, *EVAL_DATASETS]  # every token corpus: the training dat
 ID_TEST = workflow_config.ID_TEST
 TRAIN_LABELED = any(DATASETS[d].get("label_key") for d in TRAIN_DATASETS)
 SCORED = [*EVAL_DATASETS, *([ID_TEST] if TRAIN_LABELED else [])]  # what every trained run is scored on
-SHIFT_LEVELS = {d: level for d, level in workflow_config.shift_levels(DATASETS).items() if d in SCORED}
+# the shift levels are decided by the tables job from the tissues QC found in the data (a sheet's
+# `tissue` overrides): what the tables step needs to decide them
+SHIFT = {
+    "datasets": {d: {"role": spec["role"], "tissue": spec.get("tissue")} for d, spec in DATASETS.items()},
+    "scored": SCORED,
+    "min_cells": config["evaluate"].get("shift_min_cells", workflow_config.TISSUE_MIN_CELLS),
+}
 ESM = config["esm"]
 ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
 

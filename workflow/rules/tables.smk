@@ -1,18 +1,21 @@
-# The study's tables from every metric table: metrics.csv (long), summary.csv, tests.csv, rank_stability.csv.
+# The study's tables from every metric table: metrics.csv (long), summary.csv, tests.csv, rank_stability.csv,
+# and shift_levels.csv (each scored dataset's shift level, from the tissues QC found in the data).
 
 
 rule tables:
     input:
-        metric_tables(),
+        metrics=metric_tables(),
+        qc_reports=expand(f"{RESULTS}/qc/{{dataset}}.json", dataset=sorted(DATASETS)),
     output:
         metrics=f"{RESULTS}/tables/metrics.csv",
+        shift_levels=f"{RESULTS}/tables/shift_levels.csv",
         summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         tests=report(f"{RESULTS}/tables/tests.csv", caption="../report/tests.rst", category="Tables"),
         rank_stability=report(f"{RESULTS}/tables/rank_stability.csv", caption="../report/rank_stability.rst",
                               category="Tables"),
     params:
         reference=REFERENCE_EXPRESSION,
-        levels=as_json(SHIFT_LEVELS),
+        shift=as_json(SHIFT),
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -23,5 +26,6 @@ rule tables:
     conda:
         "../../envs/evaluate.yaml"
     shell:
-        "scencode tables --metrics {input:q} --reference-expression {params.reference:q} --levels {params.levels:q}"
+        "scencode tables --metrics {input.metrics:q} --reference-expression {params.reference:q}"
+        " --shift {params.shift:q} --qc-reports {input.qc_reports:q}"
         " --out-dir \"$(dirname -- {output.metrics:q})\" > {log:q} 2>&1"

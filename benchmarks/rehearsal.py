@@ -1,0 +1,188 @@
+"""The paper's run rehearsed on Census-shaped data: every job's wall time and peak memory against
+what its rule asked of the cluster (``runtime``, ``mem_mb``) and against ``scencode plan``'s
+estimate. Prints, as its last line, one JSON object with per stage: jobs, the largest
+measured/asked for runtime and memory, and measured/estimate (none for the GPU stages, whose tiny
+models on CPUs are not what is rehearsed, and for stages the plan does not size).
+
+    python benchmarks/rehearsal.py --train-scale 0.01 --eval-scale 0.1 [--workdir rehearsal] [--cores 2]
+
+It writes the data (benchmarks/census_shaped.py) into ``<workdir>/data`` (kept between runs of the
+same scales), ``config/paper.yaml`` with ``config/rehearsal.yaml`` over it into
+``<workdir>/config.yaml`` (merged key by key, as Snakemake merges config files, but its ``esm``
+section replaces the paper's whole) and runs Snakemake on it in the work folder, resuming where an
+earlier run stopped. Asked resources are read from Snakemake's own log
+(what it gave each job), measured ones from each job's benchmark file, estimates from
+``scencode.plan`` (the same function the rules size their jobs with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = [REPO / "config" / "paper.yaml", REPO / "config" / "rehearsal.yaml"]
+_spec = importlib.util.spec_from_file_location("census_shaped", REPO / "benchmarks" / "census_shaped.py")
+census_shaped = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(census_shaped)
+
+
+REPLACED = ("esm",)  # sections rehearsal.yaml replaces whole (ESM-2's model and proteins are swapped, not edited)
+
+
+def merged_config() -> dict:
+    """paper.yaml with rehearsal.yaml over it, key by key as Snakemake merges ``--configfile``
+    files, except the :data:`REPLACED` sections."""
+
+    def merge(base: dict, over: dict, top: bool = False) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            deeper = isinstance(value, dict) and isinstance(out.get(key), dict) and not (top and key in REPLACED)
+            out[key] = merge(out[key], value) if deeper else value
+        return out
+
+    paper, overlay = (yaml.safe_load(path.read_text()) for path in CONFIGS)
+    return merge(paper, overlay, top=True)
+
+
+def rule_stages() -> dict[str, tuple[str, str | None]]:
+    """Rule → (the plan's stage, the wildcard naming its dataset or corpus) for rules sized by the plan."""
+    out = {}
+    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+        for rule, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", path.read_text(), re.M | re.S):
+            sized = re.search(r'sized\("(\w+)"(?:, "(\w+)")?\)', body)
+            if sized:
+                out[rule] = (sized.group(1), sized.group(2))
+    return out
+
+
+def jobs_from_log(log: str) -> list[dict]:
+    """Each job Snakemake started: rule, wildcards, benchmark file and the resources it was given."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", log):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        benchmark = re.search(r"^\s+benchmark: (\S+)", block, re.M)
+        if not head or not benchmark:
+            continue
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        jobs.append(
+            {
+                "rule": head.group(1),
+                "benchmark": benchmark.group(1),
+                "wildcards": dict(kv.split("=", 1) for kv in wildcards.group(1).split(", ")) if wildcards else {},
+                "resources": dict(kv.split("=", 1) for kv in resources.group(1).split(", ")) if resources else {},
+            }
+        )
+    return jobs
+
+
+def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
+    """One row per finished job: measured wall minutes and peak MB, asked runtime and mem_mb, estimate."""
+    from scencode.plan import job_resources
+    from scencode.workflow_config import check
+
+    sized_config = {**config, "datasets": check(config)}
+    stages = rule_stages()
+    rows = []
+    for job in jobs_from_log(log):
+        path = workdir / job["benchmark"]
+        if not path.exists():
+            continue
+        bench = pd.read_csv(path, sep="\t").iloc[-1]
+        stage, key = stages.get(job["rule"], (None, None))
+        asked = job_resources(stage, sized_config, job["wildcards"].get(key)) if stage else {}
+        # a GPU stage runs a tiny model on CPUs here: its estimate (the paper's model on a GPU) is not rehearsed
+        estimate = None if asked.get("gpu") else asked.get("estimate_min")
+        rows.append(
+            {  # a job run again (after a change) appears twice in the log: the last one counts
+                "rule": job["rule"],
+                "job": job["benchmark"],
+                "wall_min": float(bench["s"]) / 60,
+                "peak_mb": float(bench["max_rss"]) if str(bench["max_rss"]) != "-" else float("nan"),
+                "runtime_min": float(job["resources"].get("runtime", "nan")),
+                "mem_mb": float(job["resources"].get("mem_mb", "nan")),
+                "estimate_min": estimate,
+            }
+        )
+    return pd.DataFrame(rows).drop_duplicates("job", keep="last")
+
+
+def per_stage(jobs: pd.DataFrame) -> dict:
+    out = {}
+    for rule, part in jobs.groupby("rule"):
+        estimate = part.estimate_min.dropna()
+        out[rule] = {
+            "jobs": len(part),
+            "wall_min_median": round(float(part.wall_min.median()), 3),
+            "wall_min_max": round(float(part.wall_min.max()), 3),
+            "peak_mb_max": round(float(part.peak_mb.max()), 1),
+            "runtime_asked_min": float(part.runtime_min.max()),
+            "mem_asked_mb": float(part.mem_mb.max()),
+            "max_runtime_ratio": round(float((part.wall_min / part.runtime_min).max()), 4),
+            "max_memory_ratio": round(float((part.peak_mb / part.mem_mb).max()), 4),
+            "measured_over_estimate": (
+                round(float(part.wall_min[estimate.index].sum() / estimate.sum()), 3) if estimate.sum() > 0 else None
+            ),
+        }
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-scale", type=float, default=0.01)
+    p.add_argument("--eval-scale", type=float, default=0.1)
+    p.add_argument("--workdir", type=Path, default=Path("rehearsal"))
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--limit", type=int, help="only the first N datasets of each paper sheet (smoke runs)")
+    p.add_argument("--target", nargs="*", default=[], help="Snakemake targets (default: the whole run)")
+    args = p.parse_args(argv)
+    workdir = args.workdir.resolve()
+    data = workdir / "data"
+    stamp = {"train_scale": args.train_scale, "eval_scale": args.eval_scale, "limit": args.limit}
+    if not (data / "stamp.json").exists() or json.loads((data / "stamp.json").read_text()) != stamp:
+        census_shaped.main(
+            ["--out", str(data), "--train-scale", str(args.train_scale), "--eval-scale", str(args.eval_scale)]
+            + (["--limit", str(args.limit)] if args.limit else [])
+        )
+        (data / "stamp.json").write_text(json.dumps(stamp))
+    config = merged_config()
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    start = time.perf_counter()
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), "--cores", str(args.cores), "--rerun-incomplete", *args.target,
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True)
+    with open(workdir / "snakemake.log", "a") as log:  # every run's jobs: a resumed run starts only the rest
+        log.write(run.stdout + run.stderr)
+    if run.returncode != 0:
+        print(run.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"rehearsal: snakemake failed (exit {run.returncode}); log: {workdir / 'snakemake.log'}")
+    import os
+
+    os.chdir(workdir)  # the config's relative paths (sheets, protein genes) are the work folder's
+    jobs = measure(workdir, (workdir / "snakemake.log").read_text(), config)
+    jobs.to_csv(workdir / "jobs.csv", index=False)
+    result = {
+        **stamp,
+        "cells": {role: int(pd.read_csv(data / f"{role}.tsv", sep="\t").n_cells.sum()) for role in ("train", "eval")},
+        "wall_s": round(time.perf_counter() - start, 1),
+        "jobs": len(jobs),
+        "stages": per_stage(jobs),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
