@@ -117,3 +117,21 @@ def test_a_checkpoint_path_that_does_not_exist_is_an_error(tmp_path):
     )
     assert result.returncode == 1 and "best.pt: model checkpoint not found" in result.stderr
     assert not (tmp_path / "e.parquet").exists()
+
+
+def test_an_empty_held_out_split_gives_an_embedding_that_says_why(tiny_model, demo_corpus, tmp_path):
+    """A small training corpus's test split can hold no cell (test_fraction × cells < 1): the
+    in-distribution set is then missing with its reason, not a failed job (found by the rehearsal)."""
+    from scencode.embed import embed_corpus
+    from scencode.formats import read_embedding
+    from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
+
+    qc = demo_corpus[0].parent / "sim_lung_1.h5ad"
+    corpus = tmp_path / "train"
+    tokenize_corpus("train", [DatasetInput("a", qc)], demo_corpus[1], corpus, TokenizeParams(test_fraction=0))
+    info = embed_corpus(
+        tiny_model.with_name("best.pt"), corpus, LoaderConfig(batch_size=16), tmp_path / "e.parquet", None,
+        "m", "train_test", split="test",
+    )  # fmt: skip
+    cells, matrix, missing = read_embedding(tmp_path / "e.parquet")
+    assert info["cells"] == 0 and len(cells) == 0 and missing == "no cells in the training corpus's test split"

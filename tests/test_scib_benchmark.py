@@ -34,3 +34,18 @@ def test_scib_benchmarker_labels_its_rows_and_says_why_values_are_missing(tmp_pa
     assert model.loc["silhouette_label", "note"] == "scored on 100 of 120 labeled cells (seeded subsample)"
     for metric in ("ilisi_knn", "kbet_per_label", "batch_correction", "total"):
         assert np.isnan(model.loc[metric, "value"]) and "single batch" in model.loc[metric, "note"]
+
+
+def test_a_dataset_too_small_for_the_benchmarkers_neighbours_says_so(tmp_path):
+    """Below 91 cells scikit-learn refused the Benchmarker's 90 neighbours with a traceback: found by
+    the rehearsal (benchmarks/rehearsal.py) at its smallest size."""
+    from scencode.scib_benchmark import BENCHMARKER_NEIGHBORS, benchmark_dataset
+
+    x, labels, batches = blobs(n=80)
+    cells = pd.DataFrame({"cell_id": [f"c{i}" for i in range(80)], "label": labels, "batch": batches})
+    write_embedding(cells, x, tmp_path / "pca.parquet")
+    rows = benchmark_dataset(
+        {RunIdentity("learned-soft-s0", "learned", "soft", 0): tmp_path / "pca.parquet"}, tmp_path / "pca.parquet", "d"
+    )
+    assert rows.value.isna().all()
+    assert (rows.note == f"80 labelled cells: the Benchmarker needs {BENCHMARKER_NEIGHBORS} neighbours per cell").all()
