@@ -17,6 +17,8 @@ from helpers import leftovers, synthetic_metrics, tiny_adata
 from scencode.cli import main
 
 CLASSES = ("missing", "empty", "folder", "other_schema")
+# the tiny model's identity (conftest.tiny_model), as the reconstruction step is told it
+TINY_RUN = ["--run", "learned-soft-s3", "--gene-encoding", "learned", "--expression-encoding", "soft", "--seed", "3"]
 
 
 def malformed(kind: str, folder: Path, suffix: str) -> Path:
@@ -127,14 +129,7 @@ CASES = {
             v["corpus"],
             "--out",
             o / "r.parquet",
-            "--run",
-            "learned-soft-s3",
-            "--gene-encoding",
-            "learned",
-            "--expression-encoding",
-            "soft",
-            "--seed",
-            "3",
+            *TINY_RUN,
         ],
     ),
     "baseline": (
@@ -233,14 +228,7 @@ def test_a_corpus_of_another_vocabulary_is_named(step, valid, tmp_path, capsys, 
             valid["corpus"],
             "--out",
             out / "r.parquet",
-            "--run",
-            "learned-soft-s3",
-            "--gene-encoding",
-            "learned",
-            "--expression-encoding",
-            "soft",
-            "--seed",
-            "3",
+            *TINY_RUN,
         ],
         "pretrain": ["--name", "learned-soft-s0", "--corpus", valid["corpus"], "--vocab", other, "--out", out / "run"],
     }[step]
