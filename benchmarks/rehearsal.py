@@ -12,7 +12,9 @@ same scales), ``config/paper.yaml`` with ``config/rehearsal.yaml`` over it into
 section replaces the paper's whole) and runs Snakemake on it in the work folder, resuming where an
 earlier run stopped. Asked resources are read from Snakemake's own log
 (what it gave each job), measured ones from each job's benchmark file, estimates from
-``scencode.plan`` (the same function the rules size their jobs with).
+``scencode.plan`` (the same function the rules size their jobs with). ``--record`` keeps the fit of
+evaluation time over the datasets' sizes in ``benchmarks/measured.json``, which the plan prices
+evaluate jobs from.
 """
 
 from __future__ import annotations
@@ -103,9 +105,11 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
         asked = job_resources(stage, sized_config, job["wildcards"].get(key)) if stage else {}
         # a GPU stage runs a tiny model on CPUs here: its estimate (the paper's model on a GPU) is not rehearsed
         estimate = None if asked.get("gpu") else asked.get("estimate_min")
+        dataset = job["wildcards"].get(key) if key else None
         rows.append(
             {  # a job run again (after a change) appears twice in the log: the last one counts
                 "rule": job["rule"],
+                "cells": sized_config["datasets"].get(dataset, {}).get("n_cells") if dataset else None,
                 "job": job["benchmark"],
                 "wall_min": float(bench["s"]) / 60,
                 "peak_mb": float(bench["max_rss"]) if str(bench["max_rss"]) != "-" else float("nan"),
@@ -115,6 +119,21 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).drop_duplicates("job", keep="last")
+
+
+def fit_evaluate(jobs: pd.DataFrame) -> dict | None:
+    """minutes = c + a·(n/1000)^b over the evaluate jobs (each dataset's slowest embedding: the
+    plan asks for every job what the slowest needs), least squares in scipy."""
+    from scipy.optimize import curve_fit
+
+    per = jobs[(jobs.rule == "evaluate") & jobs.cells.notna()].groupby("cells").wall_min.max()
+    if len(per) < 4:
+        return None
+    n, minutes = per.index.to_numpy(float), per.to_numpy()
+    (a, b, c), _ = curve_fit(
+        lambda x, a, b, c: c + a * (x / 1000) ** b, n, minutes, p0=(0.3, 1.2, 0.1), bounds=([0, 0.5, 0], [100, 3, 10])
+    )
+    return {"a": float(a), "b": float(b), "c": float(c), "low": int(n.min()), "high": int(n.max())}
 
 
 def per_stage(jobs: pd.DataFrame) -> dict:
@@ -145,6 +164,7 @@ def main(argv=None) -> dict:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--limit", type=int, help="only the first N datasets of each paper sheet (smoke runs)")
     p.add_argument("--target", nargs="*", default=[], help="Snakemake targets (default: the whole run)")
+    p.add_argument("--record", action="store_true", help="keep the evaluate-time fit in benchmarks/measured.json")
     args = p.parse_args(argv)
     workdir = args.workdir.resolve()
     data = workdir / "data"
@@ -179,7 +199,15 @@ def main(argv=None) -> dict:
         "wall_s": round(time.perf_counter() - start, 1),
         "jobs": len(jobs),
         "stages": per_stage(jobs),
+        "evaluate_fit": fit_evaluate(jobs),
     }
+    if args.record and result["evaluate_fit"]:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from record import record
+
+        fit = result["evaluate_fit"]
+        detail = f"rehearsal at eval scale {args.eval_scale}: {fit['low']:,}–{fit['high']:,} cells, slowest embedding"
+        record("evaluate_minutes", fit, "minutes = c + a·(cells/1000)^b", "benchmarks/rehearsal.py", detail)
     print(json.dumps(result))
     return result
 

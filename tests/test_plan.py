@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import yaml
 from helpers import REPO
 
@@ -80,3 +81,30 @@ def test_evaluate_jobs_take_leiden_threads_only_on_datasets_stated_to_be_large()
     # the demo's sheet states no sizes: costed at an assumed size, its jobs must still run side by side
     demo = workflow_config.load(REPO / "config" / "config.yaml")
     assert all(job_resources("evaluate", demo, name)["threads"] == 1 for name in [*demo["datasets"], "train_test"])
+
+
+def test_evaluate_jobs_are_priced_from_the_rehearsals_size_fit(tmp_path):
+    """Evaluation grows faster than its cells (Leiden, graph LISI): the plan prices it from a fit over
+    measured sizes, names where the fit comes from, and says when it extrapolates."""
+    from scencode.plan import measured_fit
+
+    (tmp_path / "m.json").write_text(
+        json.dumps(
+            {
+                "evaluate_minutes": {
+                    "value": {"a": 0.2, "b": 1.75, "c": 0.2, "low": 200, "high": 7000},
+                    "unit": "minutes = c + a·(cells/1000)^b",
+                    "benchmark": "benchmarks/rehearsal.py",
+                    "detail": "test",
+                    "date": "2026-12-07",
+                    "commit": "abc",
+                    "machine": "2 cores",
+                }
+            }
+        )
+    )
+    fit = measured_fit("evaluate_minutes", tmp_path / "m.json")
+    assert fit.minutes(7000) == pytest.approx(0.2 + 0.2 * 7**1.75)
+    assert fit.minutes(70_000) / fit.minutes(7000) > 40  # 10× the cells: far more than 10× the time
+    assert "benchmarks/rehearsal.py" in fit.describe() and "beyond 7,000 cells extrapolated" in fit.describe()
+    assert measured_fit("evaluate_minutes", tmp_path / "none.json") is None

@@ -60,6 +60,43 @@ def measured_throughputs(path: Path = MEASURED) -> dict[str, Rate]:
 
 
 THROUGHPUT = measured_throughputs()
+
+
+@dataclass(frozen=True)
+class SizeFit:
+    """A job's minutes as a function of its cells, fitted over measured jobs of ``low``–``high``
+    cells: ``c + a·(n/1000)^b`` (evaluation grows faster than n: Leiden, the graph LISI)."""
+
+    a: float
+    b: float
+    c: float
+    low: int
+    high: int
+    source: str
+
+    def minutes(self, n: float) -> float:
+        return self.c + self.a * (n / 1000) ** self.b
+
+    def describe(self) -> str:
+        return (
+            f"{self.c:.2f} + {self.a:.3g}·(cells/1000)^{self.b:.2f} minutes, fitted on {self.low:,}–{self.high:,} "
+            f"cells ({self.source}); beyond {self.high:,} cells extrapolated"
+        )
+
+
+def measured_fit(key: str, path: Path = MEASURED) -> SizeFit | None:
+    """A size fit a benchmark recorded in measured.json (``value``: {a, b, c, low, high})."""
+    import json
+
+    entry = (json.loads(path.read_text()) if path.exists() else {}).get(key)
+    if entry is None:
+        return None
+    v = entry["value"]
+    source = f"measured: {entry['benchmark']}, {entry['detail']}, {entry['machine']}, {entry['date']}, commit {entry['commit']}"
+    return SizeFit(float(v["a"]), float(v["b"]), float(v["c"]), int(v["low"]), int(v["high"]), source)
+
+
+EVALUATE_FIT = measured_fit("evaluate_minutes")  # None: the linear evaluate_cells_per_s
 ASSUMED_CELLS = 50_000  # a dataset whose size config does not give (n_cells)
 ASSUMED_RESIDUES = 60e6  # Ensembl 114 peptides, every isoform (≈120,000 sequences)
 BYTES_PER_CELL_H5AD = 8_000  # ≈2,000 non-zero genes × (4 B value + 4 B index), before compression
@@ -233,7 +270,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         metrics = config["evaluate"].get("metrics", {})
         n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)
         n = min(n, metrics.get("max_cells_scib", EvalParams.max_cells_scib))
-        minutes = n / THROUGHPUT["evaluate_cells_per_s"].value / 60
+        minutes = EVALUATE_FIT.minutes(n) if EVALUATE_FIT else n / THROUGHPUT["evaluate_cells_per_s"].value / 60
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
         mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)
         # Leiden's ten resolutions side by side from scanpy's approximate-neighbour size on, where
@@ -335,7 +372,13 @@ def render(config: dict, gpus: int = 8) -> str:
         "",
         "throughputs:",
     ]
-    out += [f"  {name}: {rate.value:g} {rate.unit} ({rate.source})" for name, rate in THROUGHPUT.items()]
+    out += [
+        f"  {name}: {rate.value:g} {rate.unit} ({rate.source})"
+        for name, rate in THROUGHPUT.items()
+        if not (name == "evaluate_cells_per_s" and EVALUATE_FIT)
+    ]
+    if EVALUATE_FIT:
+        out.append(f"  evaluate job: {EVALUATE_FIT.describe()}")
     corpus = config.get("_corpus_stats")
     if corpus:
         splits = ", ".join(f"{split} {cells:,}" for split, cells in corpus["cells_by_split"].items())
