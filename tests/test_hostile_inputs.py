@@ -516,6 +516,8 @@ def demo_config(tmp_path: Path, edit) -> Path:
     [
         (lambda c: c.update(results_dir="-x"), "does not match '^[^-]'"),  # case 3
         (lambda c: c.update(results_dir=""), "does not match '^[^-]'"),
+        (lambda c: c["vocab"].update(protein_genes="-genes.tsv"), "does not match '^[^-]'"),
+        (lambda c: c.update(datasets=["-x.tsv"]), "does not match"),
         (lambda c: c["evaluate"].update(reference_expression="nosuch"), "reference_expression 'nosuch'"),  # case 6
         (lambda c: c["pretrain"]["train"].update(betas=[0.9, 1.5]), "1.5"),  # case 13
         (lambda c: c["pretrain"].update(train_cells=[1.0]), "train_cells 1.0 is ambiguous"),  # case 14
