@@ -46,7 +46,7 @@ SMOKE = {
         None,
     ),
     "rehearsal.py": (
-        ["--limit", "1", "--train-scale", "0.0005", "--eval-scale", "0.002", "--workdir", "run"],
+        ["--limit", "1", "--train-scale", "0.0005", "--eval-scale", "0.002", "--workdir", "run", "--cores", "1"],
         {"stages", "jobs", "cells"},
         None,
     ),
