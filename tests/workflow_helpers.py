@@ -57,7 +57,9 @@ def set_cell(dataset: str, column: str, value):
     return edit
 
 
-def snakemake(workdir: Path | None, config: dict | None, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path | None, config: dict | None, *args: str, timeout: int = 1500
+) -> subprocess.CompletedProcess:
     """Snakemake run from the repository root, as a user runs it (./Snakefile and the workflow profile
     in ./profiles/default found without flags), in ``workdir`` (None: the repository itself)."""
     cmd = [sys.executable, "-m", "snakemake"]
