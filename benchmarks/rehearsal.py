@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -188,8 +189,6 @@ def main(argv=None) -> dict:
     if run.returncode != 0:
         print(run.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"rehearsal: snakemake failed (exit {run.returncode}); log: {workdir / 'snakemake.log'}")
-    import os
-
     os.chdir(workdir)  # the config's relative paths (sheets, protein genes) are the work folder's
     jobs = measure(workdir, (workdir / "snakemake.log").read_text(), config)
     jobs.to_csv(workdir / "jobs.csv", index=False)

@@ -227,12 +227,12 @@ def check_replaceable(folder: Path, kind: str) -> None:
             "refusing to replace it",
             folder,
         )
+    # the sub-folders the listed files sit in are scencode's too
+    folders = {str(parent) for name in listed for parent in Path(name).parents if str(parent) != "."}
     foreign = sorted(
-        str(path.relative_to(folder))
-        for path in folder.rglob("*")
-        if path.name != OWNED
-        and (path.is_symlink() or not path.is_file() or str(path.relative_to(folder)) not in listed)
-        and not (path.is_dir() and not path.is_symlink() and _only_listed(path, folder, listed))
+        rel
+        for rel, path in ((str(p.relative_to(folder)), p) for p in folder.rglob("*"))
+        if path.name != OWNED and not _listed(path, rel, listed, folders)
     )
     if foreign:
         raise ScencodeError(
@@ -253,6 +253,12 @@ def check_replaceable(folder: Path, kind: str) -> None:
         )
 
 
+def _listed(path: Path, rel: str, listed: set[str], folders: set[str]) -> bool:
+    if path.is_symlink():
+        return False
+    return (path.is_file() and rel in listed) or (path.is_dir() and rel in folders)
+
+
 def _as_recorded(path: Path, entry) -> bool:
     from .shards import file_sha256
 
@@ -260,12 +266,6 @@ def _as_recorded(path: Path, entry) -> bool:
         return path.stat().st_size == entry["bytes"] and file_sha256(path) == entry["sha256"]
     except (TypeError, KeyError):
         return False
-
-
-def _only_listed(path: Path, root: Path, listed: set[str]) -> bool:
-    # a sub-folder of a listed file (e.g. ``sub/part.parquet``) is scencode's too
-    prefix = str(path.relative_to(root)) + "/"
-    return any(name.startswith(prefix) for name in listed)
 
 
 @contextlib.contextmanager
