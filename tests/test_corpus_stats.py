@@ -58,6 +58,10 @@ def test_the_figure_shows_each_dataset_beside_the_context_cap(demo_corpus, tmp_p
     assert [line.get_xdata()[0] for line in left.lines if line.get_linestyle() == "--"] == [40]
     assert all(0 < bar.get_width() <= 1 for bar in right.patches) and len(right.patches) == 2
     assert (tmp_path / "stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "stats.pdf").read_bytes()[:4] == b"%PDF"
+    from scencode.plotting import layout_problems
+
+    assert layout_problems(saved[0]) == []
 
 
 def test_a_corpus_without_a_manifest_is_named(tmp_path, demo_corpus):

@@ -95,3 +95,6 @@ def test_the_workflows_models_are_probed_beside_the_references(demo_corpus, tmp_
     assert learned.value.between(0, 1).all() and learned.note.str.contains("5-fold").all()
     assert table[table.configuration == "esm2-log-s0"].value.isna().all()
     assert (tmp_path / "probes.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "probes.pdf").read_bytes()[:4] == b"%PDF"
+    chance = table[table.metric == "chance_macro_f1"]  # the figure's reference: a stratified guess
+    assert len(chance) and chance[chance.configuration == "learned-log-s0"].value.lt(learned.value.max()).all()

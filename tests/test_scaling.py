@@ -168,14 +168,7 @@ def test_the_scaling_figure_draws_one_line_per_configuration_on_a_log_axis(tmp_p
             "accuracy": [0.6, 0.8, 0.5, 0.7, 0.65],
         }
     )
-    captured = {}
-    real_save = figures.save
-    figures.save = lambda fig, out, name: captured.setdefault(name, fig) and []  # keep the figure to inspect
-    try:
-        figures.fig_scaling(summary, tmp_path)
-    finally:
-        figures.save = real_save
-    axes = captured["fig6_scaling"].axes
+    axes = figures.fig_scaling(summary).axes
     assert [ax.get_ylabel() for ax in axes] == list(figures.SCALING_SCORES.values())
     for ax in axes:
         assert ax.get_xscale() == "log" and ax.get_xlabel() == "training cells"

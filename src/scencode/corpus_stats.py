@@ -121,13 +121,10 @@ def training_figures(stats: pl.DataFrame, corpus: str = "train") -> dict:
     }
 
 
-def draw(stats: pl.DataFrame, path: Path) -> None:
+def draw(stats: pl.DataFrame, path: Path) -> list[Path]:
     """Genes per cell per dataset (median, 25–75 % and 5–95 % ranges, all splits pooled by cells)
     beside the context cap, and each dataset's vocabulary coverage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from . import plotting
 
     rows = (
         stats.group_by("corpus", "dataset_id")
@@ -143,20 +140,17 @@ def draw(stats: pl.DataFrame, path: Path) -> None:
     )
     labels = [f"{c} · {d}" if c != d else d for c, d in zip(rows["corpus"], rows["dataset_id"])]
     height = 1.2 + 0.35 * len(labels)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, height), sharey=True, gridspec_kw={"width_ratios": [3, 1]})
+    fig, (left, right) = plotting.figure(10, height, 1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1]})
     y = range(len(labels))
     left.hlines(y, rows["p05"], rows["p95"], color="0.7", lw=2, label="5–95 %")
-    left.hlines(y, rows["p25"], rows["p75"], color="tab:blue", lw=6, label="25–75 %")
+    left.hlines(y, rows["p25"], rows["p75"], color="#0072B2", lw=6, label="25–75 %")
     left.plot(rows["median"], y, "k|", ms=12, label="median")
-    left.axvline(stats["context"][0], color="tab:red", ls="--", label=f"context cap {stats['context'][0]}")
+    left.axvline(stats["context"][0], color="#D55E00", ls="--", label=f"context cap {stats['context'][0]}")
     left.set(yticks=list(y), yticklabels=labels, xlabel="non-zero vocabulary genes per cell")
-    left.legend(loc="lower right", fontsize=7)
-    right.barh(list(y), rows["coverage"], color="tab:green")
+    plotting.legend_outside(right, handles=left.get_legend_handles_labels()[0])
+    right.barh(list(y), rows["coverage"], color="#009E73")
     right.set(xlabel="vocabulary coverage", xlim=(0, 1))
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return plotting.save(fig, path)
 
 
 def run(corpora: list[Path], vocab: Path, context: int, out: OutputFile, figure: OutputFile) -> pl.DataFrame:

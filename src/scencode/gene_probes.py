@@ -26,7 +26,7 @@ from .reference import packaged_file
 
 log = logging.getLogger(__name__)
 HGNC_PROPERTIES = "hgnc_gene_properties_2024-10.tsv.gz"
-PROBES = ("knn", "logreg")
+PROBES = ("knn", "logreg", "chance")  # chance: a stratified guess (the figure's reference line)
 CHROMOSOME = re.compile(r"^(\d{1,2}|X|Y)(?=[pq]|$| )")
 
 
@@ -59,6 +59,7 @@ def gene_properties(genes: pd.Index, lengths: pd.Series | None = None) -> pd.Dat
 def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict:
     """Macro F1 of each probe predicting ``labels`` (classes with at least ``min_members`` genes;
     others left out) from standardised ``embedding`` rows, out of fold; and what chance gives."""
+    from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -78,6 +79,7 @@ def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict
     models = {
         "knn": KNeighborsClassifier(min(params.knn_k, len(y) // params.folds)),
         "logreg": LogisticRegression(max_iter=2000, random_state=params.seed),
+        "chance": DummyClassifier(strategy="stratified", random_state=params.seed),
     }
     scores = {
         name: float(
@@ -207,30 +209,39 @@ def _missing_rows(name: str, identity: dict, props, why: str) -> list[dict]:
     ]
 
 
-def draw(table: pd.DataFrame, path: Path) -> None:
-    """Logistic-regression macro F1 per property (panels) and encoding (bars), references hatched."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def draw(table: pd.DataFrame, path: Path) -> list[Path]:
+    """Logistic-regression macro F1 per property (panels) and encoding (bars: the run's colour and
+    hatch; reference tables grey), with the stratified guess as the chance line; PNG and PDF."""
+    from . import plotting
 
     data = table[table.metric == "logreg_macro_f1"]
+    chance = table[table.metric == "chance_macro_f1"].groupby("group").value.mean()
     props = sorted(data.group.unique())
-    fig, axes = plt.subplots(1, len(props), figsize=(3.4 * len(props), 3.4), sharey=True, squeeze=False)
+    runs = data[data.expression_encoding != "reference"]
+    styles = plotting.EncodingStyles.of(runs)
+    n_bars = data.groupby(["gene_encoding", "expression_encoding"]).ngroups
+    fig, axes = plotting.figure(
+        max(2.0, 0.3 * n_bars + 0.8) * len(props) + 0.6, 3.8, 1, len(props), sharey=True, squeeze=False
+    )
     for ax, prop in zip(axes[0], props):
         part = data[data.group == prop].groupby(["gene_encoding", "expression_encoding"]).value.mean().reset_index()
         labels = [f"{g} · {e}" for g, e in zip(part.gene_encoding, part.expression_encoding)]
-        bars = ax.bar(range(len(part)), part.value.fillna(0), color="tab:blue")
-        for bar, expr in zip(bars, part.expression_encoding):
-            if expr == "reference":
-                bar.set(color="0.7", hatch="//")
-        ax.set_xticks(range(len(part)), labels, rotation=70, ha="right", fontsize=7)
-        ax.set_title(prop.removeprefix("gene_probe_").replace("_", " "), fontsize=9)
-    axes[0][0].set_ylabel("macro F1 (logistic regression, out of fold)")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    plt.close(fig)
+        bars = ax.bar(range(len(part)), part.value.fillna(0), edgecolor="black", linewidth=0.4)
+        for bar, gene, expr in zip(bars, part.gene_encoding, part.expression_encoding):
+            reference = expr == "reference"
+            bar.set(
+                facecolor=plotting.REFERENCE_COLOUR if reference else styles.colour(expr),
+                hatch="///" if reference else styles.gene(gene).hatch,
+            )
+        plotting.mark_missing(ax, range(len(part)), part.value.isna())
+        if prop in chance and np.isfinite(chance[prop]):
+            ax.axhline(chance[prop], color="black", linestyle="--", linewidth=0.8, label="chance (stratified guess)")
+        ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=6)
+        ax.set_title(prop.removeprefix("gene_probe_").replace("_", " "))
+    axes[0][0].set_ylabel("macro F1, logistic regression\n(out of fold)")
+    if len(chance):
+        plotting.legend_outside(axes[0][-1])
+    return plotting.save(fig, path)
 
 
 def run(

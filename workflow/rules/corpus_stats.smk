@@ -9,6 +9,7 @@ rule corpus_stats:
     output:
         table=report(f"{RESULTS}/tables/corpus_stats.csv", caption="../report/corpus_stats.rst", category="Tables"),
         figure=report(f"{RESULTS}/figures/corpus_stats.png", caption="../report/corpus_stats.rst", category="Figures"),
+        pdf=f"{RESULTS}/figures/corpus_stats.pdf",  # written beside the PNG
     params:
         context=PRETRAIN["loader"]["context"],
     log:

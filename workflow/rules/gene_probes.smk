@@ -10,6 +10,7 @@ rule gene_probes:
     output:
         table=report(f"{RESULTS}/tables/gene_probes.csv", caption="../report/gene_probes.rst", category="Tables"),
         figure=report(f"{RESULTS}/figures/gene_probes.png", caption="../report/gene_probes.rst", category="Figures"),
+        pdf=f"{RESULTS}/figures/gene_probes.pdf",  # written beside the PNG
     params:
         runs=as_json([{**run_identity(run), "run": run, "model": model_status(run)} for run in CONFIGURATIONS]),
         settings=as_json(EVALUATE.get("gene_probes", {})),
