@@ -183,7 +183,9 @@ def main(argv=None) -> dict:
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
         "--configfile", str(workdir / "config.yaml"), "--cores", str(args.cores), "--rerun-incomplete", *args.target,
     ]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True)
+    # the rules call `scencode`: the one beside this interpreter, activated or not
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
     with open(workdir / "snakemake.log", "a") as log:  # every run's jobs: a resumed run starts only the rest
         log.write(run.stdout + run.stderr)
     if run.returncode != 0:
