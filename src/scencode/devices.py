@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .run_config import PRECISIONS  # noqa: F401  (the trainer's choices, defined with its settings)
 
 
 def default_device(local_rank: int | None = None) -> torch.device:

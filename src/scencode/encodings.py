@@ -15,7 +15,6 @@ A gene encoder that reads the gene-embedding table sets ``needs_gene_table = Tru
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -52,28 +51,6 @@ def lookup(registry: dict, kind: str, name: str) -> type[nn.Module]:
     if name not in registry:
         raise ScencodeError(f"unknown {kind} encoding {name!r}; registered: {', '.join(sorted(registry))}")
     return registry[name]
-
-
-BUILT_IN = {"self", "d_model", "vocab_size", "gene_table"}  # passed by the model, not options
-
-
-def needs_gene_table(name: str) -> bool:
-    """Whether a gene encoding reads a gene-embedding table (its class says: ``needs_gene_table``);
-    the workflow, pretraining and the tests ask here."""
-    return getattr(lookup(GENE_ENCODERS, "gene", name), "needs_gene_table", False)
-
-
-def check_options(registry: dict, kind: str, name: str, options: dict) -> None:
-    """Options an encoder does not take are refused (a typo would otherwise be silently ignored)."""
-    cls = lookup(registry, kind, name)
-    params = inspect.signature(cls.__init__).parameters.values()
-    known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - BUILT_IN
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ScencodeError(
-            f"{kind} encoding {name!r} takes no option {', '.join(map(repr, unknown))}; "
-            f"its options: {', '.join(sorted(known)) or 'none'}"
-        )
 
 
 # ---------------------------------------------------------------- gene encoders: forward(gene_ids)

@@ -30,38 +30,10 @@ from numba import njit
 
 from .errors import ScencodeError
 from .model import Batch
+from .run_config import GENE_SAMPLING, LAYOUTS, LoaderConfig  # noqa: F401
 from .shards import check_footer, open_shard, read_manifest, read_shard, shard_tables
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-GENE_SAMPLING = ("random", "top_expressed")
-LAYOUTS = ("packed", "padded")
-
-
-@dataclass
-class LoaderConfig:
-    batch_size: int = 512
-    context: int = 1024  # K = min(context, non-zero genes)
-    p_mask: float = 0.5
-    c_norm: float = 1e4
-    bucket_batches: int = 50  # batches per shuffle buffer / length bucket pool
-    seed: int = 777
-    # which K of a cell's M genes: "random" (seeded hashes, the study's) or "top_expressed" (the K
-    # highest counts, ties broken by the same hashes; deterministic whatever the seed's epoch)
-    gene_sampling: str = "random"
-    layout: str = "packed"  # packed: real tokens only (offsets) | padded: (cells, longest) + valid
-
-    def validate(self) -> None:
-        for key in ("context", "batch_size", "bucket_batches"):
-            if getattr(self, key) < 1:
-                raise ScencodeError(f"loader.{key} must be ≥ 1, got {getattr(self, key)}")
-        if not self.c_norm > 0:
-            raise ScencodeError(f"loader.c_norm must be > 0, got {self.c_norm}")
-        if self.gene_sampling not in GENE_SAMPLING:
-            raise ScencodeError(f"gene_sampling {self.gene_sampling!r}: choose one of {', '.join(GENE_SAMPLING)}")
-        if self.layout not in LAYOUTS:
-            raise ScencodeError(f"layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
-        if not 0 < self.p_mask < 1:
-            raise ScencodeError(f"p_mask {self.p_mask} must be in (0, 1)")
 
 
 @njit(cache=True)

@@ -21,15 +21,16 @@ steps are spent on the data rather than on the offset. The gains are buffers: ch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, check_options, lookup
+from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, lookup
 from .errors import ScencodeError
+from .run_config import ModelConfig, block_params  # noqa: F401  (block_params: re-exported)
 
 
 def _varlen_attention():
@@ -46,36 +47,6 @@ def _varlen_attention():
 
 
 _VARLEN = False  # not looked up yet
-
-
-def block_params(n_layers: int, d_model: int, d_ff: int) -> float:
-    """Weights of the encoder blocks (attention 4·d², feed-forward 2·d·d_ff): what a token's FLOPs
-    scale with (6 x this per trained token, the usual convention)."""
-    return n_layers * (4 * d_model**2 + 2 * d_model * d_ff)
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int
-    gene_encoding: str = "learned"
-    expression_encoding: str = "continuous"
-    d_model: int = 512
-    n_layers: int = 12
-    n_heads: int = 8
-    d_ff: int = 1024
-    dropout: float = 0.1
-    gene_options: dict = field(default_factory=dict)
-    expression_options: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if min(self.d_model, self.n_layers, self.n_heads, self.d_ff, self.vocab_size) <= 0:
-            raise ScencodeError(f"model dimensions must be positive: {asdict(self)}")
-        if self.d_model % self.n_heads:
-            raise ScencodeError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if not 0 <= self.dropout < 1:
-            raise ScencodeError(f"dropout {self.dropout} is not in [0, 1)")
-        check_options(GENE_ENCODERS, "gene", self.gene_encoding, self.gene_options)
-        check_options(EXPRESSION_ENCODERS, "expression", self.expression_encoding, self.expression_options)
 
 
 class Padded:

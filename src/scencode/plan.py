@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import block_params
+from .run_config import RunSettings, block_params, parsed_run_settings
 from .workflow_config import ID_TEST
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
@@ -173,9 +173,24 @@ def esm2_params(name: str) -> float:
     return block_params(layers, dim, 4 * dim)  # 3B: 2.8e9, 650M: 6.5e8, 15B: 1.5e10
 
 
-def _model_params(config: dict) -> float:
-    m = config["pretrain"]["model"]
-    return block_params(m["n_layers"], m["d_model"], m["d_ff"])
+def _model_params(config: dict, run: RunSettings | None = None) -> float:
+    m = run.model if run else parsed_run_settings(config, *_first_run(config)).model  # shared: the first's
+    return block_params(m.n_layers, m.d_model, m.d_ff)
+
+
+def _first_run(config: dict) -> tuple:
+    from .workflow_config import configurations
+
+    return next(iter(configurations(config).values()))
+
+
+def run_settings_of(config: dict, run: str | None) -> RunSettings:
+    """The settings a run trains with, as the workflow passes them to the trainer (overrides, seed,
+    size): the plan prices exactly what runs."""
+    from .workflow_config import configurations
+
+    runs = configurations(config)
+    return parsed_run_settings(config, *(runs[run] if run in runs else _first_run(config)))
 
 
 def _loader_mem_mb(config: dict, workers: int) -> float:
@@ -186,10 +201,12 @@ def _loader_mem_mb(config: dict, workers: int) -> float:
     return pool * (workers + 1) / 2**20
 
 
-def _train_seconds(config: dict, cells: float, passes: float, forward_only: bool = False) -> float:
+def _train_seconds(
+    config: dict, cells: float, passes: float, forward_only: bool = False, run: RunSettings | None = None
+) -> float:
     rate = THROUGHPUT["train_real_tokens_per_gpu_s"].value
     # the measured rate is at d 512 × 12 layers; other sizes scale with the non-embedding parameters
-    scale = _model_params(config) / block_params(**MEASURED_MODEL)
+    scale = _model_params(config, run) / block_params(**MEASURED_MODEL)
     seconds = cells * passes * _tokens_per_cell(config) / rate * scale
     return seconds / 3 if forward_only else seconds
 
@@ -238,13 +255,16 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         mem = math.ceil(3 * params * 4 / 2**20 + 16_000)
         return Job(stage, "table", 1, 8, mem, _runtime(minutes, floor=60), minutes)
     if stage == "pretrain":
-        epochs = config["pretrain"]["train"].get("epochs") or 1
+        run = run_settings_of(config, key)
         cells = _run_train_cells(
             config, key, (config.get("_corpus_stats") or {}).get("train_cells") or sum(train.values())
         )
-        minutes = _train_seconds(config, cells, epochs) / 60
-        workers = config["pretrain"]["train"].get("num_workers", 0)
-        mem = math.ceil(8000 + 2 * _loader_mem_mb(config, workers) + _model_params(config) * 16 / 2**20)
+        steps = run.train.max_steps  # set: the trainer stops there, whatever the epochs
+        passes = steps * run.train.grad_accum * run.loader.batch_size / max(cells, 1) if steps else run.train.epochs
+        minutes = _train_seconds(config, cells, passes, run=run) / 60
+        mem = math.ceil(
+            8000 + 2 * _loader_mem_mb(config, run.train.num_workers) + _model_params(config, run) * 16 / 2**20
+        )
         return Job(stage, key or "configuration", 1, 8, mem, _runtime(minutes, floor=60), minutes)
     if stage == "embed":
         n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)

@@ -31,8 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .atomic import TERMINATED_EXIT, OutputFolder
-from .devices import PRECISIONS, autocast, autocast_dtype, default_device, device_name, peak_flops
-from .encodings import needs_gene_table
+from .devices import autocast, autocast_dtype, default_device, device_name, peak_flops
 from .errors import ScencodeError
 from .formats import (
     LOG_COLUMNS,
@@ -44,91 +43,12 @@ from .formats import (
     write_run_status,
     write_train_log,
 )
-from .loader import LoaderConfig, ShardBatches, TrainSubset, draw_train_subset
-from .model import Batch, CellTransformer, ModelConfig, block_params
+from .loader import ShardBatches, TrainSubset, draw_train_subset
+from .model import Batch, CellTransformer
+from .run_config import LoaderConfig, ModelConfig, RunSettings, TrainConfig, block_params, needs_gene_table
 from .shards import verify_corpus
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    lr: float = 3e-4
-    weight_decay: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_accum: int = 32
-    epochs: int = 3
-    max_steps: int | None = None  # stop earlier than `epochs` (demo, smoke tests)
-    warmup_steps: int = 2000
-    grad_clip: float = 1.0
-    val_every: int = 500
-    val_cells: int = 50_000
-    patience: int = 100  # validation rounds without improvement
-    checkpoint_every: int = 500
-    log_every: int = 50
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    num_workers: int = 2
-    missing_genes: str = "error"  # esm2 genes without an embedding: error | zero
-    # stop: fail the job (last.pt keeps the last good state); finish: end the run as "diverged", keep
-    # best.pt only if a validation before the divergence wrote one (evaluation then says why if not)
-    on_nonfinite: str = "stop"
-    calibration_batches: int = 8  # training batches the initial scales are measured on (model.calibrate)
-    # a smaller training set: a count of cells (≥ 1) or a fraction of the training split (< 1), drawn
-    # per dataset in proportion and nested (data.TrainSubset); None: the whole training split
-    train_cells: float | None = None
-
-    def validate(self) -> None:
-        """Refuse settings that cannot run, naming the key."""
-        positive = (
-            "lr",
-            "grad_accum",
-            "epochs",
-            "grad_clip",
-            "val_cells",
-            "patience",
-            "checkpoint_every",
-            "log_every",
-            "calibration_batches",
-        )
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise ScencodeError(f"train.{key} must be > 0, got {getattr(self, key)!r}")
-        for key in ("warmup_steps", "val_every", "num_workers", "weight_decay"):
-            if getattr(self, key) < 0:
-                raise ScencodeError(f"train.{key} must be ≥ 0, got {getattr(self, key)!r}")
-        if self.train_cells is not None and self.train_cells <= 0:
-            raise ScencodeError(
-                f"train.train_cells must be a count ≥ 1 or a fraction in (0, 1), got {self.train_cells!r}"
-            )
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ScencodeError(f"train.max_steps must be ≥ 1 or null, got {self.max_steps!r}")
-        for key, allowed in (
-            ("precision", PRECISIONS),
-            ("missing_genes", ("error", "zero")),
-            ("on_nonfinite", ("stop", "finish")),
-        ):
-            if getattr(self, key) not in allowed:
-                raise ScencodeError(f"train.{key} {getattr(self, key)!r}: choose one of {', '.join(allowed)}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ScencodeError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
-
-    def schedule_warnings(self, total_steps: int) -> list[str]:
-        """Settings that cannot do what they say for a run of ``total_steps`` optimiser steps."""
-        out = []
-        if self.warmup_steps >= total_steps:
-            out.append(
-                f"warmup_steps {self.warmup_steps} ≥ total steps {total_steps}: the learning rate never "
-                f"leaves warmup (it peaks at {self.lr * total_steps / max(1, self.warmup_steps):.3g}, "
-                f"not lr {self.lr:g}) and never decays"
-            )
-        if self.val_every > total_steps or not self.val_every:
-            out.append(f"val_every {self.val_every} > total steps {total_steps}: only the final validation runs")
-        elif self.patience * self.val_every >= total_steps:
-            out.append(
-                f"patience {self.patience} validations × val_every {self.val_every} = "
-                f"{self.patience * self.val_every} steps ≥ total steps {total_steps}: early stopping cannot fire"
-            )
-        return out
 
 
 @dataclass
@@ -836,22 +756,18 @@ def run(
     ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one."""
     import sys
 
-    from .settings import parse, torch_threads
+    from .settings import torch_threads
 
-    params = params or {}
-    unknown = sorted(set(params) - {"model", "loader", "train"})
-    if unknown:
-        raise ScencodeError(f"unknown pretrain settings section(s): {', '.join(unknown)} (known: model, loader, train)")
     # the vocabulary's size is known once setup reads it; the model validates itself then
-    model = parse(ModelConfig, {"vocab_size": 0, **params.get("model", {})}, validate=False)
+    settings = RunSettings.from_params(params, vocab_size=0)
     spec = RunSpec(
         name,
         Path(corpus),
         Path(vocab),
         Path(out),
-        model,
-        parse(LoaderConfig, params.get("loader")),
-        parse(TrainConfig, params.get("train")),
+        settings.model,
+        settings.loader,
+        settings.train,
         Path(gene_embeddings) if gene_embeddings else None,
     )
     torch_threads(threads)

@@ -239,10 +239,26 @@ def use_gpus(config: dict) -> bool:
     this machine has CUDA. The SLURM profile sets it to true: jobs run on the cluster's nodes."""
     choice = config.get("use_gpus", "auto")
     if choice == "auto":
-        import torch
-
-        return torch.cuda.is_available()
+        return has_cuda_gpu()
     return choice in (True, "true")
+
+
+def has_cuda_gpu() -> bool:
+    """An NVIDIA GPU this process may use, asked of the driver rather than torch (importing torch
+    would cost every ``snakemake -n`` seconds): the driver's device list, else ``nvidia-smi -L``."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir():
+        return any(gpus.iterdir())
+    if shutil.which("nvidia-smi"):
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        return listing.returncode == 0 and "GPU" in listing.stdout
+    return False
 
 
 def size_tag(size: int | float | None) -> str:
@@ -274,24 +290,6 @@ def configurations(config: dict) -> dict[str, tuple[dict, int, int | float | Non
                     raise ScencodeError(f"config: pretrain.configurations lists {name} twice")
                 runs[name] = (entry, seed, size)
     return runs
-
-
-def model_settings(config: dict, entry: dict) -> dict:
-    """A configuration's model settings: the shared ones, its overrides, its encodings."""
-    model = {**config["pretrain"]["model"], **entry.get("model", {})}
-    model.update(gene_encoding=entry["gene"], expression_encoding=entry["expression"])
-    return model
-
-
-def run_settings(config: dict, entry: dict, seed: int, size: int | float | None) -> dict[str, dict]:
-    """The model, loader and train settings of one run: the shared ones, then its configuration's
-    overrides, its seed and its training-set size. The workflow passes these to the trainer."""
-    pretrain = config["pretrain"]
-    return {
-        "model": model_settings(config, entry),
-        "loader": {**pretrain["loader"], **entry.get("loader", {}), "seed": seed},
-        "train": {**pretrain["train"], **entry.get("train", {}), **({"train_cells": size} if size else {})},
-    }
 
 
 def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
@@ -346,17 +344,11 @@ def _check_reference_expression(config: dict) -> None:
 def _check_models(config: dict) -> None:
     """Encoding names, their options, the model's shape and every training and loader setting of
     every run, checked when the DAG is built (not after download, QC, ESM-2 and tokenize have run)."""
-    from .loader import LoaderConfig
-    from .model import ModelConfig
-    from .pretrain import TrainConfig
-    from .settings import parse
+    from .run_config import parsed_run_settings
 
     for name, (entry, seed, size) in configurations(config).items():
-        settings = run_settings(config, entry, seed, size)
         try:
-            ModelConfig(vocab_size=1, **settings["model"]).validate()
-            parse(TrainConfig, settings["train"])
-            parse(LoaderConfig, settings["loader"])
+            parsed_run_settings(config, entry, seed, size)
         except (ScencodeError, TypeError) as exc:
             raise ScencodeError(f"config: pretrain configuration {name}: {exc}") from None
 

@@ -4,8 +4,7 @@
 import json
 
 from scencode import workflow_config
-from scencode.encodings import needs_gene_table
-from scencode.loader import LoaderConfig
+from scencode.run_config import LoaderConfig, needs_gene_table, run_settings
 from scencode.errors import ScencodeError
 from scencode.plan import job_resources
 
@@ -170,7 +169,7 @@ CONFIGURATIONS = workflow_config.configurations(config)  # run name → (entry, 
 
 def pretrain_settings(name):
     """The model, loader and train settings of one configuration: shared ones, then its overrides."""
-    return workflow_config.run_settings(config, *CONFIGURATIONS[name])
+    return run_settings(config, *CONFIGURATIONS[name])
 
 
 def pretrain_gene_embeddings(wildcards):
