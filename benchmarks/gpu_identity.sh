@@ -18,7 +18,7 @@ JSON
 }
 one() {  # $1 = gene-expression
   local run="$1-s0" gene=${1%%-*} expression=${1#*-} table=()
-  [[ $gene != learned ]] && table=(--gene-table results/esm/esm2_tiny_demo/gene_embeddings.parquet)
+  [[ $gene != learned ]] && table=(--gene-embeddings results/esm/esm2_tiny_demo/gene_embeddings.parquet)
   local start=$SECONDS
   $PY -m scencode pretrain --name "$run" --corpus results/tokens/train --vocab results/vocab.parquet "${table[@]}" \
     --threads 2 --params "$(settings "$gene" "$expression")" --out "$OUT/models/$run" > "$OUT/$run.pretrain.log" 2>&1

@@ -66,10 +66,10 @@ def knn_accuracy(x: torch.Tensor, y: np.ndarray, k: int = 10, seed: int = 0) -> 
 
 def run(variant: dict) -> dict:
     from scencode.devices import default_device
+    from scencode.encodings import align_gene_table
     from scencode.formats import load_vocab
     from scencode.loader import LoaderConfig, ShardBatches
     from scencode.model import CellTransformer, ModelConfig
-    from scencode.pretrain import align_gene_table
 
     v = {**BASE, **variant}
     torch.manual_seed(0)

@@ -80,3 +80,38 @@ def test_help_lists_every_step():
     assert result.returncode == 0 and all(step in result.stdout for step in STEPS)
     result = scencode("qc", "--help")
     assert result.returncode == 0 and "--raw" in result.stdout and "QCParams settings as JSON" in result.stdout
+
+
+def test_every_flag_the_rules_and_scripts_pass_is_a_flag_of_its_step():
+    """A renamed flag breaks the rules and scripts that pass the old one (benchmarks/gpu_identity.sh
+    once passed --gene-table to `scencode pretrain`, whose flag is --gene-embeddings)."""
+    import re
+
+    from helpers import REPO
+
+    from scencode.cli import STEPS, build_parser
+
+    files = [
+        *(REPO / "workflow" / "rules").glob("*.smk"),
+        *(REPO / "benchmarks").glob("*.sh"),
+        *REPO.glob("scripts/*.sh"),
+    ]
+    checked = 0
+    for path in files:
+        # a command runs from `scencode <step>` to the output redirection or the end of its string
+        text = re.sub(r'"\s*\n\s*"', "", path.read_text())  # the rules' implicitly joined shell strings
+        arrays = dict(re.findall(r"(\w+)=\(([^)]*)\)", text))  # bash arrays spliced into a command
+        text = re.sub(r'"?\$\{(\w+)\[@\]\}"?', lambda m, arrays=arrays: arrays.get(m.group(1), ""), text)
+        for step, rest in re.findall(r"scencode ([a-z][a-z-]+)((?:[^>\n;|]|\\\n)*)", text):
+            if step not in STEPS:
+                continue
+            parser, _ = build_parser(step)
+            known = {
+                o
+                for action in parser._subparsers._group_actions[0].choices[step]._actions
+                for o in action.option_strings
+            }
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                assert flag in known, f"{path.name}: scencode {step} has no flag {flag}"
+                checked += 1
+    assert checked > 50

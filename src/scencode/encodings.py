@@ -15,15 +15,19 @@ A gene encoder that reads the gene-embedding table sets ``needs_gene_table = Tru
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from .errors import ScencodeError
-from .formats import SPECIAL_TOKENS
+from .formats import SPECIAL_TOKENS, read_gene_table
 
+log = logging.getLogger(__name__)
 N_SPECIAL = len(SPECIAL_TOKENS)  # the vocabulary's first rows: <pad>, <cls>
 
 GENE_ENCODERS: dict[str, type[nn.Module]] = {}
@@ -70,6 +74,29 @@ class LearnedGenes(nn.Module):
         return self.table(gene_ids)
 
 
+def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> torch.Tensor:
+    """The gene-embedding table (ESM-2 …) in vocabulary order, for the encoders that read one;
+    special tokens get zeros; ``missing_policy`` (train.missing_genes): error or zero."""
+    ids, matrix, _ = read_gene_table(path)
+    row = pd.Series(np.arange(len(ids)), index=ids)
+    genes = vocab.gene_id[vocab.gene_type != "special"]
+    found = row.reindex(genes)
+    missing = genes[found.isna().to_numpy()]
+    if len(missing) and missing_policy == "error":
+        raise ScencodeError(
+            f"{len(missing)} of {len(genes)} vocabulary genes have no embedding "
+            f"(e.g. {', '.join(missing[:5])}); use vocab.policy 'protein' or "
+            "train.missing_genes 'zero'",
+            path,
+        )
+    table = np.zeros((len(vocab), matrix.shape[1]), np.float32)
+    hit = found.notna().to_numpy()
+    table[genes.index[hit]] = matrix[found[hit].astype(int)]
+    if len(missing):
+        log.warning("%d vocabulary genes have no embedding: zero vectors", len(missing))
+    return torch.from_numpy(table)
+
+
 def _given(table: torch.Tensor | None, encoding: str) -> torch.Tensor:
     """The gene-embedding table an encoder reads (the one place that says it is missing)."""
     if table is None:
@@ -112,7 +139,7 @@ class FrozenTableGenes(nn.Module):
 @gene_encoder("esm2")
 class ESM2Genes(FrozenTableGenes):
     """Precomputed ESM-2 protein embeddings (frozen) → MLP. ``gene_table``: (vocab × d_esm) tensor
-    aligned to the vocabulary (see ``train.align_gene_table``)."""
+    aligned to the vocabulary (:func:`align_gene_table`)."""
 
     def __init__(
         self,

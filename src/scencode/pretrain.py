@@ -32,13 +32,13 @@ import torch.distributed as dist
 
 from .atomic import TERMINATED_EXIT, OutputFolder
 from .devices import autocast, autocast_dtype, default_device, device_name, peak_flops
+from .encodings import align_gene_table
 from .errors import ScencodeError
 from .formats import (
     LOG_COLUMNS,
     RunStatus,
     load_checkpoint,
     load_vocab,
-    read_gene_table,
     write_checkpoint,
     write_run_status,
     write_train_log,
@@ -97,28 +97,6 @@ class State:
     tokens_seen: int = 0
     cells_seen: int = 0
     log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})  # train_log.parquet's rows
-
-
-def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> torch.Tensor:
-    """The gene-embedding table in vocabulary order; special tokens get zeros."""
-    ids, matrix, _ = read_gene_table(path)
-    row = pd.Series(np.arange(len(ids)), index=ids)
-    genes = vocab.gene_id[vocab.gene_type != "special"]
-    found = row.reindex(genes)
-    missing = genes[found.isna().to_numpy()]
-    if len(missing) and missing_policy == "error":
-        raise ScencodeError(
-            f"{len(missing)} of {len(genes)} vocabulary genes have no embedding "
-            f"(e.g. {', '.join(missing[:5])}); use vocab.policy 'protein' or "
-            "train.missing_genes 'zero'",
-            path,
-        )
-    table = np.zeros((len(vocab), matrix.shape[1]), np.float32)
-    hit = found.notna().to_numpy()
-    table[genes.index[hit]] = matrix[found[hit].astype(int)]
-    if len(missing):
-        log.warning("%d vocabulary genes have no embedding: zero vectors", len(missing))
-    return torch.from_numpy(table)
 
 
 def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:

@@ -182,7 +182,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     calibration_batches: int = 8  # training batches the initial scales are measured on (model.calibrate)
     # a smaller training set: a count of cells (≥ 1) or a fraction of the training split (< 1), drawn
-    # per dataset in proportion and nested (data.TrainSubset); None: the whole training split
+    # per dataset in proportion and nested (loader.TrainSubset); None: the whole training split
     train_cells: float | None = None
 
     def validate(self) -> None:
