@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import replace
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 
 from scencode.diagnostic import held_out_batches, masked_mse, verify_model_corpus
 from scencode.errors import ScencodeError
-from scencode.formats import load_checkpoint
+from scencode.formats import Checkpoint
 from scencode.loader import LoaderConfig
 from scencode.model import load_model
 
@@ -38,6 +39,6 @@ def test_the_diagnostic_is_the_mean_masked_error_with_and_without_context_and_of
 
 def test_a_corpus_of_another_vocabulary_is_refused_naming_the_checkpoint(tiny_model, demo_corpus, tmp_path):
     checkpoint = tiny_model.with_name("best.pt")
-    ckpt = {**load_checkpoint(checkpoint), "vocab_hash": "0" * 64}
+    ckpt = dataclasses.replace(Checkpoint.read(checkpoint), vocab_hash="0" * 64)
     with pytest.raises(ScencodeError, match="best.pt: this model was trained on the vocabulary with hash 000000000000"):
         verify_model_corpus(checkpoint, ckpt, demo_corpus[0])

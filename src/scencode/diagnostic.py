@@ -14,6 +14,7 @@ import torch
 
 from .devices import autocast, autocast_dtype, default_device
 from .errors import ScencodeError
+from .formats import Checkpoint
 from .loader import LoaderConfig, ShardBatches
 from .model import Batch, CellTransformer, load_model, masked_sse
 from .shards import verify_corpus
@@ -21,14 +22,14 @@ from .shards import verify_corpus
 LABEL_COLUMNS = ("label", "batch")
 
 
-def verify_model_corpus(checkpoint: str | Path, ckpt: dict, corpus: str | Path) -> dict:
+def verify_model_corpus(checkpoint: str | Path, ckpt: Checkpoint, corpus: str | Path) -> dict:
     """The corpus's shards, checked, and tokenized with the vocabulary the model was trained on: a
     mismatch names the checkpoint, since the model is what fixes the token ids."""
     manifest = verify_corpus(corpus, checksums=False)
-    if manifest["vocab_hash"] != ckpt["vocab_hash"]:
+    if manifest["vocab_hash"] != ckpt.vocab_hash:
         raise ScencodeError(
-            f"this model was trained on the vocabulary with hash {ckpt['vocab_hash'][:12]}… "
-            f"({ckpt['model_config']['vocab_size']} tokens), but corpus {corpus} was tokenized with "
+            f"this model was trained on the vocabulary with hash {ckpt.vocab_hash[:12]}… "
+            f"({ckpt.model_config['vocab_size']} tokens), but corpus {corpus} was tokenized with "
             f"{manifest['vocab_hash'][:12]}… ({manifest['vocab_size']} tokens): embed a corpus tokenized with the "
             "model's vocabulary, or retrain the model on this one (snakemake --forcerun pretrain)",
             checkpoint,

@@ -273,14 +273,43 @@ def read_train_log(path: str | Path) -> pd.DataFrame:
     return read_parquet(path, "training log", ("step", "train_loss", "val_loss")).to_pandas()
 
 
-def write_checkpoint(path: Path, **payload) -> None:
-    """``best.pt``/``last.pt``: identity, name, model_config, vocab_hash, step, model, optimizer,
-    scheduler, scaler, rng, state (pretrain's CheckpointStore writes them; embed reads model_config and
-    model)."""
-    import torch
+@dataclass
+class Checkpoint:
+    """``best.pt``/``last.pt``, one definition for the trainer that writes and resumes them and the
+    steps that evaluate the model. What evaluation needs comes first; the rest (optimiser, scheduler,
+    scaler, RNG, loop state) only resuming reads."""
 
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+    model_config: dict  # run_config.ModelConfig's fields
+    model: dict  # the state dict (frozen gene tables travel in it)
+    vocab_hash: str  # the vocabulary the token ids belong to
+    name: str = ""  # the run
+    identity: str = ""  # the hash of the settings that shape the run (pretrain.RunSpec.identity)
+    step: int = 0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    scaler: dict | None = None
+    rng: object = None  # torch's CPU RNG state
+    state: dict | None = None  # pretrain.State's fields
+
+    def write(self, path: Path) -> None:
+        import torch
+
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
+
+    @classmethod
+    def read(cls, path: Path) -> Checkpoint:
+        payload = load_checkpoint(path)
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [k for k in required if k not in payload] if isinstance(payload, dict) else required
+        if missing:
+            raise ScencodeError(f"not a scencode model checkpoint (no {', '.join(missing)})", path)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in payload.items() if k in known})
+
+    @property
+    def resumable(self) -> bool:
+        return None not in (self.optimizer, self.scheduler, self.scaler, self.rng, self.state)
 
 
 def write_missing_embedding(reason: str, out_parquet, out_h5ad, run: str, dataset: str) -> None:
@@ -290,6 +319,7 @@ def write_missing_embedding(reason: str, out_parquet, out_h5ad, run: str, datase
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint file's contents, read with ``weights_only`` (no code runs), or a one-line error."""
     import torch  # here: reading tables needs no torch
 
     try:

@@ -125,9 +125,9 @@ def model_gene_embeddings(checkpoint: Path, vocab_hash: str, vocab: Path) -> np.
     from .model import load_model
 
     model, ckpt = load_model(checkpoint, torch.device("cpu"))
-    if ckpt.get("vocab_hash") != vocab_hash:
+    if ckpt.vocab_hash != vocab_hash:
         raise ScencodeError(
-            f"the model was trained on another vocabulary ({str(ckpt.get('vocab_hash'))[:12]}…) than {vocab} "
+            f"the model was trained on another vocabulary ({ckpt.vocab_hash[:12]}…) than {vocab} "
             f"({vocab_hash[:12]}…): its gene rows are other genes",
             checkpoint,
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ from torch import nn
 
 from .encodings import EXPRESSION_ENCODERS, GENE_ENCODERS, lookup
 from .errors import ScencodeError
+
+if TYPE_CHECKING:
+    from .formats import Checkpoint
 from .run_config import ModelConfig, block_params  # noqa: F401  (block_params: re-exported)
 
 
@@ -302,18 +306,14 @@ def masked_sse(pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Te
     return ((pred[target].float() - batch.xnorm[target].float()) ** 2).sum(), target.sum()
 
 
-def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransformer, dict]:
+def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransformer, Checkpoint]:
     """A trained model from its checkpoint (weights read with ``weights_only``), in eval mode."""
-    from .formats import load_checkpoint
+    from .formats import Checkpoint
 
-    ckpt = load_checkpoint(Path(checkpoint))
-    if "model_config" not in ckpt:
-        raise ScencodeError("not a scencode model checkpoint (no model_config)", checkpoint)
-    cfg = ModelConfig(**ckpt["model_config"])
-    table = ckpt["model"].get("genes.table")  # frozen gene tables travel in the state dict
-    model = CellTransformer(cfg, gene_table=table)
+    ckpt = Checkpoint.read(Path(checkpoint))
+    model = CellTransformer(ModelConfig(**ckpt.model_config), gene_table=ckpt.model.get("genes.table"))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.model)
     except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)
         why = " ".join(str(exc).split())[:300]  # torch's message spans lines: keys missing, unexpected, misshapen
         raise ScencodeError(

@@ -36,10 +36,9 @@ from .encodings import align_gene_table
 from .errors import ScencodeError
 from .formats import (
     LOG_COLUMNS,
+    Checkpoint,
     RunStatus,
-    load_checkpoint,
     load_vocab,
-    write_checkpoint,
     write_run_status,
     write_train_log,
 )
@@ -181,11 +180,11 @@ class Optimisation:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def fits(self, ckpt: dict) -> bool:
+    def fits(self, ckpt: Checkpoint) -> bool:
         """The checkpoint's weights and optimiser groups have this model's names and shapes."""
-        ours, theirs = self.model.state_dict(), ckpt.get("model", {})
+        ours, theirs = self.model.state_dict(), ckpt.model
         same_weights = ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
-        groups = ckpt.get("optimizer", {}).get("param_groups", [])
+        groups = (ckpt.optimizer or {}).get("param_groups", [])
         same_groups = [len(g["params"]) for g in groups] == [len(g["params"]) for g in self.optimizer.param_groups]
         return same_weights and same_groups
 
@@ -202,20 +201,19 @@ class CheckpointStore:
     def save(self, file: str, optim: Optimisation, state: State) -> None:
         if not self.writes:
             return
-        write_checkpoint(
-            self.folder / file,
-            identity=self.identity,
-            name=self.name,
+        Checkpoint(
             model_config=self.model_config,
-            vocab_hash=self.vocab_hash,
-            step=state.step,
             model=optim.model.state_dict(),
+            vocab_hash=self.vocab_hash,
+            name=self.name,
+            identity=self.identity,
+            step=state.step,
             optimizer=optim.optimizer.state_dict(),
             scheduler=optim.scheduler.state_dict(),
             scaler=optim.scaler.state_dict(),
             rng=torch.get_rng_state(),
             state=asdict(state),
-        )
+        ).write(self.folder / file)
 
     def has(self, file: str) -> bool:
         return (self.folder / file).exists()
@@ -226,7 +224,7 @@ class CheckpointStore:
         if not path.exists():
             return None
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = Checkpoint.read(path)
         except ScencodeError as exc:
             # checkpoints are written atomically, so this is damage from outside (disk, a copy): every
             # retry would fail the same way; keep the file for inspection and train from the start
@@ -234,24 +232,32 @@ class CheckpointStore:
             os.replace(path, corrupt)
             log.warning("%s: %s; moved to %s, training starts over", self.name, exc, corrupt.name)
             return None
-        if ckpt.get("name") != self.name:
-            raise ScencodeError(f"checkpoint belongs to configuration {ckpt.get('name')!r}, not {self.name!r}", path)
-        if ckpt.get("identity") != self.identity:
-            # same configuration, changed settings (the workflow reruns it): start over, keep the old state
-            return self._start_over(path, ckpt, "settings changed since it was written")
-        if not optim.fits(ckpt):  # checked before loading: a failed load would leave half-loaded weights
-            return self._start_over(path, ckpt, "it was written by another version of the model")
-        optim.model.load_state_dict(ckpt["model"])
-        optim.optimizer.load_state_dict(ckpt["optimizer"])
-        optim.scheduler.load_state_dict(ckpt["scheduler"])
-        optim.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        state = State(**ckpt["state"])
+        if ckpt.name != self.name:
+            raise ScencodeError(f"checkpoint belongs to configuration {ckpt.name!r}, not {self.name!r}", path)
+        why = self._cannot_resume(ckpt, optim)
+        if why:
+            self._start_over(path, ckpt, why)  # the old state is kept beside
+            return None
+        optim.model.load_state_dict(ckpt.model)
+        optim.optimizer.load_state_dict(ckpt.optimizer)
+        optim.scheduler.load_state_dict(ckpt.scheduler)
+        optim.scaler.load_state_dict(ckpt.scaler)
+        torch.set_rng_state(ckpt.rng)
+        state = State(**ckpt.state)
         log.info("resumed %s at step %d (epoch %d)", self.name, state.step, state.epoch)
         return state
 
-    def _start_over(self, path: Path, ckpt: dict, why: str) -> None:
-        stale = path.with_name(f"last.stale-{str(ckpt.get('identity'))[:12]}.pt")
+    def _cannot_resume(self, ckpt: Checkpoint, optim: Optimisation) -> str | None:
+        if ckpt.identity != self.identity:  # the workflow reruns a configuration whose settings changed
+            return "settings changed since it was written"
+        if not ckpt.resumable:
+            return "it holds no training state to resume"
+        if not optim.fits(ckpt):  # checked before loading: a failed load would leave half-loaded weights
+            return "it was written by another version of the model"
+        return None
+
+    def _start_over(self, path: Path, ckpt: Checkpoint, why: str) -> None:
+        stale = path.with_name(f"last.stale-{ckpt.identity[:12]}.pt")
         os.replace(path, stale)
         log.warning("%s: %s: %s; starting over (old state in %s)", self.name, path.name, why, stale.name)
 
