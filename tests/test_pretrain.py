@@ -514,3 +514,38 @@ def test_weight_decay_falls_on_weight_matrices_only():
     assert {"blocks.0.ln1.weight", "ln_f.weight", "blocks.0.qkv.bias", "mask_vector"} <= set(kept_names)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(decayed["params"]) + len(kept["params"]) == len(trainable)
+
+
+def test_a_stop_signal_checkpoints_exits_143_and_the_rerun_resumes(demo_corpus, tmp_path):
+    """SLURM's preemption or time limit (SIGTERM, SIGUSR1): the step under way finishes, last.pt is
+    written, the job exits 143 as every stopped step does (one path: the CLI's), and a rerun resumes."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus, vocab = demo_corpus
+    params = {
+        "model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "log"},
+        "loader": SMALL_LOADER,
+        "train": {**SMALL_TRAIN, "max_steps": 100_000, "checkpoint_every": 100_000, "val_every": 0, "log_every": 1},
+    }
+    command = [sys.executable, "-m", "scencode", "pretrain", "--name", "learned-log-s3", "--corpus", str(corpus)]
+    command += ["--vocab", str(vocab), "--threads", "1", "--params", json.dumps(params), "--out", str(tmp_path / "m")]
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "step 2" not in seen and time.monotonic() < deadline:  # training is under way
+        seen += job.stderr.readline()
+    job.send_signal(signal.SIGUSR1)
+    _, rest = job.communicate(timeout=120)
+    assert job.returncode == 143, seen + rest
+    assert "stopped by SIGUSR1 at step" in rest and "last.pt saved, rerun to resume" in rest
+    stopped_at = torch.load(tmp_path / "m" / "last.pt", weights_only=True)["step"]
+    assert stopped_at >= 2
+    params["train"]["max_steps"] = stopped_at + 2
+    command[command.index("--params") + 1] = json.dumps(params)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed learned-log-s3 at step {stopped_at}" in again.stderr

@@ -17,7 +17,8 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -71,6 +72,31 @@ def raise_terminated(signum, frame) -> None:
 def stop_signal() -> str | None:
     """The signal that asked this process to stop, if any."""
     return _stop_signal
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[Callable[[], str | None]]:
+    """Within the block a stop signal (SIGTERM, SIGINT, SIGUSR1: SLURM's preemption warning) is only
+    recorded; the block asks ``requested()`` at a point where stopping is safe (the trainer: after
+    an optimiser step, having written last.pt) and raises :class:`Terminated` itself, which the CLI
+    maps to exit 143 as for any other step. The handlers before are restored after the block."""
+    requested: list[str] = []
+
+    def record(signum, frame) -> None:
+        requested.append(signal.Signals(signum).name)
+
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield lambda: None
+        return
+    before = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, record)
+    try:
+        yield lambda: requested[0] if requested else None
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _refuse_if_stopping() -> None:

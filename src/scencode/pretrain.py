@@ -8,7 +8,7 @@ and on SIGTERM/SIGUSR1 (SLURM preemption), automatic resume from ``last.pt``. Se
 with torchrun; DDP is used when WORLD_SIZE > 1.
 
 Read ``setup`` (what a run holds) and ``fit`` (the loop) first; the pieces they use (ranks, the
-checkpoint store, the rank schedule, the stop request) come before them, what the run reports after.
+checkpoint store, the rank schedule) come before them, what the run reports after.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +29,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .atomic import TERMINATED_EXIT, OutputFolder
+from .atomic import OutputFolder, Terminated, deferred_stop
 from .devices import autocast, autocast_dtype, default_device, device_name, peak_flops
 from .encodings import align_gene_table
 from .errors import ScencodeError
@@ -357,26 +356,6 @@ def optimizer_steps(batches: Iterable[Batch], grad_accum: int) -> Iterator[list[
         yield group
 
 
-class StopRequest:
-    """SIGTERM/SIGUSR1 (SLURM preemption) asks the loop to checkpoint and stop at the next step."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    def listen(self) -> StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
-        return self
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signum = signum
-        log.warning("signal %d: checkpointing at the next optimiser step", signum)
-
-
-class Preempted(Exception):
-    """The job was asked to stop (SIGTERM/SIGUSR1); last.pt holds the state to resume from."""
-
-
 # ---------------------------------------------------------------- one run: set up, then the loop
 
 
@@ -396,7 +375,6 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     warnings: list[str]
-    stop: StopRequest = field(default_factory=StopRequest)
     diverged_at: int | None = None
 
     @property
@@ -452,7 +430,9 @@ def setup(spec: RunSpec) -> Run:
 
 
 def fit(run: Run) -> State:
-    """The training loop: resume, then step, log, validate, checkpoint and stop, epoch after epoch."""
+    """The training loop: resume, then step, log, validate, checkpoint and stop, epoch after epoch.
+    A stop signal (SLURM's preemption or time limit) ends it after the step under way, with
+    last.pt written: :class:`atomic.Terminated`, exit 143, and the rerun resumes."""
     cfg = run.spec.train
     run.out.mkdir(parents=True, exist_ok=True)
     resumed = run.store.resume(run.optim)
@@ -461,32 +441,33 @@ def fit(run: Run) -> State:
     st = run.state = resumed or run.state
     for warning in run.warnings:
         log.warning("%s: %s", run.spec.name, warning)
-    run.stop.listen()
-    while not finished(run):
-        run.model.train()
-        window = clock = time.perf_counter()
-        for micro_batches in optimizer_steps(run.schedule.batches(st), cfg.grad_accum):
-            grad_norm = train_step(run, micro_batches)
-            if grad_norm is None:  # diverged (on_nonfinite: finish)
-                break
-            st.step += 1
-            now = time.perf_counter()
-            st.train_seconds, clock = st.train_seconds + now - clock, now  # validation and checkpoints included
-            if st.step % cfg.log_every == 0 or st.step == run.total_steps:
-                log_training(run, grad_norm, seconds=now - window)
-                window = time.perf_counter()
-            if cfg.val_every and st.step % cfg.val_every == 0:
-                validate(run)
-                run.model.train()
-            if st.step % cfg.checkpoint_every == 0 or run.stop.signum is not None:
-                run.store.save("last.pt", run.optim, st)
-                write_log(run)
-            if run.stop.signum is not None:
-                raise Preempted(run.stop.signum)
-            if finished(run):
-                break
-        if run.diverged_at is None and not finished(run):
-            st.epoch, st.batches_in_epoch = st.epoch + 1, 0
+    with deferred_stop() as stop_requested:
+        while not finished(run):
+            run.model.train()
+            window = clock = time.perf_counter()
+            for micro_batches in optimizer_steps(run.schedule.batches(st), cfg.grad_accum):
+                grad_norm = train_step(run, micro_batches)
+                if grad_norm is None:  # diverged (on_nonfinite: finish)
+                    break
+                st.step += 1
+                now = time.perf_counter()
+                st.train_seconds, clock = st.train_seconds + now - clock, now  # validation and checkpoints included
+                if st.step % cfg.log_every == 0 or st.step == run.total_steps:
+                    log_training(run, grad_norm, seconds=now - window)
+                    window = time.perf_counter()
+                if cfg.val_every and st.step % cfg.val_every == 0:
+                    validate(run)
+                    run.model.train()
+                stopping = stop_requested()
+                if st.step % cfg.checkpoint_every == 0 or stopping:
+                    run.store.save("last.pt", run.optim, st)
+                    write_log(run)
+                if stopping:
+                    raise Terminated(f"{stopping} at step {st.step}; last.pt saved, rerun to resume")
+                if finished(run):
+                    break
+            if run.diverged_at is None and not finished(run):
+                st.epoch, st.batches_in_epoch = st.epoch + 1, 0
     return finish(run)
 
 
@@ -738,7 +719,6 @@ def run(
     """Pretrain one encoding configuration into folder ``out`` (best.pt, last.pt, train_log.parquet,
     model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
     ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one."""
-    import sys
 
     from .settings import torch_threads
 
@@ -755,10 +735,6 @@ def run(
         Path(gene_embeddings) if gene_embeddings else None,
     )
     torch_threads(threads)
-    try:
-        state = fit(setup(spec))
-    except Preempted as signum:
-        log.warning("stopped by signal %s; last.pt saved, rerun to resume", signum)
-        sys.exit(TERMINATED_EXIT)
+    state = fit(setup(spec))
     log.info("%s: %d steps, best validation loss %.5f", name, state.step, state.best_val)
     return state
