@@ -109,18 +109,18 @@ def test_a_path_that_reads_as_an_option_is_refused(path, tmp_path, monkeypatch):
 
 def test_esm_embed_keeps_a_users_folder_that_looks_like_its_pieces(tmp_path):
     """Issue 31, case 2: ``<out>.parts`` holding a user's folder, or a file named as the stamp."""
-    from scencode.esm.embed import _claim_parts
+    from scencode.esm.embed import claim_parts
 
     parts = tmp_path / "emb.parquet.parts"
     (parts / "mine").mkdir(parents=True)
     (parts / "mine" / "data.txt").write_text("precious")
     with pytest.raises(ScencodeError, match="entries esm-embed did not write \\(mine\\)"):
-        _claim_parts(parts, {"model": "m"})
+        claim_parts(parts, {"model": "m"})
     (parts / "mine" / "data.txt").unlink()
     (parts / "mine").rmdir()
     (parts / "produced_by.json").write_text("my notes")
     with pytest.raises(ScencodeError, match="produced_by.json not written by esm-embed"):
-        _claim_parts(parts, {"model": "m"})
+        claim_parts(parts, {"model": "m"})
     assert (parts / "produced_by.json").read_text() == "my notes"
 
 
@@ -167,7 +167,7 @@ def _user_entries(root: Path, owned: set[str]) -> dict[str, str]:
 def test_no_user_file_is_ever_deleted_or_moved_by_a_folder_replacing_step(seed, tmp_path, demo_corpus):
     """tokenize (atomic_dir) and esm-embed's ``.parts`` folder, given random folders as outputs:
     each either refuses, naming the folder, or writes; every user file is where it was, unchanged."""
-    from scencode.esm.embed import _claim_parts
+    from scencode.esm.embed import claim_parts
 
     rng = random.Random(seed)
     outside = tmp_path / "outside"
@@ -188,7 +188,7 @@ def test_no_user_file_is_ever_deleted_or_moved_by_a_folder_replacing_step(seed, 
     except ScencodeError as exc:
         assert "corpus" in str(exc) or "target" in str(exc)
     try:
-        _claim_parts(parts, {"model": "m"})
+        claim_parts(parts, {"model": "m"})
     except ScencodeError as exc:
         assert str(parts) in str(exc)
     after = _user_entries(tmp_path, owned)

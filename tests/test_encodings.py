@@ -76,7 +76,7 @@ def test_hard_bins_ignore_padding():
 def test_hard_bins_on_cpu_equal_torch_nanquantile_and_searchsorted():
     """The CPU path (numpy's sort, bins counted from ranks) gives bit for bit the bins of the
     definition: boundaries from torch.nanquantile, each value's bin from torch.searchsorted."""
-    from scencode.encodings import _padded_quantile_bins
+    from scencode.encodings import padded_quantile_bins
 
     def definition(xnorm, valid, n_bins):
         nonzero = valid & (xnorm > 0)
@@ -93,7 +93,7 @@ def test_hard_bins_on_cpu_equal_torch_nanquantile_and_searchsorted():
         xnorm = torch.from_numpy(np.log1p(counts / rng.integers(200, 5000, (cells, 1)) * 1e4).astype(np.float32))
         valid = torch.from_numpy(rng.random((cells, length)) < rng.random() + 0.2)
         n_bins = int(rng.choice([3, 11, 51]))
-        assert torch.equal(_padded_quantile_bins(xnorm, valid, n_bins), definition(xnorm, valid, n_bins))
+        assert torch.equal(padded_quantile_bins(xnorm, valid, n_bins), definition(xnorm, valid, n_bins))
 
 
 def test_log_bins_are_floor_log2_of_counts_plus_one_clamped_at_ten():
@@ -113,7 +113,7 @@ def test_soft_weights_computed_once_per_distinct_value_equal_those_of_every_toke
     torch.manual_seed(0)
     encoder = cls(D)
     xnorm = torch.log1p(torch.randint(0, 30, (64, 40)).float() * 1.7)  # repeated values, as counts give
-    per_token = encoder._weights(xnorm)
+    per_token = encoder.bin_weights(xnorm)
     once = encoder.weights(xnorm)
     assert torch.equal(once, per_token)  # each row is the MLP of the same value
     grads = []

@@ -126,13 +126,13 @@ def test_long_sequences_are_windowed_and_residues_averaged_once(tiny):
     got = embedder.embed([seq], progress=False)[0]
     total, count = np.zeros((2500, 16)), np.zeros(2500)
     for a, b in spans:
-        total[a:b] += embedder._forward([seq[a:b]])[0, 1 : b - a + 1].numpy()
+        total[a:b] += embedder.represent([seq[a:b]])[0, 1 : b - a + 1].numpy()
         count[a:b] += 1
     np.testing.assert_allclose(got, (total / count[:, None]).mean(0), rtol=1e-4, atol=1e-5)
     truncated = ESMEmbedder(model, alphabet, EmbedParams(device="cpu", long_sequences="truncate"))
     np.testing.assert_allclose(
         truncated.embed([seq], progress=False)[0],
-        embedder._forward([seq[:MAX_RESIDUES]])[0, 1 : MAX_RESIDUES + 1].numpy().mean(0),
+        embedder.represent([seq[:MAX_RESIDUES]])[0, 1 : MAX_RESIDUES + 1].numpy().mean(0),
         rtol=1e-4,
         atol=1e-5,
     )

@@ -24,7 +24,7 @@ def test_the_path_search_finds_the_k_nearest_cells_by_shortest_path(seed):
     graph = _random_graph(400, 4, seed)  # real-valued lengths: no ties, one right answer
     k = 25
     sources = np.arange(graph.shape[0])
-    neighbours, distances, found = graph_lisi._nearest_by_path(
+    neighbours, distances, found = graph_lisi.nearest_by_path(
         graph.indptr.astype(np.int64), graph.indices.astype(np.int64), graph.data, sources, k
     )
     exact = dijkstra(graph, directed=True)

@@ -130,6 +130,13 @@ def build_parser(step: str | None = None) -> tuple[argparse.ArgumentParser, dict
     return parser, settings
 
 
+def step_flags(step: str) -> set[str]:
+    """The flags ``scencode <step>`` takes (``--help`` among them)."""
+    parser = argparse.ArgumentParser(add_help=True)
+    add_arguments(parser, step_function(step))
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
 def check_outputs(function, args: dict) -> None:
     """Every output the step will write can be written: refused now, not after the computation."""
     for name, hint in typing.get_type_hints(function, include_extras=True).items():

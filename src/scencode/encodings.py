@@ -219,10 +219,10 @@ def quantile_bins(xnorm: torch.Tensor, cells, n_bins: int) -> torch.Tensor:
     """scGPT binning per cell: boundaries at n_bins-1 evenly spaced quantiles of the cell's non-zero
     values; bin = number of boundaries ≤ x (1 … n_bins-1), zero → 0. Equal values share a bin, so
     ties are broken the same way whatever their order. ``cells``: the batch's layout."""
-    return cells.unpad(_padded_quantile_bins(cells.pad(xnorm), cells.valid, n_bins))
+    return cells.unpad(padded_quantile_bins(cells.pad(xnorm), cells.valid, n_bins))
 
 
-def _padded_quantile_bins(xnorm: torch.Tensor, valid: torch.Tensor, n_bins: int) -> torch.Tensor:
+def padded_quantile_bins(xnorm: torch.Tensor, valid: torch.Tensor, n_bins: int) -> torch.Tensor:
     nonzero = valid & (xnorm > 0)
     values = torch.where(nonzero, xnorm.float(), torch.full_like(xnorm, float("nan"), dtype=torch.float32))
     q = torch.linspace(0, 1, n_bins - 1, device=xnorm.device, dtype=torch.float32)
@@ -314,9 +314,9 @@ class SoftBinExpression(nn.Module):
         self.bins = nn.Parameter(torch.randn(n_bins, d_model) * 0.02)
 
     def weights(self, xnorm: torch.Tensor) -> torch.Tensor:
-        return per_distinct_value(self._weights, xnorm)
+        return per_distinct_value(self.bin_weights, xnorm)
 
-    def _weights(self, xnorm: torch.Tensor) -> torch.Tensor:
+    def bin_weights(self, xnorm: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.w2(nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))), dim=-1)
 
     def forward(self, counts, xnorm, cells):
@@ -336,9 +336,9 @@ class AutoDiscretisationExpression(nn.Module):
         self.bins = nn.Parameter(torch.randn(n_bins, d_model) * 0.02)
 
     def weights(self, xnorm: torch.Tensor) -> torch.Tensor:
-        return per_distinct_value(self._weights, xnorm)
+        return per_distinct_value(self.bin_weights, xnorm)
 
-    def _weights(self, xnorm: torch.Tensor) -> torch.Tensor:
+    def bin_weights(self, xnorm: torch.Tensor) -> torch.Tensor:
         v = nn.functional.leaky_relu(self.w1(xnorm.unsqueeze(-1)))
         return torch.softmax(self.w2(v) + self.alpha * v, dim=-1)
 

@@ -10,7 +10,7 @@ neighbours (perplexity 30). Three details decide the values and are kept here:
   decimal that reads back as the float32) read as float64, and path lengths are rounded to six
   significant digits, as C++'s default stream output writes them;
 * equal path lengths are common (many connectivities are exactly 1), so which cells make up the 90
-  depends on the helper's priority queues; :func:`_nearest_by_path` keeps the same queue discipline
+  depends on the helper's priority queues; :func:`nearest_by_path` keeps the same queue discipline
   (its heaps' layout, eviction and tie order), so the same cells are chosen;
 * a cell with fewer than 90 reachable cells gets Simpson index 1; a cell with no edge is left out;
   a perplexity search that ends with entropy 0 gives -1 (scib's value, kept).
@@ -53,7 +53,7 @@ def lisi_per_cell(connectivities: sp.csr_matrix, groups: np.ndarray, n_neighbors
     codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].astype(np.int64)
     indptr, indices = graph.indptr.astype(np.int64), graph.indices.astype(np.int64)
     sources = np.flatnonzero(np.diff(indptr) > 0)
-    neighbours, distances, found = _nearest_by_path(indptr, indices, lengths, sources, n_neighbors)
+    neighbours, distances, found = nearest_by_path(indptr, indices, lengths, sources, n_neighbors)
     distances = six_significant_digits(distances)
     simpson = _simpson(neighbours, distances, found, codes, int(codes.max()) + 1, np.log(PERPLEXITY))
     return 1 / simpson
@@ -163,7 +163,7 @@ def _reweigh(weight, node, slot_of, size, slot, distance, is_min):
 
 
 @njit(cache=True)
-def _nearest_by_path(indptr, indices, lengths, sources, k):
+def nearest_by_path(indptr, indices, lengths, sources, k):
     """For each source, its ``k`` nearest cells by shortest path (``found`` says how many exist)."""
     n = len(indptr) - 1
     neighbours = np.full((len(sources), k), -1, np.int64)

@@ -224,7 +224,7 @@ class ESMEmbedder:
         out = np.zeros((len(sequences), self.dim), dtype=np.float64)
         batches = token_budget_batches(lengths, p.token_budget)
         for batch in tqdm(batches, desc="esm batches", disable=not progress, mininterval=5):
-            reps = self._forward([pieces[j] for j in batch])
+            reps = self.represent([pieces[j] for j in batch])
             w = torch.zeros(reps.shape[:2], dtype=torch.float32)
             for row, j in enumerate(batch):
                 w[row, 1 : 1 + len(pieces[j])] = torch.from_numpy(weights[j])
@@ -233,7 +233,7 @@ class ESMEmbedder:
         return out.astype(np.float32)
 
     @torch.inference_mode()
-    def _forward(self, seqs: list[str]) -> torch.Tensor:
+    def represent(self, seqs: list[str]) -> torch.Tensor:
         width = max(len(s) for s in seqs) + 2
         tokens = torch.full((len(seqs), width), self.alphabet.padding_idx, dtype=torch.long)
         for row, seq in enumerate(seqs):
@@ -249,7 +249,7 @@ def embed_genes(isoforms: pd.DataFrame, embedder: ESMEmbedder, out_path: str | P
     the gene table. ``isoforms``: gene_id, gene_symbol, protein_id, sequence."""
     out_path = Path(out_path)
     parts_dir = parts_folder(out_path)
-    _claim_parts(
+    claim_parts(
         parts_dir,
         {**meta, "window_overlap": embedder.params.window_overlap, "dim": embedder.dim, "layer": embedder.layer},
     )
@@ -284,7 +284,7 @@ def parts_folder(out_path: str | Path) -> Path:
     return Path(out_path).with_name(Path(out_path).name + ".parts")
 
 
-def _claim_parts(parts_dir: Path, produced_by: dict) -> None:
+def claim_parts(parts_dir: Path, produced_by: dict) -> None:
     """Resumable pieces are tied to what produced them (model and its weights, layer, isoform
     policy, windows): pieces of another setting are discarded, never mixed into this table. Only a
     folder that holds nothing but an embedding run's own files is ever discarded."""
