@@ -5,11 +5,10 @@ import types
 import anndata as ad
 import pandas as pd
 import pytest
-from helpers import leftovers, tiny_adata
+from helpers import tiny_adata
 
 from scencode.download import fetch
 from scencode.errors import ScencodeError
-from scencode.fetch import download_url
 
 
 @pytest.fixture
@@ -26,39 +25,6 @@ def test_url_source_downloads_and_checks_sha256(server, h5ad_bytes, tmp_path):
     fetch({"type": "url", "url": f"{base}/data.h5ad", "sha256": hashlib.sha256(h5ad_bytes).hexdigest()}, out)
     assert out.read_bytes() == h5ad_bytes
     assert ad.read_h5ad(out).n_obs == 60
-
-
-def test_url_source_with_wrong_sha256_leaves_nothing(server, h5ad_bytes, tmp_path):
-    base, handler = server
-    handler.routes["/data.h5ad"] = h5ad_bytes
-    out = tmp_path / "d.h5ad"
-    with pytest.raises(ScencodeError, match="sha256 mismatch"):
-        download_url(f"{base}/data.h5ad", out, sha256="0" * 64, backoff=0)
-    assert not out.exists() and leftovers(tmp_path) == []
-
-
-def test_url_source_retries_server_errors(server, h5ad_bytes, tmp_path):
-    base, handler = server
-    handler.routes["/flaky.h5ad"] = h5ad_bytes
-    handler.failures["/flaky.h5ad"] = 2
-    out = tmp_path / "d.h5ad"
-    download_url(f"{base}/flaky.h5ad", out, sha256=hashlib.sha256(h5ad_bytes).hexdigest(), retries=3, backoff=0)
-    assert handler.hits["/flaky.h5ad"] == 3 and out.read_bytes() == h5ad_bytes
-
-
-def test_url_source_gives_up_on_missing_file_without_retrying(server, tmp_path):
-    base, handler = server
-    with pytest.raises(ScencodeError, match="404"):
-        download_url(f"{base}/missing.h5ad", tmp_path / "d.h5ad", retries=3, backoff=0)
-    assert handler.hits["/missing.h5ad"] == 1
-
-
-def test_truncated_transfer_is_retried_then_reported(server, tmp_path):
-    base, handler = server
-    with pytest.raises(ScencodeError, match="received 10 of 1000 bytes"):
-        download_url(f"{base}/truncated", tmp_path / "d.h5ad", retries=2, backoff=0)
-    assert handler.hits["/truncated"] == 3
-    assert not (tmp_path / "d.h5ad").exists() and leftovers(tmp_path) == []
 
 
 def test_local_source_links_the_file_and_rejects_non_h5ad(tmp_path):

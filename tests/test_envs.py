@@ -1,4 +1,5 @@
-"""The conda environments used with `--sdm conda` agree with pyproject.toml."""
+"""The project's layout: the conda environments used with `--sdm conda` agree with pyproject.toml,
+and the tests mirror the modules."""
 
 import re
 import tomllib
@@ -56,3 +57,9 @@ def test_rules_reference_existing_envs():
     for rules in (REPO / "workflow" / "rules").glob("*.smk"):
         for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', rules.read_text()):
             assert (rules.parent / env).resolve().exists(), f"{rules.name}: {env} missing"
+
+
+def test_every_module_has_a_test_module_of_its_name():
+    modules = {p.stem for p in (REPO / "src" / "scencode").glob("*.py")} - {"__init__", "__main__"}
+    missing = sorted(m for m in modules if not (REPO / "tests" / f"test_{m}.py").exists())
+    assert missing == []

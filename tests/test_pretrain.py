@@ -447,14 +447,6 @@ def test_no_gradient_crosses_an_epoch_boundary(demo_corpus, tmp_path, monkeypatc
     assert state.step == len(steps)
 
 
-def test_optimizer_steps_group_micro_batches_and_end_with_the_leftovers():
-    from scencode.pretrain import optimizer_steps
-
-    assert [len(g) for g in optimizer_steps(range(7), 3)] == [3, 3, 1]
-    assert [len(g) for g in optimizer_steps(range(6), 3)] == [3, 3]
-    assert list(optimizer_steps([], 3)) == []
-
-
 def test_the_evaluated_checkpoint_is_the_best_validation_including_the_last_step(demo_corpus, tmp_path):
     corpus, vocab = demo_corpus
     fit(setup(spec(corpus, vocab, tmp_path, max_steps=10, val_every=4, lr=3e-3)))
