@@ -115,7 +115,7 @@ def _temporary_prefix(target: Path) -> str:
 def remove_stale_temporaries(target: Path) -> list[Path]:
     """Temporaries of ``target`` left by a writer of this host that no longer exists (SIGKILL, OOM)."""
     pattern = re.compile(rf"\.{re.escape(target.name)}\.{HOST}-(\d+)\..*\.tmp(\.[^/]*)?")
-    removed = []
+    removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
     for entry in target.parent.iterdir():
@@ -187,9 +187,9 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     _make_parent(target)
     remove_stale_temporaries(target)
     with _creating(target):
-        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=f".tmp{suffix}", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     os.chmod(tmp, FILE_MODE)
     try:
         yield tmp

@@ -57,11 +57,13 @@ def cache_graph_kernels() -> None:
         if not name.startswith(("umap.", "pynndescent.")):
             continue
         for kernel in vars(module).values():
-            if isinstance(kernel, CPUDispatcher) and isinstance(kernel._cache, NullCache):  # not cached yet
+            if isinstance(kernel, CPUDispatcher) and isinstance(
+                getattr(kernel, "_cache", None), NullCache
+            ):  # not cached yet
                 try:
                     kernel.enable_caching()
                 except RuntimeError as error:  # numba: no writable cache locator
-                    log.debug("numba kernel %s.%s not cached: %s", name, kernel.__name__, error)
+                    log.debug("numba kernel %s.%s not cached: %s", name, getattr(kernel, "__name__", kernel), error)
 
 
 # why a metric is not defined on a dataset: the study's metrics and the Benchmarker say it alike

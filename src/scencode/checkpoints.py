@@ -75,7 +75,7 @@ class Optimisation:
 
     @property
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return float(self.scheduler.get_last_lr()[0])
 
     def fits(self, ckpt: Checkpoint) -> bool:
         """The checkpoint's weights and optimiser groups have this model's names and shapes."""
@@ -135,11 +135,12 @@ class CheckpointStore:
         if why:
             self._start_over(path, ckpt, why)  # the old state is kept beside
             return None
+        assert ckpt.optimizer and ckpt.scheduler and ckpt.scaler is not None and ckpt.state is not None  # resumable
         optim.model.load_state_dict(ckpt.model)
         optim.optimizer.load_state_dict(ckpt.optimizer)
         optim.scheduler.load_state_dict(ckpt.scheduler)
         optim.scaler.load_state_dict(ckpt.scaler)
-        torch.set_rng_state(ckpt.rng)
+        torch.set_rng_state(torch.as_tensor(ckpt.rng))
         state = State(**ckpt.state)
         log.info("resumed %s at step %d (epoch %d)", self.name, state.step, state.epoch)
         return state

@@ -103,7 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser, function) -> dict:
             kwargs = {"dest": name, "action": "store_true"}
         elif dataclasses.is_dataclass(hint):  # settings: every key has a default
             settings[name] = hint
-            kwargs.update(type=_json, required=False, default=None, help=f"{hint.__name__} settings as JSON")
+            kwargs.update(
+                type=_json, required=False, default=None, help=f"{getattr(hint, '__name__', hint)} settings as JSON"
+            )
         elif hint is dict or origin is dict or (origin is list and typing.get_args(hint)[0] in (dict,)):
             kwargs.update(type=_json, help="JSON")
         elif origin is list or origin is tuple:
@@ -112,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser, function) -> dict:
             kwargs.update(choices=typing.get_args(hint))
         else:
             kwargs["type"] = hint
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag, **kwargs)  # type: ignore[arg-type]  # argparse's stubs type each keyword alone
     return settings
 
 

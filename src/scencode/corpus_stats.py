@@ -18,6 +18,7 @@ import polars as pl
 from .atomic import OutputFile, atomic_path
 from .errors import ScencodeError
 from .formats import SPECIAL_TOKENS, load_vocab
+from .parquet_io import polars_frame
 from .shards import read_shard, verify_corpus
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _one_corpus(name: str, folder: Path, vocab_size: int, context: int, vocab_ha
 
 
 def _scan(folder: Path, shard: dict) -> pl.DataFrame:
-    return pl.from_arrow(read_shard(folder, shard, ["dataset_id", "split", "gene_ids"]))
+    return polars_frame(read_shard(folder, shard, ["dataset_id", "split", "gene_ids"]))
 
 
 def _count_shard(frame: pl.DataFrame, seen: dict, vocab_size: int) -> pl.DataFrame:

@@ -39,7 +39,7 @@ def embed_corpus(
     corpus: str | Path,
     loader: LoaderConfig,
     out_parquet: str | Path,
-    out_h5ad: str | Path,
+    out_h5ad: str | Path | None,
     run: str,
     dataset: str,
     split: str | None = None,

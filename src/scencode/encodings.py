@@ -117,6 +117,9 @@ class FrozenTableGenes(nn.Module):
     only the starting point is fair (``standardize: false`` reads the raw table)."""
 
     needs_gene_table = True
+    table: torch.Tensor  # buffers (register_buffer): typed for the checker
+    centre: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, d_model: int, table: torch.Tensor, hidden: int | None = None, standardize: bool = True):
         super().__init__()

@@ -5,6 +5,7 @@ on every score figure (the random baseline is the chance level of an embedding).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.ticker
@@ -386,8 +387,8 @@ def run(
     summary: Path,
     metrics: Path,
     out_dir: OutputFolder,
-    train_logs: list[Path] = (),
-    models: list[Path] = (),
+    train_logs: Sequence[Path] = (),
+    models: Sequence[Path] = (),
     caveat: str = "",
 ) -> list[Path]:
     """The study's figures (PNG and PDF in ``out_dir``) from the tables and the runs' training logs

@@ -167,9 +167,9 @@ def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: P
     the reference tables."""
     vocabulary, digest = load_vocab(vocab)
     for i, run in enumerate(runs):
-        missing = [key for key in RUN_KEYS if key not in run] if isinstance(run, dict) else list(RUN_KEYS)
-        if missing:
-            raise ScencodeError(f"--runs entry {i} lacks {', '.join(missing)} (each needs {', '.join(RUN_KEYS)})")
+        lacking = [key for key in RUN_KEYS if key not in run] if isinstance(run, dict) else list(RUN_KEYS)
+        if lacking:
+            raise ScencodeError(f"--runs entry {i} lacks {', '.join(lacking)} (each needs {', '.join(RUN_KEYS)})")
     genes = pd.Index(vocabulary.gene_id[len(SPECIAL_TOKENS) :])
     lengths = read_protein_lengths(esm_table) if esm_table is not None else None
     properties = gene_properties(genes, lengths)

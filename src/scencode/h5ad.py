@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import h5py
@@ -85,7 +86,7 @@ class CountMatrix:
     """Row blocks of one matrix inside an open h5ad: ``X``, ``raw/X`` or ``layers/<name>``."""
 
     key: str
-    element: object  # anndata sparse dataset or h5py dataset
+    element: Any  # anndata sparse dataset or h5py dataset
     path: Path
 
     @property

@@ -37,6 +37,9 @@ DATASET_VERSION_RE = re.compile(rf"datasets\.cellxgene\.cziscience\.com/({UUID})
 GENERIC_DONOR = re.compile(r"^(donor|patient|individual|subject|sample|d|p|s)?[\s_-]*\d{1,3}$", re.IGNORECASE)
 
 
+CELLS = {"barcode": pl.String, "donor": pl.String}
+
+
 @dataclass
 class DatasetIdentity:
     name: str
@@ -47,9 +50,6 @@ class DatasetIdentity:
     n_cells: int = 0
 
 
-CELLS = {"barcode": pl.String, "donor": pl.String}
-
-
 def read_identity(
     name: str, role: str, qc_path: str | Path, raw_path: str | Path | None = None, source: dict | None = None
 ) -> DatasetIdentity:
@@ -58,12 +58,12 @@ def read_identity(
 
     source = source or {}
     ids = {source["dataset_id"]} if source.get("dataset_id") else set()
-    collections = set()
+    collections: set[str] = set()
     with open_h5ad(qc_path) as f:
         obs = read_frame(f, "obs")
-    for column, target in (("dataset_id", ids), ("collection_id", collections)):
-        if column in obs.columns:
-            target.update(obs[column].dropna().astype(str).unique())
+    for key, target in (("dataset_id", ids), ("collection_id", collections)):
+        if key in obs.columns:
+            target.update(obs[key].dropna().astype(str).unique())
     if raw_path is not None and Path(raw_path).exists():
         citation = read_citation(raw_path)
         collections.update(COLLECTION_RE.findall(citation))
@@ -105,7 +105,7 @@ def audit(datasets: list[DatasetIdentity], policy: str = "report") -> dict:
     labels = _shared_labels(cells)
     pairs = [compare(t, e, labels.get((t.name, e.name), set())) for t in train for e in evaluation]
     shared_cells = _cells_of_shared_donors(cells, pairs)
-    drop = {d.name: set() for d in train}
+    drop: dict[str, set[str]] = {d.name: set() for d in train}
     for pair in pairs:
         counts = shared_cells.get((pair["train"], pair["eval"]), {})
         pair["shared_barcodes_in_shared_donors"] = counts.get("barcodes", 0)

@@ -30,6 +30,7 @@ from numba import njit
 
 from .errors import ScencodeError
 from .model import Batch
+from .parquet_io import polars_frame
 from .run_config import GENE_SAMPLING, LAYOUTS, LoaderConfig  # noqa: F401
 from .shards import check_footer, open_shard, read_manifest, read_shard, shard_tables
 
@@ -114,7 +115,7 @@ def draw_train_subset(corpus_dir: str | Path, requested: int | float) -> TrainSu
 
     corpus_dir = Path(corpus_dir)
     cells = pl.concat(
-        pl.from_arrow(table).filter(pl.col("split") == "train").drop("split")
+        polars_frame(table).filter(pl.col("split") == "train").drop("split")
         for table in shard_tables(corpus_dir, ["dataset_id", "cell_id", "split"])
     )
     available = dict(cells.group_by("dataset_id").len().iter_rows())
@@ -259,7 +260,8 @@ def to_batch(sample: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfi
         arrays = unpack(arrays, offsets)
     else:
         arrays["offsets"] = offsets
-    return Batch(**{name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()})
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
+    return Batch(**tensors)  # type: ignore[arg-type]  # the keys are Batch's tensor fields
 
 
 def _padded(values: np.ndarray, row: np.ndarray, position: np.ndarray, shape, fill) -> np.ndarray:

@@ -91,8 +91,8 @@ class Packed:
         self.offsets = offsets
         self.max_len = int(offsets.diff().max()) if len(offsets) > 1 else 0
         self.nested = offsets.is_cuda if nested is None else nested
-        self._index = None
-        self._valid = None
+        self._index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._valid: torch.Tensor | None = None
 
     @property
     def n_cells(self) -> int:
@@ -168,15 +168,15 @@ class Batch:
     meta: dict = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return replace(
             self,
             gene_ids=move(self.gene_ids),
             counts=move(self.counts),
             xnorm=move(self.xnorm),
             masked=move(self.masked),
-            offsets=move(self.offsets),
-            valid=move(self.valid),
+            offsets=None if self.offsets is None else move(self.offsets),
+            valid=None if self.valid is None else move(self.valid),
         )
 
     @property
@@ -186,10 +186,16 @@ class Batch:
 
     @property
     def n_cells(self) -> int:
-        return len(self.offsets) - 1 if self.offsets is not None else self.valid.shape[0]
+        if self.offsets is not None:
+            return len(self.offsets) - 1
+        assert self.valid is not None  # a batch is packed (offsets) or padded (valid)
+        return self.valid.shape[0]
 
     def layout(self, nested: bool | None = None) -> Padded | Packed:
-        return Packed(self.offsets, nested) if self.offsets is not None else Padded(self.valid)
+        if self.offsets is not None:
+            return Packed(self.offsets, nested)
+        assert self.valid is not None  # a batch is packed (offsets) or padded (valid)
+        return Padded(self.valid)
 
 
 class Block(nn.Module):
@@ -213,6 +219,10 @@ class Block(nn.Module):
 
 
 class CellTransformer(nn.Module):
+    gene_gain: torch.Tensor  # buffers (register_buffer): typed for the checker
+    expression_gain: torch.Tensor
+    head: nn.Sequential
+
     def __init__(self, cfg: ModelConfig, gene_table: torch.Tensor | None = None):
         super().__init__()
         cfg.validate()
@@ -264,8 +274,10 @@ class CellTransformer(nn.Module):
             flat = torch.cat([v[real] for v, real in zip(values, reals)])
             gain.fill_(float(flat.float().pow(2).mean().sqrt().clamp(min=1e-8)) ** -1)
         target = torch.cat([b.xnorm[real] for b, real in zip(batches, reals)])
-        self.head[-1].weight.zero_()
-        self.head[-1].bias.fill_(float(target.mean()))
+        last = self.head[-1]
+        assert isinstance(last, nn.Linear)
+        last.weight.zero_()
+        last.bias.fill_(float(target.mean()))
         return {
             "gene_gain": float(self.gene_gain),
             "expression_gain": float(self.expression_gain),

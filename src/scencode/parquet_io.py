@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -39,3 +40,10 @@ def column_matrix(table: pa.Table, name: str) -> np.ndarray:
     """A fixed-size list column back as a (rows × size) matrix."""
     dim = table.schema.field(name).type.list_size
     return table.column(name).combine_chunks().flatten().to_numpy().reshape(-1, dim)
+
+
+def polars_frame(table: pa.Table) -> pl.DataFrame:
+    """A Parquet table as a polars DataFrame (``pl.from_arrow`` is typed to return a Series too)."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)  # a Table converts to a DataFrame
+    return frame

@@ -224,27 +224,28 @@ def job_resources(stage: str, config: dict, key: str | None = None) -> dict:
 
 
 def _job(stage: str, config: dict, key: str | None) -> Job:
+    name = key or ""  # the dataset, corpus or run (none: the ESM-2 table, the shared configuration)
     train, evals = _cells(config, "train"), _cells(config, "eval")
     if stage == "download":
-        minutes = dataset_cells(config, key) * BYTES_PER_CELL_H5AD / THROUGHPUT["download_bytes_per_s"].value / 60
-        return Job(stage, key, 0, 1, 4000, _runtime(minutes), minutes)
+        minutes = dataset_cells(config, name) * BYTES_PER_CELL_H5AD / THROUGHPUT["download_bytes_per_s"].value / 60
+        return Job(stage, name, 0, 1, 4000, _runtime(minutes), minutes)
     if stage == "qc":
         from .qc import QCParams  # the defaults are written once, in the stages' settings
 
-        n = dataset_cells(config, key)
+        n: float = dataset_cells(config, name)
         chunk = config["qc"].get("chunk_cells", QCParams.chunk_cells)
         # streamed in chunks: one chunk's matrix (in, out, product) + per-cell metrics
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 4 / 2**20 + n * 400 / 2**20
         minutes = n / THROUGHPUT["qc_cells_per_s"].value / 60
-        return Job(stage, key, 0, 1, math.ceil(mem), _runtime(minutes), minutes)
+        return Job(stage, name, 0, 1, math.ceil(mem), _runtime(minutes), minutes)
     if stage == "tokenize":
         from .tokenize import TokenizeParams
 
-        n = sum(train.values()) if key == "train" else evals.get(key, ASSUMED_CELLS)
+        n = sum(train.values()) if name == "train" else evals.get(name, ASSUMED_CELLS)
         chunk = config["tokenize"].get("chunk_cells", TokenizeParams.chunk_cells)
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 2 / 2**20
         minutes = n / THROUGHPUT["tokenize_cells_per_s"].value / 60
-        return Job(stage, key, 0, 2, math.ceil(mem), _runtime(minutes), minutes)  # a second thread writes
+        return Job(stage, name, 0, 2, math.ceil(mem), _runtime(minutes), minutes)  # a second thread writes
     if stage == "esm_embeddings":
         model = config["esm"]["model"]
         if model["type"] in ("tiny", "import"):
@@ -257,7 +258,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
     if stage == "pretrain":
         run = run_settings_of(config, key)
         cells = _run_train_cells(
-            config, key, (config.get("_corpus_stats") or {}).get("train_cells") or sum(train.values())
+            config, name, (config.get("_corpus_stats") or {}).get("train_cells") or sum(train.values())
         )
         steps = run.train.max_steps  # set: the trainer stops there, whatever the epochs
         passes = steps * run.train.grad_accum * run.loader.batch_size / max(cells, 1) if steps else run.train.epochs
@@ -267,9 +268,9 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         )
         return Job(stage, key or "configuration", 1, 8, mem, _runtime(minutes, floor=60), minutes)
     if stage == "embed":
-        n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)
+        n = evals.get(name) or (_id_test_cells(config, train) if name == ID_TEST else ASSUMED_CELLS)
         minutes = _train_seconds(config, n, 1, forward_only=True) / 60
-        return Job(stage, key, 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)), _runtime(minutes), minutes)
+        return Job(stage, name, 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)), _runtime(minutes), minutes)
     if stage == "reconstruction":
         from .tokenize import TokenizeParams
 
@@ -288,7 +289,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         from .evaluate import SCANPY_APPROXIMATE_FROM, EvalParams
 
         metrics = config["evaluate"].get("metrics", {})
-        n = evals.get(key) or (_id_test_cells(config, train) if key == ID_TEST else ASSUMED_CELLS)
+        n = evals.get(name) or (_id_test_cells(config, train) if name == ID_TEST else ASSUMED_CELLS)
         n = min(n, metrics.get("max_cells_scib", EvalParams.max_cells_scib))
         minutes = EVALUATE_FIT.minutes(n) if EVALUATE_FIT else n / THROUGHPUT["evaluate_cells_per_s"].value / 60
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
@@ -296,9 +297,9 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         # Leiden's ten resolutions side by side from scanpy's approximate-neighbour size on, where
         # they are most of the job; on smaller datasets, or where the sheet states no size (the demo),
         # one thread: jobs then run side by side instead
-        stated = all(stated_cells(config, d) for d in (train if key == ID_TEST else [key]))
+        stated = all(stated_cells(config, d) for d in (train if name == ID_TEST else [name]))
         threads = LEIDEN_THREADS if stated and n >= SCANPY_APPROXIMATE_FROM else 1
-        return Job(stage, key, 0, threads, mem, _runtime(minutes), minutes)
+        return Job(stage, name, 0, threads, mem, _runtime(minutes), minutes)
     raise ValueError(f"no resource model for stage {stage!r}")
 
 

@@ -83,7 +83,7 @@ EXPRESSION_COLOURS = {
 }
 SPARE_COLOURS = ["#F0E442", "#882255", "#44AA99", "#332288", "#999933", "#661100", "#000000"]
 REFERENCE_COLOUR = "#777777"  # chance levels and reference tables
-plt.rcParams.update(HOUSE_STYLE)  # the figure modules draw in their own processes (scencode CLI)
+plt.rcParams.update(HOUSE_STYLE)  # type: ignore[arg-type]  # the stubs list each key's type  # the figure modules draw in their own processes (scencode CLI)
 
 
 def _pick(name: str, fixed: dict, spares: list, taken: set):
@@ -148,7 +148,7 @@ class EncodingStyles:
                     color="black",
                     marker=style.marker,
                     markerfacecolor="black" if style.filled else "white",
-                    linestyle=style.linestyle,
+                    linestyle=style.linestyle,  # type: ignore[arg-type]  # a dash tuple is a valid style
                     label=g,
                 )
             )
@@ -216,6 +216,11 @@ def _shown_tick_labels(axis) -> list[Text]:
     return labels
 
 
+def fig_dpi(text: Text) -> float:
+    figure = text.get_figure()
+    return float(figure.dpi) if figure is not None else 72.0
+
+
 def _overlapping(labels: list[Text], renderer, horizontal: bool) -> list[str]:
     """Neighbouring tick labels that touch: unrotated ones by their boxes, rotated ones by the
     distance between their baselines (their boxes overlap when the text does not)."""
@@ -230,7 +235,7 @@ def _overlapping(labels: list[Text], renderer, horizontal: bool) -> list[str]:
         else:
             step = (b.x1 - a.x1) if horizontal else (b.y1 - a.y1)
             lines = max(ta.get_text().count("\n"), tb.get_text().count("\n")) + 1
-            height = ta.get_fontsize() * ta.figure.dpi / 72 * lines
+            height = float(ta.get_fontsize()) * fig_dpi(ta) / 72 * lines
             gap = abs(step * math.sin(math.radians(rotation))) - height
         if gap < -0.5:
             found.append(f"tick labels {ta.get_text()!r} and {tb.get_text()!r} overlap")
@@ -243,7 +248,8 @@ def layout_problems(fig: Figure) -> list[str]:
     canvas.draw()
     renderer = canvas.get_renderer()
     bounds = fig.bbox
-    problems, ticks = [], set()
+    problems: list[str] = []
+    ticks: set[int] = set()
     for ax in fig.axes:
         for axis, horizontal in ((ax.xaxis, True), (ax.yaxis, False)):
             every = [tick.label1 for tick in axis.get_major_ticks() + axis.get_minor_ticks()]

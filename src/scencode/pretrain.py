@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .atomic import OutputFolder, Terminated, deferred_stop
 from .checkpoints import CheckpointStore, Optimisation, State
@@ -130,8 +131,10 @@ def setup(spec: RunSpec) -> Run:
     probe = [batch.to(ranks.device) for batch, _ in zip(first, range(cfg.calibration_batches))]
     state = State(calibration=model.calibrate(probe))
     state.rms_start = component_rms(model, probe)
-    step_model = torch.nn.parallel.DistributedDataParallel(model) if ranks.world > 1 else model
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    step_model = DistributedDataParallel(model) if ranks.world > 1 else model
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1])
+    )
     schedule = RankSchedule(spec, ranks, subset)
     steps_per_epoch = schedule.steps_per_epoch(cfg.grad_accum)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -237,11 +240,12 @@ def accumulate_gradients(run: Run, micro_batches: list[Batch]) -> bool:
     False: the loss became non-finite (``diverged`` has dealt with it)."""
     st, world = run.state, run.ranks.world
     batches = [b.to(run.ranks.device) for b in micro_batches]
-    n_masked = run.ranks.sum(sum((b.masked & b.real).sum() for b in batches).double())
+    n_masked = run.ranks.sum(torch.stack([(b.masked & b.real).sum() for b in batches]).sum().double())
     scale = world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
     for i, batch in enumerate(batches):
         sync = world == 1 or i == len(batches) - 1
-        with contextlib.nullcontext() if sync else run.optim.step_model.no_sync():
+        model = run.optim.step_model
+        with model.no_sync() if isinstance(model, DistributedDataParallel) and not sync else contextlib.nullcontext():
             with autocast(run.ranks.device, run.amp):
                 _, sse, n = run.optim.step_model(batch)
             if not torch.isfinite(sse):

@@ -39,7 +39,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 
 def versions() -> dict[str, str | None]:
     """Installed versions (None: not installed)."""
-    found = {}
+    found: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)

@@ -297,7 +297,7 @@ def _cell_metrics(counts, mapping: GeneMapping, mito: np.ndarray, params: QCPara
 def _explicit_zeros_per_row(block: sp.csr_matrix) -> np.ndarray:
     zero = block.data == 0
     if not zero.any():
-        return 0
+        return np.zeros(block.shape[0], np.int64)
     rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
     return np.bincount(rows[zero], minlength=block.shape[0])
 

@@ -123,7 +123,7 @@ def run(
                 "value": (status and status.checkpoint_step) or nan,
                 "note": "step of the evaluated checkpoint (best validation, the last step included)",
             },
-            *cost_rows(status and status.cost),
+            *cost_rows(status.cost if status else None),
         ]
     )
     training_set = (status and status.train_cells) or {}

@@ -39,7 +39,7 @@ def encoder_catalog() -> dict[str, dict[str, EncoderSpec]]:
     tree = ast.parse((Path(__file__).parent / "encodings.py").read_text())
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
 
-    def init_args(cls: ast.ClassDef) -> set[str] | None:
+    def init_args(cls: ast.ClassDef) -> set[str]:
         for node in cls.body:
             if isinstance(node, ast.FunctionDef) and node.name == "__init__":
                 args = node.args
@@ -57,8 +57,9 @@ def encoder_catalog() -> dict[str, dict[str, EncoderSpec]]:
     catalog: dict[str, dict[str, EncoderSpec]] = {"gene": {}, "expression": {}}
     for cls in classes.values():
         for deco in cls.decorator_list:
-            if isinstance(deco, ast.Call) and getattr(deco.func, "id", "") in ("gene_encoder", "expression_encoder"):
-                kind = deco.func.id.removesuffix("_encoder")
+            func = deco.func if isinstance(deco, ast.Call) else None
+            if isinstance(deco, ast.Call) and isinstance(func, ast.Name) and func.id.endswith("_encoder"):
+                kind = func.id.removesuffix("_encoder")
                 name = ast.literal_eval(deco.args[0])
                 catalog[kind][name] = EncoderSpec(frozenset(init_args(cls) - BUILT_IN), reads_table(cls))
     return catalog

@@ -66,6 +66,8 @@ def _aligned(embeddings: dict[str, Path], pre_integrated: Path):
         frame = pd.DataFrame({"row": np.arange(len(table))}, index=table.cell_id.to_numpy())
         matrices[name] = (frame, matrix)
         cells = table.set_index("cell_id")[["label", "batch"]] if cells is None else cells
+    if cells is None:  # the pre-integrated matrix is read like the rest: nothing at all to score
+        raise ScencodeError(f"no embedding to score ({'; '.join(missing.values())})", pre_integrated)
     shared = cells.index
     for frame, _ in matrices.values():
         shared = shared.intersection(frame.index, sort=False)
@@ -90,10 +92,10 @@ def benchmark_dataset(
 ) -> pd.DataFrame:
     """Tidy rows (group ``scib_metrics``) for every run in ``embeddings``."""
     identities = {identity.run: identity for identity in embeddings}
-    embeddings = {identity.run: path for identity, path in embeddings.items()}
+    paths = {identity.run: path for identity, path in embeddings.items()}
     from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
 
-    cells, matrices, pre, missing = _aligned(embeddings, pre_integrated)
+    cells, matrices, pre, missing = _aligned(paths, pre_integrated)
     pick, scored = seeded_subsample(np.flatnonzero(labeled(cells.label.to_numpy())), max_cells, seed)
     cells = cells.iloc[pick]
     n_labels, n_batches = cells.label.nunique(), cells.batch.nunique()
@@ -144,7 +146,7 @@ def benchmark_dataset(
         results = results.rename(columns=AGGREGATES).astype(float)
     why_not = "; ".join(reason.values())
     frames = []
-    for name in embeddings:
+    for name in paths:
         values = results.loc[name] if name in results.index else pd.Series(dtype=float)
         rows = pd.DataFrame({"metric": metric_names()})
         rows["value"] = rows.metric.map(values).astype(float)

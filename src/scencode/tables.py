@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from scipy.stats import false_discovery_control, rankdata, wilcoxon
 from .atomic import OutputFolder, atomic_path
 from .errors import ScencodeError
 from .formats import read_metric_table
+from .parquet_io import polars_frame
 from .workflow_config import TISSUE_MIN_CELLS, shift_levels
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def load_metrics(paths) -> pl.DataFrame:
     column get nulls there)."""
     if not paths:
         raise ScencodeError("tables: no metric table given")
-    tables = [pl.from_arrow(read_metric_table(p)).with_columns(pl.col("value").cast(pl.Float64)) for p in paths]
+    tables = [polars_frame(read_metric_table(p)).with_columns(pl.col("value").cast(pl.Float64)) for p in paths]
     return metric_frame(pl.concat(tables, how="diagonal_relaxed"))
 
 
@@ -429,7 +431,7 @@ def run(
     reference_expression: str = "soft",
     levels: dict | None = None,
     shift: dict | None = None,
-    qc_reports: list[Path] = (),
+    qc_reports: Sequence[Path] = (),
 ) -> dict:
     """metrics.csv, summary.csv, tests.csv and rank_stability.csv in ``out_dir`` from per-(run, dataset) metric tables;
     ``reference_expression``: the expression encoding compared with each other one (declared in

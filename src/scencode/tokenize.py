@@ -107,7 +107,8 @@ class BackgroundWriter:
     stays at about three blocks."""
 
     def __init__(self, writer: ShardWriter):
-        self.writer, self.error = writer, None
+        self.writer = writer
+        self.error: BaseException | None = None
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -140,7 +141,7 @@ class ShardWriter:
         self.folder, self.params = folder, params
         self.schema = schema.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
         self.shards: list[dict] = []
-        self._writer = None
+        self._writer: pq.ParquetWriter | None = None
         self._rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -158,7 +159,7 @@ class ShardWriter:
     def _write_group(self, n: int) -> None:
         pending = pa.concat_tables(self._pending)
         if self._writer is None:
-            self._open()
+            self._writer = self._open()
         self._writer.write_table(pending.slice(0, n), row_group_size=n)
         self._rows += n
         self._pending = [pending.slice(n)]
@@ -166,10 +167,10 @@ class ShardWriter:
         if self._rows == self.params.cells_per_shard:
             self._close()
 
-    def _open(self) -> None:
+    def _open(self) -> pq.ParquetWriter:
         path = self.folder / shard_name(len(self.shards))
         # page checksums (CRC32): every reader verifies each page it decodes (shards.open_shard)
-        self._writer = pq.ParquetWriter(
+        writer = pq.ParquetWriter(
             path,
             self.schema,
             compression="zstd",
@@ -178,8 +179,10 @@ class ShardWriter:
         )
         self.shards.append({"file": path.name})
         self._rows = 0
+        return writer
 
     def _close(self) -> None:
+        assert self._writer is not None  # called only with a shard open
         self._writer.close()
         path = self.folder / self.shards[-1]["file"]
         self.shards[-1].update(
@@ -222,7 +225,9 @@ def tokenize_corpus(
         ).encode()
     ).hexdigest()
     schema = shard_schema(with_labels)
-    per_dataset, nnz_parts, split_counts = {}, [], {}
+    per_dataset: dict[str, dict] = {}
+    nnz_parts: list[np.ndarray] = []
+    split_counts: dict[str, int] = {}
     with atomic_dir(out_dir, kind="tokenize") as tmp:
         writer = ShardWriter(tmp, schema, params, {"scencode_vocab_hash": digest, "corpus": corpus})
         background = BackgroundWriter(writer)
@@ -296,7 +301,9 @@ def _tokenize_dataset(
         split = assign_split(cell_ids, params)
         labels = _label_columns(obs, d, required=kind == "evaluation") if with_labels else {}
         excluded = np.ones(len(obs), bool) if "*" in d.exclude else obs.index.astype(str).isin(list(d.exclude))
-        nnz, kept_splits, genes_per_cell = [], [], []
+        nnz_blocks: list[np.ndarray] = []
+        kept_splits: list[np.ndarray] = []
+        genes_per_cell: list[np.ndarray] = []
         n_cells = x.shape[0]
         for start, block in tqdm(
             x.blocks(params.chunk_cells),
@@ -323,9 +330,9 @@ def _tokenize_dataset(
             for name, values in labels.items():
                 columns[name] = pa.array(values[start:stop][rows][keep], pa.string())
             writer.write(pa.Table.from_pydict(columns, schema=schema))
-            nnz.append(np.diff(offsets))
+            nnz_blocks.append(np.diff(offsets))
             kept_splits.append(split[start:stop][rows][keep])
-    nnz = np.concatenate(nnz) if nnz else np.zeros(0, np.int64)
+    nnz = np.concatenate(nnz_blocks) if nnz_blocks else np.zeros(0, np.int64)
     splits = pd.Series(np.concatenate(kept_splits) if kept_splits else []).value_counts()
     stats = {
         "cells_in": n_cells,
@@ -348,7 +355,11 @@ def vocab_overlap(d: DatasetInput, vocab_nnz: np.ndarray, all_nnz: np.ndarray) -
     """Genes per cell the model sees (in the vocabulary) against the cell's non-zero genes; a
     warning when too few, e.g. a real dataset evaluated with a vocabulary built from others."""
     seen, total = float(vocab_nnz.mean()) if vocab_nnz.size else 0.0, float(all_nnz.mean()) if all_nnz.size else 0.0
-    out = {"vocab_genes_per_cell": seen, "genes_per_cell": total, "vocab_overlap_warning": None}
+    out: dict[str, float | str | None] = {
+        "vocab_genes_per_cell": seen,
+        "genes_per_cell": total,
+        "vocab_overlap_warning": None,
+    }
     if vocab_nnz.size and (seen < MIN_VOCAB_GENES_PER_CELL or seen < MIN_VOCAB_FRACTION * total):
         out["vocab_overlap_warning"] = (
             f"{d.dataset_id}: only {seen:.0f} of its {total:.0f} non-zero genes per cell "

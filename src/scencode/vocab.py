@@ -9,6 +9,7 @@ is stored in the Parquet metadata and in every corpus manifest; loaders refuse a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def read_gene_list(path: str | Path) -> pd.Index:
 
 
 def build_vocab(
-    qc_paths: list[str | Path], policy: str = "union", protein_genes: str | Path | None = None
+    qc_paths: Sequence[str | Path], policy: str = "union", protein_genes: str | Path | None = None
 ) -> pd.DataFrame:
     """Vocabulary from the training datasets' QC outputs.
 

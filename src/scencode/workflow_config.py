@@ -68,7 +68,8 @@ def sheet_paths(config: dict) -> list[Path]:
 def read_datasets(config: dict) -> dict[str, dict]:
     """Dataset name → its settings ({role, source, label_key, batch_key, n_cells, tissue, qc, ...}),
     from every sheet the config names; a dataset in two rows (of one sheet or two) is an error."""
-    datasets, where = {}, {}
+    datasets: dict[str, dict] = {}
+    where: dict[str, str] = {}
     for path in sheet_paths(config):
         for row_number, name, spec in read_sheet(path):
             if name in datasets:
@@ -131,9 +132,9 @@ def read_sheet(path: Path):
 
 def _line_widths(path: Path) -> tuple[int, list[tuple[int, int]]]:
     """The header's number of tab-separated cells, and (line number, cells) of each data row."""
-    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), start=1)]
-    lines = [(n, line.count("\t") + 1) for n, line in lines if line.strip() and not line.startswith("#")]
-    return (lines[0][1], lines[1:]) if lines else (0, [])
+    text = enumerate(path.read_text().splitlines(), start=1)
+    widths = [(n, line.count("\t") + 1) for n, line in text if line.strip() and not line.startswith("#")]
+    return (widths[0][1], widths[1:]) if widths else (0, [])
 
 
 def _check_line_shape(path: Path) -> None:
@@ -167,7 +168,7 @@ def _cell(text: str, column: dict, path: Path, row: int, name: str):
         if kind == "object":
             return json.loads(text)
     except ValueError:
-        expected = {"integer": "an integer", "number": "a number", "object": "a JSON object"}[kind]
+        expected = {"integer": "an integer", "number": "a number", "object": "a JSON object"}[str(kind)]
         raise ScencodeError(f"row {row}, column {name}: {text!r} is not {expected}", path) from None
     return text
 
@@ -210,7 +211,9 @@ def shift_levels(
     counts when the training datasets hold at least ``min_cells`` of its cells; an evaluation
     dataset's tissue is the one most of its cells have."""
     measured = measured or {}
-    trained, untagged, pooled = set(), False, {}
+    trained: set[str] = set()
+    untagged = False
+    pooled: dict[str, int] = {}
     for name, spec in datasets.items():
         if spec["role"] != "train":
             continue
@@ -225,13 +228,13 @@ def shift_levels(
     levels = {ID_TEST: "id"}
     for name, spec in datasets.items():
         if spec["role"] == "eval":
-            tissue = spec.get("tissue") or _main_tissue(measured.get(name, {}))
-            levels[name] = "near" if tissue in trained else "unknown" if tissue is None or untagged else "far"
+            main = spec.get("tissue") or _main_tissue(measured.get(name, {}))
+            levels[name] = "near" if main in trained else "unknown" if main is None or untagged else "far"
     return levels
 
 
 def _main_tissue(cells_per_tissue: dict[str, int]) -> str | None:
-    return max(sorted(cells_per_tissue), key=cells_per_tissue.get) if cells_per_tissue else None
+    return max(sorted(cells_per_tissue), key=lambda tissue: cells_per_tissue[tissue]) if cells_per_tissue else None
 
 
 def use_gpus(config: dict) -> bool:

@@ -8,7 +8,6 @@ from scencode.run_config import LoaderConfig, needs_gene_table, run_settings
 from scencode.errors import ScencodeError
 from scencode.plan import job_resources
 
-
 try:  # the checks `scencode plan` runs too: no key twice in a config file, the schemas, the DAG's needs
     for configfile_path in workflow.configfiles:
         workflow_config.read_yaml(configfile_path)
@@ -223,8 +222,16 @@ def run_identity(run):
 
 def identity_args(wildcards):
     identity = run_identity(wildcards.run)
-    return ["--run", wildcards.run, "--gene-encoding", identity["gene_encoding"],
-            "--expression-encoding", identity["expression_encoding"], "--seed", str(identity["seed"])]
+    return [
+        "--run",
+        wildcards.run,
+        "--gene-encoding",
+        identity["gene_encoding"],
+        "--expression-encoding",
+        identity["expression_encoding"],
+        "--seed",
+        str(identity["seed"]),
+    ]
 
 
 def embedding_path(run, dataset):
@@ -254,10 +261,12 @@ def embeddings_of(wildcards):
 
 def metric_tables():
     return [
-        *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=RUNS,
-                dataset=EVAL_DATASETS),
-        *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=CONFIGURATIONS,
-                dataset=[d for d in SCORED if d not in EVAL_DATASETS]),
+        *expand(f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet", run=RUNS, dataset=EVAL_DATASETS),
+        *expand(
+            f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet",
+            run=CONFIGURATIONS,
+            dataset=[d for d in SCORED if d not in EVAL_DATASETS],
+        ),
         *expand(f"{RESULTS}/metrics/{{run}}/reconstruction.parquet", run=CONFIGURATIONS),
         *expand(f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet", dataset=BENCHMARKER_DATASETS),
     ]
@@ -298,9 +307,10 @@ LEAKAGE = config.get("leakage", {"policy": "report"})
 
 def leakage_inputs():
     """What the leakage audit reads of each dataset (roles, QC and raw files, the config source)."""
-    return [{"name": d, "role": DATASETS[d]["role"], "qc": qc_h5ad(d), "raw": raw_h5ad(d),
-             "source": DATASETS[d]["source"]}
-            for d in [*TRAIN_DATASETS, *EVAL_DATASETS]]
+    return [
+        {"name": d, "role": DATASETS[d]["role"], "qc": qc_h5ad(d), "raw": raw_h5ad(d), "source": DATASETS[d]["source"]}
+        for d in [*TRAIN_DATASETS, *EVAL_DATASETS]
+    ]
 
 
 def tokenize_exclusions(wildcards):
@@ -309,4 +319,3 @@ def tokenize_exclusions(wildcards):
     if wildcards.corpus == TRAIN_CORPUS and LEAKAGE["policy"] in ("drop", "error"):
         return f"{RESULTS}/leakage.json"
     return []
-

@@ -10,17 +10,17 @@ rule corpus_stats:
         table=report(f"{RESULTS}/tables/corpus_stats.csv", caption="../report/corpus_stats.rst", category="Tables"),
         figure=report(f"{RESULTS}/figures/corpus_stats.png", caption="../report/corpus_stats.rst", category="Figures"),
         pdf=f"{RESULTS}/figures/corpus_stats.pdf",  # written beside the PNG
-    params:
-        context=PRETRAIN["loader"]["context"],
     log:
         f"{LOGS}/corpus_stats.log",
     benchmark:
         f"{LOGS}/benchmarks/corpus_stats.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        context=PRETRAIN["loader"]["context"],
     shell:
         "scencode corpus-stats --corpora {input.corpora:q} --vocab {input.vocab:q} --context {params.context}"
         " --out {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"

@@ -4,17 +4,17 @@
 rule download:
     output:
         raw_h5ad(),
-    params:
-        source=lambda w: as_json(dataset_source(w.dataset)),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/download/{{dataset}}.tsv"
-    threads: sized_threads("download", "dataset")
-    resources:
-        **sized("download", "dataset"),
     retries: 2
     conda:
         "../../envs/data.yaml"
+    threads: sized_threads("download", "dataset")
+    resources:
+        **sized("download", "dataset"),
+    params:
+        source=lambda w: as_json(dataset_source(w.dataset)),
     shell:
         "scencode download --source {params.source:q} --out {output:q} > {log:q} 2>&1"

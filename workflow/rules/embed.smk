@@ -10,18 +10,18 @@ rule embed:
         parquet=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.parquet",
         h5ad=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.h5ad",
         reconstruction=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.reconstruction.json",
-    params:
-        loader=lambda w: as_json(embed_loader(w.run)),
-        split=lambda w: ["--split", "test"] if w.dataset == ID_TEST else [],
     log:
         f"{LOGS}/embed/{{run}}/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/embed/{{run}}/{{dataset}}.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: sized_threads("embed", "dataset")
     resources:
         **sized("embed", "dataset"),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        loader=lambda w: as_json(embed_loader(w.run)),
+        split=lambda w: ["--split", "test"] if w.dataset == ID_TEST else [],
     shell:
         "scencode embed --model {input.model:q} --corpus {input.corpus:q} --run {wildcards.run:q}"
         " --dataset {wildcards.dataset:q} {params.split:q} --params {params.loader:q} --threads {threads}"

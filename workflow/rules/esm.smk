@@ -5,17 +5,17 @@
 rule proteins:
     output:
         f"{RESOURCES}/proteins/{ESM['name']}.pep.fa.gz",
-    params:
-        source=as_json(ESM.get("proteins", {})),
     log:
         f"{LOGS}/esm/proteins.log",
     benchmark:
         f"{LOGS}/benchmarks/esm/proteins.tsv"
+    conda:
+        "../../envs/esm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/esm.yaml"
+    params:
+        source=as_json(ESM.get("proteins", {})),
     shell:
         "scencode proteins --source {params.source:q} --out {output:q} > {log:q} 2>&1"
 
@@ -23,20 +23,20 @@ rule proteins:
 rule esm_tiny_model:
     output:
         f"{RESOURCES}/esm/{ESM['name']}.pt",
+    log:
+        f"{LOGS}/esm/tiny_model.log",
+    benchmark:
+        f"{LOGS}/benchmarks/esm/tiny_model.tsv"
+    conda:
+        "../../envs/esm.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
     params:
         layers=ESM["model"].get("layers", 2),
         dim=ESM["model"].get("dim", 32),
         heads=ESM["model"].get("heads", 2),
         seed=config["seed"],
-    log:
-        f"{LOGS}/esm/tiny_model.log",
-    benchmark:
-        f"{LOGS}/benchmarks/esm/tiny_model.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-    conda:
-        "../../envs/esm.yaml"
     shell:
         "scencode esm-tiny --out {output:q} --layers {params.layers:q} --dim {params.dim:q}"
         " --heads {params.heads:q} --seed {params.seed:q} > {log:q} 2>&1"
@@ -50,21 +50,21 @@ if ESM["model"]["type"] == "import":
             genes=rules.gene_table.output.genes,
         output:
             ESM_TABLE,
-        params:
-            fmt=ESM["model"]["format"],
-            dim=["--expected-dim", ESM["expected_dim"]] if ESM.get("expected_dim") else [],
         log:
             f"{LOGS}/esm/embeddings.log",
         benchmark:
             f"{LOGS}/benchmarks/esm/embeddings.tsv"
+        conda:
+            "../../envs/esm.yaml"
         threads: 1
         resources:
             mem_mb=8000,
-        conda:
-            "../../envs/esm.yaml"
+        params:
+            fmt=ESM["model"]["format"],
+            dim=["--expected-dim", ESM["expected_dim"]] if ESM.get("expected_dim") else [],
         shell:
             "scencode esm-import --format {params.fmt:q} --input {input.table:q} {params.dim:q}"
-            " --gene-table \"$(dirname -- {input.genes:q})\" --out {output:q} > {log:q} 2>&1"
+            ' --gene-table "$(dirname -- {input.genes:q})" --out {output:q} > {log:q} 2>&1'
 
 else:
 
@@ -74,18 +74,18 @@ else:
             weights=esm_weights_input(),
         output:
             ESM_TABLE,
-        params:
-            model=esm_model_arg,
-            settings=as_json(ESM.get("embed", {})),
         log:
             f"{LOGS}/esm/embeddings.log",
         benchmark:
             f"{LOGS}/benchmarks/esm/embeddings.tsv"
+        conda:
+            "../../envs/esm.yaml"
         threads: sized_threads("esm_embeddings")
         resources:
             **sized("esm_embeddings"),
-        conda:
-            "../../envs/esm.yaml"
+        params:
+            model=esm_model_arg,
+            settings=as_json(ESM.get("embed", {})),
         shell:
             "scencode esm-embed --fasta {input.fasta:q} {params.model:q} --threads {threads}"
             " --params {params.settings:q} --out {output:q} > {log:q} 2>&1"
@@ -98,17 +98,17 @@ rule esm_coverage:
         genes=rules.gene_table.output.genes,
     output:
         f"{RESULTS}/esm/{ESM['name']}/coverage.json",
-    params:
-        dim=["--expected-dim", ESM["expected_dim"]] if ESM.get("expected_dim") else [],
     log:
         f"{LOGS}/esm/coverage.log",
     benchmark:
         f"{LOGS}/benchmarks/esm/coverage.tsv"
+    conda:
+        "../../envs/esm.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/esm.yaml"
+    params:
+        dim=["--expected-dim", ESM["expected_dim"]] if ESM.get("expected_dim") else [],
     shell:
         "scencode esm-coverage --table {input.table:q} --qc {input.qc:q} {params.dim:q}"
-        " --gene-table \"$(dirname -- {input.genes:q})\" --out {output:q} > {log:q} 2>&1"
+        ' --gene-table "$(dirname -- {input.genes:q})" --out {output:q} > {log:q} 2>&1'

@@ -1,8 +1,17 @@
 # Figures from the tables alone: `snakemake figures --forcerun figures` redraws them and runs
 # nothing upstream. `snakemake --report results/report.html` collects them with their captions.
 
-FIGURES = ["fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves",
-           "heatmap_per_dataset", "paper_comparison", "fig4_cost_vs_bio", "fig5_shift", "fig6_scaling"]
+FIGURES = [
+    "fig1_batch_vs_bio",
+    "fig2_classification",
+    "fig3_min_train_mse",
+    "loss_curves",
+    "heatmap_per_dataset",
+    "paper_comparison",
+    "fig4_cost_vs_bio",
+    "fig5_shift",
+    "fig6_scaling",
+]
 
 
 rule figures:
@@ -18,18 +27,18 @@ rule figures:
         ],
         pdf=[f"{RESULTS}/figures/{name}.pdf" for name in FIGURES],
         comparison=f"{RESULTS}/figures/paper_comparison.csv",
-    params:
-        caveat=comparison_caveat(),
     log:
         f"{LOGS}/figures.log",
     benchmark:
         f"{LOGS}/benchmarks/figures.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/evaluate.yaml"
+    params:
+        caveat=comparison_caveat(),
     shell:
         "scencode figures --summary {input.summary:q} --metrics {input.metrics:q}"
-        " --train-logs {input.train_logs:q} --models {input.models:q} --caveat {params.caveat:q} --out-dir \"$(dirname -- {output.comparison:q})\""
+        ' --train-logs {input.train_logs:q} --models {input.models:q} --caveat {params.caveat:q} --out-dir "$(dirname -- {output.comparison:q})"'
         " > {log:q} 2>&1"

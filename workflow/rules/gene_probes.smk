@@ -11,18 +11,18 @@ rule gene_probes:
         table=report(f"{RESULTS}/tables/gene_probes.csv", caption="../report/gene_probes.rst", category="Tables"),
         figure=report(f"{RESULTS}/figures/gene_probes.png", caption="../report/gene_probes.rst", category="Figures"),
         pdf=f"{RESULTS}/figures/gene_probes.pdf",  # written beside the PNG
-    params:
-        runs=as_json([{**run_identity(run), "run": run, "model": model_status(run)} for run in CONFIGURATIONS]),
-        settings=as_json(EVALUATE.get("gene_probes", {})),
     log:
         f"{LOGS}/gene_probes.log",
     benchmark:
         f"{LOGS}/benchmarks/gene_probes.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/evaluate.yaml"
+    params:
+        runs=as_json([{**run_identity(run), "run": run, "model": model_status(run)} for run in CONFIGURATIONS]),
+        settings=as_json(EVALUATE.get("gene_probes", {})),
     shell:
         "scencode gene-probes --runs {params.runs:q} --vocab {input.vocab:q} --esm-table {input.esm_table:q}"
         " --params {params.settings:q} --out {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"

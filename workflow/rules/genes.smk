@@ -5,6 +5,15 @@ rule gene_table:
     output:
         genes=f"{RESOURCES}/genes/genes.parquet",
         symbols=f"{RESOURCES}/genes/symbols.parquet",
+    log:
+        f"{LOGS}/gene_table.log",
+    benchmark:
+        f"{LOGS}/benchmarks/gene_table.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
     params:
         sources=[
             arg
@@ -12,14 +21,5 @@ rule gene_table:
             if value
             for arg in (f"--{key.replace('_', '-')}", str(value))
         ],
-    log:
-        f"{LOGS}/gene_table.log",
-    benchmark:
-        f"{LOGS}/benchmarks/gene_table.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-    conda:
-        "../../envs/data.yaml"
     shell:
-        "scencode gene-table {params.sources:q} --out \"$(dirname -- {output.genes:q})\" > {log:q} 2>&1"
+        'scencode gene-table {params.sources:q} --out "$(dirname -- {output.genes:q})" > {log:q} 2>&1'

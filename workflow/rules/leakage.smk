@@ -10,18 +10,18 @@ rule leakage:
     output:
         audit=f"{RESULTS}/leakage.json",
         table=report(f"{RESULTS}/tables/leakage.csv", caption="../report/leakage.rst", category="Tables"),
-    params:
-        datasets=as_json(leakage_inputs()),
-        policy=LEAKAGE["policy"],
     log:
         f"{LOGS}/leakage.log",
     benchmark:
         f"{LOGS}/benchmarks/leakage.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        datasets=as_json(leakage_inputs()),
+        policy=LEAKAGE["policy"],
     shell:
         "scencode leakage --datasets {params.datasets:q} --policy {params.policy:q}"
         " --out {output.audit:q} --table {output.table:q} > {log:q} 2>&1"

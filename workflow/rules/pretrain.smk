@@ -13,19 +13,19 @@ rule pretrain:
     output:
         status=model_status(),
         log=train_log(),
-    params:
-        settings=lambda w: as_json(pretrain_settings(w.run)),
-        table=lambda w, input: ["--gene-embeddings", input.gene_embeddings] if input.gene_embeddings else [],
     log:
         f"{LOGS}/pretrain/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/pretrain/{{run}}.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: sized_threads("pretrain", "run")
     resources:
         **sized("pretrain", "run"),
-    conda:
-        "../../envs/train.yaml"
+    params:
+        settings=lambda w: as_json(pretrain_settings(w.run)),
+        table=lambda w, input: ["--gene-embeddings", input.gene_embeddings] if input.gene_embeddings else [],
     shell:
         "scencode pretrain --name {wildcards.run:q} --corpus {input.corpus:q} --vocab {input.vocab:q}"
         " {params.table:q} --threads {threads} --params {params.settings:q}"
-        " --out \"$(dirname -- {output.status:q})\" > {log:q} 2>&1"
+        ' --out "$(dirname -- {output.status:q})" > {log:q} 2>&1'

@@ -7,12 +7,12 @@ rule provenance:
         sheets=[str(p) for p in workflow_config.sheet_paths(config)],
     output:
         report(f"{RESULTS}/provenance.json", caption="../report/provenance.rst", category="Provenance"),
-    params:
-        config=as_json(config),
     log:
         f"{LOGS}/provenance.log",
-    threads: 1
     conda:
         "../../envs/evaluate.yaml"
+    threads: 1
+    params:
+        config=as_json(config),
     shell:
         "scencode provenance --config {params.config:q} --sheets {input.sheets:q} --out {output:q} > {log:q} 2>&1"

@@ -8,13 +8,12 @@ rule scib_benchmarker:
         pre_integrated=lambda w: embedding_path(PCA_REFERENCE, w.dataset),
     output:
         f"{RESULTS}/metrics/scib_benchmarker/{{dataset}}.parquet",
-    params:
-        settings=as_json(BENCHMARKER_SETTINGS),
-        runs=as_json([{"run": run, **run_identity(run)} for run in BENCHMARKED_RUNS]),
     log:
         f"{LOGS}/scib_benchmarker/{{dataset}}.log",
     benchmark:
         f"{LOGS}/benchmarks/scib_benchmarker/{{dataset}}.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
     # JAX runs on its own thread pool and n_jobs only reaches pynndescent, which scencode replaces by
     # exact kNN: on a cluster 4 CPUs feed JAX; on a CPU machine (the demo) each job takes one core,
     # so that the last datasets' Benchmarkers run side by side (each used about one core: 2.2 of the
@@ -23,8 +22,9 @@ rule scib_benchmarker:
     resources:
         mem_mb=32000,
         runtime=1440,  # scib-metrics' JAX metrics on every embedding of a dataset; see docs/benchmarks.md
-    conda:
-        "../../envs/evaluate.yaml"
+    params:
+        settings=as_json(BENCHMARKER_SETTINGS),
+        runs=as_json([{"run": run, **run_identity(run)} for run in BENCHMARKED_RUNS]),
     shell:
         "scencode scib-benchmark --embeddings {input.embeddings:q} --pre-integrated {input.pre_integrated:q}"
         " --runs {params.runs:q} --dataset {wildcards.dataset:q} --params {params.settings:q} --threads {threads} --out {output:q} > {log:q} 2>&1"

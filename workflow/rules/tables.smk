@@ -11,21 +11,22 @@ rule tables:
         shift_levels=f"{RESULTS}/tables/shift_levels.csv",
         summary=report(f"{RESULTS}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         tests=report(f"{RESULTS}/tables/tests.csv", caption="../report/tests.rst", category="Tables"),
-        rank_stability=report(f"{RESULTS}/tables/rank_stability.csv", caption="../report/rank_stability.rst",
-                              category="Tables"),
-    params:
-        reference=REFERENCE_EXPRESSION,
-        shift=as_json(SHIFT),
+        rank_stability=report(
+            f"{RESULTS}/tables/rank_stability.csv", caption="../report/rank_stability.rst", category="Tables"
+        ),
     log:
         f"{LOGS}/tables.log",
     benchmark:
         f"{LOGS}/benchmarks/tables.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/evaluate.yaml"
+    params:
+        reference=REFERENCE_EXPRESSION,
+        shift=as_json(SHIFT),
     shell:
         "scencode tables --metrics {input.metrics:q} --reference-expression {params.reference:q}"
         " --shift {params.shift:q} --qc-reports {input.qc_reports:q}"
-        " --out-dir \"$(dirname -- {output.metrics:q})\" > {log:q} 2>&1"
+        ' --out-dir "$(dirname -- {output.metrics:q})" > {log:q} 2>&1'

@@ -9,20 +9,22 @@ rule tokenize:
         leakage=tokenize_exclusions,
     output:
         directory(corpus_dir()),
-    params:
-        datasets=lambda w: as_json(corpus_inputs(w.corpus)),
-        settings=as_json(config["tokenize"]),
-        labels=lambda w: ["--labels"] if w.corpus != TRAIN_CORPUS else ["--labels", "--training"] if TRAIN_LABELED else [],
-        exclude=lambda w, input: ["--exclude", input.leakage] if input.leakage and LEAKAGE["policy"] == "drop" else [],
     log:
         f"{LOGS}/tokenize/{{corpus}}.log",
     benchmark:
         f"{LOGS}/benchmarks/tokenize/{{corpus}}.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: sized_threads("tokenize", "corpus")
     resources:
         **sized("tokenize", "corpus"),
-    conda:
-        "../../envs/data.yaml"
+    params:
+        datasets=lambda w: as_json(corpus_inputs(w.corpus)),
+        settings=as_json(config["tokenize"]),
+        labels=lambda w: (
+            ["--labels"] if w.corpus != TRAIN_CORPUS else ["--labels", "--training"] if TRAIN_LABELED else []
+        ),
+        exclude=lambda w, input: ["--exclude", input.leakage] if input.leakage and LEAKAGE["policy"] == "drop" else [],
     shell:
         "scencode tokenize --corpus {wildcards.corpus:q} --datasets {params.datasets:q}"
         " --vocab {input.vocab:q} --out {output:q} --params {params.settings:q} {params.labels:q} {params.exclude:q}"

@@ -7,18 +7,18 @@ rule vocab:
         protein_genes=vocab_protein_genes(),
     output:
         f"{RESULTS}/vocab.parquet",
-    params:
-        policy=config["vocab"]["policy"],
-        protein=lambda w, input: ["--protein-genes", input.protein_genes] if input.protein_genes else [],
     log:
         f"{LOGS}/vocab.log",
     benchmark:
         f"{LOGS}/benchmarks/vocab.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        policy=config["vocab"]["policy"],
+        protein=lambda w, input: ["--protein-genes", input.protein_genes] if input.protein_genes else [],
     shell:
         "scencode vocab --qc {input.qc:q} --policy {params.policy:q} {params.protein:q}"
         " --out {output:q} > {log:q} 2>&1"

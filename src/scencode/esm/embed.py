@@ -168,7 +168,9 @@ def windows(length: int, long_policy: str, overlap: int) -> list[tuple[int, int]
 def token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
     """Indices grouped so that n × (max length + 2) ≤ budget, longest first."""
     order = np.argsort(-lengths, kind="stable")
-    batches, current, width = [], [], 0
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    width = 0
     for i in order:
         w = max(width, int(lengths[i]) + 2)
         if current and w * (len(current) + 1) > budget:
@@ -188,10 +190,7 @@ class ESMEmbedder:
         self.layer = model.num_layers if params.layer is None else params.layer
         if not 0 <= self.layer <= model.num_layers:
             raise ScencodeError(f"layer {self.layer} does not exist (model has {model.num_layers} layers)")
-        device = params.device
-        if device == "auto":
-            device = default_device()
-        self.device = torch.device(device)
+        self.device = default_device() if params.device == "auto" else torch.device(params.device)
         dtype = torch.float32
         if self.device.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -220,7 +219,7 @@ class ESMEmbedder:
                 # residues seen by several windows count once overall
                 weights.append(1.0 / (covered[start:stop] * n_residues))
         lengths = np.array([len(s) for s in pieces])
-        owner = np.array(owner)
+        owners = np.array(owner)
         out = np.zeros((len(sequences), self.dim), dtype=np.float64)
         batches = token_budget_batches(lengths, p.token_budget)
         for batch in tqdm(batches, desc="esm batches", disable=not progress, mininterval=5):
@@ -229,7 +228,7 @@ class ESMEmbedder:
             for row, j in enumerate(batch):
                 w[row, 1 : 1 + len(pieces[j])] = torch.from_numpy(weights[j])
             pooled = torch.einsum("bt,btd->bd", w, reps).numpy()
-            np.add.at(out, owner[batch], pooled)
+            np.add.at(out, owners[batch], pooled)
         return out.astype(np.float32)
 
     @torch.inference_mode()
@@ -402,7 +401,7 @@ def run(
     embedder = ESMEmbedder(esm_model, alphabet, params)
     meta = {
         "source": "esm2",
-        "model": model or Path(weights).name,
+        "model": model or weights_path.name,
         "layer": embedder.layer,
         "isoforms": params.isoforms,
         "long_sequences": params.long_sequences,

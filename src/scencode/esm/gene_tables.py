@@ -43,7 +43,7 @@ def import_table(
         raise ScencodeError("embedding table to import not found", path)
     if fmt == "transcriptformer":
         ids, matrix = _read_transcriptformer(path)
-        report = {}
+        report: dict = {}
     elif fmt == "uce":
         if gene_table is None:
             raise ScencodeError("importing UCE embeddings needs the gene table to map symbols")

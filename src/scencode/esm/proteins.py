@@ -43,7 +43,9 @@ def read_peptide_fasta(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ScencodeError("protein FASTA not found", path)
-    records, header, seq, header_line = [], None, [], 0
+    records: list[dict] = []
+    seq: list[str] = []
+    header, header_line = None, 0
     try:
         with _open_text(path) as fh:
             for number, line in enumerate(fh, 1):
