@@ -173,3 +173,13 @@ def server():
     _Handler.routes, _Handler.failures, _Handler.hits = {}, {}, {}
     yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
     httpd.shutdown()
+
+
+@pytest.fixture
+def h5ad_bytes(tmp_path):
+    """A small real h5ad file's bytes (what a server serves)."""
+    from helpers import tiny_adata
+
+    path = tmp_path / "src.h5ad"
+    tiny_adata().write_h5ad(path)
+    return path.read_bytes()

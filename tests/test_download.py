@@ -11,13 +11,6 @@ from scencode.download import fetch
 from scencode.errors import ScencodeError
 
 
-@pytest.fixture
-def h5ad_bytes(tmp_path):
-    path = tmp_path / "src.h5ad"
-    tiny_adata().write_h5ad(path)
-    return path.read_bytes()
-
-
 def test_url_source_downloads_and_checks_sha256(server, h5ad_bytes, tmp_path):
     base, handler = server
     handler.routes["/data.h5ad"] = h5ad_bytes

@@ -10,13 +10,6 @@ from scencode.errors import ScencodeError
 from scencode.fetch import download_url, link_local
 
 
-@pytest.fixture
-def h5ad_bytes(tmp_path):
-    path = tmp_path / "src.h5ad"
-    tiny_adata().write_h5ad(path)
-    return path.read_bytes()
-
-
 def test_url_source_with_wrong_sha256_leaves_nothing(server, h5ad_bytes, tmp_path):
     base, handler = server
     handler.routes["/data.h5ad"] = h5ad_bytes
