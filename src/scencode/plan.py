@@ -96,7 +96,17 @@ def measured_fit(key: str, path: Path = MEASURED) -> SizeFit | None:
     return SizeFit(float(v["a"]), float(v["b"]), float(v["c"]), int(v["low"]), int(v["high"]), source)
 
 
-EVALUATE_FIT = measured_fit("evaluate_minutes")  # None: the linear evaluate_cells_per_s
+# a job's minutes from its cells where the rehearsal measured them (None: the linear rate above); QC
+# and tokenize carry a per-job constant (start-up, imports) that a rate alone leaves out
+FITS = {stage: measured_fit(f"{stage}_minutes") for stage in ("qc", "tokenize", "evaluate")}
+EVALUATE_FIT = FITS["evaluate"]
+
+
+def _minutes(stage: str, cells: float, rate_key: str) -> float:
+    fit = FITS[stage]
+    return fit.minutes(cells) if fit else cells / THROUGHPUT[rate_key].value / 60
+
+
 ASSUMED_CELLS = 50_000  # a dataset whose size config does not give (n_cells)
 ASSUMED_RESIDUES = 60e6  # Ensembl 114 peptides, every isoform (≈120,000 sequences)
 BYTES_PER_CELL_H5AD = 8_000  # ≈2,000 non-zero genes × (4 B value + 4 B index), before compression
@@ -236,7 +246,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         chunk = config["qc"].get("chunk_cells", QCParams.chunk_cells)
         # streamed in chunks: one chunk's matrix (in, out, product) + per-cell metrics
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 4 / 2**20 + n * 400 / 2**20
-        minutes = n / THROUGHPUT["qc_cells_per_s"].value / 60
+        minutes = _minutes("qc", n, "qc_cells_per_s")
         return Job(stage, name, 0, 1, math.ceil(mem), _runtime(minutes), minutes)
     if stage == "tokenize":
         from .tokenize import TokenizeParams
@@ -244,7 +254,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         n = sum(train.values()) if name == "train" else evals.get(name, ASSUMED_CELLS)
         chunk = config["tokenize"].get("chunk_cells", TokenizeParams.chunk_cells)
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 2 / 2**20
-        minutes = n / THROUGHPUT["tokenize_cells_per_s"].value / 60
+        minutes = _minutes("tokenize", n, "tokenize_cells_per_s")
         return Job(stage, name, 0, 2, math.ceil(mem), _runtime(minutes), minutes)  # a second thread writes
     if stage == "esm_embeddings":
         model = config["esm"]["model"]
@@ -291,7 +301,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         metrics = config["evaluate"].get("metrics", {})
         n = evals.get(name) or (_id_test_cells(config, train) if name == ID_TEST else ASSUMED_CELLS)
         n = min(n, metrics.get("max_cells_scib", EvalParams.max_cells_scib))
-        minutes = EVALUATE_FIT.minutes(n) if EVALUATE_FIT else n / THROUGHPUT["evaluate_cells_per_s"].value / 60
+        minutes = _minutes("evaluate", n, "evaluate_cells_per_s")
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
         mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)
         # Leiden's ten resolutions side by side from scanpy's approximate-neighbour size on, where
@@ -393,13 +403,13 @@ def render(config: dict, gpus: int = 8) -> str:
         "",
         "throughputs:",
     ]
+    fitted = {f"{stage}_cells_per_s" for stage, fit in FITS.items() if fit}  # a size fit replaces the rate
     out += [
         f"  {name}: {rate.value:g} {rate.unit} ({rate.source})"
         for name, rate in THROUGHPUT.items()
-        if not (name == "evaluate_cells_per_s" and EVALUATE_FIT)
+        if name not in fitted
     ]
-    if EVALUATE_FIT:
-        out.append(f"  evaluate job: {EVALUATE_FIT.describe()}")
+    out += [f"  {stage} job: {fit.describe()}" for stage, fit in FITS.items() if fit]
     corpus = config.get("_corpus_stats")
     if corpus:
         splits = ", ".join(f"{split} {cells:,}" for split, cells in corpus["cells_by_split"].items())
