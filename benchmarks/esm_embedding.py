@@ -31,7 +31,7 @@ def naive_embed(embedder: ESMEmbedder, seqs: list[str], batch_size: int) -> None
     """Fixed-size batches in input order, padded to each batch's longest window."""
     pieces = [s[a:b] for s in seqs for a, b in windows(len(s), "window", 256)]
     for k in range(0, len(pieces), batch_size):
-        embedder._forward(pieces[k : k + batch_size])
+        embedder.represent(pieces[k : k + batch_size])
 
 
 def main() -> None:

@@ -110,3 +110,17 @@ def test_every_flag_the_rules_and_scripts_pass_is_a_flag_of_its_step():
                 assert flag in known, f"{path.name}: scencode {step} has no flag {flag}"
                 checked += 1
     assert checked > 50
+
+
+def test_a_parameter_typed_as_any_sequence_takes_several_values():
+    """`Sequence[Path]` (what the type checker asks of a tuple default) parses as `list[Path]` does."""
+    from pathlib import Path
+
+    from scencode.cli import build_parser
+
+    parser, _ = build_parser("tables")
+    args = parser.parse_args(["tables", "--metrics", "m.parquet", "--out-dir", "t", "--qc-reports", "a.json", "b.json"])
+    assert args.qc_reports == [Path("a.json"), Path("b.json")]
+    parser, _ = build_parser("figures")
+    args = parser.parse_args(["figures", "--summary", "s", "--metrics", "m", "--out-dir", "f", "--models", "x", "y"])
+    assert args.models == [Path("x"), Path("y")]

@@ -10,6 +10,7 @@ parameters take JSON. Only the chosen step's module is imported (torch only wher
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
 import importlib
 import inspect
@@ -74,6 +75,9 @@ def step_function(step: str):
     return getattr(importlib.import_module(f"{__package__}.{module}"), function)
 
 
+SEQUENCES = (list, tuple, collections.abc.Sequence)  # flags that take several values
+
+
 def _unwrap_optional(hint):
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -106,9 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser, function) -> dict:
             kwargs.update(
                 type=_json, required=False, default=None, help=f"{getattr(hint, '__name__', hint)} settings as JSON"
             )
-        elif hint is dict or origin is dict or (origin is list and typing.get_args(hint)[0] in (dict,)):
+        elif hint is dict or origin is dict or (origin in SEQUENCES and typing.get_args(hint)[0] in (dict,)):
             kwargs.update(type=_json, help="JSON")
-        elif origin is list or origin is tuple:
+        elif origin in SEQUENCES:
             kwargs.update(nargs="+" if kwargs["required"] else "*", type=typing.get_args(hint)[0])
         elif origin is typing.Literal:
             kwargs.update(choices=typing.get_args(hint))
