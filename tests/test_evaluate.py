@@ -25,10 +25,13 @@ PARAMS = EvalParams(min_cells_per_type=20)
 IDENTITY = ("--run", "esm2-soft-s0", "--gene-encoding", "esm2", "--expression-encoding", "soft", "--seed", "0")
 
 
-def test_leiden_resolutions_side_by_side_give_the_partitions_of_one_after_the_other():
+def test_leiden_resolutions_side_by_side_give_the_partitions_of_one_after_the_other(caplog):
     x, _, _ = blobs()
     graph = study_graph(x + np.random.default_rng(2).normal(scale=1.5, size=x.shape))  # blobs that touch
-    one_by_one, side_by_side = leiden_clusterings(graph, 0), leiden_clusterings(graph, 0, threads=3)
+    with caplog.at_level("INFO", logger="scencode.evaluate"):
+        one_by_one = leiden_clusterings(graph, 0)
+    assert len([r for r in caplog.records if r.getMessage().startswith("Leiden at resolution")]) == len(one_by_one)
+    side_by_side = leiden_clusterings(graph, 0, threads=3)
     assert list(side_by_side) == list(one_by_one)  # scib's resolutions, in order
     assert all(np.array_equal(side_by_side[r], one_by_one[r]) for r in one_by_one)
     assert len({len(set(c)) for c in one_by_one.values()}) > 1  # the resolutions cut the graph differently
