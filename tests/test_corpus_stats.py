@@ -51,8 +51,9 @@ def test_the_figure_shows_each_dataset_beside_the_context_cap(demo_corpus, tmp_p
     corpus, vocab = demo_corpus
     saved = []
     monkeypatch.setattr(plt, "close", saved.append)  # keep the figure to read it back
-    run([corpus], vocab, context=40, out=tmp_path / "stats.csv", figure=tmp_path / "stats.png")
+    run([corpus], vocab, context=40, out=tmp_path / "stats.csv", figure=tmp_path / "stats.png", caveat="demo data")
     left, right = saved[0].axes
+    assert saved[0].get_suptitle() == "demo data"  # a run off the study's setup says so on every figure
     assert [t.get_text() for t in left.get_yticklabels()] == ["train · sim_blood_1", "train · sim_lung_1"]
     assert left.get_xlabel() == "non-zero vocabulary genes per cell" and right.get_xlabel() == "vocabulary coverage"
     assert [line.get_xdata()[0] for line in left.lines if line.get_linestyle() == "--"] == [40]

@@ -122,7 +122,7 @@ def training_figures(stats: pl.DataFrame, corpus: str = "train") -> dict:
     }
 
 
-def draw(stats: pl.DataFrame, path: Path) -> list[Path]:
+def draw(stats: pl.DataFrame, path: Path, caveat: str = "") -> list[Path]:
     """Genes per cell per dataset (median, 25–75 % and 5–95 % ranges, all splits pooled by cells)
     beside the context cap, and each dataset's vocabulary coverage."""
     from . import plotting
@@ -151,16 +151,19 @@ def draw(stats: pl.DataFrame, path: Path) -> list[Path]:
     plotting.legend_outside(right, handles=left.get_legend_handles_labels()[0])
     right.barh(list(y), rows["coverage"], color="#009E73")
     right.set(xlabel="vocabulary coverage", xlim=(0, 1))
+    plotting.caveat(fig, caveat)
     return plotting.save(fig, path)
 
 
-def run(corpora: list[Path], vocab: Path, context: int, out: OutputFile, figure: OutputFile) -> pl.DataFrame:
+def run(
+    corpora: list[Path], vocab: Path, context: int, out: OutputFile, figure: OutputFile, caveat: str = ""
+) -> pl.DataFrame:
     """Statistics of token corpora (their folders; the name is the folder's) as a table at ``out``
     and a figure at ``figure``; ``context``: the training loader's cap on genes per cell."""
     vocabulary, digest = load_vocab(vocab)
     stats = corpus_stats({Path(c).name: Path(c) for c in corpora}, len(vocabulary), context, digest)
     with atomic_path(out, suffix=".csv") as tmp:
         stats.write_csv(tmp)
-    draw(stats, Path(figure))
+    draw(stats, Path(figure), caveat)
     log.info("corpus statistics: %d corpora, %d cells", len(corpora), int(stats["cells"].sum()))
     return stats

@@ -212,8 +212,6 @@ def fig_paper_comparison(
     for spare in axes[len(PAPER_METRICS) :]:  # the free panel holds the legend
         spare.axis("off")
         spare.legend(handles=legend_handles(styles, merged), loc="center")
-    if caveat:
-        fig.suptitle(caveat, color="firebrick", fontsize=8, wrap=True)
     return fig, pd.DataFrame(rows)
 
 
@@ -375,8 +373,7 @@ def draw_all(summary_csv, metrics_csv, runs: dict, out_dir, caveat: str = "") ->
     }
     paths = []
     for name, fig in drawn.items():
-        if caveat and name != "paper_comparison":  # e.g. the demo: no figure is taken for the study's
-            fig.suptitle(caveat, color="firebrick", fontsize=7)
+        plotting.caveat(fig, caveat)
         paths += save(fig, out_dir, name)
     with atomic_path(out_dir / "paper_comparison.csv", suffix=".csv") as tmp:
         comparison.to_csv(tmp, index=False)

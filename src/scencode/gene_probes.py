@@ -209,7 +209,7 @@ def _missing_rows(name: str, identity: dict, props, why: str) -> list[dict]:
     ]
 
 
-def draw(table: pd.DataFrame, path: Path) -> list[Path]:
+def draw(table: pd.DataFrame, path: Path, caveat: str = "") -> list[Path]:
     """Logistic-regression macro F1 per property (panels) and encoding (bars: the run's colour and
     hatch; reference tables grey), with the stratified guess as the chance line; PNG and PDF."""
     from . import plotting
@@ -241,6 +241,7 @@ def draw(table: pd.DataFrame, path: Path) -> list[Path]:
     axes[0][0].set_ylabel("macro F1, logistic regression\n(out of fold)")
     if len(chance):
         plotting.legend_outside(axes[0][-1])
+    plotting.caveat(fig, caveat)
     return plotting.save(fig, path)
 
 
@@ -251,6 +252,7 @@ def run(
     figure: OutputFile,
     esm_table: Path | None = None,
     params: ProbeParams | None = None,
+    caveat: str = "",
 ) -> pd.DataFrame:
     """Gene-property probes of every run's gene embeddings and of the reference tables: the long
     table at ``out`` (CSV) and a figure at ``figure``. ``runs``: JSON list of {run, gene_encoding,
@@ -259,6 +261,6 @@ def run(
     table = gene_probes(runs, vocab, esm_table, params)
     with atomic_path(out, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
-    draw(table, Path(figure))
+    draw(table, Path(figure), caveat)
     log.info("gene probes: %d runs, %d rows", len(runs), len(table))
     return table

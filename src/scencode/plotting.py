@@ -187,6 +187,13 @@ def note(fig: Figure, text: str, colour: str = "#555555") -> None:
     fig.supxlabel(text, fontsize=6, color=colour, wrap=True)
 
 
+def caveat(fig: Figure, text: str) -> None:
+    """A run that is not the study's setup (e.g. the demo: ``workflow``'s comparison caveat) says so
+    at the top of the figure, in red, so that no figure is taken for the study's."""
+    if text:
+        fig.suptitle(text, color="firebrick", fontsize=7, wrap=True)
+
+
 def save(fig: Figure, png: Path) -> list[Path]:
     """``fig`` as ``png`` and the PDF beside it, each written atomically; a figure whose text
     leaves the canvas or whose tick labels overlap is still written, with a warning naming it."""

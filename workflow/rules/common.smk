@@ -287,7 +287,7 @@ def all_targets():
 
 
 def comparison_caveat():
-    """Why this run's numbers are not comparable with the study's (printed on paper_comparison)."""
+    """Why this run's numbers are not comparable with the study's (printed on every figure)."""
     reasons = []
     training = [DATASETS[d] for d in TRAIN_DATASETS]
     if any(d["source"]["type"] == "demo" for d in training):
