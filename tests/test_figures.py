@@ -107,6 +107,8 @@ def test_every_figure_keeps_its_text_inside_the_canvas_and_its_tick_labels_apart
     kept, _, _ = drawn
     for name, fig in kept.items():
         assert layout_problems(fig) == [], name
+    train = kept["loss_curves"].axes[0]  # a loss axis a reader can read: its values are labelled
+    assert any(t.get_text() for t in train.get_yticklabels() + train.get_yticklabels(minor=True))
 
 
 def test_the_same_configuration_looks_the_same_in_every_figure(drawn):

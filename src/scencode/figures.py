@@ -127,19 +127,26 @@ def fig_loss_curves(logs: dict[str, tuple[RunStatus, pd.DataFrame]], styles: Enc
     styles = styles or EncodingStyles([s.gene_encoding for s in statuses], [s.expression_encoding for s in statuses])
     fig, axes = plotting.figure(8.0, 3.2, 1, 2, sharey=True)
     for name, (status, history) in sorted(logs.items()):
-        style = styles.line(status.gene_encoding, status.expression_encoding)
-        style = {"color": style["color"], "linestyle": style["linestyle"], "linewidth": 1.2}
+        line = styles.line(status.gene_encoding, status.expression_encoding)
+        whole = (status.train_cells or {}).get("requested", "all") == "all"  # a smaller training set: thin, faint
+        style = {"color": line["color"], "linestyle": line["linestyle"], "linewidth": 1.6 if whole else 0.8}
+        style["alpha"] = 1.0 if whole else 0.55
         train = history.dropna(subset=["train_loss"])
         val = history.dropna(subset=["val_loss"])
         axes[0].plot(train.step, train.train_loss, label=name, **style)
         axes[1].plot(val.step, val.val_loss, marker="o", markersize=2, **style)
     axes[0].set_title("training masked MSE")
     axes[1].set_title("validation masked MSE")
+    losses = pd.concat([h[["train_loss", "val_loss"]] for _, h in logs.values()]).stack() if logs else pd.Series()
+    spread = losses[losses > 0].max() / losses[losses > 0].min() if (losses > 0).any() else 1.0
     for ax in axes:
         ax.set_xlabel("optimiser step")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 0.6, not 6×10⁻¹
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels crowd a short log range
+        if spread > 3:  # a loss that falls by orders of magnitude; else a log axis has no tick to label
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 0.6, not 6×10⁻¹
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
     if logs:
         legend_outside(axes[1], handles=axes[0].get_legend_handles_labels()[0], fontsize=6)
     return fig
@@ -206,6 +213,7 @@ def fig_paper_comparison(
                 linestyle="",
                 **styles.point(row.gene_encoding, row.expression_encoding),
             )
+        ax.ticklabel_format(useOffset=False)  # near-equal values read as themselves, not as an offset
         ax.set_xlabel(f"study ({theirs})")
         ax.set_ylabel(f"this run ({ours})")
         ax.set_title(f"{ours}: ρ = {rho:.2f}" if np.isfinite(rho) else ours)

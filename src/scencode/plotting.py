@@ -83,7 +83,8 @@ EXPRESSION_COLOURS = {
 }
 SPARE_COLOURS = ["#F0E442", "#882255", "#44AA99", "#332288", "#999933", "#661100", "#000000"]
 REFERENCE_COLOUR = "#777777"  # chance levels and reference tables
-plt.rcParams.update(HOUSE_STYLE)  # type: ignore[arg-type]  # the stubs list each key's type  # the figure modules draw in their own processes (scencode CLI)
+# the figure modules draw in their own processes (the scencode CLI): the style is theirs to set
+plt.rcParams.update(HOUSE_STYLE)  # type: ignore[arg-type]  # the stubs type each key alone
 
 
 def _pick(name: str, fixed: dict, spares: list, taken: set):
