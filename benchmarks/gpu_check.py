@@ -41,7 +41,7 @@ import torch
 from scencode.atomic import write_json
 from scencode.devices import peak_flops
 from scencode.formats import SPECIAL_TOKENS, write_vocab
-from scencode.loader import pack
+from scencode.sampling import pack
 from scencode.model import Batch, CellTransformer, ModelConfig
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 

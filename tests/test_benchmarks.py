@@ -104,6 +104,34 @@ def test_a_benchmark_prints_its_json_last(script, smoke_runs):
     assert SMOKE[script][1] <= set(last), f"{script}: {sorted(last)}"
 
 
+ANNBATCH_PYTHON = REPO / ".venv-annbatch" / "bin" / "python"
+
+
+@pytest.mark.skipif(
+    not ANNBATCH_PYTHON.exists(),
+    reason="annbatch needs Python >= 3.12 in .venv-annbatch (.ci/run builds it where pyenv has a 3.12)",
+)
+def test_annbatch_runs_beside_scencode_on_the_same_cells(tmp_path):
+    """annbatch in its own interpreter: its collection is written once, then one shuffled epoch of
+    every cell, per core and with its preparation reported."""
+    args = ["--cells", "600", "--nnz", "40", "--batch-size", "64", "--context", "32", "--peers", "scencode", "annbatch"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "loader_vs_peers.py"), *args, "--annbatch-python", str(ANNBATCH_PYTHON)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in ("scencode", "annbatch"):
+        loader = figures["loaders"][name]
+        assert loader["cells"] == 600, (name, loader)  # one epoch: every cell once
+        assert loader["cores_used"] > 0 and loader["cells_per_s_per_core"] > 0
+    assert figures["annbatch_preparation"]["seconds"] > 0 and "annbatch" in figures["speedup_per_core"]
+
+
 def test_the_rehearsals_jobs_stay_within_what_they_asked(smoke_runs):
     """The paper's run on Census-shaped data at its smallest size: every stage ran, and no job used
     more wall time or memory than its rule asked of the cluster."""

@@ -254,7 +254,7 @@ def test_every_encoding_starts_at_unit_scale(gene, expression):
 
 
 def packed(batch: Batch) -> Batch:
-    from scencode.loader import pack
+    from scencode.sampling import pack
 
     arrays = {k: getattr(batch, k).numpy() for k in ("gene_ids", "counts", "xnorm", "masked", "valid")}
     return Batch(**{k: torch.from_numpy(v) for k, v in pack(arrays).items()})
