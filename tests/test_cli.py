@@ -102,7 +102,14 @@ def test_every_flag_the_rules_and_scripts_pass_is_a_flag_of_its_step():
         text = re.sub(r'"\s*\n\s*"', "", path.read_text())  # the rules' implicitly joined shell strings
         arrays = dict(re.findall(r"(\w+)=\(([^)]*)\)", text))  # bash arrays spliced into a command
         text = re.sub(r'"?\$\{(\w+)\[@\]\}"?', lambda m, arrays=arrays: arrays.get(m.group(1), ""), text)
-        for step, rest in re.findall(r"scencode ([a-z][a-z-]+)((?:[^>\n;|]|\\\n)*)", text):
+        commands = re.findall(r"scencode ([a-z][a-z-]+)((?:[^>\n;|]|\\\n)*)", text)
+        # and the commands the rules build as lists (`<step>_argv`: a job's command or a batch's step)
+        commands += [
+            (name.replace("_", "-"), body)
+            for name, body in re.findall(r"def (\w+)_argv\(.*?\n((?:    .*\n|\n)+)", text)
+            if name.replace("_", "-") in STEPS
+        ]
+        for step, rest in commands:
             if step not in STEPS:
                 continue
             known = step_flags(step)
@@ -124,3 +131,39 @@ def test_a_parameter_typed_as_any_sequence_takes_several_values():
     parser, _ = build_parser("figures")
     args = parser.parse_args(["figures", "--summary", "s", "--metrics", "m", "--out-dir", "f", "--models", "x", "y"])
     assert args.models == [Path("x"), Path("y")]
+
+
+def test_a_batch_runs_each_step_in_turn_with_its_own_log(tmp_path):
+    import json
+
+    jobs = [
+        {"argv": ["gene-table", "--out", str(tmp_path / "genes")], "log": str(tmp_path / "one.log")},
+        {"argv": ["check-shards", "--corpus", str(tmp_path / "none")], "log": str(tmp_path / "two.log")},
+        {"argv": ["gene-table", "--out", str(tmp_path / "again")], "log": str(tmp_path / "three.log")},
+    ]
+    result = scencode("batch", "--jobs", json.dumps(jobs))
+    assert (tmp_path / "genes" / "genes.parquet").exists()
+    assert "corpus manifest not found" in (tmp_path / "two.log").read_text()  # the step's error, in its log
+    assert "corpus manifest not found" not in (tmp_path / "one.log").read_text()
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(f"step 2 of 3 (check-shards) failed; its log: {tmp_path / 'two.log'}")
+    )
+    assert not (tmp_path / "three.log").exists() and not (tmp_path / "again").exists()  # stops at the failure
+
+
+@pytest.mark.parametrize(
+    "jobs, problem",
+    [
+        ('[{"argv": ["batch", "--jobs", "[]"], "log": "x.log"}]', "'batch' is not a step a batch can run"),
+        ('[{"argv": ["gene-table"]}]', 'batch job 1: expected {"argv": [step, flags…], "log": path}'),
+        ('[{"argv": ["no-such-step"], "log": "x.log"}]', "'no-such-step' is not a step"),
+    ],
+)
+def test_a_malformed_batch_is_refused_before_any_step_runs(tmp_path, jobs, problem):
+    result = subprocess.run(
+        [sys.executable, "-m", "scencode", "batch", "--jobs", jobs], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 1 and problem in result.stderr and not (tmp_path / "x.log").exists()

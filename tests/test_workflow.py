@@ -154,12 +154,13 @@ def test_evaluation_options_reach_their_jobs(tmp_path):
     assert result.returncode == 0, result.stderr
     commands = result.stdout
     assert commands.count("scencode baseline --kind scvi") == 3 and "--scvi-epochs 7" in commands
-    embeds = [line for line in commands.splitlines() if "scencode embed " in line]
+    steps = _step_commands(commands)  # a job's command, or a step of a `scencode batch` job (jobs_per_run)
+    embeds = [" ".join(argv) for argv in steps if argv[0] == "embed"]
     assert embeds and all('"gene_sampling": "top_expressed"' in line and '"context": 128' in line for line in embeds)
     assert commands.count("scencode scib-benchmark") == 3 and "baseline-scvi-s0/pbmc68k.parquet" in commands
     benchmarker = [line for line in commands.splitlines() if "scencode scib-benchmark" in line]
     assert all('"max_cells_scib": 5000' in line for line in benchmarker)
-    evaluations = [line for line in commands.splitlines() if "scencode evaluate" in line]
+    evaluations = [" ".join(argv) for argv in steps if argv[0] == "evaluate"]
     assert evaluations and not any("5000" in line for line in evaluations)  # the study's metrics: max_cells_scib
     # embedded otherwise than trained: the reconstruction step measures the held-out split itself
     reconstructions = [line for line in commands.splitlines() if "scencode reconstruction" in line]
@@ -368,16 +369,17 @@ def test_changing_one_setting_reruns_only_what_depends_on_it(demo_run):
     assert planned_jobs(snakemake(workdir, config, "-n")) == {}
     changed = edit_datasets(config, workdir, set_cell("pbmc68k", "qc_min_genes", 60))
     jobs = planned_jobs(snakemake(workdir, changed, "-n"))
-    # pbmc68k's QC, its corpus, and its embeddings (5 trained runs) and metrics (+ 2 baselines);
-    # no training, no other dataset
+    # pbmc68k's QC, its corpus, and its embeddings (5 trained runs) and metrics (+ 2 baselines), one job
+    # per run (jobs_per_run: each run's datasets together); no training, no other dataset's QC
     assert jobs["qc"] == 1 and jobs["tokenize"] == 1 and jobs["embed"] == 5 and jobs["baseline"] == 2
-    assert jobs["evaluate"] == 7 and not {"download", "vocab", "pretrain", "reconstruction"} & set(jobs)
+    assert jobs["evaluate_models"] == 5 and jobs["evaluate_baselines"] == 2
+    assert not {"download", "vocab", "pretrain", "reconstruction"} & set(jobs)
     changed = copy.deepcopy(config)
     changed["pretrain"]["configurations"][1]["train"] = {"lr": 0.01}  # esm2-hard only, at both its sizes
     result = snakemake(workdir, changed, "-n")
     jobs = planned_jobs(result)
-    # its embeddings and metrics on the three evaluation datasets and the ID set, its gene probes
-    assert jobs["pretrain"] == 2 and jobs["reconstruction"] == 2 and jobs["embed"] == 8 and jobs["evaluate"] == 8
+    # its embeddings and metrics on the three evaluation datasets and the ID set (a job per run), its gene probes
+    assert jobs["pretrain"] == 2 and jobs["reconstruction"] == 2 and jobs["embed"] == 2 and jobs["evaluate_models"] == 2
     assert jobs["gene_probes"] == 1
     planned = {
         line.split("run=")[1].split(",")[0].strip()
@@ -535,3 +537,41 @@ def test_plan_prints_the_paper_run_cost():
     pretrain = next(line.split() for line in text.splitlines() if line.startswith("pretrain "))
     assert int(pretrain[1]) == 9 and float(pretrain[2]) > 50  # jobs, GPU-hours
     assert "measured:" in text and "assumed:" in text and "critical path" in text
+
+
+def _step_commands(stdout: str, steps=("embed", "evaluate")) -> set[tuple[str, ...]]:
+    """The embed and evaluate steps a dry run (-p) would run: each a job's command, or a step of a
+    `scencode batch` job; the log redirection left out."""
+    import json
+    import shlex
+
+    commands = set()
+    for line in stdout.splitlines():
+        line = line.strip().removeprefix("Shell command: ")
+        if not line.startswith("scencode "):
+            continue
+        argv = shlex.split(line.split(" > ")[0])[1:]
+        if argv[0] == "batch":
+            commands |= {tuple(job["argv"]) for job in json.loads(argv[argv.index("--jobs") + 1])}
+        elif argv[0] in steps:
+            commands.add(tuple(argv))
+    return commands
+
+
+def test_jobs_per_run_runs_the_steps_one_job_per_dataset_runs(tmp_path):
+    """The demo's cut (one job per run, its datasets' steps in one `scencode batch` process) runs
+    exactly the embed and evaluate commands of one job per (run, dataset), the paper's cut."""
+    plans = {}
+    for per_run in (False, True):
+        config = small_config()
+        config["jobs_per_run"] = per_run
+        (tmp_path / str(per_run)).mkdir()
+        result = snakemake(tmp_path / str(per_run), config, "-n", "-p")
+        assert result.returncode == 0, result.stderr
+        plans[per_run] = result
+    jobs = {per_run: planned_jobs(result) for per_run, result in plans.items()}
+    runs = len(small_config()["pretrain"]["configurations"]) + 2  # two of them at two training-set sizes
+    assert jobs[True]["embed"] == runs and jobs[False]["embed"] == runs * 4  # 3 evaluation datasets + the ID test
+    assert jobs[True]["evaluate_models"] == runs and jobs[True]["evaluate_baselines"] == 2
+    commands = _step_commands(plans[False].stdout)
+    assert len(commands) == runs * 4 * 2 + 2 * 3 and _step_commands(plans[True].stdout) == commands

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -18,8 +19,10 @@ import json
 import logging
 import signal
 import sys
+import traceback
 import types
 import typing
+from pathlib import Path
 
 from .atomic import TERMINATED_EXIT, Output, Terminated, check_writable, raise_terminated, stop_signal
 from .errors import ScencodeError
@@ -62,6 +65,7 @@ STEPS = {
     "tables": ("tables", "run", "metrics.csv, summary.csv and tests.csv from metric tables"),
     "figures": ("figures", "run", "the study's figures from the tables"),
     "provenance": ("provenance", "run", "what produced the results: versions, commit, config hash, hardware"),
+    "batch": ("cli", "batch", "several steps in one process, each with its own log (jobs_per_run: the CPU demo)"),
     "plan": (
         "plan",
         "run",
@@ -183,6 +187,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scencode {step}: stopped by {exc}; no partial output was kept", file=sys.stderr)
         return TERMINATED_EXIT
     return 0
+
+
+def batch(jobs: list[dict]) -> None:
+    """Run ``jobs`` (each ``{"argv": [step, flags…], "log": path}``) one after another in this process,
+    each step's output and log in its own log file, as if each were its own job. A CPU run whose
+    steps spend longer importing scanpy, scikit-learn and torch than computing (the demo's scoring)
+    pays the imports once per batch. Stops at the first step that fails, naming its log."""
+    checked = [_batch_job(job, i) for i, job in enumerate(jobs, 1)]
+    root = logging.getLogger()
+    for i, (argv, log_path) in enumerate(checked, 1):
+        with log_path.open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            handlers, root.handlers = root.handlers, [logging.StreamHandler(log)]
+            root.handlers[0].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            try:
+                code = main(argv)
+            except Exception:  # a step's own failure, not the batch's: its traceback goes to its log
+                traceback.print_exc()
+                code = 1
+            finally:
+                root.handlers = handlers
+        if code == TERMINATED_EXIT:
+            raise Terminated(stop_signal())
+        if code:
+            raise ScencodeError(f"step {i} of {len(checked)} ({' '.join(argv[:1])}) failed; its log: {log_path}")
+
+
+def _batch_job(job, i: int) -> tuple[list[str], Path]:
+    argv, log_path = (
+        job.get("argv") if isinstance(job, dict) else None,
+        job.get("log") if isinstance(job, dict) else None,
+    )
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv) and isinstance(log_path, str)):
+        raise ScencodeError(f'batch job {i}: expected {{"argv": [step, flags…], "log": path}}, got {str(job)[:120]}')
+    if argv[0] not in STEPS or argv[0] == "batch":
+        raise ScencodeError(f"batch job {i}: {argv[0]!r} is not a step a batch can run")
+    return argv, Path(log_path)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # Each rule gets exactly the slice of config it reads (as params), so changing a setting reruns
 # only the jobs that depend on it.
 import json
+import re
 
 from scencode import workflow_config
 from scencode.run_config import LoaderConfig, needs_gene_table, run_settings
@@ -46,10 +47,25 @@ wildcard_constraints:
 
 SIZED_CONFIG = {**config, "datasets": DATASETS}  # plan reads the datasets' sizes from the sheets' rows
 USE_GPUS = workflow_config.use_gpus(config)  # 'use_gpus': auto (this machine has CUDA), true (slurm profile), false
+# embed and evaluate: one job per run for all its datasets, its steps in one process (`scencode batch`),
+# or one job per (run, dataset), the cluster's parallelism
+JOBS_PER_RUN = bool(config.get("jobs_per_run", False))
 
 
-def _sized(stage, wildcards, key):
-    resources = job_resources(stage, SIZED_CONFIG, getattr(wildcards, key) if key else None)
+def _sized(stage, wildcards, key, datasets=None):
+    if datasets is not None:  # one job for several datasets (jobs_per_run): their runtimes add up
+        each = [_sized_one(stage, dataset) for dataset in datasets]
+        return {
+            "gpu": max(r["gpu"] for r in each),
+            "threads": max(r["threads"] for r in each),
+            "mem_mb": max(r["mem_mb"] for r in each),
+            "runtime": sum(r["runtime"] for r in each),
+        }
+    return _sized_one(stage, getattr(wildcards, key) if key else None)
+
+
+def _sized_one(stage, name):
+    resources = job_resources(stage, SIZED_CONFIG, name)
     if resources["gpu"] and not USE_GPUS:
         # a GPU stage on CPUs (the demo): one core per job, so that jobs run side by side. The threads
         # a GPU job gets feed its loader; on CPUs a job of the demo's tiny models gains little from a
@@ -58,16 +74,16 @@ def _sized(stage, wildcards, key):
     return resources
 
 
-def sized(stage, key=None):
+def sized(stage, key=None, datasets=None):
     """gpu, mem_mb and runtime of a rule's jobs (``resources: **sized(stage, key)``), computed from the
     run's size by scencode.plan (`scencode plan` prints the same figures); ``key``: the wildcard that
-    names the job's dataset or corpus. No GPU is asked where none is expected. A site overrides
-    them in the workflow profile."""
-    return {name: (lambda w, name=name: _sized(stage, w, key)[name]) for name in ("gpu", "mem_mb", "runtime")}
+    names the job's dataset or corpus; ``datasets``: a job that does several (jobs_per_run). No GPU
+    is asked where none is expected. A site overrides them in the workflow profile."""
+    return {name: (lambda w, name=name: _sized(stage, w, key, datasets)[name]) for name in ("gpu", "mem_mb", "runtime")}
 
 
-def sized_threads(stage, key=None):
-    return lambda w: _sized(stage, w, key)["threads"]
+def sized_threads(stage, key=None, datasets=None):
+    return lambda w: _sized(stage, w, key, datasets)["threads"]
 
 
 def as_json(value):
@@ -221,10 +237,14 @@ def run_identity(run):
 
 
 def identity_args(wildcards):
-    identity = run_identity(wildcards.run)
+    return run_args(wildcards.run)
+
+
+def run_args(run):
+    identity = run_identity(run)
     return [
         "--run",
-        wildcards.run,
+        run,
         "--gene-encoding",
         identity["gene_encoding"],
         "--expression-encoding",

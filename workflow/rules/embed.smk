@@ -1,28 +1,67 @@
 # Cell embeddings of every trained model on every evaluation corpus (mean of final-layer token
 # outputs), with the context diagnostic (masked, no-context and gene-mean MSE) on the same cells.
+# One job per (run, dataset), or with jobs_per_run one per run (its datasets in one process).
 
 
-rule embed:
-    input:
-        model=model_status(),
-        corpus=embedded_corpus,
-    output:
-        parquet=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.parquet",
-        h5ad=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.h5ad",
-        reconstruction=f"{RESULTS}/embeddings/{{run}}/{{dataset}}.reconstruction.json",
-    log:
-        f"{LOGS}/embed/{{run}}/{{dataset}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/embed/{{run}}/{{dataset}}.tsv"
-    conda:
-        "../../envs/train.yaml"
-    threads: sized_threads("embed", "dataset")
-    resources:
-        **sized("embed", "dataset"),
-    params:
-        loader=lambda w: as_json(embed_loader(w.run)),
-        split=lambda w: ["--split", "test"] if w.dataset == ID_TEST else [],
-    shell:
-        "scencode embed --model {input.model:q} --corpus {input.corpus:q} --run {wildcards.run:q}"
-        " --dataset {wildcards.dataset:q} {params.split:q} --params {params.loader:q} --threads {threads}"
-        " --out {output.parquet:q} --h5ad {output.h5ad:q} --reconstruction {output.reconstruction:q} > {log:q} 2>&1"
+def embed_outputs(run, dataset):
+    base = f"{RESULTS}/embeddings/{run}/{dataset}"
+    return {"parquet": f"{base}.parquet", "h5ad": f"{base}.h5ad", "reconstruction": f"{base}.reconstruction.json"}
+
+
+def embed_argv(run, dataset, threads):
+    """`scencode embed` of one run on one dataset: the job's command, or one step of a batch."""
+    corpus = corpus_dir(TRAIN_CORPUS if dataset == ID_TEST else dataset)
+    out = embed_outputs(run, dataset)
+    return [
+        *["embed", "--model", model_status(run), "--corpus", corpus, "--run", run, "--dataset", dataset],
+        *(["--split", "test"] if dataset == ID_TEST else []),
+        *["--params", as_json(embed_loader(run)), "--threads", str(threads)],
+        *["--out", out["parquet"], "--h5ad", out["h5ad"], "--reconstruction", out["reconstruction"]],
+    ]
+
+
+if JOBS_PER_RUN:
+
+    rule embed:
+        input:
+            model=model_status(),
+            corpora=[corpus_dir(TRAIN_CORPUS if d == ID_TEST else d) for d in SCORED],
+        output:
+            [path for d in SCORED for path in embed_outputs("{run}", d).values()],
+        log:
+            [f"{LOGS}/embed/{{run}}.batch.log", *[f"{LOGS}/embed/{{run}}/{d}.log" for d in SCORED]],
+        benchmark:
+            f"{LOGS}/benchmarks/embed/{{run}}.tsv"
+        conda:
+            "../../envs/train.yaml"
+        threads: sized_threads("embed", datasets=SCORED)
+        resources:
+            **sized("embed", datasets=SCORED),
+        params:
+            jobs=lambda w, threads: as_json(
+                [{"argv": embed_argv(w.run, d, threads), "log": f"{LOGS}/embed/{w.run}/{d}.log"} for d in SCORED]
+            ),
+        shell:
+            "scencode batch --jobs {params.jobs:q} > {log[0]:q} 2>&1"
+
+else:
+
+    rule embed:
+        input:
+            model=model_status(),
+            corpus=embedded_corpus,
+        output:
+            **embed_outputs("{run}", "{dataset}"),
+        log:
+            f"{LOGS}/embed/{{run}}/{{dataset}}.log",
+        benchmark:
+            f"{LOGS}/benchmarks/embed/{{run}}/{{dataset}}.tsv"
+        conda:
+            "../../envs/train.yaml"
+        threads: sized_threads("embed", "dataset")
+        resources:
+            **sized("embed", "dataset"),
+        params:
+            argv=lambda w, threads: embed_argv(w.run, w.dataset, threads),
+        shell:
+            "scencode {params.argv:q} > {log:q} 2>&1"

@@ -1,30 +1,84 @@
 # The study's metrics (scIB batch and bio, kNN classification) of every embedding, models and
-# baselines alike.
+# baselines alike. One job per (run, dataset), or with jobs_per_run one per run (one process).
 
 
-rule evaluate:
-    input:
-        embedding=lambda w: embedding_path(w.run, w.dataset),
-        # models only: the context diagnostic of the embed job (baselines reconstruct nothing)
-        reconstruction=lambda w: (
-            f"{RESULTS}/embeddings/{w.run}/{w.dataset}.reconstruction.json" if w.run in CONFIGURATIONS else []
-        ),
-    output:
-        f"{RESULTS}/metrics/{{run}}/{{dataset}}.parquet",
-    log:
-        f"{LOGS}/evaluate/{{run}}/{{dataset}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/evaluate/{{run}}/{{dataset}}.tsv"
-    conda:
-        "../../envs/evaluate.yaml"
-    threads: sized_threads("evaluate", "dataset")
-    resources:
-        **sized("evaluate", "dataset"),
-    params:
-        settings=as_json(EVAL_METRICS),
-        identity=identity_args,
-        reconstruction=lambda w, input: ["--reconstruction", input.reconstruction] if input.reconstruction else [],
-    shell:
-        "scencode evaluate --embedding {input.embedding:q} {params.reconstruction:q}"
-        " {params.identity:q} --dataset {wildcards.dataset:q} --params {params.settings:q}"
-        " --threads {threads} --out {output:q} > {log:q} 2>&1"
+def scored_datasets(run):
+    """Models are scored in distribution too (their training corpus's test split); baselines are not."""
+    return SCORED if run in CONFIGURATIONS else EVAL_DATASETS
+
+
+def metrics_path(run, dataset):
+    return f"{RESULTS}/metrics/{run}/{dataset}.parquet"
+
+
+def evaluate_inputs(run, dataset):
+    # models only: the context diagnostic of the embed job (baselines reconstruct nothing)
+    reconstruction = embed_outputs(run, dataset)["reconstruction"] if run in CONFIGURATIONS else None
+    return embedding_path(run, dataset), reconstruction
+
+
+def evaluate_argv(run, dataset, threads):
+    """`scencode evaluate` of one run's embedding of one dataset: the job's command, or one step of a batch."""
+    embedding, reconstruction = evaluate_inputs(run, dataset)
+    return [
+        *["evaluate", "--embedding", embedding, *(["--reconstruction", reconstruction] if reconstruction else [])],
+        *[*run_args(run), "--dataset", dataset, "--params", as_json(EVAL_METRICS)],
+        *["--threads", str(threads), "--out", metrics_path(run, dataset)],
+    ]
+
+
+if JOBS_PER_RUN:
+    # two rules, as models and baselines are scored on different datasets (a rule's outputs are fixed)
+    for _runs, _kind in ((list(CONFIGURATIONS), "models"), (list(BASELINES), "baselines")):
+        if not _runs:
+            continue
+        _datasets = scored_datasets(_runs[0])
+
+        rule:
+            name:
+                f"evaluate_{_kind}"
+            input:
+                lambda w: [p for d in scored_datasets(w.run) for p in evaluate_inputs(w.run, d) if p],
+            output:
+                [metrics_path("{run}", d) for d in _datasets],
+            log:
+                [f"{LOGS}/evaluate/{{run}}.batch.log", *[f"{LOGS}/evaluate/{{run}}/{d}.log" for d in _datasets]],
+            benchmark:
+                f"{LOGS}/benchmarks/evaluate/{{run}}.tsv"
+            wildcard_constraints:
+                run="|".join(re.escape(r) for r in _runs),
+            conda:
+                "../../envs/evaluate.yaml"
+            threads: sized_threads("evaluate", datasets=_datasets)
+            resources:
+                **sized("evaluate", datasets=_datasets),
+            params:
+                jobs=lambda w, threads: as_json(
+                    [
+                        {"argv": evaluate_argv(w.run, d, threads), "log": f"{LOGS}/evaluate/{w.run}/{d}.log"}
+                        for d in scored_datasets(w.run)
+                    ]
+                ),
+            shell:
+                "scencode batch --jobs {params.jobs:q} > {log[0]:q} 2>&1"
+
+else:
+
+    rule evaluate:
+        input:
+            lambda w: [p for p in evaluate_inputs(w.run, w.dataset) if p],
+        output:
+            metrics_path("{run}", "{dataset}"),
+        log:
+            f"{LOGS}/evaluate/{{run}}/{{dataset}}.log",
+        benchmark:
+            f"{LOGS}/benchmarks/evaluate/{{run}}/{{dataset}}.tsv"
+        conda:
+            "../../envs/evaluate.yaml"
+        threads: sized_threads("evaluate", "dataset")
+        resources:
+            **sized("evaluate", "dataset"),
+        params:
+            argv=lambda w, threads: evaluate_argv(w.run, w.dataset, threads),
+        shell:
+            "scencode {params.argv:q} > {log:q} 2>&1"
