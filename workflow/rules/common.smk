@@ -339,3 +339,47 @@ def tokenize_exclusions(wildcards):
     if wildcards.corpus == TRAIN_CORPUS and LEAKAGE["policy"] in ("drop", "error"):
         return f"{RESULTS}/leakage.json"
     return []
+
+
+# the embed and evaluate steps' commands: a job's own (one per run and dataset), or a step of a
+# `scencode batch` job (jobs_per_run: one per run)
+def embed_outputs(run, dataset):
+    base = f"{RESULTS}/embeddings/{run}/{dataset}"
+    return {"parquet": f"{base}.parquet", "h5ad": f"{base}.h5ad", "reconstruction": f"{base}.reconstruction.json"}
+
+
+def embed_argv(run, dataset, threads):
+    """`scencode embed` of one run on one dataset: the job's command, or one step of a batch."""
+    corpus = corpus_dir(TRAIN_CORPUS if dataset == ID_TEST else dataset)
+    out = embed_outputs(run, dataset)
+    return [
+        *["embed", "--model", model_status(run), "--corpus", corpus, "--run", run, "--dataset", dataset],
+        *(["--split", "test"] if dataset == ID_TEST else []),
+        *["--params", as_json(embed_loader(run)), "--threads", str(threads)],
+        *["--out", out["parquet"], "--h5ad", out["h5ad"], "--reconstruction", out["reconstruction"]],
+    ]
+
+
+def scored_datasets(run):
+    """Models are scored in distribution too (their training corpus's test split); baselines are not."""
+    return SCORED if run in CONFIGURATIONS else EVAL_DATASETS
+
+
+def metrics_path(run, dataset):
+    return f"{RESULTS}/metrics/{run}/{dataset}.parquet"
+
+
+def evaluate_inputs(run, dataset):
+    # models only: the context diagnostic of the embed job (baselines reconstruct nothing)
+    reconstruction = embed_outputs(run, dataset)["reconstruction"] if run in CONFIGURATIONS else None
+    return embedding_path(run, dataset), reconstruction
+
+
+def evaluate_argv(run, dataset, threads):
+    """`scencode evaluate` of one run's embedding of one dataset: the job's command, or one step of a batch."""
+    embedding, reconstruction = evaluate_inputs(run, dataset)
+    return [
+        *["evaluate", "--embedding", embedding, *(["--reconstruction", reconstruction] if reconstruction else [])],
+        *[*run_args(run), "--dataset", dataset, "--params", as_json(EVAL_METRICS)],
+        *["--threads", str(threads), "--out", metrics_path(run, dataset)],
+    ]

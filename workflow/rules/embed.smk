@@ -3,23 +3,6 @@
 # One job per (run, dataset), or with jobs_per_run one per run (its datasets in one process).
 
 
-def embed_outputs(run, dataset):
-    base = f"{RESULTS}/embeddings/{run}/{dataset}"
-    return {"parquet": f"{base}.parquet", "h5ad": f"{base}.h5ad", "reconstruction": f"{base}.reconstruction.json"}
-
-
-def embed_argv(run, dataset, threads):
-    """`scencode embed` of one run on one dataset: the job's command, or one step of a batch."""
-    corpus = corpus_dir(TRAIN_CORPUS if dataset == ID_TEST else dataset)
-    out = embed_outputs(run, dataset)
-    return [
-        *["embed", "--model", model_status(run), "--corpus", corpus, "--run", run, "--dataset", dataset],
-        *(["--split", "test"] if dataset == ID_TEST else []),
-        *["--params", as_json(embed_loader(run)), "--threads", str(threads)],
-        *["--out", out["parquet"], "--h5ad", out["h5ad"], "--reconstruction", out["reconstruction"]],
-    ]
-
-
 if JOBS_PER_RUN:
 
     rule embed:

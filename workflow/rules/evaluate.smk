@@ -2,31 +2,6 @@
 # baselines alike. One job per (run, dataset), or with jobs_per_run one per run (one process).
 
 
-def scored_datasets(run):
-    """Models are scored in distribution too (their training corpus's test split); baselines are not."""
-    return SCORED if run in CONFIGURATIONS else EVAL_DATASETS
-
-
-def metrics_path(run, dataset):
-    return f"{RESULTS}/metrics/{run}/{dataset}.parquet"
-
-
-def evaluate_inputs(run, dataset):
-    # models only: the context diagnostic of the embed job (baselines reconstruct nothing)
-    reconstruction = embed_outputs(run, dataset)["reconstruction"] if run in CONFIGURATIONS else None
-    return embedding_path(run, dataset), reconstruction
-
-
-def evaluate_argv(run, dataset, threads):
-    """`scencode evaluate` of one run's embedding of one dataset: the job's command, or one step of a batch."""
-    embedding, reconstruction = evaluate_inputs(run, dataset)
-    return [
-        *["evaluate", "--embedding", embedding, *(["--reconstruction", reconstruction] if reconstruction else [])],
-        *[*run_args(run), "--dataset", dataset, "--params", as_json(EVAL_METRICS)],
-        *["--threads", str(threads), "--out", metrics_path(run, dataset)],
-    ]
-
-
 if JOBS_PER_RUN:
     # two rules, as models and baselines are scored on different datasets (a rule's outputs are fixed)
     for _runs, _kind in ((list(CONFIGURATIONS), "models"), (list(BASELINES), "baselines")):
