@@ -89,10 +89,18 @@ def test_a_cpu_machine_asks_no_gpu_unless_told(tmp_path):
     assert gpu_jobs == gpu_stages  # the demo's tiny ESM-2 runs on a CPU
 
 
-def test_paper_config_plans_every_download_offline(tmp_path):
+@pytest.fixture(scope="module")
+def paper_dry_run(tmp_path_factory):
+    """The paper's run planned offline through the SLURM profile (one dry run for the tests that read it)."""
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    result = snakemake(tmp_path, config, "-n", "--profile", str(REPO / "slurm"))
+    workdir = tmp_path_factory.mktemp("paper_dry_run")
+    result = snakemake(workdir, config, "-n", "-p", "--profile", str(REPO / "slurm"), "--cores", "64")
     assert result.returncode == 0, result.stderr
+    return config, result
+
+
+def test_paper_config_plans_every_download_offline(paper_dry_run):
+    config, result = paper_dry_run
     jobs = planned_jobs(result)
     datasets = datasets_of(config)  # the study's lists, now one row each in config/datasets/paper_*.tsv
     roles = [spec["role"] for spec in datasets.values()]
@@ -492,17 +500,15 @@ def _job_blocks(stdout: str) -> list[dict]:
     return jobs
 
 
-def test_paper_jobs_ask_for_what_their_work_needs(tmp_path):
+def test_paper_jobs_ask_for_what_their_work_needs(paper_dry_run):
     """Offline dry run of the paper through the SLURM profile: GPU-heavy jobs carry a GPU, no job asks
     for less runtime or memory than its own estimate, rule threads are the command's threads."""
     from helpers import GPU_RULES as GPU_STAGES
 
     from scencode.plan import job_resources
 
-    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    result = snakemake(tmp_path, config, "-n", "-p", "--profile", str(REPO / "slurm"), "--cores", "64")
+    config, result = paper_dry_run
     config = {**config, "datasets": datasets_of(config)}  # sizes from the sheets' rows
-    assert result.returncode == 0, result.stderr
     jobs = _job_blocks(result.stdout)
     keys = {"download": "dataset", "qc": "dataset", "tokenize": "corpus", "embed": "dataset", "evaluate": "dataset"}
     checked = set()
