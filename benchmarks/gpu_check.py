@@ -41,8 +41,8 @@ import torch
 from scencode.atomic import write_json
 from scencode.devices import peak_flops
 from scencode.formats import SPECIAL_TOKENS, write_vocab
-from scencode.sampling import pack
 from scencode.model import Batch, CellTransformer, ModelConfig
+from scencode.sampling import pack
 from scencode.shards import FORMAT_VERSION, MANIFEST, file_sha256, footer_sha256, shard_name, shard_schema
 
 STUDY = dict(d_model=512, n_layers=12, n_heads=8, d_ff=1024, dropout=0.1)
