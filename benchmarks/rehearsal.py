@@ -61,7 +61,8 @@ def rule_stages() -> dict[str, tuple[str, str | None]]:
     """Rule → (the plan's stage, the wildcard naming its dataset or corpus) for rules sized by the plan."""
     out = {}
     for path in (REPO / "workflow" / "rules").glob("*.smk"):
-        for rule, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", path.read_text(), re.M | re.S):
+        # a rule may be indented under an `if` (embed and evaluate: one job per dataset, or per run)
+        for rule, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule |\Z)", path.read_text(), re.M | re.S):
             sized = re.search(r'sized\("(\w+)"(?:, "(\w+)")?\)', body)
             if sized:
                 out[rule] = (sized.group(1), sized.group(2))
