@@ -163,8 +163,11 @@ def check_outputs(function, args: dict) -> None:
             check_writable(args[name], folder=marker.folder)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     argv = sys.argv[1:] if argv is None else list(argv)
     step = next((a for a in argv if not a.startswith("-")), None)
     parser, settings = build_parser(step if step in STEPS else None)
@@ -199,7 +202,7 @@ def batch(jobs: list[dict]) -> None:
     for i, (argv, log_path) in enumerate(checked, 1):
         with log_path.open("w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             handlers, root.handlers = root.handlers, [logging.StreamHandler(log)]
-            root.handlers[0].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root.handlers[0].setFormatter(logging.Formatter(LOG_FORMAT))
             try:
                 code = main(argv)
             except Exception:  # a step's own failure, not the batch's: its traceback goes to its log
@@ -214,10 +217,7 @@ def batch(jobs: list[dict]) -> None:
 
 
 def _batch_job(job, i: int) -> tuple[list[str], Path]:
-    argv, log_path = (
-        job.get("argv") if isinstance(job, dict) else None,
-        job.get("log") if isinstance(job, dict) else None,
-    )
+    argv, log_path = (job.get("argv"), job.get("log")) if isinstance(job, dict) else (None, None)
     if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv) and isinstance(log_path, str)):
         raise ScencodeError(f'batch job {i}: expected {{"argv": [step, flags…], "log": path}}, got {str(job)[:120]}')
     if argv[0] not in STEPS or argv[0] == "batch":

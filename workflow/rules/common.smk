@@ -114,8 +114,17 @@ def corpus_datasets(corpus):
 
 
 def embedded_corpus(wildcards):
+    return embedded_corpus_of(wildcards.dataset)
+
+
+def embedded_corpus_of(dataset):
     """The corpus a dataset's embedding is read from: its own, or the training corpus's test split."""
-    return corpus_dir(TRAIN_CORPUS if wildcards.dataset == ID_TEST else wildcards.dataset)
+    return corpus_dir(TRAIN_CORPUS if dataset == ID_TEST else dataset)
+
+
+def step_log(stage, run, dataset):
+    """A per-dataset step's log: the job's own, or one step's of a `scencode batch` job."""
+    return f"{LOGS}/{stage}/{run}/{dataset}.log"
 
 
 def corpus_inputs(corpus):
@@ -350,7 +359,7 @@ def embed_outputs(run, dataset):
 
 def embed_argv(run, dataset, threads):
     """`scencode embed` of one run on one dataset: the job's command, or one step of a batch."""
-    corpus = corpus_dir(TRAIN_CORPUS if dataset == ID_TEST else dataset)
+    corpus = embedded_corpus_of(dataset)
     out = embed_outputs(run, dataset)
     return [
         *["embed", "--model", model_status(run), "--corpus", corpus, "--run", run, "--dataset", dataset],

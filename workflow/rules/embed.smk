@@ -8,11 +8,11 @@ if JOBS_PER_RUN:
     rule embed:
         input:
             model=model_status(),
-            corpora=[corpus_dir(TRAIN_CORPUS if d == ID_TEST else d) for d in SCORED],
+            corpora=[embedded_corpus_of(d) for d in SCORED],
         output:
             [path for d in SCORED for path in embed_outputs("{run}", d).values()],
         log:
-            [f"{LOGS}/embed/{{run}}.batch.log", *[f"{LOGS}/embed/{{run}}/{d}.log" for d in SCORED]],
+            [f"{LOGS}/embed/{{run}}.batch.log", *[step_log("embed", "{run}", d) for d in SCORED]],
         benchmark:
             f"{LOGS}/benchmarks/embed/{{run}}.tsv"
         conda:
@@ -22,7 +22,7 @@ if JOBS_PER_RUN:
             **sized("embed", datasets=SCORED),
         params:
             jobs=lambda w, threads: as_json(
-                [{"argv": embed_argv(w.run, d, threads), "log": f"{LOGS}/embed/{w.run}/{d}.log"} for d in SCORED]
+                [{"argv": embed_argv(w.run, d, threads), "log": step_log("embed", w.run, d)} for d in SCORED]
             ),
         shell:
             "scencode batch --jobs {params.jobs:q} > {log[0]:q} 2>&1"
@@ -36,7 +36,7 @@ else:
         output:
             **embed_outputs("{run}", "{dataset}"),
         log:
-            f"{LOGS}/embed/{{run}}/{{dataset}}.log",
+            step_log("embed", "{run}", "{dataset}"),
         benchmark:
             f"{LOGS}/benchmarks/embed/{{run}}/{{dataset}}.tsv"
         conda:

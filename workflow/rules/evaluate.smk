@@ -17,7 +17,7 @@ if JOBS_PER_RUN:
             output:
                 [metrics_path("{run}", d) for d in _datasets],
             log:
-                [f"{LOGS}/evaluate/{{run}}.batch.log", *[f"{LOGS}/evaluate/{{run}}/{d}.log" for d in _datasets]],
+                [f"{LOGS}/evaluate/{{run}}.batch.log", *[step_log("evaluate", "{run}", d) for d in _datasets]],
             benchmark:
                 f"{LOGS}/benchmarks/evaluate/{{run}}.tsv"
             wildcard_constraints:
@@ -30,7 +30,7 @@ if JOBS_PER_RUN:
             params:
                 jobs=lambda w, threads: as_json(
                     [
-                        {"argv": evaluate_argv(w.run, d, threads), "log": f"{LOGS}/evaluate/{w.run}/{d}.log"}
+                        {"argv": evaluate_argv(w.run, d, threads), "log": step_log("evaluate", w.run, d)}
                         for d in scored_datasets(w.run)
                     ]
                 ),
@@ -45,7 +45,7 @@ else:
         output:
             metrics_path("{run}", "{dataset}"),
         log:
-            f"{LOGS}/evaluate/{{run}}/{{dataset}}.log",
+            step_log("evaluate", "{run}", "{dataset}"),
         benchmark:
             f"{LOGS}/benchmarks/evaluate/{{run}}/{{dataset}}.tsv"
         conda:
