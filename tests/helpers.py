@@ -70,7 +70,7 @@ def write_status(folder: Path, configuration: str = "learned-soft-s0", **overrid
         still_improving=True,
         warnings=[],
         calibration={},
-        ranks={"world_size": 1, "repeated_cells": 0},
+        ranks={"world_size": 1},
         component_rms={"start": {}, "end": {}},
         cost={},
     )

@@ -63,6 +63,33 @@ def test_two_workers_times_two_ranks_see_every_training_cell_once(demo_corpus):
     assert set(seen) == corpus_cells(corpus) and max(seen.values()) == 1
 
 
+def test_ranks_and_workers_take_turns_in_one_stream(demo_corpus):
+    """The stream is the same whatever the ranks and workers: rank r of W holds positions ≡ r mod W."""
+    corpus, _ = demo_corpus
+
+    def stream(rank=0, world=1, workers=0):
+        ds = ShardBatches(corpus, "train", CFG, epoch=2, rank=rank, world_size=world, with_cell_ids=True)
+        return [b.meta["cell_id"] for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)]
+
+    whole = stream()
+    assert stream(workers=2) == whole
+    for world in (2, 3):
+        for rank in range(world):
+            assert stream(rank, world, workers=2 if rank == 1 else 0) == whole[rank::world]
+
+
+def test_validation_stops_at_the_same_cells_on_any_number_of_ranks(demo_corpus):
+    corpus, _ = demo_corpus
+
+    def cells(rank=0, world=1):
+        ds = ShardBatches(corpus, "val", CFG, rank=rank, world_size=world, shuffle=False, max_cells=40)
+        return [b.n_cells for b in ds]
+
+    one = cells()
+    assert sum(one[:-1]) < 40 <= sum(one)  # whole batches, until 40 cells are reached
+    assert sorted(cells(0, 2) + cells(1, 2)) == sorted(one)
+
+
 def test_stream_is_deterministic_and_resumable_mid_epoch(demo_corpus):
     corpus, _ = demo_corpus
 

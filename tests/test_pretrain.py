@@ -3,7 +3,6 @@ import math
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -326,44 +325,6 @@ def test_unknown_encoder_from_the_cli_lists_the_registered_ones(demo_corpus, tmp
     )
     assert result.returncode == 1 and "unknown expression encoding 'quantum'; registered:" in result.stderr
     assert not (tmp_path / "best.pt").exists()
-
-
-def test_two_processes_train_with_ddp(demo_corpus, tmp_path):
-    corpus, vocab = demo_corpus
-    params = {
-        "model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "log"},
-        "loader": SMALL_LOADER,
-        "train": {**SMALL_TRAIN, "max_steps": 6},
-    }
-    torchrun = Path(sys.executable).parent / "torchrun"
-    result = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "scencode",
-            "pretrain",
-            "--name",
-            "learned-log-s3",
-            "--corpus",
-            str(corpus),
-            "--vocab",
-            str(vocab),
-            "--out",
-            str(tmp_path),
-            "--threads",
-            "1",
-            "--params",
-            json.dumps(params),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.load(tmp_path / "best.pt", weights_only=True)["state"]["step"] <= 6
-    assert pq.read_table(tmp_path / "train_log.parquet").to_pandas().step.max() == 6
 
 
 def test_a_learning_rate_far_too_high_diverges_without_a_checkpoint(demo_corpus, tmp_path):

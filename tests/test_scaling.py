@@ -48,12 +48,11 @@ def test_the_loader_counts_a_subsets_batches_as_it_delivers_them(demo_corpus):
     corpus, _ = demo_corpus
     subset = draw_train_subset(corpus, 100)
     cfg = LoaderConfig(batch_size=16, context=32, seed=3, bucket_batches=2)
-    data = ShardBatches(corpus, "train", cfg, world_size=2, subset=subset)
-    counted = data.batches_per_rank(1)
+    counted = ShardBatches(corpus, "train", cfg, subset=subset).count_batches()
     delivered = [
         sum(1 for _ in ShardBatches(corpus, "train", cfg, rank=r, world_size=2, subset=subset)) for r in range(2)
     ]
-    assert counted == delivered
+    assert counted == sum(delivered) and delivered[0] - delivered[1] in (0, 1)
 
 
 @pytest.mark.parametrize("size, message", [(10**9, "exceeds the"), (12.5, "whole number"), (0.0, "fraction")])

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,6 @@ class State:
     last_val_step: int | None = None
     last_val: float = math.nan
     bad_evals: int = 0
-    repeated_cells: int = 0  # this rank's cells seen twice in an epoch to even out the ranks' shares
     rms_start: dict = field(default_factory=dict)  # gene / expression embedding RMS after calibration
     calibration: dict = field(default_factory=dict)
     # running sums since the last log row (kept across a resume so logged losses match)
@@ -43,8 +42,9 @@ class State:
     window_masked: int = 0
     window_tokens: int = 0
     window_cells: int = 0
-    # what the run cost, over every resume: seconds in the training loop, this rank's real tokens and cells
+    # what the run cost, over every resume: seconds in the training loop, real tokens and cells (all ranks)
     train_seconds: float = 0.0
+    device_seconds: float = 0.0  # train_seconds × the ranks that ran them (a resume may run on another number)
     tokens_seen: int = 0
     cells_seen: int = 0
     log: dict = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})  # train_log.parquet's rows
@@ -141,7 +141,8 @@ class CheckpointStore:
         optim.scheduler.load_state_dict(ckpt.scheduler)
         optim.scaler.load_state_dict(ckpt.scaler)
         torch.set_rng_state(torch.as_tensor(ckpt.rng))
-        state = State(**ckpt.state)
+        known = {f.name for f in fields(State)}  # a field an older version wrote and this one dropped is let go
+        state = State(**{k: v for k, v in ckpt.state.items() if k in known})
         log.info("resumed %s at step %d (epoch %d)", self.name, state.step, state.epoch)
         return state
 

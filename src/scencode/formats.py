@@ -205,7 +205,7 @@ class RunStatus:
     still_improving: bool
     warnings: list[str]
     calibration: dict
-    ranks: dict  # world_size, repeated_cells
+    ranks: dict  # world_size
     component_rms: dict  # start, end: gene / expression embedding RMS
     cost: dict
     note: str = ""

@@ -1,9 +1,12 @@
 """Training batches from Parquet token shards.
 
-Work is split in units of (shard, row group). Each epoch the units are shuffled with the seed and
-dealt round-robin to the (rank × dataloader worker) readers, so every cell of the split is seen
-exactly once per epoch across all processes. Inside a reader, cells pass through a shuffle buffer;
-each buffer is cut into batches of cells of similar length (length bucketing: less padding).
+One stream of batches per split and epoch, the same whatever the number of training processes
+(ranks) and DataLoader workers: the (shard, row group) units are shuffled with the seed, read in
+that order through a shuffle buffer, and each buffer is cut into batches of cells of similar length
+(length bucketing: less padding). Rank r of W keeps the batches at positions i ≡ r (mod W) and
+builds only those (the sampling and x̃, two thirds of a batch's CPU cost); its DataLoader workers
+take its batches in turn. Every reader decodes the whole stream's row groups (a third of the cost),
+so a run on W GPUs takes the same batches, in the same optimiser steps, as a run on one.
 
 Batches come in one of two layouts (``LoaderConfig.layout``): ``packed`` (the default) holds only
 real tokens, cell after cell, with ``offsets`` (cells + 1) marking where each cell starts; ``padded``
@@ -11,9 +14,9 @@ holds (cells, longest cell) arrays with a ``valid`` mask. Same cells, genes and 
 the model runs on both (``model.Padded`` / ``model.Packed``).
 
 All randomness (which K of a cell's M genes, which positions are masked, the shuffles) comes from
-keyed hashes of (seed, epoch, cell, gene) or from generators seeded by (seed, epoch, reader), never
-from global state: the stream is deterministic and a resumed run can skip exactly the batches it
-has already used.
+keyed hashes of (seed, epoch, cell, gene) or from generators seeded by (seed, epoch), never from
+global state: the stream is deterministic and a resumed run can skip exactly the batches it has
+already used.
 """
 
 from __future__ import annotations
@@ -131,9 +134,10 @@ def units(corpus_dir: Path) -> list[tuple[str, int]]:
     return out
 
 
-def reader_units(all_units: list, epoch: int, seed: int, reader: int, n_readers: int) -> list:
-    order = np.random.default_rng([seed, epoch, 0]).permutation(len(all_units))
-    return [all_units[i] for i in order[reader::n_readers]]
+def unit_order(all_units: list, epoch: int, seed: int, shuffle: bool) -> list:
+    if not shuffle:
+        return list(all_units)
+    return [all_units[i] for i in np.random.default_rng([seed, epoch, 0]).permutation(len(all_units))]
 
 
 def to_batch(sample: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfig) -> Batch:
@@ -144,10 +148,12 @@ def to_batch(sample: dict[str, np.ndarray], totals: np.ndarray, cfg: LoaderConfi
 
 
 class ShardBatches(torch.utils.data.IterableDataset):
-    """Batches of one split for one rank; DataLoader workers split the rank's share further.
+    """Rank ``rank`` of ``world_size``'s batches of one split (positions i ≡ rank mod world_size of
+    the split's stream); DataLoader workers take the rank's batches in turn.
 
-    ``skip_batches`` resumes mid-epoch: the first batches of the rank's stream are read but not
-    yielded (batches are dealt round-robin to workers, as DataLoader consumes them)."""
+    ``skip_batches`` resumes mid-epoch: the stream's first batches (counted over all ranks) are
+    passed over unbuilt. ``max_cells`` ends the stream before the batch that would start past that
+    many cells (counted over all ranks: validation's ``val_cells``)."""
 
     def __init__(
         self,
@@ -163,13 +169,14 @@ class ShardBatches(torch.utils.data.IterableDataset):
         with_cell_ids: bool = False,
         columns: tuple[str, ...] = (),
         subset: TrainSubset | None = None,
+        max_cells: int | None = None,
     ):
         cfg.validate()
         self.subset = subset
         self.corpus_dir, self.split, self.cfg = Path(corpus_dir), split, cfg
         self.epoch, self.rank, self.world_size = epoch, rank, world_size
         self.skip_batches, self.mask, self.shuffle = skip_batches, mask, shuffle
-        self.with_cell_ids, self.columns = with_cell_ids, columns
+        self.with_cell_ids, self.columns, self.max_cells = with_cell_ids, columns, max_cells
         self.units = units(self.corpus_dir)
         self.shards = {shard["file"]: shard for shard in read_manifest(self.corpus_dir)["shards"]}
         self._buffers: dict[str, np.ndarray] = {}
@@ -177,52 +184,39 @@ class ShardBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        # DataLoader takes batches from workers 0, 1, … in turn; after skipping, the next batch is
-        # role (skip mod n)'s, so roles rotate to make worker 0 play it
-        role = (worker + self.skip_batches) % n_workers
-        reader = self.rank * n_workers + role
-        skip = len(range(role, self.skip_batches, n_workers))
-        for i, batch in enumerate(self._batches(reader, self.world_size * n_workers)):
-            if i >= skip:
-                yield batch
+        own = cells = 0
+        for position, (pool, index) in enumerate(self._plans()):
+            if self.max_cells is not None and cells >= self.max_cells:
+                return
+            cells += len(index)
+            if position < self.skip_batches or position % self.world_size != self.rank:
+                continue
+            if own % n_workers == worker:  # DataLoader takes batches from workers 0, 1, … in turn
+                yield pool.batch(index, self.epoch, self.cfg, self.mask)
+            own += 1
 
-    def batches_per_rank(self, n_workers: int) -> list[int]:
-        """How many batches each rank's stream holds this epoch (all its DataLoader workers
-        together), counted from the split column alone with the same pooling as :meth:`_batches`."""
+    def count_batches(self) -> int:
+        """How many batches the split's stream holds this epoch (all ranks together), counted from
+        the split column alone with the same pooling as :meth:`_plans`."""
         columns = ["split", *(["dataset_id", "cell_id"] if self.subset else [])]
-        in_split = {}
-        for file, group in self.units:
+        pool_cells = self.cfg.batch_size * self.cfg.bucket_batches
+        batches = pooled = 0
+        for file, group in unit_order(self.units, self.epoch, self.cfg.seed, self.shuffle):
             table = read_shard(self.corpus_dir, self.shards[file], columns, row_group=group)
-            in_split[file, group] = int(self._selected(table).sum())
-        n_readers = self.world_size * n_workers
-        per_reader = []
-        for reader in range(n_readers):
-            my_units = (
-                reader_units(self.units, self.epoch, self.cfg.seed, reader, n_readers)
-                if self.shuffle
-                else self.units[reader::n_readers]
-            )
-            batches, pooled = 0, 0
-            for unit in my_units:
-                pooled += in_split[unit]
-                if pooled >= self.cfg.batch_size * self.cfg.bucket_batches:
-                    batches, pooled = batches + -(-pooled // self.cfg.batch_size), 0
-            per_reader.append(batches + -(-pooled // self.cfg.batch_size))
-        return [sum(per_reader[r * n_workers : (r + 1) * n_workers]) for r in range(self.world_size)]
+            pooled += int(self._selected(table).sum())
+            if pooled >= pool_cells:
+                batches, pooled = batches + -(-pooled // self.cfg.batch_size), 0
+        return batches + -(-pooled // self.cfg.batch_size)
 
-    def _batches(self, reader: int, n_readers: int) -> Iterator[Batch]:
+    def _plans(self) -> Iterator[tuple[_Pool, np.ndarray]]:
+        """The stream: each batch as (its pool, its cells' rows in the pool), built only when kept."""
         cfg = self.cfg
-        rng = np.random.default_rng([cfg.seed, self.epoch, 1 + reader])
-        my_units = (
-            reader_units(self.units, self.epoch, cfg.seed, reader, n_readers)
-            if self.shuffle
-            else self.units[reader::n_readers]
-        )
+        rng = np.random.default_rng([cfg.seed, self.epoch, 1])
         pool_cells = cfg.batch_size * cfg.bucket_batches
         tables: list[pa.Table] = []
         keep: list[np.ndarray] = []
         pooled = 0
-        for table, in_split in self._read(my_units):
+        for table, in_split in self._read(unit_order(self.units, self.epoch, cfg.seed, self.shuffle)):
             tables.append(table)
             keep.append(in_split)
             pooled += int(in_split.sum())
@@ -255,10 +249,12 @@ class ShardBatches(torch.utils.data.IterableDataset):
             keep &= self.subset.keep(table.column("dataset_id"), table.column("cell_id"))
         return keep
 
-    def _bucket(self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator) -> Iterator[Batch]:
+    def _bucket(
+        self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator
+    ) -> Iterator[tuple[_Pool, np.ndarray]]:
         pool = _Pool(table, in_split, self.with_cell_ids, self.columns, self._buffers)
         for index in batch_order(pool.lengths, self.cfg, self.shuffle, rng):
-            yield pool.batch(index, self.epoch, self.cfg, self.mask)
+            yield pool, index
 
 
 def batch_order(lengths: np.ndarray, cfg: LoaderConfig, shuffle: bool, rng: np.random.Generator) -> list[np.ndarray]:

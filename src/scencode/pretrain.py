@@ -5,7 +5,8 @@ vector and the model predicts x̃ there (MSE). AdamW, cosine schedule with warmu
 accumulation, grad-norm clipping, mixed precision on CUDA (bf16, else fp16 with a grad scaler),
 validation every N steps, early stopping, ``best.pt`` by validation loss, ``last.pt`` every N steps
 and on SIGTERM/SIGUSR1 (SLURM preemption), automatic resume from ``last.pt``. Several GPUs: launch
-with torchrun; DDP is used when WORLD_SIZE > 1.
+with torchrun (the workflow does: ``pretrain.gpus``); DDP is used when WORLD_SIZE > 1, and the
+global batch (``batch_size × grad_accum``) is the same on any number of processes (``ranks``).
 
 Read ``setup`` (what a run holds) and ``fit`` (the loop) first. The pieces they use live beside:
 ``checkpoints`` (the loop's state, the store of best.pt/last.pt, the run's identity), ``ranks``
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +35,7 @@ from .errors import ScencodeError
 from .formats import load_vocab, write_run_status
 from .loader import ShardBatches, draw_train_subset
 from .model import Batch, CellTransformer
-from .ranks import Ranks, RankSchedule, optimizer_steps
+from .ranks import Ranks, RankSchedule
 from .run_config import LoaderConfig, ModelConfig, RunSettings, TrainConfig, needs_gene_table
 from .run_report import component_rms, log_row, log_training, run_status, write_log
 from .shards import verify_corpus
@@ -136,7 +138,7 @@ def setup(spec: RunSpec) -> Run:
         parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1])
     )
     schedule = RankSchedule(spec, ranks, subset)
-    steps_per_epoch = schedule.steps_per_epoch(cfg.grad_accum)
+    steps_per_epoch = schedule.steps_per_epoch()
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, cfg, total_steps))
     amp = autocast_dtype(cfg.precision, ranks.device)
@@ -173,20 +175,21 @@ def fit(run: Run) -> State:
         while not finished(run):
             run.model.train()
             window = clock = time.perf_counter()
-            for micro_batches in optimizer_steps(run.schedule.batches(st), cfg.grad_accum):
-                grad_norm = train_step(run, micro_batches)
+            for step in run.schedule.steps(st):
+                grad_norm = train_step(run, step.batches)
                 if grad_norm is None:  # diverged (on_nonfinite: finish)
                     break
-                st.step += 1
+                st.step, st.batches_in_epoch = st.step + 1, st.batches_in_epoch + step.micro_batches
                 now = time.perf_counter()
-                st.train_seconds, clock = st.train_seconds + now - clock, now  # validation and checkpoints included
+                st.train_seconds += now - clock  # validation and checkpoints included
+                st.device_seconds, clock = st.device_seconds + (now - clock) * run.ranks.world, now
                 if st.step % cfg.log_every == 0 or st.step == run.total_steps:
                     log_training(run, grad_norm, seconds=now - window)
                     window = time.perf_counter()
                 if cfg.val_every and st.step % cfg.val_every == 0:
                     validate(run)
                     run.model.train()
-                stopping = stop_requested()
+                stopping = run.ranks.agree_to_stop(stop_requested())
                 if st.step % cfg.checkpoint_every == 0 or stopping:
                     run.store.save("last.pt", run.optim, st)
                     write_log(run)
@@ -219,9 +222,8 @@ def finish(run: Run) -> State:
             run.store.save("best.pt", run.optim, st)
         run.store.save("last.pt", run.optim, st)
     write_log(run)
-    repeated = int(run.ranks.sum(torch.tensor([st.repeated_cells], device=run.ranks.device)).item())  # every rank
     if run.ranks.writes:
-        write_run_status(run_status(run, repeated), run.out / "model.json")
+        write_run_status(run_status(run), run.out / "model.json")
     run.ranks.leave()
     return st
 
@@ -235,28 +237,36 @@ def train_step(run: Run, micro_batches: list[Batch]) -> float | None:
 
 def accumulate_gradients(run: Run, micro_batches: list[Batch]) -> bool:
     """Backward passes of one step. Its loss is the mean over every masked token of its
-    micro-batches (and ranks): each micro-batch's squared-error sum is divided by the step's token
-    count, so a token of a short cell weighs as much as one of a long cell whatever the bucketing.
-    False: the loss became non-finite (``diverged`` has dealt with it)."""
-    st, world = run.state, run.ranks.world
-    batches = [b.to(run.ranks.device) for b in micro_batches]
-    n_masked = run.ranks.sum(torch.stack([(b.masked & b.real).sum() for b in batches]).sum().double())
-    scale = world / n_masked.clamp(min=1)  # DDP averages gradients over ranks
+    micro-batches on every rank: each micro-batch's squared-error sum is divided by the step's
+    token count, so a token of a short cell weighs as much as one of a long cell whatever the
+    bucketing or the number of ranks. A rank with no micro-batch in the step (an epoch's last,
+    partial step) runs the first probe batch with weight 0, so DDP's all-reduce happens everywhere.
+    False: the loss became non-finite on some rank (``diverged`` has dealt with it)."""
+    st, ranks = run.state, run.ranks
+    batches, weight = [b.to(ranks.device) for b in micro_batches], 1.0
+    if not batches:
+        batches, weight = run.probe[:1], 0.0
+    local = [sum(int((b.masked & b.real).sum()) for b in batches), sum(int(b.real.sum()) for b in batches)]
+    local = [weight * n for n in (*local, sum(b.n_cells for b in batches))]
+    masked, tokens, cells = (int(n) for n in ranks.sum(torch.tensor(local, dtype=torch.float64, device=ranks.device)))
+    scale = ranks.world * weight / max(1, masked)  # DDP averages gradients over ranks
+    sse_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
+    model = run.optim.step_model
     for i, batch in enumerate(batches):
-        sync = world == 1 or i == len(batches) - 1
-        model = run.optim.step_model
-        with model.no_sync() if isinstance(model, DistributedDataParallel) and not sync else contextlib.nullcontext():
-            with autocast(run.ranks.device, run.amp):
-                _, sse, n = run.optim.step_model(batch)
-            if not torch.isfinite(sse):
-                diverged(run, sse / n.clamp(min=1))
-                return False
-            run.optim.scaler.scale(sse * scale).backward()
-        tokens = int(batch.real.sum())
-        st.window_sse, st.window_masked = st.window_sse + float(sse.detach()), st.window_masked + int(n)
-        st.window_tokens, st.window_cells = st.window_tokens + tokens, st.window_cells + batch.n_cells
-        st.tokens_seen, st.cells_seen = st.tokens_seen + tokens, st.cells_seen + batch.n_cells
-    st.batches_in_epoch += len(batches)
+        sync = i == len(batches) - 1 or not isinstance(model, DistributedDataParallel)
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast(ranks.device, run.amp):
+                _, sse, _ = model(batch)
+            sse_sum += weight * sse.detach().double()
+            if torch.isfinite(sse) or ranks.world > 1:  # every rank runs every backward: none waits alone
+                run.optim.scaler.scale(sse * scale).backward()
+    sse_sum = ranks.sum(sse_sum)
+    if not torch.isfinite(sse_sum):
+        diverged(run, sse_sum / max(1, masked))
+        return False
+    st.window_sse, st.window_masked = st.window_sse + float(sse_sum), st.window_masked + masked
+    st.window_tokens, st.window_cells = st.window_tokens + tokens, st.window_cells + cells
+    st.tokens_seen, st.cells_seen = st.tokens_seen + tokens, st.cells_seen + cells
     return True
 
 
@@ -276,18 +286,21 @@ def validate(run: Run) -> float:
     spec, st, ranks = run.spec, run.state, run.ranks
     run.model.eval()
     data = ShardBatches(
-        spec.corpus, "val", spec.loader, epoch=0, rank=ranks.rank, world_size=ranks.world, shuffle=False
+        spec.corpus,
+        "val",
+        spec.loader,
+        epoch=0,
+        rank=ranks.rank,
+        world_size=ranks.world,
+        shuffle=False,
+        max_cells=spec.train.val_cells,
     )
     total = torch.zeros(2, dtype=torch.float64, device=ranks.device)
-    seen = 0
     for batch in data:
-        if seen >= spec.train.val_cells // ranks.world:
-            break
         batch = batch.to(ranks.device)
         with autocast(ranks.device, run.amp):
             _, sse, n = run.model(batch)
         total += torch.stack([sse.double(), n.double()])
-        seen += batch.n_cells
     ranks.sum(total)
     st.last_val_step = st.step
     if total[1] == 0:
@@ -328,12 +341,22 @@ def run(
     params: dict | None = None,
     gene_embeddings: Path | None = None,
     threads: int | None = None,
-) -> State:
+    gpus: int = 1,
+    nodes: int = 1,
+) -> State | None:
     """Pretrain one encoding configuration into folder ``out`` (best.pt, last.pt, train_log.parquet,
     model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
-    ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one."""
+    ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one.
+    ``gpus`` × ``nodes`` > 1: the step starts itself again under torchrun, one process per GPU
+    (``launch``; on CPUs, processes with gloo); ``threads`` are each process's."""
 
+    from .launch import relaunch, under_torchrun
     from .settings import torch_threads
+
+    if gpus * nodes > 1 and not under_torchrun():
+        if sys.argv[1:2] != ["pretrain"]:
+            raise ScencodeError("pretrain: several GPUs are started from the command line (scencode pretrain --gpus)")
+        relaunch(gpus, nodes, sys.argv[1:])
 
     # the vocabulary's size is known once setup reads it; the model validates itself then
     settings = RunSettings.from_params(params, vocab_size=0)

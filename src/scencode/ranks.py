@@ -1,12 +1,12 @@
 """The training processes (ranks) and which micro-batches each runs: torchrun's RANK and
-WORLD_SIZE, the process group, and a schedule that gives every rank as many batches as the largest
-share (the loader deals row groups to ranks)."""
+WORLD_SIZE, the process group, and the schedule that cuts the epoch's one stream of micro-batches
+into optimiser steps and gives each rank its part of every step."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,66 +55,79 @@ class Ranks:
             dist.all_reduce(tensor)
         return tensor
 
+    def agree_to_stop(self, reason: str | None) -> str | None:
+        """A stop signal reaches the ranks at different steps; all stop at the first step any has
+        seen one (a rank that went on alone would wait in the next all-reduce for ever)."""
+        if self.world == 1:
+            return reason
+        flag = self.sum(torch.tensor([1.0 if reason else 0.0], device=self.device))
+        return reason or ("a stop signal on another rank" if flag.item() else None)
+
     def leave(self) -> None:
         if self.world > 1:
             dist.barrier()
             dist.destroy_process_group()
 
 
+@dataclass
+class Step:
+    """One optimiser step: this rank's micro-batches of it, and how many it has on all ranks."""
+
+    batches: list[Batch]
+    micro_batches: int
+
+
 class RankSchedule:
-    """Which training micro-batches each rank runs. Row groups are dealt to ranks, so their shares
-    differ by a few batches; every rank runs as many as the largest share (none waits in an
-    all-reduce for one that has finished, and no cell is left out): a shorter share goes round
-    again from its start, and the cells it sees twice are counted (``State.repeated_cells``)."""
+    """Which training micro-batches each rank runs. An epoch is one stream of micro-batches (the
+    loader's, the same for any number of ranks and workers); an optimiser step is ``grad_accum``
+    consecutive ones, and rank r of W runs those at positions ≡ r (mod W). So the global batch is
+    ``batch_size × grad_accum`` whatever W, and a run on W processes takes the steps a run on one
+    does, on the same cells. ``grad_accum`` must be a multiple of W. In the epoch's last, partial
+    step a rank may have no micro-batch: it gets an empty list (the trainer then runs a
+    zero-weight pass, so DDP's gradient all-reduce still happens on every rank)."""
 
     def __init__(self, spec: RunSpec, ranks: Ranks, subset: TrainSubset | None):
         self.corpus, self.loader, self.subset = spec.corpus, spec.loader, subset
         self.rank, self.world = ranks.rank, ranks.world
-        self.workers = spec.train.num_workers
-        self._shares: dict[int, list[int]] = {}
-
-    def shares(self, epoch: int) -> list[int]:
-        """Batches in each rank's share of an epoch, counted once per epoch."""
-        if epoch not in self._shares:
-            data = ShardBatches(
-                self.corpus, "train", self.loader, epoch=epoch, world_size=self.world, subset=self.subset
+        self.workers, self.accum = spec.train.num_workers, spec.train.grad_accum
+        if self.accum % self.world:
+            multiple = -(-self.accum // self.world) * self.world
+            raise ScencodeError(
+                f"train.grad_accum {self.accum} is the micro-batches of one optimiser step over all "
+                f"{self.world} processes and must be a multiple of them (each runs grad_accum / "
+                f"processes); use grad_accum {multiple}, or a number of GPUs that divides {self.accum}"
             )
-            self._shares[epoch] = data.batches_per_rank(max(1, self.workers))
-        return self._shares[epoch]
+        self._counts: dict[int, int] = {}
 
-    def steps_per_epoch(self, grad_accum: int) -> int:
+    def micro_batches(self, epoch: int) -> int:
+        """Micro-batches in the epoch's stream (all ranks), counted once per epoch."""
+        if epoch not in self._counts:
+            data = ShardBatches(self.corpus, "train", self.loader, epoch=epoch, subset=self.subset)
+            self._counts[epoch] = data.count_batches()
+        return self._counts[epoch]
+
+    def steps_per_epoch(self) -> int:
         """Exact for epoch 0 (later epochs' pools may fall a step differently); an epoch ends with
         a partial step on its leftover micro-batches, so no gradient crosses into the next."""
-        return max(1, math.ceil(max(self.shares(0)) / grad_accum))
+        return max(1, math.ceil(self.micro_batches(0) / self.accum))
 
-    def batches(self, state: State) -> Iterator[Batch]:
-        """This rank's micro-batches for the rest of ``state.epoch``, from ``state.batches_in_epoch``."""
-        shares = self.shares(state.epoch)
-        own, target = shares[self.rank], max(shares)
-        if target == 0:
+    def steps(self, state: State) -> Iterator[Step]:
+        """The rest of ``state.epoch``'s optimiser steps, from micro-batch ``state.batches_in_epoch``
+        (counted over all ranks: a step boundary, so a run resumes on any number of ranks)."""
+        total = self.micro_batches(state.epoch)
+        if total == 0:
             raise ScencodeError("no training cells in the corpus (split 'train' is empty)", self.corpus)
-        if own == 0:
+        if state.batches_in_epoch % self.accum and state.batches_in_epoch < total:
             raise ScencodeError(
-                f"rank {self.rank} has no training cells in epoch {state.epoch}: the corpus has fewer "
-                f"row groups than ranks × loader workers ({self.world} × {self.workers}); "
-                "use fewer workers or smaller row groups (tokenize.row_group_cells)",
+                f"the checkpoint stopped at micro-batch {state.batches_in_epoch} of epoch {state.epoch}, "
+                f"not at an optimiser step of grad_accum {self.accum}",
                 self.corpus,
             )
-        done = state.batches_in_epoch
-        while done < target:
-            lap, skip = divmod(done, own)
-            for batch in self._loader(state.epoch, skip):
-                if lap:
-                    state.repeated_cells += batch.n_cells
-                yield batch
-                done += 1
-                if done == target:
-                    return
-            if done % own:
-                raise ScencodeError(
-                    f"rank {self.rank} read {done % own} batches of epoch {state.epoch}, {own} were counted",
-                    self.corpus,
-                )
+        mine = iter(self._loader(state.epoch, state.batches_in_epoch))
+        for first in range(state.batches_in_epoch, total, self.accum):
+            in_step = min(self.accum, total - first)
+            batches = [next(mine) for _ in range(first + self.rank, first + in_step, self.world)]
+            yield Step(batches, in_step)
 
     def _loader(self, epoch: int, skip: int) -> torch.utils.data.DataLoader:
         data = ShardBatches(
@@ -133,15 +146,3 @@ class RankSchedule:
             num_workers=self.workers,
             generator=torch.Generator().manual_seed(self.loader.seed),
         )
-
-
-def optimizer_steps(batches: Iterable[Batch], grad_accum: int) -> Iterator[list[Batch]]:
-    """Micro-batches grouped by optimiser step; the last group may be shorter (a partial step)."""
-    group = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == grad_accum:
-            yield group
-            group = []
-    if group:
-        yield group

@@ -62,7 +62,7 @@ def component_rms(model: CellTransformer, probe: list[Batch]) -> dict[str, float
     return {k: float(np.mean([r[k] for r in rms])) for k in rms[0]} if rms else {}
 
 
-def run_status(run: Run, repeated_cells: int) -> RunStatus:
+def run_status(run: Run) -> RunStatus:
     """model.json: how the run ended, which checkpoint evaluation should use and from which step
     (None: no usable model, with the reason), what the settings could not do, the components'
     scales at the start and end, and what it cost."""
@@ -100,7 +100,7 @@ def run_status(run: Run, repeated_cells: int) -> RunStatus:
         still_improving=st.best_step == st.step and st.step > 0,
         warnings=run.warnings,
         calibration=st.calibration,
-        ranks={"world_size": run.ranks.world, "repeated_cells": repeated_cells},
+        ranks={"world_size": run.ranks.world},
         component_rms={"start": st.rms_start, "end": component_rms(run.model, run.probe)},
         cost=training_cost(run),
         note=note,
@@ -111,10 +111,10 @@ def training_cost(run: Run) -> dict:
     """What training cost: wall time in the loop (all resumes), device, real tokens and cells
     per second, GPU-hours (or CPU core-hours) and, on CUDA, MFU by the 6N convention (model FLOPs
     of the real tokens: 6 x the blocks' weights per token, attention's quadratic term left out).
-    Totals are rank 0's figures x the ranks (their shares are balanced)."""
+    Tokens and cells are counted over all ranks (and all resumes, whatever their number of ranks)."""
     st, world, device = run.state, run.ranks.world, run.ranks.device
     seconds = max(st.train_seconds, 1e-9)
-    tokens, cells = st.tokens_seen * world, st.cells_seen * world
+    tokens, cells = st.tokens_seen, st.cells_seen
     cuda = device.type == "cuda"
     peak_name, peak = peak_flops(device)
     cfg = run.spec.model
@@ -127,8 +127,8 @@ def training_cost(run: Run) -> dict:
         "cells": cells,
         "tokens_per_s": tokens / seconds,
         "cells_per_s": cells / seconds,
-        "device_hours": st.train_seconds / 3600 * (world if cuda else world * torch.get_num_threads()),
+        "device_hours": st.device_seconds / 3600 * (1 if cuda else torch.get_num_threads()),
         "device_hours_unit": "GPU-hours" if cuda else "CPU core-hours",
-        "mfu": flops / seconds / (peak * world) if cuda and peak else None,
+        "mfu": flops / (peak * max(st.device_seconds, 1e-9)) if cuda and peak else None,
         "peak": peak_name,
     }
