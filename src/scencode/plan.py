@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .run_config import RunSettings, block_params, parsed_run_settings
-from .workflow_config import ID_TEST
+from .workflow_config import ID_TEST, pretrain_processes
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
 
@@ -114,15 +114,30 @@ LEIDEN_THREADS = 5  # an evaluate job's threads on large datasets: scib's ten Le
 SAFETY = 2.0  # runtime asked = estimate × SAFETY + 10 minutes
 
 
+# DDP's scaling efficiency (assumed: no multi-GPU machine measured it here). The gradient all-reduce
+# overlaps the backward pass; for a model of the study's size (~40M weights, 160 MB of fp32 gradients
+# per step of 32 micro-batches) ~90 % within a node (NVLink) and ~80 % across nodes (InfiniBand) are
+# what DDP reaches on such models. A job on G GPUs runs G × efficiency times as fast as on one and
+# costs 1 / efficiency times its GPU-hours.
+SCALING_EFFICIENCY = {"one node": 0.9, "several nodes": 0.8}
+
+
+def scaling_efficiency(gpus_per_node: int, nodes: int) -> float:
+    if gpus_per_node * nodes == 1:
+        return 1.0
+    return SCALING_EFFICIENCY["one node" if nodes == 1 else "several nodes"]
+
+
 @dataclass
 class Job:
     stage: str
     name: str
-    gpu: int
-    threads: int
-    mem_mb: int
+    gpu: int  # all the job's GPUs (nodes × per node)
+    threads: int  # per node
+    mem_mb: int  # per node
     runtime_min: int  # asked for
     estimate_min: float  # expected
+    nodes: int = 1
 
     @property
     def gpu_hours(self) -> float:
@@ -230,6 +245,7 @@ def job_resources(stage: str, config: dict, key: str | None = None) -> dict:
         "mem_mb": job.mem_mb,
         "runtime": job.runtime_min,
         "estimate_min": job.estimate_min,
+        "nodes": job.nodes,
     }
 
 
@@ -272,11 +288,13 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         )
         steps = run.train.max_steps  # set: the trainer stops there, whatever the epochs
         passes = steps * run.train.grad_accum * run.loader.batch_size / max(cells, 1) if steps else run.train.epochs
-        minutes = _train_seconds(config, cells, passes, run=run) / 60
-        mem = math.ceil(
-            8000 + 2 * _loader_mem_mb(config, run.train.num_workers) + _model_params(config, run) * 16 / 2**20
-        )
-        return Job(stage, key or "configuration", 1, 8, mem, _runtime(minutes, floor=60), minutes)
+        gpus, nodes = pretrain_processes(config, _entry_of(config, key))
+        one_gpu = _train_seconds(config, cells, passes, run=run) / 60
+        minutes = one_gpu / (gpus * nodes * scaling_efficiency(gpus, nodes))
+        # per node: each process holds its loader's pools and the weights with AdamW's moments
+        per_process = 2 * _loader_mem_mb(config, run.train.num_workers) + _model_params(config, run) * 16 / 2**20
+        mem = math.ceil(8000 + gpus * per_process)
+        return Job(stage, key or "configuration", gpus * nodes, 8 * gpus, mem, _runtime(minutes, 60), minutes, nodes)
     if stage == "embed":
         n = evals.get(name) or (_id_test_cells(config, train) if name == ID_TEST else ASSUMED_CELLS)
         minutes = _train_seconds(config, n, 1, forward_only=True) / 60
@@ -311,6 +329,12 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         threads = LEIDEN_THREADS if stated and n >= SCANPY_APPROXIMATE_FROM else 1
         return Job(stage, name, 0, threads, mem, _runtime(minutes), minutes)
     raise ValueError(f"no resource model for stage {stage!r}")
+
+
+def _entry_of(config: dict, run: str | None) -> dict:
+    from .workflow_config import configurations
+
+    return configurations(config).get(run, ({}, None, None))[0] if run else {}
 
 
 def _run_train_cells(config: dict, run: str | None, available: float) -> float:
@@ -360,7 +384,9 @@ def summarise(jobs: list[Job], gpus: int) -> list[dict]:
         these = [j for j in jobs if j.stage == stage]
         gpu_h = sum(j.gpu_hours for j in these)
         longest = max(j.estimate_min for j in these) / 60
-        wall = max(gpu_h / gpus, longest) if these[0].gpu else longest
+        # GPU jobs side by side: as many as the GPUs hold at the widest job's size
+        side_by_side = max(1, gpus // max(j.gpu for j in these)) if these[0].gpu else 0
+        wall = max(sum(j.estimate_min for j in these) / 60 / side_by_side, longest) if side_by_side else longest
         rows.append(
             {
                 "stage": stage,
@@ -410,6 +436,7 @@ def render(config: dict, gpus: int = 8) -> str:
         if name not in fitted
     ]
     out += [f"  {stage} job: {fit.describe()}" for stage, fit in FITS.items() if fit]
+    out.append(pretrain_gpus_line(config))
     corpus = config.get("_corpus_stats")
     if corpus:
         splits = ", ".join(f"{split} {cells:,}" for split, cells in corpus["cells_by_split"].items())
@@ -429,13 +456,41 @@ def render(config: dict, gpus: int = 8) -> str:
     return "\n".join(out)
 
 
-def run(configfile: Path = Path("config/config.yaml"), gpus: int = 8) -> str:
+def pretrain_gpus_line(config: dict) -> str:
+    """How the pretraining jobs are spread over GPUs, and what that is assumed to cost."""
+    layouts = sorted({pretrain_processes(config, entry) for entry in config["pretrain"]["configurations"]})
+    shown = ", ".join(f"{g} GPU{'s' if g > 1 else ''} × {n} node{'s' if n > 1 else ''}" for g, n in layouts)
+    line = f"  pretrain jobs: {shown}"
+    if any(g * n > 1 for g, n in layouts):
+        effs = ", ".join(f"{k} {v:.0%}" for k, v in SCALING_EFFICIENCY.items())
+        line += f" (DDP scaling efficiency assumed: {effs}; wall = 1-GPU time / (GPUs × efficiency))"
+    return line
+
+
+def with_gpus_per_job(config: dict, gpus: int) -> dict:
+    """The config with every configuration's pretraining on ``gpus`` GPUs of one node (a what-if)."""
+    from .workflow_config import check_models
+
+    pretrain = {**config["pretrain"], "gpus": gpus, "nodes": 1}
+    pretrain["configurations"] = [
+        {k: v for k, v in entry.items() if k not in ("gpus", "nodes")} for entry in pretrain["configurations"]
+    ]
+    config = {**config, "pretrain": pretrain}
+    check_models(config)  # grad_accum must still divide over the processes
+    return config
+
+
+def run(configfile: Path = Path("config/config.yaml"), gpus: int = 8, gpus_per_job: int | None = None) -> str:
     """Print what a configured run costs (GPU-/CPU-hours, memory, disk, wall time) on ``gpus`` GPUs
     shared by the pretraining and embedding jobs, before any job is submitted. The config is checked
-    as ``snakemake -n`` checks it: a config the workflow refuses is not priced."""
+    as ``snakemake -n`` checks it: a config the workflow refuses is not priced. ``gpus_per_job``:
+    price every pretraining job on that many GPUs of one node instead of the config's
+    ``pretrain.gpus`` (fewer wall hours, more GPU-hours: the trade)."""
     from .workflow_config import load
 
     config = load(configfile)
+    if gpus_per_job is not None:
+        config = with_gpus_per_job(config, gpus_per_job)
     config = with_corpus_stats(config, Path(config["results_dir"]) / "tables" / "corpus_stats.csv")
     text = render(config, gpus=gpus)
     print(text)

@@ -328,7 +328,7 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
             f"dataset; the evaluation datasets: {', '.join(evaluation)}"
         )
     _check_reference_expression(config)
-    _check_models(config)
+    check_models(config)
     return datasets
 
 
@@ -344,16 +344,29 @@ def _check_reference_expression(config: dict) -> None:
         )
 
 
-def _check_models(config: dict) -> None:
+def check_models(config: dict) -> None:
     """Encoding names, their options, the model's shape and every training and loader setting of
     every run, checked when the DAG is built (not after download, QC, ESM-2 and tokenize have run)."""
     from .run_config import parsed_run_settings
 
     for name, (entry, seed, size) in configurations(config).items():
         try:
-            parsed_run_settings(config, entry, seed, size)
+            settings = parsed_run_settings(config, entry, seed, size)
         except (ScencodeError, TypeError) as exc:
             raise ScencodeError(f"config: pretrain configuration {name}: {exc}") from None
+        gpus, nodes = pretrain_processes(config, entry)
+        if settings.train.grad_accum % (gpus * nodes):
+            raise ScencodeError(
+                f"config: pretrain configuration {name}: train.grad_accum {settings.train.grad_accum} is the "
+                f"micro-batches of one optimiser step over all {gpus * nodes} processes (gpus {gpus} × nodes "
+                f"{nodes}) and must be a multiple of them"
+            )
+
+
+def pretrain_processes(config: dict, entry: dict) -> tuple[int, int]:
+    """GPUs per node and nodes of a configuration's pretraining job: its own, else ``pretrain``'s."""
+    pretrain = config["pretrain"]
+    return int(entry.get("gpus", pretrain.get("gpus", 1))), int(entry.get("nodes", pretrain.get("nodes", 1)))
 
 
 def load(path: str | Path) -> dict:

@@ -196,6 +196,47 @@ def pretrain_settings(name):
     return run_settings(config, *CONFIGURATIONS[name])
 
 
+def pretrain_layout(run):
+    """GPUs per node and nodes of a run's pretraining job (``pretrain.gpus``, ``pretrain.nodes``)."""
+    return workflow_config.pretrain_processes(config, CONFIGURATIONS[run][0])
+
+
+MULTI_NODE = any(workflow_config.pretrain_processes(config, e)[1] > 1 for e in PRETRAIN["configurations"])
+
+
+def pretrain_resources():
+    """A pretraining job's resources in the SLURM executor plugin's terms: ``gpu`` → ``--gpus`` (one
+    node), ``gres`` → ``--gres=gpu:G`` (G on each node, several nodes), ``nodes`` → ``--nodes``, the
+    rule's threads → ``--cpus-per-task``, ``mem_mb`` → ``--mem`` (per node). ``tasks_per_gpu: 0``
+    keeps ``--ntasks-per-gpu`` out: with it a job of 2 GPUs ran its command twice, once per task
+    (the plugin's issues #316, #459). Several nodes: an ``mpi`` job (the plugin runs the command in
+    the batch script, not under its own srun), one task per node, and the rule's srun starts one
+    torchrun per node."""
+    each = lambda w: pretrain_layout(w.run)
+    resources = {
+        **{k: v for k, v in sized("pretrain", "run").items() if k != "gpu"},
+        "gpu": lambda w: each(w)[0] * USE_GPUS if each(w)[1] == 1 else 0,
+        "gres": lambda w: f"gpu:{each(w)[0]}" if USE_GPUS and each(w)[1] > 1 else "",
+        "nodes": lambda w: each(w)[1],
+        "tasks_per_gpu": 0,
+    }
+    if MULTI_NODE:  # the plugin treats a job as MPI wherever the key exists, so only then
+        resources.update(mpi=lambda w: "srun" if each(w)[1] > 1 else "", tasks=lambda w: each(w)[1])
+    return resources
+
+
+def pretrain_threads(w):
+    """Threads per node: the plan's, and at least one per process (CPU runs)."""
+    return max(_sized("pretrain", w, "run")["threads"], pretrain_layout(w.run)[0])
+
+
+def pretrain_launch(w, threads):
+    """The command's start and its process flags: srun (one task per node) across nodes."""
+    gpus, nodes = pretrain_layout(w.run)
+    srun = f"srun --nodes {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 " if nodes > 1 else ""
+    return {"srun": srun, "flags": f"--gpus {gpus} --nodes {nodes} --threads {max(1, threads // gpus)}"}
+
+
 def pretrain_gene_embeddings(wildcards):
     entry, _, _ = CONFIGURATIONS[wildcards.run]
     return ESM_TABLE if needs_gene_table(entry["gene"]) else []

@@ -1,5 +1,7 @@
-# One pretraining job per configuration (gene encoding × expression encoding × seed). GPUs, memory
-# and runtime come from the workflow profile (profiles/default). last.pt is deliberately
+# One pretraining job per configuration (gene encoding × expression encoding × seed), on
+# pretrain.gpus GPUs × pretrain.nodes nodes (one torchrun process per GPU; same optimiser steps on
+# any number). GPUs, memory and runtime are computed by scencode.plan (pretrain_resources); a site
+# overrides them in the workflow profile (profiles/default). last.pt is deliberately
 # not an output: Snakemake would delete it when a preempted job fails, and the retry resumes from it.
 # Nor is best.pt: a run that diverges before its first validation has none, and model.json says so
 # (evaluation then reports the configuration as missing, with the reason, instead of failing).
@@ -19,13 +21,14 @@ rule pretrain:
         f"{LOGS}/benchmarks/pretrain/{{run}}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: sized_threads("pretrain", "run")
+    threads: pretrain_threads
     resources:
-        **sized("pretrain", "run"),
+        **pretrain_resources(),
     params:
         settings=lambda w: as_json(pretrain_settings(w.run)),
         table=lambda w, input: ["--gene-embeddings", input.gene_embeddings] if input.gene_embeddings else [],
+        launch=lambda w, threads: pretrain_launch(w, threads),
     shell:
-        "scencode pretrain --name {wildcards.run:q} --corpus {input.corpus:q} --vocab {input.vocab:q}"
-        " {params.table:q} --threads {threads} --params {params.settings:q}"
+        "{params.launch[srun]}scencode pretrain --name {wildcards.run:q} --corpus {input.corpus:q}"
+        " --vocab {input.vocab:q} {params.table:q} {params.launch[flags]} --params {params.settings:q}"
         ' --out "$(dirname -- {output.status:q})" > {log:q} 2>&1'
