@@ -108,3 +108,34 @@ def test_evaluate_jobs_are_priced_from_the_rehearsals_size_fit(tmp_path):
     assert fit.minutes(70_000) / fit.minutes(7000) > 40  # 10× the cells: far more than 10× the time
     assert "benchmarks/rehearsal.py" in fit.describe() and "beyond 7,000 cells extrapolated" in fit.describe()
     assert measured_fit("evaluate_minutes", tmp_path / "none.json") is None
+
+
+def test_a_pretraining_job_on_several_gpus_is_shorter_and_costs_more_gpu_hours():
+    """--gpus-per-job: the job's wall time is its one-GPU time / (GPUs × the assumed efficiency),
+    its GPU-hours grow by 1 / efficiency, its memory per node holds every process."""
+    from scencode.plan import SCALING_EFFICIENCY, plan_jobs, with_gpus_per_job
+    from scencode.workflow_config import load
+
+    config = load(REPO / "config" / "paper.yaml")
+    one = [j for j in plan_jobs(config) if j.stage == "pretrain"]
+    four = [j for j in plan_jobs(with_gpus_per_job(config, 4)) if j.stage == "pretrain"]
+    efficiency = SCALING_EFFICIENCY["one node"]
+    for a, b in zip(one, four):
+        assert (a.gpu, b.gpu, b.nodes) == (1, 4, 1)
+        assert b.estimate_min == pytest.approx(a.estimate_min / (4 * efficiency))
+        assert b.gpu_hours == pytest.approx(a.gpu_hours / efficiency)
+        assert b.runtime_min < a.runtime_min and b.mem_mb > a.mem_mb
+
+
+def test_gpus_per_job_that_do_not_divide_grad_accum_are_refused():
+    from scencode.errors import ScencodeError
+    from scencode.plan import with_gpus_per_job
+    from scencode.workflow_config import load
+
+    with pytest.raises(ScencodeError, match="grad_accum 32 .* 3 processes"):
+        with_gpus_per_job(load(REPO / "config" / "paper.yaml"), 3)
+
+
+def test_the_plan_says_how_pretraining_is_spread_over_gpus(capsys):
+    text = plan(REPO / "config" / "paper.yaml", gpus=32, gpus_per_job=8)
+    assert "pretrain jobs: 8 GPUs × 1 node (assumed: DDP scaling efficiency one node 90%" in text

@@ -460,11 +460,11 @@ def pretrain_gpus_line(config: dict) -> str:
     """How the pretraining jobs are spread over GPUs, and what that is assumed to cost."""
     layouts = sorted({pretrain_processes(config, entry) for entry in config["pretrain"]["configurations"]})
     shown = ", ".join(f"{g} GPU{'s' if g > 1 else ''} × {n} node{'s' if n > 1 else ''}" for g, n in layouts)
-    line = f"  pretrain jobs: {shown}"
-    if any(g * n > 1 for g, n in layouts):
-        effs = ", ".join(f"{k} {v:.0%}" for k, v in SCALING_EFFICIENCY.items())
-        line += f" (DDP scaling efficiency assumed: {effs}; wall = 1-GPU time / (GPUs × efficiency))"
-    return line
+    efficiency = ", ".join(f"{k} {v:.0%}" for k, v in SCALING_EFFICIENCY.items())
+    return (
+        f"  pretrain jobs: {shown} (assumed: DDP scaling efficiency {efficiency} for a job on several GPUs; "
+        "its wall time = one GPU's / (GPUs × efficiency); scencode plan --gpus-per-job G shows the trade)"
+    )
 
 
 def with_gpus_per_job(config: dict, gpus: int) -> dict:
