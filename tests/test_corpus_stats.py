@@ -70,3 +70,35 @@ def test_a_corpus_without_a_manifest_is_named(tmp_path, demo_corpus):
     with pytest.raises(ScencodeError, match="broken/manifest.json: corpus manifest not found"):
         run([tmp_path / "broken"], demo_corpus[1], context=40, out=tmp_path / "s.csv", figure=tmp_path / "s.png")
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_gene_medians_are_the_non_zero_medians_of_the_training_split(demo_corpus):
+    """Against numpy's exact median of count / total × 10,000 over the training cells that express
+    each gene: within the histogram's half-bin (0.9 %)."""
+    import pyarrow.parquet as pq
+
+    from scencode.corpus_stats import gene_medians
+    from scencode.formats import load_vocab
+
+    corpus, vocab = demo_corpus
+    vocabulary, digest = load_vocab(vocab)
+    table = gene_medians(corpus, len(vocabulary), digest)
+    cells = pq.read_table(
+        sorted(corpus.glob("part-*.parquet")), columns=["split", "gene_ids", "counts", "total_counts"]
+    )
+    cells = cells.to_pandas()
+    cells = cells[cells.split == "train"]
+    values = {}
+    for genes, counts, total in zip(cells.gene_ids, cells.counts, cells.total_counts):
+        for g, c in zip(genes, counts):
+            values.setdefault(int(g), []).append(c / total * 10_000)
+    medians = table["median"].to_numpy()
+    checked = 0
+    for gene, seen in values.items():
+        exact = np.median(seen)
+        assert abs(medians[gene] / exact - 1) < 0.0095 or len(seen) % 2 == 0, (gene, medians[gene], exact)
+        assert table["cells"][gene] == len(seen)
+        checked += len(seen) % 2 == 1
+    assert checked > 100  # odd counts: the median is one of the values, no interpolation between two
+    unseen = [g for g in range(2, len(vocabulary)) if g not in values]
+    assert all(table["cells"][g] == 0 for g in unseen)

@@ -288,3 +288,28 @@ def test_packed_batches_give_the_padded_loss_gradients_and_embeddings(expression
     assert torch.allclose(cell_embeddings(model, padded), emb, atol=1e-5)
     assert torch.allclose(model.eval()(padded)[0][padded.valid], model(flat)[0], atol=1e-5)
     assert flat.offsets is not None and flat.valid is None
+
+
+def test_rank_tokens_are_ordered_by_expression_over_the_genes_median():
+    """Rank 0 is the gene with the highest count / median; masked and padded positions are left
+    out of the order (a masked gene's rank would tell its value); packed gives the padded ranks."""
+    from scencode.encodings import RankValueExpression
+
+    medians = torch.tensor([1.0, 1.0, 2.0, 0.5, 4.0, 1.0])
+    encoder = RankValueExpression(D, vocab_size=6, gene_medians=medians)
+    genes = torch.tensor([[2, 3, 4, 5, 0], [5, 4, 3, 2, 1]])
+    counts = torch.tensor([[4.0, 1.0, 2.0, 3.0, 0.0], [1.0, 8.0, 1.0, 6.0, 9.0]])
+    valid = torch.tensor([[True, True, True, True, False], [True] * 5])
+    masked = torch.tensor([[False] * 5, [False, False, False, False, True]])
+    ranks = encoder.ranks(counts, valid, genes, masked)
+    # cell 0: count / median = 2, 2, 0.5, 3 → gene 5 first; equal keys keep the loader's order
+    assert ranks[0, :4].tolist() == [1, 2, 3, 0]
+    # cell 1: 1, 2, 2, 3 and the masked gene 1 (count 9) last whatever its count
+    assert ranks[1].tolist() == [3, 1, 2, 0, 4]
+    flipped = encoder.ranks(counts, valid, genes, masked=None)[1]  # unmasked: the highest count leads
+    assert flipped[4] == 0
+    batch = Batch(genes, counts, torch.log1p(counts), masked, valid=valid)
+    padded = encoder(counts, batch.xnorm, Padded(valid), gene_ids=genes, masked=masked)
+    one = packed(batch)
+    packed_out = encoder(one.counts, one.xnorm, one.layout(False), gene_ids=one.gene_ids, masked=one.masked)
+    assert torch.allclose(padded[valid], packed_out)

@@ -42,6 +42,11 @@ STEPS = {
         "run",
         "cells, genes per cell, tokens after the context cap and vocabulary coverage of token corpora",
     ),
+    "gene-medians": (
+        "corpus_stats",
+        "gene_medians_run",
+        "per-gene non-zero medians of the training corpus (Geneformer's normalisation; the rank encoding)",
+    ),
     "proteins": ("esm.proteins", "run", "fetch a peptide FASTA (Ensembl pep.all, or the demo's)"),
     "esm-tiny": ("esm.embed", "tiny", "save a randomly initialised tiny ESM-2 (demo and tests)"),
     "esm-embed": ("esm.embed", "run", "ESM-2 gene embeddings from a peptide FASTA"),

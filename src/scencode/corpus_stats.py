@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.compute as pc
 
 from .atomic import OutputFile, atomic_path
 from .errors import ScencodeError
@@ -167,3 +168,78 @@ def run(
     draw(stats, Path(figure), caveat)
     log.info("corpus statistics: %d corpora, %d cells", len(corpora), int(stats["cells"].sum()))
     return stats
+
+
+# ---------------------------------------------------------------- gene medians (rank-value encoding)
+
+MEDIAN_BINS = 1024  # log-spaced over 1e-3 … 1e5: bins 1.8 % wide, a median within 0.9 %
+LOG_LOW, LOG_HIGH = np.log(1e-3), np.log(1e5)
+NORMALISED_TOTAL = 10_000  # Geneformer's: counts / cell total × 10,000
+
+
+def gene_medians(folder: Path, vocab_size: int, vocab_hash: str | None = None, split: str = "train") -> pl.DataFrame:
+    """Per vocabulary token, the median of count / cell total × 10,000 over the ``split`` cells that
+    express the gene (Geneformer's non-zero median) and how many cells that is. One histogram of
+    log-spaced bins per gene, filled shard by shard (memory: vocabulary × 1,024 counts, whatever the
+    corpus's size); the median is its bin's centre. A gene no training cell expresses gets the median
+    of the others' medians (``cells`` 0 says so); the special tokens get 1."""
+    manifest = verify_corpus(folder, checksums=False, vocab_hash=vocab_hash)
+    histogram = np.zeros(vocab_size * MEDIAN_BINS, np.int64)
+    width = (LOG_HIGH - LOG_LOW) / MEDIAN_BINS
+    for shard in manifest["shards"]:
+        table = read_shard(folder, shard, ["split", "gene_ids", "counts", "total_counts"])
+        table = table.filter(pc.equal(table.column("split"), split))
+        if not table.num_rows:
+            continue
+        genes = table.column("gene_ids").combine_chunks()
+        counts = table.column("counts").combine_chunks().flatten().to_numpy().astype(np.float64)
+        totals = np.repeat(table.column("total_counts").to_numpy().astype(np.float64), np.diff(genes.offsets))
+        bins = np.clip(
+            ((np.log(counts / totals * NORMALISED_TOTAL) - LOG_LOW) / width).astype(np.int64), 0, MEDIAN_BINS - 1
+        )
+        histogram += np.bincount(genes.flatten().to_numpy() * MEDIAN_BINS + bins, minlength=len(histogram))
+    per_gene = histogram.reshape(vocab_size, MEDIAN_BINS)
+    cells = per_gene.sum(1)
+    middle = np.argmax(per_gene.cumsum(1) >= (cells[:, None] + 1) / 2, axis=1)
+    medians = np.exp(LOG_LOW + (middle + 0.5) * width)
+    expressed = cells > 0
+    medians[~expressed] = np.median(medians[expressed]) if expressed.any() else 1.0
+    medians[: len(SPECIAL_TOKENS)] = 1.0
+    return pl.DataFrame({"token_id": np.arange(vocab_size), "median": medians, "cells": cells})
+
+
+def read_gene_medians(path: str | Path, vocab_hash: str) -> np.ndarray:
+    """The medians of ``gene_medians_run``'s table, by token id, checked against the vocabulary."""
+    from .formats import HASH_KEY
+    from .parquet_io import read_parquet
+
+    table = read_parquet(path, "gene medians table", ("token_id", "median"))
+    stored = (table.schema.metadata or {}).get(HASH_KEY, b"").decode()
+    if stored != vocab_hash:
+        raise ScencodeError("gene medians were computed with another vocabulary; rerun gene_medians", path)
+    tokens = table.column("token_id").to_numpy()
+    if not np.array_equal(tokens, np.arange(len(tokens))):
+        raise ScencodeError("gene medians table does not hold one row per token id in order", path)
+    return table.column("median").to_numpy()
+
+
+def gene_medians_run(corpus: Path, vocab: Path, out: OutputFile) -> pl.DataFrame:
+    """Per-gene non-zero medians of the training corpus's ``train`` split (rank-value encoding)."""
+    import pyarrow.parquet as pq
+
+    from .formats import HASH_KEY
+
+    vocabulary, digest = load_vocab(vocab)
+    medians = gene_medians(Path(corpus), len(vocabulary), digest)
+    table = medians.to_arrow()
+    table = table.replace_schema_metadata({HASH_KEY: digest.encode(), b"scencode_corpus": str(corpus).encode()})
+    with atomic_path(out, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    expressed = medians.filter(pl.col("cells") > 0)
+    log.info(
+        "gene medians: %d of %d genes expressed in the training split; median of medians %.3g",
+        expressed.height,
+        len(vocabulary) - len(SPECIAL_TOKENS),
+        float(expressed["median"].median() or float("nan")),
+    )
+    return medians

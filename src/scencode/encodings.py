@@ -10,7 +10,9 @@ Add an encoding: write a class with ``__init__(self, d_model, <options as keywor
 (an option the signature does not name is refused when the workflow's DAG is built) and ``forward`` as below,
 decorate it with ``@expression_encoder("name")`` (or ``@gene_encoder``), and name it in the config.
 A gene encoder that reads the gene-embedding table sets ``needs_gene_table = True`` and takes it as
-``gene_table`` (the workflow then passes the table to its pretraining job).
+``gene_table`` (the workflow then passes the table to its pretraining job). An expression encoder
+that sets ``needs_gene_medians = True`` takes the training corpus's per-gene medians as
+``gene_medians`` (and ``vocab_size``) and its ``forward`` also gets ``gene_ids=`` and ``masked=``.
 """
 
 from __future__ import annotations
@@ -347,3 +349,43 @@ class AutoDiscretisationExpression(nn.Module):
 
     def forward(self, counts, xnorm, cells):
         return self.weights(xnorm) @ self.bins
+
+
+@expression_encoder("rank")
+class RankValueExpression(nn.Module):
+    """Geneformer's rank-value encoding: a cell's genes ordered by expression normalised by each
+    gene's median over the training corpus, the value entering only through the position (an
+    embedding per rank, 0 = highest). Geneformer normalises a count by the cell's total and the
+    gene's non-zero median; within one cell the total is common to every gene, so the order is
+    that of count / median (``corpus_stats.gene_medians``, a buffer saved with the model). Masked
+    positions are left out of the order (their values are what is predicted: their ranks would
+    tell); ties keep the loader's order (a stable sort). Ranks past ``max_rank`` share the last
+    embedding (the context caps a cell's tokens first)."""
+
+    needs_gene_medians = True
+
+    def __init__(
+        self, d_model: int, max_rank: int = 2048, vocab_size: int = 0, gene_medians: torch.Tensor | None = None, **_
+    ):
+        super().__init__()
+        self.max_rank = max_rank
+        self.table = nn.Embedding(max_rank, d_model)
+        medians = torch.ones(vocab_size) if gene_medians is None else gene_medians.float()
+        self.register_buffer("medians", medians)
+
+    def forward(self, counts, xnorm, cells, gene_ids=None, masked=None):
+        def pad(x):
+            return None if x is None else cells.pad(x)
+
+        return self.table(cells.unpad(self.ranks(cells.pad(counts), cells.valid, pad(gene_ids), pad(masked))))
+
+    def ranks(self, counts, valid, gene_ids=None, masked=None) -> torch.Tensor:
+        """(cells, L) rank of each position among its cell's unmasked real positions."""
+        key = counts.float()
+        if gene_ids is not None and len(self.medians):
+            key = key / self.medians[gene_ids].clamp(min=1e-12)
+        left_out = ~valid if masked is None else ~valid | masked
+        key = key.masked_fill(left_out, -float("inf"))
+        order = torch.argsort(key, dim=1, descending=True, stable=True)
+        positions = torch.arange(key.shape[1], device=key.device).expand_as(order)
+        return torch.empty_like(order).scatter_(1, order, positions).clamp(max=self.max_rank - 1)

@@ -223,7 +223,9 @@ class CellTransformer(nn.Module):
     expression_gain: torch.Tensor
     head: nn.Sequential
 
-    def __init__(self, cfg: ModelConfig, gene_table: torch.Tensor | None = None):
+    def __init__(
+        self, cfg: ModelConfig, gene_table: torch.Tensor | None = None, gene_medians: torch.Tensor | None = None
+    ):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -231,7 +233,7 @@ class CellTransformer(nn.Module):
             cfg.d_model, vocab_size=cfg.vocab_size, gene_table=gene_table, **cfg.gene_options
         )
         self.expression = lookup(EXPRESSION_ENCODERS, "expression", cfg.expression_encoding)(
-            cfg.d_model, **cfg.expression_options
+            cfg.d_model, vocab_size=cfg.vocab_size, gene_medians=gene_medians, **cfg.expression_options
         )
         self.mask_vector = nn.Parameter(torch.randn(cfg.d_model) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -245,12 +247,20 @@ class CellTransformer(nn.Module):
     def cells(self, batch: Batch) -> Padded | Packed:
         return batch.layout(self.nested_attention)
 
-    def components(self, batch: Batch, cells: Padded | Packed) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gene, expression) embeddings of every position, after the calibrated gains."""
+    def components(
+        self, batch: Batch, cells: Padded | Packed, masked: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gene, expression) embeddings of every position, after the calibrated gains; an encoding
+        that orders a cell's genes (rank) also gets the gene ids and the positions to leave out."""
+        tokens = {"gene_ids": batch.gene_ids, "masked": masked} if self.orders_genes else {}
         return (
             self.gene_gain * self.genes(batch.gene_ids),
-            self.expression_gain * self.expression(batch.counts, batch.xnorm, cells),
+            self.expression_gain * self.expression(batch.counts, batch.xnorm, cells, **tokens),
         )
+
+    @property
+    def orders_genes(self) -> bool:
+        return getattr(self.expression, "needs_gene_medians", False)
 
     @torch.no_grad()
     def component_rms(self, batch: Batch) -> dict[str, float]:
@@ -287,7 +297,7 @@ class CellTransformer(nn.Module):
     def encode(self, batch: Batch, cells: Padded | Packed, masked: torch.Tensor | None = None) -> torch.Tensor:
         """Final-layer token states, (cells, L, d) padded or (tokens, d) packed; the expression of
         ``masked`` positions is replaced by the mask vector."""
-        genes, expr = self.components(batch, cells)
+        genes, expr = self.components(batch, cells, masked)
         if masked is not None:
             expr = torch.where(masked.unsqueeze(-1), self.mask_vector.to(expr.dtype), expr)
         x = self.drop(genes + expr)

@@ -29,14 +29,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .atomic import OutputFolder, Terminated, deferred_stop
 from .checkpoints import CheckpointStore, Optimisation, State
+from .corpus_stats import read_gene_medians
 from .devices import autocast, autocast_dtype
 from .encodings import align_gene_table
 from .errors import ScencodeError
-from .formats import load_vocab, write_run_status
+from .formats import load_vocab, vocab_hash, write_run_status
 from .loader import ShardBatches, draw_train_subset
 from .model import Batch, CellTransformer
 from .ranks import Ranks, RankSchedule
-from .run_config import LoaderConfig, ModelConfig, RunSettings, TrainConfig, needs_gene_table
+from .run_config import LoaderConfig, ModelConfig, RunSettings, TrainConfig, needs_gene_medians, needs_gene_table
 from .run_report import component_rms, log_row, log_training, run_status, write_log
 from .shards import verify_corpus
 
@@ -55,15 +56,27 @@ class RunSpec:
     loader: LoaderConfig
     train: TrainConfig
     gene_embeddings: Path | None = None  # the gene-embedding table (ESM-2 …) of encodings that read one
+    gene_medians: Path | None = None  # the training corpus's gene medians, for expression encodings that read them
 
 
 def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:
     """The model of ``spec``; a gene encoding that reads a table gets it aligned to the vocabulary
     (without one, the encoder says what is missing)."""
-    gene_table = None
+    gene_table = medians = None
     if needs_gene_table(spec.model.gene_encoding) and spec.gene_embeddings is not None:
         gene_table = align_gene_table(spec.gene_embeddings, vocab, spec.train.missing_genes)
-    return CellTransformer(spec.model, gene_table=gene_table)
+    if needs_gene_medians(spec.model.expression_encoding):
+        if spec.gene_medians is None:
+            raise ScencodeError(
+                f"expression encoding {spec.model.expression_encoding!r} orders genes by expression / the gene's "
+                "median over the training corpus: pass --gene-medians (the workflow's gene_medians rule writes it)"
+            )
+        medians = torch.from_numpy(read_gene_medians(spec.gene_medians, vocab_hash(vocab.gene_id)))
+        if len(medians) != len(vocab):
+            raise ScencodeError(
+                f"gene medians hold {len(medians)} tokens, the vocabulary {len(vocab)}", spec.gene_medians
+            )
+    return CellTransformer(spec.model, gene_table=gene_table, gene_medians=medians)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -340,14 +353,16 @@ def run(
     out: OutputFolder,
     params: dict | None = None,
     gene_embeddings: Path | None = None,
+    gene_medians: Path | None = None,
     threads: int | None = None,
     gpus: int = 1,
     nodes: int = 1,
 ) -> State | None:
     """Pretrain one encoding configuration into folder ``out`` (best.pt, last.pt, train_log.parquet,
     model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
-    ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one.
-    ``gpus`` × ``nodes`` > 1: the step starts itself again under torchrun, one process per GPU
+    ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one;
+    ``gene_medians``: the training corpus's gene medians (``scencode gene-medians``) of the
+    expression encodings that read them (rank). ``gpus`` × ``nodes`` > 1: the step starts itself again under torchrun, one process per GPU
     (``launch``; on CPUs, processes with gloo); ``threads`` are each process's."""
 
     from .launch import relaunch, under_torchrun
@@ -369,6 +384,7 @@ def run(
         settings.loader,
         settings.train,
         Path(gene_embeddings) if gene_embeddings else None,
+        Path(gene_medians) if gene_medians else None,
     )
     torch_threads(threads)
     state = fit(setup(spec))

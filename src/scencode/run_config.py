@@ -23,13 +23,14 @@ from .settings import parse
 GENE_SAMPLING = ("random", "top_expressed")
 LAYOUTS = ("packed", "padded")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BUILT_IN = {"self", "d_model", "vocab_size", "gene_table"}  # passed by the model, not options
+BUILT_IN = {"self", "d_model", "vocab_size", "gene_table", "gene_medians"}  # passed by the model, not options
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
     options: frozenset[str]
     needs_gene_table: bool
+    needs_gene_medians: bool = False
 
 
 @functools.cache
@@ -47,12 +48,12 @@ def encoder_catalog() -> dict[str, dict[str, EncoderSpec]]:
         bases = [classes[b.id] for b in cls.bases if isinstance(b, ast.Name) and b.id in classes]
         return init_args(bases[0]) if bases else set()
 
-    def reads_table(cls: ast.ClassDef) -> bool:
+    def flag(cls: ast.ClassDef, name: str) -> bool:
         for node in cls.body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "needs_gene_table" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets):
                 return bool(ast.literal_eval(node.value))
         bases = [classes[b.id] for b in cls.bases if isinstance(b, ast.Name) and b.id in classes]
-        return reads_table(bases[0]) if bases else False
+        return flag(bases[0], name) if bases else False
 
     catalog: dict[str, dict[str, EncoderSpec]] = {"gene": {}, "expression": {}}
     for cls in classes.values():
@@ -61,7 +62,11 @@ def encoder_catalog() -> dict[str, dict[str, EncoderSpec]]:
             if isinstance(deco, ast.Call) and isinstance(func, ast.Name) and func.id.endswith("_encoder"):
                 kind = func.id.removesuffix("_encoder")
                 name = ast.literal_eval(deco.args[0])
-                catalog[kind][name] = EncoderSpec(frozenset(init_args(cls) - BUILT_IN), reads_table(cls))
+                catalog[kind][name] = EncoderSpec(
+                    frozenset(init_args(cls) - BUILT_IN),
+                    flag(cls, "needs_gene_table"),
+                    flag(cls, "needs_gene_medians"),
+                )
     return catalog
 
 
@@ -76,7 +81,9 @@ def _encoders(kind: str) -> dict[str, EncoderSpec]:
     for name, cls in registry.items():
         params = inspect.signature(cls.__init__).parameters.values()
         options = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - BUILT_IN
-        specs[name] = EncoderSpec(frozenset(options), getattr(cls, "needs_gene_table", False))
+        specs[name] = EncoderSpec(
+            frozenset(options), getattr(cls, "needs_gene_table", False), getattr(cls, "needs_gene_medians", False)
+        )
     return specs
 
 
@@ -90,6 +97,11 @@ def encoder(kind: str, name: str) -> EncoderSpec:
 def needs_gene_table(name: str) -> bool:
     """Whether a gene encoding reads a gene-embedding table (its class says: ``needs_gene_table``)."""
     return encoder("gene", name).needs_gene_table
+
+
+def needs_gene_medians(name: str) -> bool:
+    """Whether an expression encoding reads the training corpus's gene medians (rank)."""
+    return encoder("expression", name).needs_gene_medians
 
 
 def check_encoder(kind: str, name: str, options: dict) -> None:
