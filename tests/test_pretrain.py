@@ -502,3 +502,21 @@ def test_a_stop_signal_checkpoints_exits_143_and_the_rerun_resumes(demo_corpus, 
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed learned-log-s3 at step {stopped_at}" in again.stderr
+
+
+def test_a_rank_configuration_trains_on_the_corpus_medians_and_keeps_them_in_its_checkpoint(demo_corpus, tmp_path):
+    from dataclasses import replace
+
+    from scencode.corpus_stats import gene_medians_run, read_gene_medians
+    from scencode.model import load_model
+
+    corpus, vocab = demo_corpus
+    medians = tmp_path / "medians.parquet"
+    gene_medians_run(corpus, vocab, medians)
+    rank = spec(corpus, vocab, tmp_path / "m", name="learned-rank-s3", expression="rank", max_steps=4)
+    with pytest.raises(ScencodeError, match="pass --gene-medians"):
+        setup(rank)
+    fit(setup(replace(rank, gene_medians=medians)))
+    model, _ = load_model(tmp_path / "m" / "best.pt", torch.device("cpu"))  # as embed and reconstruction load it
+    expected = torch.from_numpy(read_gene_medians(medians, load_vocab(vocab)[1])).float()
+    assert torch.equal(model.expression.medians, expected) and not torch.equal(expected, torch.ones_like(expected))

@@ -5,7 +5,7 @@ import json
 import re
 
 from scencode import workflow_config
-from scencode.run_config import LoaderConfig, needs_gene_table, run_settings
+from scencode.run_config import LoaderConfig, needs_gene_medians, needs_gene_table, run_settings
 from scencode.errors import ScencodeError
 from scencode.plan import job_resources
 
@@ -235,6 +235,15 @@ def pretrain_launch(w, threads):
     gpus, nodes = pretrain_layout(w.run)
     srun = f"srun --nodes {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 " if nodes > 1 else ""
     return {"srun": srun, "flags": f"--gpus {gpus} --nodes {nodes} --threads {max(1, threads // gpus)}"}
+
+
+GENE_MEDIANS = f"{RESULTS}/tokens/{TRAIN_CORPUS}.gene_medians.parquet"  # beside the corpus it summarises
+
+
+def pretrain_gene_medians(wildcards):
+    """The training corpus's gene medians, for an expression encoding that reads them (rank)."""
+    entry, _, _ = CONFIGURATIONS[wildcards.run]
+    return [GENE_MEDIANS] if needs_gene_medians(entry["expression"]) else []
 
 
 def pretrain_gene_embeddings(wildcards):

@@ -25,3 +25,25 @@ rule corpus_stats:
     shell:
         "scencode corpus-stats --corpora {input.corpora:q} --vocab {input.vocab:q} --context {params.context}"
         " --out {output.table:q} --figure {output.figure:q} --caveat {params.caveat:q} > {log:q} 2>&1"
+
+
+# Per-gene non-zero medians of the training split (Geneformer's normalisation): read by the
+# expression encodings that order a cell's genes (rank); planned only where one is configured.
+rule gene_medians:
+    input:
+        corpus=corpus_dir(TRAIN_CORPUS),
+        vocab=rules.vocab.output[0],
+    output:
+        GENE_MEDIANS,
+    log:
+        f"{LOGS}/gene_medians.log",
+    benchmark:
+        f"{LOGS}/benchmarks/gene_medians.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        # one histogram of 1,024 counts per vocabulary gene, and one shard at a time
+        mem_mb=4000,
+    shell:
+        "scencode gene-medians --corpus {input.corpus:q} --vocab {input.vocab:q} --out {output:q} > {log:q} 2>&1"
