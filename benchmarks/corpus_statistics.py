@@ -1,9 +1,11 @@
 """The corpus-statistics step (polars) against reading the same shards with pyarrow: the whole
 shards (what a user reading the corpus does), only the three columns the statistics need (the I/O
 floor), and those columns plus the same statistics in numpy (the hand-written alternative), over a
-synthetic tokenized corpus. Prints one JSON object last.
+synthetic tokenized corpus; and the gene medians of the rank encoding (``--record`` writes their
+rate to measured.json, which ``scencode plan`` prices the gene_medians job from). Prints one JSON
+object last.
 
-    python benchmarks/corpus_statistics.py [--cells 1000000] [--nnz 300]
+    python benchmarks/corpus_statistics.py [--cells 1000000] [--nnz 300] [--record]
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from synthetic import write_synthetic_h5ad  # benchmarks/synthetic.py
 
-from scencode.corpus_stats import corpus_stats
+from scencode.corpus_stats import corpus_stats, gene_medians
 from scencode.formats import load_vocab, write_vocab
 from scencode.tokenize import DatasetInput, TokenizeParams, tokenize_corpus
 from scencode.vocab import build_vocab
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--nnz", type=int, default=300)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--record", action="store_true", help="write the gene medians' rate to measured.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -86,6 +89,7 @@ def main() -> None:
             "corpus_stats_s": best_of(
                 args.repeats, lambda: corpus_stats({"train": tmp / "train"}, vocab_size, args.context)
             ),
+            "gene_medians_s": best_of(args.repeats, lambda: gene_medians(tmp / "train", vocab_size)),
         }
         size = sum(p.stat().st_size for p in shards)
     stats_s = timings["corpus_stats_s"]
@@ -100,9 +104,21 @@ def main() -> None:
                 "speedup_vs_reading_columns": round(timings["pyarrow_read_columns_s"] / stats_s, 3),
                 "speedup_vs_pyarrow_numpy": round(timings["pyarrow_numpy_stats_s"] / stats_s, 3),
                 "stats_cells_per_s": round(args.cells / stats_s),
+                "vocab_size": vocab_size,
+                "gene_medians_cells_per_s": round(args.cells / timings["gene_medians_s"]),
             }
         )
     )
+    if args.record:
+        from record import record
+
+        record(
+            "gene_medians_cells_per_s",
+            round(args.cells / timings["gene_medians_s"]),
+            "cells/s",
+            "benchmarks/corpus_statistics.py",
+            f"gene medians of {args.cells:,} cells x {args.nnz:,} genes, vocabulary {vocab_size:,}, one thread",
+        )
 
 
 if __name__ == "__main__":

@@ -119,11 +119,11 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
         "esm_coverage": 1,
         "leakage": 1,
         "vocab": 1,
-        "evaluate": 286 + 9,
+        "evaluate": 338 + 11,
         "tokenize": 27,
-        "pretrain": 9,
-        "embed": 234 + 9,
-        "reconstruction": 9,
+        "pretrain": 11,
+        "embed": 286 + 11,
+        "reconstruction": 11,
         "scib_benchmarker": 26,
         "tables": 1,
         "figures": 1,
@@ -131,23 +131,27 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
         "corpus_stats": 1,
         "provenance": 1,
         "gene_probes": 1,
+        "gene_medians": 1,
     }
     sources = [spec["source"] for spec in datasets.values()]
     assert all(s["type"] == "census" for s in sources)
-    # the study's 8 configurations and the esm2_permuted control, each a pretrain job asking for a GPU
-    assert jobs["pretrain"] == 9 and jobs["leakage"] == 1
+    # the study's 8 configurations, the esm2_permuted control and Geneformer's rank encoding with
+    # either gene encoding, each a pretrain job asking for a GPU
+    assert jobs["pretrain"] == 11 and jobs["leakage"] == 1
     blocks = [b for b in result.stdout.split("\n\n") if "rule pretrain:" in b]
-    assert len(blocks) == 9 and all("gpu=1" in b for b in blocks)
+    assert len(blocks) == 11 and all("gpu=1" in b for b in blocks)
     # run from the root without -s, Snakemake found ./Snakefile and the workflow profile beside it
     assert "workflow specific profile profiles/default" in result.stderr
     vocab = [b for b in result.stdout.split("\n\n") if "rule vocab:" in b]
     assert vocab and "runtime=60" in vocab[0]  # the profile's default: the vocab rule sets no runtime
     # embedding 549k cells per configuration through the model is GPU work too
     embeds = [b for b in result.stdout.split("\n\n") if "rule embed:" in b]
-    assert len(embeds) == 9 * (26 + 1) and all("gpu=1" in b for b in embeds)  # + the ID test split
+    assert len(embeds) == 11 * (26 + 1) and all("gpu=1" in b for b in embeds)  # + the ID test split
     names = {line.split("run=")[1].strip() for b in blocks for line in b.splitlines() if "wildcards:" in line}
     study = {f"{g}-{e}-s777" for g in ("learned", "esm2") for e in ("hard", "soft", "log", "continuous")}
-    assert names == study | {"esm2_permuted-soft-s777"}
+    assert names == study | {"esm2_permuted-soft-s777", "learned-rank-s777", "esm2-rank-s777"}
+    ranked = [b for b in blocks if "-rank-" in b]
+    assert all("--gene-medians results/tokens/train.gene_medians.parquet" in b for b in ranked)
 
 
 def test_evaluation_options_reach_their_jobs(tmp_path):
@@ -543,7 +547,8 @@ def test_plan_prints_the_paper_run_cost():
     for stage in ("download", "qc", "tokenize", "esm_embeddings", "pretrain", "embed", "evaluate"):
         assert f"\n{stage} " in f"\n{text}"
     pretrain = next(line.split() for line in text.splitlines() if line.startswith("pretrain "))
-    assert int(pretrain[1]) == 9 and float(pretrain[2]) > 50  # jobs, GPU-hours
+    assert int(pretrain[1]) == 11 and float(pretrain[2]) > 50  # jobs, GPU-hours
+    assert any(line.startswith("gene_medians ") for line in text.splitlines())
     assert "measured:" in text and "assumed:" in text and "critical path" in text
 
 

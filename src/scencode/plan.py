@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run_config import RunSettings, block_params, parsed_run_settings
+from .run_config import RunSettings, block_params, needs_gene_medians, parsed_run_settings
 from .workflow_config import ID_TEST, pretrain_processes
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
@@ -39,6 +39,7 @@ ASSUMED = {
     "tokenize_cells_per_s": Rate(5_000, "cells/s", "assumed: 2 cores"),
     "download_bytes_per_s": Rate(50e6, "bytes/s", "assumed: 50 MB/s from CELLxGENE's S3"),
     "evaluate_cells_per_s": Rate(300, "cells/s", "assumed: 2 cores"),
+    "gene_medians_cells_per_s": Rate(20_000, "cells/s", "assumed: one thread, ≈2,000 genes a cell"),
 }
 MEASURED = Path(__file__).resolve().parents[2] / "benchmarks" / "measured.json"
 
@@ -272,6 +273,11 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         mem = 3000 + 3 * chunk * BYTES_PER_CELL_H5AD * 2 / 2**20
         minutes = _minutes("tokenize", n, "tokenize_cells_per_s")
         return Job(stage, name, 0, 2, math.ceil(mem), _runtime(minutes), minutes)  # a second thread writes
+    if stage == "gene_medians":
+        n = sum(train.values())
+        minutes = n / THROUGHPUT["gene_medians_cells_per_s"].value / 60
+        # one histogram of 1,024 counts per gene (≈20,000 in a protein-coding vocabulary), twice, and a shard
+        return Job(stage, "train", 0, 1, math.ceil(3000 + 2 * 20_000 * 1024 * 8 / 2**20), _runtime(minutes), minutes)
     if stage == "esm_embeddings":
         model = config["esm"]["model"]
         if model["type"] in ("tiny", "import"):
@@ -366,6 +372,8 @@ def plan_jobs(config: dict) -> list[Job]:
     jobs = [_job("download", config, d) for d in datasets] + [_job("qc", config, d) for d in datasets]
     jobs += [_job("tokenize", config, c) for c in ["train", *evals]]
     jobs.append(_job("esm_embeddings", config, None))
+    if any(needs_gene_medians(entry["expression"]) for entry in config["pretrain"]["configurations"]):
+        jobs.append(_job("gene_medians", config, None))
     for run in runs:
         jobs.append(_job("pretrain", config, run))
         jobs.append(_job("reconstruction", config, run))

@@ -43,7 +43,6 @@ rule gene_medians:
         "../../envs/data.yaml"
     threads: 1
     resources:
-        # one histogram of 1,024 counts per vocabulary gene, and one shard at a time
-        mem_mb=4000,
+        **sized("gene_medians"),
     shell:
         "scencode gene-medians --corpus {input.corpus:q} --vocab {input.vocab:q} --out {output:q} > {log:q} 2>&1"
