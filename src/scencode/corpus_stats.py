@@ -189,15 +189,8 @@ def gene_medians(folder: Path, vocab_size: int, vocab_hash: str | None = None, s
     for shard in manifest["shards"]:
         table = read_shard(folder, shard, ["split", "gene_ids", "counts", "total_counts"])
         table = table.filter(pc.equal(table.column("split"), split))
-        if not table.num_rows:
-            continue
-        genes = table.column("gene_ids").combine_chunks()
-        counts = table.column("counts").combine_chunks().flatten().to_numpy().astype(np.float64)
-        totals = np.repeat(table.column("total_counts").to_numpy().astype(np.float64), np.diff(genes.offsets))
-        bins = np.clip(
-            ((np.log(counts / totals * NORMALISED_TOTAL) - LOG_LOW) / width).astype(np.int64), 0, MEDIAN_BINS - 1
-        )
-        histogram += np.bincount(genes.flatten().to_numpy() * MEDIAN_BINS + bins, minlength=len(histogram))
+        if table.num_rows:
+            histogram += np.bincount(_histogram_index(table, width), minlength=len(histogram))
     per_gene = histogram.reshape(vocab_size, MEDIAN_BINS)
     cells = per_gene.sum(1)
     middle = np.argmax(per_gene.cumsum(1) >= (cells[:, None] + 1) / 2, axis=1)
@@ -206,6 +199,24 @@ def gene_medians(folder: Path, vocab_size: int, vocab_hash: str | None = None, s
     medians[~expressed] = np.median(medians[expressed]) if expressed.any() else 1.0
     medians[: len(SPECIAL_TOKENS)] = 1.0
     return pl.DataFrame({"token_id": np.arange(vocab_size), "median": medians, "cells": cells})
+
+
+_LOG_COUNTS = np.log(np.arange(1, 2**16 + 1)).astype(np.float32)  # log(count), counts 1 … 65,536
+
+
+def _histogram_index(table, width: float) -> np.ndarray:
+    """Each token's (gene, bin) as gene × bins + bin. Counts are whole numbers: their logarithms are
+    looked up (faster than computing them), and the cell's log total is one number per cell."""
+    genes = table.column("gene_ids").combine_chunks()
+    counts = table.column("counts").combine_chunks().flatten().to_numpy()
+    log_counts = _LOG_COUNTS[np.minimum(counts, len(_LOG_COUNTS)) - 1]
+    large = counts > len(_LOG_COUNTS)
+    log_counts[large] = np.log(counts[large])
+    totals = table.column("total_counts").to_numpy().astype(np.float64)
+    shift = ((np.log(NORMALISED_TOTAL / totals) - LOG_LOW) / width).astype(np.float32)
+    position = log_counts * np.float32(1 / width) + np.repeat(shift, np.diff(genes.offsets))
+    bins = np.clip(position, 0, MEDIAN_BINS - 1).astype(np.int64)
+    return genes.flatten().to_numpy().astype(np.int64) * MEDIAN_BINS + bins
 
 
 def read_gene_medians(path: str | Path, vocab_hash: str) -> np.ndarray:
