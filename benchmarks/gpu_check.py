@@ -14,6 +14,9 @@ the pure-Python wheels of fair-esm and tqdm on PYTHONPATH), from a checkout:
 * ``bf16_vs_fp32``: the masked loss of the same model and batch in both precisions;
 * ``pretrain``: ``scencode pretrain`` through the real CLI on a synthetic corpus: the loss falls
   over ``--pretrain-steps`` steps, and a second call with more steps resumes from ``last.pt``;
+* ``torchrun``: the pretraining rule's multi-GPU path on this machine's one GPU: ``scencode
+  pretrain`` under torchrun (a process group, NCCL on CUDA), stopped by SIGTERM to every process of
+  the job as SLURM stops it, then resumed from ``last.pt``;
 * ``embed``: ``scencode embed`` of the trained model on CUDA (Parquet; the context diagnostic);
 * ``esm2``: ``scencode esm-tiny`` + ``scencode esm-embed`` of a few hundred sequences on CUDA;
 * ``paper_estimate``: the study's 8 configurations × 3 epochs × 10M cells in GPU-hours at the best
@@ -373,6 +376,48 @@ def pretrain_and_embed(work: Path, smoke: bool, steps: int) -> tuple[dict, dict]
     return pretrain, embed
 
 
+def torchrun_stop_and_resume(work: Path, smoke: bool) -> dict:
+    """The job's path under torchrun: train, SIGTERM to the whole process group mid-run (last.pt at
+    the step under way, a non-zero exit), then the rerun resumes there and finishes."""
+    import os
+    import signal
+
+    corpus = work / "data" / "train"
+    dims = SMOKE if smoke else dict(d_model=256, n_layers=4, n_heads=4, d_ff=512, dropout=0.1)
+    settings = {
+        "model": {**dims, "gene_encoding": "learned", "expression_encoding": "log"},
+        "loader": {"batch_size": 16 if smoke else 128, "context": 64 if smoke else 512, "bucket_batches": 8},
+        "train": {"max_steps": 100_000, "warmup_steps": 10, "val_every": 0, "checkpoint_every": 100_000,
+                  "log_every": 1, "grad_accum": 1, "num_workers": 1},
+    }  # fmt: skip
+    out = work / "torchrun_model"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "scencode"]
+    args = [*launch, "pretrain", "--name", "learned-log-s777", "--corpus", str(corpus)]
+    args += ["--vocab", str(work / "data" / "vocab.parquet"), "--out", str(out)]
+    job = subprocess.Popen(
+        [*args, "--params", json.dumps(settings)], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    seen, deadline = "", time.monotonic() + 600
+    while "step 5 loss" not in seen and time.monotonic() < deadline and job.poll() is None:
+        seen += job.stderr.readline()
+    os.killpg(job.pid, signal.SIGTERM)
+    _, rest = job.communicate(timeout=300)
+    stopped_at = int(torch.load(out / "last.pt", weights_only=True, map_location="cpu")["step"])
+    settings["train"]["max_steps"] = stopped_at + 5
+    resumed = subprocess.run([*args, "--params", json.dumps(settings)], capture_output=True, text=True, timeout=900)
+    status = json.loads((out / "model.json").read_text()) if resumed.returncode == 0 else {}
+    return {
+        "stopped_exit": job.returncode,
+        "stopped_at": stopped_at,
+        "checkpointed_on_stop": "last.pt saved, rerun to resume" in seen + rest,
+        "resumed": f"resumed learned-log-s777 at step {stopped_at}" in resumed.stderr,
+        "resume_exit": resumed.returncode,
+        "steps_after_resume": status.get("steps"),
+        "device": status.get("cost", {}).get("device"),
+        "process_group": "nccl" if torch.cuda.is_available() else "gloo",
+    }
+
+
 def esm2(work: Path, smoke: bool) -> dict:
     rng = np.random.default_rng(2)
     amino = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
@@ -487,6 +532,10 @@ def main(argv=None) -> dict:
                 result, "pretrain", pretrain_and_embed, Path(tmp), args.smoke, args.pretrain_steps
             ) or (None, None)
             timings["pretrain_and_embed"] = time.perf_counter() - start
+            save()
+            start = time.perf_counter()
+            result["torchrun"] = attempt(result, "torchrun", torchrun_stop_and_resume, Path(tmp), args.smoke)
+            timings["torchrun"] = time.perf_counter() - start
             save()
         if "esm2" not in args.skip:
             start = time.perf_counter()

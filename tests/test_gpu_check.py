@@ -65,6 +65,9 @@ def test_gpu_check_runs_every_part_without_the_workflow_stack(tmp_path):
     pretrain = result["pretrain"]
     assert pretrain["steps"] == 12 and pretrain["resumed"] and pretrain["steps_after_resume"] == 14
     assert pretrain["checkpoint_step"] in (3, 6, 9, 12)
+    torchrun = result["torchrun"]  # the rule's torchrun path: stopped by SIGTERM, resumed where it stopped
+    assert torchrun["stopped_exit"] != 0 and torchrun["checkpointed_on_stop"] and torchrun["resumed"]
+    assert torchrun["resume_exit"] == 0 and torchrun["steps_after_resume"] == torchrun["stopped_at"] + 5
     embed = result["embed"]
     assert embed["cells"] == 300 and {"masked_mse", "masked_mse_no_context", "gene_mean_mse"} <= set(embed)
     assert result["esm2"]["genes"] == 20 and result["esm2"]["dim"] == 32

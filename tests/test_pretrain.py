@@ -520,3 +520,29 @@ def test_a_rank_configuration_trains_on_the_corpus_medians_and_keeps_them_in_its
     model, _ = load_model(tmp_path / "m" / "best.pt", torch.device("cpu"))  # as embed and reconstruction load it
     expected = torch.from_numpy(read_gene_medians(medians, load_vocab(vocab)[1])).float()
     assert torch.equal(model.expression.medians, expected) and not torch.equal(expected, torch.ones_like(expected))
+
+
+def test_a_stop_signal_to_every_process_of_the_job_still_checkpoints(demo_corpus, tmp_path):
+    """SLURM signals every process of a job, DataLoader workers included: a worker killed by SIGTERM
+    made the trainer fail ('DataLoader worker exited unexpectedly', exit 1, no last.pt); the workers
+    leave the signal to the trainer, which finishes its step, checkpoints and exits 143."""
+    import os
+    import time
+
+    corpus, vocab = demo_corpus
+    params = {
+        "model": {**SMALL_MODEL, "gene_encoding": "learned", "expression_encoding": "log"},
+        "loader": SMALL_LOADER,
+        "train": {**SMALL_TRAIN, "max_steps": 100_000, "checkpoint_every": 100_000, "val_every": 0, "log_every": 1},
+    }
+    params["train"]["num_workers"] = 2
+    command = [sys.executable, "-m", "scencode", "pretrain", "--name", "learned-log-s3", "--corpus", str(corpus)]
+    command += ["--vocab", str(vocab), "--threads", "1", "--params", json.dumps(params), "--out", str(tmp_path / "m")]
+    job = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen, deadline = "", time.monotonic() + 120
+    while "step 3 loss" not in seen and time.monotonic() < deadline:
+        seen += job.stderr.readline()
+    os.killpg(job.pid, signal.SIGTERM)  # the trainer and its two workers, as SLURM does
+    _, rest = job.communicate(timeout=120)
+    assert job.returncode == 143 and "last.pt saved, rerun to resume" in rest, seen + rest
+    assert torch.load(tmp_path / "m" / "last.pt", weights_only=True)["step"] >= 3

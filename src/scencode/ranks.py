@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,7 +40,9 @@ class Ranks:
             int(os.environ.get("WORLD_SIZE", 1)),
             default_device(int(os.environ.get("LOCAL_RANK", 0))),
         )
-        if ranks.world > 1 and not dist.is_initialized():
+        # under torchrun even on one process (the launcher's path, NCCL on a GPU, is then the one a
+        # multi-GPU job takes); started without it, no process group
+        if "WORLD_SIZE" in os.environ and not dist.is_initialized():
             dist.init_process_group("nccl" if ranks.device.type == "cuda" else "gloo")
         if ranks.device.type == "cuda":
             torch.cuda.set_device(ranks.device)
@@ -64,7 +67,7 @@ class Ranks:
         return reason or ("a stop signal on another rank" if flag.item() else None)
 
     def leave(self) -> None:
-        if self.world > 1:
+        if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
 
@@ -145,4 +148,14 @@ class RankSchedule:
             batch_size=None,
             num_workers=self.workers,
             generator=torch.Generator().manual_seed(self.loader.seed),
+            worker_init_fn=leave_stop_signals_to_the_trainer,
         )
+
+
+def leave_stop_signals_to_the_trainer(worker: int) -> None:
+    """A DataLoader worker ignores stop signals. SLURM signals every process of a job (preemption,
+    time limit, scancel): a worker that died of SIGTERM made the trainer fail with 'DataLoader worker
+    exited unexpectedly' instead of finishing its step, writing last.pt and exiting 143. The trainer
+    shuts its workers down itself."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
