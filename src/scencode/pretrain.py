@@ -256,12 +256,17 @@ def accumulate_gradients(run: Run, micro_batches: list[Batch]) -> bool:
     partial step) runs the first probe batch with weight 0, so DDP's all-reduce happens everywhere.
     False: the loss became non-finite on some rank (``diverged`` has dealt with it)."""
     st, ranks = run.state, run.ranks
+    # counted on the host, before the copy to the device (no synchronisation)
+    local = [
+        sum(int((b.masked & b.real).sum()) for b in micro_batches),
+        sum(int(b.real.sum()) for b in micro_batches),
+        sum(b.n_cells for b in micro_batches),
+    ]
+    where = ranks.device if ranks.world > 1 else "cpu"  # NCCL reduces on the GPU; one process needs no copy
+    masked, tokens, cells = (int(n) for n in ranks.sum(torch.tensor(local, dtype=torch.float64, device=where)))
     batches, weight = [b.to(ranks.device) for b in micro_batches], 1.0
     if not batches:
         batches, weight = run.probe[:1], 0.0
-    local = [sum(int((b.masked & b.real).sum()) for b in batches), sum(int(b.real.sum()) for b in batches)]
-    local = [weight * n for n in (*local, sum(b.n_cells for b in batches))]
-    masked, tokens, cells = (int(n) for n in ranks.sum(torch.tensor(local, dtype=torch.float64, device=ranks.device)))
     scale = ranks.world * weight / max(1, masked)  # DDP averages gradients over ranks
     sse_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
     model = run.optim.step_model
