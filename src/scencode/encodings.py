@@ -363,6 +363,7 @@ class RankValueExpression(nn.Module):
     embedding (the context caps a cell's tokens first)."""
 
     needs_gene_medians = True
+    medians: torch.Tensor  # a buffer (register_buffer): typed for the checker
 
     def __init__(
         self, d_model: int, max_rank: int = 2048, vocab_size: int = 0, gene_medians: torch.Tensor | None = None, **_

@@ -271,8 +271,9 @@ def accumulate_gradients(run: Run, micro_batches: list[Batch]) -> bool:
     sse_sum = torch.zeros((), dtype=torch.float64, device=ranks.device)
     model = run.optim.step_model
     for i, batch in enumerate(batches):
-        sync = i == len(batches) - 1 or not isinstance(model, DistributedDataParallel)
-        with contextlib.nullcontext() if sync else model.no_sync():
+        last = i == len(batches) - 1
+        # DDP all-reduces the gradients at each process's last backward of the step only
+        with model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext():
             with autocast(ranks.device, run.amp):
                 _, sse, _ = model(batch)
             sse_sum += weight * sse.detach().double()
