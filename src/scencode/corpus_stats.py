@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 
 from .atomic import OutputFile, atomic_path
 from .errors import ScencodeError
-from .formats import SPECIAL_TOKENS, load_vocab
-from .parquet_io import polars_frame
+from .formats import HASH_KEY, SPECIAL_TOKENS, load_vocab
+from .parquet_io import polars_frame, read_parquet
 from .shards import read_shard, verify_corpus
 
 log = logging.getLogger(__name__)
@@ -221,9 +221,6 @@ def _histogram_index(table, width: float) -> np.ndarray:
 
 def read_gene_medians(path: str | Path, vocab_hash: str) -> np.ndarray:
     """The medians of ``gene_medians_run``'s table, by token id, checked against the vocabulary."""
-    from .formats import HASH_KEY
-    from .parquet_io import read_parquet
-
     table = read_parquet(path, "gene medians table", ("token_id", "median"))
     stored = (table.schema.metadata or {}).get(HASH_KEY, b"").decode()
     if stored != vocab_hash:
@@ -237,8 +234,6 @@ def read_gene_medians(path: str | Path, vocab_hash: str) -> np.ndarray:
 def gene_medians_run(corpus: Path, vocab: Path, out: OutputFile) -> pl.DataFrame:
     """Per-gene non-zero medians of the training corpus's ``train`` split (rank-value encoding)."""
     import pyarrow.parquet as pq
-
-    from .formats import HASH_KEY
 
     vocabulary, digest = load_vocab(vocab)
     medians = gene_medians(Path(corpus), len(vocabulary), digest)

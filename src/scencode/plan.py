@@ -294,7 +294,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         )
         steps = run.train.max_steps  # set: the trainer stops there, whatever the epochs
         passes = steps * run.train.grad_accum * run.loader.batch_size / max(cells, 1) if steps else run.train.epochs
-        gpus, nodes = pretrain_processes(config, _entry_of(config, key))
+        gpus, nodes = pretrain_processes(config, _configuration_of(config, key)[0])
         one_gpu = _train_seconds(config, cells, passes, run=run) / 60
         minutes = one_gpu / (gpus * nodes * scaling_efficiency(gpus, nodes))
         # per node: each process holds its loader's pools and the weights with AdamW's moments
@@ -337,17 +337,16 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
     raise ValueError(f"no resource model for stage {stage!r}")
 
 
-def _entry_of(config: dict, run: str | None) -> dict:
+def _configuration_of(config: dict, run: str | None) -> tuple[dict, int | None, int | float | None]:
+    """(entry, seed, training-set size) of a run; a run the config does not name: ({}, None, None)."""
     from .workflow_config import configurations
 
-    return configurations(config).get(run, ({}, None, None))[0] if run else {}
+    return configurations(config).get(run, ({}, None, None)) if run else ({}, None, None)
 
 
 def _run_train_cells(config: dict, run: str | None, available: float) -> float:
     """The cells a run trains on: its training-set size (``pretrain.train_cells``) of the split."""
-    from .workflow_config import configurations
-
-    size = configurations(config).get(run, (None, None, None))[2] if run else None
+    size = _configuration_of(config, run)[2]
     if size is None:
         return available
     return size * available if size < 1 else min(size, available)

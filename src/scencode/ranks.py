@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from .devices import default_device
 from .errors import ScencodeError
+from .launch import under_torchrun
 from .loader import ShardBatches, TrainSubset
 from .model import Batch
 
@@ -42,7 +43,7 @@ class Ranks:
         )
         # under torchrun even on one process (the launcher's path, NCCL on a GPU, is then the one a
         # multi-GPU job takes); started without it, no process group
-        if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        if under_torchrun() and not dist.is_initialized():
             dist.init_process_group("nccl" if ranks.device.type == "cuda" else "gloo")
         if ranks.device.type == "cuda":
             torch.cuda.set_device(ranks.device)
