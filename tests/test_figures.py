@@ -38,6 +38,16 @@ def drawn(tmp_path_factory):
         (tmp_path / run).mkdir()
         log.to_parquet(tmp_path / run / "train_log.parquet")
         runs[write_status(tmp_path / run, run)] = tmp_path / run / "train_log.parquet"
+    configurations = [run.rsplit("-", 1)[0].split("-") for run in RUNS]
+    unseen = pd.DataFrame(configurations, columns=["gene_encoding", "expression_encoding"]).assign(
+        train_cells=1000,
+        masked_mse_unseen=[0.9, 0.8, 0.5, 0.55],
+        gene_mean_mse_unseen=0.6,
+        masked_mse_seen=0.3,
+        gene_mean_mse_seen=0.4,
+        accuracy_difference=[-0.02, -0.01, 0.03, 0.02],
+    )
+    unseen.assign(unseen_vs_gene_mean=unseen.masked_mse_unseen / 0.6).to_csv(tmp_path / "unseen.csv", index=False)
     kept, save = {}, figures.save
 
     def keep(fig, out_dir, name):
@@ -46,7 +56,9 @@ def drawn(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(figures, "save", keep)
-        paths = draw_all(tmp_path / "summary.csv", tmp_path / "metrics.csv", runs, tmp_path / "figures")
+        paths = draw_all(
+            tmp_path / "summary.csv", tmp_path / "metrics.csv", runs, tmp_path / "figures", "", tmp_path / "unseen.csv"
+        )
     return kept, paths, tmp_path / "figures"
 
 
@@ -58,7 +70,7 @@ def test_every_figure_is_written_with_labelled_non_empty_panels(drawn):
     kept, paths, _ = drawn
     assert {p.name for p in paths} == {f"{name}.{ext}" for name in kept for ext in ("png", "pdf")}
     assert {"fig1_batch_vs_bio", "fig2_classification", "fig3_min_train_mse", "loss_curves"} <= set(kept)
-    assert {"heatmap_per_dataset", "paper_comparison"} <= set(kept)
+    assert {"heatmap_per_dataset", "paper_comparison", "fig7_unseen_genes"} <= set(kept)
     for name, fig in kept.items():
         panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
         assert panels, name

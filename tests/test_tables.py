@@ -21,9 +21,21 @@ def test_levels_come_from_the_sheets_tissues():
         "d": {"role": "eval", "tissue": "pancreas"},
         "e": {"role": "eval"},
     }
-    assert shift_levels(datasets) == {"train_test": "id", "c": "near", "d": "far", "e": "unknown"}
+    assert shift_levels(datasets) == {
+        "train_test": "id",
+        "train_test_unseen": "unseen_genes",
+        "c": "near",
+        "d": "far",
+        "e": "unknown",
+    }
     datasets["f"] = {"role": "train"}  # a training dataset of unknown tissue could hold the pancreas
-    assert shift_levels(datasets) == {"train_test": "id", "c": "near", "d": "unknown", "e": "unknown"}
+    assert shift_levels(datasets) == {
+        "train_test": "id",
+        "train_test_unseen": "unseen_genes",
+        "c": "near",
+        "d": "unknown",
+        "e": "unknown",
+    }
 
 
 def test_levels_come_from_the_tissues_qc_found_when_the_sheet_has_none():
@@ -47,6 +59,7 @@ def test_levels_come_from_the_tissues_qc_found_when_the_sheet_has_none():
     }
     assert shift_levels(datasets, measured, min_cells=500) == {
         "train_test": "id",
+        "train_test_unseen": "unseen_genes",
         "near": "near",
         "far": "far",
         "sparse": "far",
@@ -166,3 +179,51 @@ def test_the_summary_does_not_depend_on_the_order_of_the_metric_rows():
     one = summary_table(metrics).to_pandas()
     shuffled = summary_table(metrics.sample(frac=1, random_state=3)).to_pandas()
     pd.testing.assert_frame_equal(one, shuffled, check_exact=True)
+
+
+def test_unseen_genes_get_their_table_and_per_gene_tests(tmp_path):
+    """Issue 34, part 1: the test split scored with the unseen genes left out (train_test) and in the
+    input (train_test_unseen); the diagnostic per gene group, and learned vs esm2 paired over genes."""
+    import polars as pl
+
+    from scencode.evaluate import reconstruction_rows
+    from scencode.formats import RunIdentity
+    from scencode.formats import metric_table as table_of
+
+    rng = np.random.default_rng(0)
+    genes = range(10, 60)
+    paths = []
+    for gene, unseen_error, knn in (("learned", 0.9, (0.60, 0.58)), ("esm2", 0.5, (0.55, 0.62))):
+        identity = RunIdentity(f"{gene}-soft-s0", gene, "soft", 0)
+        for dataset, accuracy in zip(("train_test", "train_test_unseen"), knn):
+            rows = pd.DataFrame(
+                {
+                    "metric": ["accuracy", "bio_score"],
+                    "group": ["knn_k10", "study"],
+                    "value": [accuracy, 0.5],
+                    "note": "",
+                }
+            )
+            recon = {"masked_mse": 0.4, "masked_mse_no_context": 0.5, "gene_mean_mse": 0.45, "cells": 100}
+            if dataset == "train_test_unseen":
+                per_gene = {str(t): [20, unseen_error + rng.normal(0, 0.05)] for t in genes}
+                recon |= {"masked_mse_seen": 0.3, "gene_mean_mse_seen": 0.4, "masked_mse_no_context_seen": 0.5}
+                recon |= {"masked_mse_unseen": unseen_error, "gene_mean_mse_unseen": 0.6}
+                recon |= {"masked_mse_no_context_unseen": 0.7, "unseen_gene_mse": per_gene}
+            path = tmp_path / f"{gene}-{dataset}.parquet"
+            table_of(pd.concat([rows, reconstruction_rows(recon)]), identity, dataset).to_parquet(path)
+            paths.append(path)
+    levels = {"train_test": "id", "train_test_unseen": "unseen_genes"}
+    write_tables(paths, tmp_path / "tables", levels=levels)
+    unseen = pl.read_csv(tmp_path / "tables" / "unseen_genes.csv").sort("gene_encoding")
+    assert unseen["gene_encoding"].to_list() == ["esm2", "learned"]
+    assert unseen["unseen_vs_gene_mean"].to_list() == pytest.approx([0.5 / 0.6, 0.9 / 0.6])
+    assert unseen["accuracy_difference"].to_list() == pytest.approx([0.62 - 0.55, 0.58 - 0.60])
+    assert unseen["masked_mse_seen"].to_list() == pytest.approx([0.3, 0.3])
+    tests = pl.read_csv(tmp_path / "tables" / "tests.csv").filter(pl.col("metric") == "unseen_gene_mse")
+    row = tests.filter(pl.col("comparison").str.starts_with("learned vs esm2")).row(0, named=True)
+    assert row["datasets"] == len(genes) and row["mean_difference"] > 0.3 and row["p_value"] < 1e-6
+    summary = pl.read_csv(tmp_path / "tables" / "summary.csv")
+    assert summary.is_empty()  # the in-distribution sets are not the study's evaluation datasets
+    assert "accuracy_gap_unseen_genes" in summary.columns
+    assert not pl.read_csv(tmp_path / "tables" / "metrics.csv")["group"].is_in(["unseen_gene_mse"]).any()

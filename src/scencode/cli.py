@@ -47,6 +47,11 @@ STEPS = {
         "gene_medians_run",
         "per-gene non-zero medians of the training corpus (Geneformer's normalisation; the rank encoding)",
     ),
+    "unseen-genes": (
+        "unseen_genes",
+        "run",
+        "draw the genes held out of every training cell (pretrain.unseen_genes), stratified by expression",
+    ),
     "proteins": ("esm.proteins", "run", "fetch a peptide FASTA (Ensembl pep.all, or the demo's)"),
     "esm-tiny": ("esm.embed", "tiny", "save a randomly initialised tiny ESM-2 (demo and tests)"),
     "esm-embed": ("esm.embed", "run", "ESM-2 gene embeddings from a peptide FASTA"),

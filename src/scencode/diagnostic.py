@@ -14,9 +14,9 @@ import torch
 
 from .devices import autocast, autocast_dtype, default_device
 from .errors import ScencodeError
-from .formats import Checkpoint
+from .formats import GENE_GROUPS, Checkpoint
 from .loader import LoaderConfig, ShardBatches
-from .model import Batch, CellTransformer, load_model, masked_sse
+from .model import Batch, CellTransformer, load_model
 from .shards import verify_corpus
 
 LABEL_COLUMNS = ("label", "batch")
@@ -43,54 +43,84 @@ def model_autocast(device: torch.device):
     return autocast(device, autocast_dtype("auto", device))
 
 
-def held_out_batches(corpus: Path, split: str | None, loader: LoaderConfig, mask: bool, columns=LABEL_COLUMNS):
+def held_out_batches(
+    corpus: Path,
+    split: str | None,
+    loader: LoaderConfig,
+    mask: bool,
+    columns=LABEL_COLUMNS,
+    drop_genes: torch.Tensor | None = None,
+):
     """A corpus's cells (of ``split``) as the model saw them at epoch 0, in shard order, with their ids
-    and ``columns``: the loader's seeded K-of-M genes and ``p_mask`` masks."""
-    return ShardBatches(corpus, split, loader, epoch=0, shuffle=False, mask=mask, with_cell_ids=True, columns=columns)
+    and ``columns``: the loader's seeded K-of-M genes and ``p_mask`` masks; ``drop_genes`` (a bool
+    per token id: the model's unseen genes) left out of every cell, as in training."""
+    drop = None if drop_genes is None or not bool(drop_genes.any()) else drop_genes.cpu().numpy()
+    return ShardBatches(
+        corpus,
+        split,
+        loader,
+        epoch=0,
+        shuffle=False,
+        mask=mask,
+        with_cell_ids=True,
+        columns=columns,
+        drop_genes=drop,
+    )
 
 
 class ReconstructionErrors:
-    """The context diagnostic, accumulated over batches of held-out cells with the loader's seeded
-    masks: ``masked_mse`` (the model as trained), ``masked_mse_no_context`` (every expression value
-    masked: the model sees only which genes the cell has) and ``gene_mean_mse`` (each masked token
-    predicted by its gene's mean x̃ over the same masked tokens: an optimistic context-free
-    reference). A model that learned only gene means sits at ``gene_mean_mse``."""
+    """The context diagnostic, accumulated per gene over batches of held-out cells with the loader's
+    seeded masks: ``masked_mse`` (the model as trained), ``masked_mse_no_context`` (every expression
+    value masked: the model sees only which genes the cell has) and ``gene_mean_mse`` (each masked
+    token predicted by its gene's mean x̃ over the same masked tokens: an optimistic context-free
+    reference). A model that learned only gene means sits at ``gene_mean_mse``. For a model with
+    unseen genes the same three on the genes it trained on (``_seen``) and on those it never saw
+    (``_unseen``), where they are in the input."""
 
     def __init__(self, vocab_size: int, device: torch.device):
-        self.sse = torch.zeros(2, dtype=torch.float64, device=device)
-        self.gene = torch.zeros(3, vocab_size, dtype=torch.float64, device=device)  # n, Σx, Σx²
-        self.tokens, self.cells = 0, 0
+        # per gene: masked tokens, Σx, Σx², the model's squared error, the context-free model's
+        self.gene = torch.zeros(5, vocab_size, dtype=torch.float64, device=device)
+        self.cells = 0
 
-    def add(self, model: CellTransformer, batch: Batch, sse: torch.Tensor) -> None:
-        """``sse``: the model's masked squared-error sum on this batch (``model(batch)[1]``)."""
+    def add(self, model: CellTransformer, batch: Batch, pred: torch.Tensor) -> None:
+        """``pred``: the model's prediction on this batch (``model(batch)[0]``)."""
         target = batch.masked & batch.real
-        self.sse[0] += sse.double()
         # every expression value hidden; scored at the same masked positions
         blind = model(replace(batch, masked=batch.real))[0]
-        self.sse[1] += masked_sse(blind, batch)[0].double()
         genes, x = batch.gene_ids[target], batch.xnorm[target].double()
-        for row, values in enumerate((torch.ones_like(x), x, x * x)):
+        errors = ((p[target].double() - x) ** 2 for p in (pred, blind))
+        for row, values in enumerate((torch.ones_like(x), x, x * x, *errors)):
             self.gene[row].index_add_(0, genes, values)
-        self.tokens += int(target.sum())
         self.cells += batch.n_cells
 
-    def result(self) -> dict:
-        if not self.tokens:
-            return {
-                "masked_mse": float("nan"),
-                "masked_mse_no_context": float("nan"),
-                "gene_mean_mse": float("nan"),
-                "cells": self.cells,
-                "masked_tokens": 0,
+    def result(self, unseen: torch.Tensor | None = None) -> dict:
+        """The diagnostic over all masked tokens; with ``unseen`` (a bool per token id), also over the
+        seen and the unseen genes' tokens apart."""
+        out = {**self._over(None), "cells": self.cells}
+        if unseen is not None and bool(unseen.any()):
+            unseen = unseen.to(self.gene.device)
+            for name, genes in zip(GENE_GROUPS, (~unseen, unseen)):
+                out.update({f"{key}_{name}": value for key, value in self._over(genes).items()})
+            tokens, model_sse = self.gene[0], self.gene[3]
+            scored = unseen & (tokens > 0)
+            out["unseen_gene_mse"] = {  # per unseen gene: the pairs of the tables' per-gene tests
+                int(token): [int(n), float(sse / n)]
+                for token, n, sse in zip(scored.nonzero().flatten().tolist(), tokens[scored], model_sse[scored])
             }
-        n, total, squares = self.gene
+        return out
+
+    def _over(self, genes: torch.Tensor | None) -> dict:
+        n, total, squares, model_sse, blind_sse = self.gene if genes is None else self.gene[:, genes]
+        tokens = float(n.sum())
+        if not tokens:
+            nan = float("nan")
+            return {"masked_mse": nan, "masked_mse_no_context": nan, "gene_mean_mse": nan, "masked_tokens": 0}
         gene_sse = (squares - total**2 / n.clamp(min=1)).sum()
         return {
-            "masked_mse": float(self.sse[0] / self.tokens),
-            "masked_mse_no_context": float(self.sse[1] / self.tokens),
-            "gene_mean_mse": float(gene_sse / self.tokens),
-            "cells": self.cells,
-            "masked_tokens": self.tokens,
+            "masked_mse": float(model_sse.sum() / tokens),
+            "masked_mse_no_context": float(blind_sse.sum() / tokens),
+            "gene_mean_mse": float(gene_sse / tokens),
+            "masked_tokens": int(tokens),
         }
 
 
@@ -103,10 +133,11 @@ def masked_mse(
     model, ckpt = load_model(checkpoint, device)
     verify_model_corpus(checkpoint, ckpt, corpus)
     errors = ReconstructionErrors(model.cfg.vocab_size, device)
-    for batch in held_out_batches(Path(corpus), split, loader, mask=True, columns=()):
+    batches = held_out_batches(Path(corpus), split, loader, mask=True, columns=(), drop_genes=model.unseen_genes)
+    for batch in batches:
         if max_cells and errors.cells >= max_cells:
             break
         with model_autocast(device):
             on_device = batch.to(device)
-            errors.add(model, on_device, model(on_device)[1])
+            errors.add(model, on_device, model(on_device)[0])
     return errors.result()

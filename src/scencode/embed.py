@@ -31,6 +31,7 @@ from .loader import LoaderConfig
 from .model import load_model
 
 log = logging.getLogger(__name__)
+UNSEEN_GENES = ("leave_out", "include")  # a model's unseen genes at evaluation: as trained, or in the input
 
 
 @torch.no_grad()
@@ -43,21 +44,26 @@ def embed_corpus(
     run: str,
     dataset: str,
     split: str | None = None,
+    unseen_genes: str = "leave_out",
 ) -> dict:
     """Embeds every cell (of ``split``, if given: the training corpus's held-out test split is the
     in-distribution evaluation set) and measures the reconstruction errors in the same pass (one
     model load, one read of the shards). Returns the cell count, dimension and the diagnostic
-    (:class:`~scencode.diagnostic.ReconstructionErrors`)."""
+    (:class:`~scencode.diagnostic.ReconstructionErrors`; with unseen genes included, also on the
+    seen and the unseen genes apart)."""
+    if unseen_genes not in UNSEEN_GENES:
+        raise ScencodeError(f"--unseen-genes must be one of {', '.join(UNSEEN_GENES)}, got {unseen_genes!r}")
     device = default_device()
     model, ckpt = load_model(checkpoint, device)
     verify_model_corpus(checkpoint, ckpt, corpus)
     ids, labels, batches, chunks = [], [], [], []
     errors = ReconstructionErrors(model.cfg.vocab_size, device)
-    for batch in held_out_batches(Path(corpus), split, loader, mask=True):
+    leave_out = model.unseen_genes if unseen_genes == "leave_out" else None
+    for batch in held_out_batches(Path(corpus), split, loader, mask=True, drop_genes=leave_out):
         on_device = batch.to(device)
         with model_autocast(device):
-            _, sse, _, emb = model(on_device, embeddings=True)  # one pass: the embedding and the loss as trained
-            errors.add(model, on_device, sse)
+            pred, _, _, emb = model(on_device, embeddings=True)  # one pass: the embedding and the loss as trained
+            errors.add(model, on_device, pred)
         chunks.append(emb.float().cpu().numpy())
         ids += batch.meta["cell_id"]
         labels += batch.meta["label"]
@@ -78,7 +84,8 @@ def embed_corpus(
     obs = pd.DataFrame({"label": labels, "batch": batches}, index=pd.Index(ids, name="cell_id"))
     obs["label"] = obs.label.fillna("")  # cells of a dataset without labels: unlabeled, left out of the scores
     write_embedding_files(obs, matrix, out_parquet, out_h5ad, run, dataset)
-    return {"cells": len(ids), "dim": int(matrix.shape[1]), **errors.result()}
+    unseen = None if leave_out is not None else model.unseen_genes
+    return {"cells": len(ids), "dim": int(matrix.shape[1]), **errors.result(unseen), "unseen_genes": unseen_genes}
 
 
 def run(
@@ -92,12 +99,15 @@ def run(
     h5ad: OutputFile | None = None,
     threads: int | None = None,
     split: str | None = None,
+    unseen_genes: str = "leave_out",
 ) -> dict:
     """Cell embeddings of a model on an evaluation corpus (``out`` Parquet; ``h5ad`` the same for scanpy,
     needs anndata) and the context diagnostic on the same cells (``reconstruction`` JSON). ``model``:
     a run's model.json (no model: empty outputs that say why) or a checkpoint .pt; ``params``: the
     loader settings (context, batch_size, gene sampling, …); ``split``: only these cells of the corpus
-    (``test``: the training corpus's held-out cells, the in-distribution set)."""
+    (``test``: the training corpus's held-out cells, the in-distribution set); ``unseen_genes``: the
+    genes the model was trained without (``pretrain.unseen_genes``) ``leave_out`` of every cell, as
+    in training (the study's protocol), or ``include`` in the input."""
     from .settings import torch_threads
 
     torch_threads(threads)
@@ -106,7 +116,7 @@ def run(
         write_missing_embedding(missing, out, h5ad, run, dataset)
         info = {"cells": 0, **{metric: None for metric in RECONSTRUCTION_METRICS}, "missing": missing}
     else:
-        info = embed_corpus(checkpoint, corpus, params, out, h5ad, run, dataset, split)
+        info = embed_corpus(checkpoint, corpus, params, out, h5ad, run, dataset, split, unseen_genes)
         log.info("%s on %s: %d cells embedded", run, dataset, info["cells"])
     write_reconstruction_errors(info, reconstruction)
     return info

@@ -75,6 +75,15 @@ class LearnedGenes(nn.Module):
     def forward(self, gene_ids: torch.Tensor) -> torch.Tensor:
         return self.table(gene_ids)
 
+    def unknown(self, seen: torch.Tensor) -> torch.Tensor:
+        """The vector of a gene never trained on: the mean of the trained genes' rows (``seen``, a
+        bool per token id; special tokens excluded). An unseen row is its random initialisation, an
+        identity the model never met; the centroid is the table's "average gene", the least it can
+        claim, and needs no change to training (an <unk> row trained by gene dropout would)."""
+        trained = seen.clone()
+        trained[:N_SPECIAL] = False
+        return self.table.weight[trained].mean(0)
+
 
 def align_gene_table(path: Path, vocab: pd.DataFrame, missing_policy: str) -> torch.Tensor:
     """The gene-embedding table (ESM-2 …) in vocabulary order, for the encoders that read one;

@@ -35,6 +35,7 @@ from .cellsets import (
 )
 from .errors import ScencodeError
 from .formats import (
+    GENE_GROUPS,
     RECONSTRUCTION_METRICS,
     RunIdentity,
     metric_table,
@@ -395,6 +396,28 @@ def classification_rows(x, labels, params: EvalParams) -> list[tuple]:
     return rows
 
 
+def reconstruction_rows(recon: dict) -> pd.DataFrame:
+    """A model's context diagnostic on the dataset as metric rows; with its unseen genes in the
+    input, also the diagnostic on the seen and the unseen genes apart (group ``unseen_genes``) and
+    each unseen gene's masked MSE (group ``unseen_gene_mse``, metric: the gene's token id), the
+    pairs of the tables' per-gene tests."""
+    rows = [
+        {"metric": metric, "group": "reconstruction", "note": "evaluation dataset", "value": recon[metric]}
+        for metric in RECONSTRUCTION_METRICS
+    ]
+    rows += [
+        {"metric": f"{metric}_{group}", "group": "unseen_genes", "note": f"{group} genes", "value": recon[key]}
+        for group in GENE_GROUPS
+        for metric in RECONSTRUCTION_METRICS
+        if (key := f"{metric}_{group}") in recon
+    ]
+    rows += [
+        {"metric": str(token), "group": "unseen_gene_mse", "note": f"{tokens} masked tokens", "value": mse}
+        for token, (tokens, mse) in recon.get("unseen_gene_mse", {}).items()
+    ]
+    return pd.DataFrame(rows)
+
+
 def run(
     embedding: Path,
     out: OutputFile,
@@ -417,23 +440,7 @@ def run(
     except ScencodeError as exc:
         raise ScencodeError(f"{run} on {dataset}: {exc}", embedding) from None
     if reconstruction is not None:  # models only: baselines reconstruct nothing
-        recon = read_reconstruction_errors(reconstruction)
-        rows = pd.concat(
-            [
-                rows,
-                pd.DataFrame(
-                    [
-                        {
-                            "metric": metric,
-                            "group": "reconstruction",
-                            "note": "evaluation dataset",
-                            "value": recon[metric],
-                        }
-                        for metric in RECONSTRUCTION_METRICS
-                    ]
-                ),
-            ]
-        )
+        rows = pd.concat([rows, reconstruction_rows(read_reconstruction_errors(reconstruction))])
     if missing:  # no model: every metric is NaN, and the table says why
         rows = rows.assign(value=float("nan"), note=missing)
     table = metric_table(rows, RunIdentity(run, gene_encoding, expression_encoding, seed), dataset)

@@ -18,7 +18,14 @@ from scipy.stats import spearmanr
 from . import plotting
 from .atomic import OutputFolder, atomic_path
 from .errors import ScencodeError
-from .formats import RunStatus, read_metrics_csv, read_run_status, read_summary, read_train_log
+from .formats import (
+    RunStatus,
+    read_metrics_csv,
+    read_run_status,
+    read_summary,
+    read_train_log,
+    read_unseen_genes_table,
+)
 from .plotting import EncodingStyles, legend_outside
 from .reference import packaged_file
 
@@ -241,7 +248,12 @@ def fig_cost(summary: pd.DataFrame, metrics: pd.DataFrame, styles: EncodingStyle
     return fig
 
 
-SHIFT = {"id": "in distribution", "near": "near (seen tissue)", "far": "far (unseen tissue)"}
+SHIFT = {
+    "id": "in distribution",
+    "unseen_genes": "in distribution, unseen genes in the input",
+    "near": "near (seen tissue)",
+    "far": "far (unseen tissue)",
+}
 
 
 def fig_shift(summary: pd.DataFrame, score: str = "bio_score", styles: EncodingStyles | None = None):
@@ -282,6 +294,37 @@ def fig_shift(summary: pd.DataFrame, score: str = "bio_score", styles: EncodingS
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="baseline (random: chance)"))
         legend_outside(ax, handles=handles)
     explain_if_empty(ax, "no evaluation dataset has a shift level\n(tables/shift_levels.csv)")
+    return fig
+
+
+def fig_unseen_genes(unseen: pd.DataFrame | None, styles: EncodingStyles | None = None):
+    """Genes held out of training (``pretrain.unseen_genes``): left, each configuration's masked MSE
+    on the genes it never trained on over their gene-mean reference (below 1: better than each
+    gene's own mean), a black tick at the same ratio on the genes it trained on; right, what putting
+    the unseen genes into the input does to kNN accuracy (included − left out)."""
+    fig, axes = plotting.figure(2 * max(4.0, 0.45 * (0 if unseen is None else len(unseen)) + 1.5), 3.8, 1, 2)
+    if unseen is not None and len(unseen):
+        styles = styles or EncodingStyles.of(unseen)
+        data = unseen.sort_values("unseen_vs_gene_mean")
+        _bars(axes[0], data.assign(unseen_vs_gene_mean_sd=np.nan), "unseen_vs_gene_mean", styles)
+        axes[0].scatter(
+            np.arange(len(data)),
+            data.masked_mse_seen / data.gene_mean_mse_seen,
+            marker="_",
+            s=200,
+            color="black",
+            zorder=3,
+            label="genes trained on",
+        )
+        axes[0].axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        axes[0].legend(fontsize=7, loc="upper left")
+        if "accuracy_difference" in data.columns:
+            _bars(axes[1], data.assign(accuracy_difference_sd=np.nan), "accuracy_difference", styles)
+            axes[1].axhline(0.0, color="grey", linewidth=0.8)
+    axes[0].set_ylabel("masked MSE / gene-mean MSE\non genes never trained on")
+    axes[1].set_ylabel("kNN accuracy: unseen genes\nin the input − left out")
+    for ax in axes:
+        explain_if_empty(ax, "no unseen genes in this run\n(pretrain.unseen_genes: 0)")
     return fig
 
 
@@ -355,8 +398,11 @@ def main_size(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[~trained | (summary.train_cells == largest.reindex(summary.index)) | summary.train_cells.isna()]
 
 
-def draw_all(summary_csv, metrics_csv, runs: dict, out_dir, caveat: str = "") -> list[Path]:
-    """``runs``: each run's model.json → its train_log.parquet."""
+def draw_all(
+    summary_csv, metrics_csv, runs: dict, out_dir, caveat: str = "", unseen_genes_csv: Path | None = None
+) -> list[Path]:
+    """``runs``: each run's model.json → its train_log.parquet; ``unseen_genes_csv``: the tables'
+    unseen_genes.csv, where genes were held out of training (fig7_unseen_genes)."""
     out_dir = Path(out_dir)
     every_size = read_summary(summary_csv)
     summary = main_size(every_size)
@@ -379,6 +425,8 @@ def draw_all(summary_csv, metrics_csv, runs: dict, out_dir, caveat: str = "") ->
         "fig6_scaling": fig_scaling(every_size, styles),
         "paper_comparison": comparison_figure,
     }
+    if unseen_genes_csv is not None:
+        drawn["fig7_unseen_genes"] = fig_unseen_genes(read_unseen_genes_table(unseen_genes_csv), styles)
     paths = []
     for name, fig in drawn.items():
         plotting.caveat(fig, caveat)
@@ -395,12 +443,14 @@ def run(
     train_logs: Sequence[Path] = (),
     models: Sequence[Path] = (),
     caveat: str = "",
+    unseen_genes: Path | None = None,
 ) -> list[Path]:
     """The study's figures (PNG and PDF in ``out_dir``) from the tables and the runs' training logs
     with their status files (``models``: each log's model.json, in the same order); ``caveat``:
-    printed on the paper comparison (e.g. demo data, tiny models)."""
+    printed on the paper comparison (e.g. demo data, tiny models); ``unseen_genes``: the tables'
+    unseen_genes.csv (adds fig7_unseen_genes)."""
     if len(models) != len(train_logs):
         raise ScencodeError(f"{len(train_logs)} training logs but {len(models)} model.json files: one per run")
-    paths = draw_all(summary, metrics, dict(zip(models, train_logs)), out_dir, caveat=caveat)
+    paths = draw_all(summary, metrics, dict(zip(models, train_logs)), out_dir, caveat, unseen_genes)
     log.info("figures: %s", ", ".join(p.name for p in paths))
     return paths

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MISSING_KEY = b"scencode.missing"
 # the context diagnostic of every model on every evaluation dataset (diagnostic.ReconstructionErrors)
 RECONSTRUCTION_METRICS = ("masked_mse", "masked_mse_no_context", "gene_mean_mse")
+GENE_GROUPS = ("seen", "unseen")  # a model with genes held out of training: its diagnostic on each
 METRIC_COLUMNS = [
     "configuration",
     "gene_encoding",
@@ -124,6 +125,18 @@ SUMMARY_COLUMNS = ("gene_encoding", "expression_encoding", "train_cells", "batch
 def read_summary(path) -> pd.DataFrame:
     """``summary.csv`` as ``scencode tables`` writes it."""
     return read_csv_table(path, "summary table (summary.csv)", SUMMARY_COLUMNS)
+
+
+def read_unseen_genes_table(path) -> pd.DataFrame:
+    """``unseen_genes.csv`` as ``scencode tables`` writes it (pretrain.unseen_genes)."""
+    columns = (
+        "gene_encoding",
+        "expression_encoding",
+        "masked_mse_unseen",
+        "gene_mean_mse_unseen",
+        "unseen_vs_gene_mean",
+    )
+    return read_csv_table(path, "unseen genes table (unseen_genes.csv)", columns)
 
 
 def read_metrics_csv(path) -> pd.DataFrame:

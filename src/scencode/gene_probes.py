@@ -118,8 +118,9 @@ def probe_rows(
 
 
 def model_gene_embeddings(checkpoint: Path, vocab_hash: str, vocab: Path) -> np.ndarray:
-    """Each vocabulary token's effective gene embedding: the gene encoder's output (of a model
-    trained on ``vocab``: another vocabulary's rows would be other genes)."""
+    """Each vocabulary token's effective gene embedding: the gene encoder's output as the model uses
+    it (a learned table's unseen genes: its one unknown vector) of a model trained on ``vocab``
+    (another vocabulary's rows would be other genes)."""
     import torch
 
     from .model import load_model
@@ -132,7 +133,7 @@ def model_gene_embeddings(checkpoint: Path, vocab_hash: str, vocab: Path) -> np.
             checkpoint,
         )
     with torch.no_grad():
-        return model.genes(torch.arange(model.cfg.vocab_size)).float().numpy()
+        return model.gene_vectors(torch.arange(model.cfg.vocab_size)).float().numpy()
 
 
 def reference_tables(

@@ -170,8 +170,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
         columns: tuple[str, ...] = (),
         subset: TrainSubset | None = None,
         max_cells: int | None = None,
+        drop_genes: np.ndarray | None = None,
     ):
         cfg.validate()
+        self.drop_genes = drop_genes  # bool per token id: genes left out of every cell (unseen_genes)
         self.subset = subset
         self.corpus_dir, self.split, self.cfg = Path(corpus_dir), split, cfg
         self.epoch, self.rank, self.world_size = epoch, rank, world_size
@@ -252,7 +254,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
     def _bucket(
         self, table: pa.Table, in_split: np.ndarray, rng: np.random.Generator
     ) -> Iterator[tuple[_Pool, np.ndarray]]:
-        pool = _Pool(table, in_split, self.with_cell_ids, self.columns, self._buffers)
+        pool = _Pool(table, in_split, self.with_cell_ids, self.columns, self._buffers, self.drop_genes)
         for index in batch_order(pool.lengths, self.cfg, self.shuffle, rng):
             yield pool, index
 
@@ -288,17 +290,37 @@ def _flat_lists(column: pa.ChunkedArray, buffers: dict, name: str) -> tuple[np.n
     return np.concatenate(values, out=buffer[:total]), np.concatenate(lengths)
 
 
+def without_genes(
+    genes: np.ndarray, counts: np.ndarray, lengths: np.ndarray, drop: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat (genes, counts, per-cell lengths) with the tokens of the ``drop`` genes (a bool per
+    token id) taken out, before any sampling: such a gene is in no cell's inputs, targets or K-of-M
+    draw. The cell's total count (x̃'s denominator) stays as measured."""
+    keep = ~drop[genes]
+    kept_before = np.concatenate(([0], np.cumsum(keep)))
+    ends = np.cumsum(lengths)
+    return genes[keep], counts[keep], kept_before[ends] - kept_before[ends - lengths]
+
+
 class _Pool:
     """A shuffle buffer's cells as flat numpy arrays (list offsets + values): batches are gathered
     from it with numpy indexing, not by copying Arrow tables."""
 
     def __init__(
-        self, table: pa.Table, in_split: np.ndarray, with_cell_ids: bool, columns: tuple[str, ...], buffers: dict
+        self,
+        table: pa.Table,
+        in_split: np.ndarray,
+        with_cell_ids: bool,
+        columns: tuple[str, ...],
+        buffers: dict,
+        drop_genes: np.ndarray | None = None,
     ):
         rows = np.flatnonzero(in_split)
         self.n = len(rows)
         self.genes, lengths = _flat_lists(table.column("gene_ids"), buffers, "genes")
         self.counts, _ = _flat_lists(table.column("counts"), buffers, "counts")
+        if drop_genes is not None:
+            self.genes, self.counts, lengths = without_genes(self.genes, self.counts, lengths, drop_genes)
         self.starts, self.lengths = (np.cumsum(lengths) - lengths)[rows], lengths[rows]
         self.totals = table.column("total_counts").to_numpy()[rows]
         self.keys = cell_keys(table.column("cell_id"))[rows]

@@ -219,12 +219,22 @@ class Block(nn.Module):
 
 
 class CellTransformer(nn.Module):
+    """``unseen_genes``: a bool per token id, the genes held out of training (``pretrain.unseen_genes``).
+    A gene encoder that has nothing to say about a gene it never trained on (a learned table: its
+    row is still the random initialisation) defines ``unknown(seen)``, the one vector every unseen
+    gene gets; encoders of a fixed per-gene table (ESM-2) give the gene's own row."""
+
     gene_gain: torch.Tensor  # buffers (register_buffer): typed for the checker
     expression_gain: torch.Tensor
+    unseen_genes: torch.Tensor
     head: nn.Sequential
 
     def __init__(
-        self, cfg: ModelConfig, gene_table: torch.Tensor | None = None, gene_medians: torch.Tensor | None = None
+        self,
+        cfg: ModelConfig,
+        gene_table: torch.Tensor | None = None,
+        gene_medians: torch.Tensor | None = None,
+        unseen_genes: torch.Tensor | None = None,
     ):
         super().__init__()
         cfg.validate()
@@ -242,6 +252,9 @@ class CellTransformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.register_buffer("gene_gain", torch.ones(()))
         self.register_buffer("expression_gain", torch.ones(()))
+        held_out = torch.zeros(cfg.vocab_size, dtype=torch.bool) if unseen_genes is None else unseen_genes.bool()
+        self.register_buffer("unseen_genes", held_out)
+        self.replaces_unseen = bool(held_out.any()) and hasattr(self.genes, "unknown")
         self.nested_attention: bool | None = None  # packed batches: jagged attention (None: on CUDA)
 
     def cells(self, batch: Batch) -> Padded | Packed:
@@ -254,9 +267,18 @@ class CellTransformer(nn.Module):
         that orders a cell's genes (rank) also gets the gene ids and the positions to leave out."""
         tokens = {"gene_ids": batch.gene_ids, "masked": masked} if self.orders_genes else {}
         return (
-            self.gene_gain * self.genes(batch.gene_ids),
+            self.gene_gain * self.gene_vectors(batch.gene_ids),
             self.expression_gain * self.expression(batch.counts, batch.xnorm, cells, **tokens),
         )
+
+    def gene_vectors(self, gene_ids: torch.Tensor) -> torch.Tensor:
+        """The gene encoder's output for ``gene_ids`` as the model uses it: an unseen gene gets the
+        encoder's ``unknown`` vector where it has one (before the calibrated gain)."""
+        genes = self.genes(gene_ids)
+        if self.replaces_unseen:
+            unknown = self.genes.unknown(~self.unseen_genes).to(genes.dtype)  # type: ignore[operator]
+            genes = torch.where(self.unseen_genes[gene_ids].unsqueeze(-1), unknown, genes)
+        return genes
 
     @property
     def orders_genes(self) -> bool:
@@ -333,9 +355,12 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
     from .formats import Checkpoint
 
     ckpt = Checkpoint.read(Path(checkpoint))
-    model = CellTransformer(ModelConfig(**ckpt.model_config), gene_table=ckpt.model.get("genes.table"))
+    cfg = ModelConfig(**ckpt.model_config)
+    # checkpoints written before unseen genes existed held none out
+    state = {"unseen_genes": torch.zeros(cfg.vocab_size, dtype=torch.bool), **ckpt.model}
+    model = CellTransformer(cfg, gene_table=state.get("genes.table"), unseen_genes=state["unseen_genes"])
     try:
-        model.load_state_dict(ckpt.model)
+        model.load_state_dict(state)
     except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)
         why = " ".join(str(exc).split())[:300]  # torch's message spans lines: keys missing, unexpected, misshapen
         raise ScencodeError(

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .run_config import RunSettings, block_params, needs_gene_medians, parsed_run_settings
-from .workflow_config import ID_TEST, pretrain_processes
+from .workflow_config import ID_TEST, ID_TEST_UNSEEN, pretrain_processes
+
+IN_DISTRIBUTION = (ID_TEST, ID_TEST_UNSEEN)  # the training corpus's test split, as trained and with unseen genes
 
 MEASURED_MODEL = {"d_model": 512, "n_layers": 12, "d_ff": 1024}  # the model the GPU rate was measured on
 
@@ -302,7 +304,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         mem = math.ceil(8000 + gpus * per_process)
         return Job(stage, key or "configuration", gpus * nodes, 8 * gpus, mem, _runtime(minutes, 60), minutes, nodes)
     if stage == "embed":
-        n = evals.get(name) or (_id_test_cells(config, train) if name == ID_TEST else ASSUMED_CELLS)
+        n = evals.get(name) or (_id_test_cells(config, train) if name in IN_DISTRIBUTION else ASSUMED_CELLS)
         minutes = _train_seconds(config, n, 1, forward_only=True) / 60
         return Job(stage, name, 1, 4, math.ceil(8000 + 2 * _loader_mem_mb(config, 0)), _runtime(minutes), minutes)
     if stage == "reconstruction":
@@ -323,7 +325,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         from .evaluate import SCANPY_APPROXIMATE_FROM, EvalParams
 
         metrics = config["evaluate"].get("metrics", {})
-        n = evals.get(name) or (_id_test_cells(config, train) if name == ID_TEST else ASSUMED_CELLS)
+        n = evals.get(name) or (_id_test_cells(config, train) if name in IN_DISTRIBUTION else ASSUMED_CELLS)
         n = min(n, metrics.get("max_cells_scib", EvalParams.max_cells_scib))
         minutes = _minutes("evaluate", n, "evaluate_cells_per_s")
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
@@ -331,7 +333,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         # Leiden's ten resolutions side by side from scanpy's approximate-neighbour size on, where
         # they are most of the job; on smaller datasets, or where the sheet states no size (the demo),
         # one thread: jobs then run side by side instead
-        stated = all(stated_cells(config, d) for d in (train if name == ID_TEST else [name]))
+        stated = all(stated_cells(config, d) for d in (train if name in IN_DISTRIBUTION else [name]))
         threads = LEIDEN_THREADS if stated and n >= SCANPY_APPROXIMATE_FROM else 1
         return Job(stage, name, 0, threads, mem, _runtime(minutes), minutes)
     raise ValueError(f"no resource model for stage {stage!r}")
@@ -371,7 +373,8 @@ def plan_jobs(config: dict) -> list[Job]:
     jobs = [_job("download", config, d) for d in datasets] + [_job("qc", config, d) for d in datasets]
     jobs += [_job("tokenize", config, c) for c in ["train", *evals]]
     jobs.append(_job("esm_embeddings", config, None))
-    if any(needs_gene_medians(entry["expression"]) for entry in config["pretrain"]["configurations"]):
+    unseen = config["pretrain"].get("unseen_genes", 0)
+    if unseen or any(needs_gene_medians(entry["expression"]) for entry in config["pretrain"]["configurations"]):
         jobs.append(_job("gene_medians", config, None))
     for run in runs:
         jobs.append(_job("pretrain", config, run))
@@ -379,7 +382,8 @@ def plan_jobs(config: dict) -> list[Job]:
         jobs += [_job("embed", config, d) for d in evals]
     jobs += [_job("evaluate", config, d) for d in evals for _ in range(configs + baselines)]
     if any(config["datasets"][d].get("label_key") for d in datasets if config["datasets"][d]["role"] == "train"):
-        jobs += [_job(stage, config, ID_TEST) for _ in range(configs) for stage in ("embed", "evaluate")]
+        scored = IN_DISTRIBUTION if unseen else (ID_TEST,)
+        jobs += [_job(stage, config, d) for d in scored for _ in range(configs) for stage in ("embed", "evaluate")]
     return jobs
 
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -31,7 +32,7 @@ from .atomic import OutputFolder, Terminated, deferred_stop
 from .checkpoints import CheckpointStore, Optimisation, State
 from .corpus_stats import read_gene_medians
 from .devices import autocast, autocast_dtype
-from .encodings import align_gene_table
+from .encodings import N_SPECIAL, align_gene_table
 from .errors import ScencodeError
 from .formats import load_vocab, vocab_hash, write_run_status
 from .loader import ShardBatches, draw_train_subset
@@ -40,6 +41,7 @@ from .ranks import Ranks, RankSchedule
 from .run_config import LoaderConfig, ModelConfig, RunSettings, TrainConfig, needs_gene_medians, needs_gene_table
 from .run_report import component_rms, log_row, log_training, run_status, write_log
 from .shards import verify_corpus
+from .unseen_genes import read_unseen_genes
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,13 @@ class RunSpec:
     train: TrainConfig
     gene_embeddings: Path | None = None  # the gene-embedding table (ESM-2 …) of encodings that read one
     gene_medians: Path | None = None  # the training corpus's gene medians, for expression encodings that read them
+    unseen_genes: Path | None = None  # genes held out of every training cell (pretrain.unseen_genes)
 
 
-def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:
+def build_model(spec: RunSpec, vocab: pd.DataFrame, unseen: np.ndarray | None = None) -> CellTransformer:
     """The model of ``spec``; a gene encoding that reads a table gets it aligned to the vocabulary
-    (without one, the encoder says what is missing)."""
+    (without one, the encoder says what is missing). ``unseen``: the genes held out of training (a
+    bool per token id), carried by the model so that evaluation knows them."""
     gene_table = medians = None
     if needs_gene_table(spec.model.gene_encoding) and spec.gene_embeddings is not None:
         gene_table = align_gene_table(spec.gene_embeddings, vocab, spec.train.missing_genes)
@@ -76,7 +80,10 @@ def build_model(spec: RunSpec, vocab: pd.DataFrame) -> CellTransformer:
             raise ScencodeError(
                 f"gene medians hold {len(medians)} tokens, the vocabulary {len(vocab)}", spec.gene_medians
             )
-    return CellTransformer(spec.model, gene_table=gene_table, gene_medians=medians)
+        if unseen is not None and unseen.any():  # an unseen gene's median would be its training data
+            medians[torch.from_numpy(unseen)] = float(medians[torch.from_numpy(~unseen)][N_SPECIAL:].median())
+    held_out = None if unseen is None else torch.from_numpy(unseen)
+    return CellTransformer(spec.model, gene_table=gene_table, gene_medians=medians, unseen_genes=held_out)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -117,6 +124,7 @@ class Run:
     total_steps: int
     warnings: list[str]
     diverged_at: int | None = None
+    unseen: np.ndarray | None = None  # genes left out of every training cell (bool per token id)
 
     @property
     def model(self) -> CellTransformer:
@@ -139,10 +147,13 @@ def setup(spec: RunSpec) -> Run:
         subset.describe() if subset else {"requested": "all", "cells": int(manifest["splits"].get("train", 0))}
     )
     spec = replace(spec, model=replace(spec.model, vocab_size=len(vocab)))  # the caller's spec is left as it was
+    unseen = read_unseen_genes(spec.unseen_genes, vocab_hash, len(vocab)) if spec.unseen_genes else None
+    if unseen is not None:
+        training_set["unseen_genes"] = int(unseen.sum())
     torch.manual_seed(spec.loader.seed)
-    model = build_model(spec, vocab).to(ranks.device)
+    model = build_model(spec, vocab, unseen).to(ranks.device)
     # the same first training batches on every rank: calibration gives every rank the same gains
-    first = ShardBatches(spec.corpus, "train", spec.loader, epoch=0, subset=subset)
+    first = ShardBatches(spec.corpus, "train", spec.loader, epoch=0, subset=subset, drop_genes=unseen)
     probe = [batch.to(ranks.device) for batch, _ in zip(first, range(cfg.calibration_batches))]
     state = State(calibration=model.calibrate(probe))
     state.rms_start = component_rms(model, probe)
@@ -150,7 +161,7 @@ def setup(spec: RunSpec) -> Run:
     optimizer = torch.optim.AdamW(
         parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1])
     )
-    schedule = RankSchedule(spec, ranks, subset)
+    schedule = RankSchedule(spec, ranks, subset, unseen)
     steps_per_epoch = schedule.steps_per_epoch()
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, cfg, total_steps))
@@ -169,6 +180,7 @@ def setup(spec: RunSpec) -> Run:
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         warnings=cfg.schedule_warnings(total_steps),
+        unseen=unseen,
     )
 
 
@@ -313,6 +325,7 @@ def validate(run: Run) -> float:
         world_size=ranks.world,
         shuffle=False,
         max_cells=spec.train.val_cells,
+        drop_genes=run.unseen,
     )
     total = torch.zeros(2, dtype=torch.float64, device=ranks.device)
     for batch in data:
@@ -360,6 +373,7 @@ def run(
     params: dict | None = None,
     gene_embeddings: Path | None = None,
     gene_medians: Path | None = None,
+    unseen_genes: Path | None = None,
     threads: int | None = None,
     gpus: int = 1,
     nodes: int = 1,
@@ -368,7 +382,8 @@ def run(
     model.json), resuming from last.pt. ``params``: JSON {"model": {...}, "loader": {...}, "train": {...}};
     ``gene_embeddings``: the gene-embedding table (ESM-2 …) of the gene encodings that read one;
     ``gene_medians``: the training corpus's gene medians (``scencode gene-medians``) of the
-    expression encodings that read them (rank). ``gpus`` × ``nodes`` > 1: the step starts itself again under torchrun, one process per GPU
+    expression encodings that read them (rank); ``unseen_genes``: the genes held out of every training
+    cell (``scencode unseen-genes``). ``gpus`` × ``nodes`` > 1: the step starts itself again under torchrun, one process per GPU
     (``launch``; on CPUs, processes with gloo); ``threads`` are each process's."""
 
     from .launch import relaunch, under_torchrun
@@ -391,6 +406,7 @@ def run(
         settings.train,
         Path(gene_embeddings) if gene_embeddings else None,
         Path(gene_medians) if gene_medians else None,
+        Path(unseen_genes) if unseen_genes else None,
     )
     torch_threads(threads)
     state = fit(setup(spec))

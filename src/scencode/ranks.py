@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -90,8 +91,8 @@ class RankSchedule:
     step a rank may have no micro-batch: it gets an empty list (the trainer then runs a
     zero-weight pass, so DDP's gradient all-reduce still happens on every rank)."""
 
-    def __init__(self, spec: RunSpec, ranks: Ranks, subset: TrainSubset | None):
-        self.corpus, self.loader, self.subset = spec.corpus, spec.loader, subset
+    def __init__(self, spec: RunSpec, ranks: Ranks, subset: TrainSubset | None, drop_genes: np.ndarray | None = None):
+        self.corpus, self.loader, self.subset, self.drop_genes = spec.corpus, spec.loader, subset, drop_genes
         self.rank, self.world = ranks.rank, ranks.world
         self.workers, self.accum = spec.train.num_workers, spec.train.grad_accum
         if self.accum % self.world:
@@ -143,6 +144,7 @@ class RankSchedule:
             world_size=self.world,
             skip_batches=skip,
             subset=self.subset,
+            drop_genes=self.drop_genes,
         )
         return torch.utils.data.DataLoader(
             data,

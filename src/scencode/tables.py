@@ -263,7 +263,10 @@ def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
     )
 
 
-SHIFT_LEVELS = ("id", "near", "far")  # in-distribution test split, seen tissue in new batches, unseen tissue
+# in-distribution test split (and with the genes held out of training in the input), seen tissue in
+# new batches, unseen tissue
+SHIFT_LEVELS = ("id", "unseen_genes", "near", "far")
+IN_DISTRIBUTION_LEVELS = ("id", "unseen_genes")  # the training corpus's cells: not in the study's summary
 SHIFT_SCORES = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
 
@@ -277,7 +280,8 @@ def by_level(metrics: pl.DataFrame, levels: dict[str, str]) -> dict[str, pl.Data
 def shift_columns(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame:
     """Per configuration and shift level: the main scores as ``<score>_<level>`` (mean over the
     level's datasets, seeds averaged first), ``_sd`` (across datasets) and ``_seed_sd`` (across
-    seeds), and the gap to the in-distribution score (``<score>_gap_<level>`` = ID - level)."""
+    seeds), and the gap to the in-distribution score (``<score>_gap_<level>`` = ID - level; for
+    ``unseen_genes`` a negative gap is what the unseen genes in the input add)."""
     table = None
     for name, rows in by_level(metrics, levels).items():
         if rows.is_empty():
@@ -298,10 +302,79 @@ def shift_columns(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame
     gaps = [
         (pl.col(f"{score}_id") - pl.col(f"{score}_{name}")).alias(f"{score}_gap_{name}")
         for score in SHIFT_SCORES
-        for name in ("near", "far")
+        for name in ("unseen_genes", "near", "far")
         if f"{score}_id" in table.columns and f"{score}_{name}" in table.columns
     ]
     return table.with_columns(gaps)
+
+
+UNSEEN_GENE_GROUP = "unseen_gene_mse"  # evaluate's per-gene rows: metric = token id, value = masked MSE
+UNSEEN_DIAGNOSTIC = tuple(
+    f"{metric}_{group}"
+    for group in ("seen", "unseen")
+    for metric in ("masked_mse", "gene_mean_mse", "masked_mse_no_context")
+)
+
+
+def unseen_genes_table(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame:
+    """Per configuration, what the genes held out of training do (``pretrain.unseen_genes``): the
+    masked MSE, the gene-mean reference and the no-context MSE on the seen and on the unseen genes
+    (the test split with them in the input), ``unseen_vs_gene_mean`` (masked MSE / gene-mean MSE on
+    the unseen genes: below 1, the model predicts a gene it never trained on better than that gene's
+    own mean would), and the main scores with the unseen genes left out (``_left_out``, as trained)
+    and in the input (``_included``), with the difference (included - left out). Seeds averaged
+    first; ``_seed_sd`` across seeds."""
+    diagnostic = (
+        metric_frame(metrics)
+        .filter((pl.col("group") == "unseen_genes") & pl.col("metric").is_in(UNSEEN_DIAGNOSTIC))
+        .group_by(*KEYS, "metric", maintain_order=True)
+        .agg(pl.col("value").mean(), seed_sd=pl.col("value").std(ddof=1), seeds=pl.col("seed").n_unique())
+    )
+    table = diagnostic.pivot(on="metric", index=[*KEYS], values="value")
+    seeds = diagnostic.group_by(KEYS, maintain_order=True).agg(pl.col("seeds").max())
+    table = table.join(seeds, on=KEYS, how="left", nulls_equal=True)
+    for metric in UNSEEN_DIAGNOSTIC:
+        if metric not in table.columns:
+            table = table.with_columns(pl.lit(None, pl.Float64).alias(metric))
+    table = table.with_columns(unseen_vs_gene_mean=pl.col("masked_mse_unseen") / pl.col("gene_mean_mse_unseen"))
+    shift = shift_columns(metrics, {d: v for d, v in levels.items() if v in IN_DISTRIBUTION_LEVELS})
+    renamed = {}
+    for score in SHIFT_SCORES:
+        for level, name in (("id", "left_out"), ("unseen_genes", "included")):
+            for suffix in ("", "_seed_sd"):
+                if f"{score}_{level}{suffix}" in shift.columns:
+                    renamed[f"{score}_{level}{suffix}"] = f"{score}_{name}{suffix}"
+    scores = shift.select(*KEYS, *renamed).rename(renamed)
+    table = table.join(scores, on=KEYS, how="left", nulls_equal=True)
+    table = table.with_columns(
+        (pl.col(f"{score}_included") - pl.col(f"{score}_left_out")).alias(f"{score}_difference")
+        for score in SHIFT_SCORES
+        if f"{score}_included" in table.columns and f"{score}_left_out" in table.columns
+    )
+    return table.sort(KEYS)
+
+
+def per_gene_tests(per_gene: pl.DataFrame) -> pl.DataFrame:
+    """Does transfer win on genes never trained on? Paired Wilcoxon tests over the unseen genes of
+    their masked MSE (seeds averaged; ``datasets`` then counts genes): learned vs esm2 per
+    expression encoding, and esm2 vs esm2_permuted."""
+    per = (
+        metric_frame(per_gene)
+        .group_by(*KEYS, "metric", maintain_order=True)
+        .agg(pl.col("value").mean())
+        .select(*KEYS, dataset=pl.col("metric"), metric=pl.lit(UNSEEN_GENE_GROUP), value=pl.col("value"))
+    )
+    rows = []
+    for size in per["train_cells"].unique().sort():
+        at = per.filter(pl.col("train_cells").eq_missing(size))
+        for expr in sorted(at["expression_encoding"].unique()):
+            comparisons = (
+                (("learned", expr), ("esm2", expr), "learned vs esm2 (pairs: unseen genes)"),
+                (("esm2", expr), ("esm2_permuted", expr), "esm2 vs esm2_permuted (pairs: unseen genes)"),
+            )
+            rows += [_test(at, UNSEEN_GENE_GROUP, a, b, name) for a, b, name in comparisons]
+    tests = pl.DataFrame([r for r in rows if r is not None], schema=TEST_SCHEMA, orient="row")
+    return with_q_values(tests)
 
 
 RANKED_SCORES = ("bio_score", "batch_score", "accuracy", "macro_f1")
@@ -378,8 +451,11 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
     """``levels``: dataset → shift level (id, near, far). The study's summary and tests are over the
     evaluation datasets (near and far); the shift columns and each level's tests sit beside them."""
     metrics = load_metrics(metric_paths)
+    per_gene = metrics.filter(pl.col("group") == UNSEEN_GENE_GROUP)  # the per-gene tests' pairs, not a table's rows
+    metrics = metrics.filter(pl.col("group") != UNSEEN_GENE_GROUP)
     levels = levels or {}
-    evaluation = metrics.filter(~pl.col("dataset").is_in([d for d, level in levels.items() if level == "id"]))
+    in_distribution = [d for d, level in levels.items() if level in IN_DISTRIBUTION_LEVELS]
+    evaluation = metrics.filter(~pl.col("dataset").is_in(in_distribution))
     summary = summary_table(evaluation)
     shift = shift_columns(metrics, levels)
     if shift.width > len(KEYS):
@@ -394,6 +470,9 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
         "tests.csv": tests,
         "rank_stability.csv": rank_stability(evaluation),
     }
+    if "unseen_genes" in levels.values():  # pretrain.unseen_genes: the test split scored with them in the input
+        tables["unseen_genes.csv"] = unseen_genes_table(metrics, levels)
+        tables["tests.csv"] = pl.concat([tests, per_gene_tests(per_gene).with_columns(level=pl.lit("unseen_genes"))])
     for name, table in tables.items():
         with atomic_path(Path(out_dir) / name, suffix=".csv") as tmp:
             # pandas writes the CSV: floats as the shortest repr, missing values as empty cells

@@ -24,6 +24,8 @@ SHEET_SCHEMA = REPOSITORY / "workflow" / "schemas" / "datasets.schema.yaml"
 QC_PREFIX = "qc_"  # sheet columns that override one QC setting of their dataset
 TRAIN_CORPUS = "train"  # the training corpus's name; no dataset may take it
 ID_TEST = "train_test"  # the training corpus's held-out test split, scored in distribution; reserved too
+# the same cells with the genes held out of training (pretrain.unseen_genes) in the input; reserved too
+ID_TEST_UNSEEN = "train_test_unseen"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -201,7 +203,8 @@ TISSUE_MIN_CELLS = 500  # default evaluate.shift_min_cells
 def shift_levels(
     datasets: dict[str, dict], measured: dict[str, dict[str, int]] | None = None, min_cells: int = TISSUE_MIN_CELLS
 ) -> dict[str, str]:
-    """Dataset → distribution-shift level: the training corpus's held-out test split is ``id``; an
+    """Dataset → distribution-shift level: the training corpus's held-out test split is ``id`` (and
+    ``unseen_genes`` with the genes held out of training in its input); an
     evaluation dataset is ``near`` when the training data hold its tissue (new batches, seen tissue)
     and ``far`` when they do not. ``unknown``: it has no tissue, or some training dataset has none
     (it could hold the tissue, so far cannot be claimed).
@@ -225,7 +228,7 @@ def shift_levels(
         else:
             untagged = True
     trained |= {tissue for tissue, cells in pooled.items() if cells >= min_cells}
-    levels = {ID_TEST: "id"}
+    levels = {ID_TEST: "id", ID_TEST_UNSEEN: "unseen_genes"}
     for name, spec in datasets.items():
         if spec["role"] == "eval":
             main = spec.get("tissue") or _main_tissue(measured.get(name, {}))
@@ -311,7 +314,7 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
     datasets = read_datasets(config)
     if not any(spec["role"] == "train" for spec in datasets.values()):
         raise ScencodeError("config: 'datasets' has no dataset with role 'train'")
-    for reserved in (TRAIN_CORPUS, ID_TEST):
+    for reserved in (TRAIN_CORPUS, ID_TEST, ID_TEST_UNSEEN):
         if reserved in datasets:
             raise ScencodeError(
                 f"config: dataset name {reserved!r} is reserved (the training corpus and its held-out test split)"

@@ -27,7 +27,12 @@ CORPORA = [TRAIN_CORPUS, *EVAL_DATASETS]  # every token corpus: the training dat
 # then scored like an evaluation dataset, in distribution (ID_TEST), beside the near and far shifts.
 ID_TEST = workflow_config.ID_TEST
 TRAIN_LABELED = any(DATASETS[d].get("label_key") for d in TRAIN_DATASETS)
-SCORED = [*EVAL_DATASETS, *([ID_TEST] if TRAIN_LABELED else [])]  # what every trained run is scored on
+# pretrain.unseen_genes: a fraction of the genes held out of every training cell; the test split is
+# then scored again with them in the input (ID_TEST_UNSEEN), where transfer should win
+UNSEEN_FRACTION = config["pretrain"].get("unseen_genes", 0)
+ID_TEST_UNSEEN = workflow_config.ID_TEST_UNSEEN
+IN_DISTRIBUTION = [ID_TEST, *([ID_TEST_UNSEEN] if UNSEEN_FRACTION else [])]
+SCORED = [*EVAL_DATASETS, *(IN_DISTRIBUTION if TRAIN_LABELED else [])]  # what every trained run is scored on
 # the shift levels are decided by the tables job from the tissues QC found in the data (a sheet's
 # `tissue` overrides): what the tables step needs to decide them
 SHIFT = {
@@ -40,7 +45,7 @@ ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
 
 
 wildcard_constraints:
-    dataset="|".join([*DATASETS, ID_TEST]),
+    dataset="|".join([*DATASETS, ID_TEST, ID_TEST_UNSEEN]),
     corpus="|".join(CORPORA),
     run="[A-Za-z0-9_]+-[A-Za-z0-9_]+(-[nf][0-9p]+)?-s[0-9]+",
 
@@ -119,7 +124,7 @@ def embedded_corpus(wildcards):
 
 def embedded_corpus_of(dataset):
     """The corpus a dataset's embedding is read from: its own, or the training corpus's test split."""
-    return corpus_dir(TRAIN_CORPUS if dataset == ID_TEST else dataset)
+    return corpus_dir(TRAIN_CORPUS if dataset in IN_DISTRIBUTION else dataset)
 
 
 def step_log(stage, run, dataset):
@@ -244,6 +249,13 @@ def pretrain_gene_medians(wildcards):
     """The training corpus's gene medians, for an expression encoding that reads them (rank)."""
     entry, _, _ = CONFIGURATIONS[wildcards.run]
     return [GENE_MEDIANS] if needs_gene_medians(entry["expression"]) else []
+
+
+UNSEEN_GENES = f"{RESULTS}/tokens/{TRAIN_CORPUS}.unseen_genes.parquet"  # drawn once: every run holds out the same
+
+
+def pretrain_unseen_genes(wildcards):
+    return [UNSEEN_GENES] if UNSEEN_FRACTION else []
 
 
 def pretrain_gene_embeddings(wildcards):
@@ -413,7 +425,8 @@ def embed_argv(run, dataset, threads):
     out = embed_outputs(run, dataset)
     return [
         *["embed", "--model", model_status(run), "--corpus", corpus, "--run", run, "--dataset", dataset],
-        *(["--split", "test"] if dataset == ID_TEST else []),
+        *(["--split", "test"] if dataset in IN_DISTRIBUTION else []),
+        *(["--unseen-genes", "include"] if dataset == ID_TEST_UNSEEN else []),
         *["--params", as_json(embed_loader(run)), "--threads", str(threads)],
         *["--out", out["parquet"], "--h5ad", out["h5ad"], "--reconstruction", out["reconstruction"]],
     ]

@@ -11,6 +11,7 @@ FIGURES = [
     "fig4_cost_vs_bio",
     "fig5_shift",
     "fig6_scaling",
+    *(["fig7_unseen_genes"] if UNSEEN_TABLE else []),
 ]
 
 
@@ -20,6 +21,7 @@ rule figures:
         metrics=rules.tables.output.metrics,
         train_logs=[train_log(run) for run in CONFIGURATIONS],
         models=[model_status(run) for run in CONFIGURATIONS],
+        unseen_genes=UNSEEN_TABLE,
     output:
         png=[
             report(f"{RESULTS}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
@@ -38,7 +40,8 @@ rule figures:
         mem_mb=4000,
     params:
         caveat=comparison_caveat(),
+        unseen=lambda w, input: ["--unseen-genes", input.unseen_genes] if input.unseen_genes else [],
     shell:
         "scencode figures --summary {input.summary:q} --metrics {input.metrics:q}"
-        ' --train-logs {input.train_logs:q} --models {input.models:q} --caveat {params.caveat:q} --out-dir "$(dirname -- {output.comparison:q})"'
+        ' --train-logs {input.train_logs:q} --models {input.models:q} --caveat {params.caveat:q} {params.unseen:q} --out-dir "$(dirname -- {output.comparison:q})"'
         " > {log:q} 2>&1"

@@ -13,6 +13,7 @@ rule pretrain:
         vocab=rules.vocab.output[0],
         gene_embeddings=pretrain_gene_embeddings,
         gene_medians=pretrain_gene_medians,
+        unseen_genes=pretrain_unseen_genes,
     output:
         status=model_status(),
         log=train_log(),
@@ -29,8 +30,10 @@ rule pretrain:
         settings=lambda w: as_json(pretrain_settings(w.run)),
         table=lambda w, input: ["--gene-embeddings", input.gene_embeddings] if input.gene_embeddings else [],
         medians=lambda w, input: ["--gene-medians", input.gene_medians] if input.gene_medians else [],
+        unseen=lambda w, input: ["--unseen-genes", input.unseen_genes] if input.unseen_genes else [],
         launch=lambda w, threads: pretrain_launch(w, threads),
     shell:
         "{params.launch[srun]}scencode pretrain --name {wildcards.run:q} --corpus {input.corpus:q}"
-        " --vocab {input.vocab:q} {params.table:q} {params.medians:q} {params.launch[flags]} --params {params.settings:q}"
+        " --vocab {input.vocab:q} {params.table:q} {params.medians:q} {params.unseen:q}"
+        " {params.launch[flags]} --params {params.settings:q}"
         ' --out "$(dirname -- {output.status:q})" > {log:q} 2>&1'

@@ -1,5 +1,7 @@
 # The study's tables from every metric table: metrics.csv (long), summary.csv, tests.csv, rank_stability.csv,
-# and shift_levels.csv (each scored dataset's shift level, from the tissues QC found in the data).
+# and shift_levels.csv (each scored dataset's shift level, from the tissues QC found in the data);
+# with pretrain.unseen_genes, unseen_genes.csv (the genes held out of training: left out vs in the input).
+UNSEEN_TABLE = [f"{RESULTS}/tables/unseen_genes.csv"] if ID_TEST_UNSEEN in SCORED else []
 
 
 rule tables:
@@ -14,6 +16,7 @@ rule tables:
         rank_stability=report(
             f"{RESULTS}/tables/rank_stability.csv", caption="../report/rank_stability.rst", category="Tables"
         ),
+        unseen_genes=[report(p, caption="../report/unseen_genes.rst", category="Tables") for p in UNSEEN_TABLE],
     log:
         f"{LOGS}/tables.log",
     benchmark:
