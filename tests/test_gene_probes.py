@@ -23,7 +23,20 @@ def test_probes_score_high_on_a_table_that_separates_the_families():
     embedding = centres[labels.str[-1].astype(int)] + rng.normal(0, 1, (len(labels), 16))
     result = probe(embedding, labels, PARAMS)
     assert result["classes"] == 6 and result["genes"] == 180
-    assert result["scores"]["knn"] > 0.9 and result["scores"]["logreg"] > 0.9
+    assert result["scores"]["knn_macro_f1"] > 0.9 and result["scores"]["logreg_macro_f1"] > 0.9
+    assert result["scores"]["knn_auroc"] > 0.97 and result["scores"]["logreg_auroc"] > 0.97
+
+
+def test_a_binary_gene_task_gets_the_fields_auroc_high_when_separated_and_half_at_random():
+    """The field's gene tasks (dosage-sensitive vs insensitive TFs, …) are binary and scored by AUROC."""
+    rng = np.random.default_rng(1)
+    labels = pd.Series(np.repeat(["sensitive", "insensitive"], [60, 90]))
+    separated = rng.normal(size=(150, 8)) + np.where(labels.to_numpy() == "sensitive", 2.0, 0.0)[:, None]
+    scores = probe(separated, labels, PARAMS)["scores"]
+    assert scores["logreg_auroc"] > 0.95 and scores["knn_auroc"] > 0.9
+    random = [probe(rng.normal(size=(150, 8)), labels, ProbeParams(seed=s))["scores"] for s in range(4)]
+    for kind in ("knn", "logreg", "chance"):
+        assert abs(np.mean([s[f"{kind}_auroc"] for s in random]) - 0.5) < 0.08
 
 
 def test_probes_are_at_chance_on_a_random_table():
@@ -31,7 +44,8 @@ def test_probes_are_at_chance_on_a_random_table():
     scores = [probe(rng.normal(size=(len(labels), 16)), labels, ProbeParams(seed=s))["scores"] for s in range(3)]
     chance = 1 / 6
     for kind in ("knn", "logreg"):
-        assert abs(np.mean([s[kind] for s in scores]) - chance) < 0.08
+        assert abs(np.mean([s[f"{kind}_macro_f1"] for s in scores]) - chance) < 0.08
+        assert abs(np.mean([s[f"{kind}_auroc"] for s in scores]) - 0.5) < 0.06
 
 
 def test_small_classes_are_left_out_and_one_class_is_no_probe():

@@ -72,6 +72,11 @@ STEPS = {
         "run",
         "probe what each run's gene embeddings learned (HGNC families, protein length, chromosome)",
     ),
+    "gene-task": (
+        "gene_tasks",
+        "run",
+        "download one of the field's gene tasks (Geneformer's labels) from its commit-pinned URL",
+    ),
     "tables": ("tables", "run", "metrics.csv, summary.csv and tests.csv from metric tables"),
     "figures": ("figures", "run", "the study's figures from the tables"),
     "provenance": ("provenance", "run", "what produced the results: versions, commit, config hash, hardware"),

@@ -27,6 +27,7 @@ from .reference import packaged_file
 log = logging.getLogger(__name__)
 HGNC_PROPERTIES = "hgnc_gene_properties_2024-10.tsv.gz"
 PROBES = ("knn", "logreg", "chance")  # chance: a stratified guess (the figure's reference line)
+PROBE_METRICS = tuple(f"{probe}_{score}" for probe in PROBES for score in ("macro_f1", "auroc"))
 CHROMOSOME = re.compile(r"^(\d{1,2}|X|Y)(?=[pq]|$| )")
 
 
@@ -57,11 +58,12 @@ def gene_properties(genes: pd.Index, lengths: pd.Series | None = None) -> pd.Dat
 
 
 def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict:
-    """Macro F1 of each probe predicting ``labels`` (classes with at least ``min_members`` genes;
-    others left out) from standardised ``embedding`` rows, out of fold; and what chance gives."""
+    """Macro F1 and AUROC (the field's metric for gene tasks; one-vs-rest macro average with more
+    than two classes) of each probe predicting ``labels`` (classes with at least ``min_members``
+    genes; others left out) from standardised ``embedding`` rows, out of fold; and what chance gives."""
     from sklearn.dummy import DummyClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
@@ -81,12 +83,14 @@ def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict
         "logreg": LogisticRegression(max_iter=2000, random_state=params.seed),
         "chance": DummyClassifier(strategy="stratified", random_state=params.seed),
     }
-    scores = {
-        name: float(
-            f1_score(y, cross_val_predict(make_pipeline(StandardScaler(), model), x, y, cv=folds), average="macro")
+    scores = {}
+    for name, model in models.items():
+        # one out-of-fold pass: the class probabilities give the AUROC, their argmax the prediction
+        proba = cross_val_predict(make_pipeline(StandardScaler(), model), x, y, cv=folds, method="predict_proba")
+        scores[f"{name}_macro_f1"] = float(f1_score(y, classes[proba.argmax(1)], average="macro"))
+        scores[f"{name}_auroc"] = float(
+            roc_auc_score(y, proba[:, 1]) if len(classes) == 2 else roc_auc_score(y, proba, multi_class="ovr")
         )
-        for name, model in models.items()
-    }
     return {"genes": len(y), "classes": len(classes), "scores": scores}
 
 
@@ -101,14 +105,14 @@ def probe_rows(
             f"{result['genes']} genes, {result['classes']} classes (≥ {params.min_members} genes each), "
             f"{params.folds}-fold"
         )
-        for kind in PROBES:
-            value = result["scores"].get(kind, np.nan)
+        for metric in PROBE_METRICS:
+            value = result["scores"].get(metric, np.nan)
             rows.append(
                 {
                     **identity,
                     "configuration": name,
                     "dataset": "genes",
-                    "metric": f"{kind}_macro_f1",
+                    "metric": metric,
                     "group": f"gene_probe_{prop}",
                     "value": value,
                     "note": note if result["scores"] else f"fewer than two classes ({note})",
@@ -163,9 +167,14 @@ def reference_tables(
 RUN_KEYS = ("run", "gene_encoding", "expression_encoding", "seed", "model")
 
 
-def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: ProbeParams) -> pd.DataFrame:
+def gene_probes(
+    runs: list[dict], vocab: Path, esm_table: Path | None, params: ProbeParams, tasks: dict | None = None
+) -> pd.DataFrame:
     """The probe table of every run ({run, gene_encoding, expression_encoding, seed, model}) and of
-    the reference tables."""
+    the reference tables; ``tasks``: the field's gene tasks (name → label file, ``gene_tasks``),
+    probed as properties ``task_<name>`` beside their published AUROCs."""
+    from .gene_tasks import anchor_rows, read_labels
+
     vocabulary, digest = load_vocab(vocab)
     for i, run in enumerate(runs):
         lacking = [key for key in RUN_KEYS if key not in run] if isinstance(run, dict) else list(RUN_KEYS)
@@ -175,6 +184,16 @@ def gene_probes(runs: list[dict], vocab: Path, esm_table: Path | None, params: P
     lengths = read_protein_lengths(esm_table) if esm_table is not None else None
     properties = gene_properties(genes, lengths)
     rows, dim = [], 64
+    for name, path in (tasks or {}).items():
+        labels = read_labels(path, name)
+        properties[f"task_{name}"] = labels.reindex(genes).to_numpy()
+        log.info(
+            "gene task %s: %d of its %d genes in the vocabulary",
+            name,
+            properties[f"task_{name}"].notna().sum(),
+            len(labels),
+        )
+        rows += anchor_rows(name)
     for run in runs:
         identity = {
             "gene_encoding": run["gene_encoding"],
@@ -200,13 +219,13 @@ def _missing_rows(name: str, identity: dict, props, why: str) -> list[dict]:
             **identity,
             "configuration": name,
             "dataset": "genes",
-            "metric": f"{kind}_macro_f1",
+            "metric": metric,
             "group": f"gene_probe_{prop}",
             "value": np.nan,
             "note": why,
         }
         for prop in props
-        for kind in PROBES
+        for metric in PROBE_METRICS
     ]
 
 
@@ -215,7 +234,7 @@ def draw(table: pd.DataFrame, path: Path, caveat: str = "") -> list[Path]:
     hatch; reference tables grey), with the stratified guess as the chance line; PNG and PDF."""
     from . import plotting
 
-    data = table[table.metric == "logreg_macro_f1"]
+    data = table[(table.metric == "logreg_macro_f1") & (table.gene_encoding != "published")]
     chance = table[table.metric == "chance_macro_f1"].groupby("group").value.mean()
     props = sorted(data.group.unique())
     runs = data[data.expression_encoding != "reference"]
@@ -254,12 +273,14 @@ def run(
     esm_table: Path | None = None,
     params: ProbeParams | None = None,
     caveat: str = "",
+    tasks: dict | None = None,
 ) -> pd.DataFrame:
     """Gene-property probes of every run's gene embeddings and of the reference tables: the long
     table at ``out`` (CSV) and a figure at ``figure``. ``runs``: JSON list of {run, gene_encoding,
-    expression_encoding, seed, model (model.json or checkpoint)}."""
+    expression_encoding, seed, model (model.json or checkpoint)}; ``tasks``: JSON {task: label
+    file} of the field's gene tasks (``scencode gene-task``)."""
     params = params or ProbeParams()
-    table = gene_probes(runs, vocab, esm_table, params)
+    table = gene_probes(runs, vocab, esm_table, params, tasks)
     with atomic_path(out, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
     draw(table, Path(figure), caveat)
