@@ -193,7 +193,8 @@ def test_unseen_genes_get_their_table_and_per_gene_tests(tmp_path):
     rng = np.random.default_rng(0)
     genes = range(10, 60)
     paths = []
-    for gene, unseen_error, knn in (("learned", 0.9, (0.60, 0.58)), ("esm2", 0.5, (0.55, 0.62))):
+    runs = (("learned", 0.9, (0.60, 0.58)), ("esm2", 0.5, (0.55, 0.62)), ("esm2_permuted", None, (0.5, 0.5)))
+    for gene, unseen_error, knn in runs:
         identity = RunIdentity(f"{gene}-soft-s0", gene, "soft", 0)
         for dataset, accuracy in zip(("train_test", "train_test_unseen"), knn):
             rows = pd.DataFrame(
@@ -205,7 +206,9 @@ def test_unseen_genes_get_their_table_and_per_gene_tests(tmp_path):
                 }
             )
             recon = {"masked_mse": 0.4, "masked_mse_no_context": 0.5, "gene_mean_mse": 0.45, "cells": 100}
-            if dataset == "train_test_unseen":
+            if unseen_error is None:  # an empty test split (the rehearsal's smallest size): nothing measured
+                recon = {"masked_mse": None, "masked_mse_no_context": None, "gene_mean_mse": None, "cells": 0}
+            elif dataset == "train_test_unseen":
                 per_gene = {str(t): [20, unseen_error + rng.normal(0, 0.05)] for t in genes}
                 recon |= {"masked_mse_seen": 0.3, "gene_mean_mse_seen": 0.4, "masked_mse_no_context_seen": 0.5}
                 recon |= {"masked_mse_unseen": unseen_error, "gene_mean_mse_unseen": 0.6}
@@ -216,10 +219,16 @@ def test_unseen_genes_get_their_table_and_per_gene_tests(tmp_path):
     levels = {"train_test": "id", "train_test_unseen": "unseen_genes"}
     write_tables(paths, tmp_path / "tables", levels=levels)
     unseen = pl.read_csv(tmp_path / "tables" / "unseen_genes.csv").sort("gene_encoding")
-    assert unseen["gene_encoding"].to_list() == ["esm2", "learned"]
-    assert unseen["unseen_vs_gene_mean"].to_list() == pytest.approx([0.5 / 0.6, 0.9 / 0.6])
-    assert unseen["accuracy_difference"].to_list() == pytest.approx([0.62 - 0.55, 0.58 - 0.60])
-    assert unseen["masked_mse_seen"].to_list() == pytest.approx([0.3, 0.3])
+    assert unseen["gene_encoding"].to_list() == ["esm2", "esm2_permuted", "learned"]
+    assert unseen["unseen_vs_gene_mean"].to_list() == pytest.approx([0.5 / 0.6, None, 0.9 / 0.6], nan_ok=True)
+    assert unseen["accuracy_difference"].to_list() == pytest.approx([0.62 - 0.55, 0.0, 0.58 - 0.60])
+    assert unseen["masked_mse_seen"].to_list() == pytest.approx([0.3, None, 0.3], nan_ok=True)
+    # a configuration measured on no cell is a row with its values missing, and the figure still draws
+    from scencode.figures import fig_unseen_genes
+    from scencode.formats import read_unseen_genes_table
+    from scencode.plotting import layout_problems
+
+    assert layout_problems(fig_unseen_genes(read_unseen_genes_table(tmp_path / "tables" / "unseen_genes.csv"))) == []
     tests = pl.read_csv(tmp_path / "tables" / "tests.csv").filter(pl.col("metric") == "unseen_gene_mse")
     row = tests.filter(pl.col("comparison").str.starts_with("learned vs esm2")).row(0, named=True)
     assert row["datasets"] == len(genes) and row["mean_difference"] > 0.3 and row["p_value"] < 1e-6

@@ -108,7 +108,8 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "train") == 10_010_855
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "eval") == 548_977
     # the same jobs as when the lists were inline in paper.yaml, with the corpus statistics, provenance,
-    # gene probes, and each model embedded and scored on the training corpus's test split (in distribution)
+    # gene probes, and each model embedded and scored on the training corpus's test split (in distribution),
+    # again with the genes held out of training in the input, and the field's three gene tasks fetched
     assert jobs == {
         "download": 127,
         "gene_table": 1,
@@ -119,10 +120,10 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
         "esm_coverage": 1,
         "leakage": 1,
         "vocab": 1,
-        "evaluate": 338 + 11,
+        "evaluate": 338 + 11 + 11,
         "tokenize": 27,
         "pretrain": 11,
-        "embed": 286 + 11,
+        "embed": 286 + 11 + 11,
         "reconstruction": 11,
         "scib_benchmarker": 26,
         "tables": 1,
@@ -132,6 +133,8 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
         "provenance": 1,
         "gene_probes": 1,
         "gene_medians": 1,
+        "unseen_genes": 1,
+        "gene_task": 3,
     }
     sources = [spec["source"] for spec in datasets.values()]
     assert all(s["type"] == "census" for s in sources)
@@ -146,7 +149,11 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
     assert vocab and "runtime=60" in vocab[0]  # the profile's default: the vocab rule sets no runtime
     # embedding 549k cells per configuration through the model is GPU work too
     embeds = [b for b in result.stdout.split("\n\n") if "rule embed:" in b]
-    assert len(embeds) == 11 * (26 + 1) and all("gpu=1" in b for b in embeds)  # + the ID test split
+    # + the ID test split, as trained and with the unseen genes in the input
+    assert len(embeds) == 11 * (26 + 2) and all("gpu=1" in b for b in embeds)
+    unseen = [b for b in embeds if "train_test_unseen" in b]
+    assert len(unseen) == 11 and all("--split test --unseen-genes include" in b for b in unseen)
+    assert all("--unseen-genes results/tokens/train.unseen_genes.parquet" in b for b in blocks)
     names = {line.split("run=")[1].strip() for b in blocks for line in b.splitlines() if "wildcards:" in line}
     study = {f"{g}-{e}-s777" for g in ("learned", "esm2") for e in ("hard", "soft", "log", "continuous")}
     assert names == study | {"esm2_permuted-soft-s777", "learned-rank-s777", "esm2-rank-s777"}

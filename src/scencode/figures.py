@@ -266,6 +266,10 @@ def fig_shift(summary: pd.DataFrame, score: str = "bio_score", styles: EncodingS
     fig, ax = plotting.figure(max(5.0, 0.3 * len(summary) * max(1, len(levels)) + 2.5), 3.8)
     width = 0.8 / max(1, len(levels))
     x = np.arange(len(summary))
+
+    def shade(i: int):  # one blue per level, light (in distribution) to dark (far), whatever their number
+        return matplotlib.colormaps["Blues"](0.35 + 0.6 * i / max(1, len(levels) - 1))
+
     for i, level in enumerate(levels):
         spread = summary.get(f"{score}_{level}_seed_sd")
         if spread is None or spread.isna().all():
@@ -277,7 +281,7 @@ def fig_shift(summary: pd.DataFrame, score: str = "bio_score", styles: EncodingS
             yerr=None if spread is None else np.nan_to_num(spread),
             capsize=2,
             label=SHIFT[level],
-            color=matplotlib.colormaps["Blues"](0.45 + 0.25 * i),
+            color=shade(i),
             edgecolor="black",
             linewidth=0.4,
         )
@@ -288,7 +292,7 @@ def fig_shift(summary: pd.DataFrame, score: str = "bio_score", styles: EncodingS
     if levels:
         plotting.mark_missing(ax, x, summary[[f"{score}_{level}" for level in levels]].isna().all(axis=1))
         handles = [
-            Patch(facecolor=matplotlib.colormaps["Blues"](0.45 + 0.25 * i), label=SHIFT[lv])
+            Patch(facecolor=shade(i), label=SHIFT[lv])
             for i, lv in enumerate(levels)
         ]
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="baseline (random: chance)"))
@@ -426,7 +430,8 @@ def draw_all(
         "paper_comparison": comparison_figure,
     }
     if unseen_genes_csv is not None:
-        drawn["fig7_unseen_genes"] = fig_unseen_genes(read_unseen_genes_table(unseen_genes_csv), styles)
+        unseen = main_size(read_unseen_genes_table(unseen_genes_csv))
+        drawn["fig7_unseen_genes"] = fig_unseen_genes(unseen, styles)
     paths = []
     for name, fig in drawn.items():
         plotting.caveat(fig, caveat)

@@ -75,7 +75,7 @@ def build_model(spec: RunSpec, vocab: pd.DataFrame, unseen: np.ndarray | None = 
                 f"expression encoding {spec.model.expression_encoding!r} orders genes by expression / the gene's "
                 "median over the training corpus: pass --gene-medians (the workflow's gene_medians rule writes it)"
             )
-        medians = torch.from_numpy(read_gene_medians(spec.gene_medians, vocab_hash(vocab.gene_id)))
+        medians = torch.tensor(read_gene_medians(spec.gene_medians, vocab_hash(vocab.gene_id)))  # a copy: edited below
         if len(medians) != len(vocab):
             raise ScencodeError(
                 f"gene medians hold {len(medians)} tokens, the vocabulary {len(vocab)}", spec.gene_medians

@@ -330,9 +330,13 @@ def unseen_genes_table(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.Data
         .group_by(*KEYS, "metric", maintain_order=True)
         .agg(pl.col("value").mean(), seed_sd=pl.col("value").std(ddof=1), seeds=pl.col("seed").n_unique())
     )
-    table = diagnostic.pivot(on="metric", index=[*KEYS], values="value")
-    seeds = diagnostic.group_by(KEYS, maintain_order=True).agg(pl.col("seeds").max())
-    table = table.join(seeds, on=KEYS, how="left", nulls_equal=True)
+    # every configuration scored on the level is a row, measured or not (an empty test split, no model)
+    in_input = [d for d, level in levels.items() if level == "unseen_genes"]
+    scored = metric_frame(metrics).filter(pl.col("dataset").is_in(in_input))
+    table = scored.group_by(KEYS, maintain_order=True).agg(seeds=pl.col("seed").n_unique())
+    if not diagnostic.is_empty():
+        wide = diagnostic.pivot(on="metric", index=[*KEYS], values="value")
+        table = table.join(wide, on=KEYS, how="left", nulls_equal=True)
     for metric in UNSEEN_DIAGNOSTIC:
         if metric not in table.columns:
             table = table.with_columns(pl.lit(None, pl.Float64).alias(metric))

@@ -271,6 +271,11 @@ SCIB_BENCHMARKER = EVALUATE.get("scib_benchmarker", {})  # None: skip
 BENCHMARKER_DATASETS = [] if SCIB_BENCHMARKER is None else SCIB_BENCHMARKER.get("datasets") or EVAL_DATASETS
 BENCHMARKER_SETTINGS = {k: v for k, v in (SCIB_BENCHMARKER or {}).items() if k != "datasets"}
 REFERENCE_EXPRESSION = EVALUATE.get("reference_expression", "soft")
+GENE_TASKS = EVALUATE.get("gene_tasks") or {}  # the field's gene tasks: name → sha256 (null: the pinned URL alone)
+
+
+def gene_task_file(task):
+    return f"{RESOURCES}/gene_tasks/{task}.labels"
 
 
 def embed_loader(name):

@@ -2,11 +2,6 @@
 # ESM-2, permuted, random), probed on HGNC gene families, protein length and chromosome, and on the
 # field's gene tasks (evaluate.gene_tasks: Geneformer's labels, downloaded from commit-pinned URLs)
 # with AUROC beside published anchors.
-GENE_TASKS = EVALUATE.get("gene_tasks") or {}  # task name → sha256 (null: the pinned URL alone)
-
-
-def gene_task_file(task):
-    return f"{RESOURCES}/gene_tasks/{task}.labels"
 
 
 rule gene_task:
@@ -16,6 +11,8 @@ rule gene_task:
         f"{LOGS}/gene_task/{{task}}.log",
     wildcard_constraints:
         task="[a-z0-9_]+",
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
