@@ -291,10 +291,7 @@ def fig_shift(summary: pd.DataFrame, score: str = "bio_score", styles: EncodingS
     ax.set_ylabel(score.replace("_", " ") + " by distribution shift")
     if levels:
         plotting.mark_missing(ax, x, summary[[f"{score}_{level}" for level in levels]].isna().all(axis=1))
-        handles = [
-            Patch(facecolor=shade(i), label=SHIFT[lv])
-            for i, lv in enumerate(levels)
-        ]
+        handles = [Patch(facecolor=shade(i), label=SHIFT[lv]) for i, lv in enumerate(levels)]
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="baseline (random: chance)"))
         legend_outside(ax, handles=handles)
     explain_if_empty(ax, "no evaluation dataset has a shift level\n(tables/shift_levels.csv)")
