@@ -153,7 +153,8 @@ class ShardBatches(torch.utils.data.IterableDataset):
 
     ``skip_batches`` resumes mid-epoch: the stream's first batches (counted over all ranks) are
     passed over unbuilt. ``max_cells`` ends the stream before the batch that would start past that
-    many cells (counted over all ranks: validation's ``val_cells``)."""
+    many cells (counted over all ranks: validation's ``val_cells``). ``drop_genes`` (a bool per token
+    id: the genes held out of training) takes those genes out of every cell before sampling."""
 
     def __init__(
         self,
