@@ -45,9 +45,15 @@ def drawn(tmp_path_factory):
         gene_mean_mse_unseen=0.6,
         masked_mse_seen=0.3,
         gene_mean_mse_seen=0.4,
+        global_mean_mse_unseen=0.8,
+        global_mean_mse_seen=0.7,
         accuracy_difference=[-0.02, -0.01, 0.03, 0.02],
     )
-    unseen.assign(unseen_vs_gene_mean=unseen.masked_mse_unseen / 0.6).to_csv(tmp_path / "unseen.csv", index=False)
+    ratios = {
+        "unseen_vs_gene_mean": unseen.masked_mse_unseen / 0.6,
+        "unseen_vs_global_mean": unseen.masked_mse_unseen / 0.8,
+    }
+    unseen.assign(**ratios).to_csv(tmp_path / "unseen.csv", index=False)
     kept, save = {}, figures.save
 
     def keep(fig, out_dir, name):

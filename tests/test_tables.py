@@ -211,7 +211,8 @@ def test_unseen_genes_get_their_table_and_per_gene_tests(tmp_path):
             elif dataset == "train_test_unseen":
                 per_gene = {str(t): [20, unseen_error + rng.normal(0, 0.05)] for t in genes}
                 recon |= {"masked_mse_seen": 0.3, "gene_mean_mse_seen": 0.4, "masked_mse_no_context_seen": 0.5}
-                recon |= {"masked_mse_unseen": unseen_error, "gene_mean_mse_unseen": 0.6}
+                recon |= {"masked_mse_unseen": unseen_error, "gene_mean_mse_unseen": 0.6, "global_mean_mse_unseen": 1.0}
+                recon |= {"global_mean_mse_seen": 0.9}
                 recon |= {"masked_mse_no_context_unseen": 0.7, "unseen_gene_mse": per_gene}
             path = tmp_path / f"{gene}-{dataset}.parquet"
             table_of(pd.concat([rows, reconstruction_rows(recon)]), identity, dataset).to_parquet(path)
@@ -223,6 +224,7 @@ def test_unseen_genes_get_their_table_and_per_gene_tests(tmp_path):
     assert unseen["unseen_vs_gene_mean"].to_list() == pytest.approx([0.5 / 0.6, None, 0.9 / 0.6], nan_ok=True)
     assert unseen["accuracy_difference"].to_list() == pytest.approx([0.62 - 0.55, 0.0, 0.58 - 0.60])
     assert unseen["masked_mse_seen"].to_list() == pytest.approx([0.3, None, 0.3], nan_ok=True)
+    assert unseen["unseen_vs_global_mean"].to_list() == pytest.approx([0.5, None, 0.9], nan_ok=True)
     # a configuration measured on no cell is a row with its values missing, and the figure still draws
     from scencode.figures import fig_unseen_genes
     from scencode.formats import read_unseen_genes_table

@@ -148,6 +148,9 @@ def test_a_model_trained_without_some_genes_keeps_them_and_is_scored_on_each_gro
     included = results["include"]
     assert included["masked_tokens_unseen"] > 0 and included["masked_tokens_seen"] > 0
     assert included["masked_tokens_seen"] + included["masked_tokens_unseen"] == included["masked_tokens"]
+    # the reference that knows no gene is never better than the one that knows each gene's mean
+    for group in ("seen", "unseen"):
+        assert included[f"global_mean_mse_{group}"] >= included[f"gene_mean_mse_{group}"] > 0
     # the per-gene errors are the pairs of the tests: they average (token-weighted) to the group's
     per_gene = np.array(list(included["unseen_gene_mse"].values()))
     assert np.average(per_gene[:, 1], weights=per_gene[:, 0]) == pytest.approx(included["masked_mse_unseen"])

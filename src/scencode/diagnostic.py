@@ -114,12 +114,20 @@ class ReconstructionErrors:
         tokens = float(n.sum())
         if not tokens:
             nan = float("nan")
-            return {"masked_mse": nan, "masked_mse_no_context": nan, "gene_mean_mse": nan, "masked_tokens": 0}
+            return {
+                "masked_mse": nan,
+                "masked_mse_no_context": nan,
+                "gene_mean_mse": nan,
+                "global_mean_mse": nan,
+                "masked_tokens": 0,
+            }
         gene_sse = (squares - total**2 / n.clamp(min=1)).sum()
+        pooled_sse = squares.sum() - total.sum() ** 2 / tokens
         return {
             "masked_mse": float(model_sse.sum() / tokens),
             "masked_mse_no_context": float(blind_sse.sum() / tokens),
             "gene_mean_mse": float(gene_sse / tokens),
+            "global_mean_mse": float(pooled_sse / tokens),
             "masked_tokens": int(tokens),
         }
 

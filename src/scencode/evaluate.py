@@ -408,7 +408,7 @@ def reconstruction_rows(recon: dict) -> pd.DataFrame:
     rows += [
         {"metric": f"{metric}_{group}", "group": "unseen_genes", "note": f"{group} genes", "value": recon[key]}
         for group in GENE_GROUPS
-        for metric in RECONSTRUCTION_METRICS
+        for metric in (*RECONSTRUCTION_METRICS, "global_mean_mse")
         if (key := f"{metric}_{group}") in recon
     ]
     rows += [

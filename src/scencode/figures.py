@@ -300,29 +300,27 @@ def fig_shift(summary: pd.DataFrame, score: str = "bio_score", styles: EncodingS
 
 def fig_unseen_genes(unseen: pd.DataFrame | None, styles: EncodingStyles | None = None):
     """Genes held out of training (``pretrain.unseen_genes``): left, each configuration's masked MSE
-    on the genes it never trained on over their gene-mean reference (below 1: better than each
-    gene's own mean), a black tick at the same ratio on the genes it trained on; right, what putting
-    the unseen genes into the input does to kNN accuracy (included − left out)."""
+    on the genes it never trained on over the reference that knows no gene (one mean x̃ for every
+    masked token; below 1: the model knows something of a gene it never saw), a black tick at the
+    same ratio on the genes it trained on; right, what putting the unseen genes into the input does
+    to kNN accuracy (included − left out)."""
     fig, axes = plotting.figure(2 * max(4.0, 0.45 * (0 if unseen is None else len(unseen)) + 1.5), 3.8, 1, 2)
     if unseen is not None and len(unseen):
         styles = styles or EncodingStyles.of(unseen)
-        data = unseen.sort_values("unseen_vs_gene_mean")
-        _bars(axes[0], data.assign(unseen_vs_gene_mean_sd=np.nan), "unseen_vs_gene_mean", styles)
+        data = unseen.assign(
+            unseen_ratio=unseen.masked_mse_unseen / unseen.global_mean_mse_unseen,
+            seen_ratio=unseen.masked_mse_seen / unseen.global_mean_mse_seen,
+        ).sort_values("unseen_ratio")
+        _bars(axes[0], data.assign(unseen_ratio_sd=np.nan), "unseen_ratio", styles)
         axes[0].scatter(
-            np.arange(len(data)),
-            data.masked_mse_seen / data.gene_mean_mse_seen,
-            marker="_",
-            s=200,
-            color="black",
-            zorder=3,
-            label="genes trained on",
+            np.arange(len(data)), data.seen_ratio, marker="_", s=200, color="black", zorder=3, label="genes trained on"
         )
         axes[0].axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
         axes[0].legend(fontsize=7, loc="upper left")
         if "accuracy_difference" in data.columns:
             _bars(axes[1], data.assign(accuracy_difference_sd=np.nan), "accuracy_difference", styles)
             axes[1].axhline(0.0, color="grey", linewidth=0.8)
-    axes[0].set_ylabel("masked MSE / gene-mean MSE\non genes never trained on")
+    axes[0].set_ylabel("masked MSE / one-mean MSE\non genes never trained on")
     axes[1].set_ylabel("kNN accuracy: unseen genes\nin the input − left out")
     for ax in axes:
         explain_if_empty(ax, "no unseen genes in this run\n(pretrain.unseen_genes: 0)")

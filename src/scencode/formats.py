@@ -132,9 +132,13 @@ def read_unseen_genes_table(path) -> pd.DataFrame:
     columns = (
         "gene_encoding",
         "expression_encoding",
+        "masked_mse_seen",
         "masked_mse_unseen",
         "gene_mean_mse_unseen",
+        "global_mean_mse_seen",
+        "global_mean_mse_unseen",
         "unseen_vs_gene_mean",
+        "unseen_vs_global_mean",
     )
     return read_csv_table(path, "unseen genes table (unseen_genes.csv)", columns)
 

@@ -312,7 +312,7 @@ UNSEEN_GENE_GROUP = "unseen_gene_mse"  # evaluate's per-gene rows: metric = toke
 UNSEEN_DIAGNOSTIC = tuple(
     f"{metric}_{group}"
     for group in ("seen", "unseen")
-    for metric in ("masked_mse", "gene_mean_mse", "masked_mse_no_context")
+    for metric in ("masked_mse", "gene_mean_mse", "global_mean_mse", "masked_mse_no_context")
 )
 
 
@@ -321,7 +321,9 @@ def unseen_genes_table(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.Data
     masked MSE, the gene-mean reference and the no-context MSE on the seen and on the unseen genes
     (the test split with them in the input), ``unseen_vs_gene_mean`` (masked MSE / gene-mean MSE on
     the unseen genes: below 1, the model predicts a gene it never trained on better than that gene's
-    own mean would), and the main scores with the unseen genes left out (``_left_out``, as trained)
+    own mean would, an oracle it cannot have), ``unseen_vs_global_mean`` (against one mean for every
+    token, the reference that knows no gene: below 1, the model knows something of a gene it never
+    trained on), and the main scores with the unseen genes left out (``_left_out``, as trained)
     and in the input (``_included``), with the difference (included - left out). Seeds averaged
     first; ``_seed_sd`` across seeds."""
     diagnostic = (
@@ -340,7 +342,10 @@ def unseen_genes_table(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.Data
     for metric in UNSEEN_DIAGNOSTIC:
         if metric not in table.columns:
             table = table.with_columns(pl.lit(None, pl.Float64).alias(metric))
-    table = table.with_columns(unseen_vs_gene_mean=pl.col("masked_mse_unseen") / pl.col("gene_mean_mse_unseen"))
+    table = table.with_columns(
+        unseen_vs_gene_mean=pl.col("masked_mse_unseen") / pl.col("gene_mean_mse_unseen"),
+        unseen_vs_global_mean=pl.col("masked_mse_unseen") / pl.col("global_mean_mse_unseen"),
+    )
     shift = shift_columns(metrics, {d: v for d, v in levels.items() if v in IN_DISTRIBUTION_LEVELS})
     renamed = {}
     for score in SHIFT_SCORES:
