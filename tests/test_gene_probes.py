@@ -112,3 +112,21 @@ def test_the_workflows_models_are_probed_beside_the_references(demo_corpus, tmp_
     assert (tmp_path / "probes.pdf").read_bytes()[:4] == b"%PDF"
     chance = table[table.metric == "chance_macro_f1"]  # the figure's reference: a stratified guess
     assert len(chance) and chance[chance.configuration == "learned-log-s0"].value.lt(learned.value.max()).all()
+
+
+def test_a_probe_fitted_on_seen_genes_transfers_to_unseen_ones_only_where_each_gene_has_its_own_vector():
+    """Issue 34: on genes never trained on, a learned table gives one shared vector (chance by
+    construction) where a table that knows each gene (as ESM-2 knows its protein) still separates them."""
+    from scencode.gene_probes import transfer_probe
+
+    labels, rng = families(n_families=3, per_family=60)
+    centres = rng.normal(0, 3, (3, 16))
+    knowing = centres[labels.str[-1].astype(int)] + rng.normal(0, 1, (len(labels), 16))
+    unseen = rng.random(len(labels)) < 0.2
+    result = transfer_probe(knowing, labels, unseen, PARAMS)
+    assert result["genes"] == unseen.sum() and result["trained_on"] == (~unseen).sum() and result["classes"] == 3
+    assert result["scores"]["logreg_auroc_unseen"] > 0.95 and result["scores"]["knn_macro_f1_unseen"] > 0.8
+    shared = knowing.copy()
+    shared[unseen] = knowing[~unseen].mean(0)  # the learned table's unknown vector
+    blind = transfer_probe(shared, labels, unseen, PARAMS)["scores"]
+    assert blind["logreg_auroc_unseen"] == 0.5 and blind["knn_auroc_unseen"] == 0.5

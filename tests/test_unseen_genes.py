@@ -155,6 +155,14 @@ def test_a_model_trained_without_some_genes_keeps_them_and_is_scored_on_each_gro
     per_gene = np.array(list(included["unseen_gene_mse"].values()))
     assert np.average(per_gene[:, 1], weights=per_gene[:, 0]) == pytest.approx(included["masked_mse_unseen"])
     assert {int(t) for t in included["unseen_gene_mse"]} <= set(np.flatnonzero(mask).tolist())
+    # the gene probes score the model's genes on the unseen ones apart, the reference tables on the same split
+    from scencode.gene_probes import ProbeParams, gene_probes
+
+    run_entry = {"run": "learned-soft-s3", "gene_encoding": "learned", "expression_encoding": "soft", "seed": 3}
+    probes = gene_probes([{**run_entry, "model": tmp_path / "m" / "model.json"}], vocab, None, ProbeParams())
+    moved = probes[(probes.metric == "logreg_auroc_unseen") & (probes.group == "gene_probe_chromosome")]
+    assert set(moved.configuration) == {"learned-soft-s3", "reference-random_table"}
+    assert moved.note.nunique() == 1 and "unseen" in moved.note.iloc[0] and moved.value.notna().all()
     with pytest.raises(ScencodeError, match="--unseen-genes must be one of"):
         embed.run(
             tmp_path / "m" / "model.json",

@@ -61,11 +61,8 @@ def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict
     """Macro F1 and AUROC (the field's metric for gene tasks; one-vs-rest macro average with more
     than two classes) of each probe predicting ``labels`` (classes with at least ``min_members``
     genes; others left out) from standardised ``embedding`` rows, out of fold; and what chance gives."""
-    from sklearn.dummy import DummyClassifier
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -78,13 +75,8 @@ def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict
         return {"genes": int(keep.sum()), "classes": len(classes), "scores": {}}
     x = embedding[keep]
     folds = StratifiedKFold(params.folds, shuffle=True, random_state=params.seed)
-    models = {
-        "knn": KNeighborsClassifier(min(params.knn_k, len(y) // params.folds)),
-        "logreg": LogisticRegression(max_iter=2000, random_state=params.seed),
-        "chance": DummyClassifier(strategy="stratified", random_state=params.seed),
-    }
     scores = {}
-    for name, model in models.items():
+    for name, model in _probe_models(params, len(y) // params.folds).items():
         # one out-of-fold pass: the class probabilities give the AUROC, their argmax the prediction
         proba = cross_val_predict(make_pipeline(StandardScaler(), model), x, y, cv=folds, method="predict_proba")
         scores[f"{name}_macro_f1"] = float(f1_score(y, classes[proba.argmax(1)], average="macro"))
@@ -94,9 +86,59 @@ def probe(embedding: np.ndarray, labels: pd.Series, params: ProbeParams) -> dict
     return {"genes": len(y), "classes": len(classes), "scores": scores}
 
 
+def transfer_probe(embedding: np.ndarray, labels: pd.Series, unseen: np.ndarray, params: ProbeParams) -> dict:
+    """Each probe fitted on the genes the models trained on and scored on those they never saw
+    (``unseen``, ``pretrain.unseen_genes``): where a learned table has one vector for every unseen
+    gene and a protein embedding still says what the gene is. Classes with ``min_members`` seen
+    genes and at least two unseen ones; AUROC and macro F1 as in :func:`probe`."""
+    from sklearn.base import clone
+    from sklearn.metrics import f1_score, roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = labels.to_numpy()
+    seen_counts, unseen_counts = labels[~unseen].value_counts(), labels[unseen].value_counts()
+    classes = np.array(
+        sorted(c for c in seen_counts.index if seen_counts[c] >= params.min_members and unseen_counts.get(c, 0) >= 2)
+    )
+    train, test = ~unseen & np.isin(y, classes), unseen & np.isin(y, classes)
+    if len(classes) < 2:
+        return {"genes": int(test.sum()), "trained_on": int(train.sum()), "classes": len(classes), "scores": {}}
+    scores = {}
+    for name, model in _probe_models(params, int(train.sum())).items():
+        fitted = make_pipeline(StandardScaler(), clone(model)).fit(embedding[train], y[train])
+        proba = fitted.predict_proba(embedding[test])
+        scores[f"{name}_macro_f1_unseen"] = float(f1_score(y[test], classes[proba.argmax(1)], average="macro"))
+        scores[f"{name}_auroc_unseen"] = float(
+            roc_auc_score(y[test], proba[:, 1])
+            if len(classes) == 2
+            else roc_auc_score(y[test], proba, multi_class="ovr", labels=classes)
+        )
+    return {"genes": int(test.sum()), "trained_on": int(train.sum()), "classes": len(classes), "scores": scores}
+
+
+def _probe_models(params: ProbeParams, n_train: int) -> dict:
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return {
+        "knn": KNeighborsClassifier(min(params.knn_k, n_train)),
+        "logreg": LogisticRegression(max_iter=2000, random_state=params.seed),
+        "chance": DummyClassifier(strategy="stratified", random_state=params.seed),
+    }
+
+
 def probe_rows(
-    name: str, identity: dict, embedding: np.ndarray, properties: pd.DataFrame, params: ProbeParams
+    name: str,
+    identity: dict,
+    embedding: np.ndarray,
+    properties: pd.DataFrame,
+    params: ProbeParams,
+    unseen: np.ndarray | None = None,
 ) -> list[dict]:
+    """The probes' rows; with ``unseen`` (the genes held out of training), also each probe fitted on
+    the seen genes and scored on the unseen ones (metrics ``*_unseen``)."""
     rows = []
     for prop in properties.columns:
         known = properties[prop].notna().to_numpy()
@@ -105,8 +147,17 @@ def probe_rows(
             f"{result['genes']} genes, {result['classes']} classes (≥ {params.min_members} genes each), "
             f"{params.folds}-fold"
         )
-        for metric in PROBE_METRICS:
-            value = result["scores"].get(metric, np.nan)
+        values = {
+            metric: (result["scores"].get(metric, np.nan), note, bool(result["scores"])) for metric in PROBE_METRICS
+        }
+        if unseen is not None and unseen.any():
+            moved = transfer_probe(embedding[known], properties[prop][known], unseen[known], params)
+            note = f"fitted on {moved['trained_on']} seen genes, scored on {moved['genes']} unseen, {moved['classes']} classes"
+            values |= {
+                f"{metric}_unseen": (moved["scores"].get(f"{metric}_unseen", np.nan), note, bool(moved["scores"]))
+                for metric in PROBE_METRICS
+            }
+        for metric, (value, why, scored) in values.items():
             rows.append(
                 {
                     **identity,
@@ -115,16 +166,16 @@ def probe_rows(
                     "metric": metric,
                     "group": f"gene_probe_{prop}",
                     "value": value,
-                    "note": note if result["scores"] else f"fewer than two classes ({note})",
+                    "note": why if scored else f"fewer than two classes ({why})",
                 }
             )
     return rows
 
 
-def model_gene_embeddings(checkpoint: Path, vocab_hash: str, vocab: Path) -> np.ndarray:
+def model_gene_embeddings(checkpoint: Path, vocab_hash: str, vocab: Path) -> tuple[np.ndarray, np.ndarray]:
     """Each vocabulary token's effective gene embedding: the gene encoder's output as the model uses
     it (a learned table's unseen genes: its one unknown vector) of a model trained on ``vocab``
-    (another vocabulary's rows would be other genes)."""
+    (another vocabulary's rows would be other genes), and the genes it held out of training."""
     import torch
 
     from .model import load_model
@@ -137,7 +188,8 @@ def model_gene_embeddings(checkpoint: Path, vocab_hash: str, vocab: Path) -> np.
             checkpoint,
         )
     with torch.no_grad():
-        return model.gene_vectors(torch.arange(model.cfg.vocab_size)).float().numpy()
+        vectors = model.gene_vectors(torch.arange(model.cfg.vocab_size)).float().numpy()
+    return vectors, model.unseen_genes.numpy()
 
 
 def reference_tables(
@@ -183,7 +235,7 @@ def gene_probes(
     genes = pd.Index(vocabulary.gene_id[len(SPECIAL_TOKENS) :])
     lengths = read_protein_lengths(esm_table) if esm_table is not None else None
     properties = gene_properties(genes, lengths)
-    rows, dim = [], 64
+    rows, dim, unseen = [], 64, None
     for name, path in (tasks or {}).items():
         labels = read_labels(path, name)
         properties[f"task_{name}"] = labels.reindex(genes).to_numpy()
@@ -204,12 +256,15 @@ def gene_probes(
         if checkpoint is None:  # no usable model: its rows say why
             rows += _missing_rows(run["run"], identity, properties.columns, missing)
             continue
-        embedding = model_gene_embeddings(checkpoint, digest, vocab)[len(SPECIAL_TOKENS) :]
+        embedding, held_out = model_gene_embeddings(checkpoint, digest, vocab)
+        embedding, held_out = embedding[len(SPECIAL_TOKENS) :], held_out[len(SPECIAL_TOKENS) :]
         dim = embedding.shape[1]
-        rows += probe_rows(run["run"], identity, embedding, properties, params)
+        unseen = held_out if held_out.any() else unseen  # every run holds out the same genes
+        rows += probe_rows(run["run"], identity, embedding, properties, params, held_out)
     for name, (table, covered) in reference_tables(genes, esm_table, dim, params.seed).items():
         identity = {"gene_encoding": name, "expression_encoding": "reference", "seed": params.seed}
-        rows += probe_rows(f"reference-{name}", identity, table[covered], properties[covered], params)
+        split = None if unseen is None else unseen[covered]  # the references on the models' split
+        rows += probe_rows(f"reference-{name}", identity, table[covered], properties[covered], params, split)
     return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
