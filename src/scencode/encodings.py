@@ -13,6 +13,8 @@ A gene encoder that reads the gene-embedding table sets ``needs_gene_table = Tru
 ``gene_table`` (the workflow then passes the table to its pretraining job). An expression encoder
 that sets ``needs_gene_medians = True`` takes the training corpus's per-gene medians as
 ``gene_medians`` (and ``vocab_size``) and its ``forward`` also gets ``gene_ids=`` and ``masked=``.
+A gene encoder with nothing to say about a gene it never trained on (``pretrain.unseen_genes``)
+defines ``unknown(seen)``, the one vector such genes get; without it, a gene keeps its own output.
 """
 
 from __future__ import annotations
