@@ -19,6 +19,7 @@ if not workflow.overwrite_configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/genes.smk"
+include: "workflow/rules/species.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/esm.smk"

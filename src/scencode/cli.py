@@ -31,6 +31,11 @@ from .settings import parse
 # step → (module, function, help)
 STEPS = {
     "gene-table": ("genes", "run", "build the gene table (Ensembl ids, symbols) used by QC"),
+    "species": (
+        "species",
+        "run",
+        "another organism's gene table, proteins and one-to-one orthologs to human (simulated for the demo)",
+    ),
     "download": ("download", "run", "fetch one dataset to an h5ad"),
     "qc": ("qc", "run", "filter cells and genes, harmonise gene ids, check raw counts"),
     "leakage": ("leakage", "run", "audit training vs evaluation datasets for shared data"),

@@ -26,6 +26,7 @@ N_EXTRA_GENES = 300  # protein-coding genes without a demo protein: the vocabula
 NB_THETA = 2.0
 MARKERS_PER_TYPE = 20
 MARKER_OFF = np.log(0.02)  # a marker outside its type: 2% of its base expression
+SIMULATED_SPECIES = "simulated_species"  # the demo's second organism (scencode.species)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class DemoDataset:
     cell_types: tuple[str, ...]
     n_batches: int
     symbols_only: bool = False  # var names are symbols (some outdated), as in many public files
+    organism: str | None = None  # another species (scencode.species): the human programs under its gene names
     extra_obs: dict = field(default_factory=dict)
 
 
@@ -82,6 +84,8 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
     "sim_lung_eval": DemoDataset("lung", 1500, TISSUE_TYPES["lung"][:6], 2),
     "sim_blood_eval": DemoDataset("blood", 1500, TISSUE_TYPES["blood"], 3),
     "sim_pancreas_eval": DemoDataset("pancreas", 1000, UNSEEN_TISSUE_TYPES["pancreas"], 2),
+    # blood of the simulated second species: a seen tissue, so that only the species changes
+    "sim_species_blood_eval": DemoDataset("blood", 1000, TISSUE_TYPES["blood"], 2, organism=SIMULATED_SPECIES),
 }
 PBMC = "pbmc68k_reduced"
 
@@ -187,6 +191,10 @@ def simulate(spec: DemoDataset, name: str, seed: int, n_cells: int) -> ad.AnnDat
     adata = ad.AnnData(sp.csr_matrix(counts), obs=obs, var=var)
     if spec.symbols_only:
         adata = _as_symbol_only(adata, rng)
+    if spec.organism:
+        from .species import rename_to_species
+
+        adata = rename_to_species(adata, spec.organism)
     return adata
 
 

@@ -253,6 +253,7 @@ SHIFT = {
     "unseen_genes": "in distribution, unseen genes in the input",
     "near": "near (seen tissue)",
     "far": "far (unseen tissue)",
+    "species": "another species",
 }
 
 

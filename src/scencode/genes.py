@@ -20,7 +20,7 @@ from .reference import PACKAGED_GENCODE, PACKAGED_HGNC, GeneTable, packaged_file
 
 log = logging.getLogger(__name__)
 
-SYMBOL_SOURCES = ["gencode", "hgnc_approved", "hgnc_previous", "hgnc_alias"]
+SYMBOL_SOURCES = ["gencode", "ensembl", "hgnc_approved", "hgnc_previous", "hgnc_alias"]
 
 
 def read_hgnc_symbols(path: Path) -> pd.DataFrame:
@@ -46,20 +46,26 @@ def read_hgnc_symbols(path: Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def write_gene_table(genes: pd.DataFrame, symbols: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """``genes.parquet`` (gene_id, gene_name, gene_type) and ``symbols.parquet`` (symbol, gene_id,
+    source, priority) in ``out_dir``, the folder :class:`GeneTable` reads; returns the symbols kept."""
+    symbols = symbols.drop_duplicates()
+    # HGNC may point at ids GENCODE no longer has; such symbols cannot be used
+    symbols = symbols[symbols.gene_id.isin(genes.gene_id) & (symbols.symbol != "")]
+    symbols = symbols.assign(priority=symbols.source.map({s: i for i, s in enumerate(SYMBOL_SOURCES)}).astype("int8"))
+    for frame, name in [(genes, "genes.parquet"), (symbols, "symbols.parquet")]:
+        with atomic_path(out_dir / name) as tmp:
+            pq.write_table(pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False), tmp)
+    return symbols
+
+
 def build_gene_table(gencode: Path, hgnc: Path | None, out_dir: Path) -> dict:
     """Write ``genes.parquet`` and ``symbols.parquet`` into ``out_dir``; return a summary."""
     genes = read_gencode(Path(gencode))
     symbols = [pd.DataFrame({"symbol": genes.gene_name, "gene_id": genes.gene_id, "source": "gencode"}).dropna()]
     if hgnc is not None:
         symbols.append(read_hgnc_symbols(Path(hgnc)))
-    symbols = pd.concat(symbols, ignore_index=True).drop_duplicates()
-    # HGNC may point at ids GENCODE no longer has; such symbols cannot be used
-    symbols = symbols[symbols.gene_id.isin(genes.gene_id) & (symbols.symbol != "")]
-    symbols["priority"] = symbols.source.map({s: i for i, s in enumerate(SYMBOL_SOURCES)}).astype("int8")
-    out_dir = Path(out_dir)
-    for frame, name in [(genes, "genes.parquet"), (symbols, "symbols.parquet")]:
-        with atomic_path(out_dir / name) as tmp:
-            pq.write_table(pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False), tmp)
+    symbols = write_gene_table(genes, pd.concat(symbols, ignore_index=True), Path(out_dir))
     return {
         "genes": len(genes),
         "symbols": int(symbols.symbol.nunique()),

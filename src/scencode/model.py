@@ -222,11 +222,18 @@ class CellTransformer(nn.Module):
     """``unseen_genes``: a bool per token id, the genes held out of training (``pretrain.unseen_genes``).
     A gene encoder that has nothing to say about a gene it never trained on (a learned table: its
     row is still the random initialisation) defines ``unknown(seen)``, the one vector every unseen
-    gene gets; encoders of a fixed per-gene table (ESM-2) give the gene's own row."""
+    gene gets; encoders of a fixed per-gene table (ESM-2) give the gene's own row.
+
+    ``foreign_genes``: a bool per token id, the genes of another organism (scencode.species; never in a
+    training cell) and ``gene_alias``: per token id, the token whose row such an encoder reads (a
+    foreign gene's one-to-one human ortholog; itself otherwise). A foreign gene without an ortholog
+    gets the ``unknown`` vector; encoders of a per-gene table read the gene's own protein row."""
 
     gene_gain: torch.Tensor  # buffers (register_buffer): typed for the checker
     expression_gain: torch.Tensor
     unseen_genes: torch.Tensor
+    foreign_genes: torch.Tensor
+    gene_alias: torch.Tensor
     head: nn.Sequential
 
     def __init__(
@@ -235,6 +242,8 @@ class CellTransformer(nn.Module):
         gene_table: torch.Tensor | None = None,
         gene_medians: torch.Tensor | None = None,
         unseen_genes: torch.Tensor | None = None,
+        foreign_genes: torch.Tensor | None = None,
+        gene_alias: torch.Tensor | None = None,
     ):
         super().__init__()
         cfg.validate()
@@ -252,9 +261,14 @@ class CellTransformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.register_buffer("gene_gain", torch.ones(()))
         self.register_buffer("expression_gain", torch.ones(()))
-        held_out = torch.zeros(cfg.vocab_size, dtype=torch.bool) if unseen_genes is None else unseen_genes.bool()
+        none = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+        held_out = none if unseen_genes is None else unseen_genes.bool()
+        foreign = none if foreign_genes is None else foreign_genes.bool()
+        alias = torch.arange(cfg.vocab_size) if gene_alias is None else gene_alias.long()
         self.register_buffer("unseen_genes", held_out)
-        self.replaces_unseen = bool(held_out.any()) and hasattr(self.genes, "unknown")
+        self.register_buffer("foreign_genes", foreign)
+        self.register_buffer("gene_alias", alias)
+        self.replaces_unseen = bool((held_out | foreign).any()) and hasattr(self.genes, "unknown")
         self.nested_attention: bool | None = None  # packed batches: jagged attention (None: on CUDA)
 
     def cells(self, batch: Batch) -> Padded | Packed:
@@ -272,13 +286,16 @@ class CellTransformer(nn.Module):
         )
 
     def gene_vectors(self, gene_ids: torch.Tensor) -> torch.Tensor:
-        """The gene encoder's output for ``gene_ids`` as the model uses it: an unseen gene gets the
-        encoder's ``unknown`` vector where it has one (before the calibrated gain)."""
+        """The gene encoder's output for ``gene_ids`` as the model uses it: where the encoder has an
+        ``unknown`` vector, a foreign gene reads its ortholog's row and a gene never trained on (unseen,
+        or foreign without an ortholog) gets ``unknown`` (before the calibrated gain)."""
+        if not self.replaces_unseen:
+            return self.genes(gene_ids)
+        gene_ids = self.gene_alias[gene_ids]
         genes = self.genes(gene_ids)
-        if self.replaces_unseen:
-            unknown = self.genes.unknown(~self.unseen_genes).to(genes.dtype)  # type: ignore[operator]
-            genes = torch.where(self.unseen_genes[gene_ids].unsqueeze(-1), unknown, genes)
-        return genes
+        untrained = self.unseen_genes | self.foreign_genes
+        unknown = self.genes.unknown(~untrained).to(genes.dtype)  # type: ignore[operator]
+        return torch.where(untrained[gene_ids].unsqueeze(-1), unknown, genes)
 
     @property
     def orders_genes(self) -> bool:
@@ -356,9 +373,21 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[CellTransf
 
     ckpt = Checkpoint.read(Path(checkpoint))
     cfg = ModelConfig(**ckpt.model_config)
-    # checkpoints written before unseen genes existed held none out
-    state = {"unseen_genes": torch.zeros(cfg.vocab_size, dtype=torch.bool), **ckpt.model}
-    model = CellTransformer(cfg, gene_table=state.get("genes.table"), unseen_genes=state["unseen_genes"])
+    # checkpoints written before unseen genes and species existed held none out and had no other organism
+    none = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+    state = {
+        "unseen_genes": none,
+        "foreign_genes": none,
+        "gene_alias": torch.arange(cfg.vocab_size),
+        **ckpt.model,
+    }
+    model = CellTransformer(
+        cfg,
+        gene_table=state.get("genes.table"),
+        unseen_genes=state["unseen_genes"],
+        foreign_genes=state["foreign_genes"],
+        gene_alias=state["gene_alias"],
+    )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # written by another version of the model (e.g. before frozen tables were standardised)

@@ -42,6 +42,7 @@ from .run_config import LoaderConfig, ModelConfig, RunSettings, TrainConfig, nee
 from .run_report import component_rms, log_row, log_training, run_status, write_log
 from .shards import verify_corpus
 from .unseen_genes import read_unseen_genes
+from .vocab import species_tokens
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ class RunSpec:
 def build_model(spec: RunSpec, vocab: pd.DataFrame, unseen: np.ndarray | None = None) -> CellTransformer:
     """The model of ``spec``; a gene encoding that reads a table gets it aligned to the vocabulary
     (without one, the encoder says what is missing). ``unseen``: the genes held out of training (a
-    bool per token id), carried by the model so that evaluation knows them."""
+    bool per token id), carried by the model so that evaluation knows them; the vocabulary's genes of
+    another organism and their orthologs likewise (:func:`scencode.vocab.species_tokens`)."""
     gene_table = medians = None
+    foreign, alias = species_tokens(vocab)
     if needs_gene_table(spec.model.gene_encoding) and spec.gene_embeddings is not None:
         gene_table = align_gene_table(spec.gene_embeddings, vocab, spec.train.missing_genes)
     if needs_gene_medians(spec.model.expression_encoding):
@@ -80,10 +83,34 @@ def build_model(spec: RunSpec, vocab: pd.DataFrame, unseen: np.ndarray | None = 
             raise ScencodeError(
                 f"gene medians hold {len(medians)} tokens, the vocabulary {len(vocab)}", spec.gene_medians
             )
-        if unseen is not None and unseen.any():  # an unseen gene's median would be its training data
-            medians[torch.from_numpy(unseen)] = float(medians[torch.from_numpy(~unseen)][N_SPECIAL:].median())
+        medians = _untrained_medians(medians, unseen, foreign, alias)
     held_out = None if unseen is None else torch.from_numpy(unseen)
-    return CellTransformer(spec.model, gene_table=gene_table, gene_medians=medians, unseen_genes=held_out)
+    return CellTransformer(
+        spec.model,
+        gene_table=gene_table,
+        gene_medians=medians,
+        unseen_genes=held_out,
+        foreign_genes=torch.from_numpy(foreign),
+        gene_alias=torch.from_numpy(alias),
+    )
+
+
+def _untrained_medians(
+    medians: torch.Tensor, unseen: np.ndarray | None, foreign: np.ndarray, alias: np.ndarray
+) -> torch.Tensor:
+    """The rank encoding's medians of genes no training cell held: an unseen gene's would be its
+    training data, a foreign gene has none. Each gets the median of the trained genes' medians; a
+    foreign gene with a human ortholog gets the ortholog's (the same gene, by expression)."""
+    untrained = foreign | (unseen if unseen is not None else np.zeros_like(foreign))
+    if not untrained.any():
+        return medians
+    trained = torch.from_numpy(~untrained)
+    trained[:N_SPECIAL] = False
+    fill = float(medians[trained].median())
+    medians[torch.from_numpy(untrained)] = fill
+    borrowed = foreign & (alias != np.arange(len(alias)))
+    medians[torch.from_numpy(borrowed)] = medians[torch.from_numpy(alias[borrowed])]
+    return medians
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

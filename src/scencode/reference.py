@@ -91,4 +91,5 @@ class GeneTable:
         return strip_version(pd.Series(ids)).isin(self.genes.gene_id).to_numpy()
 
     def mito_ids(self) -> set[str]:
-        return set(self.genes.gene_id[self.genes.gene_name.fillna("").str.startswith("MT-")])
+        """Mitochondrial genes: MT- in human, mt- in mouse (MGI) and the demo's simulated species."""
+        return set(self.genes.gene_id[self.genes.gene_name.fillna("").str.upper().str.startswith("MT-")])

@@ -265,8 +265,11 @@ def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
 
 # in-distribution test split (and with the genes held out of training in the input), seen tissue in
 # new batches, unseen tissue
-SHIFT_LEVELS = ("id", "unseen_genes", "near", "far")
-IN_DISTRIBUTION_LEVELS = ("id", "unseen_genes")  # the training corpus's cells: not in the study's summary
+SHIFT_LEVELS = ("id", "unseen_genes", "near", "far", "species")
+IN_DISTRIBUTION_LEVELS = ("id", "unseen_genes")  # the training corpus's cells
+# not in the study's summary (its evaluation datasets: near and far): the training corpus's cells,
+# and another organism's datasets (a question the study did not ask); each has its shift columns
+BEYOND_STUDY_LEVELS = (*IN_DISTRIBUTION_LEVELS, "species")
 SHIFT_SCORES = ("batch_score", "bio_score", "accuracy", "macro_f1")
 
 
@@ -302,7 +305,7 @@ def shift_columns(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame
     gaps = [
         (pl.col(f"{score}_id") - pl.col(f"{score}_{name}")).alias(f"{score}_gap_{name}")
         for score in SHIFT_SCORES
-        for name in ("unseen_genes", "near", "far")
+        for name in SHIFT_LEVELS[1:]
         if f"{score}_id" in table.columns and f"{score}_{name}" in table.columns
     ]
     return table.with_columns(gaps)
@@ -359,6 +362,46 @@ def unseen_genes_table(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.Data
         (pl.col(f"{score}_included") - pl.col(f"{score}_left_out")).alias(f"{score}_difference")
         for score in SHIFT_SCORES
         if f"{score}_included" in table.columns and f"{score}_left_out" in table.columns
+    )
+    return table.sort(KEYS)
+
+
+SPECIES_SCORES = (*SHIFT_SCORES, "eval_mse", "eval_mse_no_context", "eval_gene_mean_mse")
+
+
+def species_table(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame:
+    """Per configuration, its scores on another organism's datasets (scencode.species) beside the
+    near level's (the training organism, seen tissues, new batches): ``<score>_species``,
+    ``<score>_near`` and ``<score>_difference`` (species - near), the masked-value diagnostic on both
+    (``eval_mse``, its no-context and gene-mean references) and ``<level>_vs_gene_mean`` (masked MSE /
+    gene-mean MSE: below 1, the model predicts a gene better than the gene's own mean in the dataset).
+    Seeds averaged first; ``_seed_sd`` across seeds. A configuration scored on the species level is a
+    row, measured or not."""
+    rows = by_level(metrics, levels)
+    table = metric_frame(rows["species"]).group_by(KEYS, maintain_order=True).agg(seeds=pl.col("seed").n_unique())
+    for level in ("species", "near"):
+        if rows[level].is_empty():
+            continue
+        part = summary_table(rows[level])
+        columns = [f"{score}{suffix}" for score in SPECIES_SCORES for suffix in ("", "_seed_sd")]
+        part = part.select(
+            *KEYS,
+            *(
+                pl.col(c).alias(c.replace(c.removesuffix("_seed_sd"), f"{c.removesuffix('_seed_sd')}_{level}", 1))
+                for c in columns
+                if c in part.columns
+            ),
+        )
+        table = table.join(part, on=KEYS, how="left", nulls_equal=True)
+    for level in ("species", "near"):
+        if f"eval_mse_{level}" in table.columns and f"eval_gene_mean_mse_{level}" in table.columns:
+            table = table.with_columns(
+                (pl.col(f"eval_mse_{level}") / pl.col(f"eval_gene_mean_mse_{level}")).alias(f"{level}_vs_gene_mean")
+            )
+    table = table.with_columns(
+        (pl.col(f"{score}_species") - pl.col(f"{score}_near")).alias(f"{score}_difference")
+        for score in SHIFT_SCORES
+        if f"{score}_species" in table.columns and f"{score}_near" in table.columns
     )
     return table.sort(KEYS)
 
@@ -457,14 +500,15 @@ def rank_stability(metrics: pl.DataFrame, seed: int = 0, n_boot: int = BOOTSTRAP
 
 
 def write_tables(metric_paths, out_dir, reference_expression: str = "soft", levels: dict | None = None) -> dict:
-    """``levels``: dataset → shift level (id, near, far). The study's summary and tests are over the
-    evaluation datasets (near and far); the shift columns and each level's tests sit beside them."""
+    """``levels``: dataset → shift level (:data:`SHIFT_LEVELS`). The study's summary and tests are over
+    the evaluation datasets of the training organism (near and far); the shift columns and each
+    level's tests (in distribution, unseen genes, species) sit beside them."""
     metrics = load_metrics(metric_paths)
     per_gene = metrics.filter(pl.col("group") == UNSEEN_GENE_GROUP)  # the per-gene tests' pairs, not a table's rows
     metrics = metrics.filter(pl.col("group") != UNSEEN_GENE_GROUP)
     levels = levels or {}
-    in_distribution = [d for d, level in levels.items() if level in IN_DISTRIBUTION_LEVELS]
-    evaluation = metrics.filter(~pl.col("dataset").is_in(in_distribution))
+    beyond = [d for d, level in levels.items() if level in BEYOND_STUDY_LEVELS]
+    evaluation = metrics.filter(~pl.col("dataset").is_in(beyond))
     summary = summary_table(evaluation)
     shift = shift_columns(metrics, levels)
     if shift.width > len(KEYS):
@@ -482,6 +526,8 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
     if "unseen_genes" in levels.values():  # pretrain.unseen_genes: the test split scored with them in the input
         tables["unseen_genes.csv"] = unseen_genes_table(metrics, levels)
         tables["tests.csv"] = pl.concat([tests, per_gene_tests(per_gene).with_columns(level=pl.lit("unseen_genes"))])
+    if "species" in levels.values():  # datasets of another organism (scencode.species)
+        tables["species.csv"] = species_table(metrics, levels)
     for name, table in tables.items():
         with atomic_path(Path(out_dir) / name, suffix=".csv") as tmp:
             # pandas writes the CSV: floats as the shortest repr, missing values as empty cells

@@ -26,6 +26,7 @@ TRAIN_CORPUS = "train"  # the training corpus's name; no dataset may take it
 ID_TEST = "train_test"  # the training corpus's held-out test split, scored in distribution; reserved too
 # the same cells with the genes held out of training (pretrain.unseen_genes) in the input; reserved too
 ID_TEST_UNSEEN = "train_test_unseen"
+PRIMARY_ORGANISM = "homo_sapiens"  # the organism models train on (scencode.species)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -188,7 +189,9 @@ def _settings(row: dict) -> dict:
     else:
         source.update({"dataset_id": location} if location else {"query": row["census_query"]})
     spec = {
-        key: row[key] for key in ("role", "description", "n_cells", "label_key", "batch_key", "tissue") if key in row
+        key: row[key]
+        for key in ("role", "description", "n_cells", "label_key", "batch_key", "tissue", "organism")
+        if key in row
     }
     spec["source"] = source
     qc = {key.removeprefix(QC_PREFIX): value for key, value in row.items() if key.startswith(QC_PREFIX)}
@@ -206,7 +209,8 @@ def shift_levels(
     """Dataset → distribution-shift level: the training corpus's held-out test split is ``id`` (and
     ``unseen_genes`` with the genes held out of training in its input); an
     evaluation dataset is ``near`` when the training data hold its tissue (new batches, seen tissue)
-    and ``far`` when they do not. ``unknown``: it has no tissue, or some training dataset has none
+    and ``far`` when they do not; ``species`` when it is of another organism than the training data.
+    ``unknown``: it has no tissue, or some training dataset has none
     (it could hold the tissue, so far cannot be claimed).
 
     A dataset's tissues are its sheet's ``tissue`` where filled in, else ``measured`` (dataset →
@@ -230,7 +234,9 @@ def shift_levels(
     trained |= {tissue for tissue, cells in pooled.items() if cells >= min_cells}
     levels = {ID_TEST: "id", ID_TEST_UNSEEN: "unseen_genes"}
     for name, spec in datasets.items():
-        if spec["role"] == "eval":
+        if spec["role"] == "eval" and organism(spec) != PRIMARY_ORGANISM:
+            levels[name] = "species"  # whatever its tissue: the genes themselves are new
+        elif spec["role"] == "eval":
             main = spec.get("tissue") or _main_tissue(measured.get(name, {}))
             levels[name] = "near" if main in trained else "unknown" if main is None or untagged else "far"
     return levels
@@ -330,9 +336,35 @@ def check(config: dict, schema: Path = SCHEMA) -> dict[str, dict]:
             f"config: evaluate.scib_benchmarker.datasets names {', '.join(map(repr, unknown))}, not an evaluation "
             f"dataset; the evaluation datasets: {', '.join(evaluation)}"
         )
+    _check_organisms(config, datasets)
     _check_reference_expression(config)
     check_models(config)
     return datasets
+
+
+def organism(spec: dict) -> str:
+    """A dataset's organism: its sheet's, else the one models train on."""
+    return spec.get("organism") or PRIMARY_ORGANISM
+
+
+def _check_organisms(config: dict, datasets: dict[str, dict]) -> None:
+    """Models train on human cells; another organism is an evaluation dataset whose species the
+    config describes (where its proteins and orthologs come from)."""
+    described = config.get("species") or {}
+    for name, spec in datasets.items():
+        kind = organism(spec)
+        if kind == PRIMARY_ORGANISM:
+            continue
+        if spec["role"] == "train":
+            raise ScencodeError(
+                f"config: training dataset {name!r} is {kind}; models train on {PRIMARY_ORGANISM} "
+                "(another organism is an evaluation dataset: the species shift level)"
+            )
+        if kind not in described:
+            raise ScencodeError(
+                f"config: dataset {name!r} is {kind}, which config 'species' does not describe "
+                f"(described: {', '.join(sorted(described)) or 'none'})"
+            )
 
 
 def _check_reference_expression(config: dict) -> None:

@@ -2,6 +2,7 @@
 # Each rule gets exactly the slice of config it reads (as params), so changing a setting reruns
 # only the jobs that depend on it.
 import json
+import os
 import re
 
 from scencode import workflow_config
@@ -36,16 +37,28 @@ SCORED = [*EVAL_DATASETS, *(IN_DISTRIBUTION if TRAIN_LABELED else [])]  # what e
 # the shift levels are decided by the tables job from the tissues QC found in the data (a sheet's
 # `tissue` overrides): what the tables step needs to decide them
 SHIFT = {
-    "datasets": {d: {"role": spec["role"], "tissue": spec.get("tissue")} for d, spec in DATASETS.items()},
+    "datasets": {
+        d: {"role": spec["role"], "tissue": spec.get("tissue"), "organism": workflow_config.organism(spec)}
+        for d, spec in DATASETS.items()
+    },
     "scored": SCORED,
     "min_cells": config["evaluate"].get("shift_min_cells", workflow_config.TISSUE_MIN_CELLS),
 }
 ESM = config["esm"]
 ESM_TABLE = f"{RESULTS}/esm/{ESM['name']}/gene_embeddings.parquet"
+# evaluation datasets of another organism (the sheet's organism column; scencode.species): organism →
+# its datasets. Each gets a species folder (gene table, proteins, orthologs) and its genes their own tokens.
+SPECIES = config.get("species") or {}
+SPECIES_DATASETS = {
+    organism: sorted(d for d in EVAL_DATASETS if workflow_config.organism(DATASETS[d]) == organism)
+    for organism in sorted({workflow_config.organism(DATASETS[d]) for d in EVAL_DATASETS})
+    if organism != workflow_config.PRIMARY_ORGANISM
+}
 
 
 wildcard_constraints:
     dataset="|".join([*DATASETS, ID_TEST, ID_TEST_UNSEEN]),
+    organism="[a-z][a-z0-9_]*",
     corpus="|".join(CORPORA),
     run="[A-Za-z0-9_]+-[A-Za-z0-9_]+(-[nf][0-9p]+)?-s[0-9]+",
 
@@ -151,6 +164,34 @@ def raw_h5ad(dataset="{dataset}"):
 
 def qc_h5ad(dataset="{dataset}"):
     return f"{RESULTS}/qc/{dataset}.h5ad"
+
+
+def species_dir(organism="{organism}"):
+    return f"{RESOURCES}/species/{organism}"
+
+
+def gene_table_of(dataset):
+    """The gene table QC maps a dataset's genes with: its organism's."""
+    organism = workflow_config.organism(DATASETS[dataset])
+    if organism == workflow_config.PRIMARY_ORGANISM:
+        return f"{RESOURCES}/genes/genes.parquet"
+    return f"{species_dir(organism)}/genes.parquet"
+
+
+def species_proteins():
+    """Each other organism's proteome, embedded beside the training organism's."""
+    return [f"{species_dir(organism)}/proteins.pep.fa.gz" for organism in SPECIES_DATASETS]
+
+
+def vocab_species(wildcards, input):
+    """The vocabulary step's --species JSON: per other organism, its folder and its datasets' QC outputs."""
+    folders = {organism: os.path.dirname(path) for organism, path in zip(SPECIES_DATASETS, input.orthologs)}
+    return as_json(
+        {
+            organism: {"folder": folders[organism], "qc": [qc_h5ad(d) for d in datasets]}
+            for organism, datasets in SPECIES_DATASETS.items()
+        }
+    )
 
 
 def corpus_dir(corpus="{corpus}"):

@@ -70,7 +70,7 @@ else:
 
     rule esm_embeddings:
         input:
-            fasta=rules.proteins.output[0],
+            fasta=[rules.proteins.output[0], *species_proteins()],
             weights=esm_weights_input(),
         output:
             ESM_TABLE,

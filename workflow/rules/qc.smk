@@ -1,7 +1,7 @@
 rule qc:
     input:
         raw=raw_h5ad(),
-        genes=rules.gene_table.output.genes,
+        genes=lambda w: gene_table_of(w.dataset),
     output:
         h5ad=qc_h5ad(),
         report=f"{RESULTS}/qc/{{dataset}}.json",

@@ -2,6 +2,8 @@
 # and shift_levels.csv (each scored dataset's shift level, from the tissues QC found in the data);
 # with pretrain.unseen_genes, unseen_genes.csv (the genes held out of training: left out vs in the input).
 UNSEEN_TABLE = [f"{RESULTS}/tables/unseen_genes.csv"] if ID_TEST_UNSEEN in SCORED else []
+# with evaluation datasets of another organism (scencode.species), species.csv (species vs near)
+SPECIES_TABLE = [f"{RESULTS}/tables/species.csv"] if SPECIES_DATASETS else []
 
 
 rule tables:
@@ -17,6 +19,7 @@ rule tables:
             f"{RESULTS}/tables/rank_stability.csv", caption="../report/rank_stability.rst", category="Tables"
         ),
         unseen_genes=[report(p, caption="../report/unseen_genes.rst", category="Tables") for p in UNSEEN_TABLE],
+        species=[report(p, caption="../report/species.rst", category="Tables") for p in SPECIES_TABLE],
     log:
         f"{LOGS}/tables.log",
     benchmark:

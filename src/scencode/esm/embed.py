@@ -376,7 +376,7 @@ def tiny(out: OutputFile, layers: int = 2, dim: int = 32, heads: int = 2, seed: 
 
 
 def run(
-    fasta: Path,
+    fasta: list[Path],
     out: OutputFile,
     params: EmbedParams,
     model: str | None = None,
@@ -384,8 +384,9 @@ def run(
     sha256: str | None = None,
     threads: int | None = None,
 ) -> pd.DataFrame:
-    """ESM-2 gene embeddings of a peptide FASTA: a released ``model`` by name (fetched to the torch hub
-    cache) or local ``weights`` (a fair-esm checkpoint), optionally pinned by ``sha256``."""
+    """ESM-2 gene embeddings of peptide FASTAs (the training organism's, and each other species'
+    proteome: scencode.species): a released ``model`` by name (fetched to the torch hub cache) or
+    local ``weights`` (a fair-esm checkpoint), optionally pinned by ``sha256``."""
     from ..settings import torch_threads
     from .proteins import read_peptide_fasta, select_isoforms
 
@@ -394,7 +395,8 @@ def run(
     parts_dir = parts_folder(out)
     if parts_dir.exists() or parts_dir.is_symlink():  # refused before the model is loaded, not after
         _check_parts_are_ours(parts_dir)
-    isoforms = select_isoforms(read_peptide_fasta(fasta), params.isoforms)
+    fastas = [fasta] if isinstance(fasta, (str, Path)) else list(fasta)
+    isoforms = select_isoforms(pd.concat([read_peptide_fasta(f) for f in fastas], ignore_index=True), params.isoforms)
     weights_path, weights_sha256 = esm2_weights(model, weights, sha256)
     esm_model, alphabet = load_weights(weights_path)
     torch_threads(threads)
@@ -405,7 +407,7 @@ def run(
         "layer": embedder.layer,
         "isoforms": params.isoforms,
         "long_sequences": params.long_sequences,
-        "fasta": Path(fasta).name,
+        "fasta": ",".join(Path(f).name for f in fastas),
         # a local weights file by content: a changed file with the same name is another model
         "weights_sha256": weights_sha256,
     }
