@@ -104,28 +104,31 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
     jobs = planned_jobs(result)
     datasets = datasets_of(config)  # the study's lists, now one row each in config/datasets/paper_*.tsv
     roles = [spec["role"] for spec in datasets.values()]
-    assert roles.count("train") == 101 and roles.count("eval") == 26
+    mouse = sorted(name for name, spec in datasets.items() if spec.get("organism") == "mus_musculus")
+    assert roles.count("train") == 101 and roles.count("eval") == 26 + len(mouse) and len(mouse) == 3
     assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "train") == 10_010_855
-    assert sum(spec["n_cells"] for spec in datasets.values() if spec["role"] == "eval") == 548_977
+    assert sum(spec.get("n_cells", 0) for spec in datasets.values() if spec["role"] == "eval") == 548_977
     # the same jobs as when the lists were inline in paper.yaml, with the corpus statistics, provenance,
     # gene probes, and each model embedded and scored on the training corpus's test split (in distribution),
-    # again with the genes held out of training in the input, and the field's three gene tasks fetched
+    # again with the genes held out of training in the input, the field's three gene tasks fetched, and
+    # three mouse tissues (another species: one species job, each tissue scored like the human ones)
     assert jobs == {
-        "download": 127,
+        "download": 127 + 3,
         "gene_table": 1,
+        "species": 1,
         "proteins": 1,
         "esm_embeddings": 1,
-        "qc": 127,
-        "baseline": 52,
+        "qc": 127 + 3,
+        "baseline": 52 + 2 * 3,
         "esm_coverage": 1,
         "leakage": 1,
         "vocab": 1,
-        "evaluate": 338 + 11 + 11,
-        "tokenize": 27,
+        "evaluate": 338 + 11 + 11 + 13 * 3,
+        "tokenize": 27 + 3,
         "pretrain": 11,
-        "embed": 286 + 11 + 11,
+        "embed": 286 + 11 + 11 + 11 * 3,
         "reconstruction": 11,
-        "scib_benchmarker": 26,
+        "scib_benchmarker": 26 + 3,
         "tables": 1,
         "figures": 1,
         "all": 1,
@@ -150,7 +153,12 @@ def test_paper_config_plans_every_download_offline(paper_dry_run):
     # embedding 549k cells per configuration through the model is GPU work too
     embeds = [b for b in result.stdout.split("\n\n") if "rule embed:" in b]
     # + the ID test split, as trained and with the unseen genes in the input
-    assert len(embeds) == 11 * (26 + 2) and all("gpu=1" in b for b in embeds)
+    assert len(embeds) == 11 * (26 + 3 + 2) and all("gpu=1" in b for b in embeds)
+    # the vocabulary appends the mouse tissues' genes, with their species folder's orthologs
+    assert "--species" in vocab[0] and "resources/species/mus_musculus" in vocab[0]
+    assert all(f"results/qc/{name}.h5ad" in vocab[0] for name in mouse)
+    esm = [b for b in result.stdout.split("\n\n") if "rule esm_embeddings:" in b]
+    assert "resources/species/mus_musculus/proteins.pep.fa.gz" in esm[0]
     unseen = [b for b in embeds if "train_test_unseen" in b]
     assert len(unseen) == 11 and all("--split test --unseen-genes include" in b for b in unseen)
     assert all("--unseen-genes results/tokens/train.unseen_genes.parquet" in b for b in blocks)

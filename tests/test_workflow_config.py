@@ -136,3 +136,26 @@ def test_the_benchmarker_runs_only_on_evaluation_datasets(tmp_path):
         "the evaluation datasets: pbmc68k, sim_lung_eval, sim_pancreas_eval",
     ):
         load(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "species", "message"),
+    [
+        ("mouse\ttrain\tdemo\tsim_lung_1\t\t\tmus_musculus", {"mus_musculus": {"type": "simulated"}}, "models train on"),
+        ("mouse\teval\tdemo\tsim_lung_1\tcell_type\t\tmus_musculus", None, "which config 'species' does not describe"),
+        ("mouse\teval\tdemo\tsim_lung_1\tcell_type\t\tMus musculus", None, "column organism"),
+    ],
+)
+def test_another_organism_is_an_evaluation_dataset_of_a_described_species(tmp_path, row, species, message):
+    config = yaml.safe_load((REPO / ".test/config/config.yaml").read_text())
+    header = "dataset\trole\tsource\tsource_id\tlabel_key\tbatch_key\torganism\n"
+    config["datasets"] = [str(REPO / ".test/config/datasets.tsv"), str(sheet(tmp_path, row, header=header))]
+    config["species"] = species
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ScencodeError, match=message):
+        load(path)
+    config["species"] = {"mus_musculus": {"type": "files", "proteins": {"type": "url", "url": "https://x.org/p.fa"}}}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ScencodeError, match="does not match its schema"):  # a url unpinned, orthologs missing
+        load(path)

@@ -194,6 +194,14 @@ def with_corpus_stats(config: dict, path: Path) -> dict:
     return {**config, "_corpus_stats": {**training_figures(stats), "path": str(path)}}
 
 
+def _proteomes(config: dict) -> int:
+    """The proteomes ESM-2 embeds: the training organism's and each other species' with datasets
+    (scencode.species), each assumed the size of Ensembl's human pep.all (mouse's is about as large)."""
+    from .workflow_config import organism
+
+    return len({organism(spec) for spec in config["datasets"].values()})
+
+
 def esm2_params(name: str) -> float:
     from .esm.embed import ESM2_MODELS
 
@@ -285,7 +293,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         if model["type"] in ("tiny", "import"):
             return Job(stage, "table", 0, 1, 4000, 60, 5.0)
         params = esm2_params(model["name"]) if model["type"] == "released" else 3e9  # local: size unknown
-        minutes = 2 * params * ASSUMED_RESIDUES / THROUGHPUT["esm_flop_per_gpu_s"].value / 60
+        minutes = 2 * params * ASSUMED_RESIDUES * _proteomes(config) / THROUGHPUT["esm_flop_per_gpu_s"].value / 60
         # weights in fp32 are loaded once on the host and copied to the GPU
         mem = math.ceil(3 * params * 4 / 2**20 + 16_000)
         return Job(stage, "table", 1, 8, mem, _runtime(minutes, floor=60), minutes)
