@@ -76,7 +76,7 @@ def test_evaluate_jobs_take_leiden_threads_only_on_datasets_stated_to_be_large()
     paper = workflow_config.load(REPO / "config" / "paper.yaml")
     for name, spec in paper["datasets"].items():
         if spec["role"] == "eval":
-            large = stated_cells(paper, name) >= SCANPY_APPROXIMATE_FROM
+            large = (stated_cells(paper, name) or 0) >= SCANPY_APPROXIMATE_FROM  # unstated: not claimed large
             assert job_resources("evaluate", paper, name)["threads"] == (LEIDEN_THREADS if large else 1)
     # the demo's sheet states no sizes: costed at an assumed size, its jobs must still run side by side
     demo = workflow_config.load(REPO / "config" / "config.yaml")

@@ -141,7 +141,11 @@ def test_the_benchmarker_runs_only_on_evaluation_datasets(tmp_path):
 @pytest.mark.parametrize(
     ("row", "species", "message"),
     [
-        ("mouse\ttrain\tdemo\tsim_lung_1\t\t\tmus_musculus", {"mus_musculus": {"type": "simulated"}}, "models train on"),
+        (
+            "mouse\ttrain\tdemo\tsim_lung_1\t\t\tmus_musculus",
+            {"mus_musculus": {"type": "simulated"}},
+            "models train on",
+        ),
         ("mouse\teval\tdemo\tsim_lung_1\tcell_type\t\tmus_musculus", None, "which config 'species' does not describe"),
         ("mouse\teval\tdemo\tsim_lung_1\tcell_type\t\tMus musculus", None, "column organism"),
     ],
