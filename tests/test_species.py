@@ -35,7 +35,7 @@ def species_dir(tmp_path_factory):
     return folder
 
 
-def test_the_simulated_species_is_what_it_was_built_to_be(species_dir):
+def test_the_simulated_species_is_what_it_was_built_to_be(species_dir, tmp_path):
     genes = simulated_genes(SIMULATED_SPECIES, WITHOUT)
     orthologs = read_orthologs(species_dir)
     # one-to-one, exactly the genes drawn with an ortholog, about the stated fraction without one
@@ -58,6 +58,9 @@ def test_the_simulated_species_is_what_it_was_built_to_be(species_dir):
         for a, b in zip(species, human.reindex(paired).to_numpy())
     ]
     assert len(species) == len(human) and np.mean(same) == pytest.approx(IDENTITY, abs=0.01)
+    # seeded: the same files, byte for byte
+    run(SIMULATED_SPECIES, {"type": "simulated", "identity": IDENTITY, "without_ortholog": WITHOUT}, tmp_path)
+    assert all((tmp_path / f.name).read_bytes() == f.read_bytes() for f in species_dir.iterdir())
     # its gene table maps its symbols and knows its mitochondrial genes
     table = GeneTable.load(species_dir)
     assert len(table.mito_ids()) == 13 and table.known_ids(genes.gene_id).all()

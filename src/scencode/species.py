@@ -25,7 +25,6 @@ carries over and only the gene names and proteins change.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import tempfile
 import zlib
@@ -128,17 +127,6 @@ def rename_to_species(adata, organism: str):
     return adata
 
 
-def _write_fasta(proteins: pd.DataFrame, out: Path) -> None:
-    lines = [
-        f">{r.protein_id} pep gene:{r.gene_id} gene_biotype:protein_coding "
-        f"transcript_biotype:protein_coding gene_symbol:{r.gene_name}\n{r.sequence}\n"
-        for r in proteins.itertuples()
-    ]
-    with atomic_path(out, suffix=".fa.gz") as tmp:
-        with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
-            fh.write("".join(lines).encode())
-
-
 # ------------------------------------------------------------------ a real species' files
 
 
@@ -209,7 +197,7 @@ def run(organism: str, source: dict, out: OutputFolder) -> dict:
     orthologs.parquet): ``source`` {"type": "simulated", "identity", "without_ortholog"} (the demo)
     or {"type": "files", "proteins": {url|local source}, "orthologs": {url|local source, human_column,
     species_column}}."""
-    from .esm.proteins import read_peptide_fasta
+    from .esm.proteins import read_peptide_fasta, write_peptide_fasta
 
     if organism == PRIMARY_ORGANISM:
         raise ScencodeError(f"{organism} is the organism models train on, not another species")
@@ -218,7 +206,8 @@ def run(organism: str, source: dict, out: OutputFolder) -> dict:
     fasta = out / "proteins.pep.fa.gz"
     if source.get("type") == "simulated":
         genes = simulated_genes(organism, float(source.get("without_ortholog", 0.2)))
-        _write_fasta(simulated_proteins(genes, organism, float(source.get("identity", 0.85))), fasta)
+        proteins = simulated_proteins(genes, organism, float(source.get("identity", 0.85)))
+        write_peptide_fasta(proteins.protein_id, proteins.gene_id, proteins.gene_name, proteins.sequence, fasta)
         orthologs = genes.loc[genes.ortholog, list(ORTHOLOG_COLUMNS)]
         table = genes[["gene_id", "gene_name", "gene_type"]].sort_values("gene_id", ignore_index=True)
     elif source.get("type") == "files":

@@ -111,13 +111,20 @@ def demo_fasta(out: str | Path) -> None:
     from ..reference import packaged_file
 
     table = pd.read_csv(packaged_file("demo_proteins.csv.gz"))
+    write_peptide_fasta(table.refseq_protein_id, table.gene_id, table.symbol, table.sequence, out)
+
+
+def write_peptide_fasta(protein_ids, gene_ids, symbols, sequences, out: str | Path) -> None:
+    """An Ensembl-style peptide FASTA of protein-coding genes (what :func:`read_peptide_fasta` reads),
+    gzipped with a fixed mtime so that the same proteins give the same bytes."""
     lines = [
-        f">{r.refseq_protein_id} pep gene:{r.gene_id} gene_biotype:protein_coding "
-        f"transcript_biotype:protein_coding gene_symbol:{r.symbol}\n{r.sequence}\n"
-        for r in table.itertuples()
+        f">{protein} pep gene:{gene} gene_biotype:protein_coding transcript_biotype:protein_coding "
+        f"gene_symbol:{symbol}\n{sequence}\n"
+        for protein, gene, symbol, sequence in zip(protein_ids, gene_ids, symbols, sequences)
     ]
-    with atomic_path(out, suffix=".fa.gz") as tmp:
-        with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
+    with atomic_path(out, suffix=".fa.gz") as tmp, open(tmp, "wb") as raw:
+        # no file name in the gzip header either: the temporary name would differ each time
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
             fh.write("".join(lines).encode())
 
 
