@@ -39,6 +39,7 @@ rule gene_medians:
         f"{LOGS}/gene_medians.log",
     benchmark:
         f"{LOGS}/benchmarks/gene_medians.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/data.yaml"
     threads: 1

@@ -9,6 +9,7 @@ rule proteins:
         f"{LOGS}/esm/proteins.log",
     benchmark:
         f"{LOGS}/benchmarks/esm/proteins.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/esm.yaml"
     threads: 1
@@ -27,6 +28,7 @@ rule esm_tiny_model:
         f"{LOGS}/esm/tiny_model.log",
     benchmark:
         f"{LOGS}/benchmarks/esm/tiny_model.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/esm.yaml"
     threads: 1
@@ -54,6 +56,7 @@ if ESM["model"]["type"] == "import":
             f"{LOGS}/esm/embeddings.log",
         benchmark:
             f"{LOGS}/benchmarks/esm/embeddings.tsv"
+        priority: CRITICAL_PATH
         conda:
             "../../envs/esm.yaml"
         threads: 1
@@ -78,6 +81,7 @@ else:
             f"{LOGS}/esm/embeddings.log",
         benchmark:
             f"{LOGS}/benchmarks/esm/embeddings.tsv"
+        priority: CRITICAL_PATH
         conda:
             "../../envs/esm.yaml"
         threads: sized_threads("esm_embeddings")

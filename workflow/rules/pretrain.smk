@@ -21,6 +21,7 @@ rule pretrain:
         f"{LOGS}/pretrain/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/pretrain/{{run}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/train.yaml"
     threads: pretrain_threads

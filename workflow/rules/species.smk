@@ -12,6 +12,7 @@ rule species:
         f"{LOGS}/species/{{organism}}.log",
     benchmark:
         f"{LOGS}/benchmarks/species/{{organism}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/data.yaml"
     threads: 1

@@ -13,6 +13,7 @@ rule tokenize:
         f"{LOGS}/tokenize/{{corpus}}.log",
     benchmark:
         f"{LOGS}/benchmarks/tokenize/{{corpus}}.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/data.yaml"
     threads: sized_threads("tokenize", "corpus")

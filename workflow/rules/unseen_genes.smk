@@ -13,6 +13,7 @@ rule unseen_genes:
         f"{LOGS}/unseen_genes.log",
     benchmark:
         f"{LOGS}/benchmarks/unseen_genes.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/data.yaml"
     threads: 1

@@ -14,6 +14,7 @@ rule vocab:
         f"{LOGS}/vocab.log",
     benchmark:
         f"{LOGS}/benchmarks/vocab.tsv"
+    priority: CRITICAL_PATH
     conda:
         "../../envs/data.yaml"
     threads: 1
