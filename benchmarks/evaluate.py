@@ -28,16 +28,21 @@ import pandas as pd
 import yaml
 
 from scencode.evaluate import EvalParams, evaluate_embedding
-from scencode.workflow_config import read_datasets
+from scencode.workflow_config import PRIMARY_ORGANISM, organism, read_datasets
 
 PAPER = Path(__file__).resolve().parents[1] / "config" / "paper.yaml"
 
 
 def paper_tissues() -> pd.DataFrame:
-    """The study's evaluation datasets and their sizes, from the paper config's dataset sheets."""
+    """The study's evaluation datasets and their sizes, from the paper config's dataset sheets (the
+    Tabula Sapiens tissues: another species' datasets are not the study's)."""
     datasets = read_datasets(yaml.safe_load(PAPER.read_text()))
     return pd.DataFrame(
-        [{"dataset": name, "n_cells": spec["n_cells"]} for name, spec in datasets.items() if spec["role"] == "eval"]
+        [
+            {"dataset": name, "n_cells": spec["n_cells"]}
+            for name, spec in datasets.items()
+            if spec["role"] == "eval" and organism(spec) == PRIMARY_ORGANISM
+        ]
     )
 
 
