@@ -203,6 +203,23 @@ def test_a_dataset_of_another_organism_is_the_species_level_and_outside_the_stud
                         "note": "",
                     }
                 )
+    rng = np.random.default_rng(0)
+    bases = rng.uniform(0.3, 0.9, 30)
+    for gene, offset in (("learned", 0.2), ("esm2", 0.0)):  # 30 species genes, esm2 lower on each
+        for token, base in enumerate(bases, start=100):
+            rows.append(
+                {
+                    "configuration": f"{gene}-soft-s0",
+                    "gene_encoding": gene,
+                    "expression_encoding": "soft",
+                    "seed": 0,
+                    "dataset": "mouse_blood",
+                    "group": "species_gene_mse",
+                    "metric": str(token),
+                    "value": base + offset + rng.normal(0, 0.01),
+                    "note": "12 masked tokens",
+                }
+            )
     metrics = pl.DataFrame(rows)
     table = species_table(metrics, {k: v for k, v in levels.items() if k in ("blood_eval", "mouse_blood")})
     learned = table.filter(pl.col("gene_encoding") == "learned").row(0, named=True)
@@ -221,4 +238,22 @@ def test_a_dataset_of_another_organism_is_the_species_level_and_outside_the_stud
     learned = summary.filter(pl.col("gene_encoding") == "learned").row(0, named=True)
     assert learned["bio_score"] == pytest.approx(0.2) and learned["bio_score_species"] == pytest.approx(0.1)
     assert (tmp_path / "tables" / "species.csv").exists()
-    assert "species" in pl.read_csv(tmp_path / "tables" / "tests.csv")["level"].to_list()
+    tests = pl.read_csv(tmp_path / "tables" / "tests.csv").filter(pl.col("level") == "species")
+    # one species dataset: the cell scores give a direction only; its genes give real pairs
+    per_gene = tests.filter(pl.col("comparison") == "learned vs esm2 (pairs: species genes)").row(0, named=True)
+    assert per_gene["datasets"] == 30 and per_gene["p_value"] < 1e-4 and per_gene["mean_difference"] > 0.15
+    assert tests.filter(pl.col("metric") == "bio_score").height > 0
+    # and the per-gene rows are no table's rows: the species table has its two configurations only
+    assert pl.read_csv(tmp_path / "tables" / "species.csv").height == 2
+
+
+def test_the_diagnostic_scores_each_foreign_gene_the_cells_held():
+    from scencode.diagnostic import ReconstructionErrors
+
+    errors = ReconstructionErrors(8, torch.device("cpu"))
+    errors.gene[0] = torch.tensor([0, 0, 5, 0, 4, 2, 0, 3], dtype=torch.float64)  # masked tokens per token id
+    errors.gene[3] = torch.tensor([0, 0, 1.0, 0, 2.0, 0.5, 0, 0.3], dtype=torch.float64)  # the model's SSE
+    foreign = torch.tensor([False, False, False, False, True, True, True, False])
+    result = errors.result(foreign=foreign)
+    assert result["species_gene_mse"] == {4: [4, 0.5], 5: [2, 0.25]}  # token 6 never masked: no pair
+    assert "species_gene_mse" not in errors.result(foreign=torch.zeros(8, dtype=torch.bool))

@@ -93,21 +93,29 @@ class ReconstructionErrors:
             self.gene[row].index_add_(0, genes, values)
         self.cells += batch.n_cells
 
-    def result(self, unseen: torch.Tensor | None = None) -> dict:
+    def result(self, unseen: torch.Tensor | None = None, foreign: torch.Tensor | None = None) -> dict:
         """The diagnostic over all masked tokens; with ``unseen`` (a bool per token id), also over the
-        seen and the unseen genes' tokens apart."""
+        seen and the unseen genes' tokens apart; with ``foreign`` (the genes of another organism),
+        each such gene's masked MSE where the cells held it (``species_gene_mse``)."""
         out = {**self._over(None), "cells": self.cells}
         if unseen is not None and bool(unseen.any()):
             unseen = unseen.to(self.gene.device)
             for name, genes in zip(GENE_GROUPS, (~unseen, unseen)):
                 out.update({f"{key}_{name}": value for key, value in self._over(genes).items()})
-            tokens, model_sse = self.gene[0], self.gene[3]
-            scored = unseen & (tokens > 0)
-            out["unseen_gene_mse"] = {  # per unseen gene: the pairs of the tables' per-gene tests
-                int(token): [int(n), float(sse / n)]
-                for token, n, sse in zip(scored.nonzero().flatten().tolist(), tokens[scored], model_sse[scored])
-            }
+            out["unseen_gene_mse"] = self.per_gene(unseen)  # the pairs of the tables' per-gene tests
+        if foreign is not None and (species := self.per_gene(foreign)):
+            out["species_gene_mse"] = species
         return out
+
+    def per_gene(self, genes: torch.Tensor) -> dict[int, list]:
+        """Token id → [masked tokens, masked MSE] of each of ``genes`` (a bool per token id) that was
+        masked at least once."""
+        tokens, model_sse = self.gene[0], self.gene[3]
+        scored = genes.to(self.gene.device) & (tokens > 0)
+        return {
+            int(token): [int(n), float(sse / n)]
+            for token, n, sse in zip(scored.nonzero().flatten().tolist(), tokens[scored], model_sse[scored])
+        }
 
     def _over(self, genes: torch.Tensor | None) -> dict:
         n, total, squares, model_sse, blind_sse = self.gene if genes is None else self.gene[:, genes]

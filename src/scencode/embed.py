@@ -85,7 +85,9 @@ def embed_corpus(
     obs["label"] = obs.label.fillna("")  # cells of a dataset without labels: unlabeled, left out of the scores
     write_embedding_files(obs, matrix, out_parquet, out_h5ad, run, dataset)
     unseen = None if leave_out is not None else model.unseen_genes
-    return {"cells": len(ids), "dim": int(matrix.shape[1]), **errors.result(unseen), "unseen_genes": unseen_genes}
+    foreign = model.foreign_genes if bool(model.foreign_genes.any()) else None  # another organism's genes
+    diagnostic = errors.result(unseen, foreign)
+    return {"cells": len(ids), "dim": int(matrix.shape[1]), **diagnostic, "unseen_genes": unseen_genes}
 
 
 def run(

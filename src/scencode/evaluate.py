@@ -36,6 +36,7 @@ from .cellsets import (
 from .errors import ScencodeError
 from .formats import (
     GENE_GROUPS,
+    PER_GENE_GROUPS,
     RECONSTRUCTION_METRICS,
     RunIdentity,
     metric_table,
@@ -399,8 +400,9 @@ def classification_rows(x, labels, params: EvalParams) -> list[tuple]:
 def reconstruction_rows(recon: dict) -> pd.DataFrame:
     """A model's context diagnostic on the dataset as metric rows; with its unseen genes in the
     input, also the diagnostic on the seen and the unseen genes apart (group ``unseen_genes``) and
-    each unseen gene's masked MSE (group ``unseen_gene_mse``, metric: the gene's token id), the
-    pairs of the tables' per-gene tests."""
+    each unseen gene's masked MSE (group ``unseen_gene_mse``, metric: the gene's token id), and on
+    another organism's dataset each of its genes' (``species_gene_mse``): the pairs of the tables'
+    per-gene tests."""
     rows = [
         {"metric": metric, "group": "reconstruction", "note": "evaluation dataset", "value": recon[metric]}
         for metric in RECONSTRUCTION_METRICS
@@ -412,8 +414,9 @@ def reconstruction_rows(recon: dict) -> pd.DataFrame:
         if (key := f"{metric}_{group}") in recon
     ]
     rows += [
-        {"metric": str(token), "group": "unseen_gene_mse", "note": f"{tokens} masked tokens", "value": mse}
-        for token, (tokens, mse) in recon.get("unseen_gene_mse", {}).items()
+        {"metric": str(token), "group": group, "note": f"{tokens} masked tokens", "value": mse}
+        for group in PER_GENE_GROUPS
+        for token, (tokens, mse) in recon.get(group, {}).items()
     ]
     return pd.DataFrame(rows)
 

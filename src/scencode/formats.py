@@ -38,6 +38,9 @@ MISSING_KEY = b"scencode.missing"
 # the context diagnostic of every model on every evaluation dataset (diagnostic.ReconstructionErrors)
 RECONSTRUCTION_METRICS = ("masked_mse", "masked_mse_no_context", "gene_mean_mse")
 GENE_GROUPS = ("seen", "unseen")  # a model with genes held out of training: its diagnostic on each
+# per-gene masked MSE rows (metric: the token id), the pairs of the tables' per-gene tests: the genes
+# held out of training (test split, unseen genes in the input) and another organism's genes
+PER_GENE_GROUPS = ("unseen_gene_mse", "species_gene_mse")
 METRIC_COLUMNS = [
     "configuration",
     "gene_encoding",

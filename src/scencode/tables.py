@@ -32,7 +32,7 @@ from scipy.stats import false_discovery_control, rankdata, wilcoxon
 
 from .atomic import OutputFolder, atomic_path
 from .errors import ScencodeError
-from .formats import read_metric_table
+from .formats import PER_GENE_GROUPS, read_metric_table
 from .parquet_io import polars_frame
 from .workflow_config import TISSUE_MIN_CELLS, shift_levels
 
@@ -311,7 +311,9 @@ def shift_columns(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame
     return table.with_columns(gaps)
 
 
-UNSEEN_GENE_GROUP = "unseen_gene_mse"  # evaluate's per-gene rows: metric = token id, value = masked MSE
+UNSEEN_GENE_GROUP, SPECIES_GENE_GROUP = (
+    PER_GENE_GROUPS  # evaluate's per-gene rows: metric = token id, value = masked MSE
+)
 UNSEEN_DIAGNOSTIC = tuple(
     f"{metric}_{group}"
     for group in ("seen", "unseen")
@@ -406,25 +408,26 @@ def species_table(metrics: pl.DataFrame, levels: dict[str, str]) -> pl.DataFrame
     return table.sort(KEYS)
 
 
-def per_gene_tests(per_gene: pl.DataFrame) -> pl.DataFrame:
-    """Does transfer win on genes never trained on? Paired Wilcoxon tests over the unseen genes of
-    their masked MSE (seeds averaged; ``datasets`` then counts genes): learned vs esm2 per
-    expression encoding, and esm2 vs esm2_permuted."""
+def per_gene_tests(per_gene: pl.DataFrame, group: str = UNSEEN_GENE_GROUP, genes: str = "unseen genes") -> pl.DataFrame:
+    """Does transfer win on genes never trained on? Paired Wilcoxon tests over the genes (``group``'s
+    per-gene rows: the unseen genes, or another organism's) of their masked MSE (seeds and datasets
+    averaged; ``datasets`` then counts genes): learned vs esm2 per expression encoding, and esm2 vs
+    esm2_permuted."""
     per = (
-        metric_frame(per_gene)
+        metric_frame(per_gene.filter(pl.col("group") == group))
         .group_by(*KEYS, "metric", maintain_order=True)
         .agg(pl.col("value").mean())
-        .select(*KEYS, dataset=pl.col("metric"), metric=pl.lit(UNSEEN_GENE_GROUP), value=pl.col("value"))
+        .select(*KEYS, dataset=pl.col("metric"), metric=pl.lit(group), value=pl.col("value"))
     )
     rows = []
     for size in per["train_cells"].unique().sort():
         at = per.filter(pl.col("train_cells").eq_missing(size))
         for expr in sorted(at["expression_encoding"].unique()):
             comparisons = (
-                (("learned", expr), ("esm2", expr), "learned vs esm2 (pairs: unseen genes)"),
-                (("esm2", expr), ("esm2_permuted", expr), "esm2 vs esm2_permuted (pairs: unseen genes)"),
+                (("learned", expr), ("esm2", expr), f"learned vs esm2 (pairs: {genes})"),
+                (("esm2", expr), ("esm2_permuted", expr), f"esm2 vs esm2_permuted (pairs: {genes})"),
             )
-            rows += [_test(at, UNSEEN_GENE_GROUP, a, b, name) for a, b, name in comparisons]
+            rows += [_test(at, group, a, b, name) for a, b, name in comparisons]
     tests = pl.DataFrame([r for r in rows if r is not None], schema=TEST_SCHEMA, orient="row")
     return with_q_values(tests)
 
@@ -504,8 +507,8 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
     the evaluation datasets of the training organism (near and far); the shift columns and each
     level's tests (in distribution, unseen genes, species) sit beside them."""
     metrics = load_metrics(metric_paths)
-    per_gene = metrics.filter(pl.col("group") == UNSEEN_GENE_GROUP)  # the per-gene tests' pairs, not a table's rows
-    metrics = metrics.filter(pl.col("group") != UNSEEN_GENE_GROUP)
+    per_gene = metrics.filter(pl.col("group").is_in(PER_GENE_GROUPS))  # the per-gene tests' pairs, not a table's rows
+    metrics = metrics.filter(~pl.col("group").is_in(PER_GENE_GROUPS))
     levels = levels or {}
     beyond = [d for d, level in levels.items() if level in BEYOND_STUDY_LEVELS]
     evaluation = metrics.filter(~pl.col("dataset").is_in(beyond))
@@ -528,6 +531,8 @@ def write_tables(metric_paths, out_dir, reference_expression: str = "soft", leve
         tables["tests.csv"] = pl.concat([tests, per_gene_tests(per_gene).with_columns(level=pl.lit("unseen_genes"))])
     if "species" in levels.values():  # datasets of another organism (scencode.species)
         tables["species.csv"] = species_table(metrics, levels)
+        species_tests = per_gene_tests(per_gene, SPECIES_GENE_GROUP, "species genes")
+        tables["tests.csv"] = pl.concat([tables["tests.csv"], species_tests.with_columns(level=pl.lit("species"))])
     for name, table in tables.items():
         with atomic_path(Path(out_dir) / name, suffix=".csv") as tmp:
             # pandas writes the CSV: floats as the shortest repr, missing values as empty cells
