@@ -257,3 +257,29 @@ def test_the_diagnostic_scores_each_foreign_gene_the_cells_held():
     result = errors.result(foreign=foreign)
     assert result["species_gene_mse"] == {4: [4, 0.5], 5: [2, 0.25]}  # token 6 never masked: no pair
     assert "species_gene_mse" not in errors.result(foreign=torch.zeros(8, dtype=torch.bool))
+
+
+def test_a_thousand_species_genes_are_one_paired_test():
+    """The demo's 1,180 species genes failed the tables job: the exact test's floor, 2 / 2**n, as an
+    int power of 2, overflowed a float past n = 1,023."""
+    from scencode.tables import per_gene_tests
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.9, 1200)
+    rows = [
+        {
+            "configuration": f"{gene}-soft-s0",
+            "gene_encoding": gene,
+            "expression_encoding": "soft",
+            "seed": 0,
+            "dataset": "mouse_blood",
+            "group": "species_gene_mse",
+            "metric": str(token),
+            "value": value + shift + rng.normal(0, 0.05),
+            "note": "",
+        }
+        for gene, shift in (("learned", 0.02), ("esm2", 0.0))
+        for token, value in enumerate(base, start=2)
+    ]
+    test = per_gene_tests(pl.DataFrame(rows), "species_gene_mse", "species genes").row(0, named=True)
+    assert test["datasets"] == 1200 and 0 < test["p_value"] < 0.05 and test["min_attainable_p"] == 0.0

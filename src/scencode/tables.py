@@ -245,7 +245,8 @@ def _test(per: pl.DataFrame, metric: str, a: tuple, b: tuple, comparison: str) -
         statistic, p_value = float(result.statistic), float(result.pvalue)
         rank_biserial = float((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
     # the exact two-sided test's floor: every non-zero difference with the same sign
-    floor = min(1.0, 2.0 / 2 ** len(nonzero)) if len(nonzero) else np.nan
+    # (2.0 ** (1 - n), not 2 / 2 ** n: an int 2 ** n of 1,180 species genes overflows a float)
+    floor = min(1.0, 2.0 ** (1 - len(nonzero))) if len(nonzero) else np.nan
     return (
         comparison,
         metric,
