@@ -28,6 +28,21 @@ from scencode.workflow_config import shift_levels
 IDENTITY, WITHOUT = 0.85, 0.2
 
 
+def metric_row(gene: str, dataset: str, group: str, metric: str, value: float, note: str = "") -> dict:
+    """One row of a metric table of configuration ``<gene>-soft-s0``."""
+    return {
+        "configuration": f"{gene}-soft-s0",
+        "gene_encoding": gene,
+        "expression_encoding": "soft",
+        "seed": 0,
+        "dataset": dataset,
+        "group": group,
+        "metric": metric,
+        "value": value,
+        "note": note,
+    }
+
+
 @pytest.fixture(scope="module")
 def species_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("species")
@@ -190,36 +205,13 @@ def test_a_dataset_of_another_organism_is_the_species_level_and_outside_the_stud
                 ("masked_mse", "reconstruction", 0.5 - shift),
                 ("gene_mean_mse", "reconstruction", 0.6),
             ):
-                rows.append(
-                    {
-                        "configuration": f"{gene}-soft-s0",
-                        "gene_encoding": gene,
-                        "expression_encoding": "soft",
-                        "seed": 0,
-                        "dataset": dataset,
-                        "group": group,
-                        "metric": metric,
-                        "value": value,
-                        "note": "",
-                    }
-                )
+                rows.append(metric_row(gene, dataset, group, metric, value))
     rng = np.random.default_rng(0)
     bases = rng.uniform(0.3, 0.9, 30)
     for gene, offset in (("learned", 0.2), ("esm2", 0.0)):  # 30 species genes, esm2 lower on each
         for token, base in enumerate(bases, start=100):
-            rows.append(
-                {
-                    "configuration": f"{gene}-soft-s0",
-                    "gene_encoding": gene,
-                    "expression_encoding": "soft",
-                    "seed": 0,
-                    "dataset": "mouse_blood",
-                    "group": "species_gene_mse",
-                    "metric": str(token),
-                    "value": base + offset + rng.normal(0, 0.01),
-                    "note": "12 masked tokens",
-                }
-            )
+            value = base + offset + rng.normal(0, 0.01)
+            rows.append(metric_row(gene, "mouse_blood", "species_gene_mse", str(token), value, "12 masked tokens"))
     metrics = pl.DataFrame(rows)
     table = species_table(metrics, {k: v for k, v in levels.items() if k in ("blood_eval", "mouse_blood")})
     learned = table.filter(pl.col("gene_encoding") == "learned").row(0, named=True)
@@ -267,17 +259,7 @@ def test_a_thousand_species_genes_are_one_paired_test():
     rng = np.random.default_rng(1)
     base = rng.uniform(0.3, 0.9, 1200)
     rows = [
-        {
-            "configuration": f"{gene}-soft-s0",
-            "gene_encoding": gene,
-            "expression_encoding": "soft",
-            "seed": 0,
-            "dataset": "mouse_blood",
-            "group": "species_gene_mse",
-            "metric": str(token),
-            "value": value + shift + rng.normal(0, 0.05),
-            "note": "",
-        }
+        metric_row(gene, "mouse_blood", "species_gene_mse", str(token), value + shift + rng.normal(0, 0.05))
         for gene, shift in (("learned", 0.02), ("esm2", 0.0))
         for token, value in enumerate(base, start=2)
     ]

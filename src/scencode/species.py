@@ -197,7 +197,8 @@ def run(organism: str, source: dict, out: OutputFolder) -> dict:
     orthologs.parquet): ``source`` {"type": "simulated", "identity", "without_ortholog"} (the demo)
     or {"type": "files", "proteins": {url|local source}, "orthologs": {url|local source, human_column,
     species_column}}."""
-    from .esm.proteins import read_peptide_fasta, write_peptide_fasta
+    from .esm.proteins import run as fetch_proteins
+    from .esm.proteins import write_peptide_fasta
 
     if organism == PRIMARY_ORGANISM:
         raise ScencodeError(f"{organism} is the organism models train on, not another species")
@@ -211,12 +212,8 @@ def run(organism: str, source: dict, out: OutputFolder) -> dict:
         orthologs = genes.loc[genes.ortholog, list(ORTHOLOG_COLUMNS)]
         table = genes[["gene_id", "gene_name", "gene_type"]].sort_values("gene_id", ignore_index=True)
     elif source.get("type") == "files":
-        _fetch(source["proteins"], fasta, "protein FASTA")
-        try:
-            table = genes_from_fasta(read_peptide_fasta(fasta))
-        except ScencodeError:
-            fasta.unlink(missing_ok=True)
-            raise
+        # the esm proteins step's fetch: pinned by sha256, parsed, removed again if it does not parse
+        table = genes_from_fasta(fetch_proteins(source["proteins"], fasta))
         orthologs_source = source["orthologs"]
         columns = {key: orthologs_source.get(key, default) for key, default in HCOP_COLUMNS.items()}
         location = orthologs_source.get("url") or orthologs_source.get("path", "")
