@@ -104,7 +104,8 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
             continue
         bench = pd.read_csv(path, sep="\t").iloc[-1]
         stage, key = stages.get(job["rule"], (None, None))
-        asked = job_resources(stage, sized_config, job["wildcards"].get(key)) if stage else {}
+        run = job["wildcards"].get("run")
+        asked = job_resources(stage, sized_config, job["wildcards"].get(key), run) if stage else {}
         # a GPU stage runs a tiny model on CPUs here: its estimate (the paper's model on a GPU) is not rehearsed
         estimate = None if asked.get("gpu") else asked.get("estimate_min")
         dataset = job["wildcards"].get(key) if key else None
@@ -113,6 +114,7 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
                 "rule": job["rule"],
                 "cells": sized_config["datasets"].get(dataset, {}).get("n_cells") if dataset else None,
                 "job": job["benchmark"],
+                "run": run,
                 "wall_min": float(bench["s"]) / 60,
                 "peak_mb": float(bench["max_rss"]) if str(bench["max_rss"]) != "-" else float("nan"),
                 "runtime_min": float(job["resources"].get("runtime", "nan")),
@@ -123,16 +125,29 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("job", keep="last")
 
 
-FITTED = ("qc", "tokenize", "evaluate")  # the CPU stages whose minutes the plan takes from a size fit
+# the size fits the plan takes a CPU stage's minutes from (scencode.plan.FITS) → the rule they fit
+FITTED = {"qc": "qc", "tokenize": "tokenize", "evaluate": "evaluate", "evaluate_clustered": "evaluate"}
 
 
-def fit_sizes(jobs: pd.DataFrame, rule: str) -> dict | None:
-    """minutes = c + a·(n/1000)^b over a stage's jobs (per size, the slowest: the plan asks for every
-    job what the slowest needs; for evaluate, the slowest embedding), least squares in scipy. The
-    constant is the job's start-up (imports, reading the inputs' headers), which dominates small jobs."""
+def fit_jobs(jobs: pd.DataFrame, fit: str) -> pd.DataFrame:
+    """The jobs a fit is made from; evaluate's split as the plan prices them (scencode.plan.FITS):
+    the expression's own embeddings (clustered) apart from models and the random baseline."""
+    from scencode.plan import CLUSTERED_BASELINES, baseline_kind
+
+    part = jobs[(jobs.rule == FITTED[fit]) & jobs.cells.notna()]
+    if FITTED[fit] == "evaluate":
+        clustered = part.run.map(lambda run: isinstance(run, str) and baseline_kind(run) in CLUSTERED_BASELINES)
+        part = part[clustered] if fit == "evaluate_clustered" else part[~clustered]
+    return part
+
+
+def fit_sizes(jobs: pd.DataFrame, fit: str) -> dict | None:
+    """minutes = c + a·(n/1000)^b over a fit's jobs (per size, the slowest: the plan asks for every
+    job what the slowest needs), least squares in scipy. The constant is the job's start-up (imports,
+    reading the inputs' headers), which dominates small jobs."""
     from scipy.optimize import curve_fit
 
-    per = jobs[(jobs.rule == rule) & jobs.cells.notna()].groupby("cells").wall_min.max()
+    per = fit_jobs(jobs, fit).groupby("cells").wall_min.max()
     if len(per) < 4:
         return None
     n, minutes = per.index.to_numpy(float), per.to_numpy()
@@ -162,6 +177,15 @@ def per_stage(jobs: pd.DataFrame) -> dict:
     return out
 
 
+def pooled_jobs(path: Path) -> pd.DataFrame:
+    """Another rehearsal's jobs.csv; one written before jobs had a ``run`` column takes it from the
+    benchmark file's path (logs/benchmarks/evaluate/<run>/<dataset>.tsv)."""
+    jobs = pd.read_csv(path)
+    if "run" not in jobs:
+        jobs["run"] = jobs.job.str.extract(r"/evaluate/([^/]+)/", expand=False)
+    return jobs
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-scale", type=float, default=0.01)
@@ -170,7 +194,17 @@ def main(argv=None) -> dict:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--limit", type=int, help="only the first N datasets of each paper sheet (smoke runs)")
     p.add_argument("--target", nargs="*", default=[], help="Snakemake targets (default: the whole run)")
-    p.add_argument("--record", action="store_true", help="keep the evaluate-time fit in benchmarks/measured.json")
+    p.add_argument(
+        "--record",
+        nargs="*",
+        metavar="FIT",
+        help=f"keep these size fits (none named: all) in benchmarks/measured.json: {', '.join(FITTED)}",
+    )
+    p.add_argument(
+        "--pool", nargs="*", type=Path, default=[], metavar="JOBS_CSV",
+        help="other rehearsals' jobs.csv, pooled into the fits (e.g. the training side at train scale 0.1 "
+        "with the evaluation side at eval scale 1); the stages' table stays this run's",
+    )  # fmt: skip
     args = p.parse_args(argv)
     workdir = args.workdir.resolve()
     data = workdir / "data"
@@ -205,19 +239,22 @@ def main(argv=None) -> dict:
         "wall_s": round(time.perf_counter() - start, 1),
         "jobs": len(jobs),
         "stages": per_stage(jobs),
-        "fits": {rule: fit_sizes(jobs, rule) for rule in FITTED},
     }
-    if args.record:
+    pooled = pd.concat([jobs, *(pooled_jobs(path) for path in args.pool)], ignore_index=True)
+    result["fits"] = {fit: fit_sizes(pooled, fit) for fit in FITTED}
+    if args.record is not None:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from record import record
 
-        for rule, fit in result["fits"].items():
-            if fit:
+        runs = [f"train scale {args.train_scale}, eval scale {args.eval_scale}"] + [str(p) for p in args.pool]
+        for name, fit in result["fits"].items():
+            if fit and (not args.record or name in args.record):
+                jobs_of = fit_jobs(pooled, name)
                 detail = (
-                    f"rehearsal at train scale {args.train_scale}, eval scale {args.eval_scale}: "
-                    f"{fit['low']:,}–{fit['high']:,} cells, the slowest job per size"
+                    f"rehearsal ({'; '.join(runs)}): {len(jobs_of)} jobs on {fit['low']:,}–{fit['high']:,} "
+                    f"cells, the slowest job per size"
                 )
-                record(f"{rule}_minutes", fit, "minutes = c + a·(cells/1000)^b", "benchmarks/rehearsal.py", detail)
+                record(f"{name}_minutes", fit, "minutes = c + a·(cells/1000)^b", "benchmarks/rehearsal.py", detail)
     print(json.dumps(result))
     return result
 

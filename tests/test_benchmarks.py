@@ -144,3 +144,31 @@ def test_the_rehearsals_jobs_stay_within_what_they_asked(smoke_runs):
     # every CPU stage the plan prices by size was matched to its estimate (a rule written under an
     # `if`, as embed and evaluate are, was once missed, and its jobs went unpriced)
     assert all(stages[stage]["measured_over_estimate"] is not None for stage in ("qc", "tokenize", "evaluate"))
+
+
+def test_the_rehearsals_evaluate_fits_split_as_the_plan_prices_them(tmp_path):
+    """The evaluate jobs of the expression's own embeddings (PCA) make one size fit, the models' and
+    the random baseline's another (the plan prices each from its own); a jobs.csv of an earlier
+    rehearsal, written before jobs had a run column, is pooled with the run read from its path."""
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("rehearsal", BENCHMARKS / "rehearsal.py")
+    rehearsal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rehearsal)
+    sizes = [2000, 8000, 16000, 32000]
+    rows = [
+        {"rule": "evaluate", "cells": n, "wall_min": minutes(n), "job": f"logs/benchmarks/evaluate/{run}/d{n}.tsv"}
+        for n in sizes
+        for run, minutes in (
+            ("baseline-random-s7", lambda n: 0.1 + 0.2 * (n / 1000) ** 2.0),
+            ("learned-soft-s7", lambda n: 0.1 + 0.1 * (n / 1000) ** 2.0),
+            ("baseline-pca-s7", lambda n: 0.1 + 0.02 * (n / 1000) ** 1.6),
+        )
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "jobs.csv", index=False)
+    jobs = rehearsal.pooled_jobs(tmp_path / "jobs.csv")
+    assert set(jobs.run) == {"baseline-random-s7", "learned-soft-s7", "baseline-pca-s7"}
+    slow, fast = rehearsal.fit_sizes(jobs, "evaluate"), rehearsal.fit_sizes(jobs, "evaluate_clustered")
+    assert (slow["a"], slow["b"]) == pytest.approx((0.2, 2.0), rel=1e-3)  # per size the slowest: random
+    assert (fast["a"], fast["b"]) == pytest.approx((0.02, 1.6), rel=1e-3)
+    assert (slow["low"], slow["high"]) == (2000, 32000)

@@ -139,3 +139,33 @@ def test_gpus_per_job_that_do_not_divide_grad_accum_are_refused():
 def test_the_plan_says_how_pretraining_is_spread_over_gpus(capsys):
     text = plan(REPO / "config" / "paper.yaml", gpus=32, gpus_per_job=8)
     assert "pretrain jobs: 8 GPUs × 1 node (assumed: DDP scaling efficiency one node 90%" in text
+
+
+def test_the_expressions_own_embeddings_are_priced_apart_from_models_and_the_random_baseline(monkeypatch):
+    """Leiden on an embedding without clusters iterates far longer than on one with them (measured
+    at 72,290 cells: ~4 h for the random baseline, 24 min for PCA's). PCA's evaluation is priced
+    from its own curve; a model's from the structureless one, since its ask must cover a model that
+    learned nothing; without a recorded clustered curve every embedding gets the structureless one."""
+    from scencode import plan, workflow_config
+    from scencode.evaluate import EvalParams
+
+    paper = workflow_config.load(REPO / "config" / "paper.yaml")
+    evals = {d: plan.stated_cells(paper, d) or 0 for d, s in paper["datasets"].items() if s["role"] == "eval"}
+    largest = max(evals, key=evals.get)
+    n = min(evals[largest], paper["evaluate"].get("metrics", {}).get("max_cells_scib", EvalParams.max_cells_scib))
+    structureless = plan.SizeFit(0.2, 2.0, 0.1, 2000, 40_000, "random")
+    clustered = plan.SizeFit(0.02, 1.6, 0.1, 2000, 40_000, "pca")
+    monkeypatch.setitem(plan.FITS, "evaluate", structureless)
+    monkeypatch.setitem(plan.FITS, "evaluate_clustered", clustered)
+    seed, model = paper["seed"], next(iter(workflow_config.configurations(paper)))
+    runs = {"model": model, "random": f"baseline-random-s{seed}", "pca": f"baseline-pca-s{seed}"}
+    asked = {kind: plan.job_resources("evaluate", paper, largest, run) for kind, run in runs.items()}
+    assert asked["model"]["estimate_min"] == asked["random"]["estimate_min"] == pytest.approx(structureless.minutes(n))
+    assert asked["pca"]["estimate_min"] == pytest.approx(clustered.minutes(n))
+    assert asked["pca"]["runtime"] < asked["random"]["runtime"] == asked["model"]["runtime"]
+    # the plan counts each (embedding, dataset) once, priced by its embedding
+    jobs = sorted(j.estimate_min for j in plan.plan_jobs(paper) if j.stage == "evaluate" and j.name == largest)
+    models = len(workflow_config.configurations(paper))
+    assert jobs == pytest.approx(sorted([clustered.minutes(n)] + [structureless.minutes(n)] * (models + 1)))
+    monkeypatch.setitem(plan.FITS, "evaluate_clustered", None)
+    assert plan.job_resources("evaluate", paper, largest, runs["pca"]) == asked["random"]

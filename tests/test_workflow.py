@@ -536,7 +536,8 @@ def test_paper_jobs_ask_for_what_their_work_needs(paper_dry_run):
         if stage in GPU_STAGES:
             assert job["resources"].get("gpu") == "1", job
         if stage in keys or stage in GPU_STAGES:
-            need = job_resources(stage, config, job["wildcards"].get(keys.get(stage, ""), None))
+            key = job["wildcards"].get(keys.get(stage, ""), None)
+            need = job_resources(stage, config, key, job["wildcards"].get("run"))
             assert int(job["resources"]["runtime"]) >= need["estimate_min"], job
             assert int(job["resources"]["mem_mb"]) >= need["mem_mb"], job
             checked.add(stage)

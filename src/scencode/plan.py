@@ -100,13 +100,31 @@ def measured_fit(key: str, path: Path = MEASURED) -> SizeFit | None:
 
 
 # a job's minutes from its cells where the rehearsal measured them (None: the linear rate above); QC
-# and tokenize carry a per-job constant (start-up, imports) that a rate alone leaves out
-FITS = {stage: measured_fit(f"{stage}_minutes") for stage in ("qc", "tokenize", "evaluate")}
-EVALUATE_FIT = FITS["evaluate"]
+# and tokenize carry a per-job constant (start-up, imports) that a rate alone leaves out. Evaluation
+# has two: Leiden on an embedding without clusters (the random baseline, a model that learned
+# nothing) iterates far longer than on one with clusters (measured at 72,290 cells: ~4 h of Leiden
+# against 24 min for the PCA baseline's). Models are priced as the former: their ask must cover a
+# model that learned nothing, since SLURM kills a job at its ask.
+FITS = {stage: measured_fit(f"{stage}_minutes") for stage in ("qc", "tokenize", "evaluate", "evaluate_clustered")}
+FIT_LABELS = {"evaluate": "evaluate job (models, random baseline)", "evaluate_clustered": "evaluate job (pca, scvi)"}
+CLUSTERED_BASELINES = ("pca", "scvi")  # embeddings of the expression itself: its clusters are the data's
 
 
-def _minutes(stage: str, cells: float, rate_key: str) -> float:
-    fit = FITS[stage]
+def baseline_kind(run: str | None) -> str | None:
+    """``pca`` of ``baseline-pca-s777``; None for a model's run."""
+    return run.split("-")[1] if run and run.startswith("baseline-") else None
+
+
+def evaluate_fit_key(run: str | None) -> str:
+    """Which evaluate fit prices a run's evaluation: the clustered one for the expression's own
+    embeddings (where measured), else the structureless one (models, the random baseline)."""
+    return (
+        "evaluate_clustered" if baseline_kind(run) in CLUSTERED_BASELINES and FITS["evaluate_clustered"] else "evaluate"
+    )
+
+
+def _minutes(fit_key: str, cells: float, rate_key: str) -> float:
+    fit = FITS.get(fit_key)
     return fit.minutes(cells) if fit else cells / THROUGHPUT[rate_key].value / 60
 
 
@@ -247,9 +265,10 @@ def _train_seconds(
     return seconds / 3 if forward_only else seconds
 
 
-def job_resources(stage: str, config: dict, key: str | None = None) -> dict:
-    """gpu, threads, mem_mb and runtime (minutes) of one job: ``key`` is its dataset or corpus."""
-    job = _job(stage, config, key)
+def job_resources(stage: str, config: dict, key: str | None = None, run: str | None = None) -> dict:
+    """gpu, threads, mem_mb and runtime (minutes) of one job: ``key`` is its dataset or corpus,
+    ``run`` the model's run or baseline it scores (evaluate: the embedding decides the time)."""
+    job = _job(stage, config, key, run)
     return {
         "gpu": job.gpu,
         "threads": job.threads,
@@ -260,7 +279,7 @@ def job_resources(stage: str, config: dict, key: str | None = None) -> dict:
     }
 
 
-def _job(stage: str, config: dict, key: str | None) -> Job:
+def _job(stage: str, config: dict, key: str | None, embedding: str | None = None) -> Job:
     name = key or ""  # the dataset, corpus or run (none: the ESM-2 table, the shared configuration)
     train, evals = _cells(config, "train"), _cells(config, "eval")
     if stage == "download":
@@ -335,7 +354,7 @@ def _job(stage: str, config: dict, key: str | None) -> Job:
         metrics = config["evaluate"].get("metrics", {})
         n = evals.get(name) or (_id_test_cells(config, train) if name in IN_DISTRIBUTION else ASSUMED_CELLS)
         n = min(n, metrics.get("max_cells_scib", EvalParams.max_cells_scib))
-        minutes = _minutes("evaluate", n, "evaluate_cells_per_s")
+        minutes = _minutes(evaluate_fit_key(embedding), n, "evaluate_cells_per_s")
         # 90 exact neighbours (LISI) and the 15-NN graph: float32 distances in blocks, int64 indices
         mem = math.ceil(4000 + n * 90 * 16 * 3 / 2**20)
         # Leiden's ten resolutions side by side from scanpy's approximate-neighbour size on, where
@@ -374,8 +393,7 @@ def plan_jobs(config: dict) -> list[Job]:
     from .workflow_config import configurations
 
     runs = list(configurations(config))
-    configs = len(runs)
-    baselines = len(config["evaluate"].get("baselines", []))
+    baselines = [f"baseline-{kind}-s{config['seed']}" for kind in config["evaluate"].get("baselines", [])]
     datasets = list(config["datasets"])
     evals = [d for d in datasets if config["datasets"][d]["role"] == "eval"]
     jobs = [_job("download", config, d) for d in datasets] + [_job("qc", config, d) for d in datasets]
@@ -388,10 +406,10 @@ def plan_jobs(config: dict) -> list[Job]:
         jobs.append(_job("pretrain", config, run))
         jobs.append(_job("reconstruction", config, run))
         jobs += [_job("embed", config, d) for d in evals]
-    jobs += [_job("evaluate", config, d) for d in evals for _ in range(configs + baselines)]
+    jobs += [_job("evaluate", config, d, run) for d in evals for run in [*runs, *baselines]]
     if any(config["datasets"][d].get("label_key") for d in datasets if config["datasets"][d]["role"] == "train"):
         scored = IN_DISTRIBUTION if unseen else (ID_TEST,)
-        jobs += [_job(stage, config, d) for d in scored for _ in range(configs) for stage in ("embed", "evaluate")]
+        jobs += [_job(stage, config, d, run) for d in scored for run in runs for stage in ("embed", "evaluate")]
     return jobs
 
 
@@ -454,7 +472,7 @@ def render(config: dict, gpus: int = 8) -> str:
         for name, rate in THROUGHPUT.items()
         if name not in fitted
     ]
-    out += [f"  {stage} job: {fit.describe()}" for stage, fit in FITS.items() if fit]
+    out += [f"  {FIT_LABELS.get(stage, stage + ' job')}: {fit.describe()}" for stage, fit in FITS.items() if fit]
     out.append(pretrain_gpus_line(config))
     corpus = config.get("_corpus_stats")
     if corpus:

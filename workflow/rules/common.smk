@@ -78,19 +78,20 @@ JOBS_PER_RUN = bool(config.get("jobs_per_run", False))
 
 
 def _sized(stage, wildcards, key, datasets=None):
+    run = getattr(wildcards, "run", None)  # evaluate: the embedding it scores decides its time
     if datasets is not None:  # one job for several datasets (jobs_per_run): their runtimes add up
-        each = [_sized_one(stage, dataset) for dataset in datasets]
+        each = [_sized_one(stage, dataset, run) for dataset in datasets]
         return {
             "gpu": max(r["gpu"] for r in each),
             "threads": max(r["threads"] for r in each),
             "mem_mb": max(r["mem_mb"] for r in each),
             "runtime": sum(r["runtime"] for r in each),
         }
-    return _sized_one(stage, getattr(wildcards, key) if key else None)
+    return _sized_one(stage, getattr(wildcards, key) if key else None, run)
 
 
-def _sized_one(stage, name):
-    resources = job_resources(stage, SIZED_CONFIG, name)
+def _sized_one(stage, name, run=None):
+    resources = job_resources(stage, SIZED_CONFIG, name, run)
     if resources["gpu"] and not USE_GPUS:
         # a GPU stage on CPUs (the demo): one core per job, so that jobs run side by side. The threads
         # a GPU job gets feed its loader; on CPUs a job of the demo's tiny models gains little from a
