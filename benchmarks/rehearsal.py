@@ -180,6 +180,23 @@ def per_stage(jobs: pd.DataFrame) -> dict:
     return out
 
 
+def priced_by_fit(jobs: pd.DataFrame) -> dict:
+    """This run's jobs against the plan's estimate, per size fit that priced them: measured/estimate
+    over the fit's jobs (summed) and its range over single jobs (evaluate: each embedding's own)."""
+    out = {}
+    for fit in FITTED:
+        part = fit_jobs(jobs, fit).dropna(subset=["estimate_min"])
+        ratio = part.wall_min / part.estimate_min
+        if len(part):
+            out[fit] = {
+                "jobs": len(part),
+                "cells": [int(part.cells.min()), int(part.cells.max())],
+                "measured_over_estimate": round(float(part.wall_min.sum() / part.estimate_min.sum()), 3),
+                "per_job": [round(float(ratio.min()), 3), round(float(ratio.max()), 3)],
+            }
+    return out
+
+
 def pooled_jobs(path: Path) -> pd.DataFrame:
     """Another rehearsal's jobs.csv; one written before jobs had a ``run`` column takes it from the
     benchmark file's path (logs/benchmarks/evaluate/<run>/<dataset>.tsv)."""
@@ -245,6 +262,7 @@ def main(argv=None) -> dict:
     }
     pooled = pd.concat([jobs, *(pooled_jobs(path) for path in args.pool)], ignore_index=True)
     result["fits"] = {fit: fit_sizes(pooled, fit) for fit in FITTED}
+    result["priced_by_fit"] = priced_by_fit(jobs)
     if args.record is not None:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from record import record

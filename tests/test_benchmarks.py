@@ -137,13 +137,16 @@ def test_the_rehearsals_jobs_stay_within_what_they_asked(smoke_runs):
     more wall time or memory than its rule asked of the cluster."""
     result = smoke_runs["rehearsal.py"]
     assert result.returncode == 0, result.stderr[-3000:]
-    stages = json.loads(result.stdout.strip().splitlines()[-1])["stages"]
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    stages = last["stages"]
     assert {"qc", "tokenize", "pretrain", "embed", "evaluate", "tables", "figures"} <= set(stages)
     for stage, figures in stages.items():
         assert figures["max_runtime_ratio"] <= 1 and figures["max_memory_ratio"] <= 1, (stage, figures)
     # every CPU stage the plan prices by size was matched to its estimate (a rule written under an
     # `if`, as embed and evaluate are, was once missed, and its jobs went unpriced)
     assert all(stages[stage]["measured_over_estimate"] is not None for stage in ("qc", "tokenize", "evaluate"))
+    # evaluation is checked against each embedding's own curve: PCA's apart from the model's and random's
+    assert {"qc", "evaluate", "evaluate_clustered"} <= set(last["priced_by_fit"])
 
 
 def test_the_rehearsals_evaluate_fits_split_as_the_plan_prices_them(tmp_path):
