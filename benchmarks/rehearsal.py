@@ -112,7 +112,7 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
         rows.append(
             {  # a job run again (after a change) appears twice in the log: the last one counts
                 "rule": job["rule"],
-                "cells": sized_config["datasets"].get(dataset, {}).get("n_cells") if dataset else None,
+                "cells": _cells(sized_config, dataset),
                 "job": job["benchmark"],
                 "run": run,
                 "wall_min": float(bench["s"]) / 60,
@@ -126,6 +126,16 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
 
 
 # the size fits the plan takes a CPU stage's minutes from (scencode.plan.FITS) → the rule they fit
+def _cells(config: dict, dataset: str | None) -> int | None:
+    """A job's cells: its dataset's, or the training corpus's (its datasets together: tokenize)."""
+    from scencode.workflow_config import TRAIN_CORPUS
+
+    datasets = config["datasets"]
+    if dataset == TRAIN_CORPUS:
+        return sum(spec.get("n_cells") or 0 for spec in datasets.values() if spec["role"] == "train")
+    return datasets.get(dataset, {}).get("n_cells") if dataset else None
+
+
 FITTED = {"qc": "qc", "tokenize": "tokenize", "evaluate": "evaluate", "evaluate_clustered": "evaluate"}
 
 
@@ -197,6 +207,31 @@ def priced_by_fit(jobs: pd.DataFrame) -> dict:
     return out
 
 
+def generate(data: Path, stamp: dict) -> None:
+    """The Census-shaped data of these scales, unless the folder holds them already."""
+    if (data / "stamp.json").exists() and json.loads((data / "stamp.json").read_text()) == stamp:
+        return
+    scales = ["--train-scale", str(stamp["train_scale"]), "--eval-scale", str(stamp["eval_scale"])]
+    census_shaped.main(["--out", str(data), *scales] + (["--limit", str(stamp["limit"])] if stamp["limit"] else []))
+    (data / "stamp.json").write_text(json.dumps(stamp))
+
+
+def run_snakemake(workdir: Path, cores: int, targets: list[str]) -> None:
+    """Snakemake on the work folder, resuming where an earlier run stopped; its log is appended to."""
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), "--rerun-incomplete", *targets,
+    ]  # fmt: skip
+    # the rules call `scencode`: the one beside this interpreter, activated or not
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    with open(workdir / "snakemake.log", "a") as log:  # every run's jobs: a resumed run starts only the rest
+        log.write(run.stdout + run.stderr)
+    if run.returncode != 0:
+        print(run.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"rehearsal: snakemake failed (exit {run.returncode}); log: {workdir / 'snakemake.log'}")
+
+
 def pooled_jobs(path: Path) -> pd.DataFrame:
     """Another rehearsal's jobs.csv; one written before jobs had a ``run`` column takes it from the
     benchmark file's path (logs/benchmarks/evaluate/<run>/<dataset>.tsv)."""
@@ -221,35 +256,24 @@ def main(argv=None) -> dict:
         help=f"keep these size fits (none named: all) in benchmarks/measured.json: {', '.join(FITTED)}",
     )
     p.add_argument(
+        "--measure-only", action="store_true",
+        help="run nothing: price the work folder's jobs so far (its Snakemake log) under today's plan",
+    )  # fmt: skip
+    p.add_argument(
         "--pool", nargs="*", type=Path, default=[], metavar="JOBS_CSV",
         help="other rehearsals' jobs.csv, pooled into the fits (e.g. the training side at train scale 0.1 "
         "with the evaluation side at eval scale 1); the stages' table stays this run's",
     )  # fmt: skip
     args = p.parse_args(argv)
-    workdir = args.workdir.resolve()
+    workdir, pool = args.workdir.resolve(), [path.resolve() for path in args.pool]
     data = workdir / "data"
     stamp = {"train_scale": args.train_scale, "eval_scale": args.eval_scale, "limit": args.limit}
-    if not (data / "stamp.json").exists() or json.loads((data / "stamp.json").read_text()) != stamp:
-        census_shaped.main(
-            ["--out", str(data), "--train-scale", str(args.train_scale), "--eval-scale", str(args.eval_scale)]
-            + (["--limit", str(args.limit)] if args.limit else [])
-        )
-        (data / "stamp.json").write_text(json.dumps(stamp))
     config = merged_config()
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.perf_counter()
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), "--cores", str(args.cores), "--rerun-incomplete", *args.target,
-    ]  # fmt: skip
-    # the rules call `scencode`: the one beside this interpreter, activated or not
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    run = subprocess.run(command, capture_output=True, text=True, env=env)
-    with open(workdir / "snakemake.log", "a") as log:  # every run's jobs: a resumed run starts only the rest
-        log.write(run.stdout + run.stderr)
-    if run.returncode != 0:
-        print(run.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"rehearsal: snakemake failed (exit {run.returncode}); log: {workdir / 'snakemake.log'}")
+    if not args.measure_only:
+        generate(data, stamp)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        run_snakemake(workdir, args.cores, args.target)
     os.chdir(workdir)  # the config's relative paths (sheets, protein genes) are the work folder's
     jobs = measure(workdir, (workdir / "snakemake.log").read_text(), config)
     jobs.to_csv(workdir / "jobs.csv", index=False)
@@ -260,14 +284,14 @@ def main(argv=None) -> dict:
         "jobs": len(jobs),
         "stages": per_stage(jobs),
     }
-    pooled = pd.concat([jobs, *(pooled_jobs(path) for path in args.pool)], ignore_index=True)
+    pooled = pd.concat([jobs, *(pooled_jobs(path) for path in pool)], ignore_index=True)
     result["fits"] = {fit: fit_sizes(pooled, fit) for fit in FITTED}
     result["priced_by_fit"] = priced_by_fit(jobs)
     if args.record is not None:
         sys.path.insert(0, str(REPO / "benchmarks"))
         from record import record
 
-        runs = [f"train scale {args.train_scale}, eval scale {args.eval_scale}"] + [str(p) for p in args.pool]
+        runs = [f"train scale {args.train_scale}, eval scale {args.eval_scale}"] + [str(path) for path in pool]
         for name, fit in result["fits"].items():
             if fit and (not args.record or name in args.record):
                 jobs_of = fit_jobs(pooled, name)
