@@ -125,7 +125,6 @@ def measure(workdir: Path, log: str, config: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("job", keep="last")
 
 
-# the size fits the plan takes a CPU stage's minutes from (scencode.plan.FITS) → the rule they fit
 def _cells(config: dict, dataset: str | None) -> int | None:
     """A job's cells: its dataset's, or the training corpus's (its datasets together: tokenize)."""
     from scencode.workflow_config import TRAIN_CORPUS
@@ -136,17 +135,18 @@ def _cells(config: dict, dataset: str | None) -> int | None:
     return datasets.get(dataset, {}).get("n_cells") if dataset else None
 
 
+# the size fits the plan takes a CPU stage's minutes from (scencode.plan.FITS) → the rule they fit
 FITTED = {"qc": "qc", "tokenize": "tokenize", "evaluate": "evaluate", "evaluate_clustered": "evaluate"}
 
 
 def fit_jobs(jobs: pd.DataFrame, fit: str) -> pd.DataFrame:
     """The jobs a fit is made from; evaluate's split as the plan prices them (scencode.plan.FITS):
     the expression's own embeddings (clustered) apart from models and the random baseline."""
-    from scencode.plan import CLUSTERED_BASELINES, baseline_kind
+    from scencode.plan import is_clustered
 
     part = jobs[(jobs.rule == FITTED[fit]) & jobs.cells.notna()]
     if FITTED[fit] == "evaluate":
-        clustered = part.run.map(lambda run: isinstance(run, str) and baseline_kind(run) in CLUSTERED_BASELINES)
+        clustered = part.run.map(lambda run: isinstance(run, str) and is_clustered(run))
         part = part[clustered] if fit == "evaluate_clustered" else part[~clustered]
     return part
 

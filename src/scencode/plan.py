@@ -106,21 +106,27 @@ def measured_fit(key: str, path: Path = MEASURED) -> SizeFit | None:
 # against 24 min for the PCA baseline's). Models are priced as the former: their ask must cover a
 # model that learned nothing, since SLURM kills a job at its ask.
 FITS = {stage: measured_fit(f"{stage}_minutes") for stage in ("qc", "tokenize", "evaluate", "evaluate_clustered")}
-FIT_LABELS = {"evaluate": "evaluate job (models, random baseline)", "evaluate_clustered": "evaluate job (pca, scvi)"}
 CLUSTERED_BASELINES = ("pca", "scvi")  # embeddings of the expression itself: its clusters are the data's
+FIT_LABELS = {
+    "evaluate": "evaluate job (models, random baseline)",
+    "evaluate_clustered": f"evaluate job ({', '.join(CLUSTERED_BASELINES)})",
+}
 
 
-def baseline_kind(run: str | None) -> str | None:
-    """``pca`` of ``baseline-pca-s777``; None for a model's run."""
-    return run.split("-")[1] if run and run.startswith("baseline-") else None
+def baseline_run(kind: str, seed: int) -> str:
+    """A baseline's run name, as its embeddings and metrics are filed: ``baseline-pca-s777``."""
+    return f"baseline-{kind}-s{seed}"
+
+
+def is_clustered(run: str | None) -> bool:
+    """Whether a run's embedding is one of the expression's own (a clustered baseline)."""
+    return bool(run and run.startswith("baseline-") and run.split("-")[1] in CLUSTERED_BASELINES)
 
 
 def evaluate_fit_key(run: str | None) -> str:
     """Which evaluate fit prices a run's evaluation: the clustered one for the expression's own
     embeddings (where measured), else the structureless one (models, the random baseline)."""
-    return (
-        "evaluate_clustered" if baseline_kind(run) in CLUSTERED_BASELINES and FITS["evaluate_clustered"] else "evaluate"
-    )
+    return "evaluate_clustered" if is_clustered(run) and FITS["evaluate_clustered"] else "evaluate"
 
 
 def _minutes(fit_key: str, cells: float, rate_key: str) -> float:
@@ -393,7 +399,7 @@ def plan_jobs(config: dict) -> list[Job]:
     from .workflow_config import configurations
 
     runs = list(configurations(config))
-    baselines = [f"baseline-{kind}-s{config['seed']}" for kind in config["evaluate"].get("baselines", [])]
+    baselines = [baseline_run(kind, config["seed"]) for kind in config["evaluate"].get("baselines", [])]
     datasets = list(config["datasets"])
     evals = [d for d in datasets if config["datasets"][d]["role"] == "eval"]
     jobs = [_job("download", config, d) for d in datasets] + [_job("qc", config, d) for d in datasets]

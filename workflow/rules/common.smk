@@ -8,7 +8,7 @@ import re
 from scencode import workflow_config
 from scencode.run_config import LoaderConfig, needs_gene_medians, needs_gene_table, run_settings
 from scencode.errors import ScencodeError
-from scencode.plan import job_resources
+from scencode.plan import baseline_run, job_resources
 
 try:  # the checks `scencode plan` runs too: no key twice in a config file, the schemas, the DAG's needs
     for configfile_path in workflow.configfiles:
@@ -346,10 +346,10 @@ def measured_test_errors(wildcards):
 
 # Baselines are runs too (their metrics sit beside the models'), but their embeddings come from the
 # QC'd counts, under results/baselines/, so no rule has to choose between embed and baseline.
-BASELINES = {f"baseline-{kind}-s{config['seed']}": (kind, config["seed"]) for kind in EVALUATE["baselines"]}
+BASELINES = {baseline_run(kind, config["seed"]): (kind, config["seed"]) for kind in EVALUATE["baselines"]}
 RUNS = [*CONFIGURATIONS, *BASELINES]  # every run evaluated: trained configurations, then baselines
 # the unintegrated reference for scib-metrics' PCR comparison, made whether or not pca is a baseline
-PCA_REFERENCE = f"baseline-pca-s{config['seed']}"
+PCA_REFERENCE = baseline_run("pca", config["seed"])
 
 
 def run_identity(run):
